@@ -1,0 +1,30 @@
+"""The project's exception hierarchy.
+
+    CxrTriageError                 root: everything cxr-triage raises on purpose
+    ├── ConfigurationError         settings missing or inconsistent: the message says what to set
+    ├── StorageError               an instance could not be written or read
+    ├── TransientError             worth retrying (database or broker briefly unreachable)
+    └── PermanentError             retrying cannot help (undecodable file, bad payload)
+
+Boundaries convert third-party exceptions into these with ``raise ... from exc``.
+"""
+
+
+class CxrTriageError(Exception):
+    """Root of every exception cxr-triage raises on purpose."""
+
+
+class ConfigurationError(CxrTriageError):
+    """Settings are missing or inconsistent; the message says what to set."""
+
+
+class StorageError(CxrTriageError):
+    """An instance could not be written to or read from storage."""
+
+
+class TransientError(CxrTriageError):
+    """A failure that a retry may cure (service briefly unreachable)."""
+
+
+class PermanentError(CxrTriageError):
+    """A failure that no retry can cure (undecodable file, invalid payload)."""

@@ -1,0 +1,342 @@
+"""The queries every process runs, as small functions over an Engine.
+
+Each function is one transaction. Writes are idempotent so that a redelivered job or a
+resent instance never creates a second row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+
+from cxr_db.schema import Instance, InstanceStatus, Prediction, Study
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What the listener knows about a stored instance (no patient data)."""
+
+    study_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str | None
+    transfer_syntax_uid: str | None
+    accession_number: str | None
+    modality: str | None
+    body_part: str | None
+    view_position: str | None
+    calling_ae_title: str | None
+    storage_uri: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    instance_id: int
+    created: bool
+    status: str
+
+
+@dataclass(frozen=True)
+class PendingJob:
+    instance_id: int
+    sop_instance_uid: str
+    storage_uri: str
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    model_name: str
+    model_version: str
+    weights_sha256: str
+    calibration_version: str | None
+    logit: float
+    probability: float
+    threshold: float
+    flagged: bool
+    heatmap_png: bytes | None
+    device: str
+    batch_size: int
+    decode_ms: float
+    inference_ms: float
+    worker_id: str | None
+
+
+@dataclass(frozen=True)
+class WorklistEntry:
+    study_instance_uid: str
+    accession_number: str | None
+    status: str
+    reason: str | None
+    score: float | None
+    flagged: bool
+    model_version: str | None
+    received_at: datetime
+    scored_at: datetime | None
+    instances: int
+    heatmap_sop_instance_uids: tuple[str, ...]
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "study_instance_uid": self.study_instance_uid,
+            "accession_number": self.accession_number,
+            "status": self.status,
+            "reason": self.reason,
+            "score": self.score,
+            "flagged": self.flagged,
+            "model_version": self.model_version,
+            "received_at": self.received_at.isoformat(),
+            "scored_at": self.scored_at.isoformat() if self.scored_at else None,
+            "instances": self.instances,
+            "heatmap_sop_instance_uids": list(self.heatmap_sop_instance_uids),
+        }
+
+
+def record_instance(engine: Engine, rec: InstanceRecord) -> RecordResult:
+    """Insert the study (if new) and the instance (if new). Resends return the old row."""
+    with engine.begin() as conn:
+        study_stmt = (
+            insert(Study)
+            .values(
+                study_instance_uid=rec.study_instance_uid,
+                accession_number=rec.accession_number,
+            )
+            .on_conflict_do_update(
+                index_elements=[Study.study_instance_uid],
+                set_={
+                    "accession_number": func.coalesce(
+                        Study.accession_number, rec.accession_number
+                    ),
+                    "updated_at": func.now(),
+                },
+            )
+            .returning(Study.id)
+        )
+        study_id = conn.execute(study_stmt).scalar_one()
+        inst_stmt = (
+            insert(Instance)
+            .values(
+                study_id=study_id,
+                sop_instance_uid=rec.sop_instance_uid,
+                series_instance_uid=rec.series_instance_uid,
+                sop_class_uid=rec.sop_class_uid,
+                transfer_syntax_uid=rec.transfer_syntax_uid,
+                modality=rec.modality,
+                body_part=rec.body_part,
+                view_position=rec.view_position,
+                calling_ae_title=rec.calling_ae_title,
+                storage_uri=rec.storage_uri,
+                size_bytes=rec.size_bytes,
+                status=InstanceStatus.RECEIVED.value,
+            )
+            .on_conflict_do_nothing(index_elements=[Instance.sop_instance_uid])
+            .returning(Instance.id)
+        )
+        new_id = conn.execute(inst_stmt).scalar_one_or_none()
+        if new_id is not None:
+            return RecordResult(new_id, True, InstanceStatus.RECEIVED.value)
+        row = conn.execute(
+            select(Instance.id, Instance.status).where(
+                Instance.sop_instance_uid == rec.sop_instance_uid
+            )
+        ).one()
+        return RecordResult(row.id, False, row.status)
+
+
+def mark_enqueued(engine: Engine, instance_id: int) -> None:
+    """received → queued, once the job is on the broker."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(Instance)
+            .where(Instance.id == instance_id, Instance.status == InstanceStatus.RECEIVED.value)
+            .values(
+                status=InstanceStatus.QUEUED.value, enqueued_at=func.now(), updated_at=func.now()
+            )
+        )
+
+
+def unenqueued_instances(engine: Engine, older_than_s: float, limit: int = 500) -> list[PendingJob]:
+    """Instances committed but never enqueued (the listener died between the two)."""
+    with engine.begin() as conn:
+        rows = conn.execute(
+            select(Instance.id, Instance.sop_instance_uid, Instance.storage_uri)
+            .where(
+                Instance.status == InstanceStatus.RECEIVED.value,
+                Instance.received_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s),
+            )
+            .order_by(Instance.received_at)
+            .limit(limit)
+        ).all()
+    return [PendingJob(r.id, r.sop_instance_uid, r.storage_uri) for r in rows]
+
+
+def start_processing(engine: Engine, instance_id: int) -> PendingJob | None:
+    """Claim an instance for scoring; None when it is already final (redelivered job)."""
+    with engine.begin() as conn:
+        row = conn.execute(
+            update(Instance)
+            .where(
+                Instance.id == instance_id,
+                Instance.status.in_(
+                    [
+                        InstanceStatus.RECEIVED.value,
+                        InstanceStatus.QUEUED.value,
+                        InstanceStatus.PROCESSING.value,
+                    ]
+                ),
+            )
+            .values(
+                status=InstanceStatus.PROCESSING.value,
+                attempts=Instance.attempts + 1,
+                updated_at=func.now(),
+            )
+            .returning(Instance.id, Instance.sop_instance_uid, Instance.storage_uri)
+        ).one_or_none()
+    if row is None:
+        return None
+    return PendingJob(row.id, row.sop_instance_uid, row.storage_uri)
+
+
+def _finish(engine: Engine, instance_id: int, status: InstanceStatus, reason: str | None) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(Instance)
+            .where(Instance.id == instance_id, Instance.status != InstanceStatus.DONE.value)
+            .values(status=status.value, reason=reason, updated_at=func.now())
+        )
+
+
+def record_not_eligible(engine: Engine, instance_id: int, reason: str) -> None:
+    _finish(engine, instance_id, InstanceStatus.NOT_ELIGIBLE, reason)
+
+
+def record_failed(engine: Engine, instance_id: int, reason: str) -> None:
+    _finish(engine, instance_id, InstanceStatus.FAILED, reason[:2000])
+
+
+def record_prediction(engine: Engine, instance_id: int, pred: PredictionRecord) -> None:
+    """Upsert the prediction, mark the instance done and raise (never lower) the study."""
+    values = {
+        "instance_id": instance_id,
+        "model_name": pred.model_name,
+        "model_version": pred.model_version,
+        "weights_sha256": pred.weights_sha256,
+        "calibration_version": pred.calibration_version,
+        "logit": pred.logit,
+        "probability": pred.probability,
+        "threshold": pred.threshold,
+        "flagged": pred.flagged,
+        "heatmap_png": pred.heatmap_png,
+        "device": pred.device,
+        "batch_size": pred.batch_size,
+        "decode_ms": pred.decode_ms,
+        "inference_ms": pred.inference_ms,
+        "worker_id": pred.worker_id,
+    }
+    upsert = insert(Prediction).values(**values)
+    upsert = upsert.on_conflict_do_update(
+        constraint="uq_prediction",
+        set_={k: upsert.excluded[k] for k in values if k != "instance_id"}
+        | {"created_at": func.now()},
+    )
+    with engine.begin() as conn:
+        conn.execute(upsert)
+        study_id = conn.execute(
+            update(Instance)
+            .where(Instance.id == instance_id)
+            .values(status=InstanceStatus.DONE.value, reason=None, updated_at=func.now())
+            .returning(Instance.study_id)
+        ).scalar_one()
+        conn.execute(
+            update(Study)
+            .where(Study.id == study_id)
+            .values(
+                flagged=Study.flagged | pred.flagged,
+                score=func.greatest(func.coalesce(Study.score, pred.probability), pred.probability),
+                updated_at=func.now(),
+            )
+        )
+
+
+_WORKLIST_SQL = text(
+    """
+    WITH agg AS (
+      SELECT i.study_id,
+             count(*) AS n,
+             CASE
+               WHEN bool_or(i.status = 'processing') THEN 'processing'
+               WHEN bool_or(i.status = 'queued') THEN 'queued'
+               WHEN bool_or(i.status = 'received') THEN 'received'
+               WHEN bool_or(i.status = 'done') THEN 'done'
+               WHEN bool_or(i.status = 'failed') THEN 'failed'
+               ELSE 'not_eligible'
+             END AS status,
+             string_agg(DISTINCT
+               CASE WHEN i.status IN ('failed', 'not_eligible')
+                    THEN replace(i.status, '_', ' ') || ': ' || coalesce(i.reason, 'no reason given')
+               END, '; ') AS reason
+      FROM instances i GROUP BY i.study_id
+    ), pred AS (
+      SELECT i.study_id,
+             max(p.created_at) AS scored_at,
+             (array_agg(p.model_version ORDER BY p.created_at DESC))[1] AS model_version,
+             array_agg(i.sop_instance_uid ORDER BY p.probability DESC)
+               FILTER (WHERE p.heatmap_png IS NOT NULL) AS heatmaps
+      FROM predictions p JOIN instances i ON i.id = p.instance_id
+      GROUP BY i.study_id
+    )
+    SELECT s.study_instance_uid, s.accession_number, agg.status, agg.reason, s.score,
+           s.flagged, pred.model_version, s.first_received_at AS received_at,
+           pred.scored_at, agg.n AS instances, pred.heatmaps
+    FROM studies s
+    JOIN agg ON agg.study_id = s.id
+    LEFT JOIN pred ON pred.study_id = s.id
+    ORDER BY s.flagged DESC, s.score DESC NULLS FIRST, s.first_received_at ASC, s.id ASC
+    LIMIT :limit
+    """
+)
+
+
+def worklist(engine: Engine, limit: int = 1000) -> list[WorklistEntry]:
+    """The triaged worklist: flagged first; then unscored studies (pending, failed, not
+    eligible: they still need a human read) and scored ones by score; then arrival."""
+    with engine.begin() as conn:
+        rows = conn.execute(_WORKLIST_SQL, {"limit": limit}).all()
+    return [
+        WorklistEntry(
+            study_instance_uid=r.study_instance_uid,
+            accession_number=r.accession_number,
+            status=r.status,
+            reason=r.reason,
+            score=r.score,
+            flagged=r.flagged,
+            model_version=r.model_version,
+            received_at=r.received_at,
+            scored_at=r.scored_at,
+            instances=r.instances,
+            heatmap_sop_instance_uids=tuple(r.heatmaps or ()),
+        )
+        for r in rows
+    ]
+
+
+def heatmap_png(engine: Engine, sop_instance_uid: str) -> bytes | None:
+    """The newest heatmap PNG of one instance, if it was scored."""
+    with engine.begin() as conn:
+        return conn.execute(
+            select(Prediction.heatmap_png)
+            .join(Instance, Instance.id == Prediction.instance_id)
+            .where(Instance.sop_instance_uid == sop_instance_uid)
+            .order_by(Prediction.created_at.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+
+
+def instance_statuses(engine: Engine) -> dict[str, str]:
+    """sop_instance_uid → status, for tests and progress displays."""
+    with engine.begin() as conn:
+        rows = conn.execute(select(Instance.sop_instance_uid, Instance.status)).all()
+    return {r.sop_instance_uid: r.status for r in rows}

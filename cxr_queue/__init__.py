@@ -1,0 +1,10 @@
+"""The queue contract between the listener (producer) and the workers (consumers).
+
+The listener enqueues by task *name* with a small JSON payload (IDs and a storage URI,
+never pixels), so it never imports the worker or torch. ``make_celery`` is the one place
+that sets the broker options both sides must agree on.
+"""
+
+from cxr_queue.contract import SCORE_TASK, ScoreJob, enqueue_score, make_celery
+
+__all__ = ["SCORE_TASK", "ScoreJob", "enqueue_score", "make_celery"]

@@ -1,0 +1,49 @@
+"""Task name, payload and Celery configuration shared by producer and consumers."""
+
+from __future__ import annotations
+
+from celery import Celery
+from pydantic import BaseModel, ConfigDict, Field
+
+SCORE_TASK = "cxr.score_instance"
+
+#: Longer than the longest task (see WorkerSettings.task_time_limit_s): a job whose
+#: worker died is redelivered after this many seconds.
+VISIBILITY_TIMEOUT_S = 3600
+
+
+class ScoreJob(BaseModel):
+    """Score one stored instance. Small, typed, and free of patient data."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    instance_id: int = Field(ge=1)
+    sop_instance_uid: str = Field(min_length=1, max_length=64)
+    storage_uri: str = Field(min_length=1)
+
+
+def make_celery(broker_url: str, queue_name: str = "cxr-score", name: str = "cxr-triage") -> Celery:
+    """A Celery app configured for at-least-once, idempotent scoring jobs."""
+    app = Celery(name, broker=broker_url)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=queue_name,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        enable_utc=True,
+    )
+    return app
+
+
+def enqueue_score(app: Celery, job: ScoreJob, queue_name: str = "cxr-score") -> None:
+    """Publish one scoring job (by task name; the producer needs no worker code)."""
+    app.send_task(SCORE_TASK, kwargs={"job": job.model_dump()}, queue=queue_name)
