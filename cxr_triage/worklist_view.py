@@ -1,0 +1,53 @@
+"""The worklist as a readable table or as JSON (one object per study, worklist order)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from cxr_db.repository import WorklistEntry
+
+DISCLAIMER = "Clinical decision support, not a diagnosis: a radiologist reads every study."
+
+_STATUS_LABEL = {
+    "received": "received",
+    "queued": "queued",
+    "processing": "processing",
+    "done": "done",
+    "not_eligible": "NOT ELIGIBLE",
+    "failed": "FAILED",
+}
+
+
+def as_json(entries: Sequence[WorklistEntry]) -> str:
+    return json.dumps([e.as_json() for e in entries], indent=2)
+
+
+def _fmt_time(entry: WorklistEntry) -> str:
+    return entry.received_at.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def as_table(entries: Sequence[WorklistEntry]) -> str:
+    """A fixed-width table: priority, accession, status, score, model, received, reason."""
+    header = ("#", "PRIORITY", "ACCESSION", "STATUS", "SCORE", "MODEL", "RECEIVED (UTC)", "NOTE")
+    rows = [header]
+    for i, e in enumerate(entries, 1):
+        rows.append(
+            (
+                str(i),
+                "LIKELY +" if e.flagged else "",
+                e.accession_number or e.study_instance_uid[-12:],
+                _STATUS_LABEL.get(e.status, e.status),
+                f"{e.score:.3f}" if e.score is not None else "-",
+                e.model_version or "-",
+                _fmt_time(e),
+                (e.reason or "")[:70],
+            )
+        )
+    widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
+    lines = ["  ".join(cell.ljust(widths[c]) for c, cell in enumerate(r)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    flagged = sum(e.flagged for e in entries)
+    lines.append("")
+    lines.append(f"{len(entries)} studies, {flagged} flagged likely positive. {DISCLAIMER}")
+    return "\n".join(lines)

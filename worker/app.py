@@ -1,0 +1,82 @@
+"""Worker process start-up: load the model once, configure Celery, consume the queue.
+
+The pool is ``threads`` so that concurrent tasks in one process can share one model and
+be scored together by ``batching.Batcher``; ``concurrency`` equals the maximum batch size.
+Scale out with more processes (``docker compose up --scale worker=N``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from celery import Celery
+from celery.signals import setup_logging
+
+from cxr_common.settings import WorkerSettings
+from cxr_db import make_engine
+from cxr_queue import make_celery
+from worker.pipeline import ScoringRuntime
+from worker.tasks import register_tasks
+
+log = logging.getLogger(__name__)
+
+
+@setup_logging.connect
+def _keep_our_logging(**_: object) -> None:
+    """Stop Celery from replacing the logging configuration."""
+
+
+def build_runtime(settings: WorkerSettings) -> ScoringRuntime:
+    """Load model and calibration (sha256-verified) and open the database engine."""
+    from cxr_model import load_calibration, load_model
+
+    model = load_model(settings.model_dir, device=settings.device)
+    calibration = load_calibration(settings.calibration_path, model_sha256=model.contract.sha256)
+    log.info(
+        "model %s %s on %s, calibration %s (threshold %.3f)",
+        model.contract.name,
+        model.contract.version,
+        model.device,
+        calibration.version,
+        calibration.threshold,
+    )
+    engine = make_engine(settings.database_url_value(), pool_size=settings.batch_max_size + 2)
+    return ScoringRuntime(
+        engine,
+        model,
+        calibration,
+        batch_max_size=settings.batch_max_size,
+        batch_max_wait_s=settings.batch_max_wait_ms / 1000,
+        heatmaps=settings.heatmaps,
+    )
+
+
+def create_app(settings: WorkerSettings) -> tuple[Celery, ScoringRuntime]:
+    app = make_celery(settings.broker_url_value(), settings.queue_name)
+    app.conf.task_time_limit = settings.task_time_limit_s
+    runtime = build_runtime(settings)
+    register_tasks(app, lambda: runtime, settings.max_retries)
+    return app, runtime
+
+
+def run_worker(settings: WorkerSettings) -> int:
+    """Consume scoring jobs until SIGTERM/SIGINT (Celery's warm shutdown)."""
+    app, runtime = create_app(settings)
+    argv = [
+        "worker",
+        "--pool=threads",
+        f"--concurrency={settings.batch_max_size}",
+        f"--queues={settings.queue_name}",
+        f"--hostname=cxr-worker-{os.getpid()}@{socket.gethostname()}",
+        f"--loglevel={settings.log_level}",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    try:
+        app.worker_main(argv)
+    finally:
+        runtime.close()
+    return 0
