@@ -1,0 +1,60 @@
+"""Shared pneumonia model package: one contract for training and the worker.
+
+Contract (stored as ``weights/model.json`` next to the weights, with version and sha256):
+
+* Input: one decoded radiograph as float32 HxW in [0, 1], MONOCHROME2 (bright = dense), from
+  :func:`cxr_imaging.load_image`. :meth:`ScoringModel.preprocess` squashes it to
+  ``input_size`` x ``input_size`` (antialiased bilinear), scales ``(255*x - 127) / 128`` and
+  replicates it to 3 channels. Training uses this very function.
+* Output: one logit; labels in order ``("NORMAL", "PNEUMONIA")``; the logit is for PNEUMONIA.
+* Calibration: ``weights/calibration.json`` (a :class:`Calibration`) maps logits to site
+  probabilities, ``sigmoid(logit / temperature + bias)``, and holds the operating threshold
+  fitted on a labelled sample from the site for a target sensitivity. It is tied to the
+  model's sha256 and refused for any other model.
+* Heatmaps: Grad-CAM on the last convolutional block, HxW float32 in [0, 1] at input size.
+
+Clinical decision support, not a diagnosis.
+
+Usage::
+
+    model = load_model()                      # shipped weights, sha256 verified
+    cal = load_calibration(model_sha256=model.contract.sha256)
+    batch = torch.stack([model.preprocess(img.pixels) for img in images])
+    for r in model.score_batch(batch):
+        p = cal.probability(r.logit); flagged = cal.flag(p)
+        png = render_overlay_png(img.pixels, r.cam)
+"""
+
+from cxr_model.calibration import Calibration, load_calibration
+from cxr_model.contract import DISCLAIMER, WEIGHTS_DIR, ModelContract, read_contract, sha256_file
+from cxr_model.errors import (
+    CalibrationMismatchError,
+    ContractError,
+    ModelError,
+    ModelIntegrityError,
+)
+from cxr_model.overlay import render_overlay_png
+from cxr_model.preprocess import preprocess, resize_pixels, scale_tensor
+from cxr_model.scoring import ScoreResult, ScoringModel, load_model, load_network
+
+__all__ = [
+    "DISCLAIMER",
+    "WEIGHTS_DIR",
+    "Calibration",
+    "CalibrationMismatchError",
+    "ContractError",
+    "ModelContract",
+    "ModelError",
+    "ModelIntegrityError",
+    "ScoreResult",
+    "ScoringModel",
+    "load_calibration",
+    "load_model",
+    "load_network",
+    "preprocess",
+    "read_contract",
+    "render_overlay_png",
+    "resize_pixels",
+    "scale_tensor",
+    "sha256_file",
+]

@@ -1,0 +1,34 @@
+"""Network definitions. Every architecture outputs one logit (PNEUMONIA vs NORMAL)."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from torch import nn
+
+from cxr_model.errors import ContractError
+
+ARCHITECTURES = ("tf_efficientnet_lite0", "resnet18")
+
+
+def build_network(architecture: str) -> nn.Module:
+    """Build an untrained network with a single-logit head."""
+    if architecture == "tf_efficientnet_lite0":
+        import timm
+
+        net: nn.Module = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1)
+        return net
+    if architecture == "resnet18":
+        from torchvision.models import resnet18
+
+        return resnet18(weights=None, num_classes=1)
+    raise ContractError(f"unsupported architecture {architecture!r}; known: {ARCHITECTURES}")
+
+
+def gradcam_target_layer(net: nn.Module, architecture: str) -> nn.Module:
+    """The last convolutional block, whose activations Grad-CAM weights."""
+    if architecture == "tf_efficientnet_lite0":
+        return cast(nn.Module, net.bn2)  # conv_head + BN + ReLU6, 7x7 at 224 px
+    if architecture == "resnet18":
+        return cast(nn.Module, net.layer4[-1])
+    raise ContractError(f"unsupported architecture {architecture!r}")

@@ -1,0 +1,110 @@
+"""Site calibration record: temperature (+ bias) scaling and an operating threshold.
+
+The record is stored as JSON (``calibration.json`` next to the shipped weights) and is tied to
+one model by its weights sha256. Calibrated probability::
+
+    p = sigmoid(logit / temperature + bias)
+
+A study is flagged when ``p >= threshold``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cxr_model.contract import DISCLAIMER, WEIGHTS_DIR, read_contract
+from cxr_model.errors import CalibrationMismatchError, ContractError
+
+SCHEMA = "cxr-triage/calibration/1"
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A versioned calibration record for one model."""
+
+    version: str
+    model_sha256: str
+    temperature: float
+    bias: float
+    threshold: float
+    logit_threshold: float
+    target_sensitivity: float
+    confidence: float
+    method: str = "temperature+bias"
+    fitted_on: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+
+    def probability(self, logit: float) -> float:
+        """Calibrated probability of PNEUMONIA for one raw logit."""
+        return _sigmoid(float(logit) / self.temperature + self.bias)
+
+    def flag(self, prob: float) -> bool:
+        """True when the calibrated probability reaches the operating threshold."""
+        return float(prob) >= self.threshold
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["schema"] = SCHEMA
+        data["disclaimer"] = DISCLAIMER
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Calibration:
+        if data.get("schema") != SCHEMA:
+            raise ContractError(f"unsupported calibration schema {data.get('schema')!r}")
+        try:
+            cal = cls(
+                version=str(data["version"]),
+                model_sha256=str(data["model_sha256"]),
+                temperature=float(data["temperature"]),
+                bias=float(data.get("bias", 0.0)),
+                threshold=float(data["threshold"]),
+                logit_threshold=float(data["logit_threshold"]),
+                target_sensitivity=float(data["target_sensitivity"]),
+                confidence=float(data["confidence"]),
+                method=str(data.get("method", "temperature+bias")),
+                fitted_on=dict(data.get("fitted_on", {})),
+                created_at=str(data.get("created_at", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ContractError(f"malformed calibration record: {exc}") from exc
+        if not cal.temperature > 0:
+            raise ContractError("calibration temperature must be positive")
+        return cal
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+
+
+def load_calibration(path: Path | None = None, model_sha256: str | None = None) -> Calibration:
+    """Load a calibration record (default: the shipped one).
+
+    ``model_sha256`` defaults to the shipped model's sha256; a record fitted for a different
+    model raises :class:`CalibrationMismatchError`.
+    """
+    if path is None:
+        path = WEIGHTS_DIR / "calibration.json"
+    if model_sha256 is None:
+        model_sha256 = read_contract(WEIGHTS_DIR).sha256
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ContractError(f"cannot read calibration {path}: {exc}") from exc
+    cal = Calibration.from_json(data)
+    if cal.model_sha256 != model_sha256:
+        raise CalibrationMismatchError(
+            f"calibration {cal.version} is for model {cal.model_sha256[:12]}, "
+            f"not {model_sha256[:12]}"
+        )
+    return cal

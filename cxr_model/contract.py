@@ -1,0 +1,81 @@
+"""The model contract stored next to the weights as ``model.json``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cxr_model.errors import ContractError
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DISCLAIMER = "Clinical decision support, not a diagnosis."
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """Everything a caller needs to feed the network and read its output."""
+
+    name: str
+    version: str
+    architecture: str
+    input_size: int
+    channels: int
+    scaling: str
+    labels: tuple[str, ...]
+    output: str
+    val_threshold: float
+    weights_file: str
+    sha256: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["labels"] = list(self.labels)
+        data["disclaimer"] = DISCLAIMER
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelContract:
+        try:
+            return cls(
+                name=str(data["name"]),
+                version=str(data["version"]),
+                architecture=str(data["architecture"]),
+                input_size=int(data["input_size"]),
+                channels=int(data["channels"]),
+                scaling=str(data["scaling"]),
+                labels=tuple(str(x) for x in data["labels"]),
+                output=str(data.get("output", "logit")),
+                val_threshold=float(data["val_threshold"]),
+                weights_file=str(data["weights_file"]),
+                sha256=str(data["sha256"]),
+                extra=dict(data.get("extra", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ContractError(f"malformed model contract: {exc}") from exc
+
+
+def read_contract(weights_dir: Path) -> ModelContract:
+    path = weights_dir / "model.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ContractError(f"cannot read {path}: {exc}") from exc
+    return ModelContract.from_json(data)
+
+
+def write_contract(contract: ModelContract, weights_dir: Path) -> Path:
+    path = weights_dir / "model.json"
+    path.write_text(json.dumps(contract.to_json(), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

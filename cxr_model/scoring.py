@@ -1,0 +1,109 @@
+"""Loading the verified weights and scoring batches (with Grad-CAM)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxr_model.architecture import build_network, gradcam_target_layer
+from cxr_model.contract import WEIGHTS_DIR, ModelContract, read_contract, sha256_file
+from cxr_model.errors import ModelIntegrityError
+from cxr_model.preprocess import preprocess as _preprocess
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Raw network output for one image; ``cam`` is HxW float32 in [0, 1] or None."""
+
+    logit: float
+    cam: np.ndarray | None
+
+
+class _LogitTarget:
+    """Grad-CAM target: the single PNEUMONIA logit."""
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        return model_output.reshape(-1)[0]
+
+
+class ScoringModel:
+    """A loaded, verified network plus its contract. Call from one thread at a time."""
+
+    def __init__(self, net: nn.Module, contract: ModelContract, device: torch.device) -> None:
+        self.net = net
+        self.contract = contract
+        self.device = device
+        self._lock = threading.Lock()
+
+    def preprocess(self, pixels01: np.ndarray) -> torch.Tensor:
+        """Decoded [0, 1] pixels -> (C, H, W) float32 input (same function as training)."""
+        return _preprocess(pixels01, self.contract.input_size, self.contract.channels)
+
+    def logits(self, batch: torch.Tensor) -> np.ndarray:
+        """Raw logits for a (N, C, H, W) batch, no heatmaps."""
+        with self._lock, torch.inference_mode():
+            out = self.net(batch.to(self.device, torch.float32))
+        return out.reshape(-1).float().cpu().numpy()
+
+    def score_batch(self, batch: torch.Tensor, with_heatmaps: bool = True) -> list[ScoreResult]:
+        """Score a (N, C, H, W) batch in one forward (and one backward for Grad-CAM)."""
+        if batch.ndim == 3:
+            batch = batch.unsqueeze(0)
+        if not with_heatmaps:
+            return [ScoreResult(float(v), None) for v in self.logits(batch)]
+        from pytorch_grad_cam import GradCAM
+
+        layer = gradcam_target_layer(self.net, self.contract.architecture)
+        x = batch.to(self.device, torch.float32)
+        with self._lock, torch.enable_grad(), GradCAM(model=self.net, target_layers=[layer]) as cam:
+            cams = cam(input_tensor=x, targets=[_LogitTarget() for _ in range(x.shape[0])])
+            logits = cam.outputs.detach().reshape(-1).float().cpu().numpy()
+        self.net.zero_grad(set_to_none=True)
+        cams = np.nan_to_num(np.asarray(cams, dtype=np.float32))
+        return [
+            ScoreResult(float(lg), np.clip(c, 0.0, 1.0).astype(np.float32))
+            for lg, c in zip(logits, cams, strict=True)
+        ]
+
+
+def _auto_device(device: str | None) -> torch.device:
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def load_network(weights_dir: Path) -> tuple[nn.Module, ModelContract]:
+    """Read ``model.json``, verify the weights' sha256, load them (weights_only)."""
+    contract = read_contract(weights_dir)
+    weights = weights_dir / contract.weights_file
+    if not weights.is_file():
+        raise ModelIntegrityError(f"weights file {weights} is missing")
+    actual = sha256_file(weights)
+    if actual != contract.sha256:
+        raise ModelIntegrityError(
+            f"weights sha256 {actual[:12]} does not match model.json {contract.sha256[:12]}"
+        )
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    net = build_network(contract.architecture)
+    net.load_state_dict({k: v.float() for k, v in state.items()})
+    net.eval()
+    return net, contract
+
+
+def load_model(weights_dir: Path | None = None, device: str | None = None) -> ScoringModel:
+    """Load the model (default: the shipped weights), sha256-verified, in eval mode."""
+    net, contract = load_network(Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR)
+    dev = _auto_device(device)
+    net.to(dev)
+    logger.info(
+        "loaded model %s %s (%s) on %s", contract.name, contract.version, contract.sha256[:12], dev
+    )
+    return ScoringModel(net, contract, dev)
