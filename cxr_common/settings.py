@@ -103,6 +103,9 @@ class WorkerSettings(CommonSettings):
     heatmaps: bool = True
     max_retries: int = Field(default=5, ge=0)
     task_time_limit_s: int = Field(default=600, ge=10)
+    heartbeat_file: Path | None = Field(
+        default=None, description="touched every 10 s while the worker runs (healthchecks)"
+    )
 
 
 class WebSettings(CommonSettings):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
+from pathlib import Path
 
 from celery import Celery
 from celery.signals import setup_logging
@@ -61,6 +63,12 @@ def create_app(settings: WorkerSettings) -> tuple[Celery, ScoringRuntime]:
     return app, runtime
 
 
+def _heartbeat(path: Path, stop: threading.Event, every_s: float = 10.0) -> None:
+    while not stop.is_set():
+        path.touch()
+        stop.wait(every_s)
+
+
 def run_worker(settings: WorkerSettings) -> int:
     """Consume scoring jobs until SIGTERM/SIGINT (Celery's warm shutdown)."""
     app, runtime = create_app(settings)
@@ -75,8 +83,14 @@ def run_worker(settings: WorkerSettings) -> int:
         "--without-mingle",
         "--without-heartbeat",
     ]
+    stop = threading.Event()
+    if settings.heartbeat_file is not None:
+        threading.Thread(
+            target=_heartbeat, args=(settings.heartbeat_file, stop), daemon=True
+        ).start()
     try:
         app.worker_main(argv)
     finally:
+        stop.set()
         runtime.close()
     return 0
