@@ -1,0 +1,17 @@
+"""Shared imaging: DICOM/JPEG decoding and chest-radiograph eligibility.
+
+Imports no other project package (and no torch, database or queue code), so the
+listener, the worker and training all share it.
+"""
+
+from cxr_imaging.decode import DecodedImage, decode_dataset, load_image
+from cxr_imaging.errors import ImagingError, NotAnImageError, UndecodableError
+
+__all__ = [
+    "DecodedImage",
+    "ImagingError",
+    "NotAnImageError",
+    "UndecodableError",
+    "decode_dataset",
+    "load_image",
+]
