@@ -5,13 +5,16 @@ listener, the worker and training all share it.
 """
 
 from cxr_imaging.decode import DecodedImage, decode_dataset, load_image
+from cxr_imaging.eligibility import Eligibility, check_eligibility
 from cxr_imaging.errors import ImagingError, NotAnImageError, UndecodableError
 
 __all__ = [
     "DecodedImage",
+    "Eligibility",
     "ImagingError",
     "NotAnImageError",
     "UndecodableError",
+    "check_eligibility",
     "decode_dataset",
     "load_image",
 ]
