@@ -1,0 +1,82 @@
+"""Real processes for integration tests: an in-process listener and worker subprocesses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from cxr_common.settings import ListenerSettings
+from cxr_db import repository as repo
+from cxr_db.schema import FINAL_STATUSES
+from cxr_queue import make_celery
+from tests.conftest import Services
+
+FINAL = {s.value for s in FINAL_STATUSES}
+
+
+@pytest.fixture
+def listener(services: Services, engine: Engine) -> Iterator[int]:
+    """A real C-STORE listener on a free loopback port; yields the port."""
+    from dicom_listener.server import start_listener
+
+    settings = ListenerSettings(
+        database_url=services.database_url,
+        broker_url=services.broker_url,
+        queue_name=services.queue_name,
+        data_dir=services.data_dir,
+        storage_uri=(services.data_dir / "instances").as_uri(),
+        dicom_host="127.0.0.1",
+        dicom_port=0,
+    )
+    app = make_celery(services.broker_url, services.queue_name)
+    handle = start_listener(settings, engine, app)
+    yield handle.port
+    handle.shutdown()
+
+
+@pytest.fixture
+def start_worker(services: Services) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start ``cxr-triage work`` subprocesses against the test services; stop them after."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def _start(batch_size: int = 4, wait_ms: int = 500, log: Path | None = None) -> subprocess.Popen[bytes]:
+        env = services.env()
+        env.update(CXR_BATCH_MAX_SIZE=str(batch_size), CXR_BATCH_MAX_WAIT_MS=str(wait_ms))
+        out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cxr_triage", "work"], env=env, stdout=out, stderr=out
+        )
+        procs.append(proc)
+        return proc
+
+    yield _start
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def wait_until_final(
+    engine: Engine, expected: int, timeout_s: float = 180,
+    procs: list[subprocess.Popen[bytes]] | None = None,
+) -> dict[str, str]:
+    """Poll Postgres until ``expected`` instances are in a final state (or fail)."""
+    deadline = time.monotonic() + timeout_s
+    statuses: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        statuses = repo.instance_statuses(engine)
+        if len(statuses) >= expected and all(s in FINAL for s in statuses.values()):
+            return statuses
+        for proc in procs or []:
+            assert proc.poll() is None, f"worker exited with {proc.returncode}"
+        time.sleep(0.2)
+    raise AssertionError(f"not final after {timeout_s} s: {statuses}")
