@@ -23,7 +23,7 @@ from cxr_db.schema import FINAL_STATUSES
 from cxr_triage.embedded import free_port
 from cxr_triage.processes import Child, spawn, stop_all, wait_for_port
 from cxr_triage.services import resolve_services
-from cxr_triage.worklist_view import as_table
+from cxr_triage.worklist_view import as_json, as_table
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +107,15 @@ def run_demo(data_dir: Path, timeout_s: float = 240, keep: bool = False) -> int:
         final = {s.value for s in FINAL_STATUSES}
         pending = [s for s in statuses.values() if s not in final]
         engine = make_engine(services.database_url, pool_size=1)
-        print()
-        print(as_table(repo.worklist(engine)))
+        entries = repo.worklist(engine)
         engine.dispose()
+        print()
+        print(as_table(entries))
+        (data_dir / "worklist.json").write_text(as_json(entries))
         heatmap_dir = data_dir / "heatmaps"
         n = write_heatmaps(services.database_url, heatmap_dir)
         print(f"\nHeatmaps: {n} PNG files in {heatmap_dir}")
+        print(f"Worklist as JSON: {data_dir / 'worklist.json'}")
         print(f"Demo finished in {time.monotonic() - t0:.0f} s.")
         if pending or report.failed or len(statuses) < report.sent:
             print(f"{len(pending)} instances did not finish in {timeout_s:.0f} s")
