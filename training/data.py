@@ -134,13 +134,8 @@ def load_samples(
 
 def decode_pixels(path: Path) -> np.ndarray:
     """Decode any supported file to float32 HxW [0, 1] via :func:`cxr_imaging.load_image`."""
-    try:
-        from cxr_imaging import load_image
-    except ImportError:  # TEMPORARY until cxr_imaging lands: identical for 8-bit JPEG/PNG
-        from PIL import Image
+    from cxr_imaging import load_image
 
-        with Image.open(path) as im:
-            return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
     return np.asarray(load_image(path).pixels, dtype=np.float32)
 
 

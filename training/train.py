@@ -282,6 +282,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             )
         )
         net.to(memory_format=torch.channels_last)
-    summary = {"history": history, "train_seconds": round(train_wall, 1), "out": str(out)}
+    summary: dict[str, Any] = {
+        "history": history,
+        "train_seconds": round(train_wall, 1),
+        "out": str(out),
+    }
+    if va is not None:
+        summary["val_logits"] = predict_logits(net, va.images, device).tolist()
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -1,0 +1,307 @@
+"""``cxr-triage train | evaluate | calibrate | predict`` (wired in by ``cxr_triage.cli``).
+
+Every output is clinical decision support, not a diagnosis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from cxr_model.contract import DISCLAIMER
+
+DATA_HELP = (
+    "a folder <root>/<split>/<NORMAL|PNEUMONIA>/* or <root>/<NORMAL|PNEUMONIA>/*, a labels.csv "
+    "(path,label[,split,site_fold,subtype,...]; a folder holding labels.csv works too) or an "
+    "RSNA-style CSV (patientId,Target) with <patientId>.dcm beside it"
+)
+FILTER_HELP = (
+    "keep rows whose columns equal these values, e.g. 'split=test,site_fold=dev' "
+    "('a|b' = either); for a folder only 'split=' applies"
+)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path("cache"),
+        help="where decoded, resized images are cached (default ./cache)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+
+
+def register(subparsers: Any) -> None:
+    """Add train, evaluate, calibrate and predict to an argparse subparsers object."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = subparsers.add_parser(
+        "train",
+        formatter_class=fmt,
+        help="fine-tune the pneumonia classifier",
+        description="Train on --train-filter rows, monitor --val-filter rows and choose the "
+        "exported epoch on --select-filter rows (site dev) if given, else on val AUC. Writes "
+        "OUT/model (best), OUT/model-eN (each epoch), checkpoint-last.pt, history.json. "
+        f"{DISCLAIMER}",
+    )
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--train-filter", default="split=train", help=FILTER_HELP)
+    p.add_argument("--val-filter", default="split=val", help="rows used for validation")
+    p.add_argument(
+        "--select-filter",
+        default="",
+        help="rows used to choose the exported epoch, e.g. split=test,site_fold=dev",
+    )
+    p.add_argument(
+        "--backbone",
+        default="lite0",
+        choices=["lite0", "lite0-scratch", "resnet18"],
+        help="lite0 = EfficientNet-Lite0 from offline ImageNet weights",
+    )
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--augment", default="strong", choices=["none", "mild", "strong"])
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--mixup", type=float, default=0.0, help="mixup Beta(a, a); 0 = off")
+    p.add_argument("--seed", type=int, default=20261123)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last.pt")
+    p.add_argument("--max-steps-per-epoch", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    _add_common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser(
+        "evaluate",
+        formatter_class=fmt,
+        help="metrics.json + ROC/PR/reliability/confusion/Grad-CAM plots on a labelled set",
+        description="Score a labelled set. Without --model and --calibration it uses the "
+        "shipped model and the shipped site calibration; with --model and no --calibration it "
+        f"uses the model's uncalibrated val threshold. {DISCLAIMER}",
+    )
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--filter", default=None, help=FILTER_HELP)
+    p.add_argument(
+        "--model",
+        type=Path,
+        action="append",
+        default=None,
+        help="weights folder with model.json (repeat for an averaged ensemble)",
+    )
+    p.add_argument("--calibration", type=Path, default=None, help="calibration.json to apply")
+    p.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="ignore calibration; use sigmoid(logit) and the val threshold",
+    )
+    p.add_argument("--tta", action="store_true", help="average logits over 5 zoom/rotate views")
+    p.add_argument("--no-cams", action="store_true", help="skip the Grad-CAM grid")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    _add_common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser(
+        "calibrate",
+        formatter_class=fmt,
+        help="fit a site calibration (threshold for target sensitivity + temperature)",
+        description="Fit temperature(+bias) scaling and the operating threshold on a labelled "
+        "sample from the site. The threshold is the highest one whose one-sided Clopper-Pearson "
+        "lower bound on sensitivity reaches the target, so the target should hold on unseen "
+        f"studies. Writes a versioned record tied to the model's sha256. {DISCLAIMER}",
+    )
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--filter", default=None, help=FILTER_HELP)
+    p.add_argument("--model", type=Path, default=None, help="weights folder (default: shipped)")
+    p.add_argument("--target-sensitivity", type=float, default=0.95)
+    p.add_argument(
+        "--confidence",
+        type=float,
+        default=0.95,
+        help="one-sided confidence of the sensitivity lower bound",
+    )
+    p.add_argument("--no-bias", action="store_true", help="temperature only (no bias term)")
+    p.add_argument("--version", default=None, help="record version (default: model+timestamp)")
+    p.add_argument("--out", required=True, type=Path, help="calibration.json to write")
+    _add_common(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = subparsers.add_parser(
+        "predict",
+        formatter_class=fmt,
+        help="score DICOM / image files offline",
+        description=f"Score files (score, flag, eligibility, optional heatmap). {DISCLAIMER}",
+    )
+    p.add_argument("paths", nargs="+", type=Path, help="DICOM, JPEG or PNG files or folders")
+    p.add_argument("--model", type=Path, default=None, help="weights folder (default: shipped)")
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="calibration.json (default: shipped, when the model is the shipped one)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--heatmap-dir", type=Path, default=None, help="write Grad-CAM overlay PNGs")
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if present)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    p.set_defaults(func=cmd_predict)
+
+
+def _logging(args: argparse.Namespace) -> None:
+    if getattr(args, "verbose", False):
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _logging(args)
+    from training.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=str(args.data),
+        out=str(args.out),
+        train_filter=args.train_filter,
+        val_filter=args.val_filter,
+        select_filter=args.select_filter,
+        backbone=args.backbone,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        augment=args.augment,
+        label_smoothing=args.label_smoothing,
+        mixup=args.mixup,
+        seed=args.seed,
+        cache_dir=str(args.cache_dir) if args.cache_dir else "",
+        resume=args.resume,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+        threads=args.threads,
+        device=args.device or "",
+    )
+    summary = train(cfg)
+    last = summary["history"][-1] if summary["history"] else {}
+    print(
+        json.dumps(
+            {
+                "out": summary["out"],
+                "train_seconds": summary["train_seconds"],
+                "last_epoch": last,
+                "disclaimer": DISCLAIMER,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    _logging(args)
+    from training.evaluate import evaluate
+
+    m = evaluate(
+        str(args.data),
+        args.filter,
+        args.out,
+        args.model,
+        args.calibration,
+        args.no_calibration,
+        args.tta,
+        args.cache_dir,
+        args.device,
+        not args.no_cams,
+    )
+    keys = (
+        "n",
+        "auc",
+        "auc_ci95",
+        "threshold",
+        "sensitivity",
+        "specificity",
+        "ppv",
+        "npv",
+        "accuracy",
+        "f1",
+        "ece",
+        "confusion",
+    )
+    print(
+        json.dumps(
+            {k: m[k] for k in keys} | {"out": str(args.out), "disclaimer": DISCLAIMER}, indent=2
+        )
+    )
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    _logging(args)
+    from cxr_model import WEIGHTS_DIR, load_model
+    from training.calibrate import fit_calibration
+    from training.data import load_resized, load_samples
+    from training.evaluate import model_logits
+
+    model = load_model(args.model or WEIGHTS_DIR, args.device)
+    samples = load_samples(str(args.data), args.filter)
+    images = load_resized(samples, model.contract.input_size, args.cache_dir)
+    import numpy as np
+
+    y = np.array([s.label for s in samples])
+    logits = model_logits(model, images)
+    cal = fit_calibration(
+        y,
+        logits,
+        model_sha256=model.contract.sha256,
+        model_version=model.contract.version,
+        target_sensitivity=args.target_sensitivity,
+        confidence=args.confidence,
+        with_bias=not args.no_bias,
+        version=args.version,
+        fitted_on={"data": str(args.data), "filter": args.filter or ""},
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    cal.save(args.out)
+    print(json.dumps(cal.to_json(), indent=2))
+    if not cal.fitted_on.get("target_attainable", True):
+        print(
+            f"warning: sensitivity lower bound {cal.fitted_on['sensitivity_lcb']:.3f} < "
+            f"target even when flagging every positive; collect more site positives",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    _logging(args)
+    from training.predict import predict_paths
+
+    results = predict_paths(args.paths, args.model, args.calibration, args.heatmap_dir, args.device)
+    if args.json:
+        print(json.dumps({"results": results, "disclaimer": DISCLAIMER}, indent=2))
+    else:
+        for r in results:
+            if r.get("error"):
+                print(f"{r['path']}: ERROR {r['error']}")
+                continue
+            elig = "eligible" if r["eligible"] else "NOT eligible (" + "; ".join(r["reasons"]) + ")"
+            print(
+                f"{r['path']}: P(pneumonia)={r['probability']:.3f} "
+                f"{'FLAG' if r['flagged'] else 'no flag'} (t={r['threshold']:.3f}) {elig}"
+                + (f" heatmap={r['heatmap']}" if r.get("heatmap") else "")
+            )
+        print(DISCLAIMER)
+    return 0 if all(not r.get("error") for r in results) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point: ``python -m training.cli <command> ...``."""
+    parser = argparse.ArgumentParser(prog="python -m training.cli", description=DISCLAIMER)
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
