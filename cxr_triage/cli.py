@@ -13,10 +13,14 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from cxr_common.errors import CxrTriageError
 from cxr_common.logs import configure_logging
 from cxr_common.settings import CommonSettings, ListenerSettings, WorkerSettings
+
+if TYPE_CHECKING:
+    from cxr_triage.services import ResolvedServices
 
 log = logging.getLogger("cxr_triage")
 
@@ -52,28 +56,28 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_services_env(settings: CommonSettings) -> tuple[object, CommonSettings]:
-    """Resolve services and return settings with the URLs filled in."""
+def _export_services(settings: CommonSettings) -> ResolvedServices:
+    """Resolve services and put their URLs in the environment for the settings to read."""
     from cxr_triage.services import resolve_services
 
     services = resolve_services(settings)
     os.environ["CXR_DATABASE_URL"] = services.database_url
     os.environ["CXR_BROKER_URL"] = services.broker_url
-    return services, type(settings)()
+    return services
 
 
 def _cmd_listen(args: argparse.Namespace) -> int:
     from dicom_listener.server import run_listener
+
     from migrations import upgrade_to_head
 
-    services, settings = _with_services_env(ListenerSettings())
+    services = _export_services(ListenerSettings())
     try:
-        if services.embedded is not None:  # type: ignore[attr-defined]
-            upgrade_to_head(settings.database_url_value())
-        assert isinstance(settings, ListenerSettings)
-        return run_listener(settings)
+        if services.embedded is not None:
+            upgrade_to_head(services.database_url)
+        return run_listener(ListenerSettings())
     finally:
-        services.stop()  # type: ignore[attr-defined]
+        services.stop()
 
 
 def _cmd_work(args: argparse.Namespace) -> int:
@@ -83,12 +87,11 @@ def _cmd_work(args: argparse.Namespace) -> int:
         os.environ["CXR_BATCH_MAX_SIZE"] = str(args.batch_size)
     if args.device:
         os.environ["CXR_DEVICE"] = args.device
-    services, settings = _with_services_env(WorkerSettings())
+    services = _export_services(WorkerSettings())
     try:
-        assert isinstance(settings, WorkerSettings)
-        return run_worker(settings)
+        return run_worker(WorkerSettings())
     finally:
-        services.stop()  # type: ignore[attr-defined]
+        services.stop()
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -164,8 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
         "worker; send the bundled sample DICOM studies over a real association; wait until "
         "each is scored; print the triaged worklist; write heatmaps; stop everything.",
     )
-    p.add_argument("--data-dir", type=Path, help="demo folder (emptied first); "
-                   "default $CXR_DATA_DIR/demo")
+    p.add_argument(
+        "--data-dir", type=Path, help="demo folder (emptied first); default $CXR_DATA_DIR/demo"
+    )
     p.add_argument("--timeout", type=float, default=240, help="seconds to wait for scoring")
     p.set_defaults(func=_cmd_demo)
 
@@ -178,36 +182,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.set_defaults(func=_cmd_up)
 
-    p = sub.add_parser("listen", help="run the DICOM C-STORE listener (one process)",
-                       description="Run the C-ECHO/C-STORE listener. Settings: CXR_AE_TITLE, "
-                       "CXR_DICOM_PORT, CXR_ALLOWED_CALLING_AE_TITLES, CXR_MAX_ASSOCIATIONS, "
-                       "CXR_STORAGE_URI.")
+    p = sub.add_parser(
+        "listen",
+        help="run the DICOM C-STORE listener (one process)",
+        description="Run the C-ECHO/C-STORE listener. Settings: CXR_AE_TITLE, "
+        "CXR_DICOM_PORT, CXR_ALLOWED_CALLING_AE_TITLES, CXR_MAX_ASSOCIATIONS, "
+        "CXR_STORAGE_URI.",
+    )
     p.set_defaults(func=_cmd_listen)
 
-    p = sub.add_parser("work", help="run one scoring worker process",
-                       description="Consume scoring jobs: decode, check eligibility, score in "
-                       "batches, write predictions and heatmaps. Settings: CXR_BATCH_MAX_SIZE, "
-                       "CXR_BATCH_MAX_WAIT_MS, CXR_DEVICE, CXR_CALIBRATION_PATH.")
+    p = sub.add_parser(
+        "work",
+        help="run one scoring worker process",
+        description="Consume scoring jobs: decode, check eligibility, score in "
+        "batches, write predictions and heatmaps. Settings: CXR_BATCH_MAX_SIZE, "
+        "CXR_BATCH_MAX_WAIT_MS, CXR_DEVICE, CXR_CALIBRATION_PATH.",
+    )
     p.add_argument("--batch-size", type=int, help="maximum batch size (CXR_BATCH_MAX_SIZE)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     p.set_defaults(func=_cmd_work)
 
-    p = sub.add_parser("migrate", help="create or upgrade the database schema",
-                       description="Apply the Alembic migrations to CXR_DATABASE_URL.")
+    p = sub.add_parser(
+        "migrate",
+        help="create or upgrade the database schema",
+        description="Apply the Alembic migrations to CXR_DATABASE_URL.",
+    )
     p.set_defaults(func=_cmd_migrate)
 
-    p = sub.add_parser("worklist", help="print the triaged worklist (table or --json)",
-                       description="Studies with likely positives first, then by score, then "
-                       "arrival; failed and not-eligible studies stay listed with the reason.")
+    p = sub.add_parser(
+        "worklist",
+        help="print the triaged worklist (table or --json)",
+        description="Studies with likely positives first, then by score, then "
+        "arrival; failed and not-eligible studies stay listed with the reason.",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON array, worklist order")
     p.add_argument("--limit", type=int, default=1000, help="at most this many studies")
     p.set_defaults(func=_cmd_worklist)
 
     from cxr_triage.send import add_send_arguments, run_send
 
-    p = sub.add_parser("send", help="send DICOM files or folders to a listener (C-STORE)",
-                       description="C-STORE client with a progress bar, for demos, benchmarks "
-                       "and migrating backlogs.")
+    p = sub.add_parser(
+        "send",
+        help="send DICOM files or folders to a listener (C-STORE)",
+        description="C-STORE client with a progress bar, for demos, benchmarks "
+        "and migrating backlogs.",
+    )
     add_send_arguments(p)
     p.set_defaults(func=run_send)
 
@@ -226,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = CommonSettings()
     configure_logging(args.log_level or settings.log_level, settings.log_format)
     try:
-        return int(args.func(args))
+        code: int = args.func(args)
+        return int(code)
     except CxrTriageError as exc:
         print(f"cxr-triage: {exc}", file=sys.stderr)
         return 2

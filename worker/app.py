@@ -25,7 +25,7 @@ from worker.tasks import register_tasks
 log = logging.getLogger(__name__)
 
 
-@setup_logging.connect
+@setup_logging.connect  # type: ignore[untyped-decorator]
 def _keep_our_logging(**_: object) -> None:
     """Stop Celery from replacing the logging configuration."""
 

@@ -69,8 +69,10 @@ class Batcher(Generic[In, Out]):
         while len(batch) < self._max_size:
             remaining = deadline - time.monotonic()
             try:
-                nxt = self._queue.get(timeout=max(remaining, 0.0)) if remaining > 0 else (
-                    self._queue.get_nowait()
+                nxt = (
+                    self._queue.get(timeout=max(remaining, 0.0))
+                    if remaining > 0
+                    else (self._queue.get_nowait())
                 )
             except queue.Empty:
                 break

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -68,7 +69,7 @@ class ScoringRuntime:
             self._score_batch, batch_max_size, batch_max_wait_s, name="cxr-batcher"
         )
 
-    def _score_batch(self, tensors: list[torch.Tensor]) -> list[ScoreResult]:
+    def _score_batch(self, tensors: Sequence[torch.Tensor]) -> list[ScoreResult]:
         import torch
 
         return list(self.model.score_batch(torch.stack(list(tensors)), with_heatmaps=self.heatmaps))
@@ -165,5 +166,3 @@ class ScoringRuntime:
         repo.record_failed(self.engine, job.instance_id, reason)
         log.warning("failed: %s", reason, extra={"sop_instance_uid": job.sop_instance_uid})
         return Outcome("failed", reason)
-
-

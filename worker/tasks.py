@@ -33,7 +33,9 @@ def backoff_seconds(retries: int) -> int:
 def register_tasks(app: Celery, runtime: Callable[[], ScoringRuntime], max_retries: int) -> Task:
     """Register ``cxr.score_instance`` on ``app``; ``runtime`` returns the loaded runtime."""
 
-    @app.task(name=SCORE_TASK, bind=True, acks_late=True, max_retries=max_retries)
+    @app.task(  # type: ignore[untyped-decorator]
+        name=SCORE_TASK, bind=True, acks_late=True, max_retries=max_retries
+    )
     def score_instance(self: Task, job: dict[str, Any]) -> str:
         try:
             parsed = ScoreJob.model_validate(job)

@@ -21,7 +21,11 @@ def test_demo_runs_on_the_embedded_default_and_prints_the_triaged_worklist(tmp_p
     out_dir = tmp_path / "demo"
     proc = subprocess.run(
         [sys.executable, "-m", "cxr_triage", "demo", "--data-dir", str(out_dir)],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Clinical decision support, not a diagnosis" in proc.stdout

@@ -45,7 +45,9 @@ def start_worker(services: Services) -> Iterator[Callable[..., subprocess.Popen[
     """Start ``cxr-triage work`` subprocesses against the test services; stop them after."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def _start(batch_size: int = 4, wait_ms: int = 500, log: Path | None = None) -> subprocess.Popen[bytes]:
+    def _start(
+        batch_size: int = 4, wait_ms: int = 500, log: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         env = services.env()
         env.update(CXR_BATCH_MAX_SIZE=str(batch_size), CXR_BATCH_MAX_WAIT_MS=str(wait_ms))
         out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
@@ -66,7 +68,9 @@ def start_worker(services: Services) -> Iterator[Callable[..., subprocess.Popen[
 
 
 def wait_until_final(
-    engine: Engine, expected: int, timeout_s: float = 180,
+    engine: Engine,
+    expected: int,
+    timeout_s: float = 180,
     procs: list[subprocess.Popen[bytes]] | None = None,
 ) -> dict[str, str]:
     """Poll Postgres until ``expected`` instances are in a final state (or fail)."""

@@ -8,12 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cxr_triage.send import send_paths
 from PIL import Image
 from sqlalchemy import Engine, text
 
 from cxr_db import repository as repo
 from cxr_queue import ScoreJob, enqueue_score, make_celery
-from cxr_triage.send import send_paths
 from tests.conftest import SAMPLES, Services
 from tests.dicom_factory import corrupt_j2k, make_dataset, write
 from tests.integration.conftest import wait_until_final
@@ -33,22 +33,24 @@ def _sample_files() -> list[Path]:
 
 
 def test_samples_are_scored_in_batches_with_heatmaps_and_ineligible_ones_are_listed(
-    services: Services, engine: Engine, listener: int,
-    start_worker: Callable[..., object], tmp_path: Path,
+    services: Services,
+    engine: Engine,
+    listener: int,
+    start_worker: Callable[..., object],
+    tmp_path: Path,
 ) -> None:
     files = _sample_files()
     assert len(files) >= 10
     report = send_paths(files, "127.0.0.1", listener, progress=False)
-    assert report.sent == len(files) and report.failed == 0
+    assert report.sent == len(files)
+    assert report.failed == 0
     # The worker starts after every job is queued, so its first pull fills a batch.
     start_worker(batch_size=4, wait_ms=1000, log=tmp_path / "worker.log")
     statuses = wait_until_final(engine, len(files))
 
     by_name = {}
     with engine.begin() as conn:
-        rows = conn.execute(
-            text("SELECT sop_instance_uid, status, reason FROM instances")
-        ).all()
+        rows = conn.execute(text("SELECT sop_instance_uid, status, reason FROM instances")).all()
     sop_to_row = {r.sop_instance_uid: r for r in rows}
     import pydicom
 
@@ -58,7 +60,8 @@ def test_samples_are_scored_in_batches_with_heatmaps_and_ineligible_ones_are_lis
     for name, needle in NOT_ELIGIBLE.items():
         row = by_name[name]
         assert row.status == "not_eligible", (name, row.status, row.reason)
-        assert row.reason and needle in row.reason
+        assert row.reason
+        assert needle in row.reason
     scored = [n for n in by_name if n not in NOT_ELIGIBLE]
     for name in scored:
         assert by_name[name].status == "done", (name, by_name[name].reason)
@@ -66,18 +69,22 @@ def test_samples_are_scored_in_batches_with_heatmaps_and_ineligible_ones_are_lis
 
     with engine.begin() as conn:
         preds = conn.execute(
-            text("SELECT probability, threshold, flagged, batch_size, heatmap_png, "
-                 "model_version, weights_sha256 FROM predictions")
+            text(
+                "SELECT probability, threshold, flagged, batch_size, heatmap_png, "
+                "model_version, weights_sha256 FROM predictions"
+            )
         ).all()
     assert len(preds) == len(scored)
     assert max(p.batch_size for p in preds) > 1  # scored together, not one by one
     for p in preds:
         assert 0.0 <= p.probability <= 1.0
         assert p.flagged == (p.probability >= p.threshold)
-        assert len(p.weights_sha256) == 64 and p.model_version
+        assert len(p.weights_sha256) == 64
+        assert p.model_version
         img = Image.open(io.BytesIO(p.heatmap_png))
         img.load()
-        assert img.format == "PNG" and min(img.size) >= 64
+        assert img.format == "PNG"
+        assert min(img.size) >= 64
         assert not img.text  # no text chunks: nothing that could carry patient data
     # The worklist: flagged first, every study present, ineligible ones with reasons.
     wl = repo.worklist(engine)
@@ -88,7 +95,10 @@ def test_samples_are_scored_in_batches_with_heatmaps_and_ineligible_ones_are_lis
 
 
 def test_undecodable_pixels_end_as_a_visible_failed_study(
-    engine: Engine, listener: int, start_worker: Callable[..., object], tmp_path: Path,
+    engine: Engine,
+    listener: int,
+    start_worker: Callable[..., object],
+    tmp_path: Path,
 ) -> None:
     bad = corrupt_j2k(tmp_path / "bad.dcm", accession="BROKEN01")
     good = write(make_dataset(accession="GOOD0001"), tmp_path / "good.dcm")
@@ -98,21 +108,26 @@ def test_undecodable_pixels_end_as_a_visible_failed_study(
     wait_until_final(engine, 2)
     wl = {e.accession_number: e for e in repo.worklist(engine)}
     assert wl["BROKEN01"].status == "failed"
-    assert wl["BROKEN01"].reason and "decode" in wl["BROKEN01"].reason
+    assert wl["BROKEN01"].reason
+    assert "decode" in wl["BROKEN01"].reason
     assert wl["GOOD0001"].status == "done"
 
 
 def test_redelivered_job_creates_no_second_prediction(
-    services: Services, engine: Engine, listener: int,
-    start_worker: Callable[..., object], tmp_path: Path,
+    services: Services,
+    engine: Engine,
+    listener: int,
+    start_worker: Callable[..., object],
+    tmp_path: Path,
 ) -> None:
     path = write(make_dataset(accession="REDELIV1"), tmp_path / "one.dcm")
     assert send_paths([path], "127.0.0.1", listener, progress=False).sent == 1
     with engine.begin() as conn:
         inst = conn.execute(text("SELECT id, sop_instance_uid, storage_uri FROM instances")).one()
     app = make_celery(services.broker_url, services.queue_name)
-    job = ScoreJob(instance_id=inst.id, sop_instance_uid=inst.sop_instance_uid,
-                   storage_uri=inst.storage_uri)
+    job = ScoreJob(
+        instance_id=inst.id, sop_instance_uid=inst.sop_instance_uid, storage_uri=inst.storage_uri
+    )
     enqueue_score(app, job, services.queue_name)  # a duplicate, as after a redelivery
     enqueue_score(app, job, services.queue_name)
     proc = start_worker(batch_size=2, wait_ms=100)
@@ -135,7 +150,10 @@ def test_redelivered_job_creates_no_second_prediction(
 
 
 def test_two_workers_share_one_queue_without_duplicate_predictions(
-    engine: Engine, listener: int, start_worker: Callable[..., object], tmp_path: Path,
+    engine: Engine,
+    listener: int,
+    start_worker: Callable[..., object],
+    tmp_path: Path,
 ) -> None:
     files = [
         write(make_dataset(accession=f"MULTI{i:03d}"), tmp_path / f"m{i}.dcm") for i in range(24)

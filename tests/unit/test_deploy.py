@@ -58,13 +58,21 @@ def test_docker_compose_validates_the_file() -> None:
     env = dict(os.environ, POSTGRES_PASSWORD="test-only")
     ok = subprocess.run(
         ["docker-compose", "-f", "docker-compose.yml", "config", "-q"],
-        cwd=REPO, env=env, capture_output=True, text=True, check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert ok.returncode == 0, ok.stderr
     env.pop("POSTGRES_PASSWORD")
     missing = subprocess.run(
         ["docker-compose", "-f", "docker-compose.yml", "config", "-q"],
-        cwd=REPO, env=env, capture_output=True, text=True, check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert missing.returncode != 0
     assert "POSTGRES_PASSWORD" in missing.stderr
