@@ -39,7 +39,7 @@ def auc_ci95(
     y = np.asarray(y).astype(bool)
     score = np.asarray(score, dtype=np.float64)
     pos, neg = score[y], score[~y]
-    if len(pos) == 0 or len(neg) == 0:
+    if len(pos) == 0 or len(neg) == 0 or n_boot <= 0:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     aucs = np.empty(n_boot)
