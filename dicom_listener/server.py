@@ -1,0 +1,146 @@
+"""Start the listener: in-process and non-blocking (tests, ``up``) or blocking (``listen``)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from types import FrameType
+
+from celery import Celery
+from pynetdicom import AE, _config, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import Engine
+
+from cxr_common.settings import ListenerSettings
+from cxr_common.storage import open_storage
+from dicom_listener.handlers import (
+    ACCEPTED_SOP_CLASSES,
+    StoreHandler,
+    decodable_transfer_syntaxes,
+    handle_echo,
+)
+from dicom_listener.reconciler import Reconciler
+
+logger = logging.getLogger(__name__)
+
+
+def configure_pynetdicom() -> None:
+    """Process-wide pynetdicom options the listener relies on.
+
+    Received data sets go straight to a temp file (memory stays flat on large images)
+    and request identifiers, which hold patient data, are never logged."""
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.LOG_REQUEST_IDENTIFIERS = False
+
+
+@dataclass
+class ListenerHandle:
+    """A running listener. ``port`` is the bound port (settings' port 0 = a free one)."""
+
+    host: str
+    port: int
+    ae_title: str
+    server: ThreadedAssociationServer
+    reconciler: Reconciler
+    _stopped: bool = field(default=False, repr=False)
+
+    def shutdown(self) -> None:
+        """Stop accepting associations, end the open ones and stop the reconciler."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.reconciler.stop()
+        self.server.shutdown()
+        logger.info("listener %s on port %d stopped", self.ae_title, self.port)
+
+
+def build_ae(settings: ListenerSettings) -> AE:
+    """The application entity: our AE title, contexts, allow-list and limits."""
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_associations = settings.max_associations
+    syntaxes = decodable_transfer_syntaxes()
+    ae.add_supported_context(Verification)
+    for sop_class in ACCEPTED_SOP_CLASSES:
+        ae.add_supported_context(sop_class, syntaxes)
+    if settings.allowed_ae_titles:
+        # Anyone else is refused with A-ASSOCIATE-RJ (1, 1, 3): see statuses.CALLING_AE_REJECTION.
+        ae.require_calling_aet = sorted(settings.allowed_ae_titles)
+    return ae
+
+
+def start_listener(
+    settings: ListenerSettings, engine: Engine, celery_app: Celery
+) -> ListenerHandle:
+    """Start the SCP in background threads plus the reconciler; return at once."""
+    configure_pynetdicom()
+    storage = open_storage(settings.resolved_storage_uri)
+    try:
+        storage.staging_dir()
+    except OSError as exc:
+        # Keep listening: every C-STORE answers 0xA701 until storage is back.
+        logger.error("storage %s is not writable yet: %s", storage.root, exc.strerror)
+    store = StoreHandler(engine, storage, celery_app, settings.queue_name)
+    ae = build_ae(settings)
+    handlers: list[evt.EventHandlerType] = [
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, store),
+    ]
+    server = ae.start_server(
+        (settings.dicom_host, settings.dicom_port), block=False, evt_handlers=handlers
+    )
+    assert server is not None  # block=False always returns the server
+    port = int(server.server_address[1])
+    reconciler = Reconciler(
+        engine,
+        celery_app,
+        settings.queue_name,
+        interval_s=settings.reconcile_interval_s,
+        grace_s=settings.reconcile_grace_s,
+    )
+    reconciler.start()
+    logger.info(
+        "listener %s on %s:%d (max %d associations, allow-list: %s, storage %s)",
+        settings.ae_title,
+        settings.dicom_host,
+        port,
+        settings.max_associations,
+        ",".join(sorted(settings.allowed_ae_titles)) or "any",
+        settings.resolved_storage_uri,
+    )
+    return ListenerHandle(settings.dicom_host, port, settings.ae_title, server, reconciler)
+
+
+def run_listener(settings: ListenerSettings) -> int:
+    """Run the listener until SIGINT/SIGTERM, then stop cleanly. Returns the exit code."""
+    from cxr_db import make_engine
+    from cxr_queue import make_celery
+
+    engine = make_engine(settings.database_url_value())
+    celery_app = make_celery(settings.broker_url_value(), settings.queue_name)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        logger.info("signal %d received: stopping the listener", signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            handle = start_listener(settings, engine, celery_app)
+        except OSError as exc:
+            logger.error(
+                "cannot listen on %s:%d: %s", settings.dicom_host, settings.dicom_port, exc
+            )
+            return 1
+        try:
+            stop.wait()
+        finally:
+            handle.shutdown()
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        engine.dispose()
