@@ -47,19 +47,10 @@ def eligibility(path: Path) -> tuple[bool, list[str]]:
         return True, ["not DICOM: assumed to be a frontal chest radiograph"]
     import pydicom
 
-    import cxr_imaging
+    from cxr_imaging import check_eligibility
 
-    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    check = getattr(cxr_imaging, "check_eligibility", None)
-    if check is None:
-        return True, ["eligibility check unavailable"]
-    res = check(ds)
-    eligible = bool(getattr(res, "eligible", res))
-    reasons = getattr(res, "reasons", None)
-    if reasons is None:
-        reason = getattr(res, "reason", None)
-        reasons = [reason] if reason else []
-    return eligible, [str(r) for r in reasons]
+    res = check_eligibility(pydicom.dcmread(path, stop_before_pixels=True, force=True))
+    return res.eligible, [res.reason] if res.reason else []
 
 
 def predict_paths(
