@@ -21,7 +21,8 @@ def build_network(architecture: str) -> nn.Module:
     if architecture == "resnet18":
         from torchvision.models import resnet18
 
-        return resnet18(weights=None, num_classes=1)
+        res: nn.Module = resnet18(weights=None, num_classes=1)
+        return res
     raise ContractError(f"unsupported architecture {architecture!r}; known: {ARCHITECTURES}")
 
 
@@ -30,5 +31,5 @@ def gradcam_target_layer(net: nn.Module, architecture: str) -> nn.Module:
     if architecture == "tf_efficientnet_lite0":
         return cast(nn.Module, net.bn2)  # conv_head + BN + ReLU6, 7x7 at 224 px
     if architecture == "resnet18":
-        return cast(nn.Module, net.layer4[-1])
+        return cast(nn.Sequential, net.layer4)[-1]
     raise ContractError(f"unsupported architecture {architecture!r}")

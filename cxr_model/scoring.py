@@ -51,7 +51,8 @@ class ScoringModel:
         """Raw logits for a (N, C, H, W) batch, no heatmaps."""
         with self._lock, torch.inference_mode():
             out = self.net(batch.to(self.device, torch.float32))
-        return out.reshape(-1).float().cpu().numpy()
+        logits: np.ndarray = out.reshape(-1).float().cpu().numpy()
+        return logits
 
     def score_batch(self, batch: torch.Tensor, with_heatmaps: bool = True) -> list[ScoreResult]:
         """Score a (N, C, H, W) batch in one forward (and one backward for Grad-CAM)."""

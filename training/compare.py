@@ -1,0 +1,86 @@
+"""Compare finished models the way the site would use them.
+
+For each candidate (a weights folder, or ``a+b`` for an averaged ensemble), with or without
+TTA: fit the site calibration on the dev rows, then report AUC, sensitivity, specificity and ECE
+on the check rows. Usage::
+
+    python -m training.compare --data labels.csv --dev split=test,site_fold=dev \
+        --check split=test,site_fold=check runs/a/model runs/b/model runs/a/model+runs/b/model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxr_model import load_model
+from training.calibrate import fit_calibration
+from training.data import load_resized, load_samples
+from training.evaluate import model_logits
+from training.metrics import binary_metrics, roc_auc
+
+
+def compare(
+    data: str, dev: str, check: str, candidates: list[str], tta: bool, cache: Path
+) -> list[dict[str, Any]]:
+    sets = {}
+    for name, flt in (("dev", dev), ("check", check)):
+        samples = load_samples(data, flt)
+        sets[name] = (
+            np.array([s.label for s in samples]),
+            load_resized(samples, 224, cache),
+            [s.subtype for s in samples],
+        )
+    rows = []
+    for cand in candidates:
+        models = [load_model(Path(p), "cpu") for p in cand.split("+")]
+        logits = {
+            k: np.mean([model_logits(m, v[1], tta) for m in models], axis=0)
+            for k, v in sets.items()
+        }
+        y_dev, y_chk = sets["dev"][0], sets["check"][0]
+        cal = fit_calibration(y_dev, logits["dev"], model_sha256="-", model_version=cand)
+        prob = np.array([cal.probability(z) for z in logits["check"]])
+        m = binary_metrics(y_chk, prob, cal.threshold, sets["check"][2], n_boot=1000)
+        rows.append(
+            {
+                "candidate": cand,
+                "tta": tta,
+                "dev_auc": roc_auc(y_dev, logits["dev"]),
+                "check_auc": m["auc"],
+                "check_auc_ci95": m["auc_ci95"],
+                "check_sensitivity": m["sensitivity"],
+                "check_specificity": m["specificity"],
+                "check_ece": m["ece"],
+                "dev_threshold_sample_spec": cal.fitted_on["sample_specificity"],
+                "temperature": cal.temperature,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--data", required=True)
+    p.add_argument("--dev", default="split=test,site_fold=dev")
+    p.add_argument("--check", default="split=test,site_fold=check")
+    p.add_argument("--tta", action="store_true")
+    p.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    p.add_argument("--out", type=Path, default=None, help="append JSON lines here")
+    p.add_argument("candidates", nargs="+")
+    a = p.parse_args(argv)
+    rows = compare(a.data, a.dev, a.check, a.candidates, a.tta, a.cache_dir)
+    if a.out:
+        with a.out.open("a", encoding="utf-8") as fh:
+            for r in rows:
+                fh.write(json.dumps(r) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
