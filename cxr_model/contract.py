@@ -29,6 +29,7 @@ class ModelContract:
     val_threshold: float
     weights_file: str
     sha256: str
+    intensity: str = "none"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -52,6 +53,7 @@ class ModelContract:
                 val_threshold=float(data["val_threshold"]),
                 weights_file=str(data["weights_file"]),
                 sha256=str(data["sha256"]),
+                intensity=str(data.get("intensity", "none")),
                 extra=dict(data.get("extra", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:

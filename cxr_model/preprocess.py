@@ -3,7 +3,9 @@
 ``pixels01`` (float, HxW, [0, 1], MONOCHROME2: bright = dense) is resized (squashed, not
 cropped) to ``input_size`` x ``input_size`` with antialiased bilinear interpolation, mapped to
 8-bit units and scaled as ``(x - 127) / 128`` (what the converted EfficientNet-Lite weights
-expect), then replicated to three channels.
+expect), then replicated to three channels. With ``intensity="histeq"`` (a contract field)
+the resized image is first histogram-equalised (256 bins, mid-rank CDF), which makes the
+input invariant to monotone exposure/contrast/gamma differences between sites.
 """
 
 from __future__ import annotations
@@ -13,6 +15,19 @@ import torch
 import torch.nn.functional as F
 
 SCALING = "(255*x - 127) / 128, x in [0,1] grey replicated to 3 channels"
+INTENSITIES = ("none", "histeq")
+
+
+def equalize(x: torch.Tensor, bins: int = 256) -> torch.Tensor:
+    """Histogram-equalise each (..., H, W) image in [0, 1]: value -> mid-rank CDF."""
+    shape = x.shape
+    flat = x.reshape(-1, shape[-2] * shape[-1])
+    idx = (flat.clamp(0, 1) * (bins - 1)).round().long()
+    counts = torch.zeros(flat.shape[0], bins, dtype=torch.float32, device=x.device)
+    counts.scatter_add_(1, idx, torch.ones_like(flat, dtype=torch.float32))
+    cdf = counts.cumsum(1) - 0.5 * counts
+    out = cdf.gather(1, idx) / float(flat.shape[1])
+    return out.reshape(shape).to(x.dtype)
 
 
 def resize_pixels(pixels01: np.ndarray, input_size: int) -> np.ndarray:
@@ -31,8 +46,14 @@ def resize_pixels(pixels01: np.ndarray, input_size: int) -> np.ndarray:
     return np.clip(arr, 0.0, 1.0).astype(np.float32, copy=False)
 
 
-def scale_tensor(resized01: torch.Tensor, channels: int = 3) -> torch.Tensor:
+def scale_tensor(
+    resized01: torch.Tensor, channels: int = 3, intensity: str = "none"
+) -> torch.Tensor:
     """Map resized [0, 1] images (..., H, W) to network input (..., C, H, W)."""
+    if intensity == "histeq":
+        resized01 = equalize(resized01)
+    elif intensity != "none":
+        raise ValueError(f"unknown intensity normalisation {intensity!r}")
     x = (resized01 * 255.0 - 127.0) / 128.0
     x = x.unsqueeze(-3)
     if channels != 1:
@@ -40,7 +61,9 @@ def scale_tensor(resized01: torch.Tensor, channels: int = 3) -> torch.Tensor:
     return x.contiguous()
 
 
-def preprocess(pixels01: np.ndarray, input_size: int = 224, channels: int = 3) -> torch.Tensor:
+def preprocess(
+    pixels01: np.ndarray, input_size: int = 224, channels: int = 3, intensity: str = "none"
+) -> torch.Tensor:
     """Decoded pixels -> (C, H, W) float32 network input."""
     resized = torch.from_numpy(resize_pixels(pixels01, input_size))
-    return scale_tensor(resized, channels)
+    return scale_tensor(resized, channels, intensity)

@@ -15,6 +15,7 @@ from cxr_model.architecture import build_network, gradcam_target_layer
 from cxr_model.contract import WEIGHTS_DIR, ModelContract, read_contract, sha256_file
 from cxr_model.errors import ModelIntegrityError
 from cxr_model.preprocess import preprocess as _preprocess
+from cxr_model.preprocess import scale_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,12 @@ class ScoringModel:
 
     def preprocess(self, pixels01: np.ndarray) -> torch.Tensor:
         """Decoded [0, 1] pixels -> (C, H, W) float32 input (same function as training)."""
-        return _preprocess(pixels01, self.contract.input_size, self.contract.channels)
+        c = self.contract
+        return _preprocess(pixels01, c.input_size, c.channels, c.intensity)
+
+    def to_input(self, resized01: torch.Tensor) -> torch.Tensor:
+        """Already-resized [0, 1] images (..., H, W) -> input (..., C, H, W)."""
+        return scale_tensor(resized01, self.contract.channels, self.contract.intensity)
 
     def logits(self, batch: torch.Tensor) -> np.ndarray:
         """Raw logits for a (N, C, H, W) batch, no heatmaps."""

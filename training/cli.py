@@ -67,6 +67,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--augment", default="strong", choices=["none", "mild", "strong"])
+    p.add_argument(
+        "--intensity",
+        default="none",
+        choices=["none", "histeq"],
+        help="intensity normalisation stored in the contract (histeq = histogram "
+        "equalisation before scaling, in training and at inference)",
+    )
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--mixup", type=float, default=0.0, help="mixup Beta(a, a); 0 = off")
     p.add_argument("--seed", type=int, default=20261123)

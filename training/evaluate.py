@@ -22,7 +22,6 @@ from cxr_model import (
     load_model,
     render_overlay_png,
 )
-from cxr_model.preprocess import scale_tensor
 from training import plots
 from training.data import Sample, load_resized, load_samples
 from training.metrics import binary_metrics, expected_calibration_error, roc_auc
@@ -53,7 +52,7 @@ def model_logits(
         parts = []
         for i in range(0, len(images), batch_size):
             x = _view(torch.from_numpy(images[i : i + batch_size]), zoom, deg)
-            parts.append(model.logits(scale_tensor(x, model.contract.channels)))
+            parts.append(model.logits(model.to_input(x)))
         total += np.concatenate(parts)
     return (total / len(views)).astype(np.float32)
 
@@ -88,7 +87,7 @@ def _cam_grid(
         if len(chosen) == 0:
             groups[name] = []
             continue
-        batch = scale_tensor(torch.from_numpy(images[chosen]), model.contract.channels)
+        batch = model.to_input(torch.from_numpy(images[chosen]))
         res = model.score_batch(batch, with_heatmaps=True)
         groups[name] = [
             (

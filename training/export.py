@@ -23,6 +23,7 @@ def export_model(
     version: str,
     val_threshold: float,
     input_size: int = 224,
+    intensity: str = "none",
     extra: dict[str, Any] | None = None,
 ) -> ModelContract:
     """Save fp16 weights (BN statistics kept fp32) and a matching ``model.json``."""
@@ -47,6 +48,7 @@ def export_model(
         val_threshold=float(val_threshold),
         weights_file=WEIGHTS_FILE,
         sha256=sha256_file(weights),
+        intensity=intensity,
         extra=dict(extra or {}),
     )
     write_contract(contract, out_dir)

@@ -41,6 +41,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_frac: float = 0.05
     augment: str = "strong"
+    intensity: str = "none"
     label_smoothing: float = 0.0
     mixup: float = 0.0
     seed: int = 20261123
@@ -72,14 +73,18 @@ def _autocast(device: torch.device) -> torch.autocast:
 
 
 def predict_logits(
-    net: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 64
+    net: nn.Module,
+    images: np.ndarray,
+    device: torch.device,
+    batch_size: int = 64,
+    intensity: str = "none",
 ) -> np.ndarray:
     """Logits for resized [0, 1] images (N, S, S), under the training autocast."""
     net.eval()
     out = []
     with torch.inference_mode(), _autocast(device):
         for i in range(0, len(images), batch_size):
-            x = scale_tensor(torch.from_numpy(images[i : i + batch_size]))
+            x = scale_tensor(torch.from_numpy(images[i : i + batch_size]), 3, intensity)
             x = x.to(device).contiguous(memory_format=torch.channels_last)
             out.append(net(x).float().reshape(-1).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
@@ -191,7 +196,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 j = torch.randperm(len(idx), generator=gen)
                 xb = lam * xb + (1 - lam) * xb[j]
                 target = lam * target + (1 - lam) * target[j]
-            x = scale_tensor(xb).to(device).contiguous(memory_format=torch.channels_last)
+            x = (
+                scale_tensor(xb, 3, cfg.intensity)
+                .to(device)
+                .contiguous(memory_format=torch.channels_last)
+            )
             target = target.to(device)
             with _autocast(device):
                 logits = net(x).float().reshape(-1)
@@ -218,10 +227,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         }
         val_logits = None
         if va is not None:
-            val_logits = predict_logits(net, va.images, device)
+            val_logits = predict_logits(net, va.images, device, intensity=cfg.intensity)
             rec["val_auc"] = roc_auc(va.labels, val_logits)
         if sel is not None:
-            rec["select_auc"] = roc_auc(sel.labels, predict_logits(net, sel.images, device))
+            rec["select_auc"] = roc_auc(
+                sel.labels, predict_logits(net, sel.images, device, intensity=cfg.intensity)
+            )
         rec["select_metric"] = rec.get("select_auc", rec.get("val_auc", -rec["train_loss"]))
         history.append(rec)
         logger.info("epoch %s", json.dumps(rec))
@@ -245,6 +256,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             version=version,
             val_threshold=val_thr,
             input_size=cfg.input_size,
+            intensity=cfg.intensity,
             extra=meta,
         )
         if rec["select_metric"] >= best:
@@ -257,6 +269,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 version=version,
                 val_threshold=val_thr,
                 input_size=cfg.input_size,
+                intensity=cfg.intensity,
                 extra=meta,
             )
         torch.save(
@@ -288,6 +301,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "out": str(out),
     }
     if va is not None:
-        summary["val_logits"] = predict_logits(net, va.images, device).tolist()
+        summary["val_logits"] = predict_logits(
+            net, va.images, device, intensity=cfg.intensity
+        ).tolist()
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -78,6 +78,19 @@ def test_preprocessing_parity(rel: str, tmp_path: Path) -> None:
     assert torch.equal(scale_tensor(torch.from_numpy(again))[0], worker_t)
 
 
+def test_histeq_parity_and_invariance() -> None:
+    path = FIXTURES / "val/NORMAL/NORMAL2-IM-1427-0001.jpeg"
+    (sample,) = [s for s in load_samples(FIXTURES) if s.path == path]
+    resized = torch.from_numpy(load_resized([sample], 224, None))
+    train_t = scale_tensor(resized, 3, "histeq")[0]
+    pixels = load_image(path).pixels
+    assert torch.equal(train_t, preprocess(pixels, 224, 3, "histeq"))
+    # a monotone exposure change (gamma) barely moves the equalised input
+    gamma = preprocess(pixels**1.6, 224, 3, "histeq")
+    assert float((gamma - train_t).abs().mean()) < 0.02
+    assert float((preprocess(pixels**1.6) - preprocess(pixels)).abs().mean()) > 0.1
+
+
 def test_dicom_wrapped_jpeg_matches_jpeg(tmp_path: Path) -> None:
     """The same pixels wrapped in DICOM reach the network identically."""
     path = FIXTURES / "train/NORMAL/IM-0115-0001.jpeg"
