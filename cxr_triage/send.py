@@ -24,8 +24,11 @@ from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
-#: Most presentation contexts one association may propose (PS3.8: odd IDs 1..255).
-MAX_CONTEXTS = 128
+#: Most presentation contexts one association may propose (PS3.8: odd IDs 1..255), less
+#: the Verification context every association also proposes: it keeps the association up
+#: when the listener accepts none of the storage contexts, so each file gets its reason.
+MAX_CONTEXTS = 127
+VERIFICATION = "1.2.840.10008.1.1"
 _UNCOMPRESSED = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
 
 
@@ -103,13 +106,15 @@ def _inspect(path: Path) -> _Item | FileResult:
 
 
 def _contexts_for(items: Sequence[_Item]) -> list[tuple[str, tuple[str, ...]]]:
-    """(SOP class, transfer syntaxes) pairs to propose for ``items``: per SOP class one
-    context with explicit + implicit LE, and one per compressed syntax in use."""
+    """(SOP class, transfer syntaxes) pairs to propose for ``items``.
+
+    Each file's own syntax gets a context of its own so that it is sent exactly as stored
+    (pynetdicom never transcodes compressed pixel data), and each SOP class also gets an
+    explicit + implicit little endian context as the fallback for uncompressed files."""
     pairs: dict[tuple[str, tuple[str, ...]], None] = {}
     for item in items:
+        pairs[(item.sop_class_uid, (item.transfer_syntax_uid,))] = None
         pairs[(item.sop_class_uid, _UNCOMPRESSED)] = None
-        if item.transfer_syntax_uid not in _UNCOMPRESSED:
-            pairs[(item.sop_class_uid, (item.transfer_syntax_uid,))] = None
     return list(pairs)
 
 
@@ -134,6 +139,7 @@ def _associate(
     contexts: list[PresentationContext] = [
         build_context(sop_class, list(syntaxes)) for sop_class, syntaxes in _contexts_for(items)
     ]
+    contexts.append(build_context(VERIFICATION))
     return ae.associate(host, port, contexts=contexts, ae_title=called_ae)
 
 
@@ -166,7 +172,7 @@ def _send_one(assoc: Association, item: _Item) -> FileResult:
             reason=f"cannot send ({type(exc).__name__}: {exc})"[:300],
             sop_instance_uid=item.sop_instance_uid,
         )
-    status = rsp.get("Status") if rsp else None
+    status = rsp.get("Status") if rsp else None  # the value, or None when no response
     if status is None:
         return FileResult(
             item.path,
@@ -174,11 +180,11 @@ def _send_one(assoc: Association, item: _Item) -> FileResult:
             reason="no response (connection lost, timed out or aborted)",
             sop_instance_uid=item.sop_instance_uid,
         )
-    code = int(status.value)
+    code = int(status)
     if code == 0x0000 or 0xB000 <= code <= 0xBFFF or code in (0x0001, 0x0107, 0x0116):
         return FileResult(item.path, "sent", code, None, item.sop_instance_uid)
     comment = rsp.get("ErrorComment")
-    reason = f"listener answered 0x{code:04X}" + (f": {comment.value}" if comment else "")
+    reason = f"listener answered 0x{code:04X}" + (f": {comment}" if comment else "")
     return FileResult(item.path, "failed", code, reason, item.sop_instance_uid)
 
 
