@@ -96,19 +96,24 @@ _COMPRESSED: tuple[UID, ...] = (
 
 
 def decodable_transfer_syntaxes() -> list[str]:
-    """Transfer syntaxes the listener accepts: uncompressed ones plus every compressed one
-    an installed pydicom pixel decoder (pylibjpeg, Pillow, ...) can decode, so the worker
-    can always decode what the listener acknowledged."""
+    """Transfer syntaxes the listener accepts, in order of preference: every compressed
+    one an installed pydicom pixel decoder (pylibjpeg, Pillow, ...) can decode, so the
+    worker can decode whatever was acknowledged, then the uncompressed ones.
+
+    pynetdicom picks the first of these that a requested context also proposes. Compressed
+    comes first because a sender proposes a compressed syntax when it holds the image that
+    way (DCMTK's storescu proposes [own, explicit LE, implicit LE] in one context): taking
+    it as it is avoids transcoding at the sender, which may not be able to decompress."""
     from pydicom.pixels.decoders.base import get_decoder
 
-    accepted: list[str] = [str(uid) for uid in _UNCOMPRESSED]
+    accepted: list[str] = []
     for uid in _COMPRESSED:
         try:
             if get_decoder(uid).is_available:
                 accepted.append(str(uid))
         except NotImplementedError:
             continue
-    return accepted
+    return accepted + [str(uid) for uid in _UNCOMPRESSED]
 
 
 def handle_echo(event: Event) -> int:
