@@ -22,6 +22,8 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 from tqdm import tqdm
 
+from dicom_listener.statuses import is_success
+
 logger = logging.getLogger(__name__)
 
 #: Most presentation contexts one association may propose (PS3.8: odd IDs 1..255), less
@@ -149,9 +151,9 @@ def _describe_failed_association(assoc: Association) -> str:
         if rsp is not None and rsp.reason_str:
             return f"association rejected: {rsp.reason_str}"
         return "association rejected"
-    if assoc.is_aborted:
-        return "association aborted by the listener"
-    return "could not connect (is the listener running on that host and port?)"
+    if assoc.acceptor.primitive is None:  # no A-ASSOCIATE answer at all
+        return "could not connect (is the listener running on that host and port?)"
+    return "association aborted (no presentation context accepted?)"
 
 
 def _send_one(assoc: Association, item: _Item) -> FileResult:
@@ -181,7 +183,7 @@ def _send_one(assoc: Association, item: _Item) -> FileResult:
             sop_instance_uid=item.sop_instance_uid,
         )
     code = int(status)
-    if code == 0x0000 or 0xB000 <= code <= 0xBFFF or code in (0x0001, 0x0107, 0x0116):
+    if is_success(code):
         return FileResult(item.path, "sent", code, None, item.sop_instance_uid)
     comment = rsp.get("ErrorComment")
     reason = f"listener answered 0x{code:04X}" + (f": {comment}" if comment else "")

@@ -363,3 +363,84 @@ def test_reconciler_enqueues_recorded_but_unenqueued_instances_once(
     assert reconciler.run_once() == 0  # already queued: not enqueued again
     assert _queued_instance_ids(queue, services.queue_name) == [result.instance_id]
     assert [status for _, _, status, _ in _rows(engine)] == ["queued"]
+
+
+def test_send_command_reports_skips_and_failures_with_its_exit_code(
+    start: StartListener, engine: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from cxr_triage.send import add_send_arguments, run_send
+
+    handle = start()
+    folder = tmp_path / "backlog"
+    write(make_dataset(accession="CLI00001"), folder / "a" / "one.dcm")
+    write(make_dataset(accession="CLI00002"), folder / "b" / "c" / "two.dcm")
+    (folder / "notes.txt").write_text("not DICOM")
+    parser = argparse.ArgumentParser(prog="cxr-triage send")
+    add_send_arguments(parser)
+    assert "listener DICOM port" in parser.format_help()
+
+    args = parser.parse_args([str(folder), "--port", str(handle.port), "--no-progress"])
+    assert run_send(args) == 0
+    out, err = capsys.readouterr()
+    assert "sent 2, failed 0, skipped 1" in out
+    assert "notes.txt" in err
+    assert "not a DICOM file" in err
+    assert len(_rows(engine)) == 2
+
+    args = parser.parse_args([str(folder), "--port", str(_free_closed_port()), "--no-progress"])
+    assert run_send(args) == 1
+    out, err = capsys.readouterr()
+    assert "sent 0, failed 2, skipped 1" in out
+    assert "could not connect" in err
+
+    args = parser.parse_args([str(folder / "notes.txt"), "--port", str(handle.port)])
+    assert run_send(args) == 2
+    assert "no DICOM files found" in capsys.readouterr().err
+
+
+def test_run_listener_serves_until_sigterm_then_exits_cleanly(
+    services: Services, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port = _free_closed_port()
+    env = dict(os.environ)
+    env.update(
+        CXR_DATABASE_URL=services.database_url,
+        CXR_BROKER_URL=services.broker_url,
+        CXR_QUEUE_NAME=services.queue_name,
+        CXR_STORAGE_URI=(tmp_path / "instances").as_uri(),
+        CXR_DICOM_HOST="127.0.0.1",
+        CXR_DICOM_PORT=str(port),
+    )
+    code = (
+        "import sys; from cxr_common.settings import listener_settings; "
+        "from dicom_listener.server import run_listener; "
+        "sys.exit(run_listener(listener_settings()))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        ae = AE(ae_title="TEST_SCU")
+        ae.add_requested_context(Verification)
+        deadline = time.monotonic() + 60
+        while True:  # poll until it answers (no fixed sleep)
+            assert proc.poll() is None, "listener exited early"
+            assoc = ae.associate("127.0.0.1", port, ae_title="CXR_TRIAGE")
+            if assoc.is_established:
+                break
+            assert time.monotonic() < deadline, "listener did not start"
+            time.sleep(0.1)
+        assert int(assoc.send_c_echo().Status) == EchoStatus.SUCCESS
+        assoc.release()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
