@@ -13,6 +13,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import redis
+from pydantic import SecretStr
 from pydicom.uid import (
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
@@ -45,8 +46,8 @@ def listener(services: Services, engine: Engine, tmp_path: Path) -> Iterator[Lis
     client = redis.Redis.from_url(services.broker_url)
     client.delete(services.queue_name)
     settings = ListenerSettings(
-        database_url=services.database_url,
-        broker_url=services.broker_url,
+        database_url=SecretStr(services.database_url),
+        broker_url=SecretStr(services.broker_url),
         queue_name=services.queue_name,
         data_dir=tmp_path,
         storage_uri=(tmp_path / "instances").as_uri(),

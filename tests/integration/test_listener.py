@@ -16,6 +16,7 @@ import pydicom
 import pytest
 import redis
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import Engine, text
@@ -205,7 +206,7 @@ def test_dataset_whose_sop_class_differs_from_the_request_gets_0xA900(
 ) -> None:
     handle = start()
     ds = make_dataset(sop_class=SECONDARY_CAPTURE)
-    ds.file_meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE  # the request will say CR
+    ds.file_meta.MediaStorageSOPClassUID = UID(CR_IMAGE_STORAGE)  # the request will say CR
     ds.preamble = b"\x00" * 128
     path = tmp_path / "mismatch.dcm"
     ds.save_as(path, enforce_file_format=False)  # keep the File Meta as set
@@ -217,7 +218,7 @@ def test_dataset_whose_sop_class_differs_from_the_request_gets_0xA900(
     assert assoc.is_established
     rsp = assoc.send_c_store(path)
     assoc.release()
-    assert int(rsp.Status) == StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS == 0xA900
+    assert int(rsp.Status) == int(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS) == 0xA900
     assert _rows(engine) == []
     assert queue.llen(services.queue_name) == 0
     assert not any((tmp_path / "instances").rglob("*.dcm"))
@@ -245,7 +246,7 @@ def test_undecodable_dataset_gets_0xC210(
     assert assoc.is_established
     rsp = assoc.send_c_store(path)
     assoc.release()
-    assert int(rsp.Status) == StoreStatus.UNDECODABLE_DATASET == 0xC210
+    assert int(rsp.Status) == int(StoreStatus.UNDECODABLE_DATASET) == 0xC210
     assert _rows(engine) == []
 
 

@@ -13,13 +13,13 @@ from dicom_listener.statuses import (
 
 
 def test_store_status_values() -> None:
-    assert StoreStatus.SUCCESS == 0x0000
-    assert StoreStatus.OUT_OF_RESOURCES == 0xA700
-    assert StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS == 0xA900
-    assert StoreStatus.CANNOT_UNDERSTAND == 0xC000
-    assert StoreStatus.UNDECODABLE_DATASET == 0xC210
-    assert StoreStatus.SOP_CLASS_NOT_SUPPORTED == 0x0122
-    assert StoreStatus.PROCESSING_FAILURE == 0x0110
+    assert int(StoreStatus.SUCCESS) == 0x0000
+    assert int(StoreStatus.OUT_OF_RESOURCES) == 0xA700
+    assert int(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS) == 0xA900
+    assert int(StoreStatus.CANNOT_UNDERSTAND) == 0xC000
+    assert int(StoreStatus.UNDECODABLE_DATASET) == 0xC210
+    assert int(StoreStatus.SOP_CLASS_NOT_SUPPORTED) == 0x0122
+    assert int(StoreStatus.PROCESSING_FAILURE) == 0x0110
 
 
 def test_persistence_failures_are_out_of_resources() -> None:
