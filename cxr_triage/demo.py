@@ -23,7 +23,7 @@ from cxr_db.schema import FINAL_STATUSES
 from cxr_triage.embedded import free_port
 from cxr_triage.processes import Child, spawn, stop_all, wait_for_port
 from cxr_triage.services import resolve_services
-from cxr_triage.worklist_view import as_json
+from cxr_triage.worklist_view import as_json, as_table
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +78,13 @@ def run_demo(data_dir: Path, timeout_s: float = 240, keep: bool = False) -> int:
     from migrations import upgrade_to_head
 
     settings = ListenerSettings()
-    time.monotonic()
+    t0 = time.monotonic()
     if data_dir.exists() and not keep:
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     files = sample_files()
     if not files:
+        print(f"no sample DICOM files found in {SAMPLES_DIR}: reinstall cxr-triage")
         return 2
     services = resolve_services(settings, data_dir)
     children: list[Child] = []
@@ -101,17 +102,25 @@ def run_demo(data_dir: Path, timeout_s: float = 240, keep: bool = False) -> int:
         children.append(spawn("listener", ["listen"], env))
         children.append(spawn("worker", ["work"], env))
         wait_for_port("127.0.0.1", port, children, timeout_s=60)
+        print(f"Sending {len(files)} sample instances over DICOM to 127.0.0.1:{port} ...")
         report = send_paths(files, "127.0.0.1", port, called_ae=settings.ae_title)
+        print(f"sent {report.sent}, failed {report.failed}, skipped {report.skipped}")
         statuses = _wait_until_final(services.database_url, report.sent, timeout_s, children)
         final = {s.value for s in FINAL_STATUSES}
         pending = [s for s in statuses.values() if s not in final]
         engine = make_engine(services.database_url, pool_size=1)
         entries = repo.worklist(engine)
         engine.dispose()
+        print()
+        print(as_table(entries))
         (data_dir / "worklist.json").write_text(as_json(entries))
         heatmap_dir = data_dir / "heatmaps"
-        write_heatmaps(services.database_url, heatmap_dir)
+        n = write_heatmaps(services.database_url, heatmap_dir)
+        print(f"\nHeatmaps: {n} PNG files in {heatmap_dir}")
+        print(f"Worklist as JSON: {data_dir / 'worklist.json'}")
+        print(f"Demo finished in {time.monotonic() - t0:.0f} s.")
         if pending or report.failed or len(statuses) < report.sent:
+            print(f"{len(pending)} instances did not finish in {timeout_s:.0f} s")
             return 1
         return 0
     finally:

@@ -29,14 +29,14 @@ def _fmt_time(entry: WorklistEntry) -> str:
 
 def as_table(entries: Sequence[WorklistEntry]) -> str:
     """A fixed-width table: priority, accession, status, score, model, received, reason."""
-    header = ("#", "PRIORITY", "ACCESSION", "STATUS", "SCORE", "MODEL", "RECEIVED (UTC)", "NOTE")
+    header = ("#", "PRIORITY", "ACCESSION/STUDY", "STATUS", "SCORE", "MODEL", "RECEIVED (UTC)", "NOTE")
     rows = [header]
     for i, e in enumerate(entries, 1):
         rows.append(
             (
                 str(i),
                 "LIKELY +" if e.flagged else "",
-                e.accession_number or e.study_instance_uid[-12:],
+                e.accession_number or "…" + e.study_instance_uid[-12:],
                 _STATUS_LABEL.get(e.status, e.status),
                 f"{e.score:.3f}" if e.score is not None else "-",
                 e.model_version or "-",

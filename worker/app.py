@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import threading
+import warnings
 from pathlib import Path
 
 from celery import Celery
@@ -71,8 +72,12 @@ def _heartbeat(path: Path, stop: threading.Event, every_s: float = 10.0) -> None
 
 def run_worker(settings: WorkerSettings) -> int:
     """Consume scoring jobs until SIGTERM/SIGINT (Celery's warm shutdown)."""
+    # Containers run as an unprivileged user (deploy/Dockerfile); in a root dev shell the
+    # JSON-only serializer makes Celery's superuser warning moot, so keep the log readable.
+    warnings.filterwarnings("ignore", message=".*superuser privileges.*")
     app, runtime = create_app(settings)
     argv = [
+        "--quiet",  # no banner: our own log line says what was loaded
         "worker",
         "--pool=threads",
         f"--concurrency={settings.batch_max_size}",
