@@ -172,13 +172,15 @@ def unenqueued_instances(engine: Engine, older_than_s: float, limit: int = 500) 
     return [PendingJob(r.id, r.sop_instance_uid, r.storage_uri) for r in rows]
 
 
-def start_processing(engine: Engine, instance_id: int) -> PendingJob | None:
-    """Claim an instance for scoring; None when it is already final (redelivered job)."""
+def start_processing(engine: Engine, instance_id: int, sop_instance_uid: str) -> PendingJob | None:
+    """Claim an instance for scoring. None when it is already final (a redelivered job) or
+    when the id does not name that SOP Instance UID (a stale job from another database)."""
     with engine.begin() as conn:
         row = conn.execute(
             update(Instance)
             .where(
                 Instance.id == instance_id,
+                Instance.sop_instance_uid == sop_instance_uid,
                 Instance.status.in_(
                     [
                         InstanceStatus.RECEIVED.value,

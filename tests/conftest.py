@@ -88,7 +88,12 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
 
 @pytest.fixture
 def engine(services: Services) -> Iterator[Engine]:
-    """An engine on a clean database: every table emptied before the test."""
+    """An engine on a clean database and an empty queue: nothing left from earlier tests."""
+    import redis
+
+    client = redis.Redis.from_url(services.broker_url)
+    client.delete(services.queue_name)
+    client.close()
     eng = make_engine(services.database_url)
     with eng.begin() as conn:
         conn.execute(text("TRUNCATE predictions, instances, studies RESTART IDENTITY CASCADE"))

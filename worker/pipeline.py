@@ -81,14 +81,18 @@ class ScoringRuntime:
     def process(self, job: ScoreJob) -> Outcome:
         """Score one instance; idempotent (a redelivered job of a final instance is a no-op)."""
         try:
-            claimed = repo.start_processing(self.engine, job.instance_id)
+            claimed = repo.start_processing(self.engine, job.instance_id, job.sop_instance_uid)
         except (OperationalError, DBAPIError) as exc:
             raise TransientError("database unavailable") from exc
         if claimed is None:
-            log.info("instance already final, skipping", extra={"instance_id": job.instance_id})
+            log.info(
+                "instance already final or unknown, skipping",
+                extra={"instance_id": job.instance_id, "sop_instance_uid": job.sop_instance_uid},
+            )
             return Outcome("skipped")
         try:
-            return self._score(job)
+            # The database row, not the message, says where the instance is stored.
+            return self._score(job.model_copy(update={"storage_uri": claimed.storage_uri}))
         except (OperationalError, DBAPIError) as exc:
             raise TransientError("database unavailable") from exc
 

@@ -110,8 +110,9 @@ def test_a_failed_sibling_is_visible_on_a_scored_study(engine: Engine) -> None:
 
 def test_a_final_instance_is_not_claimed_again(engine: Engine) -> None:
     inst = _record(engine, "1.5.1", "1.5.1.1")
-    assert repo.start_processing(engine, inst) is not None
+    assert repo.start_processing(engine, inst, "1.5.1.9") is None  # id of another instance
+    assert repo.start_processing(engine, inst, "1.5.1.1") is not None
     repo.record_prediction(engine, inst, _prediction(0.7))
-    assert repo.start_processing(engine, inst) is None
+    assert repo.start_processing(engine, inst, "1.5.1.1") is None
     repo.record_failed(engine, inst, "late failure must not overwrite a result")
     assert repo.instance_statuses(engine) == {"1.5.1.1": "done"}
