@@ -99,3 +99,17 @@ def engine(services: Services) -> Iterator[Engine]:
         conn.execute(text("TRUNCATE predictions, instances, studies RESTART IDENTITY CASCADE"))
     yield eng
     eng.dispose()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests skip cleanly where CUDA is absent (CI never has a GPU)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA; none on this machine")
+    for item in gpu_items:
+        item.add_marker(skip)

@@ -84,3 +84,19 @@ def wait_until_final(
             assert proc.poll() is None, f"worker exited with {proc.returncode}"
         time.sleep(0.2)
     raise AssertionError(f"not final after {timeout_s} s: {statuses}")
+
+
+def wait_until_queue_drained(services: Services, timeout_s: float = 60) -> None:
+    """Poll Redis until the session's queue has no waiting or unacknowledged jobs."""
+    import redis
+
+    client = redis.Redis.from_url(services.broker_url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if client.llen(services.queue_name) == 0 and client.hlen("unacked") == 0:
+                return
+            time.sleep(0.1)
+    finally:
+        client.close()
+    raise AssertionError(f"queue {services.queue_name} not drained after {timeout_s} s")
