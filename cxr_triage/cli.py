@@ -68,7 +68,6 @@ def _export_services(settings: CommonSettings) -> ResolvedServices:
 
 def _cmd_listen(args: argparse.Namespace) -> int:
     from dicom_listener.server import run_listener
-
     from migrations import upgrade_to_head
 
     services = _export_services(ListenerSettings())

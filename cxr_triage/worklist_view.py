@@ -29,7 +29,16 @@ def _fmt_time(entry: WorklistEntry) -> str:
 
 def as_table(entries: Sequence[WorklistEntry]) -> str:
     """A fixed-width table: priority, accession, status, score, model, received, reason."""
-    header = ("#", "PRIORITY", "ACCESSION/STUDY", "STATUS", "SCORE", "MODEL", "RECEIVED (UTC)", "NOTE")
+    header = (
+        "#",
+        "PRIORITY",
+        "ACCESSION/STUDY",
+        "STATUS",
+        "SCORE",
+        "MODEL",
+        "RECEIVED (UTC)",
+        "NOTE",
+    )
     rows = [header]
     for i, e in enumerate(entries, 1):
         rows.append(
