@@ -78,6 +78,9 @@ class ListenerSettings(CommonSettings):
     max_associations: int = Field(default=10, ge=1)
     reconcile_interval_s: float = Field(default=30.0, gt=0)
     reconcile_grace_s: float = Field(default=15.0, ge=0)
+    stale_processing_s: float = Field(
+        default=1800.0, gt=0, description="re-enqueue instances 'processing' for this long"
+    )
 
     @field_validator("ae_title")
     @classmethod

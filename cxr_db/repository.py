@@ -172,6 +172,33 @@ def unenqueued_instances(engine: Engine, older_than_s: float, limit: int = 500) 
     return [PendingJob(r.id, r.sop_instance_uid, r.storage_uri) for r in rows]
 
 
+def stale_processing_instances(
+    engine: Engine, older_than_s: float, limit: int = 500
+) -> list[PendingJob]:
+    """Instances left ``processing`` for longer than any task may run (a worker lost its
+    job and could not record why). Their ``updated_at`` is touched so that one pass of
+    the reconciler re-enqueues each of them once."""
+    with engine.begin() as conn:
+        rows = conn.execute(
+            update(Instance)
+            .where(
+                Instance.id.in_(
+                    select(Instance.id)
+                    .where(
+                        Instance.status == InstanceStatus.PROCESSING.value,
+                        Instance.updated_at
+                        < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s),
+                    )
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            .values(updated_at=func.now())
+            .returning(Instance.id, Instance.sop_instance_uid, Instance.storage_uri)
+        ).all()
+    return [PendingJob(r.id, r.sop_instance_uid, r.storage_uri) for r in rows]
+
+
 def start_processing(engine: Engine, instance_id: int, sop_instance_uid: str) -> PendingJob | None:
     """Claim an instance for scoring. None when it is already final (a redelivered job) or
     when the id does not name that SOP Instance UID (a stale job from another database)."""

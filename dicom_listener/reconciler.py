@@ -3,8 +3,10 @@
 The listener enqueues after the database commit; if the broker was down, or the process
 died between commit and enqueue, the instance stays ``received``. Every
 ``reconcile_interval_s`` this loop enqueues those older than ``reconcile_grace_s`` (the
-grace keeps it from racing the handler's own enqueue) and marks them queued. A duplicate
-job is harmless: the worker's writes are idempotent.
+grace keeps it from racing the handler's own enqueue) and marks them queued. It also
+re-enqueues instances left ``processing`` longer than ``stale_processing_s`` (a worker
+lost the job and could not even record a failure). A duplicate job is harmless: the
+worker's writes are idempotent.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ class Reconciler:
         queue_name: str,
         interval_s: float,
         grace_s: float,
+        stale_processing_s: float = 1800.0,
     ) -> None:
         self.engine = engine
         self.celery_app = celery_app
         self.queue_name = queue_name
         self.interval_s = interval_s
         self.grace_s = grace_s
+        self.stale_processing_s = stale_processing_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cxr-reconciler", daemon=True)
 
@@ -46,8 +50,9 @@ class Reconciler:
         Returns how many were enqueued. Stops at the first broker failure (the next pass
         tries again)."""
         pending = repo.unenqueued_instances(self.engine, older_than_s=self.grace_s)
+        stale = repo.stale_processing_instances(self.engine, self.stale_processing_s)
         done = 0
-        for item in pending:
+        for item in [*pending, *stale]:
             job = ScoreJob(
                 instance_id=item.instance_id,
                 sop_instance_uid=item.sop_instance_uid,

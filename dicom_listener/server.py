@@ -99,6 +99,7 @@ def start_listener(
         settings.queue_name,
         interval_s=settings.reconcile_interval_s,
         grace_s=settings.reconcile_grace_s,
+        stale_processing_s=settings.stale_processing_s,
     )
     reconciler.start()
     logger.info(

@@ -366,6 +366,41 @@ def test_reconciler_enqueues_recorded_but_unenqueued_instances_once(
     assert [status for _, _, status, _ in _rows(engine)] == ["queued"]
 
 
+def test_reconciler_requeues_instances_stuck_in_processing_once(
+    engine: Engine, queue: redis.Redis, services: Services
+) -> None:
+    result = repo.record_instance(
+        engine,
+        repo.InstanceRecord(
+            study_instance_uid=TEST_ROOT + "3",
+            sop_instance_uid=TEST_ROOT + "4",
+            sop_class_uid=CR_IMAGE_STORAGE,
+            series_instance_uid=None,
+            transfer_syntax_uid=None,
+            accession_number=None,
+            modality="CR",
+            body_part=None,
+            view_position=None,
+            calling_ae_title=None,
+            storage_uri="file:///nowhere/3/4.dcm",
+            size_bytes=1,
+        ),
+    )
+    repo.mark_enqueued(engine, result.instance_id)
+    assert repo.start_processing(engine, result.instance_id, TEST_ROOT + "4") is not None
+    app = make_celery(services.broker_url, services.queue_name)
+    reconciler = Reconciler(engine, app, services.queue_name, 3600, 0, stale_processing_s=600)
+    assert reconciler.run_once() == 0  # processing for seconds only: a worker has it
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE instances SET updated_at = now() - interval '1 hour' WHERE id = :i"),
+            {"i": result.instance_id},
+        )
+    assert reconciler.run_once() == 1
+    assert reconciler.run_once() == 0  # touched: not re-enqueued on every pass
+    assert _queued_instance_ids(queue, services.queue_name) == [result.instance_id]
+
+
 def test_send_command_reports_skips_and_failures_with_its_exit_code(
     start: StartListener, engine: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
