@@ -1,0 +1,97 @@
+"""`cxr-triage up` receives studies from DCMTK's storescu (an independent DICOM
+implementation); `cxr-triage worklist --json` in another process shows them scored;
+SIGTERM stops everything cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cxr_triage.embedded import free_port
+from tests.conftest import SAMPLES
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK storescu not installed"),
+]
+
+
+def _worklist(env: dict[str, str]) -> list[dict[str, object]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "cxr_triage", "worklist", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    data = json.loads(out.stdout)
+    assert isinstance(data, list)
+    return data
+
+
+def test_storescu_to_up_then_worklist_shows_scored_studies(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
+    env.update(CXR_DATA_DIR=str(tmp_path / "data"), CXR_DICOM_PORT=str(port))
+    log = open(tmp_path / "up.log", "wb")  # noqa: SIM115 - closed below
+    up = subprocess.Popen(
+        [sys.executable, "-m", "cxr_triage", "up"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while (
+            subprocess.run(
+                ["echoscu", "-aec", "CXR_TRIAGE", "127.0.0.1", str(port)],
+                capture_output=True,
+                check=False,
+            ).returncode
+            != 0
+        ):
+            assert up.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "listener did not answer C-ECHO"
+            time.sleep(0.5)
+        files = [SAMPLES / "nih-nofinding-1.dcm", *sorted((SAMPLES / "derived").glob("*.dcm"))]
+        sent = subprocess.run(
+            [
+                "storescu",
+                "-aec",
+                "CXR_TRIAGE",
+                "-aet",
+                "MODALITY1",
+                "127.0.0.1",
+                str(port),
+                *map(str, files),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert sent.returncode == 0, sent.stderr
+        deadline = time.monotonic() + 240
+        while True:
+            entries = _worklist(env)
+            if len(entries) == len(files) and all(e["status"] == "done" for e in entries):
+                break
+            assert time.monotonic() < deadline, entries
+            time.sleep(1)
+        scores = [e["score"] for e in entries]
+        assert all(isinstance(s, float) for s in scores)
+        flags = [e["flagged"] for e in entries]
+        assert flags == sorted(flags, reverse=True)
+        assert all(e["model_version"] for e in entries)
+    finally:
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(timeout=120)
+        log.close()
+    assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
+    assert not (tmp_path / "data" / "embedded" / "services.json").exists()
