@@ -31,7 +31,8 @@ table { width:100%; border-collapse:collapse; background:#fff; border:1px solid 
 th, td { padding:8px 10px; border-bottom:1px solid var(--line); text-align:left;
   vertical-align:top; }
 th { background:#eef2f6; font-size:12px; text-transform:uppercase; letter-spacing:.4px;
-  color:var(--muted); font-weight:600; }
+  color:var(--muted); font-weight:600; white-space:nowrap; }
+td.model { white-space:nowrap; }
 td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
 td.time { white-space:nowrap; font-variant-numeric:tabular-nums; color:var(--muted); }
 tr.flagged td { background:var(--pos-bg); }
@@ -64,6 +65,8 @@ dl.facts dd { margin:0; }
 .image.flagged { border-color:var(--pos); box-shadow:inset 0 4px 0 var(--pos); }
 .image img { display:block; width:100%; height:auto; background:#000; }
 .image dl.facts { border:0; padding:8px 0 0; margin:0; }
+.noimg { margin:0 0 4px; padding:24px 8px; text-align:center; color:var(--muted);
+  background:#eef2f6; border:1px dashed #c9d2dc; }
 h2 { font-size:16px; margin:20px 0 8px; }
 .back { display:inline-block; margin-bottom:12px; color:#0b57a4; text-decoration:none; }
 """
@@ -93,6 +96,9 @@ def _status_html(status: str, reason: str | None) -> str:
     label = escape(_STATUS_LABEL.get(status, status))
     out = f'<span class="badge {kind}">{label}</span>'
     if reason and status in ("failed", "not_eligible"):
+        prefix = status.replace("_", " ") + ": "
+        if reason.startswith(prefix) and "; " not in reason:
+            reason = reason[len(prefix) :]  # the badge already says it
         out += f'<span class="reason {kind}">{escape(reason)}</span>'
     return out
 
@@ -142,7 +148,7 @@ def worklist_page(entries: Sequence[WorklistEntry], now: datetime) -> str:
             f'<br><span class="uid">{e.instances} image{"s" if e.instances != 1 else ""}</span>'
             f"</td><td>{_status_html(e.status, e.reason)}</td>"
             f'<td class="num score">{_score(e.score)}</td>'
-            f'<td class="uid">{escape(e.model_version or "–")}</td>'
+            f'<td class="uid model">{escape(e.model_version or "–")}</td>'
             f'<td class="time">{_time(e.received_at)}</td>'
             f'<td class="time">{_time(e.scored_at)}</td></tr>'
         )
@@ -155,7 +161,9 @@ def worklist_page(entries: Sequence[WorklistEntry], now: datetime) -> str:
 
 
 def _instance_card(i: InstanceDetail) -> str:
-    img = ""
+    img = '<p class="noimg">No heatmap: this image was not scored.</p>'
+    if i.scored_at is not None and not i.has_heatmap:
+        img = '<p class="noimg">No heatmap was stored for this image.</p>'
     if i.has_heatmap:
         src = "/heatmaps/" + quote(i.sop_instance_uid, safe=".") + ".png"
         img = (
