@@ -1,8 +1,12 @@
-"""Serve the worklist app with uvicorn until SIGINT/SIGTERM."""
+"""Serve the worklist app with uvicorn until SIGINT/SIGTERM, then exit 0."""
 
 from __future__ import annotations
 
 import logging
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 import uvicorn
 
@@ -13,23 +17,48 @@ from worklist.app import create_app
 logger = logging.getLogger(__name__)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises a captured SIGTERM after its graceful shutdown, which ends the
+    process with 143 before our clean-up runs; ``run_web`` handles the signals itself."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 def run_web(settings: WebSettings) -> int:
-    """Serve on ``settings.web_host:settings.web_port``; uvicorn stops cleanly on
-    SIGINT/SIGTERM. Logging is the caller's (``log_config=None``)."""
+    """Serve on ``settings.web_host:settings.web_port`` until SIGINT/SIGTERM; 0 after a
+    clean stop, 1 if the server could not start (e.g. the port is taken). Logging is the
+    caller's (``log_config=None``); access logs carry paths (UIDs), never patient data."""
     engine = make_engine(settings.database_url_value())
+    config = uvicorn.Config(
+        create_app(engine),
+        host=settings.web_host,
+        port=settings.web_port,
+        log_config=None,
+        server_header=False,
+        proxy_headers=False,
+    )
+    server = _Server(config)
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        logger.info("signal %d received: stopping the web worklist", signum)
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        config = uvicorn.Config(
-            create_app(engine),
-            host=settings.web_host,
-            port=settings.web_port,
-            log_config=None,
-            access_log=True,
-            server_header=False,
-            proxy_headers=False,
-        )
-        server = uvicorn.Server(config)
         logger.info("worklist web app on http://%s:%d/", settings.web_host, settings.web_port)
         server.run()
-        return 0 if server.started else 1
+    except SystemExit as exc:  # uvicorn's way to report that it could not start
+        logger.error(
+            "web worklist could not start on %s:%d (uvicorn exit %s)",
+            settings.web_host,
+            settings.web_port,
+            exc.code,
+        )
+        return 1
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         engine.dispose()
+    return 0 if server.started else 1

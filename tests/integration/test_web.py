@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import Engine, create_engine
 
 from cxr_triage.worklist_view import DISCLAIMER
+from tests.conftest import REPO, Services
 from tests.web_server import Seeded, seed_worklist, serve
 from worklist.app import create_app
 
@@ -132,3 +139,34 @@ def test_healthz_503_when_the_database_does_not_answer() -> None:
     finally:
         dead.dispose()
     assert create_app(dead) is not None  # building the app touches no database
+
+
+def test_run_web_serves_until_sigterm_then_exits_0(services: Services, tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = services.env() | {"CXR_WEB_HOST": "127.0.0.1", "CXR_WEB_PORT": str(port)}
+    code = (
+        "import sys; from cxr_common.settings import WebSettings; "
+        "from worklist.server import run_web; sys.exit(run_web(WebSettings()))"
+    )
+    log = tmp_path / "web.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO, stderr=out)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                resp = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "web worklist did not start"
+                time.sleep(0.1)
+        assert resp.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
