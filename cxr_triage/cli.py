@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from cxr_common.errors import CxrTriageError
 from cxr_common.logs import configure_logging
-from cxr_common.settings import CommonSettings, ListenerSettings, WorkerSettings
+from cxr_common.settings import CommonSettings, ListenerSettings, WebSettings, WorkerSettings
 
 if TYPE_CHECKING:
     from cxr_triage.services import ResolvedServices
@@ -93,6 +93,18 @@ def _cmd_work(args: argparse.Namespace) -> int:
         services.stop()
 
 
+def _cmd_web(args: argparse.Namespace) -> int:
+    from worklist.server import run_web
+
+    if args.port is not None:
+        os.environ["CXR_WEB_PORT"] = str(args.port)
+    services = _export_services(WebSettings())
+    try:
+        return run_web(WebSettings())
+    finally:
+        services.stop()
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     from cxr_triage.processes import Child, spawn, stop_all, wait_for_port
     from cxr_triage.services import resolve_services
@@ -114,11 +126,15 @@ def _cmd_up(args: argparse.Namespace) -> int:
         children.append(spawn("listener", ["listen"], env))
         for i in range(args.workers):
             children.append(spawn(f"worker-{i + 1}", ["work"], env))
+        web = WebSettings()
+        if not args.no_web:
+            children.append(spawn("web", ["web"], env))
         host = "127.0.0.1" if settings.dicom_host in ("0.0.0.0", "") else settings.dicom_host
         wait_for_port(host, settings.dicom_port, children)
+        web_line = "" if args.no_web else f"worklist http://{web.web_host}:{web.web_port}/, "
         print(
             f"cxr-triage is up: DICOM {settings.ae_title}@{host}:{settings.dicom_port}, "
-            f"{args.workers} worker(s). `cxr-triage worklist` shows the triaged studies. "
+            f"{args.workers} worker(s), {web_line}`cxr-triage worklist` prints it. "
             "Ctrl-C stops."
         )
         while not stop.wait(0.5):
@@ -174,12 +190,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "up",
-        help="run listener and workers in the foreground until Ctrl-C/SIGTERM",
-        description="Run the DICOM listener and N workers (embedded Postgres/Redis unless "
-        "configured) until Ctrl-C or SIGTERM, then stop cleanly.",
+        help="run listener, workers and web worklist in the foreground until Ctrl-C/SIGTERM",
+        description="Run the DICOM listener, N workers and the web worklist (embedded "
+        "Postgres/Redis unless configured) until Ctrl-C or SIGTERM, then stop cleanly.",
     )
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--no-web", action="store_true", help="do not start the web worklist")
     p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser(
+        "web",
+        help="serve the radiologists' web worklist (CXR_WEB_HOST:CXR_WEB_PORT)",
+        description="The triaged worklist in a browser: likely positives on top, each study "
+        "with its heatmaps, score and model version. Read-only.",
+    )
+    p.add_argument("--port", type=int, default=None, help="overrides CXR_WEB_PORT (default 8080)")
+    p.set_defaults(func=_cmd_web)
 
     p = sub.add_parser(
         "listen",

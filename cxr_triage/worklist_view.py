@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from cxr_common.clinical import DISCLAIMER
 from cxr_db.repository import WorklistEntry
-
-DISCLAIMER = "Clinical decision support, not a diagnosis: a radiologist reads every study."
 
 _STATUS_LABEL = {
     "received": "received",

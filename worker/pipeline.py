@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DISCLAIMER = "Clinical decision support, not a diagnosis."
-
 
 @dataclass(frozen=True)
 class Outcome:

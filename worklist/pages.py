@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from html import escape
 from urllib.parse import quote
 
+from cxr_common.clinical import DISCLAIMER
 from cxr_db.repository import WorklistEntry
-from cxr_triage.worklist_view import DISCLAIMER
 from worklist.queries import InstanceDetail, StudyDetail
 
 REFRESH_S = 15

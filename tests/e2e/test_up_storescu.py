@@ -42,7 +42,9 @@ def _worklist(env: dict[str, str]) -> list[dict[str, object]]:
 def test_storescu_to_up_then_worklist_shows_scored_studies(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
-    env.update(CXR_DATA_DIR=str(tmp_path / "data"), CXR_DICOM_PORT=str(port))
+    env.update(
+        CXR_DATA_DIR=str(tmp_path / "data"), CXR_DICOM_PORT=str(port), CXR_WEB_PORT=str(free_port())
+    )
     log = open(tmp_path / "up.log", "wb")  # noqa: SIM115 - closed below
     up = subprocess.Popen(
         [sys.executable, "-m", "cxr_triage", "up"], env=env, stdout=log, stderr=subprocess.STDOUT

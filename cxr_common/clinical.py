@@ -1,0 +1,3 @@
+"""The clinical-use statement every output of cxr-triage carries."""
+
+DISCLAIMER = "Clinical decision support, not a diagnosis: a radiologist reads every study."
