@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cxr_triage.embedded import free_port
@@ -41,9 +42,10 @@ def _worklist(env: dict[str, str]) -> list[dict[str, object]]:
 
 def test_storescu_to_up_then_worklist_shows_scored_studies(tmp_path: Path) -> None:
     port = free_port()
+    web_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
     env.update(
-        CXR_DATA_DIR=str(tmp_path / "data"), CXR_DICOM_PORT=str(port), CXR_WEB_PORT=str(free_port())
+        CXR_DATA_DIR=str(tmp_path / "data"), CXR_DICOM_PORT=str(port), CXR_WEB_PORT=str(web_port)
     )
     log = open(tmp_path / "up.log", "wb")  # noqa: SIM115 - closed below
     up = subprocess.Popen(
@@ -91,6 +93,12 @@ def test_storescu_to_up_then_worklist_shows_scored_studies(tmp_path: Path) -> No
         flags = [e["flagged"] for e in entries]
         assert flags == sorted(flags, reverse=True)
         assert all(e["model_version"] for e in entries)
+        # the web worklist that `up` started serves the same list
+        api = httpx.get(f"http://127.0.0.1:{web_port}/api/worklist", timeout=30)
+        assert api.status_code == 200
+        assert [e["study_instance_uid"] for e in api.json()] == [
+            e["study_instance_uid"] for e in entries
+        ]
     finally:
         up.send_signal(signal.SIGTERM)
         code = up.wait(timeout=120)
