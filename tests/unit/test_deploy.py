@@ -22,14 +22,14 @@ def compose() -> dict[str, Any]:
 
 
 def test_every_long_running_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
-    for name in ("postgres", "redis", "listener", "worker"):
+    for name in ("postgres", "redis", "listener", "worker", "web"):
         assert "healthcheck" in compose["services"][name], name
 
 
 def test_start_order_waits_for_health_and_migration(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("listener", "worker"):
+    for name in ("listener", "worker", "web"):
         cond = services[name]["depends_on"]["migrate"]["condition"]
         assert cond == "service_completed_successfully"
 
