@@ -4,7 +4,9 @@
     ├── ConfigurationError         settings missing or inconsistent: the message says what to set
     ├── StorageError               an instance could not be written or read
     ├── TransientError             worth retrying (database or broker briefly unreachable)
-    └── PermanentError             retrying cannot help (undecodable file, bad payload)
+    ├── PermanentError             retrying cannot help (undecodable file, bad payload)
+    ├── cxr_imaging.ImagingError   an input that cannot become pixels
+    └── cxr_model.ModelError       weights, contract or calibration refused
 
 Boundaries convert third-party exceptions into these with ``raise ... from exc``.
 """

@@ -14,10 +14,12 @@ Messages name transfer syntaxes, SOP Instance UIDs and plugins only, never patie
 
 from __future__ import annotations
 
+from cxr_common.errors import CxrTriageError
+
 __all__ = ["ImagingError", "NotAnImageError", "UndecodableError"]
 
 
-class ImagingError(Exception):
+class ImagingError(CxrTriageError):
     """Root of every error raised by :mod:`cxr_imaging`."""
 
 

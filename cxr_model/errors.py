@@ -10,8 +10,10 @@ Hierarchy::
 
 from __future__ import annotations
 
+from cxr_common.errors import CxrTriageError
 
-class ModelError(Exception):
+
+class ModelError(CxrTriageError):
     """Root of every error raised by :mod:`cxr_model`."""
 
 
