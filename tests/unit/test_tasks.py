@@ -1,0 +1,43 @@
+"""The scoring task's contract: payload validation and retry backoff."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from cxr_queue import SCORE_TASK, ScoreJob, make_celery
+from worker.tasks import MAX_BACKOFF_S, backoff_seconds, register_tasks
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    assert [backoff_seconds(n) for n in range(4)] == [1, 2, 4, 8]
+    assert backoff_seconds(30) == MAX_BACKOFF_S
+
+
+def test_job_payload_is_small_typed_and_strict() -> None:
+    job = ScoreJob(instance_id=3, sop_instance_uid="1.2.3", storage_uri="file:///x/1.dcm")
+    assert set(job.model_dump()) == {"instance_id", "sop_instance_uid", "storage_uri"}
+    with pytest.raises(ValidationError):
+        ScoreJob.model_validate({**job.model_dump(), "pixels": [1, 2, 3]})
+    with pytest.raises(ValidationError):
+        ScoreJob(instance_id=0, sop_instance_uid="1.2.3", storage_uri="file:///x")
+
+
+def test_an_invalid_payload_is_dropped_without_touching_the_runtime() -> None:
+    app = make_celery("redis://127.0.0.1:1/0", "unit")
+
+    def no_runtime() -> object:
+        raise AssertionError("runtime must not be loaded for an invalid job")
+
+    task = register_tasks(app, no_runtime, max_retries=3)  # type: ignore[arg-type]
+    assert task.name == SCORE_TASK
+    assert task.run(job={"instance_id": "not-a-number"}) == "invalid"
+
+
+def test_broker_settings_give_at_least_once_delivery() -> None:
+    conf = make_celery("redis://127.0.0.1:1/0", "unit").conf
+    assert conf.task_acks_late is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_serializer == "json"
+    assert conf.accept_content == ["json"]
+    assert conf.broker_transport_options["visibility_timeout"] >= 3600
