@@ -5,13 +5,17 @@ Contract (stored as ``weights/model.json`` next to the weights, with version and
 * Input: one decoded radiograph as float32 HxW in [0, 1], MONOCHROME2 (bright = dense), from
   :func:`cxr_imaging.load_image`. :meth:`ScoringModel.preprocess` squashes it to
   ``input_size`` x ``input_size`` (antialiased bilinear), scales ``(255*x - 127) / 128`` and
-  replicates it to 3 channels. Training uses this very function.
+  replicates it to 3 channels (optionally histogram-equalised first when the contract's
+  ``intensity`` is ``"histeq"``; the shipped model uses ``"none"``). Training uses this very
+  function.
 * Output: one logit; labels in order ``("NORMAL", "PNEUMONIA")``; the logit is for PNEUMONIA.
 * Calibration: ``weights/calibration.json`` (a :class:`Calibration`) maps logits to site
   probabilities, ``sigmoid(logit / temperature + bias)``, and holds the operating threshold
   fitted on a labelled sample from the site for a target sensitivity. It is tied to the
   model's sha256 and refused for any other model.
 * Heatmaps: Grad-CAM on the last convolutional block, HxW float32 in [0, 1] at input size.
+* Integrity: ``load_model`` checks the weights' sha256 against ``model.json`` before
+  ``torch.load(weights_only=True)``; the architecture comes from ``timm`` / ``torchvision``.
 
 Clinical decision support, not a diagnosis.
 
