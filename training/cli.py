@@ -25,12 +25,16 @@ FILTER_HELP = (
 )
 
 
+def _optional_path(value: str) -> Path | None:
+    return Path(value) if value else None
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache-dir",
-        type=Path,
+        type=_optional_path,
         default=Path("cache"),
-        help="where decoded, resized images are cached (default ./cache)",
+        help="where decoded, resized images are cached ('' = no cache)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
