@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cxr_model.contract import DISCLAIMER
+from cxr_common.clinical import DISCLAIMER
 
 DATA_HELP = (
     "a folder <root>/<split>/<NORMAL|PNEUMONIA>/* or <root>/<NORMAL|PNEUMONIA>/*, a labels.csv "
