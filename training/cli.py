@@ -80,6 +80,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--mixup", type=float, default=0.0, help="mixup Beta(a, a); 0 = off")
+    p.add_argument("--init-from", default="", help="weights folder to start from (site adaptation)")
     p.add_argument("--seed", type=int, default=20261123)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last.pt")
@@ -192,6 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_steps_per_epoch=args.max_steps_per_epoch,
         threads=args.threads,
         device=args.device or "",
+        init_from=args.init_from,
     )
     summary = train(cfg)
     last = summary["history"][-1] if summary["history"] else {}

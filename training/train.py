@@ -52,6 +52,7 @@ class TrainConfig:
     threads: int = 0
     device: str = ""
     version: str = ""
+    init_from: str = ""
 
 
 def seed_everything(seed: int) -> None:
@@ -140,6 +141,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     )
 
     net, arch, source = make_network(cfg.backbone)
+    if cfg.init_from:  # continue from a finished model (e.g. site adaptation)
+        from cxr_model.scoring import load_network
+
+        base, base_contract = load_network(Path(cfg.init_from))
+        if base_contract.architecture != arch:
+            raise ValueError(f"--init-from is {base_contract.architecture}, not {arch}")
+        net.load_state_dict(base.state_dict())
+        source = f"{source}; then initialised from {base_contract.version} ({cfg.init_from})"
     net = net.to(device).to(memory_format=torch.channels_last)
     n_pos = int(tr.labels.sum())
     n_neg = len(tr.labels) - n_pos
