@@ -334,14 +334,13 @@ def test_broker_down_still_acknowledges_and_the_reconciler_enqueues_later(
     assert [status for _, _, status, _ in _rows(engine)] == ["queued"]
 
 
-def test_reconciler_enqueues_recorded_but_unenqueued_instances_once(
-    engine: Engine, queue: redis.Redis, services: Services
-) -> None:
-    result = repo.record_instance(
+def _record_without_enqueue(engine: Engine, study: str, sop: str) -> repo.RecordResult:
+    """An instance committed by a listener that died before enqueueing it."""
+    return repo.record_instance(
         engine,
         repo.InstanceRecord(
-            study_instance_uid=TEST_ROOT + "1",
-            sop_instance_uid=TEST_ROOT + "2",
+            study_instance_uid=TEST_ROOT + study,
+            sop_instance_uid=TEST_ROOT + sop,
             sop_class_uid=CR_IMAGE_STORAGE,
             series_instance_uid=None,
             transfer_syntax_uid=None,
@@ -350,10 +349,16 @@ def test_reconciler_enqueues_recorded_but_unenqueued_instances_once(
             body_part=None,
             view_position=None,
             calling_ae_title=None,
-            storage_uri="file:///nowhere/1/2.dcm",
+            storage_uri=f"file:///nowhere/{study}/{sop}.dcm",
             size_bytes=1,
         ),
     )
+
+
+def test_reconciler_enqueues_recorded_but_unenqueued_instances_once(
+    engine: Engine, queue: redis.Redis, services: Services
+) -> None:
+    result = _record_without_enqueue(engine, "1", "2")
     assert result.created
     app = make_celery(services.broker_url, services.queue_name)
     # Within the grace period the handler may still enqueue it itself: left alone.
@@ -369,23 +374,7 @@ def test_reconciler_enqueues_recorded_but_unenqueued_instances_once(
 def test_reconciler_requeues_instances_stuck_in_processing_once(
     engine: Engine, queue: redis.Redis, services: Services
 ) -> None:
-    result = repo.record_instance(
-        engine,
-        repo.InstanceRecord(
-            study_instance_uid=TEST_ROOT + "3",
-            sop_instance_uid=TEST_ROOT + "4",
-            sop_class_uid=CR_IMAGE_STORAGE,
-            series_instance_uid=None,
-            transfer_syntax_uid=None,
-            accession_number=None,
-            modality="CR",
-            body_part=None,
-            view_position=None,
-            calling_ae_title=None,
-            storage_uri="file:///nowhere/3/4.dcm",
-            size_bytes=1,
-        ),
-    )
+    result = _record_without_enqueue(engine, "3", "4")
     repo.mark_enqueued(engine, result.instance_id)
     assert repo.start_processing(engine, result.instance_id, TEST_ROOT + "4") is not None
     app = make_celery(services.broker_url, services.queue_name)
