@@ -98,7 +98,12 @@ class ListenerSettings(CommonSettings):
 class WorkerSettings(CommonSettings):
     """A scoring worker process."""
 
-    batch_max_size: int = Field(default=8, ge=1, le=256)
+    batch_max_size: int | None = Field(
+        default=None, ge=1, le=256, description="unset = 4 on CPU, 16 on CUDA (BENCHMARKS.md)"
+    )
+    concurrency: int | None = Field(
+        default=None, ge=1, le=512, description="jobs in flight; unset = 2 x batch size"
+    )
     batch_max_wait_ms: int = Field(default=250, ge=0)
     device: str | None = Field(default=None, description="cpu, cuda, cuda:1; unset = auto")
     model_dir: Path | None = Field(default=None, description="unset = the shipped model")
@@ -109,6 +114,15 @@ class WorkerSettings(CommonSettings):
     heartbeat_file: Path | None = Field(
         default=None, description="touched every 10 s while the worker runs (healthchecks)"
     )
+
+
+def resolve_batching(settings: WorkerSettings, device_type: str) -> tuple[int, int]:
+    """(max batch size, concurrency) for a worker on ``device_type`` ('cpu' or 'cuda').
+
+    On CPU a batch of more than ~4 is slower per image (BENCHMARKS.md); on a GPU bigger
+    batches pay. Twice the batch size in flight lets the next batch decode while one runs."""
+    batch = settings.batch_max_size or (16 if device_type == "cuda" else 4)
+    return batch, settings.concurrency or 2 * batch
 
 
 class WebSettings(CommonSettings):

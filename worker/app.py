@@ -1,7 +1,8 @@
 """Worker process start-up: load the model once, configure Celery, consume the queue.
 
 The pool is ``threads`` so that concurrent tasks in one process can share one model and
-be scored together by ``batching.Batcher``; ``concurrency`` equals the maximum batch size.
+be scored together by ``batching.Batcher``; by default twice the maximum batch size run at
+once, so one batch decodes while the other is scored.
 Scale out with more processes (``docker compose up --scale worker=N``).
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from celery import Celery
 from celery.signals import setup_logging
 
-from cxr_common.settings import WorkerSettings
+from cxr_common.settings import WorkerSettings, resolve_batching
 from cxr_db import make_engine
 from cxr_queue import make_celery
 from worker.pipeline import ScoringRuntime
@@ -45,12 +46,14 @@ def build_runtime(settings: WorkerSettings) -> ScoringRuntime:
         calibration.version,
         calibration.threshold,
     )
-    engine = make_engine(settings.database_url_value(), pool_size=settings.batch_max_size + 2)
+    batch, concurrency = resolve_batching(settings, model.device.type)
+    engine = make_engine(settings.database_url_value(), pool_size=concurrency + 2)
     return ScoringRuntime(
         engine,
         model,
         calibration,
-        batch_max_size=settings.batch_max_size,
+        concurrency=concurrency,
+        batch_max_size=batch,
         batch_max_wait_s=settings.batch_max_wait_ms / 1000,
         heatmaps=settings.heatmaps,
     )
@@ -80,7 +83,7 @@ def run_worker(settings: WorkerSettings) -> int:
         "--quiet",  # no banner: our own log line says what was loaded
         "worker",
         "--pool=threads",
-        f"--concurrency={settings.batch_max_size}",
+        f"--concurrency={runtime.concurrency}",
         f"--queues={settings.queue_name}",
         f"--hostname=cxr-worker-{os.getpid()}@{socket.gethostname()}",
         f"--loglevel={settings.log_level}",

@@ -54,6 +54,7 @@ class ScoringRuntime:
         model: ScoringModel,
         calibration: Calibration,
         *,
+        concurrency: int,
         batch_max_size: int,
         batch_max_wait_s: float,
         heatmaps: bool = True,
@@ -62,6 +63,7 @@ class ScoringRuntime:
         self.model = model
         self.calibration = calibration
         self.heatmaps = heatmaps
+        self.concurrency = concurrency
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.batcher: Batcher[torch.Tensor, ScoreResult] = Batcher(
             self._score_batch, batch_max_size, batch_max_wait_s, name="cxr-batcher"

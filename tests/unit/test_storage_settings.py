@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from cxr_common.errors import ConfigurationError, StorageError
-from cxr_common.settings import ListenerSettings, WorkerSettings, normalise_database_url
+from cxr_common.settings import (
+    ListenerSettings,
+    WorkerSettings,
+    normalise_database_url,
+    resolve_batching,
+)
 from cxr_common.storage import instance_key, open_storage, read_instance, sanitise_uid
 
 
@@ -49,6 +54,16 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (listener.ae_title, listener.dicom_port) == ("HOSP_CXR", 104)
     assert listener.allowed_ae_titles == frozenset({"MODALITY1", "PACS"})
     assert WorkerSettings().batch_max_size == 16
+    assert resolve_batching(WorkerSettings(), "cpu") == (16, 32)
+
+
+def test_batching_defaults_follow_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CXR_BATCH_MAX_SIZE", raising=False)
+    monkeypatch.delenv("CXR_CONCURRENCY", raising=False)
+    assert resolve_batching(WorkerSettings(), "cpu") == (4, 8)
+    assert resolve_batching(WorkerSettings(), "cuda") == (16, 32)
+    monkeypatch.setenv("CXR_CONCURRENCY", "3")
+    assert resolve_batching(WorkerSettings(), "cpu") == (4, 3)
 
 
 def test_missing_urls_say_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
