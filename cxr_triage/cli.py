@@ -157,6 +157,10 @@ def _cmd_worklist(args: argparse.Namespace) -> int:
 
     services = resolve_services(CommonSettings())
     try:
+        if services.embedded is not None:
+            from migrations import upgrade_to_head
+
+            upgrade_to_head(services.database_url)  # a fresh data folder has no schema yet
         engine = make_engine(services.database_url, pool_size=1)
         entries = repo.worklist(engine, limit=args.limit)
         engine.dispose()
