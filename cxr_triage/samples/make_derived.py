@@ -2,7 +2,7 @@
 
 Usage::
 
-    python cxr_triage/samples/make_derived.py [--data /work/shared/data] [--out cxr_triage/samples]
+    python cxr_triage/samples/make_derived.py --data ../shared/data [--out cxr_triage/samples]
 
 It is deterministic: running it twice gives byte-identical files.
 
@@ -156,7 +156,9 @@ def _kermany_rows(data: Path) -> list[dict[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     here = Path(__file__).resolve().parent
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/data"))
+    parser.add_argument(
+        "--data", type=Path, required=True, help="the shared data folder (holds dicom/ and cxr/)"
+    )
     parser.add_argument("--out", type=Path, default=here)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
