@@ -14,6 +14,7 @@ from PIL import Image
 from sqlalchemy import Engine
 
 from cxr_db import repository as repo
+from tests.db_rows import prediction, record
 from worklist.app import create_app
 
 
@@ -68,40 +69,11 @@ class Seeded:
 
 
 def _record(engine: Engine, study: str, sop: str, accession: str | None) -> int:
-    rec = repo.InstanceRecord(
-        study_instance_uid=study,
-        sop_instance_uid=sop,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
-        series_instance_uid=None,
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        accession_number=accession,
-        modality="CR",
-        body_part="CHEST",
-        view_position="PA",
-        calling_ae_title="TEST",
-        storage_uri=f"file:///nowhere/{sop}.dcm",
-        size_bytes=1,
-    )
-    return repo.record_instance(engine, rec).instance_id
+    return record(engine, study, sop, accession)
 
 
 def _prediction(p: float, png: bytes) -> repo.PredictionRecord:
-    return repo.PredictionRecord(
-        model_name="efficientnet-lite0-pneumonia",
-        model_version="2026.11-cal1",
-        weights_sha256="0" * 64,
-        calibration_version="c1",
-        logit=0.0,
-        probability=p,
-        threshold=0.42,
-        flagged=p >= 0.42,
-        heatmap_png=png,
-        device="cpu",
-        batch_size=1,
-        decode_ms=1.0,
-        inference_ms=1.0,
-        worker_id="test",
-    )
+    return prediction(p, threshold=0.42, png=png, version="2026.11-cal1")
 
 
 def seed_worklist(engine: Engine) -> Seeded:

@@ -6,45 +6,16 @@ import pytest
 from sqlalchemy import Engine, text
 
 from cxr_db import repository as repo
+from tests.db_rows import prediction, record
 
 pytestmark = pytest.mark.integration
 
 
-def _record(engine: Engine, study: str, sop: str, accession: str | None = None) -> int:
-    rec = repo.InstanceRecord(
-        study_instance_uid=study,
-        sop_instance_uid=sop,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
-        series_instance_uid=None,
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        accession_number=accession,
-        modality="CR",
-        body_part="CHEST",
-        view_position="PA",
-        calling_ae_title="TEST",
-        storage_uri=f"file:///nowhere/{sop}.dcm",
-        size_bytes=1,
-    )
-    return repo.record_instance(engine, rec).instance_id
+_record = record
 
 
 def _prediction(p: float, threshold: float = 0.5, version: str = "v1") -> repo.PredictionRecord:
-    return repo.PredictionRecord(
-        model_name="m",
-        model_version=version,
-        weights_sha256="0" * 64,
-        calibration_version="c1",
-        logit=0.0,
-        probability=p,
-        threshold=threshold,
-        flagged=p >= threshold,
-        heatmap_png=b"\x89PNG",
-        device="cpu",
-        batch_size=1,
-        decode_ms=1.0,
-        inference_ms=1.0,
-        worker_id="test",
-    )
+    return prediction(p, threshold=threshold, version=version)
 
 
 def test_record_instance_is_idempotent(engine: Engine) -> None:
