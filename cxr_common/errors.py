@@ -3,6 +3,7 @@
     CxrTriageError                 root: everything cxr-triage raises on purpose
     ├── ConfigurationError         settings missing or inconsistent: the message says what to set
     ├── StorageError               an instance could not be written or read
+    │   └── InstanceMissingError   the stored file is not where its URI says
     ├── TransientError             worth retrying (database or broker briefly unreachable)
     ├── PermanentError             retrying cannot help (undecodable file, bad payload)
     ├── cxr_imaging.ImagingError   an input that cannot become pixels
@@ -22,6 +23,10 @@ class ConfigurationError(CxrTriageError):
 
 class StorageError(CxrTriageError):
     """An instance could not be written to or read from storage."""
+
+
+class InstanceMissingError(StorageError):
+    """The stored instance is not where its URI points (volume not mounted, file removed)."""
 
 
 class TransientError(CxrTriageError):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
-from cxr_common.errors import ConfigurationError, StorageError
+from cxr_common.errors import ConfigurationError, InstanceMissingError, StorageError
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -118,6 +118,6 @@ def read_instance(uri: str) -> bytes:
     try:
         return Path(unquote(parsed.path)).read_bytes()
     except FileNotFoundError as exc:
-        raise StorageError("stored instance is missing") from exc
+        raise InstanceMissingError("stored instance is missing") from exc
     except OSError as exc:
         raise StorageError(f"cannot read stored instance: {exc.strerror}") from exc

@@ -23,7 +23,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from cxr_common.errors import StorageError, TransientError
+from cxr_common.errors import InstanceMissingError, StorageError, TransientError
 from cxr_common.storage import read_instance
 from cxr_db import repository as repo
 from cxr_imaging import ImagingError, check_eligibility, decode_dataset
@@ -100,9 +100,14 @@ class ScoringRuntime:
         t0 = time.perf_counter()
         try:
             data = read_instance(job.storage_uri)
+        except InstanceMissingError as exc:
+            # Retried: a worker without the shared volume mounted must not fail the queue
+            # at once; after the last retry the reason is on the worklist.
+            raise TransientError(
+                "stored DICOM file not found: check that this worker mounts CXR_STORAGE_URI, "
+                "or resend the study"
+            ) from exc
         except StorageError as exc:
-            if "missing" in str(exc):
-                return self._fail(job, "stored DICOM file is missing; resend the study")
             raise TransientError(str(exc)) from exc
         try:
             ds = pydicom.dcmread(io.BytesIO(data))

@@ -46,10 +46,14 @@ def start_worker(services: Services) -> Iterator[Callable[..., subprocess.Popen[
     procs: list[subprocess.Popen[bytes]] = []
 
     def _start(
-        batch_size: int = 4, wait_ms: int = 500, log: Path | None = None
+        batch_size: int = 4,
+        wait_ms: int = 500,
+        log: Path | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         env = services.env()
         env.update(CXR_BATCH_MAX_SIZE=str(batch_size), CXR_BATCH_MAX_WAIT_MS=str(wait_ms))
+        env.update(extra_env or {})
         out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "cxr_triage", "work"], env=env, stdout=out, stderr=out

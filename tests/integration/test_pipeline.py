@@ -162,3 +162,24 @@ def test_two_workers_share_one_queue_without_duplicate_predictions(
             text("SELECT count(*) FROM instances WHERE status = 'done'")
         ).scalar_one()
     assert (total, distinct, done) == (24, 24, 24)
+
+
+def test_a_missing_stored_file_is_retried_then_shown_as_failed_with_what_to_check(
+    services: Services,
+    engine: Engine,
+    listener: int,
+    start_worker: Callable[..., object],
+    tmp_path: Path,
+) -> None:
+    path = write(make_dataset(accession="MISSING1"), tmp_path / "gone.dcm")
+    assert send_paths([path], "127.0.0.1", listener, progress=False).sent == 1
+    for stored in (services.data_dir / "instances").rglob("*.dcm"):
+        stored.unlink()  # as if this worker did not mount the shared volume
+    start_worker(batch_size=1, wait_ms=0, extra_env={"CXR_MAX_RETRIES": "1"})
+    wait_until_final(engine, 1)
+    (entry,) = repo.worklist(engine)
+    assert entry.status == "failed"
+    assert entry.reason is not None
+    assert "CXR_STORAGE_URI" in entry.reason
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT attempts FROM instances")).scalar_one() == 2
