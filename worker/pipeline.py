@@ -45,6 +45,15 @@ class Outcome:
     probability: float | None = None
 
 
+def heatmap_base(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
+    """The image the heatmap is drawn on. When the header says text is burned into the
+    pixels (BurnedInAnnotation YES), that text may name the patient, so the heatmap is
+    drawn on a neutral grey field instead: the PNG must never carry patient data."""
+    if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
+        return np.full_like(pixels, 0.5)
+    return pixels
+
+
 class ScoringRuntime:
     """Everything a worker process loads once: engine, model, calibration, batcher."""
 
@@ -126,7 +135,7 @@ class ScoringRuntime:
             return self._fail(job, f"pixel data could not be decoded: {exc}")
         decode_ms = (time.perf_counter() - t0) * 1000
         result, info = self.batcher.submit(tensor).result()
-        return self._record(job, image.pixels, result, info, decode_ms)
+        return self._record(job, heatmap_base(ds, image.pixels), result, info, decode_ms)
 
     def _record(
         self,
