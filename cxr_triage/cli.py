@@ -11,16 +11,13 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
 from cxr_common.errors import CxrTriageError
 from cxr_common.logs import configure_logging
 from cxr_common.settings import CommonSettings, ListenerSettings, WebSettings, WorkerSettings
-
-if TYPE_CHECKING:
-    from cxr_triage.services import ResolvedServices
 
 log = logging.getLogger("cxr_triage")
 
@@ -56,27 +53,27 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_services(settings: CommonSettings) -> ResolvedServices:
-    """Resolve services and put their URLs in the environment for the settings to read."""
+def _run_with_services(run: Callable[[], int]) -> int:
+    """Resolve Postgres/Redis, export their URLs for the process's settings to read, bring
+    an embedded database to the current schema (a fresh data folder has none), run."""
     from cxr_triage.services import resolve_services
+    from migrations import upgrade_to_head
 
-    services = resolve_services(settings)
+    services = resolve_services(CommonSettings())
     os.environ["CXR_DATABASE_URL"] = services.database_url
     os.environ["CXR_BROKER_URL"] = services.broker_url
-    return services
+    try:
+        if services.embedded is not None:
+            upgrade_to_head(services.database_url)
+        return run()
+    finally:
+        services.stop()
 
 
 def _cmd_listen(args: argparse.Namespace) -> int:
     from dicom_listener.server import run_listener
-    from migrations import upgrade_to_head
 
-    services = _export_services(ListenerSettings())
-    try:
-        if services.embedded is not None:
-            upgrade_to_head(services.database_url)
-        return run_listener(ListenerSettings())
-    finally:
-        services.stop()
+    return _run_with_services(lambda: run_listener(ListenerSettings()))
 
 
 def _cmd_work(args: argparse.Namespace) -> int:
@@ -86,11 +83,7 @@ def _cmd_work(args: argparse.Namespace) -> int:
         os.environ["CXR_BATCH_MAX_SIZE"] = str(args.batch_size)
     if args.device:
         os.environ["CXR_DEVICE"] = args.device
-    services = _export_services(WorkerSettings())
-    try:
-        return run_worker(WorkerSettings())
-    finally:
-        services.stop()
+    return _run_with_services(lambda: run_worker(WorkerSettings()))
 
 
 def _cmd_web(args: argparse.Namespace) -> int:
@@ -98,11 +91,7 @@ def _cmd_web(args: argparse.Namespace) -> int:
 
     if args.port is not None:
         os.environ["CXR_WEB_PORT"] = str(args.port)
-    services = _export_services(WebSettings())
-    try:
-        return run_web(WebSettings())
-    finally:
-        services.stop()
+    return _run_with_services(lambda: run_web(WebSettings()))
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -152,22 +141,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_worklist(args: argparse.Namespace) -> int:
     from cxr_db import make_engine
     from cxr_db import repository as repo
-    from cxr_triage.services import resolve_services
     from cxr_triage.worklist_view import as_json, as_table
 
-    services = resolve_services(CommonSettings())
-    try:
-        if services.embedded is not None:
-            from migrations import upgrade_to_head
-
-            upgrade_to_head(services.database_url)  # a fresh data folder has no schema yet
-        engine = make_engine(services.database_url, pool_size=1)
+    def show() -> int:
+        engine = make_engine(CommonSettings().database_url_value(), pool_size=1)
         entries = repo.worklist(engine, limit=args.limit)
         engine.dispose()
-    finally:
-        services.stop()
-    print(as_json(entries) if args.json else as_table(entries))
-    return 0
+        print(as_json(entries) if args.json else as_table(entries))
+        return 0
+
+    return _run_with_services(show)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,8 @@ from typing import Any
 
 from cxr_model.contract import DISCLAIMER, read_contract
 
-KEYS = (
+#: The headline metrics `cxr-triage evaluate` prints; the card records these and more.
+SUMMARY_KEYS = (
     "n",
     "auc",
     "auc_ci95",
@@ -22,9 +23,8 @@ KEYS = (
     "f1",
     "ece",
     "confusion",
-    "per_subtype_sensitivity",
-    "uncalibrated",
 )
+KEYS = (*SUMMARY_KEYS, "per_subtype_sensitivity", "uncalibrated")
 
 
 def build_card(weights_dir: Path, evals: dict[str, Path], extra: dict[str, Any]) -> dict[str, Any]:

@@ -213,6 +213,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _logging(args)
+    from training.card import SUMMARY_KEYS
     from training.evaluate import evaluate
 
     m = evaluate(
@@ -227,23 +228,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.device,
         not args.no_cams,
     )
-    keys = (
-        "n",
-        "auc",
-        "auc_ci95",
-        "threshold",
-        "sensitivity",
-        "specificity",
-        "ppv",
-        "npv",
-        "accuracy",
-        "f1",
-        "ece",
-        "confusion",
-    )
     print(
         json.dumps(
-            {k: m[k] for k in keys} | {"out": str(args.out), "disclaimer": DISCLAIMER}, indent=2
+            {k: m[k] for k in SUMMARY_KEYS} | {"out": str(args.out), "disclaimer": DISCLAIMER},
+            indent=2,
         )
     )
     return 0
