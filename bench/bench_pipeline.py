@@ -24,9 +24,8 @@ from pydicom.uid import generate_uid
 from sqlalchemy import text
 
 from cxr_common.settings import ListenerSettings
-from cxr_db import make_engine
-from cxr_db import repository as repo
-from cxr_db.schema import FINAL_STATUSES
+from cxr_db import make_engine, reads
+from cxr_db.statuses import FINAL_STATUSES
 from cxr_queue import make_celery
 from cxr_triage.demo import SAMPLES_DIR
 from cxr_triage.send import send_paths
@@ -84,12 +83,12 @@ def run_once(args: argparse.Namespace, batch: int, files: list[Path], tmp: Path)
     try:
         # warm-up: one image so model loading is not timed
         send_paths(files[:1], "127.0.0.1", handle.port, progress=False)
-        while not all(s in FINAL for s in repo.instance_statuses(engine).values()):
+        while not all(s in FINAL for s in reads.instance_statuses(engine).values()):
             time.sleep(0.05)
         t0 = time.perf_counter()
         send_paths(files[1:], "127.0.0.1", handle.port, progress=False)
         while True:
-            st = repo.instance_statuses(engine)
+            st = reads.instance_statuses(engine)
             if len(st) >= len(files) and all(s in FINAL for s in st.values()):
                 break
             time.sleep(0.05)

@@ -1,18 +1,20 @@
-"""The queries every process runs, as small functions over an Engine.
+"""The write side, as small functions over an Engine: an instance is recorded, enqueued,
+claimed for processing and made final (done, not eligible or failed).
 
 Each function is one transaction. Writes are idempotent so that a redelivered job or a
-resent instance never creates a second row.
+resent instance never creates a second row. Reads live in ``cxr_db.reads``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from typing import Literal
 
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from cxr_db.schema import Instance, InstanceStatus, Prediction, Study
+from cxr_db.schema import Instance, Prediction, Study
+from cxr_db.statuses import PENDING_STATUSES, InstanceStatus
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class InstanceRecord:
 class RecordResult:
     instance_id: int
     created: bool
-    status: str
+    status: InstanceStatus
 
 
 @dataclass(frozen=True)
@@ -63,36 +65,6 @@ class PredictionRecord:
     decode_ms: float
     inference_ms: float
     worker_id: str | None
-
-
-@dataclass(frozen=True)
-class WorklistEntry:
-    study_instance_uid: str
-    accession_number: str | None
-    status: str
-    reason: str | None
-    score: float | None
-    flagged: bool
-    model_version: str | None
-    received_at: datetime
-    scored_at: datetime | None
-    instances: int
-    heatmap_sop_instance_uids: tuple[str, ...]
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "study_instance_uid": self.study_instance_uid,
-            "accession_number": self.accession_number,
-            "status": self.status,
-            "reason": self.reason,
-            "score": self.score,
-            "flagged": self.flagged,
-            "model_version": self.model_version,
-            "received_at": self.received_at.isoformat(),
-            "scored_at": self.scored_at.isoformat() if self.scored_at else None,
-            "instances": self.instances,
-            "heatmap_sop_instance_uids": list(self.heatmap_sop_instance_uids),
-        }
 
 
 def record_instance(engine: Engine, rec: InstanceRecord) -> RecordResult:
@@ -128,14 +100,14 @@ def record_instance(engine: Engine, rec: InstanceRecord) -> RecordResult:
                 calling_ae_title=rec.calling_ae_title,
                 storage_uri=rec.storage_uri,
                 size_bytes=rec.size_bytes,
-                status=InstanceStatus.RECEIVED.value,
+                status=InstanceStatus.RECEIVED,
             )
             .on_conflict_do_nothing(index_elements=[Instance.sop_instance_uid])
             .returning(Instance.id)
         )
         new_id = conn.execute(inst_stmt).scalar_one_or_none()
         if new_id is not None:
-            return RecordResult(new_id, True, InstanceStatus.RECEIVED.value)
+            return RecordResult(new_id, True, InstanceStatus.RECEIVED)
         row = conn.execute(
             select(Instance.id, Instance.status).where(
                 Instance.sop_instance_uid == rec.sop_instance_uid
@@ -149,10 +121,8 @@ def mark_enqueued(engine: Engine, instance_id: int) -> None:
     with engine.begin() as conn:
         conn.execute(
             update(Instance)
-            .where(Instance.id == instance_id, Instance.status == InstanceStatus.RECEIVED.value)
-            .values(
-                status=InstanceStatus.QUEUED.value, enqueued_at=func.now(), updated_at=func.now()
-            )
+            .where(Instance.id == instance_id, Instance.status == InstanceStatus.RECEIVED)
+            .values(status=InstanceStatus.QUEUED, enqueued_at=func.now(), updated_at=func.now())
         )
 
 
@@ -162,7 +132,7 @@ def unenqueued_instances(engine: Engine, older_than_s: float, limit: int = 500) 
         rows = conn.execute(
             select(Instance.id, Instance.sop_instance_uid, Instance.storage_uri)
             .where(
-                Instance.status == InstanceStatus.RECEIVED.value,
+                Instance.status == InstanceStatus.RECEIVED,
                 Instance.received_at
                 < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s),
             )
@@ -185,7 +155,7 @@ def stale_processing_instances(
                 Instance.id.in_(
                     select(Instance.id)
                     .where(
-                        Instance.status == InstanceStatus.PROCESSING.value,
+                        Instance.status == InstanceStatus.PROCESSING,
                         Instance.updated_at
                         < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s),
                     )
@@ -208,16 +178,10 @@ def start_processing(engine: Engine, instance_id: int, sop_instance_uid: str) ->
             .where(
                 Instance.id == instance_id,
                 Instance.sop_instance_uid == sop_instance_uid,
-                Instance.status.in_(
-                    [
-                        InstanceStatus.RECEIVED.value,
-                        InstanceStatus.QUEUED.value,
-                        InstanceStatus.PROCESSING.value,
-                    ]
-                ),
+                Instance.status.in_(PENDING_STATUSES),
             )
             .values(
-                status=InstanceStatus.PROCESSING.value,
+                status=InstanceStatus.PROCESSING,
                 attempts=Instance.attempts + 1,
                 updated_at=func.now(),
             )
@@ -228,12 +192,16 @@ def start_processing(engine: Engine, instance_id: int, sop_instance_uid: str) ->
     return PendingJob(row.id, row.sop_instance_uid, row.storage_uri)
 
 
-def _finish(engine: Engine, instance_id: int, status: InstanceStatus, reason: str | None) -> None:
+_Unscored = Literal[InstanceStatus.NOT_ELIGIBLE, InstanceStatus.FAILED]
+
+
+def _finish(engine: Engine, instance_id: int, status: _Unscored, reason: str) -> None:
+    """→ not_eligible | failed, unless the instance was already scored."""
     with engine.begin() as conn:
         conn.execute(
             update(Instance)
-            .where(Instance.id == instance_id, Instance.status != InstanceStatus.DONE.value)
-            .values(status=status.value, reason=reason, updated_at=func.now())
+            .where(Instance.id == instance_id, Instance.status != InstanceStatus.DONE)
+            .values(status=status, reason=reason, updated_at=func.now())
         )
 
 
@@ -275,7 +243,7 @@ def record_prediction(engine: Engine, instance_id: int, pred: PredictionRecord) 
         study_id = conn.execute(
             update(Instance)
             .where(Instance.id == instance_id)
-            .values(status=InstanceStatus.DONE.value, reason=None, updated_at=func.now())
+            .values(status=InstanceStatus.DONE, reason=None, updated_at=func.now())
             .returning(Instance.study_id)
         ).scalar_one()
         conn.execute(
@@ -287,85 +255,3 @@ def record_prediction(engine: Engine, instance_id: int, pred: PredictionRecord) 
                 updated_at=func.now(),
             )
         )
-
-
-_WORKLIST_SQL = text(
-    """
-    WITH agg AS (
-      SELECT i.study_id,
-             count(*) AS n,
-             CASE
-               WHEN bool_or(i.status = 'processing') THEN 'processing'
-               WHEN bool_or(i.status = 'queued') THEN 'queued'
-               WHEN bool_or(i.status = 'received') THEN 'received'
-               WHEN bool_or(i.status = 'done') THEN 'done'
-               WHEN bool_or(i.status = 'failed') THEN 'failed'
-               ELSE 'not_eligible'
-             END AS status,
-             string_agg(DISTINCT
-               CASE WHEN i.status IN ('failed', 'not_eligible')
-                    THEN replace(i.status, '_', ' ') || ': '
-                         || coalesce(i.reason, 'no reason given')
-               END, '; ') AS reason
-      FROM instances i GROUP BY i.study_id
-    ), pred AS (
-      SELECT i.study_id,
-             max(p.created_at) AS scored_at,
-             (array_agg(p.model_version ORDER BY p.created_at DESC))[1] AS model_version,
-             array_agg(i.sop_instance_uid ORDER BY p.probability DESC)
-               FILTER (WHERE p.heatmap_png IS NOT NULL) AS heatmaps
-      FROM predictions p JOIN instances i ON i.id = p.instance_id
-      GROUP BY i.study_id
-    )
-    SELECT s.study_instance_uid, s.accession_number, agg.status, agg.reason, s.score,
-           s.flagged, pred.model_version, s.first_received_at AS received_at,
-           pred.scored_at, agg.n AS instances, pred.heatmaps
-    FROM studies s
-    JOIN agg ON agg.study_id = s.id
-    LEFT JOIN pred ON pred.study_id = s.id
-    ORDER BY s.flagged DESC, s.score DESC NULLS FIRST, s.first_received_at ASC, s.id ASC
-    LIMIT :limit
-    """
-)
-
-
-def worklist(engine: Engine, limit: int = 1000) -> list[WorklistEntry]:
-    """The triaged worklist: flagged first; then unscored studies (pending, failed, not
-    eligible: they still need a human read) and scored ones by score; then arrival."""
-    with engine.begin() as conn:
-        rows = conn.execute(_WORKLIST_SQL, {"limit": limit}).all()
-    return [
-        WorklistEntry(
-            study_instance_uid=r.study_instance_uid,
-            accession_number=r.accession_number,
-            status=r.status,
-            reason=r.reason,
-            score=r.score,
-            flagged=r.flagged,
-            model_version=r.model_version,
-            received_at=r.received_at,
-            scored_at=r.scored_at,
-            instances=r.instances,
-            heatmap_sop_instance_uids=tuple(r.heatmaps or ()),
-        )
-        for r in rows
-    ]
-
-
-def heatmap_png(engine: Engine, sop_instance_uid: str) -> bytes | None:
-    """The newest heatmap PNG of one instance, if it was scored."""
-    with engine.begin() as conn:
-        return conn.execute(
-            select(Prediction.heatmap_png)
-            .join(Instance, Instance.id == Prediction.instance_id)
-            .where(Instance.sop_instance_uid == sop_instance_uid)
-            .order_by(Prediction.created_at.desc())
-            .limit(1)
-        ).scalar_one_or_none()
-
-
-def instance_statuses(engine: Engine) -> dict[str, str]:
-    """sop_instance_uid → status, for tests and progress displays."""
-    with engine.begin() as conn:
-        rows = conn.execute(select(Instance.sop_instance_uid, Instance.status)).all()
-    return {r.sop_instance_uid: r.status for r in rows}

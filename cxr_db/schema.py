@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 
 from sqlalchemy import (
@@ -22,19 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-
-class InstanceStatus(enum.StrEnum):
-    RECEIVED = "received"
-    QUEUED = "queued"
-    PROCESSING = "processing"
-    DONE = "done"
-    NOT_ELIGIBLE = "not_eligible"
-    FAILED = "failed"
-
-
-PENDING_STATUSES = (InstanceStatus.RECEIVED, InstanceStatus.QUEUED, InstanceStatus.PROCESSING)
-FINAL_STATUSES = (InstanceStatus.DONE, InstanceStatus.NOT_ELIGIBLE, InstanceStatus.FAILED)
-_STATUS_CHECK = "status IN (" + ", ".join(f"'{s.value}'" for s in InstanceStatus) + ")"
+from cxr_db.statuses import STATUS_CHECK_SQL, STATUS_TYPE, InstanceStatus
 
 
 class Base(DeclarativeBase):
@@ -58,7 +45,7 @@ class Study(Base):
 class Instance(Base):
     __tablename__ = "instances"
     __table_args__ = (
-        CheckConstraint(_STATUS_CHECK, name="instances_status_valid"),
+        CheckConstraint(STATUS_CHECK_SQL, name="instances_status_valid"),
         Index("ix_instances_status_received", "status", "received_at"),
     )
 
@@ -74,7 +61,9 @@ class Instance(Base):
     calling_ae_title: Mapped[str | None] = mapped_column(String(16))
     storage_uri: Mapped[str] = mapped_column(Text)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    status: Mapped[str] = mapped_column(String(16), default=InstanceStatus.RECEIVED.value)
+    status: Mapped[InstanceStatus] = mapped_column(
+        STATUS_TYPE, default=InstanceStatus.RECEIVED, server_default=InstanceStatus.RECEIVED.value
+    )
     reason: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     received_at: Mapped[datetime] = mapped_column(

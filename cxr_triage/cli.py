@@ -139,13 +139,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_worklist(args: argparse.Namespace) -> int:
-    from cxr_db import make_engine
-    from cxr_db import repository as repo
+    from cxr_db import make_engine, reads
     from cxr_triage.worklist_view import as_json, as_table
 
     def show() -> int:
         engine = make_engine(CommonSettings().database_url_value(), pool_size=1)
-        entries = repo.worklist(engine, limit=args.limit)
+        entries = reads.worklist(engine, limit=args.limit)
         engine.dispose()
         print(as_json(entries) if args.json else as_table(entries))
         return 0

@@ -17,9 +17,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cxr_common.settings import ListenerSettings
-from cxr_db import make_engine
-from cxr_db import repository as repo
-from cxr_db.schema import FINAL_STATUSES
+from cxr_db import make_engine, reads
+from cxr_db.statuses import FINAL_STATUSES, InstanceStatus
 from cxr_triage.embedded import free_port
 from cxr_triage.processes import Child, spawn, stop_all, wait_for_port
 from cxr_triage.services import resolve_services
@@ -36,14 +35,14 @@ def sample_files(folder: Path = SAMPLES_DIR) -> list[Path]:
 
 def _wait_until_final(
     engine_url: str, expected: int, timeout_s: float, children: list[Child]
-) -> dict[str, str]:
+) -> dict[str, InstanceStatus]:
     engine = make_engine(engine_url, pool_size=1)
     final = {s.value for s in FINAL_STATUSES}
     deadline = time.monotonic() + timeout_s
-    statuses: dict[str, str] = {}
+    statuses: dict[str, InstanceStatus] = {}
     with tqdm(total=expected, desc="scoring", unit="img") as bar:
         while time.monotonic() < deadline:
-            statuses = repo.instance_statuses(engine)
+            statuses = reads.instance_statuses(engine)
             done = sum(1 for s in statuses.values() if s in final)
             bar.update(done - bar.n)
             if len(statuses) >= expected and done >= expected:
@@ -61,9 +60,9 @@ def write_heatmaps(engine_url: str, out_dir: Path) -> int:
     engine = make_engine(engine_url, pool_size=1)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = 0
-    for rank, entry in enumerate(repo.worklist(engine), 1):
+    for rank, entry in enumerate(reads.worklist(engine), 1):
         for sop in entry.heatmap_sop_instance_uids:
-            png = repo.heatmap_png(engine, sop)
+            png = reads.heatmap_png(engine, sop)
             if png:
                 tag = hashlib.sha256(sop.encode()).hexdigest()[:8]
                 (out_dir / f"{rank:02d}-{tag}.png").write_bytes(png)
@@ -109,7 +108,7 @@ def run_demo(data_dir: Path, timeout_s: float = 240, keep: bool = False) -> int:
         final = {s.value for s in FINAL_STATUSES}
         pending = [s for s in statuses.values() if s not in final]
         engine = make_engine(services.database_url, pool_size=1)
-        entries = repo.worklist(engine)
+        entries = reads.worklist(engine)
         engine.dispose()
         print()
         print(as_table(entries))

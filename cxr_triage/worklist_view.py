@@ -1,4 +1,8 @@
-"""The worklist as a readable table or as JSON (one object per study, worklist order)."""
+"""The worklist as a readable table or as JSON (one object per study, worklist order).
+
+Labels, reason text and the JSON shape come from ``worklist.present``, so the CLI and the
+web app say the same thing about the same study.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,14 @@ import json
 from collections.abc import Sequence
 
 from cxr_common.clinical import DISCLAIMER
-from cxr_db.repository import WorklistEntry
+from cxr_db.reads import WorklistEntry
+from worklist.present import entry_json, reason_text, status_label
 
-_STATUS_LABEL = {
-    "received": "received",
-    "queued": "queued",
-    "processing": "processing",
-    "done": "done",
-    "not_eligible": "NOT ELIGIBLE",
-    "failed": "FAILED",
-}
+__all__ = ["DISCLAIMER", "as_json", "as_table"]
 
 
 def as_json(entries: Sequence[WorklistEntry]) -> str:
-    return json.dumps([e.as_json() for e in entries], indent=2)
+    return json.dumps([entry_json(e) for e in entries], indent=2)
 
 
 def _fmt_time(entry: WorklistEntry) -> str:
@@ -45,11 +43,11 @@ def as_table(entries: Sequence[WorklistEntry]) -> str:
                 str(i),
                 "LIKELY +" if e.flagged else "",
                 e.accession_number or "…" + e.study_instance_uid[-12:],
-                _STATUS_LABEL.get(e.status, e.status),
+                status_label(e.status),
                 f"{e.score:.3f}" if e.score is not None else "-",
                 e.model_version or "-",
                 _fmt_time(e),
-                (e.reason or "")[:70],
+                (reason_text(e.reasons) or "")[:70],
             )
         )
     widths = [max(len(r[c]) for r in rows) for c in range(len(header))]

@@ -14,7 +14,6 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,6 +28,7 @@ from cxr_db import repository as repo
 from cxr_imaging import ImagingError, check_eligibility, decode_dataset
 from cxr_queue import ScoreJob
 from worker.batching import Batcher, BatchInfo
+from worker.outcomes import JobOutcome, Outcome
 
 if TYPE_CHECKING:
     import torch
@@ -36,13 +36,6 @@ if TYPE_CHECKING:
     from cxr_model import Calibration, ScoreResult, ScoringModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    status: str
-    reason: str | None = None
-    probability: float | None = None
 
 
 def heatmap_base(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
@@ -98,7 +91,7 @@ class ScoringRuntime:
                 "instance already final or unknown, skipping",
                 extra={"instance_id": job.instance_id, "sop_instance_uid": job.sop_instance_uid},
             )
-            return Outcome("skipped")
+            return Outcome(JobOutcome.SKIPPED)
         try:
             # The database row, not the message, says where the instance is stored.
             return self._score(job.model_copy(update={"storage_uri": claimed.storage_uri}))
@@ -127,7 +120,7 @@ class ScoringRuntime:
             reason = eligibility.reason or "not a chest radiograph"
             repo.record_not_eligible(self.engine, job.instance_id, reason)
             log.info("not eligible: %s", reason, extra={"sop_instance_uid": job.sop_instance_uid})
-            return Outcome("not_eligible", reason)
+            return Outcome(JobOutcome.NOT_ELIGIBLE, reason)
         try:
             image = decode_dataset(ds)
             tensor = self.model.preprocess(image.pixels)
@@ -178,9 +171,9 @@ class ScoringRuntime:
             info.size,
             extra={"sop_instance_uid": job.sop_instance_uid},
         )
-        return Outcome("done", None, probability)
+        return Outcome(JobOutcome.DONE, None, probability)
 
     def _fail(self, job: ScoreJob, reason: str) -> Outcome:
         repo.record_failed(self.engine, job.instance_id, reason)
         log.warning("failed: %s", reason, extra={"sop_instance_uid": job.sop_instance_uid})
-        return Outcome("failed", reason)
+        return Outcome(JobOutcome.FAILED, reason)

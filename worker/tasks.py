@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from cxr_common.errors import TransientError
 from cxr_db import repository as repo
 from cxr_queue import SCORE_TASK, ScoreJob
+from worker.outcomes import JobOutcome
 from worker.pipeline import ScoringRuntime
 
 log = logging.getLogger(__name__)
@@ -41,22 +42,22 @@ def register_tasks(app: Celery, runtime: Callable[[], ScoringRuntime], max_retri
             parsed = ScoreJob.model_validate(job)
         except ValidationError:
             log.error("dropped a job with an invalid payload (fields: %s)", sorted(job))
-            return "invalid"
+            return JobOutcome.INVALID.value
         rt = runtime()
         try:
-            return rt.process(parsed).status
+            return rt.process(parsed).status.value
         except TransientError as exc:
             retries = int(self.request.retries or 0)
             if retries >= max_retries:
                 reason = f"gave up after {retries + 1} attempts: {exc}"
                 _record_failed(rt, parsed, reason)
-                return "failed"
+                return JobOutcome.FAILED.value
             log.warning("transient error, retry %d: %s", retries + 1, exc)
             raise self.retry(exc=exc, countdown=backoff_seconds(retries)) from exc
         except Exception as exc:
             log.exception("unexpected error scoring instance %d", parsed.instance_id)
             _record_failed(rt, parsed, f"internal error ({type(exc).__name__}); see worker logs")
-            return "failed"
+            return JobOutcome.FAILED.value
 
     return score_instance
 

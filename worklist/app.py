@@ -24,9 +24,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from cxr_common.storage import sanitise_uid
-from cxr_db import repository as repo
+from cxr_db import reads
 from worklist import pages
-from worklist.queries import database_answers, study_detail
+from worklist.present import entry_json
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def worklist_page(limit: Limit = DEFAULT_LIMIT) -> HTMLResponse:
-        entries = repo.worklist(engine, limit=limit)
+        entries = reads.worklist(engine, limit=limit)
         return HTMLResponse(pages.worklist_page(entries, datetime.now(UTC)))
 
     @app.get("/studies/{study_instance_uid}", response_class=HTMLResponse)
@@ -85,7 +85,7 @@ def create_app(engine: Engine) -> FastAPI:
         uid = _valid_uid(study_instance_uid)
         if uid is None:
             return _html_error(400, "Malformed Study Instance UID", _UID_RULE.capitalize() + ".")
-        study = study_detail(engine, uid)
+        study = reads.study_detail(engine, uid)
         if study is None:
             return _html_error(
                 404, "Study not found", f"No study with Study Instance UID {uid} is on record."
@@ -99,7 +99,7 @@ def create_app(engine: Engine) -> FastAPI:
             return JSONResponse(
                 {"detail": f"malformed SOP Instance UID: {_UID_RULE}"}, status_code=400
             )
-        png = repo.heatmap_png(engine, uid)
+        png = reads.heatmap_png(engine, uid)
         if png is None:
             return JSONResponse(
                 {"detail": f"no heatmap for SOP Instance UID {uid}"}, status_code=404
@@ -108,12 +108,12 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.get("/api/worklist")
     def worklist_json(limit: Limit = DEFAULT_LIMIT) -> list[dict[str, object]]:
-        return [e.as_json() for e in repo.worklist(engine, limit=limit)]
+        return [entry_json(e) for e in reads.worklist(engine, limit=limit)]
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
         try:
-            database_answers(engine)
+            reads.database_answers(engine)
         except SQLAlchemyError as exc:
             logger.warning("health check: database does not answer (%s)", type(exc).__name__)
             return JSONResponse(

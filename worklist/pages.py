@@ -8,8 +8,9 @@ from html import escape
 from urllib.parse import quote
 
 from cxr_common.clinical import DISCLAIMER
-from cxr_db.repository import WorklistEntry
-from worklist.queries import InstanceDetail, StudyDetail
+from cxr_db.reads import InstanceDetail, StudyDetail, WorklistEntry
+from cxr_db.statuses import PENDING_STATUSES, REASON_STATUSES, InstanceStatus, StatusReason
+from worklist.present import badge_note, status_label
 
 REFRESH_S = 15
 
@@ -71,15 +72,6 @@ h2 { font-size:16px; margin:20px 0 8px; }
 .back { display:inline-block; margin-bottom:12px; color:#0b57a4; text-decoration:none; }
 """
 
-_STATUS_LABEL = {
-    "received": "received",
-    "queued": "queued",
-    "processing": "processing",
-    "done": "scored",
-    "failed": "FAILED",
-    "not_eligible": "NOT ELIGIBLE",
-}
-
 
 def _time(value: datetime | None) -> str:
     if value is None:
@@ -91,15 +83,12 @@ def _score(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def _status_html(status: str, reason: str | None) -> str:
-    kind = status if status in ("done", "failed", "not_eligible") else "pending"
-    label = escape(_STATUS_LABEL.get(status, status))
-    out = f'<span class="badge {kind}">{label}</span>'
-    if reason and status in ("failed", "not_eligible"):
-        prefix = status.replace("_", " ") + ": "
-        if reason.startswith(prefix) and "; " not in reason:
-            reason = reason[len(prefix) :]  # the badge already says it
-        out += f'<span class="reason {kind}">{escape(reason)}</span>'
+def _status_html(status: InstanceStatus, reasons: Sequence[StatusReason]) -> str:
+    kind = "pending" if status in PENDING_STATUSES else status.value
+    out = f'<span class="badge {kind}">{escape(status_label(status))}</span>'
+    note = badge_note(status, reasons) if status in REASON_STATUSES else None
+    if note:
+        out += f'<span class="reason {kind}">{escape(note)}</span>'
     return out
 
 
@@ -146,7 +135,7 @@ def worklist_page(entries: Sequence[WorklistEntry], now: datetime) -> str:
             f'<td><a class="study" href="{escape(study_href(e.study_instance_uid))}">'
             f"{_study_label(e.accession_number, e.study_instance_uid)}</a>"
             f'<br><span class="uid">{e.instances} image{"s" if e.instances != 1 else ""}</span>'
-            f"</td><td>{_status_html(e.status, e.reason)}</td>"
+            f"</td><td>{_status_html(e.status, e.reasons)}</td>"
             f'<td class="num score">{_score(e.score)}</td>'
             f'<td class="uid model">{escape(e.model_version or "–")}</td>'
             f'<td class="time">{_time(e.received_at)}</td>'
@@ -178,7 +167,7 @@ def _instance_card(i: InstanceDetail) -> str:
         flag = "below threshold"
     facts = (
         f'<dt>SOP Instance UID</dt><dd class="uid">{escape(i.sop_instance_uid)}</dd>'
-        f"<dt>Status</dt><dd>{_status_html(i.status, i.reason)}</dd>"
+        f"<dt>Status</dt><dd>{_status_html(i.status, i.reasons)}</dd>"
         f"<dt>View</dt><dd>{escape(i.view_position or '–')}</dd>"
         f"<dt>Probability</dt><dd>{_score(i.probability)}</dd>"
         f"<dt>Threshold</dt><dd>{_score(i.threshold)}</dd>"
@@ -191,28 +180,24 @@ def _instance_card(i: InstanceDetail) -> str:
     return f'<section class="{cls}">{img}<dl class="facts">{facts}</dl></section>'
 
 
-def study_page(study: StudyDetail) -> str:
+def study_page(detail: StudyDetail) -> str:
+    study = detail.study
     flag = '<span class="badge pos">LIKELY POSITIVE</span>' if study.flagged else "not flagged"
-    reasons = "; ".join(
-        f"{_STATUS_LABEL[i.status].lower()}: {i.reason or 'no reason given'}"
-        for i in study.instances
-        if i.status in ("failed", "not_eligible")
-    )
     facts = (
         f"<dt>Accession</dt><dd>{escape(study.accession_number or '–')}</dd>"
         f'<dt>Study Instance UID</dt><dd class="uid">{escape(study.study_instance_uid)}</dd>'
         f"<dt>Priority</dt><dd>{flag}</dd>"
-        f"<dt>Status</dt><dd>{_status_html(study.status, reasons or None)}</dd>"
+        f"<dt>Status</dt><dd>{_status_html(study.status, study.reasons)}</dd>"
         f"<dt>Score</dt><dd>{_score(study.score)}</dd>"
         f'<dt>Model version</dt><dd class="uid">{escape(study.model_version or "–")}</dd>'
         f"<dt>Received (UTC)</dt><dd>{_time(study.received_at)}</dd>"
         f"<dt>Scored (UTC)</dt><dd>{_time(study.scored_at)}</dd>"
     )
-    cards = "".join(_instance_card(i) for i in study.instances)
+    cards = "".join(_instance_card(i) for i in detail.instances)
     body = (
         '<a class="back" href="/">← Back to the worklist</a>'
         f'<dl class="facts">{facts}</dl>'
-        f'<h2>Images ({len(study.instances)})</h2><div class="images">{cards}</div>'
+        f'<h2>Images ({len(detail.instances)})</h2><div class="images">{cards}</div>'
     )
     name = study.accession_number or "…" + study.study_instance_uid[-16:]
     return _layout(f"Study {name} · CXR Triage", escape(f"Study {name}"), body)

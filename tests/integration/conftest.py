@@ -12,12 +12,10 @@ import pytest
 from sqlalchemy import Engine
 
 from cxr_common.settings import ListenerSettings
-from cxr_db import repository as repo
-from cxr_db.schema import FINAL_STATUSES
+from cxr_db import reads
+from cxr_db.statuses import FINAL_STATUSES, InstanceStatus
 from cxr_queue import make_celery
 from tests.conftest import Services
-
-FINAL = {s.value for s in FINAL_STATUSES}
 
 
 @pytest.fixture
@@ -76,13 +74,13 @@ def wait_until_final(
     expected: int,
     timeout_s: float = 180,
     procs: list[subprocess.Popen[bytes]] | None = None,
-) -> dict[str, str]:
+) -> dict[str, InstanceStatus]:
     """Poll Postgres until ``expected`` instances are in a final state (or fail)."""
     deadline = time.monotonic() + timeout_s
-    statuses: dict[str, str] = {}
+    statuses: dict[str, InstanceStatus] = {}
     while time.monotonic() < deadline:
-        statuses = repo.instance_statuses(engine)
-        if len(statuses) >= expected and all(s in FINAL for s in statuses.values()):
+        statuses = reads.instance_statuses(engine)
+        if len(statuses) >= expected and all(s in FINAL_STATUSES for s in statuses.values()):
             return statuses
         for proc in procs or []:
             assert proc.poll() is None, f"worker exited with {proc.returncode}"

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import Engine, text
 
-from cxr_db import repository as repo
+from cxr_db import reads
+from cxr_db.statuses import InstanceStatus
 from cxr_queue import ScoreJob, enqueue_score, make_celery
 from cxr_triage.send import send_paths
 from tests.conftest import SAMPLES, Services
@@ -87,11 +88,13 @@ def test_samples_are_scored_in_batches_with_heatmaps_and_ineligible_ones_are_lis
         assert min(img.size) >= 64
         assert not img.text  # no text chunks: nothing that could carry patient data
     # The worklist: flagged first, every study present, ineligible ones with reasons.
-    wl = repo.worklist(engine)
+    wl = reads.worklist(engine)
     flags = [e.flagged for e in wl]
     assert flags == sorted(flags, reverse=True)
     assert sum(e.instances for e in wl) == len(files)
-    assert any(e.status == "not_eligible" and e.reason for e in wl)
+    assert any(
+        e.status is InstanceStatus.NOT_ELIGIBLE and e.reasons and e.reasons[0].reason for e in wl
+    )
 
 
 def test_undecodable_pixels_end_as_a_visible_failed_study(
@@ -106,11 +109,13 @@ def test_undecodable_pixels_end_as_a_visible_failed_study(
     assert report.sent == 2
     start_worker(batch_size=2, wait_ms=200)
     wait_until_final(engine, 2)
-    wl = {e.accession_number: e for e in repo.worklist(engine)}
-    assert wl["BROKEN01"].status == "failed"
-    assert wl["BROKEN01"].reason
-    assert "decode" in wl["BROKEN01"].reason
-    assert wl["GOOD0001"].status == "done"
+    wl = {e.accession_number: e for e in reads.worklist(engine)}
+    assert wl["BROKEN01"].status is InstanceStatus.FAILED
+    ((status, reason),) = [(r.status, r.reason) for r in wl["BROKEN01"].reasons]
+    assert status is InstanceStatus.FAILED
+    assert reason is not None
+    assert "decode" in reason
+    assert wl["GOOD0001"].status is InstanceStatus.DONE
 
 
 def test_redelivered_job_creates_no_second_prediction(
@@ -177,9 +182,10 @@ def test_a_missing_stored_file_is_retried_then_shown_as_failed_with_what_to_chec
         stored.unlink()  # as if this worker did not mount the shared volume
     start_worker(batch_size=1, wait_ms=0, extra_env={"CXR_MAX_RETRIES": "1"})
     wait_until_final(engine, 1)
-    (entry,) = repo.worklist(engine)
-    assert entry.status == "failed"
-    assert entry.reason is not None
-    assert "CXR_STORAGE_URI" in entry.reason
+    (entry,) = reads.worklist(engine)
+    assert entry.status is InstanceStatus.FAILED
+    (why,) = entry.reasons
+    assert why.reason is not None
+    assert "CXR_STORAGE_URI" in why.reason
     with engine.begin() as conn:
         assert conn.execute(text("SELECT attempts FROM instances")).scalar_one() == 2

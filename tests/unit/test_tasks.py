@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from cxr_db.statuses import FINAL_STATUSES, InstanceStatus
 from cxr_queue import SCORE_TASK, ScoreJob, make_celery
+from worker.outcomes import JobOutcome
 from worker.tasks import MAX_BACKOFF_S, backoff_seconds, register_tasks
 
 
@@ -31,7 +33,16 @@ def test_an_invalid_payload_is_dropped_without_touching_the_runtime() -> None:
 
     task = register_tasks(app, no_runtime, max_retries=3)  # type: ignore[arg-type]
     assert task.name == SCORE_TASK
-    assert task.run(job={"instance_id": "not-a-number"}) == "invalid"
+    assert task.run(job={"instance_id": "not-a-number"}) == JobOutcome.INVALID.value
+
+
+def test_job_outcomes_name_the_final_statuses_and_two_that_write_no_row() -> None:
+    statuses = {s.value for s in InstanceStatus}
+    assert {o.value for o in JobOutcome if o.value in statuses} == {s.value for s in FINAL_STATUSES}
+    assert {o for o in JobOutcome if o.value not in statuses} == {
+        JobOutcome.SKIPPED,
+        JobOutcome.INVALID,
+    }
 
 
 def test_broker_settings_give_at_least_once_delivery() -> None:

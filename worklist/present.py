@@ -1,0 +1,51 @@
+"""How a worklist entry is shown, for the web app and the CLI alike: the status label, the
+reason text and the JSON shape of one study (``GET /api/worklist`` and
+``cxr-triage worklist --json`` return the same objects)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cxr_db.reads import WorklistEntry
+from cxr_db.statuses import STATUS_LABELS, InstanceStatus, StatusReason
+
+NO_REASON = "no reason given"
+
+
+def status_label(status: InstanceStatus) -> str:
+    """The word a person reads for ``status`` ("scored", "FAILED", …)."""
+    return STATUS_LABELS[status]
+
+
+def reason_text(reasons: Sequence[StatusReason]) -> str | None:
+    """``"failed: <reason>; not eligible: <reason>"``, or None when there is no reason."""
+    if not reasons:
+        return None
+    return "; ".join(
+        f"{r.status.value.replace('_', ' ')}: {r.reason or NO_REASON}" for r in reasons
+    )
+
+
+def badge_note(status: InstanceStatus, reasons: Sequence[StatusReason]) -> str | None:
+    """The text beside a status label: the reasons, without repeating the label when the
+    one reason is of that same status."""
+    if len(reasons) == 1 and reasons[0].status == status:
+        return reasons[0].reason or NO_REASON
+    return reason_text(reasons)
+
+
+def entry_json(entry: WorklistEntry) -> dict[str, object]:
+    """One study as a JSON object (keys and values are an API: change them deliberately)."""
+    return {
+        "study_instance_uid": entry.study_instance_uid,
+        "accession_number": entry.accession_number,
+        "status": entry.status.value,
+        "reason": reason_text(entry.reasons),
+        "score": entry.score,
+        "flagged": entry.flagged,
+        "model_version": entry.model_version,
+        "received_at": entry.received_at.isoformat(),
+        "scored_at": entry.scored_at.isoformat() if entry.scored_at else None,
+        "instances": entry.instances,
+        "heatmap_sop_instance_uids": list(entry.heatmap_sop_instance_uids),
+    }
