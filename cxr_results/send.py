@@ -75,10 +75,10 @@ def _describe_failure(assoc: Association) -> str:
         primitive = assoc.acceptor.primitive
         reason = getattr(primitive, "reason_str", None) if primitive is not None else None
         return f"association rejected ({reason})" if reason else "association rejected"
-    if assoc.is_aborted:
-        return "association aborted (no presentation context accepted, or the peer aborted)"
     if assoc.acceptor.primitive is None:
-        return "no answer: connection refused, unreachable or timed out"
+        return "no answer (connection refused, unreachable, timed out or aborted)"
+    if assoc.is_aborted:
+        return "association aborted (no presentation context accepted?)"
     return "association not established"
 
 

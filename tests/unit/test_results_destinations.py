@@ -40,7 +40,9 @@ def test_empty_setting_means_no_destination() -> None:
 
 
 def test_entries_parse_into_typed_destinations() -> None:
-    got = parse_destinations(" PACS@pacs.example.org:104, ARCHIVE @10.0.0.7:11112 ,X@[fd00::7]:4242")
+    got = parse_destinations(
+        " PACS@pacs.example.org:104, ARCHIVE @10.0.0.7:11112 ,X@[fd00::7]:4242"
+    )
     assert got == (
         Destination("PACS", "pacs.example.org", 104),
         Destination("ARCHIVE", "10.0.0.7", 11112),
@@ -96,9 +98,7 @@ def test_generated_root_is_a_uuid_root_with_room_left() -> None:
     assert generate_uid_root() != root
 
 
-@pytest.mark.parametrize(
-    "root", ["", "abc", "1.2.03", "1..2", "1.2.3.", "1." + "2" * 44, "1.2 .3"]
-)
+@pytest.mark.parametrize("root", ["", "abc", "1.2.03", "1..2", "1.2.3.", "1." + "2" * 44, "1.2 .3"])
 def test_invalid_roots_are_refused(root: str) -> None:
     if root == "1.2.3.":  # a trailing dot is forgiven
         assert validate_uid_root(root) == "1.2.3"
