@@ -321,3 +321,19 @@ def test_wrong_report_kind_is_refused() -> None:
         build_not_analysed_report([source], AnalysisStatus.FAILED, " ", uids)
     with pytest.raises(ResultObjectError, match="at least one"):
         build_not_analysed_report([], AnalysisStatus.FAILED, "x", uids)
+
+
+def test_the_package_stays_pure() -> None:
+    """No database, queue or model code comes with cxr_results (the listener imports it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, cxr_results; "
+        "print(sorted(m for m in ('torch', 'cxr_db', 'cxr_queue', 'cxr_model', 'celery', "
+        "'sqlalchemy') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]"
