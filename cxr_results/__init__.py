@@ -1,0 +1,66 @@
+"""Results back to PACS: the DICOM objects cxr-triage creates and the C-STORE sender.
+
+* :mod:`cxr_results.destinations`: ``CXR_RESULT_DESTINATIONS`` parsed into destinations.
+* :mod:`cxr_results.uids`: our UID root, stable UIDs per result version, recognising
+  our own objects when a PACS forwards them back.
+* :mod:`cxr_results.objects`: the heatmap Secondary Capture and the Comprehensive SR
+  (and the short SR for studies that were seen but not analysed), built with highdicom.
+* :mod:`cxr_results.send`: C-STORE of those objects to one destination (pynetdicom).
+
+Pure: no database, queue or model code (it imports only :mod:`cxr_common` and
+:mod:`cxr_imaging` of the project), so the worker and the listener can both use it.
+"""
+
+from cxr_results.destinations import Destination, parse_destination, parse_destinations
+from cxr_results.errors import (
+    AssociationError,
+    DestinationConfigError,
+    ResultObjectError,
+    ResultsError,
+    UidRootError,
+)
+from cxr_results.objects import (
+    AnalysisStatus,
+    ResultSummary,
+    build_not_analysed_report,
+    build_secondary_capture,
+    build_structured_report,
+)
+from cxr_results.send import SendOutcome, Timeouts, send_objects
+from cxr_results.uids import (
+    ResultUids,
+    derive_uid,
+    generate_uid_root,
+    is_our_dataset,
+    is_our_uid,
+    load_or_create_uid_root,
+    result_uids,
+    validate_uid_root,
+)
+
+__all__ = [
+    "AnalysisStatus",
+    "AssociationError",
+    "Destination",
+    "DestinationConfigError",
+    "ResultObjectError",
+    "ResultSummary",
+    "ResultUids",
+    "ResultsError",
+    "SendOutcome",
+    "Timeouts",
+    "UidRootError",
+    "build_not_analysed_report",
+    "build_secondary_capture",
+    "build_structured_report",
+    "derive_uid",
+    "generate_uid_root",
+    "is_our_dataset",
+    "is_our_uid",
+    "load_or_create_uid_root",
+    "parse_destination",
+    "parse_destinations",
+    "result_uids",
+    "send_objects",
+    "validate_uid_root",
+]

@@ -1,0 +1,142 @@
+"""``CXR_RESULT_DESTINATIONS``: where result objects are sent.
+
+The setting is a comma-separated list of ``AE_TITLE@host:port`` entries, e.g.
+``PACS@pacs.example.org:104,ARCHIVE@10.0.0.7:11112``; an IPv6 address goes in brackets
+(``PACS@[fd00::7]:104``). Empty (or only blanks and commas) means nothing is sent.
+
+Rules checked, each with its own message naming the offending entry:
+
+* AE title: 1 to 16 characters of the DICOM default repertoire (PS3.5 6.2, VR AE), no
+  backslash or control characters, not only spaces; leading/trailing spaces are not
+  significant and are removed.
+* host: a DNS name or IPv4 address, or an IPv6 address in brackets; no spaces.
+* port: a decimal integer 1 to 65535.
+* the same AE title, host and port may not be listed twice.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from cxr_results.errors import DestinationConfigError
+
+__all__ = ["Destination", "parse_destination", "parse_destinations"]
+
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+AE_TITLE_MAX = 16
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One C-STORE SCP to send results to."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.ae_title}@{host}:{self.port}"
+
+
+def _check_ae_title(title: str, entry: str) -> str:
+    stripped = title.strip(" ")
+    if not stripped:
+        raise DestinationConfigError(
+            f"result destination {entry!r}: the AE title before '@' is empty"
+        )
+    if len(stripped) > AE_TITLE_MAX:
+        raise DestinationConfigError(
+            f"result destination {entry!r}: AE title {stripped!r} is {len(stripped)} "
+            f"characters, at most {AE_TITLE_MAX} are allowed"
+        )
+    if "\\" in stripped or any(ord(c) < 0x20 or ord(c) > 0x7E for c in stripped):
+        raise DestinationConfigError(
+            f"result destination {entry!r}: AE title {stripped!r} may hold only printable "
+            "ASCII characters and no backslash"
+        )
+    return stripped
+
+
+def _check_host(host: str, entry: str) -> str:
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise DestinationConfigError(
+                f"result destination {entry!r}: unclosed '[' around an IPv6 address"
+            )
+        inner = host[1:-1]
+        try:
+            return str(ipaddress.IPv6Address(inner))
+        except ValueError:
+            raise DestinationConfigError(
+                f"result destination {entry!r}: {inner!r} is not an IPv6 address"
+            ) from None
+    if not host:
+        raise DestinationConfigError(
+            f"result destination {entry!r}: the host between '@' and ':' is empty"
+        )
+    if ":" in host:
+        raise DestinationConfigError(
+            f"result destination {entry!r}: write an IPv6 address in brackets, "
+            "e.g. PACS@[fd00::7]:104"
+        )
+    if not _HOST_NAME.match(host):
+        raise DestinationConfigError(
+            f"result destination {entry!r}: {host!r} is not a host name or IPv4 address"
+        )
+    return host
+
+
+def _check_port(port: str, entry: str) -> int:
+    if not port.isascii() or not port.isdigit():
+        raise DestinationConfigError(
+            f"result destination {entry!r}: port {port!r} is not a number (write AE@host:port)"
+        )
+    value = int(port)
+    if not 1 <= value <= 65535:
+        raise DestinationConfigError(
+            f"result destination {entry!r}: port {value} is outside 1-65535"
+        )
+    return value
+
+
+def parse_destination(entry: str) -> Destination:
+    """Parse one ``AE_TITLE@host:port`` entry (see the module docstring for the rules)."""
+    text = entry.strip()
+    title, at, address = text.rpartition("@")
+    if not at:
+        raise DestinationConfigError(
+            f"result destination {text!r}: expected AE_TITLE@host:port (no '@' found)"
+        )
+    host, colon, port = address.rpartition(":")
+    if not colon or (host.startswith("[") and not host.endswith("]")):
+        raise DestinationConfigError(
+            f"result destination {text!r}: expected AE_TITLE@host:port (no ':port' found)"
+        )
+    return Destination(
+        ae_title=_check_ae_title(title, text),
+        host=_check_host(host.strip(), text),
+        port=_check_port(port.strip(), text),
+    )
+
+
+def parse_destinations(value: str | None) -> tuple[Destination, ...]:
+    """Parse the whole setting; ``None`` or blank means no destination."""
+    if value is None:
+        return ()
+    destinations: list[Destination] = []
+    for raw in value.split(","):
+        if not raw.strip():
+            continue
+        destination = parse_destination(raw)
+        if destination in destinations:
+            raise DestinationConfigError(
+                f"result destination {raw.strip()!r} is listed twice in CXR_RESULT_DESTINATIONS"
+            )
+        destinations.append(destination)
+    return tuple(destinations)

@@ -1,0 +1,51 @@
+"""Shared inputs for the cxr_results tests: a result, a heatmap, SR content look-ups."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from cxr_results import ResultSummary
+
+UID_ROOT = "1.2.826.0.1.3680043.10.1024.77"
+SHA = "08c68e4ad00ab9e49a2c4da882154c0adb89770ced04acf18fbec8e334bd711a"
+
+
+def summary(score: float = 0.8123, flagged: bool = True) -> ResultSummary:
+    return ResultSummary(
+        score=score,
+        threshold=0.2834,
+        flagged=flagged,
+        model_name="cxr-pneumonia",
+        model_version="1.0.0-lite0-strong-e8",
+        weights_sha256=SHA,
+        calibration_version="1.0.0-lite0-strong-e8-kermany-test-dev-1",
+        population_note="Calibrated on adult PA/AP chest radiographs.",
+    )
+
+
+def heatmap(size: int = 14) -> np.ndarray:
+    """A smooth blob left of centre, in [0, 1]."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    return np.exp(-(((xx - 0.3) / 0.15) ** 2 + ((yy - 0.5) / 0.2) ** 2)).astype(np.float32)
+
+
+def sr_items(ds: Dataset) -> dict[str, Dataset]:
+    """Content items directly under the SR root, keyed by concept name meaning."""
+    return {item.ConceptNameCodeSequence[0].CodeMeaning: item for item in ds.ContentSequence}
+
+
+def sr_value(item: Dataset) -> object:
+    """The value of a TEXT, NUM, CODE or IMAGE content item."""
+    kind = item.ValueType
+    if kind == "TEXT":
+        return str(item.TextValue)
+    if kind == "NUM":
+        return float(item.MeasuredValueSequence[0].NumericValue)
+    if kind == "CODE":
+        code = item.ConceptCodeSequence[0]
+        return (str(code.CodeValue), str(code.CodingSchemeDesignator))
+    if kind == "IMAGE":
+        ref = item.ReferencedSOPSequence[0]
+        return (str(ref.ReferencedSOPClassUID), str(ref.ReferencedSOPInstanceUID))
+    raise AssertionError(f"unexpected value type {kind}")

@@ -1,0 +1,185 @@
+"""CXR_RESULT_DESTINATIONS parsing and the UID rules of cxr_results (no services)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydicom.dataset import Dataset
+
+from cxr_common.errors import ConfigurationError
+from cxr_results import (
+    Destination,
+    DestinationConfigError,
+    UidRootError,
+    derive_uid,
+    generate_uid_root,
+    is_our_dataset,
+    is_our_uid,
+    load_or_create_uid_root,
+    parse_destination,
+    parse_destinations,
+    result_uids,
+    validate_uid_root,
+)
+
+UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+ROOT = "1.2.826.0.1.3680043.10.1024.99"
+
+
+# ----------------------------------------------------------------------------- destinations
+
+
+def test_empty_setting_means_no_destination() -> None:
+    assert parse_destinations(None) == ()
+    assert parse_destinations("") == ()
+    assert parse_destinations(" , ,") == ()
+
+
+def test_entries_parse_into_typed_destinations() -> None:
+    got = parse_destinations(
+        " PACS@pacs.example.org:104, ARCHIVE @10.0.0.7:11112 ,X@[fd00::7]:4242"
+    )
+    assert got == (
+        Destination("PACS", "pacs.example.org", 104),
+        Destination("ARCHIVE", "10.0.0.7", 11112),
+        Destination("X", "fd00::7", 4242),
+    )
+    assert str(got[2]) == "X@[fd00::7]:4242"
+    assert str(got[0]) == "PACS@pacs.example.org:104"
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("pacs.example.org:104", "no '@' found"),
+        ("PACS@pacs.example.org", "no ':port' found"),
+        ("@pacs:104", "AE title before '@' is empty"),
+        ("   @pacs:104", "AE title before '@' is empty"),
+        ("SEVENTEEN_CHARS_X@pacs:104", "at most 16"),
+        ("BAD\\AE@pacs:104", "no backslash"),
+        ("PACS@:104", "host between '@' and ':' is empty"),
+        ("PACS@pa cs:104", "not a host name"),
+        ("PACS@fd00::7:104", "IPv6 address in brackets"),
+        ("PACS@[fd00::zz]:104", "not an IPv6 address"),
+        ("PACS@[fd00::7:104", "no ':port' found"),
+        ("PACS@pacs:http", "not a number"),
+        ("PACS@pacs:0", "outside 1-65535"),
+        ("PACS@pacs:65536", "outside 1-65535"),
+        ("PACS@pacs:-1", "not a number"),
+    ],
+)
+def test_malformed_entries_are_named_in_a_clear_error(entry: str, message: str) -> None:
+    with pytest.raises(DestinationConfigError, match=re.escape(message)) as info:
+        parse_destinations(f"GOOD@host:104,{entry}")
+    assert repr(entry.strip()) in str(info.value)
+    assert isinstance(info.value, ConfigurationError)
+
+
+def test_a_destination_listed_twice_is_refused() -> None:
+    with pytest.raises(DestinationConfigError, match="listed twice"):
+        parse_destinations("PACS@host:104,PACS@host:104")
+
+
+def test_an_ae_title_may_contain_an_at_sign() -> None:
+    assert parse_destination("A@B@host:104") == Destination("A@B", "host", 104)
+
+
+# ----------------------------------------------------------------------------- UIDs
+
+
+def test_generated_root_is_a_uuid_root_with_room_left() -> None:
+    root = generate_uid_root()
+    assert root.startswith("2.25.")
+    assert validate_uid_root(root) == root
+    assert generate_uid_root() != root
+
+
+@pytest.mark.parametrize("root", ["", "abc", "1.2.03", "1..2", "1.2.3.", "1." + "2" * 44, "1.2 .3"])
+def test_invalid_roots_are_refused(root: str) -> None:
+    if root == "1.2.3.":  # a trailing dot is forgiven
+        assert validate_uid_root(root) == "1.2.3"
+        return
+    with pytest.raises(UidRootError):
+        validate_uid_root(root)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    root=st.one_of(
+        st.builds(lambda n: f"2.25.{n}", st.integers(0, 2**128 - 1)),
+        st.just(ROOT),
+        st.just("1"),
+    ),
+    study=st.text(alphabet="0123456789.", min_size=1, max_size=64),
+    version=st.integers(1, 10_000),
+)
+def test_derived_uids_are_valid_stable_and_at_most_64_characters(
+    root: str, study: str, version: int
+) -> None:
+    uids = result_uids(root, study, version)
+    values = [
+        uids.sc_series_instance_uid,
+        uids.sc_sop_instance_uid,
+        uids.sr_series_instance_uid,
+        uids.sr_sop_instance_uid,
+        uids.device_uid,
+    ]
+    for uid in values:
+        assert len(uid) <= 64
+        assert UID_RE.match(uid), uid
+        assert is_our_uid(uid, root)
+    assert len(set(values)) == len(values)
+    assert result_uids(root, study, version) == uids
+
+
+def test_superseding_keeps_the_series_and_changes_the_instances() -> None:
+    v1 = result_uids(ROOT, "1.2.3.4", 1)
+    v2 = result_uids(ROOT, "1.2.3.4", 2)
+    assert v2.sc_series_instance_uid == v1.sc_series_instance_uid
+    assert v2.sr_series_instance_uid == v1.sr_series_instance_uid
+    assert v2.sc_sop_instance_uid != v1.sc_sop_instance_uid
+    assert v2.sr_sop_instance_uid != v1.sr_sop_instance_uid
+    assert (v1.instance_number, v2.instance_number) == (1, 2)
+    other_study = result_uids(ROOT, "1.2.3.5", 1)
+    assert other_study.sc_series_instance_uid != v1.sc_series_instance_uid
+    other_root = result_uids(ROOT + ".1", "1.2.3.4", 1)
+    assert other_root.sc_sop_instance_uid != v1.sc_sop_instance_uid
+    with pytest.raises(ValueError, match="1 or more"):
+        result_uids(ROOT, "1.2.3.4", 0)
+
+
+def test_is_our_uid_does_not_match_a_sibling_root() -> None:
+    assert is_our_uid(ROOT, ROOT)
+    assert is_our_uid(derive_uid(ROOT, "x"), ROOT)
+    assert not is_our_uid(ROOT + "0.1", ROOT)  # ...990.1 is not under ...99
+    assert not is_our_uid("1.2.826.0.1.3680043.10.1024.9", ROOT)
+    assert not is_our_uid(None, ROOT)
+
+
+def test_is_our_dataset_by_uid_or_by_our_marker() -> None:
+    ds = Dataset()
+    ds.SOPInstanceUID = "1.2.3.4"
+    ds.SeriesInstanceUID = "1.2.3"
+    assert not is_our_dataset(ds, ROOT)
+    ds.SeriesInstanceUID = result_uids(ROOT, "1.2", 1).sc_series_instance_uid
+    assert is_our_dataset(ds, ROOT)
+    renamed = Dataset()  # a PACS that re-assigned every UID on import
+    renamed.SOPInstanceUID = "1.2.3.4"
+    renamed.Manufacturer = "cxr-triage"
+    renamed.SeriesDescription = "cxr-triage heatmap cxr-pneumonia 1.0.0"
+    assert is_our_dataset(renamed, ROOT)
+    renamed.Manufacturer = "Other Vendor"
+    assert not is_our_dataset(renamed, ROOT)
+
+
+def test_default_root_is_created_once_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "uid-root"
+    first = load_or_create_uid_root(path)
+    assert first.startswith("2.25.")
+    assert load_or_create_uid_root(path) == first
+    assert load_or_create_uid_root(path, configured=" 1.2.3 ") == "1.2.3"
+    assert [p.name for p in path.parent.iterdir()] == ["uid-root"]
