@@ -53,7 +53,12 @@ def db(engine: Engine) -> Engine:
 
 def _sign_in(db: Engine, name: str, password: str, **kw: object) -> accounts.SignInResult:
     return accounts.sign_in(
-        db, name, password, passwords=cheap_passwords(), policy=POLICY, **kw  # type: ignore[arg-type]
+        db,
+        name,
+        password,
+        passwords=cheap_passwords(),
+        policy=POLICY,
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -76,7 +81,8 @@ def test_orm_schema_matches_the_migrations(services: Services) -> None:
 def test_add_user_stores_an_argon2id_hash_and_audits(db: Engine) -> None:
     mark = audit_mark(db)
     user = add_user(db, "alice", Role.RADIOLOGIST)
-    assert user.role is Role.RADIOLOGIST and not user.disabled
+    assert user.role is Role.RADIOLOGIST
+    assert not user.disabled
     with db.connect() as conn:
         stored = conn.execute(select(User.password_hash)).scalar_one()
     assert stored.startswith("$argon2id$")
@@ -121,11 +127,15 @@ def test_sign_in_starts_a_session_and_rehashes_old_parameters(db: Engine) -> Non
     result = accounts.sign_in(
         db, "DANA", PASSWORD, passwords=stronger, policy=POLICY, client_addr="10.0.0.7"
     )
-    assert result.ok and result.session is not None and result.user is not None
+    assert result.ok
+    assert result.session is not None
+    assert result.user is not None
     assert result.user.last_login_at is not None
     with db.connect() as conn:
         new_hash = conn.execute(select(User.password_hash)).scalar_one()
-    assert new_hash != old_hash and "t=2" in new_hash and not stronger.needs_rehash(new_hash)
+    assert new_hash != old_hash
+    assert "t=2" in new_hash
+    assert not stronger.needs_rehash(new_hash)
     (entry,) = audit_after(db, mark)
     assert (entry.action, entry.actor, entry.client_addr) == (
         AuditAction.SIGN_IN,
@@ -134,7 +144,8 @@ def test_sign_in_starts_a_session_and_rehashes_old_parameters(db: Engine) -> Non
     )
     assert entry.detail == {"rehashed": True}
     session = accounts.get_session(db, result.session.secret, policy=POLICY)
-    assert session is not None and session.user.username == "dana"
+    assert session is not None
+    assert session.user.username == "dana"
     assert session.csrf_token == result.session.csrf_token
 
 
@@ -150,9 +161,11 @@ def test_lock_out_after_repeated_failures_then_unlock_after_the_lockout(db: Engi
     ]
     # Locked: even the right password is refused, and no session starts.
     locked = _sign_in(db, "erin", PASSWORD, now=t0 + timedelta(minutes=14))
-    assert locked.outcome is SignInOutcome.LOCKED and locked.session is None
+    assert locked.outcome is SignInOutcome.LOCKED
+    assert locked.session is None
     user = accounts.get_user(db, "erin")
-    assert user is not None and user.locked_until == t0 + timedelta(minutes=15)
+    assert user is not None
+    assert user.locked_until == t0 + timedelta(minutes=15)
     actions = [e.action for e in audit_after(db, mark)]
     assert actions == [
         "sign_in_failed",
@@ -164,7 +177,9 @@ def test_lock_out_after_repeated_failures_then_unlock_after_the_lockout(db: Engi
     later = _sign_in(db, "erin", PASSWORD, now=t0 + timedelta(minutes=16))
     assert later.ok
     user = accounts.get_user(db, "erin")
-    assert user is not None and user.failed_logins == 0 and user.locked_until is None
+    assert user is not None
+    assert user.failed_logins == 0
+    assert user.locked_until is None
 
 
 def test_a_success_resets_the_failure_count(db: Engine) -> None:
@@ -180,10 +195,13 @@ def test_unknown_user_is_refused_without_keeping_the_typed_name(db: Engine) -> N
     mark = audit_mark(db)
     typed = "my secret passphrase typed in the wrong box"
     result = _sign_in(db, typed, PASSWORD, client_addr="10.0.0.9")
-    assert result.outcome is SignInOutcome.BAD_CREDENTIALS and result.user is None
+    assert result.outcome is SignInOutcome.BAD_CREDENTIALS
+    assert result.user is None
     (entry,) = audit_after(db, mark)
-    assert entry.action == "sign_in_failed" and entry.actor_kind == ActorKind.ANONYMOUS
-    assert typed not in repr(entry) and entry.detail == {"reason": "unknown_user"}
+    assert entry.action == "sign_in_failed"
+    assert entry.actor_kind == ActorKind.ANONYMOUS
+    assert typed not in repr(entry)
+    assert entry.detail == {"reason": "unknown_user"}
 
 
 def test_disabling_a_user_refuses_sign_in_and_ends_sessions(db: Engine) -> None:
@@ -217,7 +235,8 @@ def test_session_idle_timeout_and_absolute_expiry(db: Engine) -> None:
     # Deleted, not just refused: going back in time does not revive it.
     assert accounts.get_session(db, secret, policy=POLICY, now=t) is None
     (entry,) = audit_after(db, mark)
-    assert entry.action == "session_expired" and entry.detail == {"reason": "idle_timeout"}
+    assert entry.action == "session_expired"
+    assert entry.detail == {"reason": "idle_timeout"}
 
     # Absolute expiry holds however often the session is used.
     signed = _sign_in(db, "hal", PASSWORD, now=t0)
@@ -234,7 +253,8 @@ def test_sign_out_ends_the_session_and_csrf_is_bound_to_it(db: Engine) -> None:
     add_user(db, "ivy")
     first = _sign_in(db, "ivy", PASSWORD)
     second = _sign_in(db, "ivy", PASSWORD)
-    assert first.session is not None and second.session is not None
+    assert first.session is not None
+    assert second.session is not None
     assert first.session.csrf_token != second.session.csrf_token
     assert accounts.csrf_matches(first.session.secret, first.session.csrf_token)
     assert not accounts.csrf_matches(first.session.secret, second.session.csrf_token)
@@ -255,7 +275,8 @@ def test_session_rows_hold_only_the_hash_of_the_secret(db: Engine) -> None:
     assert signed.session is not None
     with db.connect() as conn:
         dump = str(conn.execute(text("SELECT * FROM web_sessions")).all())
-    assert signed.session.secret not in dump and signed.session.csrf_token not in dump
+    assert signed.session.secret not in dump
+    assert signed.session.csrf_token not in dump
     assert hashlib.sha256(signed.session.secret.encode()).hexdigest() in dump
 
 
@@ -264,7 +285,8 @@ def test_purge_expired_sessions(db: Engine) -> None:
     t0 = db_now(db)
     old = _sign_in(db, "kim", PASSWORD, now=t0 - timedelta(hours=1))
     fresh = _sign_in(db, "kim", PASSWORD, now=t0)
-    assert old.session is not None and fresh.session is not None
+    assert old.session is not None
+    assert fresh.session is not None
     assert accounts.purge_expired_sessions(db, policy=POLICY, now=t0) == 1
     assert accounts.get_session(db, fresh.session.secret, policy=POLICY, now=t0) is not None
 
@@ -272,7 +294,8 @@ def test_purge_expired_sessions(db: Engine) -> None:
 def test_tokens_are_stored_hashed_verified_and_revoked(db: Engine) -> None:
     mark = audit_mark(db)
     created = accounts.create_token(db, "scraper", Role.OPS, actor=ADMIN)
-    assert created.token.startswith("cxr_") and len(created.token) >= 40
+    assert created.token.startswith("cxr_")
+    assert len(created.token) >= 40
     with db.connect() as conn:
         dump = str(conn.execute(text("SELECT * FROM api_tokens")).all())
         stored = conn.execute(select(ApiToken.token_hash)).scalar_one()
@@ -280,7 +303,9 @@ def test_tokens_are_stored_hashed_verified_and_revoked(db: Engine) -> None:
     assert stored == hashlib.sha256(created.token.encode()).hexdigest()
 
     info = accounts.verify_token(db, created.token)
-    assert info is not None and info.name == "scraper" and info.role is Role.OPS
+    assert info is not None
+    assert info.name == "scraper"
+    assert info.role is Role.OPS
     assert accounts.list_tokens(db)[0].last_used_at is not None
     assert accounts.verify_token(db, "cxr_" + "A" * 43) is None
     assert accounts.verify_token(db, created.token + "x") is None
@@ -351,7 +376,9 @@ def test_cli_user_add_reads_the_password_from_stdin(
 
     assert _run(db, ["user", "list"]) == 0
     listing = capsys.readouterr().out
-    assert "lee" in listing and "admin" in listing and "active" in listing
+    assert "lee" in listing
+    assert "admin" in listing
+    assert "active" in listing
     assert _run(db, ["user", "disable", "lee"]) == 0
     assert "disabled" in capsys.readouterr().out
     assert _run(db, ["user", "list", "--json"]) == 0
@@ -365,13 +392,17 @@ def test_cli_token_create_prints_the_token_once_then_revoke(
     assert _run(db, ["token", "create", "prometheus", "--role", "ops"]) == 0
     out = capsys.readouterr()
     token = out.out.strip()
-    assert token.startswith("cxr_") and out.out.count(token) == 1 and token not in out.err
+    assert token.startswith("cxr_")
+    assert out.out.count(token) == 1
+    assert token not in out.err
     assert "shown once" in out.err
     info = accounts.verify_token(db, token)
-    assert info is not None and info.role is Role.OPS
+    assert info is not None
+    assert info.role is Role.OPS
     assert _run(db, ["token", "list"]) == 0
     listing = capsys.readouterr().out
-    assert "prometheus" in listing and token not in listing
+    assert "prometheus" in listing
+    assert token not in listing
     assert _run(db, ["token", "revoke", "prometheus"]) == 0
     assert accounts.verify_token(db, token) is None
     entries = audit_after(db, mark)
