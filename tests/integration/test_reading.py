@@ -351,3 +351,27 @@ def test_answers_export_prefers_the_prediction_of_the_version_the_reader_saw(
     (row,) = list(reading.iter_label_rows(db))
     assert row.model_version == "v1"
     assert row.score == pytest.approx(0.7)
+
+
+def test_two_readers_claiming_at_once_get_one_claim(
+    db: Engine, two_readers: tuple[accounts.UserInfo, accounts.UserInfo]
+) -> None:
+    import threading
+
+    ann, ben = two_readers
+    scored_study(db, STUDY, [0.9])
+    start = threading.Barrier(2)
+    results: dict[str, bool] = {}
+
+    def claim(user: accounts.UserInfo) -> None:
+        start.wait()
+        results[user.username] = reading.claim_study(db, STUDY, user).claimed
+
+    threads = [threading.Thread(target=claim, args=(u,)) for u in (ann, ben)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results.values()) == [False, True]
+    winner = next(name for name, won in results.items() if won)
+    assert reading.read_state(db, STUDY).claimed_by == winner
