@@ -124,8 +124,9 @@ def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
 
     services = resolve_services(settings)
     children: list[Child] = []
-    try:
-        with stop_on_signals("cxr-triage up") as stop:
+    # the handlers stay until everything is stopped: a second Ctrl-C cannot cut clean-up short
+    with stop_on_signals("cxr-triage up") as stop:
+        try:
             upgrade_to_head(services.database_url)
             env = services.child_env(dict(os.environ))
             children.append(spawn("listener", ["listen"], env))
@@ -149,10 +150,10 @@ def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
                     print(f"{dead[0].name} exited with code {dead[0].proc.returncode}; stopping")
                     return 1
             return 0
-    finally:
-        stop_all(children)
-        services.stop()
-        print("cxr-triage stopped")
+        finally:
+            stop_all(children)
+            services.stop()
+            print("cxr-triage stopped")
 
 
 def _cmd_worklist(args: argparse.Namespace, settings: CommonSettings) -> int:
