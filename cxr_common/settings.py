@@ -1,17 +1,96 @@
 """Typed settings, one class per process, read from ``CXR_*`` environment variables.
 
-Build them with the ``*_settings()`` functions and pass them in; nothing reads the
+Build them once per process (``cxr_triage.cli.main`` or the ``*_settings()`` functions)
+and pass them in; derive variants with ``with_overrides`` (a validated
+``model_copy(update=...)``), never by writing ``os.environ``. Nothing reads the
 environment at import time. When ``CXR_DATABASE_URL`` or ``CXR_BROKER_URL`` is unset the
 CLI starts the embedded Postgres/Redis in ``CXR_DATA_DIR`` (see ``cxr_triage.embedded``).
+
+The service URLs are ``SecretStr`` (they may hold passwords, so they never appear in a
+repr, a log line or a validation error) checked against pydantic's ``PostgresDsn`` and
+``RedisDsn``.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated, Any, Self
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PostgresDsn,
+    RedisDsn,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from cxr_common.errors import ConfigurationError
+
+#: Seconds after which Redis redelivers a job no worker acknowledged (a worker died
+#: mid-job). ``cxr_queue.make_celery`` sets it on the broker; every task must finish well
+#: within it (``WorkerSettings.task_time_limit_s``) or a running job is handed to a
+#: second worker.
+BROKER_VISIBILITY_TIMEOUT_S = 3600
+
+_POSTGRES_URL: TypeAdapter[PostgresDsn] = TypeAdapter(PostgresDsn)
+_REDIS_URL: TypeAdapter[RedisDsn] = TypeAdapter(RedisDsn)
+
+
+def _url_problem(adapter: TypeAdapter[Any], url: str) -> str | None:
+    """What is wrong with ``url`` for ``adapter``, without echoing the URL (it may hold a
+    password); None when it is fine."""
+    try:
+        adapter.validate_python(url)
+    except ValidationError as exc:
+        return "; ".join(str(error["msg"]) for error in exc.errors(include_input=False))
+    return None
+
+
+def _checked_database_url(value: SecretStr) -> SecretStr:
+    url = normalise_database_url(value.get_secret_value())
+    parts = urlsplit(url)
+    checked = url
+    if not parts.hostname and "host" in parse_qs(parts.query):
+        # A Unix socket (``postgresql://user@/db?host=/run/postgresql``, what the embedded
+        # Postgres hands out): URLs have no empty host, so check the rest with a stand-in.
+        userinfo, at, port = parts.netloc.rpartition("@")
+        checked = urlunsplit(parts._replace(netloc=f"{userinfo}{at}localhost{port}"))
+    problem = _url_problem(_POSTGRES_URL, checked)
+    if problem:
+        raise ValueError(
+            f"not a Postgres URL ({problem}); expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DB"
+            " or postgresql://USER@/DB?host=/SOCKET/DIR"
+        )
+    return SecretStr(url)
+
+
+def _checked_broker_url(value: SecretStr) -> SecretStr:
+    problem = _url_problem(_REDIS_URL, value.get_secret_value())
+    if problem:
+        raise ValueError(
+            f"not a Redis URL ({problem}); expected redis://[:PASSWORD@]HOST[:PORT]/DB"
+        )
+    return value
+
+
+#: A Postgres URL, normalised to the psycopg 3 driver (``postgresql+psycopg://``).
+DatabaseUrl = Annotated[SecretStr, AfterValidator(_checked_database_url)]
+#: A Redis URL (``redis://`` or ``rediss://``) for the Celery broker.
+BrokerUrl = Annotated[SecretStr, AfterValidator(_checked_broker_url)]
+
+
+def _split_ae_titles(value: object) -> object:
+    """``CXR_ALLOWED_CALLING_AE_TITLES`` is comma-separated: 'MODALITY1, PACS' -> two."""
+    if isinstance(value, str):
+        return [t.strip() for t in value.split(",") if t.strip()]
+    return value
 
 
 def default_data_dir() -> Path:
@@ -23,12 +102,13 @@ def default_data_dir() -> Path:
 class CommonSettings(BaseSettings):
     """Settings every process shares."""
 
-    model_config = SettingsConfigDict(env_prefix="CXR_", extra="ignore")
+    # hide_input_in_errors: a ValidationError must not print a URL with its password
+    model_config = SettingsConfigDict(env_prefix="CXR_", extra="ignore", hide_input_in_errors=True)
 
-    database_url: SecretStr | None = Field(
+    database_url: DatabaseUrl | None = Field(
         default=None, description="SQLAlchemy/psycopg URL of Postgres; unset = embedded"
     )
-    broker_url: SecretStr | None = Field(
+    broker_url: BrokerUrl | None = Field(
         default=None, description="Redis URL of the Celery broker; unset = embedded"
     )
     data_dir: Path = Field(default_factory=default_data_dir)
@@ -46,24 +126,33 @@ class CommonSettings(BaseSettings):
         return (self.data_dir.resolve() / "instances").as_uri()
 
     def database_url_value(self) -> str:
-        from cxr_common.errors import ConfigurationError
-
         if self.database_url is None:
             raise ConfigurationError(
                 "CXR_DATABASE_URL is not set: set it, or start the embedded services with "
                 "`cxr-triage up`"
             )
-        return normalise_database_url(self.database_url.get_secret_value())
+        return self.database_url.get_secret_value()
 
     def broker_url_value(self) -> str:
-        from cxr_common.errors import ConfigurationError
-
         if self.broker_url is None:
             raise ConfigurationError(
                 "CXR_BROKER_URL is not set: set it, or start the embedded services with "
                 "`cxr-triage up`"
             )
         return self.broker_url.get_secret_value()
+
+    def with_overrides(self, **changes: Any) -> Self:
+        """A copy with ``changes``: ``model_copy(update=...)`` whose values are first
+        validated as the environment's would be (``--batch-size 0`` is refused)."""
+        unknown = sorted(changes.keys() - type(self).model_fields.keys())
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no setting {', '.join(unknown)}")
+        try:
+            # checks the merged values without reading the environment again
+            checked = type(self).model_validate({**dict(self), **changes})
+        except ValidationError as exc:
+            raise ConfigurationError(describe_settings_error(exc)) from exc
+        return self.model_copy(update={name: getattr(checked, name) for name in changes})
 
 
 class ListenerSettings(CommonSettings):
@@ -72,8 +161,12 @@ class ListenerSettings(CommonSettings):
     ae_title: str = Field(default="CXR_TRIAGE", max_length=16)
     dicom_host: str = "0.0.0.0"
     dicom_port: int = Field(default=11112, ge=0, le=65535)
-    allowed_calling_ae_titles: str = Field(
-        default="", description="Comma-separated calling AE titles; empty = accept any"
+    allowed_calling_ae_titles: Annotated[list[str], NoDecode, BeforeValidator(_split_ae_titles)] = (
+        Field(
+            default_factory=list,
+            description="calling AE titles allowed to associate (comma-separated in the "
+            "environment); empty = accept any",
+        )
     )
     max_associations: int = Field(default=10, ge=1)
     reconcile_interval_s: float = Field(default=30.0, gt=0)
@@ -90,9 +183,16 @@ class ListenerSettings(CommonSettings):
             raise ValueError("AE title must be 1-16 characters without backslash")
         return value
 
-    @property
-    def allowed_ae_titles(self) -> frozenset[str]:
-        return frozenset(t.strip() for t in self.allowed_calling_ae_titles.split(",") if t.strip())
+    @field_validator("allowed_calling_ae_titles")
+    @classmethod
+    def _allowed_ae_titles_ok(cls, titles: list[str]) -> list[str]:
+        titles = sorted({t.strip() for t in titles if t.strip()})
+        for title in titles:
+            if len(title) > 16 or "\\" in title:
+                raise ValueError(
+                    f"calling AE title {title!r} is not 1-16 characters without backslash"
+                )
+        return titles
 
 
 class WorkerSettings(CommonSettings):
@@ -110,10 +210,26 @@ class WorkerSettings(CommonSettings):
     calibration_path: Path | None = Field(default=None, description="unset = shipped calibration")
     heatmaps: bool = True
     max_retries: int = Field(default=5, ge=0)
-    task_time_limit_s: int = Field(default=600, ge=10)
+    task_time_limit_s: int = Field(
+        default=600,
+        ge=10,
+        description=f"hard limit per job; below the broker's visibility timeout "
+        f"({BROKER_VISIBILITY_TIMEOUT_S} s)",
+    )
     heartbeat_file: Path | None = Field(
         default=None, description="touched every 10 s while the worker runs (healthchecks)"
     )
+
+    @field_validator("task_time_limit_s")
+    @classmethod
+    def _below_visibility_timeout(cls, value: int) -> int:
+        if value >= BROKER_VISIBILITY_TIMEOUT_S:
+            raise ValueError(
+                f"a task time limit of {value} s is not below the broker's visibility timeout "
+                f"({BROKER_VISIBILITY_TIMEOUT_S} s): a job still running then would be handed "
+                "to a second worker"
+            )
+        return value
 
 
 def resolve_batching(settings: WorkerSettings, device_type: str) -> tuple[int, int]:
@@ -132,12 +248,27 @@ class WebSettings(CommonSettings):
     web_port: int = Field(default=8080, ge=0, le=65535)
 
 
+class SupervisorSettings(ListenerSettings, WorkerSettings, WebSettings):
+    """``cxr-triage up`` and ``demo``: every setting of the children they start (listener,
+    workers, web), checked before any starts, and the addresses they print."""
+
+
 def normalise_database_url(url: str) -> str:
     """Accept plain ``postgresql://`` URLs and use the psycopg 3 driver for them."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """One line per bad setting, named by its environment variable; never the value (a
+    URL may hold a password)."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        name = f"CXR_{str(error['loc'][0]).upper()}" if error["loc"] else exc.title
+        lines.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
 
 
 def listener_settings() -> ListenerSettings:

@@ -5,11 +5,9 @@ from __future__ import annotations
 from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field
 
-SCORE_TASK = "cxr.score_instance"
+from cxr_common.settings import BROKER_VISIBILITY_TIMEOUT_S as VISIBILITY_TIMEOUT_S
 
-#: Longer than the longest task (see WorkerSettings.task_time_limit_s): a job whose
-#: worker died is redelivered after this many seconds.
-VISIBILITY_TIMEOUT_S = 3600
+SCORE_TASK = "cxr.score_instance"
 
 
 class ScoreJob(BaseModel):

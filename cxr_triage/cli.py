@@ -1,5 +1,12 @@
 """The ``cxr-triage`` command: one entry point for every process and tool.
 
+``main`` builds the process's settings once (the class its command names) and hands them
+to the command, which derives what it needs with ``with_overrides`` (the resolved service
+URLs, ``--batch-size``, ``--port``); environment variables are written only for the child
+processes that ``up`` and ``demo`` start. The training commands are forwarded to
+``training.cli`` and imported only when one runs, so the runtime never loads training
+code or its dependencies.
+
 Clinical decision support, not diagnosis: every output says so.
 """
 
@@ -8,18 +15,29 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
+from typing import TypeVar
+
+from pydantic import ValidationError
 
 from cxr_common.errors import CxrTriageError
+from cxr_common.lifecycle import stop_on_signals
 from cxr_common.logs import configure_logging
-from cxr_common.settings import CommonSettings, ListenerSettings, WebSettings, WorkerSettings
+from cxr_common.settings import (
+    CommonSettings,
+    ListenerSettings,
+    SupervisorSettings,
+    WebSettings,
+    WorkerSettings,
+    describe_settings_error,
+)
 
 log = logging.getLogger("cxr_triage")
+
+S = TypeVar("S", bound=CommonSettings)
+Command = Callable[[argparse.Namespace, CommonSettings], int]
 
 DESCRIPTION = """\
 cxr-triage: batch screening of chest radiographs for likely pneumonia.
@@ -32,19 +50,28 @@ unset, an embedded Postgres and Redis start in CXR_DATA_DIR (default
 ~/.local/share/cxr-triage), so every command works on a fresh machine.
 """
 
+#: Commands that ``training.cli`` implements (``pip install cxr-triage[training]``); their
+#: arguments and full help live there.
+TRAINING_COMMANDS = {
+    "train": "fine-tune the pneumonia classifier",
+    "evaluate": "metrics.json + ROC/PR/reliability/confusion/Grad-CAM plots on a labelled set",
+    "calibrate": "fit a site calibration (threshold for target sensitivity + temperature)",
+    "predict": "score DICOM / image files offline",
+}
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+
+def _cmd_demo(args: argparse.Namespace, settings: SupervisorSettings) -> int:
     from cxr_triage.demo import run_demo
 
-    data_dir = args.data_dir or (CommonSettings().data_dir / "demo")
-    return run_demo(Path(data_dir), timeout_s=args.timeout)
+    data_dir = args.data_dir or (settings.data_dir / "demo")
+    return run_demo(settings, Path(data_dir), timeout_s=args.timeout, verbose=args.verbose)
 
 
-def _cmd_migrate(args: argparse.Namespace) -> int:
+def _cmd_migrate(args: argparse.Namespace, settings: CommonSettings) -> int:
     from cxr_triage.services import resolve_services
     from migrations import upgrade_to_head
 
-    services = resolve_services(CommonSettings())
+    services = resolve_services(settings)
     try:
         upgrade_to_head(services.database_url)
     finally:
@@ -53,103 +80,115 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_with_services(run: Callable[[], int]) -> int:
-    """Resolve Postgres/Redis, export their URLs for the process's settings to read, bring
-    an embedded database to the current schema (a fresh data folder has none), run."""
+def _run_with_services(settings: S, run: Callable[[S], int]) -> int:
+    """Resolve Postgres/Redis, bring an embedded database to the current schema (a fresh
+    data folder has none), run with ``settings`` pointing at them."""
     from cxr_triage.services import resolve_services
     from migrations import upgrade_to_head
 
-    services = resolve_services(CommonSettings())
-    os.environ["CXR_DATABASE_URL"] = services.database_url
-    os.environ["CXR_BROKER_URL"] = services.broker_url
+    services = resolve_services(settings)
     try:
         if services.embedded is not None:
             upgrade_to_head(services.database_url)
-        return run()
+        return run(services.apply(settings))
     finally:
         services.stop()
 
 
-def _cmd_listen(args: argparse.Namespace) -> int:
+def _cmd_listen(args: argparse.Namespace, settings: ListenerSettings) -> int:
     from dicom_listener.server import run_listener
 
-    return _run_with_services(lambda: run_listener(ListenerSettings()))
+    return _run_with_services(settings, run_listener)
 
 
-def _cmd_work(args: argparse.Namespace) -> int:
+def _cmd_work(args: argparse.Namespace, settings: WorkerSettings) -> int:
     from worker.app import run_worker
 
-    if args.batch_size:
-        os.environ["CXR_BATCH_MAX_SIZE"] = str(args.batch_size)
-    if args.device:
-        os.environ["CXR_DEVICE"] = args.device
-    return _run_with_services(lambda: run_worker(WorkerSettings()))
+    overrides = {"batch_max_size": args.batch_size, "device": args.device}
+    settings = settings.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
+    return _run_with_services(settings, run_worker)
 
 
-def _cmd_web(args: argparse.Namespace) -> int:
+def _cmd_web(args: argparse.Namespace, settings: WebSettings) -> int:
     from worklist.server import run_web
 
     if args.port is not None:
-        os.environ["CXR_WEB_PORT"] = str(args.port)
-    return _run_with_services(lambda: run_web(WebSettings()))
+        settings = settings.with_overrides(web_port=args.port)
+    return _run_with_services(settings, run_web)
 
 
-def _cmd_up(args: argparse.Namespace) -> int:
+def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
     from cxr_triage.processes import Child, spawn, stop_all, wait_for_port
     from cxr_triage.services import resolve_services
     from migrations import upgrade_to_head
 
-    settings = ListenerSettings()
     services = resolve_services(settings)
     children: list[Child] = []
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    try:
-        upgrade_to_head(services.database_url)
-        env = services.child_env(dict(os.environ))
-        children.append(spawn("listener", ["listen"], env))
-        for i in range(args.workers):
-            children.append(spawn(f"worker-{i + 1}", ["work"], env))
-        web = WebSettings()
-        if not args.no_web:
-            children.append(spawn("web", ["web"], env))
-        host = "127.0.0.1" if settings.dicom_host in ("0.0.0.0", "") else settings.dicom_host
-        wait_for_port(host, settings.dicom_port, children)
-        web_line = "" if args.no_web else f"worklist http://{web.web_host}:{web.web_port}/, "
-        print(
-            f"cxr-triage is up: DICOM {settings.ae_title}@{host}:{settings.dicom_port}, "
-            f"{args.workers} worker(s), {web_line}`cxr-triage worklist` prints it. "
-            "Ctrl-C stops."
-        )
-        while not stop.wait(0.5):
-            dead = [c for c in children if c.proc.poll() is not None]
-            if dead:
-                print(f"{dead[0].name} exited with code {dead[0].proc.returncode}; stopping")
-                return 1
-        return 0
-    finally:
-        stop_all(children)
-        services.stop()
-        print("cxr-triage stopped")
+    # the handlers stay until everything is stopped: a second Ctrl-C cannot cut clean-up short
+    with stop_on_signals("cxr-triage up") as stop:
+        try:
+            upgrade_to_head(services.database_url)
+            env = services.child_env(dict(os.environ))
+            children.append(spawn("listener", ["listen"], env))
+            for i in range(args.workers):
+                children.append(spawn(f"worker-{i + 1}", ["work"], env))
+            if not args.no_web:
+                children.append(spawn("web", ["web"], env))
+            host = "127.0.0.1" if settings.dicom_host in ("0.0.0.0", "") else settings.dicom_host
+            wait_for_port(host, settings.dicom_port, children)
+            web = (
+                "" if args.no_web else f"worklist http://{settings.web_host}:{settings.web_port}/, "
+            )
+            print(
+                f"cxr-triage is up: DICOM {settings.ae_title}@{host}:{settings.dicom_port}, "
+                f"{args.workers} worker(s), {web}`cxr-triage worklist` prints it. "
+                "Ctrl-C stops."
+            )
+            while not stop.wait(0.5):
+                dead = [c for c in children if c.proc.poll() is not None]
+                if dead:
+                    print(f"{dead[0].name} exited with code {dead[0].proc.returncode}; stopping")
+                    return 1
+            return 0
+        finally:
+            stop_all(children)
+            services.stop()
+            print("cxr-triage stopped")
 
 
-def _cmd_worklist(args: argparse.Namespace) -> int:
+def _cmd_worklist(args: argparse.Namespace, settings: CommonSettings) -> int:
     from cxr_db import make_engine, reads
     from cxr_triage.worklist_view import as_json, as_table
 
-    def show() -> int:
-        engine = make_engine(CommonSettings().database_url_value(), pool_size=1)
+    def show(settings: CommonSettings) -> int:
+        engine = make_engine(settings.database_url_value(), pool_size=1)
         entries = reads.worklist(engine, limit=args.limit)
         engine.dispose()
         print(as_json(entries) if args.json else as_table(entries))
         return 0
 
-    return _run_with_services(show)
+    return _run_with_services(settings, show)
+
+
+def _cmd_send(args: argparse.Namespace, settings: CommonSettings) -> int:
+    from cxr_triage.send import run_send
+
+    return run_send(args)
+
+
+def _run_training(command: str, argv: list[str]) -> int:
+    """Hand ``cxr-triage COMMAND ARGS`` to ``training.cli``: the one import of training in
+    the runtime CLI, made only when a training command runs."""
+    try:
+        from training.cli import main as training_main
+    except ModuleNotFoundError as exc:
+        print(
+            f"cxr-triage {command}: the training code is not installed ({exc.name} is "
+            "missing); install the training extra: pip install 'cxr-triage[training]'",
+            file=sys.stderr,
+        )
+        return 2
+    return training_main([command, *argv], prog="cxr-triage")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,7 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, help="demo folder (emptied first); default $CXR_DATA_DIR/demo"
     )
     p.add_argument("--timeout", type=float, default=240, help="seconds to wait for scoring")
-    p.set_defaults(func=_cmd_demo)
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show the listener's and worker's logs here instead of in DATA_DIR/demo.log",
+    )
+    p.set_defaults(func=_cmd_demo, settings_class=SupervisorSettings)
 
     p = sub.add_parser(
         "up",
@@ -182,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--no-web", action="store_true", help="do not start the web worklist")
-    p.set_defaults(func=_cmd_up)
+    p.set_defaults(func=_cmd_up, settings_class=SupervisorSettings)
 
     p = sub.add_parser(
         "web",
@@ -191,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with its heatmaps, score and model version. Read-only.",
     )
     p.add_argument("--port", type=int, default=None, help="overrides CXR_WEB_PORT (default 8080)")
-    p.set_defaults(func=_cmd_web)
+    p.set_defaults(func=_cmd_web, settings_class=WebSettings)
 
     p = sub.add_parser(
         "listen",
@@ -200,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         "CXR_DICOM_PORT, CXR_ALLOWED_CALLING_AE_TITLES, CXR_MAX_ASSOCIATIONS, "
         "CXR_STORAGE_URI.",
     )
-    p.set_defaults(func=_cmd_listen)
+    p.set_defaults(func=_cmd_listen, settings_class=ListenerSettings)
 
     p = sub.add_parser(
         "work",
@@ -211,14 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, help="maximum batch size (CXR_BATCH_MAX_SIZE)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
-    p.set_defaults(func=_cmd_work)
+    p.set_defaults(func=_cmd_work, settings_class=WorkerSettings)
 
     p = sub.add_parser(
         "migrate",
         help="create or upgrade the database schema",
         description="Apply the Alembic migrations to CXR_DATABASE_URL.",
     )
-    p.set_defaults(func=_cmd_migrate)
+    p.set_defaults(func=_cmd_migrate, settings_class=CommonSettings)
 
     p = sub.add_parser(
         "worklist",
@@ -228,9 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print a JSON array, worklist order")
     p.add_argument("--limit", type=int, default=1000, help="at most this many studies")
-    p.set_defaults(func=_cmd_worklist)
+    p.set_defaults(func=_cmd_worklist, settings_class=CommonSettings)
 
-    from cxr_triage.send import add_send_arguments, run_send
+    from cxr_triage.send import add_send_arguments
 
     p = sub.add_parser(
         "send",
@@ -239,25 +284,32 @@ def build_parser() -> argparse.ArgumentParser:
         "and migrating backlogs.",
     )
     add_send_arguments(p)
-    p.set_defaults(func=run_send)
+    p.set_defaults(func=_cmd_send, settings_class=CommonSettings)
 
-    try:
-        from training.cli import register
-    except ImportError:  # training extras absent in a slim worker image
-        pass
-    else:
-        register(sub)
+    for name, help_line in TRAINING_COMMANDS.items():
+        # Arguments are parsed by training.cli (see main); `cxr-triage train --help` shows
+        # training's full help.
+        p = sub.add_parser(name, help=help_line, add_help=False)
+        p.set_defaults(func=None, settings_class=None)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    settings = CommonSettings()
-    configure_logging(args.log_level or settings.log_level, settings.log_format)
+    args, rest = parser.parse_known_args(argv)
+    if args.command in TRAINING_COMMANDS:
+        return _run_training(args.command, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        code: int = args.func(args)
-        return int(code)
+        settings: CommonSettings = args.settings_class()
+    except ValidationError as exc:
+        print(f"cxr-triage: {describe_settings_error(exc)}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level or settings.log_level, settings.log_format)
+    command: Command = args.func
+    try:
+        return int(command(args, settings))
     except CxrTriageError as exc:
         print(f"cxr-triage: {exc}", file=sys.stderr)
         return 2

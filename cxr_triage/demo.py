@@ -3,6 +3,10 @@
 Starts (or uses) Postgres and Redis, migrates, starts a listener and a worker, sends the
 bundled sample studies over a real DICOM association, waits until each instance is final,
 prints the triaged worklist, writes the heatmaps, stops everything it started.
+
+The terminal shows one progress bar per phase (services, send, scoring), then the
+worklist, where the files went and the wall time. Every log line, ours and the children's,
+goes to ``demo.log`` in the demo folder unless ``verbose``.
 """
 
 from __future__ import annotations
@@ -12,21 +16,35 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from tqdm import tqdm
 
-from cxr_common.settings import ListenerSettings
+from cxr_common.settings import SupervisorSettings
 from cxr_db import make_engine, reads
 from cxr_db.statuses import FINAL_STATUSES, InstanceStatus
 from cxr_triage.embedded import free_port
-from cxr_triage.processes import Child, spawn, stop_all, wait_for_port
-from cxr_triage.services import resolve_services
+from cxr_triage.processes import Child, settings_env, spawn, stop_all, wait_for_port
+from cxr_triage.services import ResolvedServices, resolve_services
 from cxr_triage.worklist_view import as_json, as_table
 
 log = logging.getLogger(__name__)
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+
+#: What the demo's listener and worker must see of its settings.
+CHILD_SETTINGS = (
+    "database_url",
+    "broker_url",
+    "data_dir",
+    "storage_uri",
+    "dicom_host",
+    "dicom_port",
+    "reconcile_interval_s",
+)
 
 
 def sample_files(folder: Path = SAMPLES_DIR) -> list[Path]:
@@ -71,12 +89,35 @@ def write_heatmaps(engine_url: str, out_dir: Path) -> int:
     return written
 
 
-def run_demo(data_dir: Path, timeout_s: float = 240, keep: bool = False) -> int:
-    """Run the demo in ``data_dir`` (emptied first). Returns the process exit code."""
-    from cxr_triage.send import send_paths
-    from migrations import upgrade_to_head
+@contextmanager
+def _logs_to(log_path: Path, verbose: bool) -> Iterator[IO[bytes] | None]:
+    """Send this process's log records to ``log_path`` and yield the file for the
+    children's output; with ``verbose`` leave both on the terminal (yield None)."""
+    if verbose:
+        yield None
+        return
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    with log_path.open("ab", buffering=0) as children_log:
+        handler = logging.FileHandler(log_path, encoding="utf-8")
+        if saved:
+            handler.setFormatter(saved[0].formatter)
+        root.handlers = [handler]
+        try:
+            yield children_log
+        finally:
+            root.handlers = saved
+            handler.close()
 
-    settings = ListenerSettings()
+
+def run_demo(
+    settings: SupervisorSettings,
+    data_dir: Path,
+    timeout_s: float = 240,
+    keep: bool = False,
+    verbose: bool = False,
+) -> int:
+    """Run the demo in ``data_dir`` (emptied first). Returns the process exit code."""
     t0 = time.monotonic()
     if data_dir.exists() and not keep:
         shutil.rmtree(data_dir)
@@ -85,25 +126,63 @@ def run_demo(data_dir: Path, timeout_s: float = 240, keep: bool = False) -> int:
     if not files:
         print(f"no sample DICOM files found in {SAMPLES_DIR}: reinstall cxr-triage")
         return 2
-    services = resolve_services(settings, data_dir)
-    children: list[Child] = []
+    log_path = data_dir / "demo.log"
+    if not verbose:
+        print(f"Logs of the listener and the worker: {log_path}")
     try:
-        upgrade_to_head(services.database_url)
-        port = free_port()
-        env = services.child_env(dict(os.environ))
-        env.update(
-            CXR_DICOM_PORT=str(port),
-            CXR_DICOM_HOST="127.0.0.1",
-            CXR_DATA_DIR=str(data_dir),
-            CXR_STORAGE_URI=(data_dir / "instances").resolve().as_uri(),
-            CXR_RECONCILE_INTERVAL_S="5",
+        with _logs_to(log_path, verbose) as children_log:
+            code = _run(settings, data_dir, files, timeout_s, children_log)
+    except (RuntimeError, TimeoutError) as exc:  # a child died or never listened
+        print(f"demo failed: {exc}")
+        code = 1
+    if not verbose:
+        print(f"See {log_path} for what went wrong." if code else f"Logs: {log_path}")
+    print(f"Demo finished in {time.monotonic() - t0:.0f} s.")
+    return code
+
+
+def _run(
+    settings: SupervisorSettings,
+    data_dir: Path,
+    files: list[Path],
+    timeout_s: float,
+    children_log: IO[bytes] | None,
+) -> int:
+    from cxr_triage.send import send_paths
+    from migrations import upgrade_to_head
+
+    children: list[Child] = []
+    services: ResolvedServices | None = None
+    try:
+        with tqdm(total=3, desc="services", unit="step") as bar:
+            bar.set_postfix_str("Postgres and Redis")
+            services = resolve_services(settings, data_dir)
+            upgrade_to_head(services.database_url)
+            bar.update()
+            bar.set_postfix_str("listener and worker")
+            settings = services.apply(settings).with_overrides(
+                data_dir=data_dir,
+                dicom_host="127.0.0.1",
+                dicom_port=free_port(),
+                storage_uri=(data_dir / "instances").resolve().as_uri(),
+                reconcile_interval_s=5.0,
+            )
+            env = dict(os.environ) | settings_env(settings, CHILD_SETTINGS)
+            children.append(spawn("listener", ["listen"], env, children_log))
+            children.append(spawn("worker", ["work"], env, children_log))
+            bar.update()
+            bar.set_postfix_str("waiting for the listener")
+            wait_for_port(settings.dicom_host, settings.dicom_port, children, timeout_s=60)
+            bar.update()
+            bar.set_postfix_str("ready")
+
+        report = send_paths(
+            files,
+            settings.dicom_host,
+            settings.dicom_port,
+            called_ae=settings.ae_title,
+            desc="send",
         )
-        children.append(spawn("listener", ["listen"], env))
-        children.append(spawn("worker", ["work"], env))
-        wait_for_port("127.0.0.1", port, children, timeout_s=60)
-        print(f"Sending {len(files)} sample instances over DICOM to 127.0.0.1:{port} ...")
-        report = send_paths(files, "127.0.0.1", port, called_ae=settings.ae_title)
-        print(f"sent {report.sent}, failed {report.failed}, skipped {report.skipped}")
         statuses = _wait_until_final(services.database_url, report.sent, timeout_s, children)
         final = {s.value for s in FINAL_STATUSES}
         pending = [s for s in statuses.values() if s not in final]
@@ -115,13 +194,14 @@ def run_demo(data_dir: Path, timeout_s: float = 240, keep: bool = False) -> int:
         (data_dir / "worklist.json").write_text(as_json(entries))
         heatmap_dir = data_dir / "heatmaps"
         n = write_heatmaps(services.database_url, heatmap_dir)
-        print(f"\nHeatmaps: {n} PNG files in {heatmap_dir}")
+        print(f"\nSent {report.sent} instances, failed {report.failed}, skipped {report.skipped}.")
+        print(f"Heatmaps: {n} PNG files in {heatmap_dir}")
         print(f"Worklist as JSON: {data_dir / 'worklist.json'}")
-        print(f"Demo finished in {time.monotonic() - t0:.0f} s.")
         if pending or report.failed or len(statuses) < report.sent:
             print(f"{len(pending)} instances did not finish in {timeout_s:.0f} s")
             return 1
         return 0
     finally:
         stop_all(children)
-        services.stop()
+        if services is not None:
+            services.stop()

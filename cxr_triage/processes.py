@@ -8,8 +8,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import IO
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +24,36 @@ class Child:
     proc: subprocess.Popen[bytes]
 
 
-def spawn(name: str, args: Sequence[str], env: dict[str, str]) -> Child:
-    """Run ``python -m cxr_triage ARGS`` as a child process sharing our stdout/stderr."""
-    proc = subprocess.Popen([sys.executable, "-m", "cxr_triage", *args], env=env)
+def spawn(
+    name: str, args: Sequence[str], env: dict[str, str], output: IO[bytes] | None = None
+) -> Child:
+    """Run ``python -m cxr_triage ARGS`` as a child process; its stdout and stderr go to
+    ``output`` (an open file, e.g. a log) or, by default, to ours."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cxr_triage", *args],
+        env=env,
+        stdout=output,
+        stderr=subprocess.STDOUT if output is not None else None,
+    )
     log.info("started %s (pid %d)", name, proc.pid)
     return Child(name, proc)
+
+
+def settings_env(settings: BaseSettings, names: Iterable[str]) -> dict[str, str]:
+    """The ``CXR_*`` environment variables that give a child process these values of
+    ``settings`` (unset ones are left out)."""
+    prefix = settings.model_config.get("env_prefix", "")
+    env: dict[str, str] = {}
+    for name in names:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, list | tuple):
+            value = ",".join(map(str, value))
+        env[f"{prefix}{name.upper()}"] = str(value)
+    return env
 
 
 def wait_for_port(host: str, port: int, children: Sequence[Child], timeout_s: float = 60) -> None:

@@ -197,8 +197,10 @@ def send_paths(
     called_ae: str = "CXR_TRIAGE",
     calling_ae: str = "CXR_SEND",
     progress: bool = True,
+    desc: str = "C-STORE",
 ) -> SendReport:
-    """C-STORE every DICOM file in ``paths`` (files and folders) to ``host:port``."""
+    """C-STORE every DICOM file in ``paths`` (files and folders) to ``host:port``;
+    ``desc`` labels the progress bar."""
     report = SendReport()
     items: list[_Item] = []
     for path in iter_files(Path(p) for p in paths):
@@ -208,7 +210,7 @@ def send_paths(
             report.add(inspected)
         else:
             items.append(inspected)
-    bar = tqdm(total=len(items), unit="file", desc="C-STORE", disable=not progress)
+    bar = tqdm(total=len(items), unit="file", desc=desc, disable=not progress)
     try:
         for batch in _batches(items):
             _send_batch(batch, host, port, called_ae, calling_ae, report, bar)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from cxr_common.settings import CommonSettings, normalise_database_url
 from cxr_triage.embedded import EmbeddedServices, start_embedded
 
 log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=CommonSettings)
 
 
 @dataclass
@@ -22,7 +25,12 @@ class ResolvedServices:
         if self.embedded is not None:
             self.embedded.stop()
 
+    def apply(self, settings: S) -> S:
+        """``settings`` pointing at these services."""
+        return settings.with_overrides(database_url=self.database_url, broker_url=self.broker_url)
+
     def child_env(self, base: dict[str, str]) -> dict[str, str]:
+        """``base`` plus these services' URLs, for a child process's settings to read."""
         env = dict(base)
         env["CXR_DATABASE_URL"] = self.database_url
         env["CXR_BROKER_URL"] = self.broker_url

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from dataclasses import dataclass, field
-from types import FrameType
 
 from celery import Celery
 from pynetdicom import AE, _config, evt
@@ -14,6 +11,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine
 
+from cxr_common.lifecycle import stop_on_signals
 from cxr_common.settings import ListenerSettings
 from cxr_common.storage import open_storage
 from dicom_listener.handlers import (
@@ -65,9 +63,9 @@ def build_ae(settings: ListenerSettings) -> AE:
     ae.add_supported_context(Verification)
     for sop_class in ACCEPTED_SOP_CLASSES:
         ae.add_supported_context(sop_class, syntaxes)
-    if settings.allowed_ae_titles:
+    if settings.allowed_calling_ae_titles:
         # Anyone else is refused with A-ASSOCIATE-RJ (1, 1, 3): see statuses.CALLING_AE_REJECTION.
-        ae.require_calling_aet = sorted(settings.allowed_ae_titles)
+        ae.require_calling_aet = list(settings.allowed_calling_ae_titles)
     return ae
 
 
@@ -108,7 +106,7 @@ def start_listener(
         settings.dicom_host,
         port,
         settings.max_associations,
-        ",".join(sorted(settings.allowed_ae_titles)) or "any",
+        ",".join(settings.allowed_calling_ae_titles) or "any",
         settings.resolved_storage_uri,
     )
     return ListenerHandle(settings.dicom_host, port, settings.ae_title, server, reconciler)
@@ -121,27 +119,19 @@ def run_listener(settings: ListenerSettings) -> int:
 
     engine = make_engine(settings.database_url_value())
     celery_app = make_celery(settings.broker_url_value(), settings.queue_name)
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        logger.info("signal %d received: stopping the listener", signum)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        try:
-            handle = start_listener(settings, engine, celery_app)
-        except OSError as exc:
-            logger.error(
-                "cannot listen on %s:%d: %s", settings.dicom_host, settings.dicom_port, exc
-            )
-            return 1
-        try:
-            stop.wait()
-        finally:
-            handle.shutdown()
+        with stop_on_signals("the listener") as stop:
+            try:
+                handle = start_listener(settings, engine, celery_app)
+            except OSError as exc:
+                logger.error(
+                    "cannot listen on %s:%d: %s", settings.dicom_host, settings.dicom_port, exc
+                )
+                return 1
+            try:
+                stop.wait()
+            finally:
+                handle.shutdown()
         return 0
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         engine.dispose()

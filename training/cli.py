@@ -1,4 +1,5 @@
-"""``cxr-triage train | evaluate | calibrate | predict`` (wired in by ``cxr_triage.cli``).
+"""``cxr-triage train | evaluate | calibrate | predict``: ``cxr_triage.cli`` forwards these
+commands with their arguments to ``main`` (and imports this module only then).
 
 Every output is clinical decision support, not a diagnosis.
 """
@@ -296,9 +297,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0 if all(not r.get("error") for r in results) else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point: ``python -m training.cli <command> ...``."""
-    parser = argparse.ArgumentParser(prog="python -m training.cli", description=DISCLAIMER)
+def main(argv: list[str] | None = None, prog: str = "python -m training.cli") -> int:
+    """``PROG <command> ...``: what ``cxr-triage train|evaluate|calibrate|predict`` runs
+    (``prog="cxr-triage"``), and ``python -m training.cli`` stand-alone."""
+    parser = argparse.ArgumentParser(prog=prog, description=DISCLAIMER)
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return int(args.func(args))

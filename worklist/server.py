@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import FrameType
 
 import uvicorn
 
+from cxr_common.lifecycle import stop_on_signals
 from cxr_common.settings import WebSettings
 from cxr_db import make_engine
 from worklist.app import create_app
@@ -41,14 +40,13 @@ def run_web(settings: WebSettings) -> int:
     )
     server = _Server(config)
 
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        logger.info("signal %d received: stopping the web worklist", signum)
+    def _exit() -> None:
         server.should_exit = True
 
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        logger.info("worklist web app on http://%s:%d/", settings.web_host, settings.web_port)
-        server.run()
+        with stop_on_signals("the web worklist", on_stop=_exit):
+            logger.info("worklist web app on http://%s:%d/", settings.web_host, settings.web_port)
+            server.run()
     except SystemExit as exc:  # uvicorn's way to report that it could not start
         logger.error(
             "web worklist could not start on %s:%d (uvicorn exit %s)",
@@ -58,7 +56,5 @@ def run_web(settings: WebSettings) -> int:
         )
         return 1
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         engine.dispose()
     return 0 if server.started else 1

@@ -34,6 +34,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_ROOT_UID,
+    UID,
     ComputedRadiographyImageStorage,
     ExplicitVRLittleEndian,
     generate_uid,
@@ -66,8 +67,8 @@ FAKE_MONOCHROME1 = ("fake-monochrome1.dcm", "robustness/Fake_MONOHR1.dcm")
 KERMANY_PER_CLASS = 3
 
 
-def _uid(sha256: str, role: str) -> str:
-    return str(generate_uid(prefix=UID_ROOT, entropy_srcs=[sha256, role]))
+def _uid(sha256: str, role: str) -> UID:
+    return generate_uid(prefix=UID_ROOT, entropy_srcs=[sha256, role])
 
 
 def _sha256(path: Path) -> str:
@@ -93,7 +94,7 @@ def wrap_jpeg(jpeg: Path, dst: Path, index: int) -> None:
     meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
     meta.MediaStorageSOPInstanceUID = _uid(sha, "sop")
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = UID_ROOT + "1"
+    meta.ImplementationClassUID = UID(UID_ROOT + "1")
     meta.ImplementationVersionName = "CXR_TRIAGE_0"
 
     ds = Dataset()

@@ -1,4 +1,5 @@
-"""`cxr-triage demo` on the embedded default: exits 0 and lists every sample, flagged first."""
+"""`cxr-triage demo` on the embedded default: exits 0 and lists every sample, flagged first;
+the terminal shows progress bars and results while the processes' logs go to demo.log."""
 
 from __future__ import annotations
 
@@ -30,6 +31,17 @@ def test_demo_runs_on_the_embedded_default_and_prints_the_triaged_worklist(tmp_p
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Clinical decision support, not a diagnosis" in proc.stdout
     assert "LIKELY +" in proc.stdout
+    # a clean terminal: progress bars per phase, results, where things went, the time
+    for phase in ("services:", "send:", "scoring:"):
+        assert phase in proc.stderr
+    log_file = out_dir / "demo.log"
+    assert str(log_file) in proc.stdout
+    assert str(out_dir / "heatmaps") in proc.stdout
+    assert "Demo finished in" in proc.stdout
+    assert " INFO " not in proc.stdout + proc.stderr
+    logs = log_file.read_text()
+    assert "dicom_listener" in logs  # the listener's log lines
+    assert "worker.app" in logs  # the worker's
     entries = json.loads((out_dir / "worklist.json").read_text())
     n_samples = len(list(SAMPLES.rglob("*.dcm")))
     assert sum(e["instances"] for e in entries) == n_samples

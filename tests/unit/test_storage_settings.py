@@ -52,7 +52,7 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CXR_BATCH_MAX_SIZE", "16")
     listener = ListenerSettings()
     assert (listener.ae_title, listener.dicom_port) == ("HOSP_CXR", 104)
-    assert listener.allowed_ae_titles == frozenset({"MODALITY1", "PACS"})
+    assert listener.allowed_calling_ae_titles == ["MODALITY1", "PACS"]
     assert WorkerSettings().batch_max_size == 16
     assert resolve_batching(WorkerSettings(), "cpu") == (16, 32)
 
