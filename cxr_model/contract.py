@@ -31,10 +31,15 @@ class ModelContract:
     sha256: str
     intensity: str = "none"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The population the model was validated on, as stored; typed by
+    #: :func:`cxr_model.population.population_of` (empty: none declared).
+    population: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["labels"] = list(self.labels)
+        if not self.population:
+            del data["population"]
         data["disclaimer"] = DISCLAIMER
         return data
 
@@ -55,6 +60,7 @@ class ModelContract:
                 sha256=str(data["sha256"]),
                 intensity=str(data.get("intensity", "none")),
                 extra=dict(data.get("extra", {})),
+                population=dict(data.get("population") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ContractError(f"malformed model contract: {exc}") from exc

@@ -57,6 +57,7 @@ TRAINING_COMMANDS = {
     "evaluate": "metrics.json + ROC/PR/reliability/confusion/Grad-CAM plots on a labelled set",
     "calibrate": "fit a site calibration (threshold for target sensitivity + temperature)",
     "predict": "score DICOM / image files offline",
+    "validate": "site validation by stratum (age, sex, view, manufacturer, modality) from labels",
 }
 
 

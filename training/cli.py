@@ -1,5 +1,5 @@
-"""``cxr-triage train | evaluate | calibrate | predict``: ``cxr_triage.cli`` forwards these
-commands with their arguments to ``main`` (and imports this module only then).
+"""``cxr-triage train | evaluate | calibrate | predict | validate``: ``cxr_triage.cli``
+forwards these commands with their arguments to ``main`` (and imports this module only then).
 
 Every output is clinical decision support, not a diagnosis.
 """
@@ -42,7 +42,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    """Add train, evaluate, calibrate and predict to an argparse subparsers object."""
+    """Add train, evaluate, calibrate, predict and validate to an argparse subparsers object."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = subparsers.add_parser(
         "train",
@@ -163,6 +163,45 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if present)")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     p.set_defaults(func=cmd_predict)
+
+    p = subparsers.add_parser(
+        "validate",
+        formatter_class=fmt,
+        help="site validation of the active model and calibration, by stratum",
+        description="Score the site's labelled studies with the model and its calibration and "
+        "report, overall and per age band, sex, view, manufacturer, modality and population: "
+        "n, positives, AUC with bootstrap CI, sensitivity and specificity at the threshold with "
+        "Clopper-Pearson intervals, and pass/fail against --targets. Strata come from the DICOM "
+        "header, else from the optional columns age_years,sex,view,manufacturer,modality. "
+        "Writes OUT/validation.json (the record), OUT/validation.html and OUT/predictions.csv. "
+        f"Exit status 0 when the overall set passes, 1 when it does not, 2 on bad input. "
+        f"{DISCLAIMER}",
+    )
+    p.add_argument(
+        "--labels",
+        required=True,
+        help="labels.csv (path,label[,age_years,sex,view,manufacturer,modality,...]; "
+        "'cxr-triage answers export' writes one) or a folder holding labels.csv",
+    )
+    p.add_argument("--filter", default=None, help=FILTER_HELP)
+    p.add_argument("--out", type=Path, default=Path("validation"), help="output folder")
+    p.add_argument(
+        "--targets",
+        default="",
+        help="e.g. 'sensitivity=0.95,min_positives=50,specificity=0.80,confidence=0.95' "
+        "(defaults: sensitivity 0.95 as the interval's lower end, 50 positives, no "
+        "specificity target, 95%% intervals)",
+    )
+    p.add_argument("--model", type=Path, default=None, help="weights folder (default: shipped)")
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="calibration.json (default: MODEL/calibration.json, else the shipped one)",
+    )
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for AUC CIs")
+    _add_common(p)
+    p.set_defaults(func=cmd_validate)
 
 
 def _logging(args: argparse.Namespace) -> None:
@@ -295,6 +334,55 @@ def cmd_predict(args: argparse.Namespace) -> int:
             )
         print(DISCLAIMER)
     return 0 if all(not r.get("error") for r in results) else 1
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    _logging(args)
+    import shlex
+
+    from cxr_common.errors import CxrTriageError
+    from training.validate import Targets, validate
+
+    try:
+        targets = Targets.parse(args.targets)
+        record = validate(
+            args.labels,
+            args.filter,
+            args.out,
+            targets,
+            args.model,
+            args.calibration,
+            args.cache_dir,
+            args.device,
+            args.n_boot,
+            command=shlex.join(["cxr-triage", *sys.argv[1:]]),
+        )
+    except (ValueError, OSError, CxrTriageError) as exc:
+        print(f"validate: {exc}", file=sys.stderr)
+        return 2
+    overall = record["overall"]
+    print(
+        json.dumps(
+            {
+                "pass": record["pass"],
+                "n": overall["n"],
+                "positives": overall["positives"],
+                "auc": overall["auc"],
+                "auc_ci95": overall["auc_ci95"],
+                "sensitivity": overall["sensitivity"],
+                "sensitivity_ci": overall["sensitivity_ci"],
+                "specificity": overall["specificity"],
+                "specificity_ci": overall["specificity_ci"],
+                "reasons": overall["reasons"],
+                "strata_passing": [s["key"] for s in record["strata"] if s["result"] == "pass"],
+                "record": str(args.out / "validation.json"),
+                "report": str(args.out / "validation.html"),
+                "disclaimer": DISCLAIMER,
+            },
+            indent=2,
+        )
+    )
+    return 0 if record["pass"] else 1
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m training.cli") -> int:
