@@ -1,0 +1,780 @@
+"""Limits on what a DICOM instance may declare and contain, checked before any decode.
+
+Poison files (issue 12, defects 5, 6, 7) are refused from their header, with bounded
+memory, and with a reason staff can act on. Pure: no database, no queue, no settings
+read here; the caller passes a :class:`DecodeLimits` (built from its settings).
+
+Which check runs where
+----------------------
+Listener, in the C-STORE handler before answering (no decode, bounded memory):
+    :func:`check_instance` on the staged file, in place of
+    ``dcmread(path, stop_before_pixels=True)`` (which inflates a Deflated data set
+    whole: defect 5). It reads the header (:func:`read_header`), refuses absurd or
+    over-limit dimensions (:func:`check_declared_size`, defect 6), counts a Deflated
+    data set's inflated length, and refuses missing, empty or truncated Pixel Data
+    (:func:`check_uncompressed_length` and a cut encapsulated stream, defect 7). It
+    returns the header, so the handler takes its UIDs from ``header.dataset``.
+    Refused: answer ``exc.store_status`` with ``exc.error_comment``; nothing stored.
+Worker, before decoding:
+    :func:`read_checked_dataset` in place of ``dcmread``: the same checks, then the
+    whole data set (a Deflated one inflated only once its length is known to fit).
+Worker, after ``decode_dataset``:
+    :func:`check_not_blank` (pure numpy): a blank or constant frame is not scored.
+Worker outcome for every refusal: ``failed`` with ``exc.reason`` (permanent, never
+retried; BlankImageError too: the header says chest radiograph, the pixels hold nothing).
+
+Errors (all :class:`~cxr_imaging.errors.ImagingError`)::
+
+    ImagingError
+    └── InputRefusedError          .reason: what is wrong and what to do (no patient data)
+        │                          .store_status, .error_comment (<= 64 chars)
+        ├── PixelDataLengthError   0xC220  Pixel Data missing, 0-length, shorter than
+        │                                  declared (truncated transfer), cut mid-fragment
+        ├── DeclaredSizeError      0xC221  Rows, Columns, NumberOfFrames, SamplesPerPixel,
+        │                                  BitsAllocated/BitsStored absurd or over a limit
+        ├── InflatedSizeError      0xC222  Deflated data set inflates past max_inflated_bytes
+        ├── HeaderSizeError        0xC223  more than max_header_bytes before Pixel Data
+        │                                  (any transfer syntax; inflated when Deflated)
+        └── BlankImageError        (worker only) decoded frame of (near-)zero dynamic range
+    UndecodableError               not DICOM Part 10 / header unparseable: the listener's
+                                   existing 0xC210
+
+C-STORE status. Every refusal is a failure in PS3.4 Table B.2-1's "Error: Cannot
+understand" range (C000-CFFF), next to the listener's 0xC210 (undecodable data set),
+with the short reason in Error Comment (0000,0902): the handler returns a status
+``Dataset`` with ``Status = exc.store_status`` and ``ErrorComment = exc.error_comment``.
+Distinct codes tell the refusals apart in a modality's log. Why not the others:
+0xA900 "Data Set does not match SOP Class" says the object violates its IOD (the
+listener uses it for a SOP Class/Instance that differs from the request); a truncated
+transfer is not that: the modality's copy is fine and a resend of it succeeds.
+0xA7xx "Refused: Out of Resources" invites automatic retries of the same object, which
+for a bomb means forever. Any failure (not success, not a warning) leaves the instance
+unsent in the modality's queue, so it is resent or shown to its operator (defect 7).
+
+Wiring (as of main 12c9391)
+---------------------------
+``dicom_listener/handlers.py`` ``_read_header``::
+
+    try:
+        header = check_instance(path, limits)      # replaces dcmread(path, stop_before_...)
+    except InputRefusedError as exc:               # before the generic except (0xC210)
+        raise _Refused(<StoreStatus member = exc.store_status>, exc.reason) from exc
+    ds = header.dataset                            # everything before Pixel Data + file_meta
+
+``worker/pipeline.py`` ``ScoringRuntime._score``::
+
+    try:
+        ds = read_checked_dataset(data, limits)    # replaces pydicom.dcmread(BytesIO(data))
+    except InputRefusedError as exc:
+        return self._fail(job, exc.reason)
+    except ImagingError as exc:
+        return self._fail(job, f"unreadable DICOM ({exc}); resend the study")
+    ...
+    image = decode_dataset(ds)
+    check_not_blank(image.pixels, limits)          # except InputRefusedError -> _fail(reason)
+
+Memory. A Deflated data set is inflated in pieces of at most 1 MiB; only the part
+before Pixel Data is kept (at most ``max_header_bytes``), the rest is counted and
+dropped, stopping as soon as ``max_inflated_bytes`` is passed; a Pixel Data element
+that itself declares more is refused without inflating it. Refusing four 1 MiB files
+that inflate to 1 GiB and a 20000 x 20000 RLE takes a process to 58 MB peak RSS
+(``pydicom.dcmread(..., stop_before_pixels=True)`` of one of them: 2.1 GB).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, ClassVar, Final, cast
+
+import numpy as np
+import numpy.typing as npt
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_dataset, read_preamble
+from pydicom.tag import BaseTag
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from cxr_imaging.errors import ImagingError, UndecodableError
+
+__all__ = [
+    "STATUS_DECLARED_SIZE",
+    "STATUS_HEADER_SIZE",
+    "STATUS_INFLATED_SIZE",
+    "STATUS_PIXEL_DATA_LENGTH",
+    "BlankImageError",
+    "DeclaredSizeError",
+    "DecodeLimits",
+    "Header",
+    "HeaderSizeError",
+    "InflatedSizeError",
+    "InputRefusedError",
+    "PixelDataElement",
+    "PixelDataLengthError",
+    "Source",
+    "check_declared_size",
+    "check_instance",
+    "check_not_blank",
+    "check_uncompressed_length",
+    "dynamic_range",
+    "expected_pixel_data_length",
+    "is_blank_or_constant",
+    "read_checked_dataset",
+    "read_header",
+]
+
+MiB: Final = 1024 * 1024
+
+#: C-STORE statuses (PS3.4 Table B.2-1 "Error: Cannot understand", C000-CFFF).
+STATUS_PIXEL_DATA_LENGTH: Final = 0xC220
+STATUS_DECLARED_SIZE: Final = 0xC221
+STATUS_INFLATED_SIZE: Final = 0xC222
+STATUS_HEADER_SIZE: Final = 0xC223
+
+#: Transfer syntaxes whose Pixel Data is native (not encapsulated). Deflate compresses
+#: the whole data set, but the pixels inside it are native.
+NATIVE_TRANSFER_SYNTAXES: Final = frozenset(
+    {
+        str(ImplicitVRLittleEndian),
+        str(ExplicitVRLittleEndian),
+        str(ExplicitVRBigEndian),
+        str(DeflatedExplicitVRLittleEndian),
+    }
+)
+
+_PIXEL_TAGS: Final = {
+    0x7FE00010: "PixelData",
+    0x7FE00009: "DoubleFloatPixelData",
+    0x7FE00008: "FloatPixelData",
+}
+_UNDEFINED: Final = 0xFFFFFFFF
+_INFLATE_IN: Final = 64 * 1024  # compressed bytes read at a time
+_INFLATE_OUT: Final = 1 * MiB  # most inflated bytes produced by one zlib call
+_ALLOWED_BITS: Final = (1, 8, 16, 32)
+_ALLOWED_SAMPLES: Final = (1, 3)
+_BLANK_SAMPLE: Final = 1_000_000  # pixels looked at by the blank check (strided)
+BLANK_PERCENTILES: Final = (0.5, 99.5)
+
+#: What a check reads from: a path, the file's bytes, or a binary file positioned at 0.
+Source = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What an instance may declare and contain. Every field is a setting.
+
+    Defaults fit projection radiography with room to spare: a 43 x 43 cm detector at
+    100 um is 4300 x 4300 (18.5 Mpx), a mammogram at 50 um about 4800 x 6000 (29 Mpx),
+    a stitched long-leg DX about 4300 x 12000. The worker's display pipeline
+    (``decode.py``, float64 intermediates) needs about 24 bytes per pixel on top of the
+    stored pixels, so ``max_pixels`` = 64 Mpx keeps a decode under about 1.6 GiB.
+
+    * ``max_rows``, ``max_columns``: per-frame side, pixels.
+    * ``max_pixels``: Rows x Columns of one frame.
+    * ``max_frames``: NumberOfFrames. The CR, DX, SC and CT Image Storage IODs the
+      listener accepts are single-frame (no Multi-frame Module), and the worker scores
+      the first frame only.
+    * ``max_decoded_bytes``: Rows x Columns x NumberOfFrames x SamplesPerPixel x
+      BitsAllocated / 8, the native Pixel Data length (what any decoder must allocate).
+    * ``max_inflated_bytes``: a Deflated data set's inflated length; by default the
+      largest allowed pixels plus ``max_header_bytes``.
+    * ``max_header_bytes``: the data set's bytes before Pixel Data (inflated, when
+      Deflated), all held in memory while the header is parsed. Real headers take
+      kilobytes (a few MB with overlays or private blobs); the listener may parse one
+      per association at once (pynetdicom allows 10 by default), so this bounds the
+      listener's extra memory at about 10 x 3 x 16 MiB.
+    * ``min_dynamic_range``: the decoded frame (float, 0 to 1) must span at least this
+      between its 0.5th and 99.5th percentiles, or it is blank or constant.
+    """
+
+    max_pixels: int = 64_000_000
+    max_frames: int = 1
+    max_inflated_bytes: int = 528 * MiB
+    max_decoded_bytes: int = 512 * MiB
+    max_rows: int = 12_000
+    max_columns: int = 12_000
+    max_header_bytes: int = 16 * MiB
+    min_dynamic_range: float = 0.01
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_pixels",
+            "max_frames",
+            "max_inflated_bytes",
+            "max_decoded_bytes",
+            "max_rows",
+            "max_columns",
+            "max_header_bytes",
+        ):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"DecodeLimits.{name} must be at least 1")
+        if not 0.0 <= self.min_dynamic_range < 1.0:
+            raise ValueError("DecodeLimits.min_dynamic_range must be in [0, 1)")
+
+
+class InputRefusedError(ImagingError):
+    """An instance refused by a limit. ``reason`` is for staff (no patient data);
+    ``store_status`` is the C-STORE failure status the listener answers."""
+
+    store_status: ClassVar[int] = 0xC000
+
+    def __init__(self, reason: str, comment: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self._comment = comment or reason
+
+    @property
+    def error_comment(self) -> str:
+        """A short form of the reason for Error Comment (0000,0902): LO, at most 64
+        ASCII characters, no backslash."""
+        text = self._comment.encode("ascii", "replace").decode("ascii").replace("\\", "/")
+        return text if len(text) <= 64 else text[:61] + "..."
+
+
+class InflatedSizeError(InputRefusedError):
+    """A Deflated data set inflates past ``max_inflated_bytes`` (a deflate bomb)."""
+
+    store_status: ClassVar[int] = STATUS_INFLATED_SIZE
+
+
+class HeaderSizeError(InputRefusedError):
+    """The data set holds more than ``max_header_bytes`` before Pixel Data."""
+
+    store_status: ClassVar[int] = STATUS_HEADER_SIZE
+
+
+class DeclaredSizeError(InputRefusedError):
+    """The header declares an image that is absurd or larger than the limits."""
+
+    store_status: ClassVar[int] = STATUS_DECLARED_SIZE
+
+
+class PixelDataLengthError(InputRefusedError):
+    """Pixel Data missing, empty, or shorter than the header declares (truncated)."""
+
+    store_status: ClassVar[int] = STATUS_PIXEL_DATA_LENGTH
+
+
+class BlankImageError(InputRefusedError):
+    """The decoded frame is blank or constant (worker only)."""
+
+
+@dataclass(frozen=True)
+class PixelDataElement:
+    """The Pixel Data element's header as found in the stream, its value left unread.
+
+    ``declared_length`` is the element's Value Length (None: undefined, encapsulated);
+    ``present_length`` the bytes actually there (never more than a defined length).
+    For a Deflated data set both count inflated bytes.
+    """
+
+    keyword: str
+    vr: str | None
+    declared_length: int | None
+    present_length: int
+
+
+@dataclass(frozen=True)
+class Header:
+    """What :func:`read_header` found: everything before Pixel Data, with ``file_meta``."""
+
+    dataset: Dataset
+    transfer_syntax_uid: str
+    pixel_data: PixelDataElement | None
+    #: The whole inflated data set length (Deflated only; None otherwise).
+    inflated_length: int | None = None
+
+
+# ---------------------------------------------------------------------------------------
+# Bounded inflate
+
+
+class _Inflater:
+    """A read-only, seekable view of a raw deflate stream, inflated on demand.
+
+    Keeps what it inflated (pydicom seeks back while parsing) up to ``keep_limit``;
+    :meth:`drain` counts the rest without keeping it. Both stop with
+    :class:`InflatedSizeError` once ``total_limit`` inflated bytes are passed.
+    """
+
+    name = "<deflated data set>"
+
+    def __init__(self, raw: BinaryIO, *, keep_limit: int, total_limit: int) -> None:
+        self._raw = raw
+        self._z = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._buf = bytearray()
+        self._pos = 0
+        self._total = 0
+        self._keep_limit = keep_limit
+        self._total_limit = total_limit
+
+    def _next(self) -> bytes:
+        """The next piece of inflated output (at most 1 MiB); b"" at the end."""
+        try:
+            while not self._z.eof:
+                data = self._z.unconsumed_tail or self._raw.read(_INFLATE_IN)
+                out = self._z.decompress(data, _INFLATE_OUT)
+                if out or not data:  # not data: end of input, out: pending output drained
+                    return out
+            return b""
+        except zlib.error as exc:
+            raise UndecodableError(f"Deflated data set is corrupt ({exc})") from exc
+
+    def _count(self, n: int) -> None:
+        self._total += n
+        if self._total > self._total_limit:
+            raise _inflated_error(self._total_limit)
+
+    def _fill(self, end: int) -> None:
+        while len(self._buf) < end:
+            piece = self._next()
+            if not piece:
+                return
+            self._count(len(piece))
+            self._buf += piece
+            if len(self._buf) > self._keep_limit:
+                raise _header_error(self._keep_limit)
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            raise io.UnsupportedOperation("unbounded read of a deflated stream")
+        self._fill(self._pos + n)
+        with memoryview(self._buf) as view:  # one copy, not a slice and then a copy
+            out = bytes(view[self._pos : self._pos + n])
+        self._pos += len(out)
+        return out
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            self._pos = offset
+        elif whence == io.SEEK_CUR:
+            self._pos += offset
+        else:
+            raise io.UnsupportedOperation("seek from the end of a deflated stream")
+        self._pos = max(self._pos, 0)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def drain(self) -> int:
+        """Inflate the rest, keeping nothing; the whole inflated length."""
+        while piece := self._next():
+            self._count(len(piece))
+        return self._total
+
+
+def _mib(n: int) -> str:
+    return f"{n / MiB:,.0f} MiB"
+
+
+def _header_error(limit: int) -> HeaderSizeError:
+    return HeaderSizeError(
+        f"the data set holds more than {_mib(limit)} before Pixel Data (decode limit "
+        "max_header_bytes): check the sending modality",
+        f"over {_mib(limit)} before Pixel Data",
+    )
+
+
+def _inflated_error(limit: int) -> InflatedSizeError:
+    return InflatedSizeError(
+        f"Deflated data set inflates to more than {_mib(limit)} (decode limit "
+        "max_inflated_bytes): a deflate bomb or a corrupt export; check the sending modality",
+        f"Deflated data set inflates past {_mib(limit)} (deflate bomb?)",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Header
+
+
+def _open(source: Source) -> tuple[BinaryIO, bool]:
+    """A binary file for ``source`` and whether this module must close it."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return io.BytesIO(source), True
+    if isinstance(source, str | os.PathLike):
+        return open(Path(source), "rb"), True  # closed by _read_header
+    return source, False
+
+
+def _size(fp: BinaryIO) -> int:
+    here = fp.tell()
+    end = fp.seek(0, io.SEEK_END)
+    fp.seek(here)
+    return end
+
+
+def _encapsulated_complete(fp: BinaryIO, start: int, end: int, little: bool) -> bool:
+    """True when encapsulated Pixel Data from ``start`` holds whole items up to its
+    Sequence Delimitation Item before ``end`` (a cut transfer stops mid-fragment)."""
+    fmt = "<HHL" if little else ">HHL"
+    pos = start
+    while pos + 8 <= end:
+        fp.seek(pos)
+        group, elem, length = struct.unpack(fmt, fp.read(8))
+        tag = group << 16 | elem
+        if tag == 0xFFFEE0DD:
+            return True
+        if tag != 0xFFFEE000 or length == _UNDEFINED:
+            return False
+        pos += 8 + length
+    return False
+
+
+#: Called by :func:`_read_header` with the header and whether Pixel Data was found,
+#: before a Deflated data set's remainder is inflated and counted.
+_HeaderHook = Callable[[Dataset, bool], None]
+
+
+def _read_header(source: Source, limits: DecodeLimits, before_count: _HeaderHook | None) -> Header:
+    fp, owned = _open(source)
+    try:
+        return _parse_header(fp, limits, before_count)
+    except (ImagingError, MemoryError):
+        raise
+    except Exception as exc:  # pydicom raises a zoo of types on hostile bytes
+        raise UndecodableError(
+            f"DICOM header cannot be parsed ({type(exc).__name__}): resend the study"
+        ) from exc
+    finally:
+        if owned:
+            fp.close()
+
+
+def _parse_header(fp: BinaryIO, limits: DecodeLimits, before_count: _HeaderHook | None) -> Header:
+    read_preamble(fp, False)  # InvalidDicomError without the 128-byte preamble + DICM
+    file_meta = FileMetaDataset(
+        read_dataset(fp, False, True, stop_when=lambda tag, vr, length: tag >> 16 != 2)
+    )
+    raw_ts = file_meta.get("TransferSyntaxUID")
+    if not raw_ts:
+        raise UndecodableError("File Meta has no Transfer Syntax UID: resend the study")
+    tsuid = UID(str(raw_ts))
+    deflated = tsuid == DeflatedExplicitVRLittleEndian
+    implicit = tsuid == ImplicitVRLittleEndian
+    little = tsuid != ExplicitVRBigEndian
+    stream: BinaryIO = fp
+    inflater: _Inflater | None = None
+    if deflated:
+        inflater = _Inflater(
+            fp, keep_limit=limits.max_header_bytes, total_limit=limits.max_inflated_bytes
+        )
+        stream = cast(BinaryIO, inflater)
+
+    found: list[tuple[int, str | None, int, int]] = []
+
+    def at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
+        position = stream.tell()
+        if int(tag) < 0x7FE00008:
+            # Refuse a huge element before pydicom reads it (top level; what nested
+            # sequences hold is caught once read, or by the inflater's own bound).
+            end = position if length == _UNDEFINED else position + length
+            if end > limits.max_header_bytes:
+                raise _header_error(limits.max_header_bytes)
+            return False
+        found[:] = [(int(tag), vr, length, position)]
+        return True
+
+    dataset = read_dataset(stream, implicit, little, stop_when=at_pixel_data)
+    dataset.file_meta = file_meta
+    has_pixel_data = bool(found) and found[0][0] in _PIXEL_TAGS
+    if before_count is not None:
+        before_count(dataset, has_pixel_data)
+
+    inflated: int | None = None
+    if inflater is not None:
+        if has_pixel_data and found[0][2] != _UNDEFINED:
+            # The element itself says it holds more than the limit: no need to inflate it.
+            if found[0][3] + found[0][2] > limits.max_inflated_bytes:
+                raise _inflated_error(limits.max_inflated_bytes)
+        inflated = inflater.drain()
+        end = inflated
+    else:
+        end = _size(fp)
+
+    pixel: PixelDataElement | None = None
+    if has_pixel_data:
+        # stop_when runs with the stream at the value (or, in _is_implicit_vr's early
+        # peek, just after tag and VR: the generator's later call overwrites that).
+        tag, vr, length, value_at = found[0]
+        remaining = max(end - value_at, 0)
+        if length == _UNDEFINED:
+            if not deflated and not _encapsulated_complete(fp, value_at, end, little):
+                raise PixelDataLengthError(
+                    "encapsulated Pixel Data ends before its last fragment (truncated "
+                    "transfer): resend the study from the modality",
+                    "Pixel Data fragments cut short (truncated): resend",
+                )
+            pixel = PixelDataElement(_PIXEL_TAGS[tag], vr, None, remaining)
+        else:
+            pixel = PixelDataElement(_PIXEL_TAGS[tag], vr, length, min(length, remaining))
+    return Header(dataset, str(tsuid), pixel, inflated)
+
+
+def read_header(source: Source, limits: DecodeLimits) -> Header:
+    """Read File Meta and the data set up to (not including) Pixel Data, bounded.
+
+    Every transfer syntax. Deflated: inflated in 1 MiB pieces, the header kept (at most
+    ``max_header_bytes``), the rest counted and dropped: :class:`InflatedSizeError` as
+    soon as ``max_inflated_bytes`` is passed. Unparseable input raises
+    :class:`~cxr_imaging.errors.UndecodableError`. No limit on what the header declares:
+    that is :func:`check_declared_size`.
+    """
+    return _read_header(source, limits, None)
+
+
+# ---------------------------------------------------------------------------------------
+# Declared size
+
+
+def _int(ds: Dataset, keyword: str, default: int | None = None) -> int:
+    bad = f"{keyword} invalid: check modality export"
+    try:
+        value = ds.get(keyword)
+    except Exception as exc:  # a corrupt raw element fails on conversion
+        raise DeclaredSizeError(
+            f"{keyword} cannot be read: check the modality's export", bad
+        ) from exc
+    if value is None or value == "":
+        if default is not None:
+            return default
+        raise DeclaredSizeError(
+            f"{keyword} is missing: the image size is unknown; check the modality's export",
+            f"{keyword} missing: check modality export",
+        )
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise DeclaredSizeError(
+            f"{keyword} is not a number: check the modality's export", bad
+        ) from exc
+    if not math.isfinite(number) or number != int(number):
+        raise DeclaredSizeError(
+            f"{keyword} is not a whole number: check the modality's export", bad
+        )
+    return int(number)
+
+
+def _over(what: str, value: int, limit: int, setting: str) -> DeclaredSizeError:
+    return DeclaredSizeError(
+        f"{what} {value:,} exceeds the limit of {limit:,} (decode limit {setting}): "
+        "check the modality's export, or raise the limit if the image is genuine",
+        f"{setting} exceeded: {value} > {limit}",
+    )
+
+
+def check_declared_size(ds_header: Dataset, limits: DecodeLimits) -> int:
+    """Refuse an image whose header declares an absurd or over-limit size, before any
+    decode. Returns the native Pixel Data length in bytes the header implies.
+
+    Reads Rows, Columns, NumberOfFrames (default 1), SamplesPerPixel, BitsAllocated
+    (and BitsStored, which must not exceed it). Raises :class:`DeclaredSizeError`.
+    """
+    rows = _int(ds_header, "Rows")
+    columns = _int(ds_header, "Columns")
+    frames = _int(ds_header, "NumberOfFrames", 1)
+    samples = _int(ds_header, "SamplesPerPixel", 1)
+    bits = _int(ds_header, "BitsAllocated")
+    for keyword, value in (("Rows", rows), ("Columns", columns), ("NumberOfFrames", frames)):
+        if value < 1:
+            raise DeclaredSizeError(
+                f"{keyword} is {value}: the image is empty; check the modality's export",
+                f"{keyword} {value}: check modality export",
+            )
+    if samples not in _ALLOWED_SAMPLES:
+        raise DeclaredSizeError(
+            f"SamplesPerPixel {samples} is not 1 (greyscale) or 3 (colour): "
+            "check the modality's export",
+            f"SamplesPerPixel {samples} not 1 or 3",
+        )
+    if bits not in _ALLOWED_BITS:
+        raise DeclaredSizeError(
+            f"BitsAllocated {bits} is not an image depth we decode (1, 8, 16 or 32): "
+            "check the modality's export",
+            f"BitsAllocated {bits} not 1, 8, 16 or 32",
+        )
+    stored = _int(ds_header, "BitsStored", bits)
+    if not 1 <= stored <= bits:
+        raise DeclaredSizeError(
+            f"BitsStored {stored} does not fit BitsAllocated {bits}: check the modality's export",
+            f"BitsStored {stored} > BitsAllocated {bits}",
+        )
+    if rows > limits.max_rows:
+        raise _over("Rows", rows, limits.max_rows, "max_rows")
+    if columns > limits.max_columns:
+        raise _over("Columns", columns, limits.max_columns, "max_columns")
+    if rows * columns > limits.max_pixels:
+        raise _over(
+            f"Rows x Columns {rows} x {columns} =", rows * columns, limits.max_pixels, "max_pixels"
+        )
+    if frames > limits.max_frames:
+        raise _over("NumberOfFrames", frames, limits.max_frames, "max_frames")
+    length = _native_length(rows, columns, frames, samples, bits, ds_header)
+    if length > limits.max_decoded_bytes:
+        raise _over("decoded size (bytes)", length, limits.max_decoded_bytes, "max_decoded_bytes")
+    return length
+
+
+def _native_length(
+    rows: int, columns: int, frames: int, samples: int, bits: int, ds: Dataset
+) -> int:
+    values = rows * columns * frames * samples
+    length = (values + 7) // 8 if bits == 1 else values * (bits // 8)
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    if photometric == "YBR_FULL_422":  # PS3.3 C.7.6.3.1.2: two samples' worth per pixel
+        length = length // 3 * 2
+    return length
+
+
+def expected_pixel_data_length(ds_header: Dataset) -> int:
+    """Native Pixel Data length in bytes (without the odd-length pad byte) that Rows x
+    Columns x NumberOfFrames x SamplesPerPixel x BitsAllocated declare."""
+    return _native_length(
+        _int(ds_header, "Rows"),
+        _int(ds_header, "Columns"),
+        _int(ds_header, "NumberOfFrames", 1),
+        _int(ds_header, "SamplesPerPixel", 1),
+        _int(ds_header, "BitsAllocated"),
+        ds_header,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Pixel Data length
+
+
+def _transfer_syntax(ds: Dataset) -> str | None:
+    meta = getattr(ds, "file_meta", None)
+    value = meta.get("TransferSyntaxUID") if meta is not None else None
+    return str(value) if value else None
+
+
+def check_uncompressed_length(ds_header: Dataset, pixel_data_length: int | None) -> None:
+    """For native (uncompressed, incl. Deflated) transfer syntaxes, refuse Pixel Data
+    shorter than Rows x Columns x NumberOfFrames x SamplesPerPixel x BitsAllocated.
+
+    ``pixel_data_length`` is the number of Pixel Data bytes actually present (None: no
+    Pixel Data element). Longer is accepted (an odd length is padded by one byte;
+    decoders ignore trailing bytes). 0 bytes or no element fails for every transfer
+    syntax. Raises :class:`PixelDataLengthError`.
+    """
+    if pixel_data_length is None:
+        raise PixelDataLengthError(
+            "no Pixel Data in the data set: resend the study, and check the modality's export",
+            "no Pixel Data: resend",
+        )
+    if pixel_data_length == 0:
+        raise PixelDataLengthError(
+            "Pixel Data is empty (0 bytes): resend the study from the modality",
+            "Pixel Data empty (0 bytes): resend",
+        )
+    if _transfer_syntax(ds_header) not in NATIVE_TRANSFER_SYNTAXES:
+        return
+    expected = expected_pixel_data_length(ds_header)
+    if pixel_data_length < expected:
+        raise PixelDataLengthError(
+            f"Pixel Data holds {pixel_data_length:,} of the {expected:,} bytes the header "
+            "declares (truncated transfer): resend the study from the modality",
+            f"Pixel Data truncated ({pixel_data_length} of {expected} bytes): resend",
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Listener and worker entry points
+
+
+def check_instance(source: Source, limits: DecodeLimits) -> Header:
+    """Every pre-decode check, in order, with bounded memory; returns the header.
+
+    1. :func:`read_header` (Deflated: header only, at most ``max_header_bytes``);
+    2. :func:`check_declared_size`, before any further inflating;
+    3. Deflated: the inflated length, counted in 1 MiB pieces, ``max_inflated_bytes``;
+    4. :func:`check_uncompressed_length` with the bytes actually present (a cut
+       encapsulated transfer is refused by step 1).
+
+    Raises an :class:`InputRefusedError` subclass, or ``UndecodableError`` for input
+    that is not DICOM Part 10.
+    """
+
+    def declared(ds: Dataset, has_pixel_data: bool) -> None:
+        if not has_pixel_data:
+            check_uncompressed_length(ds, None)
+        check_declared_size(ds, limits)
+
+    header = _read_header(source, limits, declared)
+    present = header.pixel_data.present_length if header.pixel_data is not None else None
+    check_uncompressed_length(header.dataset, present)
+    return header
+
+
+def read_checked_dataset(source: Source, limits: DecodeLimits) -> Dataset:
+    """The whole data set, read only after :func:`check_instance` passed.
+
+    For the worker: a Deflated data set is inflated whole only once its inflated length
+    is known to be within ``max_inflated_bytes``. ``source`` should be bytes or a path
+    (a file object is rewound to where it was).
+    """
+    if isinstance(source, str | os.PathLike | bytes | bytearray | memoryview):
+        check_instance(source, limits)
+        data: str | os.PathLike[str] | BinaryIO = (
+            io.BytesIO(source) if isinstance(source, bytes | bytearray | memoryview) else source
+        )
+    else:
+        here = source.tell()
+        check_instance(source, limits)
+        source.seek(here)
+        data = source
+    try:
+        return dcmread(data)
+    except Exception as exc:  # checked header, but pydicom may still refuse the body
+        raise UndecodableError(
+            f"DICOM data set cannot be parsed ({type(exc).__name__}): resend the study"
+        ) from exc
+
+
+# ---------------------------------------------------------------------------------------
+# Blank or constant
+
+
+def dynamic_range(pixels: npt.NDArray[np.generic]) -> float:
+    """Spread between the 0.5th and 99.5th percentiles of the finite values of
+    ``pixels`` (at most about a million of them, evenly strided). 0.0 when none."""
+    flat = np.asarray(pixels).reshape(-1)
+    step = max(1, flat.size // _BLANK_SAMPLE)
+    sample = flat[::step].astype(np.float64, copy=False)
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return 0.0
+    lo, hi = np.percentile(sample, BLANK_PERCENTILES)
+    return float(hi - lo)
+
+
+def is_blank_or_constant(
+    pixels: npt.NDArray[np.generic], min_dynamic_range: float = DecodeLimits.min_dynamic_range
+) -> bool:
+    """True when a decoded frame (float, 0 to 1, as ``decode_dataset`` gives it) has
+    (near-)zero dynamic range: all one value, or all but under 0.5 % of it."""
+    return dynamic_range(pixels) < min_dynamic_range
+
+
+def check_not_blank(pixels: npt.NDArray[np.generic], limits: DecodeLimits) -> None:
+    """Raise :class:`BlankImageError` for a blank or constant decoded frame."""
+    spread = dynamic_range(pixels)
+    if spread < limits.min_dynamic_range:
+        raise BlankImageError(
+            f"blank or constant image (dynamic range {spread:.3f} < "
+            f"{limits.min_dynamic_range:g}): check the modality's export",
+            "blank or constant image",
+        )
