@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -92,13 +92,16 @@ def start(services: Services, engine: Engine, tmp_path: Path) -> Iterator[StartL
 
 def _store(
     port: int,
-    datasets: list[Dataset],
+    datasets: Sequence[Dataset | Path],
     calling_ae: str = "TEST_SCU",
     contexts: list[str] | None = None,
 ) -> list[int]:
-    """C-STORE ``datasets`` over one association; returns the status of each."""
+    """C-STORE ``datasets`` (or files, given their ``contexts``) over one association;
+    returns the status of each."""
     ae = AE(ae_title=calling_ae)
-    for sop_class in contexts or sorted({str(ds.SOPClassUID) for ds in datasets}):
+    if contexts is None:
+        contexts = sorted({str(ds.SOPClassUID) for ds in datasets if isinstance(ds, Dataset)})
+    for sop_class in contexts:
         ae.add_requested_context(sop_class)
     assoc = ae.associate("127.0.0.1", port, ae_title="CXR_TRIAGE")
     assert assoc.is_established
@@ -113,16 +116,10 @@ def _store(
 
 
 def _store_file_as_is(port: int, path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
-    """C-STORE the file's bytes unparsed (CR context) over one association; its status."""
+    """C-STORE the file's bytes unparsed (CR context, as its File Meta says); its status."""
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
-    ae = AE(ae_title="TEST_SCU")
-    ae.add_requested_context(ComputedRadiographyImageStorage)
-    assoc = ae.associate("127.0.0.1", port, ae_title="CXR_TRIAGE")
-    assert assoc.is_established
-    try:
-        return int(assoc.send_c_store(path).Status)
-    finally:
-        assoc.release()
+    (status,) = _store(port, [path], contexts=[ComputedRadiographyImageStorage])
+    return status
 
 
 def _staged_files(storage_uri: str) -> list[Path]:
