@@ -27,6 +27,7 @@ from pydantic import (
     SecretStr,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -36,8 +37,10 @@ from cxr_common.errors import ConfigurationError
 #: Seconds after which Redis redelivers a job no worker acknowledged (a worker died
 #: mid-job). ``cxr_queue.make_celery`` sets it on the broker; every task must finish well
 #: within it (``WorkerSettings.task_time_limit_s``) or a running job is handed to a
-#: second worker.
-BROKER_VISIBILITY_TIMEOUT_S = 3600
+#: second worker. It is the second line: the worker's lease on the row (renewed while it
+#: works, ``lease_ttl_s``) and the listener's reconciler bring a dead worker's jobs back
+#: within a minute.
+BROKER_VISIBILITY_TIMEOUT_S = 600
 
 _POSTGRES_URL: TypeAdapter[PostgresDsn] = TypeAdapter(PostgresDsn)
 _REDIS_URL: TypeAdapter[RedisDsn] = TypeAdapter(RedisDsn)
@@ -169,7 +172,7 @@ class ListenerSettings(CommonSettings):
         )
     )
     max_associations: int = Field(default=10, ge=1)
-    reconcile_interval_s: float = Field(default=30.0, gt=0)
+    reconcile_interval_s: float = Field(default=10.0, gt=0)
     reconcile_grace_s: float = Field(default=15.0, ge=0)
     stale_processing_s: float = Field(
         default=1800.0, gt=0, description="re-enqueue instances 'processing' for this long"
@@ -209,16 +212,54 @@ class WorkerSettings(CommonSettings):
     model_dir: Path | None = Field(default=None, description="unset = the shipped model")
     calibration_path: Path | None = Field(default=None, description="unset = shipped calibration")
     heatmaps: bool = True
-    max_retries: int = Field(default=5, ge=0)
+    max_retries: int = Field(
+        default=8, ge=0, description="transient retries (1, 2, 4 ... 60 s apart: about 3 min)"
+    )
     task_time_limit_s: int = Field(
-        default=600,
+        default=300,
         ge=10,
         description=f"hard limit per job; below the broker's visibility timeout "
         f"({BROKER_VISIBILITY_TIMEOUT_S} s)",
     )
     heartbeat_file: Path | None = Field(
-        default=None, description="touched every 10 s while the worker runs (healthchecks)"
+        default=None,
+        description="touched every 10 s while the worker makes progress or is idle with "
+        "nothing to do (healthchecks); left alone while it is stuck",
     )
+    # Leases, attempts and bounded waits (issue 12; worker/leases.py, worker/pipeline.py)
+    lease_ttl_s: float = Field(
+        default=20.0, ge=2, description="a claimed instance's lease; renewed while scoring"
+    )
+    lease_renew_s: float = Field(default=5.0, gt=0, description="how often leases are renewed")
+    max_attempts: int = Field(
+        default=3, ge=1, description="claims that may end without a result before 'failed'"
+    )
+    batch_timeout_s: float = Field(
+        default=120.0, gt=0, description="longest wait for a batch's scores before 'failed'"
+    )
+    restart_on_exit: bool = Field(
+        default=True, description="`cxr-triage work` restarts its worker process if it dies"
+    )
+    # Decode limits (cxr_imaging.limits.DecodeLimits), checked before any decode
+    max_pixels: int = Field(default=64_000_000, ge=1)
+    max_frames: int = Field(default=1, ge=1)
+    max_inflated_bytes: int = Field(default=528 * 1024 * 1024, ge=1)
+    max_decoded_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_rows: int = Field(default=12_000, ge=1)
+    max_columns: int = Field(default=12_000, ge=1)
+    max_header_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    min_dynamic_range: float = Field(default=0.01, ge=0, lt=1)
+
+    @field_validator("lease_renew_s")
+    @classmethod
+    def _renew_well_within_ttl(cls, value: float, info: ValidationInfo) -> float:
+        ttl = info.data.get("lease_ttl_s")
+        if ttl is not None and value * 2 > ttl:
+            raise ValueError(
+                f"leases renewed every {value:g} s would lapse: renew at most every half of "
+                f"CXR_LEASE_TTL_S ({ttl:g} s)"
+            )
+        return value
 
     @field_validator("task_time_limit_s")
     @classmethod

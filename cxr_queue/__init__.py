@@ -6,5 +6,6 @@ that sets the broker options both sides must agree on.
 """
 
 from cxr_queue.contract import SCORE_TASK, ScoreJob, enqueue_score, make_celery
+from cxr_queue.live import live_instance_ids
 
-__all__ = ["SCORE_TASK", "ScoreJob", "enqueue_score", "make_celery"]
+__all__ = ["SCORE_TASK", "ScoreJob", "enqueue_score", "live_instance_ids", "make_celery"]

@@ -9,6 +9,10 @@ from cxr_common.settings import BROKER_VISIBILITY_TIMEOUT_S as VISIBILITY_TIMEOU
 
 SCORE_TASK = "cxr.score_instance"
 
+#: Seconds a broker read or write may block, and a connect may take.
+BROKER_SOCKET_TIMEOUT_S = 30
+BROKER_CONNECT_TIMEOUT_S = 5
+
 
 class ScoreJob(BaseModel):
     """Score one stored instance. Small, typed, and free of patient data."""
@@ -33,8 +37,28 @@ def make_celery(broker_url: str, queue_name: str = "cxr-score", name: str = "cxr
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=queue_name,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_transport_options={
+            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            # A partition must not block a thread for the OS TCP timeout (defect 8).
+            "socket_timeout": BROKER_SOCKET_TIMEOUT_S,
+            "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_S,
+            "socket_keepalive": True,
+            "health_check_interval": 10,
+            "retry_on_timeout": True,
+        },
+        broker_connection_timeout=BROKER_CONNECT_TIMEOUT_S,
         broker_connection_retry_on_startup=True,
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,  # a worker waits out a broker outage
+        # The listener publishes from an association thread: fail fast, the reconciler
+        # enqueues what could not be published.
+        task_publish_retry=True,
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        },
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         enable_utc=True,

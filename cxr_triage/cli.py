@@ -107,7 +107,21 @@ def _cmd_work(args: argparse.Namespace, settings: WorkerSettings) -> int:
 
     overrides = {"batch_max_size": args.batch_size, "device": args.device}
     settings = settings.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
+    if settings.restart_on_exit:
+        return _run_with_services(settings, _supervise_worker)
     return _run_with_services(settings, run_worker)
+
+
+def _supervise_worker(settings: WorkerSettings) -> int:
+    """``cxr-triage work``: run the worker in a child process and restart it when it dies
+    (issue 12, defect 2); its settings travel as ``CXR_*`` variables."""
+    from cxr_triage.processes import settings_env, supervise
+
+    env = dict(os.environ)
+    env.update(settings_env(settings, type(settings).model_fields))
+    env["CXR_RESTART_ON_EXIT"] = "false"
+    with stop_on_signals("the worker") as stop:
+        return supervise("worker", ["work"], env, stop)
 
 
 def _cmd_web(args: argparse.Namespace, settings: WebSettings) -> int:
@@ -119,12 +133,20 @@ def _cmd_web(args: argparse.Namespace, settings: WebSettings) -> int:
 
 
 def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
-    from cxr_triage.processes import Child, spawn, stop_all, wait_for_port
+    from cxr_triage.processes import (
+        Child,
+        RestartPolicy,
+        restart_dead_workers,
+        spawn,
+        stop_all,
+        wait_for_port,
+    )
     from cxr_triage.services import resolve_services
     from migrations import upgrade_to_head
 
     services = resolve_services(settings)
     children: list[Child] = []
+    restarts = RestartPolicy()
     # the handlers stay until everything is stopped: a second Ctrl-C cannot cut clean-up short
     with stop_on_signals("cxr-triage up") as stop:
         try:
@@ -146,9 +168,10 @@ def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
                 "Ctrl-C stops."
             )
             while not stop.wait(0.5):
-                dead = [c for c in children if c.proc.poll() is not None]
-                if dead:
-                    print(f"{dead[0].name} exited with code {dead[0].proc.returncode}; stopping")
+                # a dead worker is restarted (issue 12); any other dead child stops `up`
+                dead = restart_dead_workers(children, env, restarts)
+                if dead is not None:
+                    print(f"{dead.name} exited with code {dead.proc.returncode}; stopping")
                     return 1
             return 0
         finally:

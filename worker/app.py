@@ -4,15 +4,27 @@ The pool is ``threads`` so that concurrent tasks in one process can share one mo
 be scored together by ``batching.Batcher``; by default twice the maximum batch size run at
 once, so one batch decodes while the other is scored.
 Scale out with more processes (``docker compose up --scale worker=N``).
+
+``cxr-triage work`` runs this in a child process and restarts it if it dies
+(``cxr_triage.processes.supervise``): Celery's threads pool on the Redis transport can end
+with "Unrecoverable error" when Redis goes away while jobs are being acknowledged
+(kombu's ``restore_unacked`` on a closed connection); the jobs it held come back through
+their lapsed leases, so a restart loses nothing.
+
+The heartbeat file (``heartbeat_file``, for container healthchecks) is touched only while
+the process makes progress (a job or a batch finished within ``STALL_S``) or is idle with
+an empty queue; a process that holds jobs and finishes none leaves it alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from celery import Celery
@@ -20,11 +32,17 @@ from celery.signals import setup_logging
 
 from cxr_common.settings import WorkerSettings, resolve_batching
 from cxr_db import make_engine
+from cxr_imaging.limits import DecodeLimits
 from cxr_queue import make_celery
-from worker.pipeline import ScoringRuntime
+from cxr_queue.live import queue_depth
+from worker.leases import Progress
+from worker.pipeline import Reliability, ScoringRuntime
 from worker.tasks import register_tasks
 
 log = logging.getLogger(__name__)
+
+#: Seconds without a finished job or batch after which a busy worker counts as stuck.
+STALL_S = 60.0
 
 
 @setup_logging.connect  # type: ignore[untyped-decorator]
@@ -56,6 +74,25 @@ def build_runtime(settings: WorkerSettings) -> ScoringRuntime:
         batch_max_size=batch,
         batch_max_wait_s=settings.batch_max_wait_ms / 1000,
         heatmaps=settings.heatmaps,
+        reliability=reliability(settings),
+    )
+
+
+def decode_limits(settings: WorkerSettings) -> DecodeLimits:
+    """The decode limits (``CXR_MAX_PIXELS``, ``CXR_MAX_INFLATED_BYTES``, ...)."""
+    return DecodeLimits(
+        **{f.name: getattr(settings, f.name) for f in dataclasses.fields(DecodeLimits)}
+    )
+
+
+def reliability(settings: WorkerSettings) -> Reliability:
+    return Reliability(
+        lease_ttl_s=settings.lease_ttl_s,
+        lease_renew_s=settings.lease_renew_s,
+        max_attempts=settings.max_attempts,
+        batch_timeout_s=settings.batch_timeout_s,
+        task_time_limit_s=settings.task_time_limit_s,
+        limits=decode_limits(settings),
     )
 
 
@@ -67,9 +104,28 @@ def create_app(settings: WorkerSettings) -> tuple[Celery, ScoringRuntime]:
     return app, runtime
 
 
-def _heartbeat(path: Path, stop: threading.Event, every_s: float = 10.0) -> None:
+def is_healthy(progress: Progress, depth: Callable[[], int], stall_s: float = STALL_S) -> bool:
+    """Progress within ``stall_s``, or nothing in flight and nothing waiting."""
+    in_flight, since = progress.snapshot()
+    if since < stall_s:
+        return True
+    if in_flight:
+        return False
+    try:
+        return depth() == 0
+    except Exception as exc:  # noqa: BLE001 - any broker error: cannot tell, so not healthy
+        log.warning("heartbeat: cannot read the queue depth (%s)", type(exc).__name__)
+        return False
+
+
+def _heartbeat(
+    path: Path, healthy: Callable[[], bool], stop: threading.Event, every_s: float = 10.0
+) -> None:
     while not stop.is_set():
-        path.touch()
+        if healthy():
+            path.touch()
+        else:
+            log.warning("heartbeat withheld: jobs in flight but none finished in %.0f s", STALL_S)
         stop.wait(every_s)
 
 
@@ -93,8 +149,12 @@ def run_worker(settings: WorkerSettings) -> int:
     ]
     stop = threading.Event()
     if settings.heartbeat_file is not None:
+
+        def healthy() -> bool:
+            return is_healthy(runtime.progress, lambda: queue_depth(app, settings.queue_name))
+
         threading.Thread(
-            target=_heartbeat, args=(settings.heartbeat_file, stop), daemon=True
+            target=_heartbeat, args=(settings.heartbeat_file, healthy, stop), daemon=True
         ).start()
     try:
         app.worker_main(argv)

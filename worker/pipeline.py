@@ -5,21 +5,30 @@ burned-in annotation rule) are :mod:`cxr_model`'s, shared with ``predict``.
 Errors are sorted at this boundary: ``TransientError`` (database or storage briefly
 unavailable) is retried by the task; anything about the file itself is permanent and
 ends as a ``failed`` or ``not_eligible`` row with a reason a person can act on.
+
+Claims and poison (issue 12): a job claims its row with a lease (``LeaseKeeper`` renews
+it) and gives the claim back on a transient error; a row claimed ``max_attempts`` times
+without finishing (the process died each time: an OOM kill, a crash) is failed at the
+next claim. Each job reads its file through the decode limits
+(``cxr_imaging.limits.read_checked_dataset``: declared and inflated sizes checked before
+any decode) and refuses a blank or constant frame, all in its own thread before
+batching, so a poison file fails alone; only tensors of decoded images meet in a batch,
+and every wait on a batch is bounded (``batch_timeout_s``).
 """
 
 from __future__ import annotations
 
-import io
+import concurrent.futures
 import logging
 import os
 import socket
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -27,8 +36,15 @@ from cxr_common.errors import InstanceMissingError, StorageError, TransientError
 from cxr_common.storage import read_instance
 from cxr_db import repository as repo
 from cxr_imaging import ImagingError, check_eligibility, decode_dataset
+from cxr_imaging.limits import (
+    DecodeLimits,
+    InputRefusedError,
+    check_not_blank,
+    read_checked_dataset,
+)
 from cxr_queue import ScoreJob
 from worker.batching import Batcher, BatchInfo
+from worker.leases import LeaseKeeper, Progress
 from worker.outcomes import JobOutcome, Outcome
 
 if TYPE_CHECKING:
@@ -39,8 +55,27 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class DatabaseUnavailableError(TransientError):
+    """Postgres could not be reached. After the last retry the job leaves the row pending
+    (queued, or processing with a lease that lapses): the listener's reconciler
+    re-enqueues it once the database is back. No 'failed' row for an outage."""
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """How a runtime claims, bounds and refuses (``WorkerSettings`` fields)."""
+
+    lease_ttl_s: float = 20.0
+    lease_renew_s: float = 5.0
+    max_attempts: int = 3
+    batch_timeout_s: float = 120.0
+    task_time_limit_s: float = 300.0
+    limits: DecodeLimits = DecodeLimits()
+
+
 class ScoringRuntime:
-    """Everything a worker process loads once: engine, model, calibration, batcher."""
+    """Everything a worker process loads once: engine, model, calibration, batcher,
+    and the lease renewer."""
 
     def __init__(
         self,
@@ -52,13 +87,24 @@ class ScoringRuntime:
         batch_max_size: int,
         batch_max_wait_s: float,
         heatmaps: bool = True,
+        reliability: Reliability | None = None,
     ) -> None:
         self.engine = engine
         self.model = model
         self.calibration = calibration
         self.heatmaps = heatmaps
         self.concurrency = concurrency
+        self.reliability = reliability or Reliability()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.progress = Progress()
+        self.leases = LeaseKeeper(
+            engine,
+            self.worker_id,
+            ttl_s=self.reliability.lease_ttl_s,
+            renew_s=self.reliability.lease_renew_s,
+            max_hold_s=self.reliability.task_time_limit_s,
+        )
+        self.leases.start()
         self.batcher: Batcher[torch.Tensor, ScoreResult] = Batcher(
             self._score_batch, batch_max_size, batch_max_wait_s, name="cxr-batcher"
         )
@@ -66,29 +112,65 @@ class ScoringRuntime:
     def _score_batch(self, tensors: Sequence[torch.Tensor]) -> list[ScoreResult]:
         import torch
 
-        return list(self.model.score_batch(torch.stack(list(tensors)), with_heatmaps=self.heatmaps))
+        out = list(self.model.score_batch(torch.stack(list(tensors)), with_heatmaps=self.heatmaps))
+        self.progress.advanced()
+        return out
 
     def close(self) -> None:
+        self.leases.stop()
         self.batcher.close()
         self.engine.dispose()
 
     def process(self, job: ScoreJob) -> Outcome:
         """Score one instance; idempotent (a redelivered job of a final instance is a no-op)."""
+        rel = self.reliability
         try:
-            claimed = repo.start_processing(self.engine, job.instance_id, job.sop_instance_uid)
+            claim = repo.claim_instance(
+                self.engine,
+                job.instance_id,
+                job.sop_instance_uid,
+                owner=self.worker_id,
+                lease_s=rel.lease_ttl_s,
+                max_attempts=rel.max_attempts,
+            )
         except (OperationalError, DBAPIError) as exc:
-            raise TransientError("database unavailable") from exc
-        if claimed is None:
+            raise DatabaseUnavailableError("database unavailable") from exc
+        if claim.state is repo.ClaimState.EXHAUSTED:
+            log.warning(
+                "failed after %d unfinished claims (a worker stopped each time)",
+                claim.attempts,
+                extra={"instance_id": job.instance_id, "sop_instance_uid": job.sop_instance_uid},
+            )
+            return Outcome(JobOutcome.FAILED, claim.reason)
+        if claim.state is not repo.ClaimState.CLAIMED or claim.job is None:
             log.info(
-                "instance already final or unknown, skipping",
+                "instance %s, skipping",
+                "held by another worker" if claim.state is repo.ClaimState.BUSY else "final",
                 extra={"instance_id": job.instance_id, "sop_instance_uid": job.sop_instance_uid},
             )
             return Outcome(JobOutcome.SKIPPED)
+        self.leases.hold(job.instance_id)
+        self.progress.started()
         try:
             # The database row, not the message, says where the instance is stored.
-            return self._score(job.model_copy(update={"storage_uri": claimed.storage_uri}))
+            return self._score(job.model_copy(update={"storage_uri": claim.job.storage_uri}))
         except (OperationalError, DBAPIError) as exc:
-            raise TransientError("database unavailable") from exc
+            self._release(job)
+            raise DatabaseUnavailableError("database unavailable") from exc
+        except TransientError:
+            self._release(job)
+            raise
+        finally:
+            self.leases.drop(job.instance_id)
+            self.progress.finished()
+
+    def _release(self, job: ScoreJob) -> None:
+        """Give the claim back before a retry (best effort: with the database down the
+        lease lapses instead, and the claim counts as an attempt)."""
+        try:
+            repo.release_claim(self.engine, job.instance_id, self.worker_id)
+        except DBAPIError:
+            log.warning("could not give back the claim on instance %d", job.instance_id)
 
     def _score(self, job: ScoreJob) -> Outcome:
         t0 = time.perf_counter()
@@ -103,10 +185,15 @@ class ScoringRuntime:
             ) from exc
         except StorageError as exc:
             raise TransientError(str(exc)) from exc
+        limits = self.reliability.limits
         try:
-            ds = pydicom.dcmread(io.BytesIO(data))
-        except (InvalidDicomError, EOFError, ValueError, KeyError) as exc:
-            return self._fail(job, f"unreadable DICOM ({type(exc).__name__}); resend the study")
+            ds = read_checked_dataset(data, limits)  # sizes checked before any decode
+        except InputRefusedError as exc:
+            return self._fail(job, exc.reason)
+        except ImagingError as exc:
+            return self._fail(
+                job, f"unreadable DICOM ({exc}); resend the study, and read it without a score"
+            )
         eligibility = check_eligibility(ds)
         if not eligibility.eligible:
             reason = eligibility.reason or "not a chest radiograph"
@@ -115,11 +202,29 @@ class ScoringRuntime:
             return Outcome(JobOutcome.NOT_ELIGIBLE, reason)
         try:
             image = decode_dataset(ds)
+            check_not_blank(image.pixels, limits)
             tensor = self.model.preprocess(image.pixels)
+        except InputRefusedError as exc:
+            return self._fail(job, exc.reason)
         except ImagingError as exc:
-            return self._fail(job, f"pixel data could not be decoded: {exc}")
+            return self._fail(
+                job,
+                f"pixel data could not be decoded ({exc}): ask the modality to resend the "
+                "study, and read the image without a score",
+            )
         decode_ms = (time.perf_counter() - t0) * 1000
-        result, info = self.batcher.submit(tensor).result()
+        future = self.batcher.submit(tensor)
+        timeout = self.reliability.batch_timeout_s
+        try:
+            result, info = future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            return self._fail(
+                job,
+                f"scoring did not finish within {timeout:g} s (the worker is overloaded or "
+                "stuck): read the image without a score; requeue with `cxr-triage requeue "
+                f"--study {ds.get('StudyInstanceUID', 'UID')}` and contact support if it recurs",
+            )
         return self._record(job, ds, image.pixels, result, info, decode_ms)
 
     def _record(

@@ -42,6 +42,7 @@ def test_job_outcomes_name_the_final_statuses_and_two_that_write_no_row() -> Non
     assert {o for o in JobOutcome if o.value not in statuses} == {
         JobOutcome.SKIPPED,
         JobOutcome.INVALID,
+        JobOutcome.DEFERRED,
     }
 
 
@@ -51,4 +52,4 @@ def test_broker_settings_give_at_least_once_delivery() -> None:
     assert conf.worker_prefetch_multiplier == 1
     assert conf.task_serializer == "json"
     assert conf.accept_content == ["json"]
-    assert conf.broker_transport_options["visibility_timeout"] >= 3600
+    assert conf.broker_transport_options["visibility_timeout"] >= 600
