@@ -323,10 +323,12 @@ def claim_instance(
 
     The row is named by its id, so this waits for a short row lock (``lock_timeout`` 5 s)
     rather than skipping it: the handler marking it queued right after publishing must
-    not make the job drop it. ``attempts`` counts claims that did not end cleanly (a
-    transient retry gives its claim back with :func:`release_claim`); a row that reached
-    ``max_attempts`` is failed with :func:`crash_reason` instead of being tried again.
-    The same owner reclaiming its own row (a retry in the same process) adds no attempt.
+    not make the job drop it. A claim adds one to ``attempts``; :func:`mark_decoded` (the
+    file was read and decoded) or :func:`release_claim` (a transient error, retried) take
+    it off again, so what stays counts the workers that died on this file. A row that
+    reached ``max_attempts`` is failed with :func:`crash_reason` instead of being tried
+    again. The same owner reclaiming its own row (a retry in the same process) adds no
+    attempt.
     """
     with engine.begin() as conn:
         conn.execute(text("SET LOCAL lock_timeout = '5s'"))
@@ -396,9 +398,23 @@ def renew_leases(
     return {r.id for r in rows}
 
 
-def release_claim(engine: Engine, instance_id: int, owner: str) -> bool:
+def mark_decoded(engine: Engine, instance_id: int, owner: str) -> None:
+    """The file decoded without killing its worker: this claim no longer counts as an
+    attempt. What is left in ``attempts`` are the times a worker died while reading or
+    decoding this very file, so an OOM kill does not count against the batch-mates it
+    took down with it (they were decoded already)."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(Instance)
+            .where(Instance.id == instance_id, Instance.lease_owner == owner)
+            .values(attempts=func.greatest(Instance.attempts - 1, 0))
+        )
+
+
+def release_claim(engine: Engine, instance_id: int, owner: str, *, counted: bool = True) -> bool:
     """Give a claim back cleanly (a transient error; the job will be retried): the row
-    is queued again and the claim does not count as an attempt. False when ``owner`` no
+    is queued again and the claim does not count as an attempt (``counted``: it still
+    does, i.e. :func:`mark_decoded` has not taken it off yet). False when ``owner`` no
     longer held it."""
     with engine.begin() as conn:
         released = conn.execute(
@@ -410,7 +426,7 @@ def release_claim(engine: Engine, instance_id: int, owner: str) -> bool:
             )
             .values(
                 status=InstanceStatus.QUEUED,
-                attempts=func.greatest(Instance.attempts - 1, 0),
+                attempts=func.greatest(Instance.attempts - int(counted), 0),
                 enqueued_at=func.now(),
                 updated_at=func.now(),
                 **_NO_LEASE,

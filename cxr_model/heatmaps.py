@@ -9,8 +9,8 @@ The one place that decides what a heatmap shows, used by the worker, ``predict``
 * Overlay: :func:`render_overlay_png` draws the map in a jet colour map over the image in
   grey, as a PNG without text chunks (nothing about the patient or the study is written).
 * Burned-in annotation: when the DICOM header says text is burned into the pixels
-  (BurnedInAnnotation YES, :func:`has_burned_in_annotation`), that text may name the
-  patient, so the heatmap is drawn on a neutral grey field instead of the pixels
+  (BurnedInAnnotation YES, :func:`has_burned_in_annotation`), or the image is a Secondary
+  Capture or a conversion (ConversionType present), that text may name the patient, so the heatmap is drawn on a neutral grey field instead of the pixels
   (:func:`heatmap_base`): a PNG must never carry patient data.
 """
 
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 #: The grey the heatmap is drawn on when the pixels may not be shown.
 NEUTRAL_GREY = 0.5
+#: Secondary Capture Image Storage and its multi-frame variants (.7.1 to .7.4).
+_SC_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 #: How much of the colour map covers the image where the heatmap is 1.
 _ALPHA = 0.55
 
@@ -70,7 +72,12 @@ def grad_cam(
 
 
 def has_burned_in_annotation(ds: Dataset) -> bool:
-    """True when the header says text is burned into the pixels (BurnedInAnnotation YES)."""
+    """True when the header says text is burned into the pixels (BurnedInAnnotation YES),
+    or when the image is a Secondary Capture or converted from something else
+    (ConversionType present: a scanned film, a screenshot), whose pixels may carry text
+    whatever BurnedInAnnotation says."""
+    if "ConversionType" in ds or str(ds.get("SOPClassUID", "")).startswith(_SC_SOP_CLASS):
+        return True
     return str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES"
 
 

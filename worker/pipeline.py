@@ -55,6 +55,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class _JobState:
+    decoded: bool = False
+
+
 class DatabaseUnavailableError(TransientError):
     """Postgres could not be reached. After the last retry the job leaves the row pending
     (queued, or processing with a lease that lapses): the listener's reconciler
@@ -151,28 +156,32 @@ class ScoringRuntime:
             return Outcome(JobOutcome.SKIPPED)
         self.leases.hold(job.instance_id)
         self.progress.started()
+        state = _JobState()
         try:
             # The database row, not the message, says where the instance is stored.
-            return self._score(job.model_copy(update={"storage_uri": claim.job.storage_uri}))
+            job = job.model_copy(update={"storage_uri": claim.job.storage_uri})
+            return self._score(job, state)
         except (OperationalError, DBAPIError) as exc:
-            self._release(job)
+            self._release(job, state)
             raise DatabaseUnavailableError("database unavailable") from exc
         except TransientError:
-            self._release(job)
+            self._release(job, state)
             raise
         finally:
             self.leases.drop(job.instance_id)
             self.progress.finished()
 
-    def _release(self, job: ScoreJob) -> None:
+    def _release(self, job: ScoreJob, state: _JobState) -> None:
         """Give the claim back before a retry (best effort: with the database down the
         lease lapses instead, and the claim counts as an attempt)."""
         try:
-            repo.release_claim(self.engine, job.instance_id, self.worker_id)
+            repo.release_claim(
+                self.engine, job.instance_id, self.worker_id, counted=not state.decoded
+            )
         except DBAPIError:
             log.warning("could not give back the claim on instance %d", job.instance_id)
 
-    def _score(self, job: ScoreJob) -> Outcome:
+    def _score(self, job: ScoreJob, state: _JobState) -> Outcome:
         t0 = time.perf_counter()
         try:
             data = read_instance(job.storage_uri)
@@ -213,6 +222,10 @@ class ScoringRuntime:
                 "study, and read the image without a score",
             )
         decode_ms = (time.perf_counter() - t0) * 1000
+        # Decoded without killing the process: this claim no longer counts against the
+        # file (a crash from here on is not this file's doing).
+        repo.mark_decoded(self.engine, job.instance_id, self.worker_id)
+        state.decoded = True
         future = self.batcher.submit(tensor)
         timeout = self.reliability.batch_timeout_s
         try:

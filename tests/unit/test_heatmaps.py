@@ -73,3 +73,20 @@ def test_a_fitted_calibration_scores_through_temperature_and_bias() -> None:
     assert score.flagged == (score.probability >= 0.3)
     assert score.probability == cal.probability(1.0)
     assert score.flagged == cal.flag(cal.probability(1.0))
+
+
+def test_secondary_captures_and_conversions_count_as_burned_in_whatever_the_header_says() -> None:
+    """Issue 12, defect 10: a Secondary Capture (a scanned film, a screenshot) may carry
+    text in its pixels with no BurnedInAnnotation YES; its heatmap is drawn on grey."""
+    for sop_class in ("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.2"):
+        ds = Dataset()
+        ds.SOPClassUID = sop_class
+        ds.BurnedInAnnotation = "NO"
+        assert has_burned_in_annotation(ds)
+    converted = Dataset()
+    converted.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR, but digitised from film
+    converted.ConversionType = "DF"
+    assert has_burned_in_annotation(converted)
+    cr = Dataset()
+    cr.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    assert not has_burned_in_annotation(cr)
