@@ -475,18 +475,29 @@ def take_unenqueued(engine: Engine, older_than_s: float, limit: int = 500) -> li
 
 
 def take_orphaned_queued(
-    engine: Engine, older_than_s: float, live_ids: Collection[int], limit: int = 500
+    engine: Engine,
+    older_than_s: float,
+    waiting_ids: Collection[int],
+    unacked_ids: Collection[int] = (),
+    unacked_older_than_s: float = 0.0,
+    limit: int = 500,
 ) -> list[PendingJob]:
-    """``queued`` rows enqueued longer ago than the grace period whose job is not on the
-    broker (``live_ids``: the instance ids of every waiting or unacknowledged message):
-    the broker lost it (Redis restarted empty) or it was acknowledged without a final
-    status (the database was down when the worker tried to record it)."""
+    """``queued`` rows whose job is not on the broker: none waiting (``waiting_ids``) and
+    none delivered (``unacked_ids``) after ``older_than_s`` since they were enqueued, or
+    only a delivered one after ``unacked_older_than_s`` (a retry's countdown is over: the
+    worker holding it died). The broker lost the job (Redis restarted empty), it was
+    acknowledged without a final status (the database was down), or a dead worker had
+    reserved it without claiming it yet."""
+    enqueued = func.coalesce(Instance.enqueued_at, Instance.received_at)
     return _take(
         engine,
         [
             Instance.status == InstanceStatus.QUEUED,
-            func.coalesce(Instance.enqueued_at, Instance.received_at) < _ago(older_than_s),
-            Instance.id.not_in(sorted(live_ids)),
+            Instance.id.not_in(sorted(waiting_ids)),
+            or_(
+                and_(Instance.id.not_in(sorted(unacked_ids)), enqueued < _ago(older_than_s)),
+                enqueued < _ago(max(older_than_s, unacked_older_than_s)),
+            ),
         ],
         {"enqueued_at": func.now(), "updated_at": func.now()},
         limit,

@@ -10,8 +10,9 @@ The one place that decides what a heatmap shows, used by the worker, ``predict``
   grey, as a PNG without text chunks (nothing about the patient or the study is written).
 * Burned-in annotation: when the DICOM header says text is burned into the pixels
   (BurnedInAnnotation YES, :func:`has_burned_in_annotation`), or the image is a Secondary
-  Capture or a conversion (ConversionType present), that text may name the patient, so the heatmap is drawn on a neutral grey field instead of the pixels
-  (:func:`heatmap_base`): a PNG must never carry patient data.
+  Capture or a conversion (ConversionType present), that text may name the patient, so
+  the heatmap is drawn on a neutral grey field instead of the pixels (:func:`heatmap_base`):
+  a PNG must never carry patient data.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ from cxr_common.settings import BROKER_VISIBILITY_TIMEOUT_S as VISIBILITY_TIMEOU
 
 SCORE_TASK = "cxr.score_instance"
 
+#: The longest countdown before a retried job runs again (the worker's backoff cap); a
+#: job delivered but unacknowledged for longer, whose row is still ``queued``, was held
+#: by a worker that died.
+MAX_RETRY_COUNTDOWN_S = 60
+
 #: Seconds a broker read or write may block, and a connect may take.
 BROKER_SOCKET_TIMEOUT_S = 30
 BROKER_CONNECT_TIMEOUT_S = 5

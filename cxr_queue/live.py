@@ -1,9 +1,11 @@
 """Which scoring jobs the broker still holds: waiting in the queue or delivered and not
 yet acknowledged (Redis transport).
 
-The reconciler re-enqueues a ``queued`` instance only when no live message names it, so a
-Redis that restarted empty (defect 1b) or a job acknowledged without a final status
-(defect 1a) is repaired without flooding a long backlog with duplicates.
+The reconciler re-enqueues a ``queued`` instance only when no waiting message names it
+(and an unacknowledged one only after a retry's longest countdown), so a Redis that
+restarted empty (defect 1b), a job acknowledged without a final status (defect 1a) or a
+job a dead worker had reserved but not yet claimed is repaired without flooding a long
+backlog with duplicates.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import base64
 import binascii
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
@@ -43,17 +46,30 @@ def _ids(messages: Iterable[Any]) -> set[int]:
     return {i for m in messages if (i := _instance_id(m)) is not None}
 
 
-def live_instance_ids(app: Celery, queue_name: str) -> set[int]:
+@dataclass(frozen=True)
+class LiveJobs:
+    """Instance ids of the scoring jobs the broker holds for one queue."""
+
+    waiting: frozenset[int]
+    """In the queue: a worker will take them."""
+    unacked: frozenset[int]
+    """Delivered to a worker and not acknowledged: running, held back for a retry's
+    countdown (at most ``MAX_RETRY_COUNTDOWN_S``), or held by a worker that died (back
+    only after the visibility timeout)."""
+
+
+def live_instance_ids(app: Celery, queue_name: str) -> LiveJobs:
     """Instance ids of every scoring job waiting in ``queue_name`` or delivered from it
     and not yet acknowledged. Raises the broker's errors (the caller skips its sweep)."""
-    live: set[int] = set()
+    waiting: set[int] = set()
+    unacked: set[int] = set()
     with app.connection_for_read() as conn:
         client = conn.default_channel.client
         for priority in _PRIORITY_STEPS:
             key = queue_name if priority == 0 else f"{queue_name}{_PRIORITY_SEP}{priority}"
             start = 0
             while chunk := client.lrange(key, start, start + _CHUNK - 1):
-                live |= _ids(json.loads(raw) for raw in chunk)
+                waiting |= _ids(json.loads(raw) for raw in chunk)
                 start += _CHUNK
         for _tag, raw in client.hscan_iter(_UNACKED_KEY, count=_CHUNK):
             try:
@@ -61,8 +77,8 @@ def live_instance_ids(app: Celery, queue_name: str) -> set[int]:
             except (TypeError, ValueError):
                 continue
             if routing_key == queue_name:
-                live |= _ids([message])
-    return live
+                unacked |= _ids([message])
+    return LiveJobs(frozenset(waiting), frozenset(unacked))
 
 
 def queue_depth(app: Celery, queue_name: str) -> int:

@@ -6,9 +6,11 @@ several reconcilers) never re-enqueue one row twice within a grace period:
 
 * ``received`` for longer than ``grace_s``: committed but never enqueued (the broker was
   down, or the listener died between commit and enqueue);
-* ``queued`` since longer than ``grace_s`` with no live message on the broker (neither
+* ``queued`` since longer than ``grace_s`` with no message on the broker (neither
   waiting nor delivered-unacknowledged): Redis restarted empty, or a worker
-  acknowledged the job without a final status because Postgres was down (defects 1a, 1b);
+  acknowledged the job without a final status because Postgres was down (defects 1a,
+  1b); with only a delivered message, after a retry's longest countdown as well (a
+  worker reserved it and died before claiming it);
 * ``processing`` with an expired lease: the worker died (``kill -9``, OOM) or lost the
   database while holding it (defect 3); with no lease at all (a row claimed before
   leases existed) after ``stale_processing_s``.
@@ -27,7 +29,7 @@ from celery import Celery
 from sqlalchemy import Engine
 
 from cxr_db import repository as repo
-from cxr_queue import ScoreJob, enqueue_score, live_instance_ids
+from cxr_queue import MAX_RETRY_COUNTDOWN_S, ScoreJob, enqueue_score, live_instance_ids
 from dicom_listener.enqueue import enqueue_instance
 
 logger = logging.getLogger(__name__)
@@ -62,7 +64,13 @@ class Reconciler:
             # The broker snapshot first: a row this pass re-enqueues is then never taken
             # for an orphan by the same pass.
             live = live_instance_ids(self.celery_app, self.queue_name)
-            orphaned = repo.take_orphaned_queued(self.engine, self.grace_s, live)
+            orphaned = repo.take_orphaned_queued(
+                self.engine,
+                self.grace_s,
+                live.waiting,
+                live.unacked,
+                unacked_older_than_s=self.grace_s + MAX_RETRY_COUNTDOWN_S,
+            )
             expired = repo.take_expired_leases(self.engine, self.stale_processing_s)
             for item in [*orphaned, *expired]:
                 enqueue_score(self.celery_app, self._job(item), self.queue_name)

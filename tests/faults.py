@@ -263,12 +263,21 @@ def all_final(engine: Engine, expected: int) -> bool:
     )
 
 
+def _status_kib(pid: int, field_name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field_name}:"):
+            return int(line.split()[1]) * 1024
+    raise FileNotFoundError(f"no {field_name} for pid {pid} (a zombie)")
+
+
 def peak_rss_bytes(pid: int) -> int:
     """VmHWM of a live process: its peak resident set."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmHWM for pid {pid}")
+    return _status_kib(pid, "VmHWM")
+
+
+def current_rss_bytes(pid: int) -> int:
+    """VmRSS of a live process (FileNotFoundError once it is gone)."""
+    return _status_kib(pid, "VmRSS")
 
 
 def worker_children(supervisor: subprocess.Popen[bytes]) -> list[int]:
@@ -279,3 +288,23 @@ def worker_children(supervisor: subprocess.Popen[bytes]) -> list[int]:
         return [c.pid for c in psutil.Process(supervisor.pid).children()]
     except psutil.NoSuchProcess:
         return []
+
+
+def oom_kill_when_grown(pid: int, growth_bytes: int, timeout_s: float) -> bool:
+    """Act as the kernel's OOM killer on ``pid``: SIGKILL it once its resident set
+    (VmRSS, sampled every few milliseconds) has grown by ``growth_bytes``. False when it
+    did not grow that much within ``timeout_s`` or exited first."""
+    try:
+        start = current_rss_bytes(pid)
+    except FileNotFoundError:
+        return False
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if current_rss_bytes(pid) - start >= growth_bytes:
+                os.kill(pid, signal.SIGKILL)
+                return True
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        time.sleep(0.002)
+    return False

@@ -19,13 +19,13 @@ from sqlalchemy.exc import DBAPIError
 
 from cxr_common.errors import TransientError
 from cxr_db import repository as repo
-from cxr_queue import SCORE_TASK, ScoreJob
+from cxr_queue import MAX_RETRY_COUNTDOWN_S, SCORE_TASK, ScoreJob
 from worker.outcomes import JobOutcome
 from worker.pipeline import DatabaseUnavailableError, ScoringRuntime
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 60
+MAX_BACKOFF_S = MAX_RETRY_COUNTDOWN_S
 
 
 def backoff_seconds(retries: int) -> int:

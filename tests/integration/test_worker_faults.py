@@ -35,6 +35,7 @@ from tests.faults import (
     counts,
     held_by,
     listener_settings,
+    oom_kill_when_grown,
     peak_rss_bytes,
     running_listener,
     wait_for,
@@ -129,7 +130,7 @@ def test_a_file_that_kills_its_worker_fails_after_max_attempts_and_its_batch_mat
         services.database_url, services.broker_url, services.queue_name, services.data_dir
     )
     with running_listener(settings, engine) as port:
-        big = poison.rle_bomb(tmp_path / "big.dcm", rows=7000, columns=7000)  # 49 Mpx: allowed
+        big = poison.rle_bomb(tmp_path / "big.dcm", rows=8000, columns=8000)  # 64 Mpx: allowed
         mates = _datasets(tmp_path, 6, "MATE")
         assert send_paths([big, *mates], "127.0.0.1", port, progress=False).sent == 7
         with engine.begin() as conn:
@@ -139,18 +140,28 @@ def test_a_file_that_kills_its_worker_fails_after_max_attempts_and_its_batch_mat
         sup = workers.start(
             CXR_BATCH_MAX_SIZE="4", CXR_BATCH_MAX_WAIT_MS="3000", CXR_MAX_ATTEMPTS="3"
         )
-        for k in (1, 2, 3):
-            owner: list[str] = []
+        kills = 0
+        killed: set[int] = set()
+        while _row(engine, big_id)[0] != "failed":
+            assert kills < 6, "the big file was never failed"
+            claim: list[int] = []
 
-            def decoding(k: int = k, owner: list[str] = owner) -> bool:
+            def claimed(claim: list[int] = claim) -> bool:
                 status, attempts, lease_owner, _ = _row(engine, big_id)
-                if status == "processing" and attempts == k and lease_owner:
-                    owner.append(lease_owner)
+                if status == "failed":
                     return True
+                if status == "processing" and attempts >= 1 and lease_owner:
+                    pid = int(lease_owner.rsplit(":", 1)[1])
+                    if pid not in killed:
+                        claim.append(pid)
+                        return True
                 return False
 
-            wait_for(f"the big file being decoded (claim {k})", decoding, 120, workers.alive)
-            os.kill(int(owner[0].rsplit(":", 1)[1]), signal.SIGKILL)
+            wait_for("the big file claimed", claimed, 180, workers.alive)
+            if claim and oom_kill_when_grown(claim[0], 128 << 20, timeout_s=60):
+                kills += 1
+                killed.add(claim[0])
+        assert kills >= 3
         wait_for("all final", lambda: all_final(engine, 7), 180, workers.alive)
         status, attempts, _, reason = _row(engine, big_id)
     assert (status, attempts) == ("failed", 3)
