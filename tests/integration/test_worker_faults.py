@@ -186,7 +186,8 @@ def _record_stored(services: Services, engine: Engine, path: Path) -> int:
     sop, study = str(meta.MediaStorageSOPInstanceUID), generate_uid()
     storage = open_storage((services.data_dir / "instances").as_uri())
     key = instance_key(study, sop)
-    storage.put_file(key, path)
+    size = path.stat().st_size
+    storage.put_file(key, path)  # moves it
     result = repo.record_instance(
         engine,
         repo.InstanceRecord(
@@ -201,7 +202,7 @@ def _record_stored(services: Services, engine: Engine, path: Path) -> int:
             view_position="PA",
             calling_ae_title=None,
             storage_uri=storage.uri(key),
-            size_bytes=path.stat().st_size,
+            size_bytes=size,
         ),
     )
     app = make_celery(services.broker_url, services.queue_name)
