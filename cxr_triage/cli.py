@@ -194,6 +194,71 @@ def _cmd_worklist(args: argparse.Namespace, settings: CommonSettings) -> int:
     return _run_with_services(settings, show)
 
 
+def _cmd_requeue(args: argparse.Namespace, settings: CommonSettings) -> int:
+    """Put failed or stuck instances back in work (issue 12): the operator's way after
+    fixing what the reason said. Resets attempts; never touches a scored instance."""
+    from cxr_db import make_engine
+    from cxr_db import repository as repo
+    from cxr_queue import ScoreJob, enqueue_score, make_celery
+
+    if not args.failed and args.study is None:
+        print("cxr-triage requeue: name a study (--study UID) or pass --failed", file=sys.stderr)
+        return 2
+
+    def run(s: CommonSettings) -> int:
+        engine = make_engine(s.database_url_value(), pool_size=1)
+        try:
+            found = repo.requeue_candidates(
+                engine, failed=args.failed, study_instance_uid=args.study
+            )
+            for c in found:
+                line = f"{c.study_instance_uid}  {c.sop_instance_uid}  {c.status.value}"
+                print(f"{line}  {c.reason or ''}")
+            if not found:
+                what = f"study {args.study}" if args.study else "any study"
+                print(f"nothing to requeue: no failed or stuck instance in {what}")
+                return 1 if args.study else 0
+            if args.dry_run:
+                print(f"dry run: {len(found)} instance(s) would be requeued")
+                return 0
+            jobs = repo.reset_for_requeue(engine, [c.instance_id for c in found])
+            app = make_celery(s.broker_url_value(), s.queue_name)
+            published = 0
+            for job in jobs:
+                try:
+                    enqueue_score(
+                        app, ScoreJob.model_validate(job, from_attributes=True), s.queue_name
+                    )
+                except Exception as exc:  # noqa: BLE001 - broker errors come in many types
+                    print(
+                        f"broker unavailable ({type(exc).__name__}): the listener's reconciler "
+                        "enqueues the rest once it is back",
+                        file=sys.stderr,
+                    )
+                    break
+                published += 1
+            print(f"requeued {len(jobs)} instance(s) ({published} sent to the workers now)")
+            return 0
+        finally:
+            engine.dispose()
+
+    return _run_with_services(settings, run)
+
+
+def _add_requeue_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "requeue",
+        help="put failed or stuck instances back in work (after fixing the cause)",
+        description="Requeue every failed instance (--failed), or the failed and stuck "
+        "instances of one study (--study UID), with their attempts reset. Scored "
+        "instances are never touched. --dry-run lists what would be requeued.",
+    )
+    p.add_argument("--failed", action="store_true", help="every failed instance")
+    p.add_argument("--study", metavar="UID", help="one study (its Study Instance UID)")
+    p.add_argument("--dry-run", action="store_true", help="list, change nothing")
+    p.set_defaults(func=_cmd_requeue, settings_class=CommonSettings)
+
+
 def _cmd_send(args: argparse.Namespace, settings: CommonSettings) -> int:
     from cxr_triage.send import run_send
 
@@ -298,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON array, worklist order")
     p.add_argument("--limit", type=int, default=1000, help="at most this many studies")
     p.set_defaults(func=_cmd_worklist, settings_class=CommonSettings)
+
+    _add_requeue_parser(sub)
 
     from cxr_triage.send import add_send_arguments
 
