@@ -115,13 +115,13 @@ def _cmd_work(args: argparse.Namespace, settings: WorkerSettings) -> int:
 def _supervise_worker(settings: WorkerSettings) -> int:
     """``cxr-triage work``: run the worker in a child process and restart it when it dies
     (issue 12, defect 2); its settings travel as ``CXR_*`` variables."""
-    from cxr_triage.processes import settings_env, supervise
+    from cxr_triage.processes import cxr_triage_command, settings_env, supervise
 
     env = dict(os.environ)
     env.update(settings_env(settings, type(settings).model_fields))
     env["CXR_RESTART_ON_EXIT"] = "false"
     with stop_on_signals("the worker") as stop:
-        return supervise("worker", ["work"], env, stop)
+        return supervise("worker", cxr_triage_command("work"), env, stop)
 
 
 def _cmd_web(args: argparse.Namespace, settings: WebSettings) -> int:

@@ -132,20 +132,25 @@ class RestartPolicy:
         return returncode != EXIT_CONFIGURATION
 
 
+def cxr_triage_command(*args: str) -> list[str]:
+    """``python -m cxr_triage ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "cxr_triage", *args]
+
+
 def supervise(
     name: str,
-    args: Sequence[str],
+    command: Sequence[str],
     env: dict[str, str],
     stop: threading.Event,
     policy: RestartPolicy | None = None,
 ) -> int:
-    """Run ``python -m cxr_triage ARGS`` and restart it whenever it exits, until ``stop``
-    is set (then SIGTERM it and wait). Returns 0, or the child's code when it was refused
-    at start (restarting would not help)."""
+    """Run ``command`` and restart it whenever it exits, until ``stop`` is set (then
+    SIGTERM it and wait). Returns 0, or the child's code when it was refused at start
+    (restarting would not help)."""
     policy = policy or RestartPolicy()
     while not stop.is_set():
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cxr_triage", *args],
+            list(command),
             env=env,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
         )
