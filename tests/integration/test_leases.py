@@ -241,3 +241,10 @@ def test_requeue_command_puts_failed_instances_back_with_attempts_reset(
     assert _cli(services, "--failed").returncode == 0
     assert _row(engine, other) == ("queued", 0, None)
     assert _cli(services, "--study", f"{TEST_ROOT}404").returncode == 1
+
+
+def test_every_database_wait_is_bounded(engine: Engine) -> None:
+    """Defect 8: statement and lock waits end (the engine's connect options)."""
+    with engine.begin() as conn:
+        assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "1min"
+        assert conn.execute(text("SHOW lock_timeout")).scalar_one() == "10s"
