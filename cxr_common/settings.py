@@ -194,6 +194,12 @@ class ListenerSettings(CommonSettings):
                 )
         return titles
 
+    # Metrics (cxr_common.metrics): this process's own /metrics on a port of its own.
+    metrics_host: str = Field(default="127.0.0.1", description="where CXR_METRICS_PORT listens")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve /metrics here; unset = off"
+    )
+
 
 class WorkerSettings(CommonSettings):
     """A scoring worker process."""
@@ -231,6 +237,12 @@ class WorkerSettings(CommonSettings):
             )
         return value
 
+    # Metrics (cxr_common.metrics): this process's own /metrics on a port of its own.
+    metrics_host: str = Field(default="127.0.0.1", description="where CXR_METRICS_PORT listens")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve /metrics here; unset = off"
+    )
+
 
 def resolve_batching(settings: WorkerSettings, device_type: str) -> tuple[int, int]:
     """(max batch size, concurrency) for a worker on ``device_type`` ('cpu' or 'cuda').
@@ -246,6 +258,21 @@ class WebSettings(CommonSettings):
 
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8080, ge=0, le=65535)
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token a Prometheus scraper sends to /metrics (at least 16 "
+        "characters); unset = none (the ops role's sign-in or API token still works)",
+    )
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _metrics_token_ok(cls, value: object) -> object:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(raw, str) and not raw.strip():
+            return None  # CXR_METRICS_TOKEN= (compose's default) means none
+        if isinstance(raw, str) and len(raw.strip()) < 16:
+            raise ValueError("the metrics token must be at least 16 characters")
+        return value
 
 
 class SupervisorSettings(ListenerSettings, WorkerSettings, WebSettings):

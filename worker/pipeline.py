@@ -29,6 +29,7 @@ from cxr_db import repository as repo
 from cxr_imaging import ImagingError, check_eligibility, decode_dataset
 from cxr_queue import ScoreJob
 from worker.batching import Batcher, BatchInfo
+from worker.metrics import timed_batch
 from worker.outcomes import JobOutcome, Outcome
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class ScoringRuntime:
             self._score_batch, batch_max_size, batch_max_wait_s, name="cxr-batcher"
         )
 
+    @timed_batch
     def _score_batch(self, tensors: Sequence[torch.Tensor]) -> list[ScoreResult]:
         import torch
 
