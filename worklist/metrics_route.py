@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
+    CONTENT_TYPE_PLAIN_0_0_4,
     CollectorRegistry,
     GCCollector,
     PlatformCollector,
@@ -104,7 +104,7 @@ def metrics_router(
         # sync on purpose: FastAPI runs it in a worker thread, the queries block
         return Response(
             generate_latest(registry),
-            media_type=CONTENT_TYPE_LATEST,
+            media_type=CONTENT_TYPE_PLAIN_0_0_4,  # what generate_latest writes
             headers={"Cache-Control": "no-store"},
         )
 
