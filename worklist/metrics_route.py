@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from prometheus_client import (
-    CONTENT_TYPE_PLAIN_0_0_4,
     CollectorRegistry,
     GCCollector,
     PlatformCollector,
@@ -34,6 +33,8 @@ from cxr_db.metrics import PipelineCollector
 Authorize = Callable[[Request], object]
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
+#: What ``generate_latest`` writes (names escaped to underscores): Prometheus text 0.0.4.
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _bearer(request: Request) -> str | None:
@@ -104,7 +105,7 @@ def metrics_router(
         # sync on purpose: FastAPI runs it in a worker thread, the queries block
         return Response(
             generate_latest(registry),
-            media_type=CONTENT_TYPE_PLAIN_0_0_4,  # what generate_latest writes
+            media_type=TEXT_FORMAT,
             headers={"Cache-Control": "no-store"},
         )
 
