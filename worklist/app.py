@@ -25,7 +25,6 @@ caching and no referrer. Host headers are checked (DNS rebinding). Access is log
 method, path (never the query string: a search may hold anything) and status.
 """
 
-
 import hmac
 import json
 import logging

@@ -49,6 +49,7 @@ main { padding:16px 24px 32px; }
   margin-right:-1px; }
 .tabs a.active { background:var(--head); color:#fff; border-color:var(--head); }
 .bar form { margin-left:auto; display:flex; gap:6px; }
+.bar input[type=search] { width:300px; }
 input[type=search], input[type=text], input[type=password], select, textarea {
   font:inherit; padding:5px 8px; border:1px solid #b9c4cf; border-radius:4px;
   background:#fff; }
@@ -63,6 +64,12 @@ button.secondary { background:#fff; color:#0b57a4; }
 .notice.warn { background:var(--warn-bg); border-color:var(--warn-line); color:#5c4200; }
 .notice.error { background:var(--pos-bg); border-color:#f0b7b2; color:var(--pos); }
 table { width:100%; border-collapse:collapse; background:#fff; border:1px solid var(--line); }
+table.worklist { table-layout:fixed; }
+table.worklist col.rank { width:44px; } table.worklist col.flag { width:150px; }
+table.worklist col.study { width:17%; } table.worklist col.score { width:72px; }
+table.worklist col.read { width:190px; } table.worklist col.model { width:120px; }
+table.worklist col.time { width:168px; }
+table.worklist td { overflow-wrap:anywhere; }
 th, td { padding:8px 10px; border-bottom:1px solid var(--line); text-align:left;
   vertical-align:top; }
 th { background:#eef2f6; font-size:12px; text-transform:uppercase; letter-spacing:.4px;
@@ -100,10 +107,13 @@ dl.facts { display:grid; grid-template-columns:max-content 1fr; gap:4px 16px; ma
   background:#fff; border:1px solid var(--line); padding:12px 16px; }
 dl.facts dt { color:var(--muted); }
 dl.facts dd { margin:0; }
-.columns { display:grid; grid-template-columns:repeat(auto-fit,minmax(320px,1fr)); gap:16px;
-  margin-bottom:16px; }
+.panel dl.facts { border:0; padding:0; }
+.reading { display:grid; grid-template-columns:minmax(0,1fr) 400px; gap:16px;
+  align-items:start; }
+.reading > aside { display:flex; flex-direction:column; gap:16px; }
+@media (max-width:1100px) { .reading { grid-template-columns:minmax(0,1fr); } }
 .panel { background:#fff; border:1px solid var(--line); padding:12px 16px; }
-.panel h2 { margin-top:0; }
+.panel h2 { margin:0 0 8px; }
 .panel.patient { border-left:4px solid var(--head); }
 .meter { position:relative; height:10px; background:#e7ecf1; border-radius:5px;
   margin:6px 0 2px; max-width:260px; }
@@ -112,6 +122,7 @@ dl.facts dd { margin:0; }
 .meter.pos .fill { background:var(--pos); }
 .meter .mark { position:absolute; top:-4px; bottom:-4px; width:2px; background:var(--ink); }
 .images { display:flex; flex-direction:column; gap:16px; }
+.images h2 { margin:0; }
 .image { background:#fff; border:1px solid var(--line); padding:12px; }
 .image.flagged { border-color:var(--pos); box-shadow:inset 0 4px 0 var(--pos); }
 .image dl.facts { border:0; padding:8px 0 0; }
@@ -120,21 +131,21 @@ dl.facts dd { margin:0; }
 .controls[hidden] { display:none; }
 .controls label { display:flex; gap:6px; align-items:center; cursor:pointer; }
 .stage { display:flex; gap:12px; flex-wrap:wrap; }
-.stage figure { margin:0; width:440px; max-width:100%; }
+.stage figure { margin:0; width:calc(50% - 6px); max-width:512px; }
 .stage img { display:block; width:100%; height:auto; background:#000; }
 .stage figcaption { color:var(--muted); font-size:12px; padding-top:4px; }
-.viewer.overlay .stage { display:grid; width:440px; max-width:100%; }
-.viewer.overlay .stage figure { grid-area:1 / 1; }
+.viewer.overlay .stage { display:grid; max-width:640px; }
+.viewer.overlay .stage figure { grid-area:1 / 1; width:100%; max-width:640px; }
 .viewer.overlay .stage figcaption { display:none; }
 .viewer.heat-hidden .heat { visibility:hidden; }
 .noimg { margin:0 0 4px; padding:24px 8px; text-align:center; color:var(--muted);
-  background:#eef2f6; border:1px dashed #c9d2dc; width:440px; max-width:100%; }
-form.answer fieldset { border:0; padding:0; margin:0 0 10px; display:flex; gap:16px;
+  background:#eef2f6; border:1px dashed #c9d2dc; max-width:512px; }
+form.answer fieldset { border:0; padding:0; margin:0 0 10px; display:flex; gap:8px;
   flex-wrap:wrap; }
 form.answer label.finding { display:flex; gap:6px; align-items:center; padding:6px 12px;
   border:1px solid var(--line); border-radius:4px; cursor:pointer; background:#f8fafc; }
 form.answer textarea { width:100%; min-height:70px; margin:4px 0 10px; }
-.actions { display:flex; gap:10px; align-items:center; }
+.actions { display:flex; gap:10px; align-items:center; flex-wrap:wrap; }
 .actions form { margin:0; }
 h2 { font-size:16px; margin:20px 0 8px; }
 .back { display:inline-block; margin-bottom:12px; color:var(--link); text-decoration:none; }
@@ -312,7 +323,10 @@ def _rows(entries: Sequence[WorklistEntry], start: int = 1) -> str:
             f'<td class="time">{_time(e.scored_at)}</td></tr>'
         )
     return (
-        '<table><thead><tr><th class="num">#</th><th>Priority</th><th>Accession / study</th>'
+        '<table class="worklist"><colgroup><col class="rank"><col class="flag">'
+        '<col class="study"><col><col class="score"><col class="read"><col class="model">'
+        '<col class="time"><col class="time"></colgroup>'
+        '<thead><tr><th class="num">#</th><th>Priority</th><th>Accession / study</th>'
         '<th>Status</th><th class="num">Score</th><th>Read</th><th>Model</th>'
         "<th>Received (UTC)</th><th>Scored (UTC)</th></tr></thead><tbody>"
         + "".join(rows)
@@ -569,10 +583,9 @@ def _answer_form(s: StudyView) -> str:
         f'id="answer-form">{csrf}{seen}'
         f'<fieldset><legend class="summary">Finding</legend>{options}</fieldset>'
         '<label for="note" class="summary">Note (optional)</label>'
-        '<textarea id="note" name="note" maxlength="4000"></textarea>'
-        '<div class="actions"><button type="submit">Save answer: mark read</button></div>'
-        f"</form>"
-        f'<div class="actions" style="margin-top:8px">{release}</div></section>'
+        '<textarea id="note" name="note" maxlength="4000"></textarea></form>'
+        '<div class="actions"><button type="submit" form="answer-form">Save answer: mark '
+        f"read</button>{release}</div></section>"
     )
 
 
@@ -625,12 +638,12 @@ def study_page(s: StudyView, nav: Nav | None = None) -> str:
     body = (
         '<a class="back" href="/">← Back to the worklist</a>'
         f"{message}{_read_banner(s)}"
-        '<div class="columns">'
+        '<div class="reading">'
+        f'<div class="images"><h2>Images ({len(s.instances)})</h2>{cards}'
+        f"{_answers_html(s.answers)}</div>"
+        f"<aside>{_patient_html(s)}{_answer_form(s)}"
         f'<section class="panel"><h2>Study</h2><dl class="facts">{facts}</dl></section>'
-        f"{_patient_html(s)}</div>"
-        f"{_answer_form(s)}"
-        f'<h2>Images ({len(s.instances)})</h2><div class="images">{cards}</div>'
-        f"{_answers_html(s.answers)}"
+        "</aside></div>"
     )
     name = study.accession_number or "…" + study.study_instance_uid[-16:]
     return _layout(f"Study {name} · CXR Triage", body, nav, active="worklist", script=True)
