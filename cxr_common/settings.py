@@ -286,6 +286,12 @@ class WebSettings(CommonSettings):
     model_dir: Path | None = Field(default=None, description="unset = the shipped model")
     calibration_path: Path | None = Field(default=None, description="unset = shipped calibration")
 
+    @field_validator("web_tls_cert", "web_tls_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``CXR_WEB_TLS_CERT=`` (compose's default) means no TLS."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _tls_pair(self) -> Self:
         if (self.web_tls_cert is None) != (self.web_tls_key is None):

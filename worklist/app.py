@@ -533,9 +533,18 @@ def create_app(engine: Engine, config: WebConfig | None = None) -> FastAPI:
         if uid is None:
             return _json_error(400, f"malformed SOP Instance UID: {_UID_RULE}")
         png = reads.heatmap_png(engine, uid)
-        if png is None:
+        found = reads.instance_file(engine, uid) if png is not None else None
+        if png is None or found is None:
             return _json_error(404, f"no heatmap for SOP Instance UID {uid}")
-        audit.record(engine, AuditEvent(AuditAction.HEATMAP_FETCH, principal.actor(), uid))
+        audit.record(
+            engine,
+            AuditEvent(
+                AuditAction.HEATMAP_FETCH,
+                principal.actor(),
+                uid,
+                {"study_instance_uid": found.study_instance_uid},
+            ),
+        )
         return Response(png, media_type="image/png")
 
     @app.get("/images/{sop_instance_uid}.png", response_class=Response)
@@ -555,7 +564,12 @@ def create_app(engine: Engine, config: WebConfig | None = None) -> FastAPI:
             return _json_error(404, f"the stored file of {uid} could not be rendered")
         audit.record(
             engine,
-            AuditEvent(AuditAction.IMAGE_FETCH, principal.actor(), uid),
+            AuditEvent(
+                AuditAction.IMAGE_FETCH,
+                principal.actor(),
+                uid,
+                {"study_instance_uid": found.study_instance_uid},
+            ),
         )
         return Response(png, media_type="image/png")
 

@@ -196,3 +196,6 @@ def test_web_tls_needs_both_files_and_trusted_hosts_add_to_loopback(
     ]
     monkeypatch.setenv("CXR_WEB_HOST", "0.0.0.0")
     assert "0.0.0.0" not in WebSettings().trusted_hosts()
+    monkeypatch.setenv("CXR_WEB_TLS_CERT", "")
+    monkeypatch.setenv("CXR_WEB_TLS_KEY", "")
+    assert not WebSettings().tls  # compose passes empty values for "no TLS"
