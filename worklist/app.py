@@ -272,7 +272,7 @@ def create_app(engine: Engine, config: WebConfig | None = None) -> FastAPI:
         return response
 
     @app.get("/sign-in", response_class=HTMLResponse)
-    def sign_in_form(request: Request, next: str | None = None) -> Response:  # noqa: A002
+    def sign_in_form(request: Request, next: str | None = None) -> Response:
         try:
             principal = authenticate(request, engine, cfg)
         except AuthError:

@@ -654,7 +654,7 @@ def _start_web(
     port = _free_port()
     env = services.env() | {"CXR_WEB_HOST": "127.0.0.1", "CXR_WEB_PORT": str(port)} | extra
     log = tmp_path / "web.log"
-    out = open(log, "wb")  # noqa: SIM115 - closed when the process ends
+    out = open(log, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "cxr_triage", "--log-level", "DEBUG", "web"],
         env=env,
