@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from cxr_db import reading
 from cxr_db.schema_reading import Role
 from cxr_triage.worklist_view import DISCLAIMER
-from tests.integration.reading_rows import PASSWORD
+from tests.integration.reading_rows import PASSWORD, db_now
 from tests.web_server import (
     PATIENT_NAME_SHOWN,
     add_user,
@@ -93,6 +93,7 @@ def _csp_violations(page: Page) -> list[str]:
 
 def test_reading_workflow_in_chromium(engine: Engine, tmp_path: Path, browser: Browser) -> None:
     db = reset_accounts(engine)
+    started = db_now(db)  # the audit log outlives tests: look only at this one's entries
     seeded = seed_worklist(db, tmp_path / "instances")
     for name in ("ann", "ben"):
         add_user(db, name)
@@ -179,6 +180,7 @@ def test_reading_workflow_in_chromium(engine: Engine, tmp_path: Path, browser: B
         _sign_in(ada, base_url, "ada")
         expect(ada).to_have_url(base_url + "/admin/audit")
         ada.fill("input[name=target]", seeded.flagged_top)
+        ada.fill("input[name=since]", started.isoformat())
         ada.click("form.filters button")
         answer = ada.locator('tr[data-action="answer"]')
         expect(answer).to_have_count(1)
