@@ -247,7 +247,7 @@ class Bench:
         return env
 
     def spawn(self, name: str, args: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = open(self.folder / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        log = open(self.folder / f"{name}.log", "ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "cxr_triage", *args],
             env=env,
