@@ -60,7 +60,7 @@ def _client_commands(files: list[Path], port: int, k: int, kind: str) -> list[li
     ]
 
 
-def _send(files: list[Path], port: int, k: int, kind: str) -> float:
+def send_parallel(files: list[Path], port: int, k: int, kind: str) -> float:
     """Seconds from starting ``k`` clients to the last one exiting (all must succeed)."""
     commands = _client_commands(files, port, k, kind)
     t0 = time.perf_counter()
@@ -81,7 +81,7 @@ def run_cxr(bench: Bench, files: list[Path], k: int, kind: str) -> float:
     bench.reset()
     proc, port = bench.listener(storage)
     try:
-        elapsed = _send(files, port, k, kind)
+        elapsed = send_parallel(files, port, k, kind)
     finally:
         bench.stop(proc)
     engine = bench.engine()
@@ -107,7 +107,7 @@ def run_dcmtk(folder: Path, files: list[Path], k: int, kind: str) -> float | Non
     )
     try:
         wait_for_port(port, scp)
-        elapsed = _send(files, port, k, kind)
+        elapsed = send_parallel(files, port, k, kind)
     finally:
         scp.terminate()
         scp.wait(timeout=30)

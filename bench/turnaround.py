@@ -34,8 +34,8 @@ from bench.common import (
     report,
     timings,
 )
-from bench.ingest import _send
-from bench.workers import _wait_ready
+from bench.ingest import send_parallel
+from bench.workers import wait_ready
 from cxr_common.settings import WorkerSettings, resolve_batching
 from cxr_triage.send import send_paths
 
@@ -84,26 +84,21 @@ def measure(
     engine = bench.engine()
     rows = []
     try:
-        _wait_ready(bench, [worker])
-        for i, path in enumerate(idle):
+        wait_ready(bench, [worker])
+        for path in idle:
             if not send_paths([path], "127.0.0.1", port, progress=False).ok:
                 raise RuntimeError("C-STORE failed")
             uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
             while not _scored(engine, uid):
                 time.sleep(0.02)
-            if i == 0:  # the first one warms the model up; not counted
-                bench_first = uid
         t = timings(engine)
-        with engine.connect() as conn:
-            first_id = conn.execute(
-                text("SELECT id FROM instances WHERE sop_instance_uid = :u"), {"u": bench_first}
-            ).scalar_one()
+        first_id = min(t, default=None)  # the first one warms the model up; not counted
         idle_t = [v.scored - v.enqueued for k, v in t.items() if k != first_id]
         if idle_t:
             rows.append(_row("idle", idle_t))
         seen = set(t)
         if backlog:
-            _send(backlog, port, args.associations, args.input)
+            send_parallel(backlog, port, args.associations, args.input)
             _wait_count(engine, len(idle) + len(backlog))
             t = timings(engine)
             back = [v for k, v in t.items() if k not in seen]

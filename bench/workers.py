@@ -63,7 +63,7 @@ def record_instances(bench: Bench, engine: Any, storage: Path, files: list[Path]
     return jobs
 
 
-def _wait_ready(bench: Bench, procs: list[Any], timeout_s: float = 300) -> None:
+def wait_ready(bench: Bench, procs: list[Any], timeout_s: float = 300) -> None:
     """Until every worker answers a ping (its model is loaded and it consumes)."""
     import socket
 
@@ -115,7 +115,7 @@ def end_to_end(
     app = make_celery(bench.broker_url, bench.queue)
     procs = [bench.worker(batch, storage) for _ in range(workers)]
     try:
-        _wait_ready(bench, procs)
+        wait_ready(bench, procs)
         warm = record_instances(bench, engine, storage, warmup)
         for job in warm:
             enqueue_instance(engine, app, bench.queue, job)
