@@ -152,7 +152,7 @@ def supervise(
         proc = subprocess.Popen(
             list(command),
             env=env,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         log.info("started %s (pid %d)", name, proc.pid)
         started = time.monotonic()

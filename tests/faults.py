@@ -140,7 +140,7 @@ class Workers:
 
     def start(self, **env: str) -> subprocess.Popen[bytes]:
         child_env = {**self.env, **env}
-        log = open(self.logs / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        log = open(self.logs / f"worker-{len(self.procs)}.log", "wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "cxr_triage", "work"], env=child_env, stdout=log, stderr=log
         )

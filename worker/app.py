@@ -35,6 +35,7 @@ from cxr_db import make_engine
 from cxr_imaging.limits import DecodeLimits
 from cxr_queue import make_celery
 from cxr_queue.live import queue_depth
+from worker import metrics as worker_metrics
 from worker.leases import Progress
 from worker.pipeline import Reliability, ScoringRuntime
 from worker.tasks import register_tasks
@@ -135,6 +136,7 @@ def run_worker(settings: WorkerSettings) -> int:
     # JSON-only serializer makes Celery's superuser warning moot, so keep the log readable.
     warnings.filterwarnings("ignore", message=".*superuser privileges.*")
     app, runtime = create_app(settings)
+    worker_metrics.install(settings, runtime)
     argv = [
         "--quiet",  # no banner: our own log line says what was loaded
         "worker",

@@ -45,6 +45,7 @@ from cxr_imaging.limits import (
 from cxr_queue import ScoreJob
 from worker.batching import Batcher, BatchInfo
 from worker.leases import LeaseKeeper, Progress
+from worker.metrics import timed_batch
 from worker.outcomes import JobOutcome, Outcome
 
 if TYPE_CHECKING:
@@ -114,6 +115,7 @@ class ScoringRuntime:
             self._score_batch, batch_max_size, batch_max_wait_s, name="cxr-batcher"
         )
 
+    @timed_batch
     def _score_batch(self, tensors: Sequence[torch.Tensor]) -> list[ScoreResult]:
         import torch
 
