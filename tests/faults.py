@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import Engine, text
 
@@ -137,10 +137,12 @@ class Workers:
     env: dict[str, str]
     logs: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _logs: list[IO[bytes]] = field(default_factory=list)
 
     def start(self, **env: str) -> subprocess.Popen[bytes]:
         child_env = {**self.env, **env}
-        log = open(self.logs / f"worker-{len(self.procs)}.log", "wb")
+        log = open(self.logs / f"worker-{len(self.procs)}.log", "wb")  # closed by stop()
+        self._logs.append(log)
         proc = subprocess.Popen(
             [sys.executable, "-m", "cxr_triage", "work"], env=child_env, stdout=log, stderr=log
         )
@@ -160,6 +162,8 @@ class Workers:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for log in self._logs:
+            log.close()
 
 
 def worker_env(database_url: str, broker_url: str, queue: str, data_dir: Path) -> dict[str, str]:
