@@ -5,6 +5,8 @@
     python scripts/reliability_worker_faults.py postgres   # 500 instances, Postgres down 60 s
     python scripts/reliability_worker_faults.py redis      # 500 instances, Redis down 60 s,
                                                            # back EMPTY, during the send
+    python scripts/reliability_worker_faults.py poison     # each poison file on a fresh
+                                                           # worker: status, reason, VmHWM
     python scripts/reliability_worker_faults.py all --instances 100 --outage 20 --kills 3
 
 Real processes throughout: a C-STORE listener with its reconciler (in this process), two
@@ -116,14 +118,30 @@ def run_kill9(base: Path, n: int, kills: int, redis_url: str, db_url: str) -> di
     seen: set[int] = set()
     stop = threading.Event()
     recover: list[float] = []
+    files = _files(base / "in", n, "K")
+    sent: list[int] = []
     try:
         with running_listener(settings, engine) as port:
-            report = send_paths(_files(base / "in", n, "K"), "127.0.0.1", port, progress=False)
+            # Sent while the workers run and die, so that there is work to hold at each kill.
+            sender = threading.Thread(
+                target=lambda: sent.append(
+                    send_paths(files, "127.0.0.1", port, progress=False).sent
+                )
+            )
+            sender.start()
             for _ in range(2):
                 pool.start()
             threading.Thread(target=_pids_seen, args=(pool, seen, stop), daemon=True).start()
             rng = random.Random(12)
             for k in range(kills):
+                # kill k + 1 once (k + 1) / (kills + 2) of the run is scored
+                milestone = (k + 1) * n // (kills + 2)
+                wait_for(
+                    f"{milestone} scored",
+                    lambda m=milestone: counts(engine).get("done", 0) >= m,
+                    1800,
+                    pool.alive,
+                )
                 holders: dict[int, list[int]] = {}
 
                 def holding(holders: dict[int, list[int]] = holders) -> bool:
@@ -154,12 +172,13 @@ def run_kill9(base: Path, n: int, kills: int, redis_url: str, db_url: str) -> di
                 recover.append(time.monotonic() - t0)
                 took = f"{recover[-1]:.1f} s"
                 print(f"kill {k + 1}: {len(held)} held job(s) back in {took}", flush=True)  # noqa: T201
+            sender.join()
             wait_for("all final", lambda: all_final(engine, n), 1800, pool.alive)
         return _summary(
             f"kill -9 x{kills}",
             engine,
             n,
-            report.sent,
+            sent[0],
             seen,
             kills,
             2,
@@ -263,15 +282,127 @@ def run_redis(base: Path, n: int, outage_s: float, db_url: str) -> dict[str, obj
         server.kill()
 
 
+def run_poison(base: Path, redis_url: str, db_url: str) -> list[dict[str, object]]:
+    """Each poison file alone on a fresh worker: its status, reason and the worker's peak
+    resident set (VmHWM, model loaded included); a normal image for comparison."""
+    from pydicom.filereader import read_file_meta_info
+    from pydicom.uid import generate_uid
+    from sqlalchemy import text
+
+    from cxr_common.storage import instance_key, open_storage
+    from cxr_db import repository as repo
+    from cxr_queue import ScoreJob, enqueue_score, make_celery
+    from tests import poison
+    from tests.faults import peak_rss_bytes
+
+    d = base / "files"
+    d.mkdir(parents=True, exist_ok=True)
+    files = {
+        "normal 128 x 128 DX": write(poison.dx_dataset(chest_like(128)), d / "ok.dcm"),
+        "deflate bomb (1 GiB of zeros, honest 32768 x 32768)": poison.deflate_bomb(d / "d1.dcm"),
+        "deflate bomb (1 GiB, header says 64 x 64)": poison.deflate_bomb(
+            d / "d2.dcm", rows=64, columns=64
+        ),
+        "deflate bomb (1 GiB in a private element)": poison.deflate_bomb(
+            d / "d3.dcm", where="private"
+        ),
+        "RLE 20000 x 20000": poison.rle_bomb(d / "r.dcm"),
+        "RLE 8000 x 8000 (allowed, all zeros)": poison.rle_bomb(
+            d / "r8.dcm", rows=8000, columns=8000
+        ),
+        "truncated Pixel Data": poison.truncated_pixel_data(d / "t.dcm"),
+        "file cut mid-pixels": poison.truncated_pixel_data(d / "t2.dcm", cut_file=True),
+        "0-length Pixel Data": poison.zero_length_pixel_data(d / "z.dcm"),
+        "Rows 65535 x Columns 65535": poison.absurd_dimensions(
+            d / "a.dcm", Rows=65535, Columns=65535
+        ),
+        "NumberOfFrames 100000": poison.absurd_dimensions(d / "f.dcm", NumberOfFrames=100000),
+        "blank frame": poison.blank_frame(d / "b.dcm"),
+        "constant frame": poison.constant_frame(d / "c.dcm"),
+    }
+    engine = make_engine(db_url)
+    storage = open_storage((base / "data" / "instances").as_uri())
+    rows = []
+    try:
+        for name, path in files.items():
+            queue = f"rel-poison-{uuid.uuid4().hex[:6]}"
+            meta = read_file_meta_info(path)
+            sop, study = str(meta.MediaStorageSOPInstanceUID), generate_uid()
+            key = instance_key(study, sop)
+            storage.put_file(key, path)
+            rec = repo.record_instance(
+                engine,
+                repo.InstanceRecord(
+                    study,
+                    sop,
+                    str(meta.MediaStorageSOPClassUID),
+                    None,
+                    str(meta.TransferSyntaxUID),
+                    None,
+                    "DX",
+                    "CHEST",
+                    "PA",
+                    None,
+                    storage.uri(key),
+                    0,
+                ),
+            )
+            enqueue_score(
+                make_celery(redis_url, queue),
+                ScoreJob(
+                    instance_id=rec.instance_id, sop_instance_uid=sop, storage_uri=storage.uri(key)
+                ),
+                queue,
+            )
+            repo.mark_enqueued(engine, rec.instance_id)
+            pool = Workers(worker_env(db_url, redis_url, queue, base / "data") | WORKER_ENV, base)
+            try:
+                sup = pool.start(CXR_RESTART_ON_EXIT="false")  # the process itself: VmHWM
+                t0 = time.monotonic()
+
+                def final(i: int = rec.instance_id) -> bool:
+                    with engine.begin() as conn:
+                        st = conn.execute(
+                            text("SELECT status FROM instances WHERE id = :i"), {"i": i}
+                        ).scalar_one()
+                    return str(st) in ("done", "not_eligible", "failed")
+
+                wait_for(name, final, 600, pool.alive)
+                peak = peak_rss_bytes(sup.pid)
+                with engine.begin() as conn:
+                    st, reason, attempts = conn.execute(
+                        text("SELECT status, reason, attempts FROM instances WHERE id = :i"),
+                        {"i": rec.instance_id},
+                    ).one()
+            finally:
+                pool.stop()
+            row = {
+                "file": name,
+                "on_disk_bytes": (base / "data" / "instances" / key).stat().st_size,
+                "status": str(st),
+                "attempts": attempts,
+                "worker_peak_rss_mib": round(peak / 2**20),
+                "seconds": round(time.monotonic() - t0, 1),
+                "reason": reason,
+            }
+            print(json.dumps(row), flush=True)  # noqa: T201 - a script reports on stdout
+            rows.append(row)
+    finally:
+        engine.dispose()
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("scenario", choices=["kill9", "postgres", "redis", "all"])
+    parser.add_argument("scenario", choices=["kill9", "postgres", "redis", "poison", "all"])
     parser.add_argument("--instances", type=int, default=500)
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--outage", type=float, default=60.0)
     args = parser.parse_args()
+    # SIGTERM ends the run through the finally blocks: workers, Redis, Postgres stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows = []
     with tempfile.TemporaryDirectory(prefix="cxr-reliability-") as tmp:
         base = Path(tmp)
@@ -288,6 +419,8 @@ def main() -> int:
                 rows.append(
                     run_postgres(base / "postgres", args.instances, args.outage, redis_server.url)
                 )
+            if args.scenario == "poison":
+                run_poison(base / "poison", redis_server.url, _fresh_db(pg))
             if args.scenario in ("redis", "all"):
                 # its own database: a fresh run on the same Postgres server
                 rows.append(run_redis(base / "redis", args.instances, args.outage, _fresh_db(pg)))
