@@ -26,7 +26,6 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 
 from cxr_common.clinical import DISCLAIMER
-from cxr_imaging import decode_dataset
 from cxr_results import (
     AssociationError,
     Destination,
@@ -37,7 +36,7 @@ from cxr_results import (
     send_objects,
 )
 from tests.conftest import SAMPLES
-from tests.results_helpers import UID_ROOT, heatmap, sr_items, sr_value, summary
+from tests.results_helpers import UID_ROOT, overlay, sr_items, sr_value, summary
 
 pytestmark = pytest.mark.integration
 
@@ -62,9 +61,7 @@ def objects() -> tuple[Dataset, Dataset, Dataset]:
     """(source, Secondary Capture, SR) for the committed sample rsna-opacity-1.dcm."""
     source = pydicom.dcmread(SAMPLES / "rsna-opacity-1.dcm")
     uids = result_uids(UID_ROOT, source.StudyInstanceUID, 1)
-    sc = build_secondary_capture(
-        source, decode_dataset(source).pixels, heatmap(), summary(), uids, max_side=512
-    )
+    sc = build_secondary_capture(source, overlay(source), summary(), uids, max_side=512)
     sr = build_structured_report(source, summary(), uids, sc)
     return source, sc, sr
 
