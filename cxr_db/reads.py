@@ -10,7 +10,7 @@ presentation formats them. Writes live in ``cxr_db.repository``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -26,13 +26,40 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
-from cxr_db.schema import Instance, Prediction, Study
+from cxr_db.result_states import ResultState, SendStatus
+from cxr_db.schema import Instance, Prediction, ResultSend, Study
 from cxr_db.statuses import (
     REASON_STATUSES,
     InstanceStatus,
     StatusReason,
     study_status_of,
 )
+
+
+@dataclass(frozen=True)
+class DestinationOutcome:
+    """The newest send attempt of a study's results to one destination."""
+
+    destination: str
+    result_version: int
+    attempt: int
+    status: SendStatus
+    at: datetime
+    error: str | None
+    sc_sop_instance_uid: str | None
+    sr_sop_instance_uid: str
+    sc_status: int | None
+    sr_status: int | None
+
+
+@dataclass(frozen=True)
+class StudyResults:
+    """Where a study's results back to PACS stand (``cxr_db.result_states``)."""
+
+    state: ResultState
+    result_version: int
+    destinations: tuple[DestinationOutcome, ...]
+    """The newest attempt per destination, by destination."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +79,8 @@ class WorklistEntry:
     instances: int
     heatmap_sop_instance_uids: tuple[str, ...]
     """Instances with a heatmap, highest probability first."""
+    results: StudyResults | None = None
+    """Results back to PACS (``study_results``)."""
 
 
 @dataclass(frozen=True)
@@ -178,7 +207,43 @@ def worklist(engine: Engine, limit: int = 1000) -> list[WorklistEntry]:
     """The triaged worklist, at most ``limit`` studies (see ``_studies`` for the order)."""
     with engine.begin() as conn:
         rows = conn.execute(_studies().limit(limit)).all()
-    return [_entry(r) for r in rows]
+        results = study_results(conn, [r.id for r in rows])
+    return [replace(_entry(r), results=results.get(r.id)) for r in rows]
+
+
+def study_results(conn: Connection, study_ids: Sequence[int]) -> dict[int, StudyResults]:
+    """study id → its result state, version and newest attempt per destination."""
+    if not study_ids:
+        return {}
+    states = conn.execute(
+        select(Study.id, Study.result_state, Study.result_version).where(Study.id.in_(study_ids))
+    ).all()
+    attempts = conn.execute(
+        select(ResultSend)
+        .where(ResultSend.study_id.in_(study_ids))
+        .distinct(ResultSend.study_id, ResultSend.destination)
+        .order_by(ResultSend.study_id, ResultSend.destination, ResultSend.id.desc())
+    ).scalars()
+    by_study: dict[int, list[DestinationOutcome]] = {}
+    for a in attempts:
+        by_study.setdefault(a.study_id, []).append(
+            DestinationOutcome(
+                destination=a.destination,
+                result_version=a.result_version,
+                attempt=a.attempt,
+                status=a.status,
+                at=a.at,
+                error=a.error,
+                sc_sop_instance_uid=a.sc_sop_instance_uid,
+                sr_sop_instance_uid=a.sr_sop_instance_uid,
+                sc_status=a.sc_status,
+                sr_status=a.sr_status,
+            )
+        )
+    return {
+        r.id: StudyResults(r.result_state, r.result_version, tuple(by_study.get(r.id, ())))
+        for r in states
+    }
 
 
 def _instances(conn: Connection, study_id: int) -> tuple[InstanceDetail, ...]:
@@ -240,7 +305,8 @@ def study_detail(engine: Engine, study_instance_uid: str) -> StudyDetail | None:
         ).one_or_none()
         if row is None:
             return None
-        return StudyDetail(study=_entry(row), instances=_instances(conn, row.id))
+        entry = replace(_entry(row), results=study_results(conn, [row.id]).get(row.id))
+        return StudyDetail(study=entry, instances=_instances(conn, row.id))
 
 
 def heatmap_png(engine: Engine, sop_instance_uid: str) -> bytes | None:

@@ -8,7 +8,8 @@ from html import escape
 from urllib.parse import quote
 
 from cxr_common.clinical import DISCLAIMER
-from cxr_db.reads import InstanceDetail, StudyDetail, WorklistEntry
+from cxr_db.reads import InstanceDetail, StudyDetail, StudyResults, WorklistEntry
+from cxr_db.result_states import ResultState, SendStatus
 from cxr_db.statuses import PENDING_STATUSES, REASON_STATUSES, InstanceStatus, StatusReason
 from worklist.present import badge_note, status_label
 
@@ -197,10 +198,54 @@ def study_page(detail: StudyDetail) -> str:
     body = (
         '<a class="back" href="/">← Back to the worklist</a>'
         f'<dl class="facts">{facts}</dl>'
+        f"{results_block(study.results)}"
         f'<h2>Images ({len(detail.instances)})</h2><div class="images">{cards}</div>'
     )
     name = study.accession_number or "…" + study.study_instance_uid[-16:]
     return _layout(f"Study {name} · CXR Triage", escape(f"Study {name}"), body)
+
+
+RESULT_STATE_LABELS = {
+    ResultState.RECEIVING: "receiving images: the result is not final yet",
+    ResultState.COMPLETE: "complete: results not sent (no destination configured, or sending)",
+    ResultState.RESULTS_SENT: "results sent to PACS",
+    ResultState.RESULTS_FAILED: "results could NOT be sent to PACS",
+}
+
+
+def _dicom_status(code: int | None) -> str:
+    return "–" if code is None else f"0x{code:04X}"
+
+
+def results_block(results: StudyResults | None) -> str:
+    """The study page's "Results in PACS" block: state, version, newest attempt per
+    destination (Secondary Capture + SR statuses)."""
+    if results is None:
+        return ""
+    rows = "".join(
+        f'<tr><td class="uid">{escape(d.destination)}</td>'
+        f'<td class="num">{d.result_version}</td><td class="num">{d.attempt}</td>'
+        f'<td><span class="badge {"done" if d.status is SendStatus.SENT else "failed"}">'
+        f"{escape(d.status.value)}</span>"
+        + (f'<span class="reason failed">{escape(d.error)}</span>' if d.error else "")
+        + f'</td><td class="uid">SC {_dicom_status(d.sc_status)} · SR '
+        f"{_dicom_status(d.sr_status)}</td>"
+        f'<td class="time">{_time(d.at)}</td></tr>'
+        for d in results.destinations
+    )
+    table = (
+        '<table class="results"><thead><tr><th>Destination</th><th class="num">Version</th>'
+        '<th class="num">Attempt</th><th>Outcome</th><th>DICOM status</th><th>At (UTC)</th>'
+        f"</tr></thead><tbody>{rows}</tbody></table>"
+        if rows
+        else ""
+    )
+    return (
+        '<section class="pacs-results"><h2>Results in PACS</h2>'
+        f'<dl class="facts"><dt>State</dt><dd data-result-state="{results.state.value}">'
+        f"{escape(RESULT_STATE_LABELS[results.state])}</dd>"
+        f"<dt>Result version</dt><dd>{results.result_version}</dd></dl>{table}</section>"
+    )
 
 
 def error_page(title: str, message: str) -> str:

@@ -217,9 +217,7 @@ def test_burned_in_annotation_puts_the_heatmap_on_a_neutral_field() -> None:
         return np.asarray(sc.pixel_array)
 
     def without_overlay(ds: Dataset) -> np.ndarray:
-        sc = build_secondary_capture(
-            ds, decode_dataset(ds).pixels, summary(), uids, max_side=256
-        )
+        sc = build_secondary_capture(ds, decode_dataset(ds).pixels, summary(), uids, max_side=256)
         assert "without heatmap" in sc.DerivationDescription
         return np.asarray(sc.pixel_array)
 
