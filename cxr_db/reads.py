@@ -223,7 +223,7 @@ def study_results(conn: Connection, study_ids: Sequence[int]) -> dict[int, Study
         .where(ResultSend.study_id.in_(study_ids))
         .distinct(ResultSend.study_id, ResultSend.destination)
         .order_by(ResultSend.study_id, ResultSend.destination, ResultSend.id.desc())
-    ).scalars()
+    ).all()
     by_study: dict[int, list[DestinationOutcome]] = {}
     for a in attempts:
         by_study.setdefault(a.study_id, []).append(
