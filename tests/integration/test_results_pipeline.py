@@ -416,3 +416,39 @@ def test_our_own_listener_as_destination_causes_no_loop(
         ).one()
     assert tuple(counts) == (1, 1, 1, 1)
     assert reads.instance_statuses(engine) == {str(chest.SOPInstanceUID): "done"}
+
+
+def test_forwarded_objects_with_new_uids_are_recognised_and_foreign_srs_refused(
+    services: Services, engine: Engine, results_listener: ListenerHandle
+) -> None:
+    """A PACS that re-assigns UIDs on import: our Manufacturer + SeriesDescription marker
+    still says it is ours (Success, nothing recorded). An SR that is not ours is refused as
+    any class we do not store."""
+    from pydicom.uid import generate_uid
+
+    from cxr_results import (
+        build_secondary_capture,
+        build_structured_report,
+        result_uids,
+        send_objects,
+    )
+    from tests.results_helpers import UID_ROOT, overlay, summary
+
+    source = make_dataset(chest_like(seed=7))
+    uids = result_uids(UID_ROOT, str(source.StudyInstanceUID), 1)  # not the listener's root
+    sc = build_secondary_capture(source, overlay(source), summary(), uids)
+    sr = build_structured_report(source, summary(), uids, sc)
+    sc.SOPInstanceUID = sc.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    sc.SeriesInstanceUID = generate_uid()
+    foreign = build_structured_report(source, summary(), uids, sc)
+    foreign.SOPInstanceUID = foreign.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    foreign.SeriesInstanceUID = generate_uid()
+    foreign.Manufacturer = "Another Vendor"
+    foreign.SeriesDescription = "radiologist report"
+    sr.SOPInstanceUID = sr.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    sr.SeriesInstanceUID = generate_uid()
+    listener = Destination("CXR_TRIAGE", "127.0.0.1", results_listener.port)
+    outcomes = send_objects(listener, [sc, sr, foreign])
+    assert [(o.stored, o.status) for o in outcomes] == [(True, 0), (True, 0), (False, 0x0122)]
+    assert reads.instance_statuses(engine) == {}
+    assert not (services.data_dir / "instances" / str(source.StudyInstanceUID)).exists()
