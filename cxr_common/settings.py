@@ -292,6 +292,9 @@ class ResultSettings(CommonSettings):
     result_timeout_s: float = Field(
         default=30.0, gt=0, description="TCP connect / association answer timeout per attempt"
     )
+    result_heartbeat_file: Path | None = Field(
+        default=None, description="touched every 10 s while send-results runs (healthchecks)"
+    )
 
     @field_validator("result_calling_ae_title")
     @classmethod

@@ -140,8 +140,14 @@ def run_results_worker(settings: ResultSettings) -> int:
         "--without-mingle",
         "--without-heartbeat",
     ]
+    stop = threading.Event()
+    if settings.result_heartbeat_file is not None:
+        threading.Thread(
+            target=_heartbeat, args=(settings.result_heartbeat_file, stop), daemon=True
+        ).start()
     try:
         app.worker_main(argv)
     finally:
+        stop.set()
         runtime.close()
     return 0
