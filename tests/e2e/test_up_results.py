@@ -69,7 +69,7 @@ def test_up_files_sc_and_sr_into_storescp(tmp_path: Path) -> None:
             CXR_STUDY_QUIET_S=str(QUIET_S),
             CXR_COMPLETENESS_INTERVAL_S="0.5",
         )
-        log = open(tmp_path / "up.log", "wb")  # noqa: SIM115 - closed below
+        log = open(tmp_path / "up.log", "wb")  # closed below
         up = subprocess.Popen(
             [sys.executable, "-m", "cxr_triage", "up", "--no-web"],
             env=env,

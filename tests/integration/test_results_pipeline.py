@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import pydicom
 import pytest
@@ -82,6 +83,7 @@ def start_results_worker(
 ) -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
     """``cxr-triage send-results`` sending to ``destinations`` (retries 1, 2, 2, ... s)."""
     procs: list[subprocess.Popen[bytes]] = []
+    logs: list[IO[bytes]] = []
 
     def _start(destinations: str) -> subprocess.Popen[bytes]:
         env = services.env()
@@ -92,7 +94,8 @@ def start_results_worker(
             CXR_RESULT_RETRY_MAX_BACKOFF_S="2",
             CXR_RESULT_TIMEOUT_S="5",
         )
-        log = open(tmp_path / f"results-{len(procs)}.log", "wb")  # noqa: SIM115
+        log = open(tmp_path / f"results-{len(procs)}.log", "wb")
+        logs.append(log)
         proc = subprocess.Popen(
             [sys.executable, "-m", "cxr_triage", "send-results"], env=env, stdout=log, stderr=log
         )
@@ -107,6 +110,9 @@ def start_results_worker(
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+    for log in logs:
+        log.close()
 
 
 def _results(engine: Engine) -> dict[str, dict[str, object]]:
