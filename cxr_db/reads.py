@@ -24,7 +24,7 @@ from sqlalchemy import (
     text,
     true,
 )
-from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy.dialects.postgresql import aggregate_order_by, distinct_on
 
 from cxr_db.result_states import ResultState, SendStatus
 from cxr_db.schema import Instance, Prediction, ResultSend, Study
@@ -221,7 +221,7 @@ def study_results(conn: Connection, study_ids: Sequence[int]) -> dict[int, Study
     attempts = conn.execute(
         select(ResultSend)
         .where(ResultSend.study_id.in_(study_ids))
-        .distinct(ResultSend.study_id, ResultSend.destination)
+        .ext(distinct_on(ResultSend.study_id, ResultSend.destination))
         .order_by(ResultSend.study_id, ResultSend.destination, ResultSend.id.desc())
     ).all()
     by_study: dict[int, list[DestinationOutcome]] = {}

@@ -110,6 +110,8 @@ def running_storescp(out: Path, ae_title: str = "STORESCP") -> Iterator[Destinat
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 def run_tool(args: list[str]) -> subprocess.CompletedProcess[str]:
