@@ -173,3 +173,51 @@ def test_sends_are_numbered_locked_and_sent_once(engine: Engine) -> None:
             }
         ],
     }
+
+
+def test_upgrading_marks_existing_studies_complete_so_nothing_old_is_sent() -> None:
+    """Revision 0005 on a database with studies: they are complete and "enqueued" (the
+    completeness job never picks them up); a late instance still reopens one."""
+    import os
+    import uuid
+
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from cxr_common.settings import normalise_database_url
+    from migrations import alembic_config
+
+    admin_url = os.environ.get("CXR_TEST_DATABASE_URL")
+    if not admin_url:
+        pytest.skip("needs CXR_TEST_DATABASE_URL (a server where a database can be created)")
+    name = f"cxr_test_mig_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(normalise_database_url(admin_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = normalise_database_url(admin_url).rpartition("/")[0] + f"/{name}"
+    engine = create_engine(url)
+    try:
+        command.upgrade(alembic_config(url), "0002")
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO studies (study_instance_uid) VALUES ('1.2.9')"))
+            conn.execute(
+                text(
+                    "INSERT INTO instances (study_id, sop_instance_uid, sop_class_uid, "
+                    "storage_uri, size_bytes, status) VALUES (1, '1.2.9.1', '1.2', 'file:///x', "
+                    "1, 'done')"
+                )
+            )
+        command.upgrade(alembic_config(url), "0005")
+        assert _state(engine, "1.2.9") == (ResultState.COMPLETE, 1)
+        _age(engine, 60)
+        assert results_db.complete_quiet_studies(engine, quiet_s=1) == []
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE studies SET completed_at = now() - interval '1 hour'"))
+        assert results_db.unenqueued_complete_studies(engine, older_than_s=1) == []
+        record(engine, "1.2.9", "1.2.9.2")
+        assert _state(engine, "1.2.9") == (ResultState.RECEIVING, 2)
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
