@@ -18,7 +18,7 @@ import base64
 import enum
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -39,11 +39,12 @@ from sqlalchemy import (
     true,
     tuple_,
 )
-from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy.dialects.postgresql import aggregate_order_by, distinct_on
 from sqlalchemy.orm import aliased
 
 from cxr_db.reading import effective_state
-from cxr_db.schema import Instance, Prediction, Study
+from cxr_db.result_states import ResultState, SendStatus
+from cxr_db.schema import Instance, Prediction, ResultSend, Study
 from cxr_db.schema_reading import Answer, ApiToken, Finding, ReadState, StudyRead, User
 from cxr_db.statuses import (
     PENDING_STATUSES,
@@ -52,6 +53,32 @@ from cxr_db.statuses import (
     StatusReason,
     study_status_of,
 )
+
+
+@dataclass(frozen=True)
+class DestinationOutcome:
+    """The newest send attempt of a study's results to one destination."""
+
+    destination: str
+    result_version: int
+    attempt: int
+    status: SendStatus
+    at: datetime
+    error: str | None
+    sc_sop_instance_uid: str | None
+    sr_sop_instance_uid: str
+    sc_status: int | None
+    sr_status: int | None
+
+
+@dataclass(frozen=True)
+class StudyResults:
+    """Where a study's results back to PACS stand (``cxr_db.result_states``)."""
+
+    state: ResultState
+    result_version: int
+    destinations: tuple[DestinationOutcome, ...]
+    """The newest attempt per destination, by destination."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +107,9 @@ class WorklistEntry:
     read_by: str | None = None
     """The user (or API token) that answered, once ``read``."""
     read_at: datetime | None = None
+
+    results: StudyResults | None = None
+    """Results back to PACS (``study_results``)."""
 
 
 class ReadView(enum.StrEnum):
@@ -399,6 +429,7 @@ def worklist_page(engine: Engine, query: WorklistQuery) -> WorklistPage:
     stmt = stmt.order_by(*order).limit(limit + 1)
     with engine.begin() as conn:
         rows = conn.execute(stmt).all()
+        results = study_results(conn, [r.id for r in rows[:limit]])
     more = len(rows) > limit
     rows = rows[:limit]
     cursor = None
@@ -410,7 +441,8 @@ def worklist_page(engine: Engine, query: WorklistQuery) -> WorklistPage:
             cursor = _encode_cursor(
                 query.view, [last.k_flag, last.k_score, last.received_at, last.id]
             )
-    return WorklistPage([_entry(r) for r in rows], cursor)
+    entries = [replace(_entry(r), results=results.get(r.id)) for r in rows]
+    return WorklistPage(entries, cursor)
 
 
 def unread_counts(engine: Engine) -> UnreadCounts:
@@ -443,6 +475,41 @@ def unread_counts(engine: Engine) -> UnreadCounts:
         routine=counts.get("routine", 0),
         in_progress=sum(int(r.busy) for r in rows),
     )
+
+
+def study_results(conn: Connection, study_ids: Sequence[int]) -> dict[int, StudyResults]:
+    """study id → its result state, version and newest attempt per destination."""
+    if not study_ids:
+        return {}
+    states = conn.execute(
+        select(Study.id, Study.result_state, Study.result_version).where(Study.id.in_(study_ids))
+    ).all()
+    attempts = conn.execute(
+        select(ResultSend)
+        .where(ResultSend.study_id.in_(study_ids))
+        .ext(distinct_on(ResultSend.study_id, ResultSend.destination))
+        .order_by(ResultSend.study_id, ResultSend.destination, ResultSend.id.desc())
+    ).all()
+    by_study: dict[int, list[DestinationOutcome]] = {}
+    for a in attempts:
+        by_study.setdefault(a.study_id, []).append(
+            DestinationOutcome(
+                destination=a.destination,
+                result_version=a.result_version,
+                attempt=a.attempt,
+                status=a.status,
+                at=a.at,
+                error=a.error,
+                sc_sop_instance_uid=a.sc_sop_instance_uid,
+                sr_sop_instance_uid=a.sr_sop_instance_uid,
+                sc_status=a.sc_status,
+                sr_status=a.sr_status,
+            )
+        )
+    return {
+        r.id: StudyResults(r.result_state, r.result_version, tuple(by_study.get(r.id, ())))
+        for r in states
+    }
 
 
 def _instances(conn: Connection, study_id: int) -> tuple[InstanceDetail, ...]:
@@ -506,7 +573,8 @@ def study_detail(engine: Engine, study_instance_uid: str) -> StudyDetail | None:
         ).one_or_none()
         if row is None:
             return None
-        return StudyDetail(study=_entry(row), instances=_instances(conn, row.id))
+        entry = replace(_entry(row), results=study_results(conn, [row.id]).get(row.id))
+        return StudyDetail(study=entry, instances=_instances(conn, row.id))
 
 
 def heatmap_png(engine: Engine, sop_instance_uid: str) -> bytes | None:

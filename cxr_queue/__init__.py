@@ -5,6 +5,24 @@ never pixels), so it never imports the worker or torch. ``make_celery`` is the o
 that sets the broker options both sides must agree on.
 """
 
-from cxr_queue.contract import SCORE_TASK, ScoreJob, enqueue_score, make_celery
+from cxr_queue.contract import (
+    RESULTS_QUEUE,
+    RESULTS_TASK,
+    SCORE_TASK,
+    ResultsJob,
+    ScoreJob,
+    enqueue_results,
+    enqueue_score,
+    make_celery,
+)
 
-__all__ = ["SCORE_TASK", "ScoreJob", "enqueue_score", "make_celery"]
+__all__ = [
+    "RESULTS_QUEUE",
+    "RESULTS_TASK",
+    "SCORE_TASK",
+    "ResultsJob",
+    "ScoreJob",
+    "enqueue_results",
+    "enqueue_score",
+    "make_celery",
+]

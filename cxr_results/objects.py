@@ -3,14 +3,15 @@
 For each result version of a study (see :mod:`cxr_results.uids`):
 
 * a **Secondary Capture** image (:func:`build_secondary_capture`, highdicom ``SCImage``,
-  RGB, Explicit VR Little Endian): the scored radiograph, resized so that its longer side
-  is ``max_side`` pixels, with the heatmap blended on top (the same colour map and blending
-  as the web page's PNG), a dark band above it with "NOT FOR DIAGNOSTIC USE", the score,
-  the threshold, the flag and the model, and a band below with the clinical-support
-  statement. The text never holds patient data. When the source says its pixels carry
-  burned-in annotation (``BurnedInAnnotation YES``), the heatmap is drawn on a neutral
-  grey field instead of the pixels (the product's privacy rule; the text burned into the
-  source may name the patient). The picture itself is drawn by :mod:`cxr_results.render`.
+  RGB, Explicit VR Little Endian): the heatmap overlay the worker stored for the scored
+  instance (:mod:`cxr_model.heatmaps` draws it: one heatmap rule, no second model run),
+  with a dark band above it with "NOT FOR DIAGNOSTIC USE", the score, the threshold, the
+  flag and the model, and a band below with the clinical-support statement. The text
+  never holds patient data. When the source says its pixels carry burned-in annotation
+  (``BurnedInAnnotation YES``) the overlay was drawn on a neutral grey field, and without
+  an overlay the radiograph is replaced by grey here (the product's privacy rule; the text
+  burned into the source may name the patient). The picture is drawn by
+  :mod:`cxr_results.render`.
 * a **Comprehensive SR** (:func:`build_structured_report`) with the score, threshold, flag,
   analysis status, model name/version/sha256 and calibration version, referencing the
   scored instance and the Secondary Capture, led by the clinical-support statement.
@@ -88,7 +89,7 @@ from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian
 
 from cxr_common.clinical import DISCLAIMER
 from cxr_results.errors import ResultObjectError
-from cxr_results.render import NOT_FOR_DIAGNOSTIC_USE, render_result_image
+from cxr_results.render import NOT_FOR_DIAGNOSTIC_USE, overlay_from_png, render_result_image
 from cxr_results.summary import AnalysisStatus, ResultSummary
 from cxr_results.uids import MANUFACTURER, SERIES_DESCRIPTION_PREFIX, ResultUids, result_uids
 
@@ -103,6 +104,7 @@ __all__ = [
     "build_not_analysed_report",
     "build_secondary_capture",
     "build_structured_report",
+    "overlay_from_png",
     "render_result_image",
 ]
 
@@ -173,6 +175,11 @@ def _lo(text: str) -> str:
     return text.replace("\\", "/")[:64]
 
 
+def _lo_text(text: str) -> str:
+    """A value that fits VR ST (1024 characters)."""
+    return text[:1024]
+
+
 def _burned_in(ds: Dataset) -> bool:
     return str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES"
 
@@ -235,8 +242,7 @@ def _image_reference(source: Dataset) -> Dataset:
 
 def build_secondary_capture(
     source: Dataset,
-    grey: npt.NDArray[np.floating],
-    heatmap: npt.NDArray[np.floating] | None,
+    picture: npt.NDArray[np.generic],
     result: ResultSummary,
     uids: ResultUids,
     *,
@@ -244,13 +250,15 @@ def build_secondary_capture(
 ) -> hd.sc.SCImage:
     """The heatmap Secondary Capture of one result version (see the module docstring).
 
-    ``source`` is the scored instance (its header is enough), ``grey`` its decoded pixels
-    (float [0, 1], MONOCHROME2, as :func:`cxr_imaging.decode_dataset` gives them)."""
+    ``source`` is the scored instance (its header is enough); ``picture`` the heatmap
+    overlay stored for it (:func:`cxr_results.render.overlay_from_png`) or, without one,
+    its decoded pixels (float [0, 1], MONOCHROME2, as :func:`cxr_imaging.decode_dataset`
+    gives them)."""
     if result.status is not AnalysisStatus.SCORED:
         raise ResultObjectError("a Secondary Capture is made only for a scored study")
     _check_study(source, uids)
     neutral = _burned_in(source)
-    rgb = render_result_image(grey, heatmap, result, neutral_field=neutral, max_side=max_side)
+    rgb = render_result_image(picture, result, neutral_field=neutral, max_side=max_side)
     header = _reference_header(source)
     try:
         sc = hd.sc.SCImage(
@@ -280,11 +288,16 @@ def build_secondary_capture(
     sc.ConversionType = "WSD"  # made on a workstation
     sc.BurnedInAnnotation = "YES"
     sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
-    sc.DerivationDescription = (
-        f"Heatmap of model {result.model_name} {result.model_version} over "
-        + ("a neutral grey field" if neutral else "the scored image")
-        + f"; score {result.score:.3f}, threshold {result.threshold:.3f}. "
-        + f"{NOT_FOR_DIAGNOSTIC_USE}."
+    shown = "a neutral grey field" if neutral else "the scored image"
+    what = (
+        f"Heatmap of model {result.model_name} {result.model_version} over {shown}"
+        if np.asarray(picture).ndim == 3
+        else f"{shown.capitalize()} without heatmap, model {result.model_name} "
+        f"{result.model_version}"
+    )
+    sc.DerivationDescription = _lo_text(
+        f"{what}; score {result.score:.3f}, threshold {result.threshold:.3f}. "
+        f"{NOT_FOR_DIAGNOSTIC_USE}."
     )
     sc.ImageComments = f"{NOT_FOR_DIAGNOSTIC_USE}. {DISCLAIMER}"
     if str(source.get("LossyImageCompression", "")) == "01" or _lossy_syntax(source):

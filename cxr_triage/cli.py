@@ -28,6 +28,7 @@ from cxr_common.logs import configure_logging
 from cxr_common.settings import (
     CommonSettings,
     ListenerSettings,
+    ResultSettings,
     SupervisorSettings,
     WebSettings,
     WorkerSettings,
@@ -110,6 +111,14 @@ def _cmd_work(args: argparse.Namespace, settings: WorkerSettings) -> int:
     return _run_with_services(settings, run_worker)
 
 
+def _cmd_send_results(args: argparse.Namespace, settings: ResultSettings) -> int:
+    from cxr_results import parse_destinations
+    from worker.app import run_results_worker
+
+    parse_destinations(settings.result_destinations)  # a malformed entry: exit 2 at once
+    return _run_with_services(settings, run_results_worker)
+
+
 def _cmd_web(args: argparse.Namespace, settings: WebSettings) -> int:
     from worklist.server import run_web
 
@@ -140,6 +149,7 @@ def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
             children.append(spawn("listener", ["listen"], env))
             for i in range(args.workers):
                 children.append(spawn(f"worker-{i + 1}", ["work"], env))
+            children.append(spawn("results", ["send-results"], env))
             if not args.no_web:
                 children.append(spawn("web", ["web"], env))
             host = "127.0.0.1" if settings.dicom_host in ("0.0.0.0", "") else settings.dicom_host
@@ -300,6 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="maximum batch size (CXR_BATCH_MAX_SIZE)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     p.set_defaults(func=_cmd_work, settings_class=WorkerSettings)
+
+    p = sub.add_parser(
+        "send-results",
+        help="run the results sender: SC + SR of each complete study to PACS (C-STORE)",
+        description="Consume the results queue: for each complete study, build the heatmap "
+        "Secondary Capture and the Comprehensive SR (or a not-analysed SR) and C-STORE them to "
+        "every destination. Settings: CXR_RESULT_DESTINATIONS (AE@host:port,...; empty = "
+        "nothing is sent), CXR_RESULT_CALLING_AE_TITLE, CXR_UID_ROOT, CXR_RESULT_MAX_RETRIES.",
+    )
+    p.set_defaults(func=_cmd_send_results, settings_class=ResultSettings)
 
     p = sub.add_parser(
         "migrate",

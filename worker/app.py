@@ -18,7 +18,7 @@ from pathlib import Path
 from celery import Celery
 from celery.signals import setup_logging
 
-from cxr_common.settings import WorkerSettings, resolve_batching
+from cxr_common.settings import ResultSettings, WorkerSettings, resolve_batching
 from cxr_db import make_engine
 from cxr_queue import make_celery
 from worker import metrics as worker_metrics
@@ -97,6 +97,55 @@ def run_worker(settings: WorkerSettings) -> int:
     if settings.heartbeat_file is not None:
         threading.Thread(
             target=_heartbeat, args=(settings.heartbeat_file, stop), daemon=True
+        ).start()
+    try:
+        app.worker_main(argv)
+    finally:
+        stop.set()
+        runtime.close()
+    return 0
+
+
+# ---------------------------------------------------------------- results to PACS
+
+
+def run_results_worker(settings: ResultSettings) -> int:
+    """``cxr-triage send-results``: consume the results queue only (no model is loaded).
+
+    A process of its own, so that C-STOREs waiting on a slow or absent PACS never hold a
+    scoring thread: scoring goes on whatever the PACS does. One thread per job; the jobs
+    are few (one per complete study) and mostly wait on the network."""
+    from cxr_results import parse_destinations
+    from worker.results import ResultsRuntime, register_results_task
+
+    warnings.filterwarnings("ignore", message=".*superuser privileges.*")
+    destinations = parse_destinations(settings.result_destinations)  # fail fast when malformed
+    log.info(
+        "results to %s as %s",
+        ", ".join(map(str, destinations)) or "no destination (nothing is sent)",
+        settings.result_calling_ae_title,
+    )
+    app = make_celery(settings.broker_url_value(), settings.results_queue_name)
+    runtime = ResultsRuntime(make_engine(settings.database_url_value(), pool_size=6), settings)
+    register_results_task(
+        app, lambda: runtime, settings.result_max_retries, settings.result_retry_max_backoff_s
+    )
+    argv = [
+        "--quiet",
+        "worker",
+        "--pool=threads",
+        "--concurrency=4",
+        f"--queues={settings.results_queue_name}",
+        f"--hostname=cxr-results-{os.getpid()}@{socket.gethostname()}",
+        f"--loglevel={settings.log_level}",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    stop = threading.Event()
+    if settings.result_heartbeat_file is not None:
+        threading.Thread(
+            target=_heartbeat, args=(settings.result_heartbeat_file, stop), daemon=True
         ).start()
     try:
         app.worker_main(argv)

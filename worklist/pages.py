@@ -17,7 +17,15 @@ from cxr_common.clinical import DISCLAIMER
 from cxr_db.accounts import TokenInfo, UserInfo
 from cxr_db.audit import AuditRecord
 from cxr_db.reading import AnswerRecord
-from cxr_db.reads import InstanceDetail, ReadView, StudyDetail, UnreadCounts, WorklistEntry
+from cxr_db.reads import (
+    InstanceDetail,
+    ReadView,
+    StudyDetail,
+    StudyResults,
+    UnreadCounts,
+    WorklistEntry,
+)
+from cxr_db.result_states import ResultState, SendStatus
 from cxr_db.schema_reading import AuditAction, Finding, ReadState, Role
 from cxr_db.statuses import PENDING_STATUSES, REASON_STATUSES, InstanceStatus, StatusReason
 from worklist.present import FINDING_LABELS, badge_note, read_label, status_label
@@ -640,7 +648,7 @@ def study_page(s: StudyView, nav: Nav | None = None) -> str:
         f"{message}{_read_banner(s)}"
         '<div class="reading">'
         f'<div class="images"><h2>Images ({len(s.instances)})</h2>{cards}'
-        f"{_answers_html(s.answers)}</div>"
+        f"{results_block(study.results)}{_answers_html(s.answers)}</div>"
         f"<aside>{_patient_html(s)}{_answer_form(s)}"
         f'<section class="panel"><h2>Study</h2><dl class="facts">{facts}</dl></section>'
         "</aside></div>"
@@ -771,6 +779,49 @@ def ops_page(health: dict[str, object], nav: Nav | None = None) -> str:
         "</tbody></table>"
     )
     return _layout("Health · CXR Triage", body, nav, active="ops")
+
+
+RESULT_STATE_LABELS = {
+    ResultState.RECEIVING: "receiving images: the result is not final yet",
+    ResultState.COMPLETE: "complete: results not sent (no destination configured, or sending)",
+    ResultState.RESULTS_SENT: "results sent to PACS",
+    ResultState.RESULTS_FAILED: "results could NOT be sent to PACS",
+}
+
+
+def _dicom_status(code: int | None) -> str:
+    return "–" if code is None else f"0x{code:04X}"
+
+
+def results_block(results: StudyResults | None) -> str:
+    """The study page's "Results in PACS" block: state, version, newest attempt per
+    destination (Secondary Capture + SR statuses)."""
+    if results is None:
+        return ""
+    rows = "".join(
+        f'<tr><td class="uid">{escape(d.destination)}</td>'
+        f'<td class="num">{d.result_version}</td><td class="num">{d.attempt}</td>'
+        f'<td><span class="badge {"done" if d.status is SendStatus.SENT else "failed"}">'
+        f"{escape(d.status.value)}</span>"
+        + (f'<span class="reason failed">{escape(d.error)}</span>' if d.error else "")
+        + f'</td><td class="uid">SC {_dicom_status(d.sc_status)} · SR '
+        f"{_dicom_status(d.sr_status)}</td>"
+        f'<td class="time">{_time(d.at)}</td></tr>'
+        for d in results.destinations
+    )
+    table = (
+        '<table class="results"><thead><tr><th>Destination</th><th class="num">Version</th>'
+        '<th class="num">Attempt</th><th>Outcome</th><th>DICOM status</th><th>At (UTC)</th>'
+        f"</tr></thead><tbody>{rows}</tbody></table>"
+        if rows
+        else ""
+    )
+    return (
+        '<section class="pacs-results"><h2>Results in PACS</h2>'
+        f'<dl class="facts"><dt>State</dt><dd data-result-state="{results.state.value}">'
+        f"{escape(RESULT_STATE_LABELS[results.state])}</dd>"
+        f"<dt>Result version</dt><dd>{results.result_version}</dd></dl>{table}</section>"
+    )
 
 
 def error_page(title: str, message: str, nav: Nav | None = None) -> str:

@@ -28,6 +28,7 @@ def listener(services: Services, engine: Engine) -> Iterator[int]:
         database_url=services.database_url,
         broker_url=services.broker_url,
         queue_name=services.queue_name,
+        results_queue_name=f"{services.queue_name}-results",
         data_dir=services.data_dir,
         storage_uri=(services.data_dir / "instances").as_uri(),
         dicom_host="127.0.0.1",

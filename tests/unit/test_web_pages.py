@@ -119,6 +119,7 @@ def test_json_entry_keeps_its_keys_and_formats_reasons_once() -> None:
         "finding": None,
         "read_by": None,
         "read_at": None,
+        "results": None,
     }
     assert present.entry_json(_entry())["reason"] is None
     read = present.entry_json(
