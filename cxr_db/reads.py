@@ -26,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
+from cxr_common.population import study_population
 from cxr_db.schema import Instance, Prediction, Study
 from cxr_db.statuses import (
     REASON_STATUSES,
@@ -33,6 +34,9 @@ from cxr_db.statuses import (
     StatusReason,
     study_status_of,
 )
+
+ACTIVE_ROLE = "active"
+"""Predictions of shadow models (``model_role = 'shadow'``) are kept out of every read here."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,13 @@ class WorklistEntry:
     instances: int
     heatmap_sop_instance_uids: tuple[str, ...]
     """Instances with a heatmap, highest probability first."""
+    population: str | None = None
+    """``cxr_common.population.study_population`` over the scored instances (None: none)."""
+    population_reason: str | None = None
+    """The reason of an instance with that population (the check's words, for staff)."""
+    shadow_score: float | None = None
+    """Highest score of the active model that may not triage (outside the population):
+    shown greyed, never used for order or flag."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,10 @@ class InstanceDetail:
     model_version: str | None
     scored_at: datetime | None
     has_heatmap: bool
+    population: str | None = None
+    population_reason: str | None = None
+    triage: bool | None = None
+    """False: the score is shown in shadow (outside the validated population)."""
 
     @property
     def reasons(self) -> tuple[StatusReason, ...]:
@@ -103,6 +118,7 @@ def _studies() -> Select[Any]:
             func.array_agg(aggregate_order_by(Instance.reason, *reason_order))
             .filter(has_reason)
             .label("reason_texts"),
+            _population_column(),
         )
         .group_by(Instance.study_id)
         .subquery("agg")
@@ -119,8 +135,12 @@ def _studies() -> Select[Any]:
             )
             .filter(Prediction.heatmap_png.is_not(None))
             .label("heatmaps"),
+            func.max(Prediction.probability)
+            .filter(Prediction.triage.is_(False))
+            .label("shadow_score"),
         )
         .join(Instance, Instance.id == Prediction.instance_id)
+        .where(Prediction.model_role == ACTIVE_ROLE)
         .group_by(Instance.study_id)
         .subquery("pred")
     )
@@ -139,6 +159,8 @@ def _studies() -> Select[Any]:
             pred.c.scored_at,
             agg.c.instances,
             pred.c.heatmaps,
+            agg.c.populations,
+            pred.c.shadow_score,
         )
         .join(agg, agg.c.study_id == Study.id)
         .outerjoin(pred, pred.c.study_id == Study.id)
@@ -158,7 +180,25 @@ def _reasons(
     return tuple(dict.fromkeys(StatusReason(InstanceStatus(s), r) for s, r in pairs))
 
 
+def _population_column() -> Any:
+    """``(population, reason)`` pairs of a study's scored instances, as one array column."""
+    return (
+        func.array_agg(func.array([Instance.population, Instance.population_reason]))
+        .filter(Instance.population.is_not(None))
+        .label("populations")
+    )
+
+
+def _study_population(pairs: Sequence[Sequence[str]] | None) -> tuple[str | None, str | None]:
+    status = study_population(p[0] for p in pairs or ())
+    if status is None:
+        return None, None
+    reason = next((p[1] for p in pairs or () if p[0] == status.value), None)
+    return status.value, reason
+
+
 def _entry(r: Row[Any]) -> WorklistEntry:
+    population, population_reason = _study_population(r.populations)
     return WorklistEntry(
         study_instance_uid=r.study_instance_uid,
         accession_number=r.accession_number,
@@ -171,6 +211,9 @@ def _entry(r: Row[Any]) -> WorklistEntry:
         scored_at=r.scored_at,
         instances=r.instances,
         heatmap_sop_instance_uids=tuple(r.heatmaps or ()),
+        population=population,
+        population_reason=population_reason,
+        shadow_score=r.shadow_score,
     )
 
 
@@ -190,8 +233,9 @@ def _instances(conn: Connection, study_id: int) -> tuple[InstanceDetail, ...]:
             Prediction.model_version,
             Prediction.created_at,
             Prediction.heatmap_png.is_not(None).label("has_heatmap"),
+            Prediction.triage,
         )
-        .where(Prediction.instance_id == Instance.id)
+        .where(Prediction.instance_id == Instance.id, Prediction.model_role == ACTIVE_ROLE)
         .order_by(Prediction.created_at.desc())
         .limit(1)
         .lateral("p")
@@ -209,6 +253,9 @@ def _instances(conn: Connection, study_id: int) -> tuple[InstanceDetail, ...]:
             latest.c.model_version,
             latest.c.created_at.label("scored_at"),
             latest.c.has_heatmap,
+            Instance.population,
+            Instance.population_reason,
+            latest.c.triage,
         )
         .outerjoin(latest, true())
         .where(Instance.study_id == study_id)
@@ -227,6 +274,9 @@ def _instances(conn: Connection, study_id: int) -> tuple[InstanceDetail, ...]:
             model_version=r.model_version,
             scored_at=r.scored_at,
             has_heatmap=bool(r.has_heatmap),
+            population=r.population,
+            population_reason=r.population_reason,
+            triage=r.triage,
         )
         for r in rows
     )
@@ -249,7 +299,9 @@ def heatmap_png(engine: Engine, sop_instance_uid: str) -> bytes | None:
         return conn.execute(
             select(Prediction.heatmap_png)
             .join(Instance, Instance.id == Prediction.instance_id)
-            .where(Instance.sop_instance_uid == sop_instance_uid)
+            .where(
+                Instance.sop_instance_uid == sop_instance_uid, Prediction.model_role == ACTIVE_ROLE
+            )
             .order_by(Prediction.created_at.desc())
             .limit(1)
         ).scalar_one_or_none()

@@ -57,6 +57,20 @@ def _html_error(status_code: int, title: str, message: str) -> HTMLResponse:
     return HTMLResponse(pages.error_page(title, message), status_code=status_code)
 
 
+def _drift_banner(engine: Engine) -> str:
+    """The drift warning for the worklist page; never stops the page (logged instead)."""
+    from cxr_common.drift import PSI_WARN
+    from cxr_db.drift import current_drift
+
+    try:
+        report = current_drift(engine)
+    except SQLAlchemyError as exc:
+        logger.warning("drift could not be measured (%s)", type(exc).__name__)
+        return ""
+    alerts = report.windows[0].alerts(PSI_WARN) if report.windows else []
+    return pages.drift_banner(alerts, PSI_WARN)
+
+
 def create_app(engine: Engine) -> FastAPI:
     """Build the worklist app over ``engine`` (the caller owns and disposes of it)."""
     app = FastAPI(
@@ -78,7 +92,8 @@ def create_app(engine: Engine) -> FastAPI:
     @app.get("/", response_class=HTMLResponse)
     def worklist_page(limit: Limit = DEFAULT_LIMIT) -> HTMLResponse:
         entries = reads.worklist(engine, limit=limit)
-        return HTMLResponse(pages.worklist_page(entries, datetime.now(UTC)))
+        banner = _drift_banner(engine)
+        return HTMLResponse(pages.worklist_page(entries, datetime.now(UTC), banner))
 
     @app.get("/studies/{study_instance_uid}", response_class=HTMLResponse)
     def study_page(study_instance_uid: str) -> HTMLResponse:

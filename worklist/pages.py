@@ -10,7 +10,7 @@ from urllib.parse import quote
 from cxr_common.clinical import DISCLAIMER
 from cxr_db.reads import InstanceDetail, StudyDetail, WorklistEntry
 from cxr_db.statuses import PENDING_STATUSES, REASON_STATUSES, InstanceStatus, StatusReason
-from worklist.present import badge_note, status_label
+from worklist.present import SHADOW_NOTE, badge_note, population_text, status_label
 
 REFRESH_S = 15
 
@@ -69,6 +69,11 @@ dl.facts dd { margin:0; }
 .noimg { margin:0 0 4px; padding:24px 8px; text-align:center; color:var(--muted);
   background:#eef2f6; border:1px dashed #c9d2dc; }
 h2 { font-size:16px; margin:20px 0 8px; }
+.shadow { color:#8a949e; font-style:italic; }
+.population { display:block; margin-top:3px; font-size:12px; color:#5f6b77; }
+.population.outside { color:#7a4b00; }
+.drift { background:var(--warn-bg); border:1px solid var(--warn-line); padding:8px 12px;
+  margin:0 0 12px; color:#5c4200; }
 .back { display:inline-block; margin-bottom:12px; color:#0b57a4; text-decoration:none; }
 """
 
@@ -90,6 +95,34 @@ def _status_html(status: InstanceStatus, reasons: Sequence[StatusReason]) -> str
     if note:
         out += f'<span class="reason {kind}">{escape(note)}</span>'
     return out
+
+
+def population_html(population: str | None, reason: str | None) -> str:
+    """The population note under a status (nothing for an in-scope study: no noise)."""
+    if population is None or population == "in_scope":
+        return ""
+    text = population_text(population, reason) or ""
+    return f'<span class="population {escape(population)}">{escape(text)}</span>'
+
+
+def _score_html(score: float | None, shadow: float | None) -> str:
+    """The triaging score, or a greyed shadow score that does not triage."""
+    if score is None and shadow is not None:
+        return f'<span class="shadow" title="{escape(SHADOW_NOTE)}">({shadow:.3f})</span>'
+    return _score(score)
+
+
+def drift_banner(alerts: Sequence[str], threshold: float) -> str:
+    """A warning above the worklist when today's inputs or scores drifted from the model's
+    calibration sample (``cxr_db.drift``); empty when nothing crossed ``threshold``."""
+    if not alerts:
+        return ""
+    what = ", ".join(alerts)
+    return (
+        f'<div class="drift" role="alert">Drift warning: the {escape(what)} distribution of '
+        f"the last 24 hours differs from the model's calibration sample (PSI ≥ {threshold:g}). "
+        "Scores may be less reliable than validated: see <code>cxr-triage drift</code>.</div>"
+    )
 
 
 def study_href(study_instance_uid: str) -> str:
@@ -116,14 +149,14 @@ def _study_label(accession: str | None, study_instance_uid: str) -> str:
     return escape("…" + study_instance_uid[-16:])
 
 
-def worklist_page(entries: Sequence[WorklistEntry], now: datetime) -> str:
+def worklist_page(entries: Sequence[WorklistEntry], now: datetime, banner: str = "") -> str:
     flagged = sum(e.flagged for e in entries)
     meta = escape(
         f"{len(entries)} studies · {flagged} likely positive · "
         f"updated {_time(now)} UTC · refreshes every {REFRESH_S} s"
     )
     if not entries:
-        body = '<div class="empty">No studies on the worklist yet.</div>'
+        body = banner + '<div class="empty">No studies on the worklist yet.</div>'
         return _layout("Worklist · CXR Triage", meta, body, refresh=True)
     rows = []
     for rank, e in enumerate(entries, 1):
@@ -135,18 +168,25 @@ def worklist_page(entries: Sequence[WorklistEntry], now: datetime) -> str:
             f'<td><a class="study" href="{escape(study_href(e.study_instance_uid))}">'
             f"{_study_label(e.accession_number, e.study_instance_uid)}</a>"
             f'<br><span class="uid">{e.instances} image{"s" if e.instances != 1 else ""}</span>'
-            f"</td><td>{_status_html(e.status, e.reasons)}</td>"
-            f'<td class="num score">{_score(e.score)}</td>'
+            f"</td><td>{_status_html(e.status, e.reasons)}"
+            f"{population_html(e.population, e.population_reason)}</td>"
+            f'<td class="num score">{_score_html(e.score, e.shadow_score)}</td>'
             f'<td class="uid model">{escape(e.model_version or "–")}</td>'
             f'<td class="time">{_time(e.received_at)}</td>'
             f'<td class="time">{_time(e.scored_at)}</td></tr>'
         )
-    body = (
+    body = banner + (
         '<table><thead><tr><th class="num">#</th><th>Priority</th><th>Accession / study</th>'
         '<th>Status</th><th class="num">Score</th><th>Model</th><th>Received (UTC)</th>'
         "<th>Scored (UTC)</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )
     return _layout("Worklist · CXR Triage", meta, body, refresh=True)
+
+
+def _instance_score_html(i: InstanceDetail) -> str:
+    if i.triage is False and i.probability is not None:
+        return _score_html(None, i.probability) + population_html(i.population, i.population_reason)
+    return _score(i.probability) + population_html(i.population, i.population_reason)
 
 
 def _instance_card(i: InstanceDetail) -> str:
@@ -161,6 +201,8 @@ def _instance_card(i: InstanceDetail) -> str:
         )
     if i.flagged:
         flag = '<span class="badge pos">LIKELY POSITIVE</span>'
+    elif i.triage is False:
+        flag = "not triaged: shadow score (outside the validated population)"
     elif i.flagged is None:
         flag = "–"
     else:
@@ -169,7 +211,7 @@ def _instance_card(i: InstanceDetail) -> str:
         f'<dt>SOP Instance UID</dt><dd class="uid">{escape(i.sop_instance_uid)}</dd>'
         f"<dt>Status</dt><dd>{_status_html(i.status, i.reasons)}</dd>"
         f"<dt>View</dt><dd>{escape(i.view_position or '–')}</dd>"
-        f"<dt>Probability</dt><dd>{_score(i.probability)}</dd>"
+        f"<dt>Probability</dt><dd>{_instance_score_html(i)}</dd>"
         f"<dt>Threshold</dt><dd>{_score(i.threshold)}</dd>"
         f"<dt>Flag</dt><dd>{flag}</dd>"
         f'<dt>Model version</dt><dd class="uid">{escape(i.model_version or "–")}</dd>'
@@ -180,6 +222,10 @@ def _instance_card(i: InstanceDetail) -> str:
     return f'<section class="{cls}">{img}<dl class="facts">{facts}</dl></section>'
 
 
+def _population_fact(study: WorklistEntry) -> str:
+    return population_text(study.population, study.population_reason) or "–"
+
+
 def study_page(detail: StudyDetail) -> str:
     study = detail.study
     flag = '<span class="badge pos">LIKELY POSITIVE</span>' if study.flagged else "not flagged"
@@ -188,7 +234,8 @@ def study_page(detail: StudyDetail) -> str:
         f'<dt>Study Instance UID</dt><dd class="uid">{escape(study.study_instance_uid)}</dd>'
         f"<dt>Priority</dt><dd>{flag}</dd>"
         f"<dt>Status</dt><dd>{_status_html(study.status, study.reasons)}</dd>"
-        f"<dt>Score</dt><dd>{_score(study.score)}</dd>"
+        f"<dt>Score</dt><dd>{_score_html(study.score, study.shadow_score)}</dd>"
+        f"<dt>Population</dt><dd>{escape(_population_fact(study))}</dd>"
         f'<dt>Model version</dt><dd class="uid">{escape(study.model_version or "–")}</dd>'
         f"<dt>Received (UTC)</dt><dd>{_time(study.received_at)}</dd>"
         f"<dt>Scored (UTC)</dt><dd>{_time(study.scored_at)}</dd>"

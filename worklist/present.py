@@ -48,4 +48,29 @@ def entry_json(entry: WorklistEntry) -> dict[str, object]:
         "scored_at": entry.scored_at.isoformat() if entry.scored_at else None,
         "instances": entry.instances,
         "heatmap_sop_instance_uids": list(entry.heatmap_sop_instance_uids),
+    } | population_json(entry)
+
+
+POPULATION_LABELS = {
+    "in_scope": "within the validated population",
+    "outside": "OUTSIDE the validated population",
+    "unknown": "population unknown",
+}
+SHADOW_NOTE = "shadow score: shown for information, it does not triage; read normally"
+
+
+def population_json(entry: WorklistEntry) -> dict[str, object]:
+    """The population fields of a study's JSON (``cxr_common.population``)."""
+    return {
+        "population": entry.population,
+        "population_reason": entry.population_reason,
+        "shadow_score": entry.shadow_score,
     }
+
+
+def population_text(population: str | None, reason: str | None) -> str | None:
+    """``"OUTSIDE the validated population: age 54 y; ..."`` (None when not assessed)."""
+    if population is None:
+        return None
+    label = POPULATION_LABELS.get(population, population)
+    return f"{label}: {reason}" if reason else label
