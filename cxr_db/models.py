@@ -53,7 +53,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from cxr_common.errors import CxrTriageError
 from cxr_common.population import Stratum
 from cxr_db import audit
-from cxr_db.schema import Base
+from cxr_db.schema import Base, Prediction
 from cxr_db.schema_reading import AuditAction, check_in
 
 __all__ = [
@@ -125,6 +125,10 @@ class RegisteredModel(Base):
     activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     reference: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
+# revision 0006: drift reads predictions by day
+Index("ix_predictions_created_at", Prediction.created_at)
 
 
 class PopulationStratumRow(Base):

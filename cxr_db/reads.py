@@ -118,7 +118,7 @@ def _studies() -> Select[Any]:
             func.array_agg(aggregate_order_by(Instance.reason, *reason_order))
             .filter(has_reason)
             .label("reason_texts"),
-            _population_column(),
+            *_population_columns(),
         )
         .group_by(Instance.study_id)
         .subquery("agg")
@@ -160,6 +160,7 @@ def _studies() -> Select[Any]:
             agg.c.instances,
             pred.c.heatmaps,
             agg.c.populations,
+            agg.c.population_reasons,
             pred.c.shadow_score,
         )
         .join(agg, agg.c.study_id == Study.id)
@@ -180,25 +181,31 @@ def _reasons(
     return tuple(dict.fromkeys(StatusReason(InstanceStatus(s), r) for s, r in pairs))
 
 
-def _population_column() -> Any:
-    """``(population, reason)`` pairs of a study's scored instances, as one array column."""
+def _population_columns() -> tuple[Any, Any]:
+    """A study's scored instances' populations and reasons, as two arrays in one order."""
+    assessed = Instance.population.is_not(None)
     return (
-        func.array_agg(func.array([Instance.population, Instance.population_reason]))
-        .filter(Instance.population.is_not(None))
-        .label("populations")
+        func.array_agg(aggregate_order_by(Instance.population, Instance.id))
+        .filter(assessed)
+        .label("populations"),
+        func.array_agg(aggregate_order_by(Instance.population_reason, Instance.id))
+        .filter(assessed)
+        .label("population_reasons"),
     )
 
 
-def _study_population(pairs: Sequence[Sequence[str]] | None) -> tuple[str | None, str | None]:
-    status = study_population(p[0] for p in pairs or ())
+def _study_population(
+    populations: Sequence[str] | None, reasons: Sequence[str | None] | None
+) -> tuple[str | None, str | None]:
+    pairs = list(zip(populations or (), reasons or (), strict=True))
+    status = study_population(p for p, _ in pairs)
     if status is None:
         return None, None
-    reason = next((p[1] for p in pairs or () if p[0] == status.value), None)
-    return status.value, reason
+    return status.value, next((r for p, r in pairs if p == status.value), None)
 
 
 def _entry(r: Row[Any]) -> WorklistEntry:
-    population, population_reason = _study_population(r.populations)
+    population, population_reason = _study_population(r.populations, r.population_reasons)
     return WorklistEntry(
         study_instance_uid=r.study_instance_uid,
         accession_number=r.accession_number,

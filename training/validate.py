@@ -15,8 +15,9 @@ a bootstrap 95% CI (:func:`training.metrics.binary_metrics`), sensitivity and sp
 threshold with two-sided Clopper-Pearson intervals, and pass/fail against :class:`Targets`
 (enough positives, and the interval's lower end at or above the sensitivity target).
 
-Writes ``OUT/validation.json`` (the record), ``OUT/validation.html`` (for a clinical lead) and
-``OUT/predictions.csv``. Clinical decision support, not a diagnosis.
+Writes ``OUT/validation.json`` (the record), ``OUT/validation.html`` (for a clinical lead),
+``OUT/predictions.csv`` and ``OUT/drift_reference.json`` (this sample's score and population
+mix, for ``cxr-triage model register --reference``). Clinical decision support, not a diagnosis.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import numpy as np
 from scipy.stats import beta
 
 from cxr_common.clinical import DISCLAIMER
+from cxr_common.drift import make_reference
 from cxr_common.population import AGE_BANDS, PopulationPolicy, Targets, age_band
 from cxr_imaging.age import Age, AgeSource, derive_age
 from cxr_model import WEIGHTS_DIR, load_calibration, load_model, sha256_file
@@ -373,7 +375,18 @@ def validate(
         "notes": notes,
         "disclaimer": DISCLAIMER,
     }
+    record["drift_reference"] = make_reference(
+        [float(p) for p in prob],
+        eligibility={"scored": len(samples)},
+        population=Counter(r.population for r in strata),
+        model_sha256=model.contract.sha256,
+        calibration_version=cal.version,
+        source=f"cxr-triage validate on {labels}" + (f" ({flt})" if flt else ""),
+    )
     out.mkdir(parents=True, exist_ok=True)
+    (out / "drift_reference.json").write_text(
+        json.dumps(record["drift_reference"], indent=2) + "\n", encoding="utf-8"
+    )
     _write_predictions(out / "predictions.csv", samples, strata, logits, prob, cal.threshold)
     (out / "validation.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     (out / "validation.html").write_text(render_html(record), encoding="utf-8")

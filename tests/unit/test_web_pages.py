@@ -107,6 +107,9 @@ def test_json_entry_keeps_its_keys_and_formats_reasons_once() -> None:
         "scored_at": None,
         "instances": 1,
         "heatmap_sop_instance_uids": ["1.2.3.4.1"],
+        "population": None,
+        "population_reason": None,
+        "shadow_score": None,
     }
     assert present.entry_json(_entry())["reason"] is None
 
