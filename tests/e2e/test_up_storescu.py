@@ -47,7 +47,7 @@ def test_storescu_to_up_then_worklist_shows_scored_studies(tmp_path: Path) -> No
     env.update(
         CXR_DATA_DIR=str(tmp_path / "data"), CXR_DICOM_PORT=str(port), CXR_WEB_PORT=str(web_port)
     )
-    log = open(tmp_path / "up.log", "wb")  # noqa: SIM115 - closed below
+    log = open(tmp_path / "up.log", "wb")  # closed below
     up = subprocess.Popen(
         [sys.executable, "-m", "cxr_triage", "up"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
