@@ -340,6 +340,7 @@ def _validation(tmp_path: Path, name: str, positives: int, tp: int, **over: Any)
     return path
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR AS:UserWarning")  # RSNA's age '54'
 def test_population_enable_refuses_a_failing_stratum_and_widens_for_a_passing_one(
     db: Engine, tmp_path: Path
 ) -> None:
