@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from cxr_common.clinical import DISCLAIMER
 from cxr_db.reads import WorklistEntry
-from worklist.present import entry_json, population_text, reason_text, status_label
+from worklist.present import entry_json, population_text, read_label, reason_text, status_label
 
 __all__ = ["DISCLAIMER", "as_json", "as_table"]
 
@@ -40,7 +40,8 @@ def _note(e: WorklistEntry) -> str | None:
 
 
 def as_table(entries: Sequence[WorklistEntry]) -> str:
-    """A fixed-width table: priority, accession, status, score, model, received, reason."""
+    """A fixed-width table: priority, accession, status, score, model, received, read
+    state, reason."""
     header = (
         "#",
         "PRIORITY",
@@ -49,6 +50,7 @@ def as_table(entries: Sequence[WorklistEntry]) -> str:
         "SCORE",
         "MODEL",
         "RECEIVED (UTC)",
+        "READ",
         "NOTE",
     )
     rows = [header]
@@ -62,6 +64,7 @@ def as_table(entries: Sequence[WorklistEntry]) -> str:
                 _score(e),
                 e.model_version or "-",
                 _fmt_time(e),
+                read_label(e),
                 (_note(e) or "")[:70],
             )
         )
