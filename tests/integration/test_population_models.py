@@ -32,7 +32,7 @@ from tests.conftest import SAMPLES
 from tests.db_rows import prediction, record
 from tests.dicom_factory import make_dataset, write
 from tests.integration.conftest import wait_until_final
-from tests.web_server import serve
+from tests.web_server import add_token, add_user, reset_accounts, serve, sign_in, web_config
 from worker.registry import ensure_configured_model
 
 pytestmark = pytest.mark.integration
@@ -143,9 +143,13 @@ def test_outside_population_scores_are_shadow_never_flag_and_never_sink_a_study(
         assert entry.shadow_score is None
     assert wl["IN-HIGH"][1].flagged
     assert not wl["IN-LOW"][1].flagged
-    # the JSON API and the page say so
-    with serve(db) as base, httpx.Client(base_url=base, timeout=30) as http:
-        body = {e["accession_number"]: e for e in http.get("/api/worklist").json()}
+    # the JSON API and the pages say so; on the unread page they sit with the not-scored
+    reset_accounts(db)
+    add_user(db, "ann")
+    bearer = {"Authorization": f"Bearer {add_token(db, 'ris')}"}
+    with serve(db, web_config()) as base, httpx.Client(base_url=base, timeout=30) as http:
+        body = {e["accession_number"]: e for e in http.get("/api/worklist", headers=bearer).json()}
+        assert sign_in(http, "ann").status_code == 303
         page = http.get("/").text
         study = http.get(f"/studies/{wl['OUT-HIGH'][1].study_instance_uid}").text
     assert body["RSNA-N"]["population"] == "outside"
@@ -154,9 +158,16 @@ def test_outside_population_scores_are_shadow_never_flag_and_never_sink_a_study(
     assert body["RSNA-N"]["shadow_score"] == pytest.approx(preds["RSNA-N"].probability)
     assert body["IN-HIGH"]["population"] == "in_scope"
     assert page.count('class="shadow"') == 3
+    not_scored = page.index('id="not-scored"')
+    for acc in ("RSNA-N", "RSNA-P", "OUT-HIGH", "NOTELIG"):
+        assert page.index(f'data-study="{wl[acc][1].study_instance_uid}"') > not_scored, acc
+    for acc in ("IN-HIGH", "IN-LOW", "UNKNOWN"):
+        assert page.index(f'data-study="{wl[acc][1].study_instance_uid}"') < not_scored, acc
     assert "OUTSIDE the validated population" in study
     assert "not triaged: shadow score" in study
     assert "LIKELY POSITIVE" not in study
+    counts = reads.unread_counts(db)
+    assert (counts.flagged, counts.unscored) == (1, 4)
 
 
 def _with_age(ds: pydicom.Dataset, age: str) -> pydicom.Dataset:
@@ -426,7 +437,10 @@ def test_drift_is_measured_per_day_and_warned_on_the_worklist_page(db: Engine) -
     assert (
         daily_drift(db, days=1, now=datetime.now(UTC) + timedelta(days=3)).windows[0].n_scored == 0
     )
-    with serve(db) as base, httpx.Client(base_url=base, timeout=30) as http:
+    reset_accounts(db)
+    add_user(db, "ann")
+    with serve(db, web_config()) as base, httpx.Client(base_url=base, timeout=30) as http:
+        assert sign_in(http, "ann").status_code == 303
         page = http.get("/").text
     assert "Drift warning: the score distribution" in page
 

@@ -18,7 +18,7 @@ from cxr_common.drift import (
 )
 from cxr_common.population import PopulationStatus, Stratum, Targets, age_band
 from cxr_db.models import ModelEntry, ModelState, RegistryError
-from cxr_db.reads import WorklistEntry
+from cxr_db.reads import ReadView, WorklistEntry
 from cxr_db.statuses import InstanceStatus
 from cxr_imaging.age import Age, AgeSource
 from cxr_model.population import PopulationFields, assess_population, load_population
@@ -215,9 +215,14 @@ def _entry(**kw: object) -> WorklistEntry:
     return WorklistEntry(**base)  # type: ignore[arg-type]
 
 
+def _page(entries: list[WorklistEntry], banner: str = "") -> str:
+    view = pages.WorklistView(view=ReadView.ALL, entries=entries, now=NOW, banner=banner)
+    return pages.worklist_page(view)
+
+
 def test_a_shadow_score_is_greyed_with_its_reason_everywhere() -> None:
     entry = _entry()
-    page = pages.worklist_page([entry], NOW)
+    page = _page([entry])
     assert '<span class="shadow"' in page
     assert "(0.385)" in page
     assert "OUTSIDE the validated population: age 54 y; model validated for 1–5 y" in page
@@ -229,9 +234,7 @@ def test_a_shadow_score_is_greyed_with_its_reason_everywhere() -> None:
     table = as_table([entry])
     assert "(0.385)" in table
     assert "does not triage" in table
-    in_scope = pages.worklist_page(
-        [_entry(population="in_scope", score=0.2, shadow_score=None)], NOW
-    )
+    in_scope = _page([_entry(population="in_scope", score=0.2, shadow_score=None)])
     assert "validated population" not in in_scope  # no noise for in-scope studies
 
 
@@ -240,4 +243,5 @@ def test_the_drift_banner_names_what_drifted_and_is_absent_otherwise() -> None:
     banner = pages.drift_banner(["score", "population"], 0.2)
     assert "score, population" in banner
     assert "PSI ≥ 0.2" in banner
-    assert banner in pages.worklist_page([_entry()], NOW, banner)
+    assert banner in _page([_entry()], banner)
+    assert "Drift warning" not in _page([_entry()])
