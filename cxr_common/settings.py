@@ -196,6 +196,12 @@ class ListenerSettings(CommonSettings):
                 )
         return titles
 
+    # Metrics (cxr_common.metrics): this process's own /metrics on a port of its own.
+    metrics_host: str = Field(default="127.0.0.1", description="where CXR_METRICS_PORT listens")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve /metrics here; unset = off"
+    )
+
 
 class WorkerSettings(CommonSettings):
     """A scoring worker process."""
@@ -248,6 +254,12 @@ class WorkerSettings(CommonSettings):
                 "to a second worker"
             )
         return value
+
+    # Metrics (cxr_common.metrics): this process's own /metrics on a port of its own.
+    metrics_host: str = Field(default="127.0.0.1", description="where CXR_METRICS_PORT listens")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve /metrics here; unset = off"
+    )
 
 
 def resolve_batching(settings: WorkerSettings, device_type: str) -> tuple[int, int]:
@@ -329,6 +341,22 @@ class WebSettings(CommonSettings):
             hosts.append(self.web_host)
         hosts.extend(self.web_trusted_hosts)
         return list(dict.fromkeys(hosts))
+
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token a Prometheus scraper sends to /metrics (at least 16 "
+        "characters); unset = none (the ops role's sign-in or API token still works)",
+    )
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _metrics_token_ok(cls, value: object) -> object:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(raw, str) and not raw.strip():
+            return None  # CXR_METRICS_TOKEN= (compose's default) means none
+        if isinstance(raw, str) and len(raw.strip()) < 16:
+            raise ValueError("the metrics token must be at least 16 characters")
+        return value
 
 
 class SupervisorSettings(ListenerSettings, WorkerSettings, WebSettings):

@@ -6,6 +6,9 @@ The one place that decides what a heatmap shows, used by the worker, ``predict``
 * Target: Grad-CAM weights the activations of the network's last convolutional block
   (:func:`gradcam_target_layer`) by the gradient of the single PNEUMONIA logit; the map is
   HxW float32 in [0, 1] at input size (:func:`grad_cam`).
+* Fast path: when the head is global average pooling + one linear layer (checked on the
+  network, :func:`gap_linear_head`), the same map comes from the forward pass alone
+  (:func:`fast_cam`); :func:`class_activation_maps` picks the path, Grad-CAM is the reference.
 * Overlay: :func:`render_overlay_png` draws the map in a jet colour map over the image in
   grey, as a PNG without text chunks (nothing about the patient or the study is written).
 * Burned-in annotation: when the DICOM header says text is burned into the pixels
@@ -17,10 +20,13 @@ The one place that decides what a heatmap shows, used by the worker, ``predict``
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING, cast
+import logging
+import weakref
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -28,6 +34,8 @@ from cxr_model.errors import ContractError
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
+
+logger = logging.getLogger(__name__)
 
 #: The grey the heatmap is drawn on when the pixels may not be shown.
 NEUTRAL_GREY = 0.5
@@ -118,3 +126,146 @@ def render_overlay_png(
     buf = io.BytesIO()
     out.save(buf, format="PNG", optimize=False)
     return buf.getvalue()
+
+
+# --- Fast CAM: Grad-CAM with no backward pass, for global-average-pooling + linear heads ---
+#
+# When the target layer's activations A (N, C, h, w) reach the logit only through global
+# average pooling and one linear layer (logit = W[0] . mean_hw(A) + b[0]), the gradient of
+# the logit with respect to A is W[0] / (h*w) at every position, so Grad-CAM's channel
+# weights are exactly the head's weights divided by h*w (the classic CAM identity). The map
+# then needs only the forward pass's activations: one forward gives logits and maps.
+# Whether a network's head has that shape is checked on the network itself (the modules run
+# after the target layer and the numbers they produce), never by its name; any other head
+# goes to :func:`grad_cam`, which stays the reference implementation.
+
+#: Parameter-free modules allowed between the target layer and the linear layer.
+_HEAD_PASS_THROUGH = (nn.Flatten, nn.Identity, nn.Dropout)
+_HEADS: weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module, nn.Linear | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _gap_matches(pooled: torch.Tensor, acts: torch.Tensor) -> bool:
+    """True when ``pooled`` (N, C) is the global average of ``acts`` (N, C, h, w)."""
+    if acts.ndim != 4 or pooled.shape != acts.shape[:2]:
+        return False
+    gap = acts.float().mean(dim=(2, 3))
+    return bool(torch.allclose(pooled.float(), gap, rtol=1e-3, atol=1e-4))
+
+
+def gap_linear_head(net: nn.Module, layer: nn.Module, probe: torch.Tensor) -> nn.Linear | None:
+    """The linear layer of ``net``'s head when the head is global average pooling + one
+    linear layer over ``layer``'s output, else None; decided by running ``probe`` through it.
+
+    Structure: every module that starts after ``layer`` has finished is a parameter-free
+    container, an ``AdaptiveAvgPool2d`` to 1x1 (exactly one), a flatten/identity/dropout, or
+    the last module, an ``nn.Linear``. Numbers: the linear's input is the spatial mean of the
+    layer's output, and the network's output is the linear's output (so no functional op
+    hides in between)."""
+    acts: list[torch.Tensor] = []
+    after: list[tuple[nn.Module, tuple[Any, ...]]] = []
+
+    def on_layer(_m: nn.Module, _i: tuple[Any, ...], out: torch.Tensor) -> None:
+        acts.append(out)
+
+    def on_start(m: nn.Module, inputs: tuple[Any, ...]) -> None:
+        if acts:
+            after.append((m, inputs))
+
+    handles = [layer.register_forward_hook(on_layer)]
+    handles += [m.register_forward_pre_hook(on_start) for m in net.modules() if m is not layer]
+    try:
+        with torch.inference_mode():
+            out = net(probe)
+    finally:
+        for h in handles:
+            h.remove()
+    if len(acts) != 1 or not after:
+        return None
+    linear, (x, *_) = after[-1]
+    if not isinstance(linear, nn.Linear):
+        return None
+    pools = 0
+    for m, _ in after[:-1]:
+        if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
+            pools += 1
+        elif any(True for _ in m.children()):
+            if any(True for _ in m.parameters(recurse=False)):
+                return None  # a container that computes with its own parameters
+        elif not isinstance(m, _HEAD_PASS_THROUGH):
+            return None
+    if pools != 1 or not isinstance(x, torch.Tensor) or not _gap_matches(x, acts[0]):
+        return None
+    with torch.inference_mode():
+        expected = linear(x)
+    if not torch.allclose(out.reshape(-1).float(), expected.reshape(-1).float(), atol=1e-5):
+        return None
+    return linear
+
+
+def _normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Per map: subtract the minimum, divide by the maximum (as pytorch-grad-cam does)."""
+    flat = maps.reshape(maps.shape[0], -1)
+    flat = flat - flat.min(dim=1, keepdim=True).values
+    flat = flat / (1e-7 + flat.max(dim=1, keepdim=True).values)
+    return flat.reshape(maps.shape)
+
+
+def fast_cam(
+    net: nn.Module, layer: nn.Module, linear: nn.Linear, batch: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Logits (N,) and CAM maps (N, H, W) float32 in [0, 1] from one forward pass, for a
+    head found by :func:`gap_linear_head`; equal to :func:`grad_cam`'s up to float error.
+
+    None when this batch's activations do not explain its logits (the caller then uses
+    :func:`grad_cam`). Runs on the batch's device; only the results are copied back."""
+    captured: list[torch.Tensor] = []
+
+    def on_layer(_m: nn.Module, _i: tuple[Any, ...], out: torch.Tensor) -> None:
+        captured.append(out)
+
+    handle = layer.register_forward_hook(on_layer)
+    try:
+        with torch.inference_mode():
+            out = net(batch)
+    finally:
+        handle.remove()
+    if len(captured) != 1 or captured[0].ndim != 4:
+        return None
+    with torch.inference_mode():
+        acts = captured[0].float()
+        weight = linear.weight[0].float()
+        bias = linear.bias[0].float() if linear.bias is not None else acts.new_zeros(())
+        first = out.reshape(out.shape[0], -1)[:, 0].float()
+        if not torch.allclose(acts.mean(dim=(2, 3)) @ weight + bias, first, rtol=1e-3, atol=1e-3):
+            return None
+        h, w = acts.shape[-2:]
+        cam = torch.relu(torch.einsum("nchw,c->nhw", acts, weight / (h * w)))
+        cam = _normalise(cam)
+        size = (int(batch.shape[-2]), int(batch.shape[-1]))
+        cam = F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        cam = _normalise(torch.relu(cam))
+        maps = np.clip(np.nan_to_num(cam.cpu().numpy().astype(np.float32)), 0.0, 1.0)
+        logits: np.ndarray = out.detach().reshape(-1).float().cpu().numpy()
+    return logits, maps
+
+
+def class_activation_maps(
+    net: nn.Module, architecture: str, batch: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (N,) and heatmaps (N, H, W) float32 in [0, 1] for a (N, C, H, W) batch: fast
+    CAM (:func:`fast_cam`, forward pass only) when the head is global average pooling + one
+    linear layer, else Grad-CAM (:func:`grad_cam`). The caller holds the net's lock."""
+    layer = gradcam_target_layer(net, architecture)
+    known = _HEADS.get(net)
+    if known is None or known[0] is not layer:
+        known = (layer, gap_linear_head(net, layer, batch[:1]))
+        _HEADS[net] = known
+    linear = known[1]
+    if linear is not None:
+        result = fast_cam(net, layer, linear, batch)
+        if result is not None:
+            return result
+        logger.warning("fast CAM did not match this batch's logits; using Grad-CAM")
+    return grad_cam(net, architecture, batch)

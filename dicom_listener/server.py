@@ -12,9 +12,11 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine
 
 from cxr_common.lifecycle import stop_on_signals
+from cxr_common.metrics import MetricsServer
 from cxr_common.settings import ListenerSettings
 from cxr_common.storage import open_storage
 from cxr_imaging import decodable_transfer_syntaxes
+from dicom_listener import metrics as listener_metrics
 from dicom_listener.handlers import ACCEPTED_SOP_CLASSES, StoreHandler, handle_echo
 from dicom_listener.reconciler import Reconciler
 
@@ -40,6 +42,7 @@ class ListenerHandle:
     server: ThreadedAssociationServer
     reconciler: Reconciler
     _stopped: bool = field(default=False, repr=False)
+    metrics: MetricsServer | None = None
 
     def shutdown(self) -> None:
         """Stop accepting associations, end the open ones and stop the reconciler."""
@@ -48,6 +51,8 @@ class ListenerHandle:
         self._stopped = True
         self.reconciler.stop()
         self.server.shutdown()
+        if self.metrics is not None:
+            self.metrics.close()
         logger.info("listener %s on port %d stopped", self.ae_title, self.port)
 
 
@@ -82,7 +87,8 @@ def start_listener(
     ae = build_ae(settings)
     handlers: list[evt.EventHandlerType] = [
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, store),
+        (evt.EVT_C_STORE, listener_metrics.counted(store)),
+        *listener_metrics.event_handlers(),
     ]
     server = ae.start_server(
         (settings.dicom_host, settings.dicom_port), block=False, evt_handlers=handlers
@@ -107,7 +113,10 @@ def start_listener(
         ",".join(settings.allowed_calling_ae_titles) or "any",
         settings.resolved_storage_uri,
     )
-    return ListenerHandle(settings.dicom_host, port, settings.ae_title, server, reconciler)
+    metrics = listener_metrics.serve(settings)
+    return ListenerHandle(
+        settings.dicom_host, port, settings.ae_title, server, reconciler, metrics=metrics
+    )
 
 
 def run_listener(settings: ListenerSettings) -> int:

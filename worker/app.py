@@ -21,6 +21,7 @@ from celery.signals import setup_logging
 from cxr_common.settings import WorkerSettings, resolve_batching
 from cxr_db import make_engine
 from cxr_queue import make_celery
+from worker import metrics as worker_metrics
 from worker.pipeline import ScoringRuntime
 from worker.tasks import register_tasks
 
@@ -88,6 +89,7 @@ def run_worker(settings: WorkerSettings) -> int:
     # JSON-only serializer makes Celery's superuser warning moot, so keep the log readable.
     warnings.filterwarnings("ignore", message=".*superuser privileges.*")
     app, runtime = create_app(settings)
+    worker_metrics.install(settings, runtime)
     argv = [
         "--quiet",  # no banner: our own log line says what was loaded
         "worker",

@@ -34,10 +34,12 @@ from cxr_db import repository as repo
 from cxr_imaging import ImagingError, check_eligibility, decode_dataset
 from cxr_queue import ScoreJob
 from worker.batching import Batcher, BatchInfo
+from worker.metrics import timed_batch
 from worker.outcomes import JobOutcome, Outcome
 from worker.registry import ScoreItem, ServedModels, SetResult, prepare, score_items
 
 if TYPE_CHECKING:
+    from cxr_model import Calibration, ScoringModel
     from worker.registry import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,17 @@ class ScoringRuntime:
             self._score_batch, batch_max_size, batch_max_wait_s, name="cxr-batcher"
         )
 
+    @property
+    def model(self) -> ScoringModel:
+        """The active model now (the registry may switch it between batches)."""
+        return self.models.current().active.model
+
+    @property
+    def calibration(self) -> Calibration:
+        """The active model's calibration now."""
+        return self.models.current().active.calibration
+
+    @timed_batch
     def _score_batch(self, items: Sequence[ScoreItem]) -> list[SetResult]:
         try:
             return score_items(items, self.heatmaps)

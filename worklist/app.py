@@ -55,7 +55,7 @@ from cxr_db.errors import (
 from cxr_db.reads import InvalidCursorError, ReadView, WorklistQuery
 from cxr_db.schema_reading import AuditAction, ReadState, Role
 from cxr_db.statuses import InstanceStatus
-from worklist import metrics, pages
+from worklist import pages
 from worklist.assets import VIEWER_JS
 from worklist.auth import (
     ADMINS,
@@ -81,6 +81,7 @@ from worklist.auth import (
 )
 from worklist.config import WebConfig
 from worklist.health import check_health, check_model_files
+from worklist.metrics_route import metrics_router, scrape_token_or
 from worklist.present import entry_json
 from worklist.radiograph import RadiographCache, Withheld, patient_context
 
@@ -778,10 +779,14 @@ def create_app(engine: Engine, config: WebConfig | None = None) -> FastAPI:
         ok, body = _readiness()
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics")
-    def metrics_endpoint(principal: Ops) -> Response:
-        data, content_type = metrics.exposition()
-        return Response(data, media_type=content_type)
+    app.include_router(
+        metrics_router(
+            engine,
+            broker_url=cfg.broker_url,
+            queue_names=(cfg.queue_name,),
+            authorize=scrape_token_or(cfg.metrics_token, require(*OPS)),
+        )
+    )
 
     @app.get("/ops", response_class=HTMLResponse)
     def ops_page(principal: Ops) -> Response:
