@@ -33,6 +33,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cxr_common.errors import ConfigurationError
+from cxr_common.population import PopulationPolicy, UnknownAge
 
 #: Seconds after which Redis redelivers a job no worker acknowledged (a worker died
 #: mid-job). ``cxr_queue.make_celery`` sets it on the broker; every task must finish well
@@ -235,8 +236,14 @@ class WorkerSettings(CommonSettings):
     )
     batch_max_wait_ms: int = Field(default=250, ge=0)
     device: str | None = Field(default=None, description="cpu, cuda, cuda:1; unset = auto")
-    model_dir: Path | None = Field(default=None, description="unset = the shipped model")
-    calibration_path: Path | None = Field(default=None, description="unset = shipped calibration")
+    model_dir: Path | None = Field(
+        default=None,
+        description="unset = the shipped model; registered and activated only when the model "
+        "registry has no active model (cxr-triage model ...)",
+    )
+    calibration_path: Path | None = Field(
+        default=None, description="unset = MODEL_DIR/calibration.json (with CXR_MODEL_DIR)"
+    )
     heatmaps: bool = True
     max_retries: int = Field(default=5, ge=0)
     task_time_limit_s: int = Field(
@@ -247,6 +254,16 @@ class WorkerSettings(CommonSettings):
     )
     heartbeat_file: Path | None = Field(
         default=None, description="touched every 10 s while the worker runs (healthchecks)"
+    )
+    population_policy: PopulationPolicy = Field(
+        default=PopulationPolicy.ENFORCE,
+        description="enforce: scores of instances outside the model's validated population "
+        "are shown in shadow and never triage; off: every eligible score triages",
+    )
+    unknown_age: UnknownAge = Field(
+        default=UnknownAge.IN_SCOPE,
+        description="under enforce, an instance whose age the header does not give is "
+        "treated as in_scope (its score triages) or outside (shadow)",
     )
 
     @field_validator("task_time_limit_s")

@@ -93,6 +93,9 @@ class Instance(Base):
     )
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # revision 0006: the active model's population check (cxr_common.population)
+    population: Mapped[str | None] = mapped_column(String(16))
+    population_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Prediction(Base):
@@ -118,6 +121,10 @@ class Prediction(Base):
     inference_ms: Mapped[float] = mapped_column(Float)
     worker_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # revision 0006: whether this prediction may set priority (False: shadow, see
+    # cxr_db.models), and the role of the model that made it ("active" or "shadow")
+    triage: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
+    model_role: Mapped[str] = mapped_column(String(8), default="active", server_default="active")
 
 
 # --------------------------------------------------------------------- results (0005)

@@ -69,16 +69,18 @@ def _cmd_demo(args: argparse.Namespace, settings: SupervisorSettings) -> int:
     return run_demo(settings, Path(data_dir), timeout_s=args.timeout, verbose=args.verbose)
 
 
-def _cmd_migrate(args: argparse.Namespace, settings: CommonSettings) -> int:
+def _cmd_migrate(args: argparse.Namespace, settings: WorkerSettings) -> int:
+    from cxr_triage.models_cli import migrate_registers_model
     from cxr_triage.services import resolve_services
     from migrations import upgrade_to_head
 
     services = resolve_services(settings)
     try:
         upgrade_to_head(services.database_url)
+        active = migrate_registers_model(settings, services.database_url)
     finally:
         services.stop()
-    print("database schema is up to date")
+    print(f"database schema is up to date; active model {active.version}")
     return 0
 
 
@@ -222,9 +224,48 @@ def _cmd_send(args: argparse.Namespace, settings: CommonSettings) -> int:
     return run_send(args)
 
 
+def _init_from_registry(argv: list[str]) -> list[str]:
+    """``train --init-from VERSION``: a registered version stands for its folder."""
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name != "--init-from":
+            continue
+        at = i if eq else i + 1
+        if not eq and at >= len(argv):
+            return argv
+        value = value if eq else argv[at]
+        if not value or Path(value).exists():
+            return argv
+        from cxr_db import make_engine
+        from cxr_db.models import get_model
+        from cxr_triage.services import resolve_services
+
+        services = resolve_services(CommonSettings())
+        try:
+            engine = make_engine(services.database_url, pool_size=1)
+            entry = get_model(engine, value)
+            engine.dispose()
+        finally:
+            services.stop()
+        if entry is None:
+            raise CxrTriageError(
+                f"--init-from {value}: neither a folder nor a registered model version"
+            )
+        out = list(argv)
+        out[at] = f"--init-from={entry.uri}" if eq else entry.uri
+        return out
+    return argv
+
+
 def _run_training(command: str, argv: list[str]) -> int:
     """Hand ``cxr-triage COMMAND ARGS`` to ``training.cli``: the one import of training in
     the runtime CLI, made only when a training command runs."""
+    if command == "train":
+        try:
+            argv = _init_from_registry(argv)
+        except CxrTriageError as exc:
+            print(f"cxr-triage train: {exc}", file=sys.stderr)
+            return 2
     try:
         from training.cli import main as training_main
     except ModuleNotFoundError as exc:
@@ -326,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="create or upgrade the database schema",
         description="Apply the Alembic migrations to CXR_DATABASE_URL.",
     )
-    p.set_defaults(func=_cmd_migrate, settings_class=CommonSettings)
+    p.set_defaults(func=_cmd_migrate, settings_class=WorkerSettings)
 
     p = sub.add_parser(
         "worklist",
@@ -364,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_send_arguments(p)
     p.set_defaults(func=_cmd_send, settings_class=CommonSettings)
+
+    from cxr_triage import models_cli
+
+    models_cli.add_arguments(sub)
 
     for name, help_line in TRAINING_COMMANDS.items():
         # Arguments are parsed by training.cli (see main); `cxr-triage train --help` shows

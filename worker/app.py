@@ -34,30 +34,39 @@ def _keep_our_logging(**_: object) -> None:
 
 
 def build_runtime(settings: WorkerSettings) -> ScoringRuntime:
-    """Load model and calibration (sha256-verified) and open the database engine."""
-    from cxr_model import load_calibration, load_model
+    """Open the database engine and load the registry's active and shadow models
+    (sha256-verified, each with its registered calibration); an empty registry gets the
+    configured model (``CXR_MODEL_DIR``, default the shipped one) registered and active."""
+    from worker.registry import ServedModels, ensure_configured_model
 
-    model = load_model(settings.model_dir, device=settings.device)
-    calibration = load_calibration(settings.calibration_path, model_sha256=model.contract.sha256)
-    log.info(
-        "model %s %s on %s, calibration %s (threshold %.3f)",
-        model.contract.name,
-        model.contract.version,
-        model.device,
-        calibration.version,
-        calibration.threshold,
-    )
-    batch, concurrency = resolve_batching(settings, model.device.type)
+    batch, concurrency = resolve_batching(settings, _device_type(settings.device))
     engine = make_engine(settings.database_url_value(), pool_size=concurrency + 2)
+    ensure_configured_model(engine, settings.model_dir, settings.calibration_path)
+    models = ServedModels(engine, settings.device)
+    models.current()  # load now: a model that cannot load stops the worker here
+    log.info(
+        "population policy %s, unknown age %s",
+        settings.population_policy.value,
+        settings.unknown_age.value,
+    )
     return ScoringRuntime(
         engine,
-        model,
-        calibration,
+        models,
         concurrency=concurrency,
         batch_max_size=batch,
         batch_max_wait_s=settings.batch_max_wait_ms / 1000,
         heatmaps=settings.heatmaps,
+        population_policy=settings.population_policy,
+        unknown_age=settings.unknown_age,
     )
+
+
+def _device_type(device: str | None) -> str:
+    if device:
+        return "cuda" if device.startswith("cuda") else "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def create_app(settings: WorkerSettings) -> tuple[Celery, ScoringRuntime]:

@@ -61,7 +61,7 @@ def entry_json(entry: WorklistEntry) -> dict[str, object]:
         "read_by": entry.read_by,
         "read_at": _iso(entry.read_at),
         "results": results_json(entry.results),
-    }
+    } | population_json(entry)
 
 
 def results_json(results: StudyResults | None) -> dict[str, object] | None:
@@ -109,3 +109,28 @@ def read_label(entry: WorklistEntry) -> str:
         finding = FINDING_LABELS[entry.finding] if entry.finding else "-"
         return f"read by {entry.read_by or '-'}: {finding}"
     return "unread"
+
+
+POPULATION_LABELS = {
+    "in_scope": "within the validated population",
+    "outside": "OUTSIDE the validated population",
+    "unknown": "population unknown",
+}
+SHADOW_NOTE = "shadow score: shown for information, it does not triage; read normally"
+
+
+def population_json(entry: WorklistEntry) -> dict[str, object]:
+    """The population fields of a study's JSON (``cxr_common.population``)."""
+    return {
+        "population": entry.population,
+        "population_reason": entry.population_reason,
+        "shadow_score": entry.shadow_score,
+    }
+
+
+def population_text(population: str | None, reason: str | None) -> str | None:
+    """``"OUTSIDE the validated population: age 54 y; ..."`` (None when not assessed)."""
+    if population is None:
+        return None
+    label = POPULATION_LABELS.get(population, population)
+    return f"{label}: {reason}" if reason else label

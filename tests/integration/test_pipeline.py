@@ -75,7 +75,7 @@ def test_samples_are_scored_in_batches_with_heatmaps_and_ineligible_ones_are_lis
     with engine.begin() as conn:
         preds = conn.execute(
             text(
-                "SELECT probability, threshold, flagged, batch_size, heatmap_png, "
+                "SELECT probability, threshold, flagged, triage, batch_size, heatmap_png, "
                 "model_version, weights_sha256 FROM predictions"
             )
         ).all()
@@ -83,7 +83,8 @@ def test_samples_are_scored_in_batches_with_heatmaps_and_ineligible_ones_are_lis
     assert max(p.batch_size for p in preds) > 1  # scored together, not one by one
     for p in preds:
         assert 0.0 <= p.probability <= 1.0
-        assert p.flagged == (p.probability >= p.threshold)
+        # a score outside the validated population (the adult films) never flags
+        assert p.flagged == (p.triage and p.probability >= p.threshold)
         assert len(p.weights_sha256) == 64
         assert p.model_version
         img = Image.open(io.BytesIO(p.heatmap_png))
