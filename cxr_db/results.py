@@ -33,6 +33,7 @@ from sqlalchemy import (
     update,
 )
 
+from cxr_db.models import ModelRole
 from cxr_db.result_states import ResultState, SendStatus
 from cxr_db.schema import Instance, Prediction, ResultSend, Study
 from cxr_db.statuses import PENDING_STATUSES, InstanceStatus
@@ -143,7 +144,11 @@ def unenqueued_complete_studies(
 
 @dataclass(frozen=True)
 class ScoredInstance:
-    """The highest-scoring scored instance of a study and its newest prediction."""
+    """The scored instance a study's result shows and its newest active-model prediction.
+
+    ``triage`` False: the score was made in shadow (the instance is outside the validated
+    population), it set no priority and ``flagged`` is False; ``population`` and
+    ``population_reason`` are the instance's check (``cxr_common.population``)."""
 
     sop_instance_uid: str
     storage_uri: str
@@ -155,6 +160,9 @@ class ScoredInstance:
     weights_sha256: str
     calibration_version: str | None
     heatmap_png: bytes | None
+    triage: bool = True
+    population: str | None = None
+    population_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -183,8 +191,14 @@ class ResultInputs:
 
 
 def result_inputs(engine: Engine, study_id: int) -> ResultInputs | None:
-    """The study, its best scored instance (highest probability of each instance's newest
-    prediction) and all its instances; None when the study is unknown."""
+    """The study, its best scored instance and all its instances; None when the study is
+    unknown.
+
+    Only the **active** model's predictions count (``predictions.model_role = 'active'``):
+    a shadow model's score never reaches PACS. Of each instance its newest such prediction;
+    the best instance is the highest score among those that triaged, else (every scored
+    instance outside the validated population) the highest shadow score, which the
+    objects then present as such."""
     with engine.begin() as conn:
         study = conn.execute(
             select(
@@ -200,7 +214,10 @@ def result_inputs(engine: Engine, study_id: int) -> ResultInputs | None:
             return None
         newest = (
             select(Prediction)
-            .where(Prediction.instance_id == Instance.id)
+            .where(
+                Prediction.instance_id == Instance.id,
+                Prediction.model_role == ModelRole.ACTIVE.value,
+            )
             .order_by(Prediction.created_at.desc(), Prediction.id.desc())
             .limit(1)
             .lateral("p")
@@ -217,10 +234,13 @@ def result_inputs(engine: Engine, study_id: int) -> ResultInputs | None:
                 newest.c.weights_sha256,
                 newest.c.calibration_version,
                 newest.c.heatmap_png,
+                newest.c.triage,
+                Instance.population,
+                Instance.population_reason,
             )
             .join(newest, Instance.id == newest.c.instance_id)
             .where(Instance.study_id == study_id, Instance.status == InstanceStatus.DONE)
-            .order_by(newest.c.probability.desc(), Instance.id)
+            .order_by(newest.c.triage.desc(), newest.c.probability.desc(), Instance.id)
             .limit(1)
         ).one_or_none()
         seen = conn.execute(

@@ -40,9 +40,16 @@ SR content tree (value type, relationship, concept)::
       CONTAINS  TEXT   DCM 121106 "Comment" = the clinical-support statement
       CONTAINS  CODE   99CXR STATUS "Analysis status" = 99CXR SCORED | NOT_ELIGIBLE | FAILED
       CONTAINS  TEXT   99CXR REASON "Reason not analysed"         (not-analysed SR only)
-      CONTAINS  NUM    99CXR SCORE "Triage score" (UCUM "1")        (scored SR only)
+      CONTAINS  NUM    99CXR SCORE "Triage score" (UCUM "1")        (scored SR, triaged)
+      CONTAINS  NUM    99CXR SHADOW_SCORE "Shadow score, not used for triage" (instead of
+                       SCORE when the instance is outside the validated population)
       CONTAINS  NUM    99CXR THRESHOLD "Operating threshold" (UCUM "1")
       CONTAINS  CODE   99CXR FLAG "Flagged for priority reading" = SCT 373066001 Yes | 373067005 No
+                       (only for a score that triaged: a shadow score has no flag)
+      CONTAINS  CODE   99CXR POPULATION_STATUS "Validated population" = 99CXR IN_SCOPE |
+                       OUTSIDE | UNKNOWN                                (when checked)
+      CONTAINS  TEXT   99CXR POPULATION_STATEMENT "Population statement" = "OUTSIDE
+                       VALIDATED POPULATION: score not used for triage (reason)"  (shadow only)
       CONTAINS  TEXT   99CXR FINDING "Finding scored" (e.g. "pneumonia")
       CONTAINS  TEXT   DCM 111001 Algorithm Name, DCM 111003 Algorithm Version
       CONTAINS  TEXT   99CXR WEIGHTS_SHA256 "Model weights SHA-256"
@@ -90,7 +97,7 @@ from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian
 from cxr_common.clinical import DISCLAIMER
 from cxr_results.errors import ResultObjectError
 from cxr_results.render import NOT_FOR_DIAGNOSTIC_USE, overlay_from_png, render_result_image
-from cxr_results.summary import AnalysisStatus, ResultSummary
+from cxr_results.summary import AnalysisStatus, ResultSummary, population_statement
 from cxr_results.uids import MANUFACTURER, SERIES_DESCRIPTION_PREFIX, ResultUids, result_uids
 
 __all__ = [
@@ -147,6 +154,12 @@ CXR_CODES: dict[str, str] = {
     "WEIGHTS_SHA256": "Model weights SHA-256",
     "CALIBRATION": "Calibration version",
     "POPULATION": "Population note",
+    "SHADOW_SCORE": "Shadow score, not used for triage",
+    "POPULATION_STATUS": "Validated population",
+    "IN_SCOPE": "Within the validated population",
+    "OUTSIDE": "Outside the validated population",
+    "UNKNOWN": "Population unknown",
+    "POPULATION_STATEMENT": "Population statement",
     "SEEN": "Instance seen, not analysed",
 }
 
@@ -160,6 +173,7 @@ _STATUS_CODE = {
     AnalysisStatus.NOT_ELIGIBLE: "NOT_ELIGIBLE",
     AnalysisStatus.FAILED: "FAILED",
 }
+_POPULATION_CODE = {"in_scope": "IN_SCOPE", "outside": "OUTSIDE", "unknown": "UNKNOWN"}
 _NO_UNITS = CodedConcept(value="1", scheme_designator="UCUM", meaning="no units")
 _ENGLISH = CodedConcept(
     value="en-US", scheme_designator="RFC5646", meaning="English (United States)"
@@ -295,10 +309,13 @@ def build_secondary_capture(
         else f"{shown.capitalize()} without heatmap, model {result.model_name} "
         f"{result.model_version}"
     )
-    sc.DerivationDescription = _lo_text(
-        f"{what}; score {result.score:.3f}, threshold {result.threshold:.3f}. "
-        f"{NOT_FOR_DIAGNOSTIC_USE}."
+    statement = population_statement(result)
+    scored = (
+        f"score {result.score:.3f}, threshold {result.threshold:.3f}"
+        if statement is None
+        else f"{statement}; shadow score {result.score:.3f}, threshold {result.threshold:.3f}"
     )
+    sc.DerivationDescription = _lo_text(f"{what}; {scored}. {NOT_FOR_DIAGNOSTIC_USE}.")
     sc.ImageComments = f"{NOT_FOR_DIAGNOSTIC_USE}. {DISCLAIMER}"
     if str(source.get("LossyImageCompression", "")) == "01" or _lossy_syntax(source):
         sc.LossyImageCompression = "01"
@@ -465,24 +482,32 @@ def build_structured_report(
     _check_study(source, uids)
     contains = RelationshipTypeValues.CONTAINS
     items = _common_items(uids, result.model_name, AnalysisStatus.SCORED)
-    items += [
+    statement = population_statement(result)
+    items.append(
         NumContentItem(
-            name=_cxr("SCORE"),
+            name=_cxr("SCORE" if statement is None else "SHADOW_SCORE"),
             value=round(float(result.score), 6),
             unit=_NO_UNITS,
             relationship_type=contains,
-        ),
+        )
+    )
+    items.append(
         NumContentItem(
             name=_cxr("THRESHOLD"),
             value=round(float(result.threshold), 6),
             unit=_NO_UNITS,
             relationship_type=contains,
-        ),
-        CodeContentItem(
-            name=_cxr("FLAG"),
-            value=CodedConcept.from_code(codes.SCT.Yes if result.flagged else codes.SCT.No),
-            relationship_type=contains,
-        ),
+        )
+    )
+    if statement is None:  # a shadow score set no priority: it has no flag to report
+        items.append(
+            CodeContentItem(
+                name=_cxr("FLAG"),
+                value=CodedConcept.from_code(codes.SCT.Yes if result.flagged else codes.SCT.No),
+                relationship_type=contains,
+            )
+        )
+    items += [
         _text(_cxr("FINDING"), result.finding),
         *_model_items(
             result.model_name,
@@ -491,6 +516,17 @@ def build_structured_report(
             result.calibration_version,
         ),
     ]
+    population = _POPULATION_CODE.get(result.population or "")
+    if population is not None:
+        items.append(
+            CodeContentItem(
+                name=_cxr("POPULATION_STATUS"),
+                value=_cxr(population),
+                relationship_type=contains,
+            )
+        )
+    if statement is not None:
+        items.append(_text(_cxr("POPULATION_STATEMENT"), statement))
     if result.population_note:
         items.append(_text(_cxr("POPULATION"), result.population_note))
     header = _reference_header(source)

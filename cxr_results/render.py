@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from cxr_common.clinical import DISCLAIMER
 from cxr_results.errors import ResultObjectError
-from cxr_results.summary import ResultSummary
+from cxr_results.summary import ResultSummary, population_statement
 
 __all__ = [
     "HEATMAP_NOTE",
@@ -36,6 +36,7 @@ __all__ = [
     "NO_HEATMAP_NOTE",
     "overlay_from_png",
     "render_result_image",
+    "result_text",
 ]
 
 UInt8Array = npt.NDArray[np.uint8]
@@ -129,6 +130,52 @@ def _picture(
     return image, is_overlay
 
 
+Line = tuple[str, tuple[int, int, int]]
+_AMBER = (255, 220, 0)
+_GREY = (200, 200, 200)
+_FLAG = (255, 120, 60)
+
+
+def result_text(
+    result: ResultSummary, *, neutral_field: bool = False, overlay: bool = True
+) -> tuple[list[Line], list[Line]]:
+    """The (header, footer) lines of the Secondary Capture: (text, colour) each.
+
+    A shadow score (``result.triage`` False: outside the validated population) is headed
+    "OUTSIDE VALIDATED POPULATION: score not used for triage" with the reason, and shown as
+    a shadow score, never as flagged or not flagged."""
+    header: list[Line] = [(f"{NOT_FOR_DIAGNOSTIC_USE} - clinical decision support", _AMBER)]
+    statement = population_statement(result)
+    if statement is None:
+        flag_text = "FLAGGED for priority reading" if result.flagged else "not flagged"
+        header.append(
+            (
+                f"{result.finding.capitalize()} score {result.score:.3f} "
+                f"(threshold {result.threshold:.3f}): {flag_text}",
+                _FLAG if result.flagged else _GREY,
+            )
+        )
+    else:
+        header += [
+            (statement, _AMBER),
+            (
+                f"{result.finding.capitalize()} shadow score {result.score:.3f} "
+                f"(threshold {result.threshold:.3f}): not a triage result; read normally",
+                _GREY,
+            ),
+        ]
+    header.append((f"Model {result.model_name} {result.model_version}", _GREY))
+    if neutral_field:
+        header.append((NEUTRAL_FIELD_NOTE, _GREY))
+    footer: list[Line] = [
+        (DISCLAIMER, _AMBER),
+        (HEATMAP_NOTE if overlay else NO_HEATMAP_NOTE, _GREY),
+    ]
+    if result.population_note:
+        footer.append((result.population_note, _GREY))
+    return header, footer
+
+
 def render_result_image(
     picture: npt.NDArray[np.generic],
     result: ResultSummary,
@@ -146,25 +193,9 @@ def render_result_image(
     image, is_overlay = _picture(picture, neutral_field, max_side)
     width = image.size[0]
     text_size = max(14, round(width / 42))
-    flag_text = "FLAGGED for priority reading" if result.flagged else "not flagged"
-    flag_colour = (255, 120, 60) if result.flagged else (200, 200, 200)
-    header_lines: list[tuple[str, tuple[int, int, int]]] = [
-        (f"{NOT_FOR_DIAGNOSTIC_USE} - clinical decision support", (255, 220, 0)),
-        (
-            f"{result.finding.capitalize()} score {result.score:.3f} "
-            f"(threshold {result.threshold:.3f}): {flag_text}",
-            flag_colour,
-        ),
-        (f"Model {result.model_name} {result.model_version}", (200, 200, 200)),
-    ]
-    if neutral_field:
-        header_lines.append((NEUTRAL_FIELD_NOTE, (200, 200, 200)))
-    footer_lines: list[tuple[str, tuple[int, int, int]]] = [
-        (DISCLAIMER, (255, 220, 0)),
-        (HEATMAP_NOTE if is_overlay else NO_HEATMAP_NOTE, (200, 200, 200)),
-    ]
-    if result.population_note:
-        footer_lines.append((result.population_note, (200, 200, 200)))
+    header_lines, footer_lines = result_text(
+        result, neutral_field=neutral_field, overlay=is_overlay
+    )
     parts = [
         _text_band(width, header_lines, text_size),
         image,

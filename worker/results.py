@@ -6,7 +6,10 @@ completeness job):
 * a study with at least one scored instance gets the heatmap **Secondary Capture** of its
   highest-scoring instance (the overlay the worker stored with the prediction: the model
   never runs here) and a **Comprehensive SR** (score, threshold, flag, model and
-  calibration, references, disclaimer);
+  calibration, population, references, disclaimer). Only the active model's predictions
+  count, never a shadow model's; an instance whose score triaged comes before one outside
+  the validated population, whose shadow score the objects then head "OUTSIDE VALIDATED
+  POPULATION: score not used for triage" with the reason, and show with no flag;
 * a study with no scored instance (not eligible, or failed) gets a short **not-analysed
   SR** that says so and why;
 
@@ -172,6 +175,9 @@ class ResultsRuntime:
                 model_version=best.model_version,
                 weights_sha256=best.weights_sha256,
                 calibration_version=best.calibration_version or "none",
+                population=best.population,
+                population_reason=best.population_reason,
+                triage=best.triage,
             )
             picture: npt.NDArray[np.generic]
             if best.heatmap_png is not None:
