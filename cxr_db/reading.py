@@ -410,7 +410,9 @@ def record_answer(
         shown = _shown_model_output(conn, study_id)
         if model_version is None and score is None:
             model_version, score = shown.model_version, shown.score
-        seen: dict[str, object] = {"score_used_for_triage": shown.score is not None}
+        seen: dict[str, str | int | float | bool | None] = {
+            "score_used_for_triage": shown.score is not None
+        }
         if shown.score is None and shown.shadow_score is not None:
             seen["shadow_score"] = shown.shadow_score
         answer_id = conn.execute(
