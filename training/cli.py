@@ -82,6 +82,24 @@ def register(subparsers: Any) -> None:
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--mixup", type=float, default=0.0, help="mixup Beta(a, a); 0 = off")
     p.add_argument("--init-from", default="", help="weights folder to start from (site adaptation)")
+    p.add_argument(
+        "--groups",
+        default="",
+        help="groups.json from 'cxr-triage groups': sample so that every acquisition group "
+        "gives both classes equally (weight n_g / n_(g,class)); '' = plain shuffling",
+    )
+    p.add_argument("--group-floor", type=int, default=10, help="smallest cell size in the weights")
+    p.add_argument(
+        "--burn-in-text",
+        type=float,
+        default=0.0,
+        help="share of training images given synthetic markers/timestamps/digits (both classes)",
+    )
+    p.add_argument(
+        "--style",
+        action="store_true",
+        help="acquisition-style randomisation: histogram matching, local contrast, speckle",
+    )
     p.add_argument("--seed", type=int, default=20261123)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last.pt")
@@ -234,6 +252,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device or "",
         init_from=args.init_from,
+        groups=args.groups,
+        group_floor=args.group_floor,
+        burn_in_text=args.burn_in_text,
+        style=args.style,
     )
     summary = train(cfg)
     last = summary["history"][-1] if summary["history"] else {}
