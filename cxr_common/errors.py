@@ -5,7 +5,6 @@
     ├── StorageError               an instance could not be written or read
     │   └── InstanceMissingError   the stored file is not where its URI says
     ├── TransientError             worth retrying (database or broker briefly unreachable)
-    ├── PermanentError             retrying cannot help (undecodable file, bad payload)
     ├── cxr_imaging.ImagingError   an input that cannot become pixels
     └── cxr_model.ModelError       weights, contract or calibration refused
 
@@ -31,7 +30,3 @@ class InstanceMissingError(StorageError):
 
 class TransientError(CxrTriageError):
     """A failure that a retry may cure (service briefly unreachable)."""
-
-
-class PermanentError(CxrTriageError):
-    """A failure that no retry can cure (undecodable file, invalid payload)."""

@@ -9,10 +9,8 @@ Keys are built from sanitised DICOM UIDs only (digits and dots), never from pati
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
@@ -36,16 +34,28 @@ def instance_key(study_instance_uid: str, sop_instance_uid: str) -> str:
 
 
 class Storage(Protocol):
-    def put_file(self, key: str, source: Path) -> str:
-        """Move ``source`` into place under ``key`` atomically; return the instance URI."""
-        ...
-
-    def put_bytes(self, key: str, data: bytes) -> str:
-        """Write ``data`` under ``key`` atomically; return the instance URI."""
-        ...
+    """Where the listener puts instances. Listener, worker and tests use only this (and
+    :func:`read_instance`); how a scheme lays instances out is its own business."""
 
     def staging_dir(self) -> Path:
-        """A folder on the same filesystem for temp files that ``put_file`` will move."""
+        """A folder on the same filesystem for temp files that ``put_file`` will move.
+        Raises OSError when it cannot be created."""
+        ...
+
+    def uri(self, key: str) -> str:
+        """The URI of the instance stored (or to be stored) under ``key``."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """True when an instance is stored under ``key``."""
+        ...
+
+    def put_file(self, key: str, source: Path) -> None:
+        """Move ``source`` into place under ``key`` atomically (StorageError on failure)."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the instance under ``key``, if there is one (StorageError on failure)."""
         ...
 
 
@@ -58,23 +68,29 @@ def _fsync_dir(path: Path) -> None:
 
 
 class FileStorage:
-    """Instances as files under a root folder, written with temp file + fsync + rename."""
+    """Instances as files under a root folder, moved into place with fsync + rename."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
+        self._root = root
 
     def staging_dir(self) -> Path:
-        path = self.root / ".staging"
+        path = self._root / ".staging"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
     def _target(self, key: str) -> Path:
-        target = (self.root / key).resolve()
-        if self.root.resolve() not in target.parents:
+        target = (self._root / key).resolve()
+        if self._root.resolve() not in target.parents:
             raise StorageError("storage key escapes the storage root")
         return target
 
-    def put_file(self, key: str, source: Path) -> str:
+    def uri(self, key: str) -> str:
+        return self._target(key).as_uri()
+
+    def exists(self, key: str) -> bool:
+        return self._target(key).exists()
+
+    def put_file(self, key: str, source: Path) -> None:
         target = self._target(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -84,23 +100,15 @@ class FileStorage:
             _fsync_dir(target.parent)
         except OSError as exc:
             raise StorageError(f"cannot store instance: {exc.strerror}") from exc
-        return target.as_uri()
 
-    def put_bytes(self, key: str, data: bytes) -> str:
+    def delete(self, key: str) -> None:
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.staging_dir(), suffix=".part")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+            self._target(key).unlink(missing_ok=True)
         except OSError as exc:
-            raise StorageError(f"cannot store instance: {exc.strerror}") from exc
-        try:
-            return self.put_file(key, Path(tmp))
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            raise StorageError(f"cannot remove instance: {exc.strerror}") from exc
 
 
-def open_storage(uri: str) -> FileStorage:
+def open_storage(uri: str) -> Storage:
     """Open the storage that ``uri`` names (``file://`` today)."""
     parsed = urlparse(uri)
     if parsed.scheme == "file":

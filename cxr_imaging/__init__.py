@@ -1,4 +1,5 @@
-"""Shared imaging: DICOM/JPEG decoding and chest-radiograph eligibility.
+"""Shared imaging: DICOM/JPEG decoding, the transfer syntaxes it decodes, and
+chest-radiograph eligibility.
 
 Imports no other project package (and no torch, database or queue code), so the
 listener, the worker and training all share it.
@@ -7,6 +8,7 @@ listener, the worker and training all share it.
 from cxr_imaging.decode import DecodedImage, decode_dataset, load_image
 from cxr_imaging.eligibility import Eligibility, check_eligibility
 from cxr_imaging.errors import ImagingError, NotAnImageError, UndecodableError
+from cxr_imaging.transfer_syntaxes import decodable_transfer_syntaxes
 
 __all__ = [
     "DecodedImage",
@@ -15,6 +17,7 @@ __all__ = [
     "NotAnImageError",
     "UndecodableError",
     "check_eligibility",
+    "decodable_transfer_syntaxes",
     "decode_dataset",
     "load_image",
 ]

@@ -36,8 +36,9 @@ from pydicom.pixels.utils import pixel_array as _pixel_array
 from pydicom.uid import UID
 
 from cxr_imaging.errors import NotAnImageError, UndecodableError
+from cxr_imaging.transfer_syntaxes import plugin_hint
 
-__all__ = ["DecodedImage", "decode_dataset", "load_image", "plugin_hint"]
+__all__ = ["DecodedImage", "decode_dataset", "load_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,22 +48,6 @@ FloatArray = npt.NDArray[np.float32]
 PERCENTILES: tuple[float, float] = (0.5, 99.5)
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
-
-# Transfer syntax UID prefix/UID → what to install so pydicom can decode it.
-_PLUGIN_HINTS: dict[str, str] = {
-    "1.2.840.10008.1.2.4.50": "pylibjpeg-libjpeg (or Pillow / python-gdcm)",
-    "1.2.840.10008.1.2.4.51": "pylibjpeg-libjpeg (or python-gdcm)",
-    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg (or python-gdcm)",
-    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg (or python-gdcm)",
-    "1.2.840.10008.1.2.4.80": "pylibjpeg-libjpeg or pyjpegls",
-    "1.2.840.10008.1.2.4.81": "pylibjpeg-libjpeg or pyjpegls",
-    "1.2.840.10008.1.2.4.90": "pylibjpeg-openjpeg (or Pillow / python-gdcm)",
-    "1.2.840.10008.1.2.4.91": "pylibjpeg-openjpeg (or Pillow / python-gdcm)",
-    "1.2.840.10008.1.2.4.201": "pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.4.202": "pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.4.203": "pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.5": "pylibjpeg-rle (or numpy only: pydicom's own RLE decoder)",
-}
 
 
 @dataclass(frozen=True)
@@ -81,15 +66,6 @@ class DecodedImage:
     bits_stored: int | None
     rows: int
     columns: int
-
-
-def plugin_hint(transfer_syntax_uid: str | None) -> str:
-    """Name the package that decodes ``transfer_syntax_uid`` (for error messages)."""
-    if not transfer_syntax_uid:
-        return "a valid File Meta (0002,0010) Transfer Syntax UID"
-    return _PLUGIN_HINTS.get(
-        str(transfer_syntax_uid), "python-gdcm (no pylibjpeg plugin is known for it)"
-    )
 
 
 def _ts_label(ds: Dataset) -> tuple[str | None, str]:

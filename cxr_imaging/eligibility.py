@@ -23,6 +23,14 @@ import re
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
+from pydicom.uid import (
+    UID,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    MultiFrameSingleBitSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+    SecondaryCaptureImageStorage,
+)
 
 __all__ = ["MIN_SIZE_PX", "Eligibility", "check_eligibility"]
 
@@ -40,7 +48,15 @@ _DESCRIPTOR_KEYWORDS = (
     "AcquisitionDeviceProcessingDescription",
 )
 #: Secondary Capture image storage SOP classes (single- and multi-frame).
-SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+SECONDARY_CAPTURE_SOP_CLASSES: frozenset[UID] = frozenset(
+    {
+        SecondaryCaptureImageStorage,
+        MultiFrameSingleBitSecondaryCaptureImageStorage,
+        MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+        MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+        MultiFrameTrueColorSecondaryCaptureImageStorage,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -59,7 +75,7 @@ def _text(ds: Dataset, keyword: str) -> str:
 
 
 def _is_secondary_capture(ds: Dataset) -> bool:
-    return str(ds.get("SOPClassUID", "")).startswith(SECONDARY_CAPTURE_PREFIX)
+    return str(ds.get("SOPClassUID", "")).strip() in SECONDARY_CAPTURE_SOP_CLASSES
 
 
 def _modality_reason(ds: Dataset, modality: str, body_part: str) -> str | None:

@@ -13,7 +13,11 @@ Contract (stored as ``weights/model.json`` next to the weights, with version and
   probabilities, ``sigmoid(logit / temperature + bias)``, and holds the operating threshold
   fitted on a labelled sample from the site for a target sensitivity. It is tied to the
   model's sha256 and refused for any other model.
-* Heatmaps: Grad-CAM on the last convolutional block, HxW float32 in [0, 1] at input size.
+* Scoring rule: :meth:`Calibration.score` (calibrated probability; flagged when eligible and
+  at or above the threshold), the one rule of the worker, ``predict`` and ``evaluate``.
+* Heatmaps (:mod:`cxr_model.heatmaps`): Grad-CAM on the last convolutional block, HxW
+  float32 in [0, 1] at input size, rendered over the image in grey, or over a neutral grey
+  field when the header says BurnedInAnnotation YES.
 * Integrity: ``load_model`` checks the weights' sha256 against ``model.json`` before
   ``torch.load(weights_only=True)``; the architecture comes from ``timm`` / ``torchvision``.
 
@@ -24,12 +28,12 @@ Usage::
     model = load_model()                      # shipped weights, sha256 verified
     cal = load_calibration(model_sha256=model.contract.sha256)
     batch = torch.stack([model.preprocess(img.pixels) for img in images])
-    for r in model.score_batch(batch):
-        p = cal.probability(r.logit); flagged = cal.flag(p)
-        png = render_overlay_png(img.pixels, r.cam)
+    for img, ds, r in zip(images, headers, model.score_batch(batch)):
+        score = cal.score(r.logit)              # .probability, .threshold, .flagged
+        png = render_overlay_png(img.pixels, r.cam, burned_in=has_burned_in_annotation(ds))
 """
 
-from cxr_model.calibration import Calibration, load_calibration
+from cxr_model.calibration import CalibratedScore, Calibration, load_calibration
 from cxr_model.contract import DISCLAIMER, WEIGHTS_DIR, ModelContract, read_contract, sha256_file
 from cxr_model.errors import (
     CalibrationMismatchError,
@@ -37,13 +41,14 @@ from cxr_model.errors import (
     ModelError,
     ModelIntegrityError,
 )
-from cxr_model.overlay import render_overlay_png
+from cxr_model.heatmaps import has_burned_in_annotation, render_overlay_png
 from cxr_model.preprocess import preprocess, resize_pixels, scale_tensor
 from cxr_model.scoring import ScoreResult, ScoringModel, load_model, load_network
 
 __all__ = [
     "DISCLAIMER",
     "WEIGHTS_DIR",
+    "CalibratedScore",
     "Calibration",
     "CalibrationMismatchError",
     "ContractError",
@@ -52,6 +57,7 @@ __all__ = [
     "ModelIntegrityError",
     "ScoreResult",
     "ScoringModel",
+    "has_burned_in_annotation",
     "load_calibration",
     "load_model",
     "load_network",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 from torch import nn
 
 from cxr_model.errors import ContractError
@@ -24,12 +22,3 @@ def build_network(architecture: str) -> nn.Module:
         res: nn.Module = resnet18(weights=None, num_classes=1)
         return res
     raise ContractError(f"unsupported architecture {architecture!r}; known: {ARCHITECTURES}")
-
-
-def gradcam_target_layer(net: nn.Module, architecture: str) -> nn.Module:
-    """The last convolutional block, whose activations Grad-CAM weights."""
-    if architecture == "tf_efficientnet_lite0":
-        return cast(nn.Module, net.bn2)  # conv_head + BN + ReLU6, 7x7 at 224 px
-    if architecture == "resnet18":
-        return cast(nn.Sequential, net.layer4)[-1]
-    raise ContractError(f"unsupported architecture {architecture!r}")

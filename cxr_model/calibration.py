@@ -5,7 +5,8 @@ one model by its weights sha256. Calibrated probability::
 
     p = sigmoid(logit / temperature + bias)
 
-A study is flagged when ``p >= threshold``.
+An eligible image is flagged when ``p >= threshold``: :meth:`Calibration.score` is that one
+rule, used by the worker, ``predict`` and ``evaluate``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,16 @@ def _sigmoid(x: float) -> float:
         return 1.0 / (1.0 + math.exp(-x))
     e = math.exp(x)
     return e / (1.0 + e)
+
+
+@dataclass(frozen=True)
+class CalibratedScore:
+    """One image's logit read through a calibration record."""
+
+    logit: float
+    probability: float
+    threshold: float
+    flagged: bool
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,31 @@ class Calibration:
     def flag(self, prob: float) -> bool:
         """True when the calibrated probability reaches the operating threshold."""
         return float(prob) >= self.threshold
+
+    def score(self, logit: float, *, eligible: bool = True) -> CalibratedScore:
+        """The scoring rule: calibrated probability, flagged when the image is eligible and
+        the probability reaches the operating threshold. (The worker never scores an image
+        that is not eligible; ``predict`` reports its probability, unflagged.)"""
+        probability = self.probability(logit)
+        flagged = eligible and self.flag(probability)
+        return CalibratedScore(float(logit), probability, self.threshold, flagged)
+
+    @classmethod
+    def uncalibrated(cls, threshold: float, model_sha256: str = "") -> Calibration:
+        """The plain sigmoid at ``threshold`` (a model's validation threshold), for the
+        training tools when a model has no site calibration yet. Never saved or shipped."""
+        t = min(max(float(threshold), 1e-12), 1.0 - 1e-12)
+        return cls(
+            version="uncalibrated",
+            model_sha256=model_sha256,
+            temperature=1.0,
+            bias=0.0,
+            threshold=float(threshold),
+            logit_threshold=math.log(t / (1.0 - t)),
+            target_sensitivity=float("nan"),
+            confidence=float("nan"),
+            method="none",
+        )
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxr_model.architecture import build_network, gradcam_target_layer
+from cxr_model.architecture import build_network
 from cxr_model.contract import WEIGHTS_DIR, ModelContract, read_contract, sha256_file
 from cxr_model.errors import ModelIntegrityError
+from cxr_model.heatmaps import grad_cam
 from cxr_model.preprocess import preprocess as _preprocess
 from cxr_model.preprocess import scale_tensor
 
@@ -26,13 +27,6 @@ class ScoreResult:
 
     logit: float
     cam: np.ndarray | None
-
-
-class _LogitTarget:
-    """Grad-CAM target: the single PNEUMONIA logit."""
-
-    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
-        return model_output.reshape(-1)[0]
 
 
 class ScoringModel:
@@ -61,24 +55,16 @@ class ScoringModel:
         return logits
 
     def score_batch(self, batch: torch.Tensor, with_heatmaps: bool = True) -> list[ScoreResult]:
-        """Score a (N, C, H, W) batch in one forward (and one backward for Grad-CAM)."""
+        """Score a (N, C, H, W) batch in one forward (and one backward for Grad-CAM, see
+        :mod:`cxr_model.heatmaps`)."""
         if batch.ndim == 3:
             batch = batch.unsqueeze(0)
         if not with_heatmaps:
             return [ScoreResult(float(v), None) for v in self.logits(batch)]
-        from pytorch_grad_cam import GradCAM
-
-        layer = gradcam_target_layer(self.net, self.contract.architecture)
         x = batch.to(self.device, torch.float32)
-        with self._lock, torch.enable_grad(), GradCAM(model=self.net, target_layers=[layer]) as cam:
-            cams = cam(input_tensor=x, targets=[_LogitTarget() for _ in range(x.shape[0])])
-            logits = cam.outputs.detach().reshape(-1).float().cpu().numpy()
-        self.net.zero_grad(set_to_none=True)
-        cams = np.nan_to_num(np.asarray(cams, dtype=np.float32))
-        return [
-            ScoreResult(float(lg), np.clip(c, 0.0, 1.0).astype(np.float32))
-            for lg, c in zip(logits, cams, strict=True)
-        ]
+        with self._lock:
+            logits, cams = grad_cam(self.net, self.contract.architecture, x)
+        return [ScoreResult(float(lg), c) for lg, c in zip(logits, cams, strict=True)]
 
 
 def _auto_device(device: str | None) -> torch.device:

@@ -20,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from tqdm import tqdm
 
 from dicom_listener.statuses import is_success
@@ -30,7 +31,6 @@ logger = logging.getLogger(__name__)
 #: the Verification context every association also proposes: it keeps the association up
 #: when the listener accepts none of the storage contexts, so each file gets its reason.
 MAX_CONTEXTS = 127
-VERIFICATION = "1.2.840.10008.1.1"
 _UNCOMPRESSED = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
 
 
@@ -141,7 +141,7 @@ def _associate(
     contexts: list[PresentationContext] = [
         build_context(sop_class, list(syntaxes)) for sop_class, syntaxes in _contexts_for(items)
     ]
-    contexts.append(build_context(VERIFICATION))
+    contexts.append(build_context(Verification))
     return ae.associate(host, port, contexts=contexts, ae_title=called_ae)
 
 

@@ -17,7 +17,6 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,95 +24,37 @@ from celery import Celery
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import (
-    HTJ2K,
-    JPEG2000,
     UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    HTJ2KLossless,
-    HTJ2KLosslessRPCL,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
+    ComputedRadiographyImageStorage,
+    CTImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    SecondaryCaptureImageStorage,
 )
 from pynetdicom.events import Event
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from cxr_common.errors import StorageError
-from cxr_common.storage import FileStorage, instance_key, sanitise_uid
+from cxr_common.storage import Storage, instance_key, sanitise_uid
 from cxr_db import repository as repo
-from cxr_queue import ScoreJob, enqueue_score
+from cxr_queue import ScoreJob
+from dicom_listener.enqueue import enqueue_instance
 from dicom_listener.statuses import EchoStatus, StoreStatus
 
 logger = logging.getLogger(__name__)
-
-CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
-DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
-DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 #: SOP classes the listener stores. CR, DX and Secondary Capture carry chest films (real
 #: ones often arrive as SC). CT is accepted on purpose so that a study routed here by
 #: mistake becomes a visible "not eligible" row on the worklist instead of a silent
 #: association failure at the modality; the worker's eligibility rules never score it.
-ACCEPTED_SOP_CLASSES: tuple[str, ...] = (
-    CR_IMAGE_STORAGE,
-    DX_FOR_PRESENTATION,
-    DX_FOR_PROCESSING,
-    SECONDARY_CAPTURE,
-    CT_IMAGE_STORAGE,
+ACCEPTED_SOP_CLASSES: tuple[UID, ...] = (
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    SecondaryCaptureImageStorage,
+    CTImageStorage,
 )
-
-_UNCOMPRESSED: tuple[UID, ...] = (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-)
-_COMPRESSED: tuple[UID, ...] = (
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
-    JPEG2000,
-    HTJ2KLossless,
-    HTJ2KLosslessRPCL,
-    HTJ2K,
-    RLELossless,
-)
-
-
-def decodable_transfer_syntaxes() -> list[str]:
-    """Transfer syntaxes the listener accepts, in order of preference: every compressed
-    one an installed pydicom pixel decoder (pylibjpeg, Pillow, ...) can decode, so the
-    worker can decode whatever was acknowledged, then the uncompressed ones.
-
-    pynetdicom picks the first of these that a requested context also proposes. Compressed
-    comes first because a sender proposes a compressed syntax when it holds the image that
-    way (DCMTK's storescu proposes [own, explicit LE, implicit LE] in one context): taking
-    it as it is avoids transcoding at the sender, which may not be able to decompress."""
-    from pydicom.pixels.decoders.base import get_decoder
-
-    accepted: list[str] = []
-    for uid in _COMPRESSED:
-        try:
-            if get_decoder(uid).is_available:
-                accepted.append(str(uid))
-        except NotImplementedError:
-            continue
-    return accepted + [str(uid) for uid in _UNCOMPRESSED]
 
 
 def handle_echo(event: Event) -> int:
@@ -135,19 +76,6 @@ class _Refused(Exception):
         self.why = why
 
 
-@dataclass(frozen=True)
-class _Header:
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_instance_uid: str
-    series_instance_uid: str | None
-    transfer_syntax_uid: str | None
-    accession_number: str | None
-    modality: str | None
-    body_part: str | None
-    view_position: str | None
-
-
 def _text(ds: Dataset, keyword: str, max_len: int) -> str | None:
     value = ds.get(keyword)
     if value is None:
@@ -166,8 +94,16 @@ def _optional_uid(ds: Dataset, keyword: str) -> str | None:
         return None
 
 
-def _read_header(path: Path, affected_sop_class: str, affected_sop_instance: str) -> _Header:
-    """Parse and validate the stored file's header (pixel data is left to the worker)."""
+def _read_instance_record(
+    path: Path,
+    affected_sop_class_uid: str,
+    affected_sop_instance_uid: str,
+    calling_ae_title: str | None,
+    storage: Storage,
+) -> repo.InstanceRecord:
+    """Parse and validate the staged file's header into the row the listener records
+    (pixel data is left to the worker). The instance's URI is where ``storage`` keeps it
+    under :func:`instance_key`; ``_Refused`` says why a header cannot be stored."""
     try:
         ds = dcmread(path, stop_before_pixels=True)
         # Force every element we need to be decoded now, inside this try.
@@ -195,26 +131,29 @@ def _read_header(path: Path, affected_sop_class: str, affected_sop_instance: str
         study = sanitise_uid(str(raw_study))
     except ValueError as exc:
         raise _Refused(StoreStatus.CANNOT_UNDERSTAND, "a required UID is not valid") from exc
-    if sop_class != affected_sop_class:
+    if sop_class != affected_sop_class_uid:
         raise _Refused(
             StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            f"data set SOP Class {sop_class} differs from the request's {affected_sop_class}",
+            f"data set SOP Class {sop_class} differs from the request's {affected_sop_class_uid}",
         )
-    if sop_instance != affected_sop_instance:
+    if sop_instance != affected_sop_instance_uid:
         raise _Refused(
             StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
             "data set SOP Instance UID differs from the request's",
         )
-    return _Header(
-        sop_class_uid=sop_class,
-        sop_instance_uid=sop_instance,
+    return repo.InstanceRecord(
         study_instance_uid=study,
+        sop_instance_uid=sop_instance,
+        sop_class_uid=sop_class,
         series_instance_uid=series,
         transfer_syntax_uid=str(meta_ts) if meta_ts else None,
         accession_number=accession,
         modality=modality,
         body_part=body_part,
         view_position=view,
+        calling_ae_title=calling_ae_title,
+        storage_uri=storage.uri(instance_key(study, sop_instance)),
+        size_bytes=path.stat().st_size,
     )
 
 
@@ -224,7 +163,7 @@ class StoreHandler:
     def __init__(
         self,
         engine: Engine,
-        storage: FileStorage,
+        storage: Storage,
         celery_app: Celery,
         queue_name: str,
         accepted_sop_classes: tuple[str, ...] = ACCEPTED_SOP_CLASSES,
@@ -299,38 +238,24 @@ class StoreHandler:
             )
         staged = self._stage(event)
         try:
-            header = _read_header(staged, affected_class, affected_instance)
-            size = staged.stat().st_size
-            key = instance_key(header.study_instance_uid, header.sop_instance_uid)
-            target = self.storage.root / key
-            existed_before = target.exists()
+            record = _read_instance_record(
+                staged, affected_class, affected_instance, calling_ae, self.storage
+            )
+            key = instance_key(record.study_instance_uid, record.sop_instance_uid)
+            existed_before = self.storage.exists(key)
             try:
-                uri = self.storage.put_file(key, staged)
+                self.storage.put_file(key, staged)
             except (StorageError, OSError) as exc:
                 raise _Refused(
                     StoreStatus.OUT_OF_RESOURCES_STORAGE, "instance could not be written"
                 ) from exc
-            record = repo.InstanceRecord(
-                study_instance_uid=header.study_instance_uid,
-                sop_instance_uid=header.sop_instance_uid,
-                sop_class_uid=header.sop_class_uid,
-                series_instance_uid=header.series_instance_uid,
-                transfer_syntax_uid=header.transfer_syntax_uid,
-                accession_number=header.accession_number,
-                modality=header.modality,
-                body_part=header.body_part,
-                view_position=header.view_position,
-                calling_ae_title=calling_ae,
-                storage_uri=uri,
-                size_bytes=size,
-            )
             try:
                 result = repo.record_instance(self.engine, record)
             except SQLAlchemyError as exc:
                 if not existed_before:
                     # Not acknowledged, not recorded: leave no orphan behind.
-                    with contextlib.suppress(OSError):
-                        target.unlink()
+                    with contextlib.suppress(StorageError):
+                        self.storage.delete(key)
                 raise _Refused(
                     StoreStatus.OUT_OF_RESOURCES_DATABASE,
                     f"instance could not be recorded ({type(exc).__name__})",
@@ -339,38 +264,39 @@ class StoreHandler:
             with contextlib.suppress(FileNotFoundError):
                 staged.unlink()
         if result.created:
-            self._enqueue(result.instance_id, header.sop_instance_uid, uri)
+            self._enqueue(result.instance_id, record)
             logger.info(
                 "stored sop_instance_uid=%s study_instance_uid=%s sop_class_uid=%s "
                 "instance_id=%d calling_ae_title=%s",
-                header.sop_instance_uid,
-                header.study_instance_uid,
-                header.sop_class_uid,
+                record.sop_instance_uid,
+                record.study_instance_uid,
+                record.sop_class_uid,
                 result.instance_id,
                 calling_ae,
             )
         else:
             logger.info(
                 "resend of known sop_instance_uid=%s (instance_id=%d, status=%s): no new job",
-                header.sop_instance_uid,
+                record.sop_instance_uid,
                 result.instance_id,
                 result.status,
             )
         return StoreStatus.SUCCESS
 
-    def _enqueue(self, instance_id: int, sop_instance_uid: str, uri: str) -> None:
+    def _enqueue(self, instance_id: int, record: repo.InstanceRecord) -> None:
         """Enqueue after commit; a failure is left to the reconciler."""
         try:
             job = ScoreJob(
-                instance_id=instance_id, sop_instance_uid=sop_instance_uid, storage_uri=uri
+                instance_id=instance_id,
+                sop_instance_uid=record.sop_instance_uid,
+                storage_uri=record.storage_uri,
             )
-            enqueue_score(self.celery_app, job, self.queue_name)
-            repo.mark_enqueued(self.engine, instance_id)
+            enqueue_instance(self.engine, self.celery_app, self.queue_name, job)
         except Exception as exc:  # noqa: BLE001 - broker errors come in many types
             logger.warning(
                 "enqueue failed for sop_instance_uid=%s instance_id=%d (%s): "
                 "the reconciler will re-enqueue it",
-                sop_instance_uid,
+                record.sop_instance_uid,
                 instance_id,
                 type(exc).__name__,
             )

@@ -18,7 +18,8 @@ from celery import Celery
 from sqlalchemy import Engine
 
 from cxr_db import repository as repo
-from cxr_queue import ScoreJob, enqueue_score
+from cxr_queue import ScoreJob
+from dicom_listener.enqueue import enqueue_instance
 
 logger = logging.getLogger(__name__)
 
@@ -47,23 +48,18 @@ class Reconciler:
     def run_once(self) -> int:
         """One pass: enqueue every instance still ``received`` after the grace period.
 
-        Returns how many were enqueued. Stops at the first broker failure (the next pass
-        tries again)."""
+        Returns how many were enqueued. Stops at the first broker (or database) failure
+        (the next pass tries again)."""
         pending = repo.unenqueued_instances(self.engine, older_than_s=self.grace_s)
         stale = repo.stale_processing_instances(self.engine, self.stale_processing_s)
         done = 0
         for item in [*pending, *stale]:
-            job = ScoreJob(
-                instance_id=item.instance_id,
-                sop_instance_uid=item.sop_instance_uid,
-                storage_uri=item.storage_uri,
-            )
+            job = ScoreJob.model_validate(item, from_attributes=True)
             try:
-                enqueue_score(self.celery_app, job, self.queue_name)
+                enqueue_instance(self.engine, self.celery_app, self.queue_name, job)
             except Exception as exc:  # noqa: BLE001 - broker errors come in many types
-                logger.warning("reconciler: broker unavailable (%s)", type(exc).__name__)
+                logger.warning("reconciler: cannot enqueue (%s)", type(exc).__name__)
                 break
-            repo.mark_enqueued(self.engine, item.instance_id)
             done += 1
         if done:
             logger.info("reconciler re-enqueued %d instance(s)", done)

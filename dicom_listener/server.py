@@ -14,12 +14,8 @@ from sqlalchemy import Engine
 from cxr_common.lifecycle import stop_on_signals
 from cxr_common.settings import ListenerSettings
 from cxr_common.storage import open_storage
-from dicom_listener.handlers import (
-    ACCEPTED_SOP_CLASSES,
-    StoreHandler,
-    decodable_transfer_syntaxes,
-    handle_echo,
-)
+from cxr_imaging import decodable_transfer_syntaxes
+from dicom_listener.handlers import ACCEPTED_SOP_CLASSES, StoreHandler, handle_echo
 from dicom_listener.reconciler import Reconciler
 
 logger = logging.getLogger(__name__)
@@ -79,7 +75,9 @@ def start_listener(
         storage.staging_dir()
     except OSError as exc:
         # Keep listening: every C-STORE answers 0xA701 until storage is back.
-        logger.error("storage %s is not writable yet: %s", storage.root, exc.strerror)
+        logger.error(
+            "storage %s is not writable yet: %s", settings.resolved_storage_uri, exc.strerror
+        )
     store = StoreHandler(engine, storage, celery_app, settings.queue_name)
     ae = build_ae(settings)
     handlers: list[evt.EventHandlerType] = [

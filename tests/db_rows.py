@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian
 from sqlalchemy import Engine
 
 from cxr_db import repository as repo
@@ -12,9 +13,9 @@ def record(engine: Engine, study: str, sop: str, accession: str | None = None) -
     rec = repo.InstanceRecord(
         study_instance_uid=study,
         sop_instance_uid=sop,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+        sop_class_uid=ComputedRadiographyImageStorage,
         series_instance_uid=None,
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        transfer_syntax_uid=ExplicitVRLittleEndian,
         accession_number=accession,
         modality="CR",
         body_part="CHEST",

@@ -8,14 +8,12 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    ComputedRadiographyImageStorage,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     generate_uid,
 )
 
-CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
-SC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 TEST_ROOT = "1.2.826.0.1.3680043.10.1024."
 
 
@@ -36,7 +34,7 @@ def make_dataset(
     *,
     study_uid: str | None = None,
     sop_uid: str | None = None,
-    sop_class: str = CR_IMAGE_STORAGE,
+    sop_class: str = ComputedRadiographyImageStorage,
     modality: str = "CR",
     body_part: str | None = "CHEST",
     view: str | None = "PA",

@@ -18,6 +18,7 @@ from cxr_model import (
     WEIGHTS_DIR,
     Calibration,
     ScoringModel,
+    has_burned_in_annotation,
     load_calibration,
     load_model,
     render_overlay_png,
@@ -25,6 +26,7 @@ from cxr_model import (
 from training import plots
 from training.data import Sample, load_resized, load_samples
 from training.metrics import binary_metrics, expected_calibration_error
+from training.predict import dicom_header
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,14 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
 
 
+def _overlay(sample: Sample, image: np.ndarray, cam: np.ndarray | None) -> bytes:
+    """The worker's heatmap PNG (neutral field for burned-in DICOM), 256 px for the grid."""
+    header = dicom_header(sample.path)
+    burned_in = header is not None and has_burned_in_annotation(header)
+    heat = cam if cam is not None else np.zeros((1, 1), np.float32)
+    return render_overlay_png(image, heat, burned_in=burned_in, max_size=256)
+
+
 def _cam_grid(
     model: ScoringModel,
     samples: list[Sample],
@@ -90,13 +100,7 @@ def _cam_grid(
         batch = model.to_input(torch.from_numpy(images[chosen]))
         res = model.score_batch(batch, with_heatmaps=True)
         groups[name] = [
-            (
-                samples[i].path.name[:22],
-                float(prob[i]),
-                render_overlay_png(
-                    images[i], r.cam if r.cam is not None else np.zeros((1, 1)), 256
-                ),
-            )
+            (samples[i].path.name[:22], float(prob[i]), _overlay(samples[i], images[i], r.cam))
             for i, r in zip(chosen, res, strict=True)
         ]
     plots.plot_cam_grid(groups, out / "gradcam_grid.png", "Grad-CAM: TP / FP / FN / TN")
@@ -133,15 +137,14 @@ def evaluate(
             cal = load_calibration(calibration, primary.contract.sha256)
         elif shipped:
             cal = load_calibration(None, primary.contract.sha256)
-    if cal is not None:
-        prob = np.array([cal.probability(z) for z in logits])
-        threshold = cal.threshold
-    else:
-        prob = raw_prob
-        threshold = float(np.mean([m.contract.val_threshold for m in models]))
+    val_thr = float(np.mean([m.contract.val_threshold for m in models]))
+    rule = cal or Calibration.uncalibrated(val_thr)
+    scores = [rule.score(float(z)) for z in logits]
+    prob = np.array([s.probability for s in scores])
+    flagged = np.array([s.flagged for s in scores], dtype=bool)
+    threshold = rule.threshold
     subtypes = [s.subtype for s in samples]
     metrics = binary_metrics(y, prob, threshold, subtypes)
-    val_thr = float(np.mean([m.contract.val_threshold for m in models]))
     at_val = binary_metrics(y, raw_prob, val_thr, subtypes, n_boot=0)
     metrics["uncalibrated"] = {
         "ece": expected_calibration_error(y, raw_prob),
@@ -173,7 +176,6 @@ def evaluate(
             "disclaimer": DISCLAIMER,
         }
     )
-    flagged = prob >= threshold
     with (out / "predictions.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "label", "subtype", "logit", "probability", "flagged"])

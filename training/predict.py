@@ -5,18 +5,20 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from cxr_model import (
     DISCLAIMER,
     WEIGHTS_DIR,
     Calibration,
+    has_burned_in_annotation,
     load_calibration,
     load_model,
     render_overlay_png,
 )
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -35,21 +37,24 @@ def _expand(paths: list[Path]) -> list[Path]:
     return out
 
 
-def _is_dicom(path: Path) -> bool:
+def dicom_header(path: Path) -> Dataset | None:
+    """The DICOM header of ``path`` (no pixel data), or None for an ordinary image file."""
     with path.open("rb") as fh:
         head = fh.read(132)
-    return head[128:132] == b"DICM" or path.suffix.lower() in (".dcm", ".dicom")
-
-
-def eligibility(path: Path) -> tuple[bool, list[str]]:
-    """Chest-radiograph eligibility from the DICOM header; ordinary images are assumed CXRs."""
-    if not _is_dicom(path):
-        return True, ["not DICOM: assumed to be a frontal chest radiograph"]
+    if head[128:132] != b"DICM" and path.suffix.lower() not in (".dcm", ".dicom"):
+        return None
     import pydicom
 
+    return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+
+
+def eligibility(header: Dataset | None) -> tuple[bool, list[str]]:
+    """Chest-radiograph eligibility from the DICOM header; ordinary images are assumed CXRs."""
+    if header is None:
+        return True, ["not DICOM: assumed to be a frontal chest radiograph"]
     from cxr_imaging import check_eligibility
 
-    res = check_eligibility(pydicom.dcmread(path, stop_before_pixels=True, force=True))
+    res = check_eligibility(header)
     return res.eligible, [res.reason] if res.reason else []
 
 
@@ -60,13 +65,18 @@ def predict_paths(
     heatmap_dir: Path | None = None,
     device: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Score each file: calibrated probability, flag, eligibility, optional heatmap PNG."""
+    """Score each file: calibrated probability, flag, eligibility, optional heatmap PNG.
+
+    The flag and the heatmap follow the worker's rules (:meth:`Calibration.score`,
+    :mod:`cxr_model.heatmaps`); without a calibration record (a model given by ``--model``
+    alone) the probability is the plain sigmoid at the model's validation threshold."""
     from cxr_imaging import load_image
 
     model = load_model(model_dir or WEIGHTS_DIR, device)
     cal: Calibration | None = None
     if calibration is not None or model_dir is None:
         cal = load_calibration(calibration, model.contract.sha256)
+    rule = cal or Calibration.uncalibrated(model.contract.val_threshold, model.contract.sha256)
     if heatmap_dir is not None:
         heatmap_dir.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
@@ -77,7 +87,8 @@ def predict_paths(
             "calibration_version": cal.version if cal else None,
         }
         try:
-            eligible, reasons = eligibility(path)
+            header = dicom_header(path)
+            eligible, reasons = eligibility(header)
             pixels = load_image(path).pixels
             (res,) = model.score_batch(
                 model.preprocess(pixels)[None], with_heatmaps=heatmap_dir is not None
@@ -87,25 +98,23 @@ def predict_paths(
             rec["error"] = f"{type(exc).__name__}: {exc}"
             results.append(rec)
             continue
-        if cal is not None:
-            prob, thr = cal.probability(res.logit), cal.threshold
-        else:
-            prob, thr = float(1 / (1 + np.exp(-res.logit))), model.contract.val_threshold
+        score = rule.score(res.logit, eligible=eligible)
         rec.update(
             {
-                "logit": res.logit,
-                "probability": prob,
-                "threshold": thr,
-                "flagged": bool(prob >= thr) and eligible,
+                "logit": score.logit,
+                "probability": score.probability,
+                "threshold": score.threshold,
+                "flagged": score.flagged,
                 "eligible": eligible,
                 "reasons": reasons,
                 "disclaimer": DISCLAIMER,
             }
         )
         if heatmap_dir is not None and res.cam is not None:
+            burned_in = header is not None and has_burned_in_annotation(header)
             name = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16] + ".png"
             out = heatmap_dir / name
-            out.write_bytes(render_overlay_png(pixels, res.cam))
+            out.write_bytes(render_overlay_png(pixels, res.cam, burned_in=burned_in))
             rec["heatmap"] = str(out)
         results.append(rec)
     return results

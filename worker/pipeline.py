@@ -1,5 +1,6 @@
 """One instance from storage to a database row: decode, eligibility, batched scoring,
-Grad-CAM overlay, prediction upsert.
+Grad-CAM overlay, prediction upsert. The scoring rule and the heatmap (with its
+burned-in annotation rule) are :mod:`cxr_model`'s, shared with ``predict``.
 
 Errors are sorted at this boundary: ``TransientError`` (database or storage briefly
 unavailable) is retried by the task; anything about the file itself is permanent and
@@ -36,15 +37,6 @@ if TYPE_CHECKING:
     from cxr_model import Calibration, ScoreResult, ScoringModel
 
 log = logging.getLogger(__name__)
-
-
-def heatmap_base(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
-    """The image the heatmap is drawn on. When the header says text is burned into the
-    pixels (BurnedInAnnotation YES), that text may name the patient, so the heatmap is
-    drawn on a neutral grey field instead: the PNG must never carry patient data."""
-    if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
-        return np.full_like(pixels, 0.5)
-    return pixels
 
 
 class ScoringRuntime:
@@ -128,21 +120,24 @@ class ScoringRuntime:
             return self._fail(job, f"pixel data could not be decoded: {exc}")
         decode_ms = (time.perf_counter() - t0) * 1000
         result, info = self.batcher.submit(tensor).result()
-        return self._record(job, heatmap_base(ds, image.pixels), result, info, decode_ms)
+        return self._record(job, ds, image.pixels, result, info, decode_ms)
 
     def _record(
         self,
         job: ScoreJob,
+        ds: pydicom.Dataset,
         pixels: np.ndarray,
         result: ScoreResult,
         info: BatchInfo,
         decode_ms: float,
     ) -> Outcome:
-        from cxr_model import render_overlay_png
+        from cxr_model import has_burned_in_annotation, render_overlay_png
 
-        probability = self.calibration.probability(result.logit)
-        flagged = self.calibration.flag(probability)
-        png = render_overlay_png(pixels, result.cam) if result.cam is not None else None
+        score = self.calibration.score(result.logit)
+        png = None
+        if result.cam is not None:
+            burned_in = has_burned_in_annotation(ds)
+            png = render_overlay_png(pixels, result.cam, burned_in=burned_in)
         contract = self.model.contract
         repo.record_prediction(
             self.engine,
@@ -152,10 +147,10 @@ class ScoringRuntime:
                 model_version=contract.version,
                 weights_sha256=contract.sha256,
                 calibration_version=self.calibration.version,
-                logit=float(result.logit),
-                probability=probability,
-                threshold=self.calibration.threshold,
-                flagged=flagged,
+                logit=score.logit,
+                probability=score.probability,
+                threshold=score.threshold,
+                flagged=score.flagged,
                 heatmap_png=png,
                 device=str(self.model.device),
                 batch_size=info.size,
@@ -166,12 +161,12 @@ class ScoringRuntime:
         )
         log.info(
             "scored p=%.3f flagged=%s batch=%d",
-            probability,
-            flagged,
+            score.probability,
+            score.flagged,
             info.size,
             extra={"sop_instance_uid": job.sop_instance_uid},
         )
-        return Outcome(JobOutcome.DONE, None, probability)
+        return Outcome(JobOutcome.DONE, None, score.probability)
 
     def _fail(self, job: ScoreJob, reason: str) -> Outcome:
         repo.record_failed(self.engine, job.instance_id, reason)

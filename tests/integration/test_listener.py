@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -16,16 +16,20 @@ import pydicom
 import pytest
 import redis
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import (
+    ComputedRadiographyImageStorage,
+    MRImageStorage,
+    SecondaryCaptureImageStorage,
+)
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import Engine, text
 
 from cxr_common.settings import ListenerSettings
+from cxr_common.storage import open_storage
 from cxr_db import make_engine
 from cxr_db import repository as repo
 from cxr_queue import make_celery
-from dicom_listener.handlers import CR_IMAGE_STORAGE, SECONDARY_CAPTURE
 from dicom_listener.reconciler import Reconciler
 from dicom_listener.server import ListenerHandle, start_listener
 from dicom_listener.statuses import CALLING_AE_REJECTION, EchoStatus, StoreStatus
@@ -34,7 +38,6 @@ from tests.dicom_factory import TEST_ROOT, make_dataset, write
 
 pytestmark = pytest.mark.integration
 
-MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 StartListener = Callable[..., ListenerHandle]
 
 
@@ -89,13 +92,16 @@ def start(services: Services, engine: Engine, tmp_path: Path) -> Iterator[StartL
 
 def _store(
     port: int,
-    datasets: list[Dataset],
+    datasets: Sequence[Dataset | Path],
     calling_ae: str = "TEST_SCU",
     contexts: list[str] | None = None,
 ) -> list[int]:
-    """C-STORE ``datasets`` over one association; returns the status of each."""
+    """C-STORE ``datasets`` (or files, given their ``contexts``) over one association;
+    returns the status of each."""
     ae = AE(ae_title=calling_ae)
-    for sop_class in contexts or sorted({str(ds.SOPClassUID) for ds in datasets}):
+    if contexts is None:
+        contexts = sorted({str(ds.SOPClassUID) for ds in datasets if isinstance(ds, Dataset)})
+    for sop_class in contexts:
         ae.add_requested_context(sop_class)
     assoc = ae.associate("127.0.0.1", port, ae_title="CXR_TRIAGE")
     assert assoc.is_established
@@ -107,6 +113,18 @@ def _store(
         return statuses
     finally:
         assoc.release()
+
+
+def _store_file_as_is(port: int, path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """C-STORE the file's bytes unparsed (CR context, as its File Meta says); its status."""
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    (status,) = _store(port, [path], contexts=[ComputedRadiographyImageStorage])
+    return status
+
+
+def _staged_files(storage_uri: str) -> list[Path]:
+    """What the storage's staging folder still holds (temp files of C-STOREs)."""
+    return list(open_storage(storage_uri).staging_dir().iterdir())
 
 
 def _rows(engine: Engine) -> list[tuple[int, str, str, str]]:
@@ -181,7 +199,7 @@ def test_samples_are_stored_recorded_and_queued_exactly_once(
         assert ds.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
         assert ds.PixelData == original.PixelData  # stored as sent, never transcoded
     assert _queued_instance_ids(queue, services.queue_name) == sorted(r[0] for r in rows)
-    assert list((tmp_path / "instances" / ".staging").iterdir()) == []
+    assert _staged_files((tmp_path / "instances").as_uri()) == []
 
 
 def test_resend_of_the_same_sop_instance_is_success_without_a_second_job_or_row(
@@ -205,20 +223,14 @@ def test_dataset_whose_sop_class_differs_from_the_request_gets_0xA900(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     handle = start()
-    ds = make_dataset(sop_class=SECONDARY_CAPTURE)
-    ds.file_meta.MediaStorageSOPClassUID = UID(CR_IMAGE_STORAGE)  # the request will say CR
+    ds = make_dataset(sop_class=SecondaryCaptureImageStorage)
+    ds.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage  # the request: CR
     ds.preamble = b"\x00" * 128
     path = tmp_path / "mismatch.dcm"
     ds.save_as(path, enforce_file_format=False)  # keep the File Meta as set
-    # Send the file as it is (File Meta decides the request's Affected SOP Class).
-    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
-    ae = AE(ae_title="TEST_SCU")
-    ae.add_requested_context(CR_IMAGE_STORAGE)
-    assoc = ae.associate("127.0.0.1", handle.port, ae_title="CXR_TRIAGE")
-    assert assoc.is_established
-    rsp = assoc.send_c_store(path)
-    assoc.release()
-    assert int(rsp.Status) == int(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS) == 0xA900
+    # Sent as it is, the File Meta decides the request's Affected SOP Class.
+    status = _store_file_as_is(handle.port, path, monkeypatch)
+    assert status == int(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS) == 0xA900
     assert _rows(engine) == []
     assert queue.llen(services.queue_name) == 0
     assert not any((tmp_path / "instances").rglob("*.dcm"))
@@ -239,14 +251,8 @@ def test_undecodable_dataset_gets_0xC210(
         + b"\xee" * 10  # ... of which only 10 arrive
     )
     path.write_bytes(raw[:split] + broken)
-    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
-    ae = AE(ae_title="TEST_SCU")
-    ae.add_requested_context(CR_IMAGE_STORAGE)
-    assoc = ae.associate("127.0.0.1", handle.port, ae_title="CXR_TRIAGE")
-    assert assoc.is_established
-    rsp = assoc.send_c_store(path)
-    assoc.release()
-    assert int(rsp.Status) == int(StoreStatus.UNDECODABLE_DATASET) == 0xC210
+    status = _store_file_as_is(handle.port, path, monkeypatch)
+    assert status == int(StoreStatus.UNDECODABLE_DATASET) == 0xC210
     assert _rows(engine) == []
 
 
@@ -258,15 +264,15 @@ def test_unsupported_sop_class_is_refused(
     handle = start()
     # At negotiation: the MR presentation context is rejected (abstract syntax not supported).
     ae = AE(ae_title="TEST_SCU")
-    ae.add_requested_context(MR_IMAGE_STORAGE)
+    ae.add_requested_context(MRImageStorage)
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", handle.port, ae_title="CXR_TRIAGE")
     assert assoc.is_established
     results = {cx.abstract_syntax: cx.result for cx in assoc.rejected_contexts}
     assoc.release()
-    assert results == {MR_IMAGE_STORAGE: 0x03}  # abstract syntax not supported
+    assert results == {MRImageStorage: 0x03}  # abstract syntax not supported
     # Through the client: the file is reported failed with the reason, nothing is stored.
-    mr = write(make_dataset(sop_class=MR_IMAGE_STORAGE, modality="MR"), tmp_path / "mr.dcm")
+    mr = write(make_dataset(sop_class=MRImageStorage, modality="MR"), tmp_path / "mr.dcm")
     report = send_paths([mr], "127.0.0.1", handle.port, progress=False)
     assert (report.sent, report.failed) == (0, 1)
     assert "not accepted by the listener" in (report.results[0].reason or "")
@@ -299,7 +305,7 @@ def test_unreachable_database_gets_out_of_resources_and_leaves_no_file(
     assert queue.llen(services.queue_name) == 0
     instances = tmp_path / "instances"
     assert not any(instances.rglob("*.dcm"))  # no orphan in place
-    assert list((instances / ".staging").iterdir()) == []  # temp file cleaned up
+    assert _staged_files(instances.as_uri()) == []  # temp file cleaned up
 
 
 def test_calling_ae_title_outside_the_allow_list_is_rejected(start: StartListener) -> None:
@@ -341,7 +347,7 @@ def _record_without_enqueue(engine: Engine, study: str, sop: str) -> repo.Record
         repo.InstanceRecord(
             study_instance_uid=TEST_ROOT + study,
             sop_instance_uid=TEST_ROOT + sop,
-            sop_class_uid=CR_IMAGE_STORAGE,
+            sop_class_uid=ComputedRadiographyImageStorage,
             series_instance_uid=None,
             transfer_syntax_uid=None,
             accession_number=None,

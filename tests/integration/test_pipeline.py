@@ -7,6 +7,7 @@ import io
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from sqlalchemy import Engine, text
@@ -15,7 +16,7 @@ from cxr_db import reads
 from cxr_db.statuses import InstanceStatus
 from cxr_queue import ScoreJob, enqueue_score, make_celery
 from cxr_triage.send import send_paths
-from tests.conftest import SAMPLES, Services
+from tests.conftest import REPO, SAMPLES, Services
 from tests.dicom_factory import corrupt_j2k, make_dataset, write
 from tests.integration.conftest import wait_until_final, wait_until_queue_drained
 
@@ -27,6 +28,9 @@ NOT_ELIGIBLE = {
     "nm-jpeg-extended.dcm": "NM",
     "rg3-j2k-extremity.dcm": "EXTREMITY",
 }
+
+
+PNEUMONIA_JPEG = REPO / "tests/fixtures/kermany/train/PNEUMONIA/person1002_bacteria_2933.jpeg"
 
 
 def _sample_files() -> list[Path]:
@@ -189,3 +193,52 @@ def test_a_missing_stored_file_is_retried_then_shown_as_failed_with_what_to_chec
     assert "CXR_STORAGE_URI" in why.reason
     with engine.begin() as conn:
         assert conn.execute(text("SELECT attempts FROM instances")).scalar_one() == 2
+
+
+def _palette_of_neutral_field() -> set[tuple[int, ...]]:
+    """Every colour a heatmap drawn on the neutral grey field can have (one per heat level)."""
+    from cxr_model import render_overlay_png
+    from cxr_model.heatmaps import NEUTRAL_GREY
+
+    levels = np.linspace(0.0, 1.0, 256, dtype=np.float32)[None, :]
+    png = render_overlay_png(np.full_like(levels, NEUTRAL_GREY), levels, burned_in=False)
+    return {tuple(int(c) for c in px) for px in _rgb(png).reshape(-1, 3)}
+
+
+def _rgb(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def test_predict_and_the_worker_give_the_same_flag_and_a_neutral_heatmap_for_burned_in_text(
+    engine: Engine,
+    listener: int,
+    start_worker: Callable[..., object],
+    tmp_path: Path,
+) -> None:
+    from training.predict import predict_paths
+
+    pixels = np.asarray(Image.open(PNEUMONIA_JPEG).convert("L"), dtype=np.uint8).copy()
+    pixels[8:24, 8:120] = 255  # text burned into the pixels, e.g. a name
+    ds = make_dataset(pixels, accession="BURNED01")
+    ds.BurnedInAnnotation = "YES"
+    path = write(ds, tmp_path / "burned.dcm")
+
+    (offline,) = predict_paths([path], heatmap_dir=tmp_path / "heatmaps", device="cpu")
+    assert send_paths([path], "127.0.0.1", listener, progress=False).sent == 1
+    start_worker(batch_size=1, wait_ms=0)
+    assert wait_until_final(engine, 1) == {ds.SOPInstanceUID: "done"}
+    with engine.begin() as conn:
+        worker = conn.execute(
+            text("SELECT probability, threshold, flagged, heatmap_png FROM predictions")
+        ).one()
+
+    assert offline["eligible"]
+    assert offline["flagged"] == worker.flagged
+    assert offline["threshold"] == pytest.approx(worker.threshold)
+    assert offline["probability"] == pytest.approx(worker.probability, abs=1e-4)
+    offline_png = Path(offline["heatmap"]).read_bytes()
+    assert float(np.abs(_rgb(offline_png) - _rgb(worker.heatmap_png)).mean()) < 1.0
+    palette = _palette_of_neutral_field()
+    for png in (offline_png, worker.heatmap_png):
+        colours = {tuple(int(c) for c in px) for px in _rgb(png).reshape(-1, 3)}
+        assert colours <= palette  # heat over grey only: no trace of the pixels or the text

@@ -10,7 +10,12 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import (
+    JPEG2000,
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from cxr_imaging import (
     DecodedImage,
@@ -96,7 +101,7 @@ def test_same_image_at_8_and_16_bits_decodes_identically() -> None:
 def test_j2k_and_uncompressed_copy_decode_nearly_the_same(tmp_path: Path) -> None:
     j2k_path = SAMPLES / "rg1-j2k-monochrome1-16bit.dcm"
     ds = pydicom.dcmread(j2k_path)
-    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.91"
+    assert ds.file_meta.TransferSyntaxUID == JPEG2000
     arr = ds.pixel_array
     ds.set_pixel_data(arr, "MONOCHROME1", int(ds.BitsStored))
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

@@ -91,7 +91,7 @@ def test_overlay_png_has_no_metadata() -> None:
     pixels = np.linspace(0, 1, 600 * 400, dtype=np.float32).reshape(600, 400)
     cam = np.zeros((7, 7), np.float32)
     cam[3, 3] = 1.0
-    png = render_overlay_png(pixels, cam, max_size=256)
+    png = render_overlay_png(pixels, cam, burned_in=False, max_size=256)
     img = Image.open(io.BytesIO(png))
     assert img.format == "PNG"
     assert max(img.size) == 256

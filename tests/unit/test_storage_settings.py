@@ -24,12 +24,22 @@ def test_uids_are_sanitised_before_becoming_paths() -> None:
     assert instance_key("1.2.3", "1.2.3.4") == "1.2.3/1.2.3.4.dcm"
 
 
-def test_put_bytes_is_atomic_and_readable_by_uri(tmp_path: Path) -> None:
+def test_put_file_moves_a_staged_file_into_place_readable_by_uri(tmp_path: Path) -> None:
     storage = open_storage((tmp_path / "store").as_uri())
-    uri = storage.put_bytes(instance_key("1.2", "1.2.3"), b"DICM-bytes")
-    assert uri.startswith("file://")
-    assert read_instance(uri) == b"DICM-bytes"
-    assert not list((tmp_path / "store" / ".staging").iterdir())
+    key = instance_key("1.2", "1.2.3")
+    staged = storage.staging_dir() / "incoming.part"
+    staged.write_bytes(b"DICM-bytes")
+    assert not storage.exists(key)
+    storage.put_file(key, staged)
+    assert storage.exists(key)
+    assert storage.uri(key).startswith("file://")
+    assert read_instance(storage.uri(key)) == b"DICM-bytes"
+    assert not list(storage.staging_dir().iterdir())
+    storage.delete(key)
+    assert not storage.exists(key)
+    storage.delete(key)  # deleting what is not there is no error
+    with pytest.raises(StorageError, match="missing"):
+        read_instance(storage.uri(key))
 
 
 def test_missing_instance_and_unknown_scheme_are_clear_errors(tmp_path: Path) -> None:
@@ -42,7 +52,9 @@ def test_missing_instance_and_unknown_scheme_are_clear_errors(tmp_path: Path) ->
 def test_storage_refuses_keys_that_escape_its_root(tmp_path: Path) -> None:
     storage = open_storage((tmp_path / "store").as_uri())
     with pytest.raises(StorageError, match="escapes"):
-        storage.put_bytes("../outside.dcm", b"x")
+        storage.put_file("../outside.dcm", storage.staging_dir() / "x.part")
+    with pytest.raises(StorageError, match="escapes"):
+        storage.uri("../../etc/passwd")
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

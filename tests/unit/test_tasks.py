@@ -52,20 +52,3 @@ def test_broker_settings_give_at_least_once_delivery() -> None:
     assert conf.task_serializer == "json"
     assert conf.accept_content == ["json"]
     assert conf.broker_transport_options["visibility_timeout"] >= 3600
-
-
-def test_heatmaps_of_images_with_burned_in_text_do_not_show_the_pixels() -> None:
-    import numpy as np
-    from pydicom.dataset import Dataset
-
-    from worker.pipeline import heatmap_base
-
-    pixels = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
-    ds = Dataset()
-    assert heatmap_base(ds, pixels) is pixels
-    ds.BurnedInAnnotation = "NO"
-    assert heatmap_base(ds, pixels) is pixels
-    ds.BurnedInAnnotation = "YES"
-    blank = heatmap_base(ds, pixels)
-    assert blank.shape == pixels.shape
-    assert float(blank.std()) == 0.0

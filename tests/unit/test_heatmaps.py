@@ -1,0 +1,75 @@
+"""The one scoring rule and the one heatmap module shared by the worker, predict, evaluate."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset
+
+from cxr_model import Calibration, has_burned_in_annotation, render_overlay_png
+from cxr_model.heatmaps import NEUTRAL_GREY, heatmap_base
+
+
+def _rgb(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def test_burned_in_annotation_yes_is_the_only_value_that_hides_the_pixels() -> None:
+    ds = Dataset()
+    assert not has_burned_in_annotation(ds)
+    ds.BurnedInAnnotation = "NO"
+    assert not has_burned_in_annotation(ds)
+    ds.BurnedInAnnotation = "yes "
+    assert has_burned_in_annotation(ds)
+
+
+def test_heatmaps_of_images_with_burned_in_text_do_not_show_the_pixels() -> None:
+    pixels = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    assert heatmap_base(pixels, burned_in=False) is pixels
+    blank = heatmap_base(pixels, burned_in=True)
+    assert blank.shape == pixels.shape
+    assert float(blank.std()) == 0.0
+    assert float(blank.mean()) == pytest.approx(NEUTRAL_GREY)
+
+    cam = np.zeros((7, 7), np.float32)
+    cam[3, 3] = 1.0
+    hidden = render_overlay_png(pixels, cam, burned_in=True)
+    grey = np.full_like(pixels, NEUTRAL_GREY)
+    assert hidden == render_overlay_png(grey, cam, burned_in=False)
+    shown = render_overlay_png(pixels, cam, burned_in=False)
+    assert float(np.abs(_rgb(shown) - _rgb(hidden)).mean()) > 20  # the gradient is gone
+
+
+def test_the_scoring_rule_flags_eligible_images_at_or_above_the_threshold() -> None:
+    cal = Calibration.uncalibrated(0.5)
+    at = cal.score(0.0)
+    assert (at.probability, at.threshold, at.flagged) == (0.5, 0.5, True)
+    assert not cal.score(-0.01).flagged
+    high = cal.score(3.0)
+    assert high.probability == pytest.approx(1 / (1 + math.exp(-3.0)))
+    assert high.flagged
+    assert not cal.score(3.0, eligible=False).flagged  # reported, never flagged
+    assert cal.score(3.0, eligible=False).probability == high.probability
+    assert cal.logit_threshold == pytest.approx(0.0)
+
+
+def test_a_fitted_calibration_scores_through_temperature_and_bias() -> None:
+    cal = Calibration(
+        version="site-1",
+        model_sha256="a" * 64,
+        temperature=2.0,
+        bias=-1.0,
+        threshold=0.3,
+        logit_threshold=0.3,
+        target_sensitivity=0.95,
+        confidence=0.95,
+    )
+    score = cal.score(1.0)
+    assert score.probability == pytest.approx(1 / (1 + math.exp(0.5)))  # sigmoid(1/2 - 1)
+    assert score.flagged == (score.probability >= 0.3)
+    assert score.probability == cal.probability(1.0)
+    assert score.flagged == cal.flag(cal.probability(1.0))
