@@ -137,7 +137,7 @@ class ScoringRuntime:
         png = None
         if result.cam is not None:
             burned_in = has_burned_in_annotation(ds)
-            png = render_overlay_png(pixels, result.cam, burned_in=burned_in)
+            png = render_overlay_png(pixels, result.cam, burned_in=burned_in, score=score)
         contract = self.model.contract
         repo.record_prediction(
             self.engine,

@@ -90,3 +90,20 @@ def test_kmeans_groups_are_stable_and_tabulated() -> None:
     assert sum(r.test_fp for r in rows) == 10  # the last ten are test normals, all flagged
     md = markdown_table(rows)
     assert md.count("\n") == 5 and "(worst)" in md
+
+
+def test_heatmap_peak_outside_the_thorax_box() -> None:
+    from training.attention import cam_peak, peak_outside_thorax, summarise
+
+    centre = np.zeros((7, 7), dtype=np.float32)
+    centre[3, 3] = 1.0
+    corner = np.zeros((7, 7), dtype=np.float32)
+    corner[0, 6] = 1.0  # top right: where the timestamp sits
+    assert cam_peak(corner) == (6.5 / 7, 0.5 / 7)
+    assert not peak_outside_thorax(centre)
+    assert peak_outside_thorax(corner)
+    s = summarise([centre, corner, corner], np.array([1, 0, 0]), np.array([True, True, False]))
+    assert (s.n, s.outside, s.n_fp, s.outside_fp, s.n_flagged, s.outside_flagged) == (
+        3, 2, 1, 1, 2, 1
+    )
+    assert s.to_json()["share_outside"] == 2 / 3
