@@ -124,7 +124,8 @@ def render_overlay_png(
     """Render ``cam`` (any size, [0, 1]) blended over :func:`heatmap_base` in grey.
 
     The map is scaled by :func:`heatmap_strength` of ``score`` (the study's calibrated score,
-    :meth:`Calibration.score`), so an unflagged study never shows a red hot spot. ``burned_in`` is :func:`has_burned_in_annotation` of the image's header (``False`` for an
+    :meth:`Calibration.score`), so an unflagged study never shows a red hot spot.
+    ``burned_in`` is :func:`has_burned_in_annotation` of the image's header (``False`` for an
     ordinary image file). The longest side is at most ``max_size``. The PNG has no text
     chunks: nothing about the patient or study is written into it.
     """

@@ -75,6 +75,10 @@ def summarise(
     f = np.asarray(flagged, dtype=bool)
     fp = f & (y == 0)
     return AttentionSummary(
-        len(out), int(out.sum()), int(fp.sum()), int((out & fp).sum()), int(f.sum()),
+        len(out),
+        int(out.sum()),
+        int(fp.sum()),
+        int((out & fp).sum()),
+        int(f.sum()),
         int((out & f).sum()),
     )

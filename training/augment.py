@@ -205,9 +205,7 @@ def style_randomise(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x.clamp(0.0, 1.0)
 
 
-def group_balanced_weights(
-    groups: np.ndarray, labels: np.ndarray, floor: int = 10
-) -> np.ndarray:
+def group_balanced_weights(groups: np.ndarray, labels: np.ndarray, floor: int = 10) -> np.ndarray:
     """Sampling weights under which every group keeps its size but gives both classes equally.
 
     ``w_i = n_g / (c_g * max(n_{g,y_i}, floor))`` with ``c_g`` the number of classes present in

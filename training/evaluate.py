@@ -105,7 +105,11 @@ def _cam_grid(
         batch = model.to_input(torch.from_numpy(images[chosen]))
         res = model.score_batch(batch, with_heatmaps=True)
         groups[name] = [
-            (samples[i].path.name[:22], float(prob[i]), _overlay(samples[i], images[i], r.cam, scores[i]))
+            (
+                samples[i].path.name[:22],
+                float(prob[i]),
+                _overlay(samples[i], images[i], r.cam, scores[i]),
+            )
             for i, r in zip(chosen, res, strict=True)
         ]
     plots.plot_cam_grid(groups, out / "gradcam_grid.png", "Grad-CAM: TP / FP / FN / TN")

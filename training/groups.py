@@ -28,7 +28,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_K = 10
 DEFAULT_SEED = 20261123
-FEATURES = "ImageNet EfficientNet-Lite0 (before fine-tuning), pooled conv_head, L2-normalised"
+FEATURES = (
+    "ImageNet EfficientNet-Lite0 (before fine-tuning), pooled conv_head (bf16 autocast), "
+    "L2-normalised"
+)
 
 
 def embed_images(
@@ -42,12 +45,16 @@ def embed_images(
 
         net, _, _ = make_network("lite0")
     net.eval()
+    net = net.to(memory_format=torch.channels_last)
     feats = []
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         for i in range(0, len(images), batch_size):
             x = scale_tensor(torch.from_numpy(images[i : i + batch_size]), 3)
+            x = x.contiguous(memory_format=torch.channels_last)
             f = net.forward_features(x)  # type: ignore[operator]
             feats.append(f.float().mean(dim=(2, 3)))
+            if i // batch_size % 10 == 0:
+                logger.info("embedded %d / %d", i + len(x), len(images))
     out = torch.cat(feats) if feats else torch.zeros(0, 1)
     out = torch.nn.functional.normalize(out, dim=1)
     return np.ascontiguousarray(out.numpy(), dtype=np.float32)
@@ -110,7 +117,9 @@ def group_table(
     flagged: np.ndarray | None = None,
     raw_prob: np.ndarray | None = None,
 ) -> list[GroupRow]:
-    """Per-group class balance (train) and errors (test; ``flagged``/``raw_prob`` cover all rows)."""
+    """Per-group class balance (train) and errors (test).
+
+    ``flagged`` and ``raw_prob`` cover all rows (only the test rows are read)."""
     sp = np.asarray(splits)
     rows = []
     for g in range(k):
@@ -204,7 +213,12 @@ def run_groups(
     splits = [r.get("split", "") for r in rows]
     labels = np.array([s.label for s in samples], dtype=np.int64)
     images = load_resized(samples, 224, cache_dir)
-    feats = embed_images(images)
+    feat_file = out / "features.npy"
+    if feat_file.is_file():
+        feats = np.load(feat_file)
+    else:
+        feats = embed_images(images)
+        np.save(feat_file, feats)
     train_idx = np.flatnonzero(np.asarray(splits) == "train")
     centroids = fit_centroids(feats[train_idx], k, seed)
     groups = assign(feats, centroids)
@@ -239,9 +253,7 @@ def run_groups(
         "fitted_on": "split=train",
         "model": model_info,
         "worst_group": {"group": wg, "test_specificity": ws},
-        "table": [
-            {**r.__dict__, "test_specificity": r.test_specificity} for r in table
-        ],
+        "table": [{**r.__dict__, "test_specificity": r.test_specificity} for r in table],
         "centroids": centroids.round(6).tolist(),
         "assignments": {r["path"]: int(g) for r, g in zip(rows, groups, strict=True)},
         "site_fold": {r["path"]: r.get("site_fold", "") for r in rows if r.get("site_fold")},

@@ -11,10 +11,9 @@ from PIL import Image
 from pydicom.dataset import Dataset
 
 from cxr_model import CalibratedScore, Calibration, has_burned_in_annotation, render_overlay_png
-from cxr_model.heatmaps import UNFLAGGED_MAX, heatmap_strength
+from cxr_model.heatmaps import NEUTRAL_GREY, UNFLAGGED_MAX, heatmap_base, heatmap_strength
 
 FLAGGED = CalibratedScore(logit=5.0, probability=0.99, threshold=0.5, flagged=True)
-from cxr_model.heatmaps import NEUTRAL_GREY, heatmap_base
 
 
 def _rgb(png: bytes) -> np.ndarray:

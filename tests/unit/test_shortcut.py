@@ -50,7 +50,8 @@ def test_synthetic_text_and_mask() -> None:
     assert {"R", "L"} & texts
     assert any(":" in t for t in texts), texts  # timestamps
     m = text_mask("R", 30)
-    assert m.max() > 0.9 and m.shape[0] >= 15
+    assert m.max() > 0.9
+    assert m.shape[0] >= 15
 
 
 def test_histogram_matching_takes_the_reference_distribution() -> None:
@@ -67,8 +68,10 @@ def test_style_randomise_keeps_range_and_is_deterministic() -> None:
     x = torch.rand(8, 48, 48, generator=torch.Generator().manual_seed(2))
     a = style_randomise(x, torch.Generator().manual_seed(3))
     b = style_randomise(x, torch.Generator().manual_seed(3))
-    assert torch.equal(a, b) and a.shape == x.shape
-    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    assert torch.equal(a, b)
+    assert a.shape == x.shape
+    assert float(a.min()) >= 0.0
+    assert float(a.max()) <= 1.0
     assert not torch.equal(a, x)
 
 
@@ -89,7 +92,8 @@ def test_kmeans_groups_are_stable_and_tabulated() -> None:
     assert sum(r.train_normal + r.train_pneumonia for r in rows) == 80
     assert sum(r.test_fp for r in rows) == 10  # the last ten are test normals, all flagged
     md = markdown_table(rows)
-    assert md.count("\n") == 5 and "(worst)" in md
+    assert md.count("\n") == 5
+    assert "(worst)" in md
 
 
 def test_heatmap_peak_outside_the_thorax_box() -> None:
@@ -104,6 +108,11 @@ def test_heatmap_peak_outside_the_thorax_box() -> None:
     assert peak_outside_thorax(corner)
     s = summarise([centre, corner, corner], np.array([1, 0, 0]), np.array([True, True, False]))
     assert (s.n, s.outside, s.n_fp, s.outside_fp, s.n_flagged, s.outside_flagged) == (
-        3, 2, 1, 1, 2, 1
+        3,
+        2,
+        1,
+        1,
+        2,
+        1,
     )
     assert s.to_json()["share_outside"] == 2 / 3
