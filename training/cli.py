@@ -96,6 +96,11 @@ def register(subparsers: Any) -> None:
         help="share of training images given synthetic markers/timestamps/digits (both classes)",
     )
     p.add_argument(
+        "--freeze-before",
+        default="",
+        help="freeze the layers before this module (e.g. blocks.4) and train the rest",
+    )
+    p.add_argument(
         "--style",
         action="store_true",
         help="acquisition-style randomisation: histogram matching, local contrast, speckle",
@@ -256,6 +261,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         group_floor=args.group_floor,
         burn_in_text=args.burn_in_text,
         style=args.style,
+        freeze_before=args.freeze_before,
     )
     summary = train(cfg)
     last = summary["history"][-1] if summary["history"] else {}

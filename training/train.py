@@ -62,6 +62,27 @@ class TrainConfig:
     group_floor: int = 10
     burn_in_text: float = 0.0
     style: bool = False
+    freeze_before: str = ""
+
+
+def freeze_before(net: nn.Module, name: str) -> list[nn.Module]:
+    """Freeze every parameter that comes before module ``name`` (e.g. ``blocks.4``) in the
+    network's order; returns the frozen modules that hold BatchNorm statistics (kept in eval
+    mode while training, so their statistics stay as they are)."""
+    params = [n for n, _ in net.named_parameters()]
+    first = next((i for i, n in enumerate(params) if n.startswith(name + ".")), None)
+    if first is None:
+        raise ValueError(f"no module {name!r} with parameters in the network")
+    frozen_names = set(params[:first])
+    for n, p in net.named_parameters():
+        if n in frozen_names:
+            p.requires_grad_(False)
+    return [
+        m
+        for _, m in net.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and all(not p.requires_grad for p in m.parameters())
+    ]
 
 
 def seed_everything(seed: int) -> None:
@@ -175,6 +196,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         net.load_state_dict(base.state_dict())
         source = f"{source}; then initialised from {base_contract.version} ({cfg.init_from})"
     net = net.to(device).to(memory_format=torch.channels_last)
+    frozen = freeze_before(net, cfg.freeze_before) if cfg.freeze_before else []
     n_pos = int(tr.labels.sum())
     n_neg = len(tr.labels) - n_pos
     pos_weight = torch.tensor([n_neg / max(n_pos, 1)], device=device)
@@ -186,7 +208,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         # the sampler already balances the classes (within each group); reweight what is left
         pos_weight = torch.tensor([(1.0 - pos_mass) / max(pos_mass, 1e-9)], device=device)
         logger.info("group-balanced sampling: pneumonia share %.3f", pos_mass)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(
+        [p for p in net.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     steps_per_epoch = math.ceil(len(tr.labels) / cfg.batch_size)
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
@@ -220,6 +244,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     train_wall = 0.0
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
+        for m in frozen:
+            m.eval()
         te = time.monotonic()
         if sample_w is not None:
             perm = torch.multinomial(sample_w, len(tr.labels), True, generator=gen).numpy()

@@ -116,3 +116,19 @@ def test_heatmap_peak_outside_the_thorax_box() -> None:
         1,
     )
     assert s.to_json()["share_outside"] == 2 / 3
+
+
+def test_freeze_before_leaves_only_the_late_layers_trainable() -> None:
+    from cxr_model.architecture import build_network
+    from training.train import freeze_before
+
+    net = build_network("tf_efficientnet_lite0")
+    frozen = freeze_before(net, "blocks.4")
+    trainable = {
+        n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("blocks") else "")
+        for n, p in net.named_parameters()
+        if p.requires_grad
+    }
+    assert trainable == {"blocks.4", "blocks.5", "blocks.6", "conv_head", "bn2", "classifier"}
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen)
+    assert not any(p.requires_grad for m in frozen for p in m.parameters())
