@@ -168,6 +168,26 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_calibrate)
 
     p = subparsers.add_parser(
+        "groups",
+        formatter_class=fmt,
+        help="acquisition-group audit: ImageNet-feature clusters, class balance, errors per group",
+        description="Embed every labelled image with the ImageNet EfficientNet-Lite0 weights "
+        "(before fine-tuning), fit k-means on split=train, assign the other rows, and tabulate "
+        "class balance per group (train) and the model's errors per group (test, with its "
+        "calibration). Writes OUT/groups.json (centroids, per-image groups, table; the input of "
+        f"'train --groups') and OUT/groups.md. {DISCLAIMER}",
+    )
+    p.add_argument("--data", required=True, help="labels.csv with split (and label) columns")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--k", type=int, default=10, help="number of clusters")
+    p.add_argument("--seed", type=int, default=20261123, help="k-means seed")
+    p.add_argument("--model", type=Path, default=None, help="weights folder (default: shipped)")
+    p.add_argument("--calibration", type=Path, default=None, help="default: shipped")
+    p.add_argument("--no-score", action="store_true", help="class balance only, no model")
+    _add_common(p)
+    p.set_defaults(func=cmd_groups)
+
+    p = subparsers.add_parser(
         "predict",
         formatter_class=fmt,
         help="score DICOM / image files offline",
@@ -230,6 +250,25 @@ def register(subparsers: Any) -> None:
 def _logging(args: argparse.Namespace) -> None:
     if getattr(args, "verbose", False):
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def cmd_groups(args: argparse.Namespace) -> int:
+    _logging(args)
+    from training.groups import run_groups
+
+    res = run_groups(
+        args.data,
+        args.out,
+        k=args.k,
+        seed=args.seed,
+        model_dir=args.model,
+        calibration=args.calibration,
+        cache_dir=args.cache_dir,
+        score=not args.no_score,
+    )
+    print((args.out / "groups.md").read_text(encoding="utf-8"))
+    print(json.dumps({"worst_group": res["worst_group"], "disclaimer": DISCLAIMER}))
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from training.augment import (
@@ -132,3 +133,14 @@ def test_freeze_before_leaves_only_the_late_layers_trainable() -> None:
     assert trainable == {"blocks.4", "blocks.5", "blocks.6", "conv_head", "bn2", "classifier"}
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen)
     assert not any(p.requires_grad for m in frozen for p in m.parameters())
+
+
+def test_groups_command_is_offered(capsys: pytest.CaptureFixture[str]) -> None:
+    from training.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["groups", "--help"])
+    assert exc.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "split=train" in out
+    assert "not a diagnosis" in out
