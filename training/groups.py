@@ -151,9 +151,9 @@ def _fmt(x: float, nd: int = 2) -> str:
 
 
 def markdown_table(rows: Sequence[GroupRow], model: str = "") -> str:
-    """The audit as a Markdown table (one line per group, worst test specificity marked)."""
-    specs = [r.test_specificity for r in rows if r.test_normal]
-    worst = min(specs) if specs else float("nan")
+    """The audit as a Markdown table (one line per group; the worst test specificity among
+    groups with at least 5 test normals, :func:`worst_group_specificity`, is marked)."""
+    worst_group, _ = worst_group_specificity(rows)
     lines = [
         f"| group | train NORMAL | train PNEUMONIA | train % pneumonia | test NORMAL | "
         f"test PNEUMONIA | test FP | test spec | test FN | test sens | "
@@ -162,7 +162,7 @@ def markdown_table(rows: Sequence[GroupRow], model: str = "") -> str:
     ]
     for r in rows:
         spec = _fmt(r.test_specificity)
-        if r.test_normal and r.test_specificity == worst:
+        if r.group == worst_group:
             spec = f"**{spec}** (worst)"
         lines.append(
             f"| {r.group} | {r.train_normal} | {r.train_pneumonia} | "
