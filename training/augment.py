@@ -106,7 +106,8 @@ def text_mask(text: str, size_px: int) -> np.ndarray:
     from PIL import Image, ImageDraw
 
     font = _font(max(6, size_px))
-    left, top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font)
+    box = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font)
+    left, top, right, bottom = (int(round(v)) for v in box)
     img = Image.new("L", (max(1, right - left), max(1, bottom - top)), 0)
     ImageDraw.Draw(img).text((-left, -top), text, fill=255, font=font)
     return np.asarray(img, dtype=np.float32) / 255.0
@@ -224,4 +225,5 @@ def group_balanced_weights(groups: np.ndarray, labels: np.ndarray, floor: int = 
         for c in present:
             mc = m & (y == c)
             w[mc] = n_g / (len(present) * max(int(mc.sum()), floor))
-    return w / w.sum()
+    out: np.ndarray = w / w.sum()
+    return out
