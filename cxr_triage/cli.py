@@ -59,6 +59,7 @@ TRAINING_COMMANDS = {
     "calibrate": "fit a site calibration (threshold for target sensitivity + temperature)",
     "predict": "score DICOM / image files offline",
     "validate": "site validation by stratum (age, sex, view, manufacturer, modality) from labels",
+    "groups": "acquisition-group audit: ImageNet-feature clusters, class balance, errors per group",
 }
 
 

@@ -55,11 +55,14 @@ def sr_value(item: Dataset) -> object:
 def overlay(source: Dataset, heat: np.ndarray | None = None) -> np.ndarray:
     """The heatmap overlay the worker would store for ``source`` (the product's own rule:
     :func:`cxr_model.heatmaps.render_overlay_png`, neutral field when burned in), decoded."""
+    from cxr_model import CalibratedScore
     from cxr_model.heatmaps import has_burned_in_annotation, render_overlay_png
 
+    flagged = CalibratedScore(logit=5.0, probability=0.99, threshold=0.5, flagged=True)
     png = render_overlay_png(
         decode_dataset(source).pixels,
         heatmap() if heat is None else heat,
         burned_in=has_burned_in_annotation(source),
+        score=flagged,
     )
     return overlay_from_png(png)

@@ -181,7 +181,10 @@ class ScoringRuntime:
         cam = result.results[active.entry.version].cam
         png = None
         if cam is not None:
-            png = render_overlay_png(pixels, cam, burned_in=has_burned_in_annotation(ds))
+            score = active.calibration.score(result.results[active.entry.version].logit)
+            png = render_overlay_png(
+                pixels, cam, burned_in=has_burned_in_annotation(ds), score=score
+            )
         for shadow in result.models.shadows:  # stored first: "done" means all are there
             repo.record_shadow_prediction(self.engine, job.instance_id, prediction(shadow, None))
         assessed = assess_population(

@@ -198,11 +198,14 @@ def test_a_missing_stored_file_is_retried_then_shown_as_failed_with_what_to_chec
 
 def _palette_of_neutral_field() -> set[tuple[int, ...]]:
     """Every colour a heatmap drawn on the neutral grey field can have (one per heat level)."""
-    from cxr_model import render_overlay_png
+    from cxr_model import CalibratedScore, render_overlay_png
     from cxr_model.heatmaps import NEUTRAL_GREY
 
     levels = np.linspace(0.0, 1.0, 256, dtype=np.float32)[None, :]
-    png = render_overlay_png(np.full_like(levels, NEUTRAL_GREY), levels, burned_in=False)
+    flagged = CalibratedScore(logit=5.0, probability=0.99, threshold=0.5, flagged=True)
+    png = render_overlay_png(
+        np.full_like(levels, NEUTRAL_GREY), levels, burned_in=False, score=flagged
+    )
     return {tuple(int(c) for c in px) for px in _rgb(png).reshape(-1, 3)}
 
 
