@@ -132,8 +132,17 @@ TURNAROUND = MetricSpec(
 )
 MODEL = MetricSpec(
     "cxr_model",
-    "The model version of the newest prediction (what the workers run now).",
-    ("model_name", "model_version", "calibration_version"),
+    "The registry's active model and its shadow models (the models table, read at scrape "
+    "time: an activation or a rollback shows at the next scrape).",
+    ("model_name", "model_version", "calibration_version", "role"),
+)
+DRIFT_PSI = MetricSpec(
+    "cxr_drift_psi",
+    "Population stability index of the last 24 hours against the active model's drift "
+    "reference, by kind: score, eligibility (mix of scored/not eligible/failed) and "
+    "population (mix of in_scope/outside/unknown). Absent where it cannot be measured "
+    "(no reference, or fewer than 30 values).",
+    ("kind",),
 )
 WORKER_LAST_PREDICTION_AGE = MetricSpec(
     "cxr_worker_last_prediction_age_seconds",

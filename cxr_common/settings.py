@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cxr_common.errors import ConfigurationError
+from cxr_common.population import PopulationPolicy, UnknownAge
 
 #: Seconds after which Redis redelivers a job no worker acknowledged (a worker died
 #: mid-job). ``cxr_queue.make_celery`` sets it on the broker; every task must finish well
@@ -122,6 +123,19 @@ class CommonSettings(BaseSettings):
     log_format: str = Field(default="text", pattern="^(text|json)$")
     log_level: str = "INFO"
     queue_name: str = "cxr-score"
+    results_queue_name: str = Field(
+        default="cxr-results", description="Celery queue of the results-to-PACS jobs"
+    )
+    uid_root: str | None = Field(
+        default=None,
+        description="UID root of the objects we create (SC, SR); unset = a 2.25 UUID root "
+        "generated once and kept in CXR_DATA_DIR/uid-root",
+    )
+
+    @property
+    def uid_root_file(self) -> Path:
+        """Where the generated UID root is kept when ``CXR_UID_ROOT`` is unset."""
+        return self.data_dir / "uid-root"
 
     @property
     def resolved_storage_uri(self) -> str:
@@ -178,6 +192,15 @@ class ListenerSettings(CommonSettings):
     stale_processing_s: float = Field(
         default=1800.0, gt=0, description="re-enqueue instances 'processing' for this long"
     )
+    study_quiet_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="a study is complete when no instance arrived for this long and none "
+        "is pending; then its results are sent",
+    )
+    completeness_interval_s: float = Field(
+        default=5.0, gt=0, description="how often the listener looks for complete studies"
+    )
 
     @field_validator("ae_title")
     @classmethod
@@ -216,8 +239,14 @@ class WorkerSettings(CommonSettings):
     )
     batch_max_wait_ms: int = Field(default=250, ge=0)
     device: str | None = Field(default=None, description="cpu, cuda, cuda:1; unset = auto")
-    model_dir: Path | None = Field(default=None, description="unset = the shipped model")
-    calibration_path: Path | None = Field(default=None, description="unset = shipped calibration")
+    model_dir: Path | None = Field(
+        default=None,
+        description="unset = the shipped model; registered and activated only when the model "
+        "registry has no active model (cxr-triage model ...)",
+    )
+    calibration_path: Path | None = Field(
+        default=None, description="unset = MODEL_DIR/calibration.json (with CXR_MODEL_DIR)"
+    )
     heatmaps: bool = True
     max_retries: int = Field(
         default=8, ge=0, description="transient retries (1, 2, 4 ... 60 s apart: about 3 min)"
@@ -267,6 +296,17 @@ class WorkerSettings(CommonSettings):
                 f"CXR_LEASE_TTL_S ({ttl:g} s)"
             )
         return value
+
+    population_policy: PopulationPolicy = Field(
+        default=PopulationPolicy.ENFORCE,
+        description="enforce: scores of instances outside the model's validated population "
+        "are shown in shadow and never triage; off: every eligible score triages",
+    )
+    unknown_age: UnknownAge = Field(
+        default=UnknownAge.IN_SCOPE,
+        description="under enforce, an instance whose age the header does not give is "
+        "treated as in_scope (its score triages) or outside (shadow)",
+    )
 
     @field_validator("task_time_limit_s")
     @classmethod
@@ -383,7 +423,42 @@ class WebSettings(CommonSettings):
         return value
 
 
-class SupervisorSettings(ListenerSettings, WorkerSettings, WebSettings):
+class ResultSettings(CommonSettings):
+    """The results sender (``cxr-triage send-results``): C-STORE of the Secondary Capture
+    and the SR of each complete study to PACS."""
+
+    result_destinations: str = Field(
+        default="",
+        description="AE_TITLE@host:port[,...]; empty = nothing is sent (checked at start "
+        "by cxr_results.parse_destinations)",
+    )
+    result_calling_ae_title: str = Field(default="CXR_TRIAGE", max_length=16)
+    result_max_retries: int = Field(
+        default=12, ge=0, description="retries per result version before results_failed"
+    )
+    result_retry_max_backoff_s: int = Field(
+        default=300,
+        ge=1,
+        lt=BROKER_VISIBILITY_TIMEOUT_S,
+        description="longest wait between retries (1, 2, 4, ... s up to this)",
+    )
+    result_timeout_s: float = Field(
+        default=30.0, gt=0, description="TCP connect / association answer timeout per attempt"
+    )
+    result_heartbeat_file: Path | None = Field(
+        default=None, description="touched every 10 s while send-results runs (healthchecks)"
+    )
+
+    @field_validator("result_calling_ae_title")
+    @classmethod
+    def _calling_ae_title_ok(cls, value: str) -> str:
+        value = value.strip()
+        if not value or "\\" in value or not value.isascii() or not value.isprintable():
+            raise ValueError("AE title must be 1-16 printable ASCII characters without backslash")
+        return value
+
+
+class SupervisorSettings(ListenerSettings, WorkerSettings, WebSettings, ResultSettings):
     """``cxr-triage up`` and ``demo``: every setting of the children they start (listener,
     workers, web), checked before any starts, and the addresses they print."""
 
@@ -416,6 +491,10 @@ def worker_settings() -> WorkerSettings:
 
 def web_settings() -> WebSettings:
     return WebSettings()
+
+
+def result_settings() -> ResultSettings:
+    return ResultSettings()
 
 
 def common_settings() -> CommonSettings:

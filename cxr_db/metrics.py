@@ -13,7 +13,10 @@ with a 5 s statement timeout:
   aggregated into bucket counts in SQL (``count(*) FILTER (WHERE x <= bound)``). So they
   are *gauge* histograms: read ``histogram_quantile(0.95, cxr_turnaround_seconds_bucket)``
   directly, never through ``rate()``; a study received more than 24 h ago leaves them.
-* the model version: the newest prediction by primary key;
+* the models: the registry's active and shadow models (``models``, a handful of rows), so
+  an activation or a rollback shows at the next scrape, not when a process started;
+* drift: :func:`cxr_db.drift.current_psi` (last 24 hours of predictions against the active
+  model's reference), read after the snapshot in its own statements;
 * queue depth: one Redis ``LLEN`` per queue name, with a 1 s socket timeout.
 
 A database or broker that does not answer gives ``cxr_database_up 0`` or
@@ -23,7 +26,7 @@ A database or broker that does not answer gives ``cxr_database_up 0`` or
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +55,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from cxr_common import metrics as m
+from cxr_db import drift
+from cxr_db.models import ModelState, RegisteredModel
 from cxr_db.schema import Instance, Prediction
 from cxr_db.statuses import FINAL_STATUSES, PENDING_STATUSES, InstanceStatus
 
@@ -99,7 +104,8 @@ class PipelineSnapshot:
     decode: Histogram
     inference: Histogram
     turnaround: Histogram
-    model: tuple[str, str, str] | None
+    models: tuple[tuple[str, str, str, str], ...]
+    """(name, version, calibration version, role) of the active and shadow models."""
     worker_prediction_age_s: dict[str, float]
     worker_claim_age_s: dict[str, float]
 
@@ -228,13 +234,16 @@ def read_snapshot(engine: Engine, window_s: float = m.HISTOGRAM_WINDOW_S) -> Pip
             ).scalar_one()
             decode, inference = _scoring(conn, window_s)
             turnaround = _turnaround(conn, window_s)
-            model_row = conn.execute(
+            models = conn.execute(
                 select(
-                    Prediction.model_name, Prediction.model_version, Prediction.calibration_version
+                    RegisteredModel.name,
+                    RegisteredModel.version,
+                    RegisteredModel.calibration_version,
+                    RegisteredModel.state,
                 )
-                .order_by(Prediction.id.desc())
-                .limit(1)
-            ).one_or_none()
+                .where(RegisteredModel.state.in_((ModelState.ACTIVE, ModelState.SHADOW)))
+                .order_by(RegisteredModel.state, RegisteredModel.version)
+            ).all()
             workers = conn.execute(
                 select(Prediction.worker_id, _age_s(func.max(Prediction.created_at)))
                 .join(Instance, Instance.id == Prediction.instance_id)
@@ -242,9 +251,6 @@ def read_snapshot(engine: Engine, window_s: float = m.HISTOGRAM_WINDOW_S) -> Pip
                 .group_by(Prediction.worker_id)
             ).all()
             claims = _worker_claim_ages(conn)
-    model = None
-    if model_row is not None:
-        model = (model_row[0], model_row[1], model_row[2] or "")
     return PipelineSnapshot(
         by_status=by_status,
         reasons=reasons,
@@ -252,7 +258,7 @@ def read_snapshot(engine: Engine, window_s: float = m.HISTOGRAM_WINDOW_S) -> Pip
         decode=decode,
         inference=inference,
         turnaround=turnaround,
-        model=model,
+        models=tuple((r.name, r.version, r.calibration_version, str(r.state)) for r in models),
         worker_prediction_age_s={str(w): max(float(age), 0.0) for w, age in workers},
         worker_claim_age_s=claims,
     )
@@ -289,6 +295,15 @@ def _gauge_histogram(spec: m.MetricSpec, hist: Histogram) -> GaugeHistogramMetri
     )
 
 
+def drift_metric(psi: Mapping[str, float | None]) -> GaugeMetricFamily:
+    """``cxr_drift_psi{kind}`` for each kind that could be measured."""
+    family = GaugeMetricFamily(m.DRIFT_PSI.name, m.DRIFT_PSI.help, labels=m.DRIFT_PSI.labels)
+    for kind, value in sorted(psi.items()):
+        if value is not None:
+            family.add_metric([kind], value)
+    return family
+
+
 def snapshot_metrics(snap: PipelineSnapshot) -> Iterator[Metric]:
     """The metric families of one snapshot."""
     yield _counter(m.INSTANCES_RECEIVED, sum(snap.by_status.values()))
@@ -312,9 +327,10 @@ def snapshot_metrics(snap: PipelineSnapshot) -> Iterator[Metric]:
     yield _gauge_histogram(m.SCORING_DECODE, snap.decode)
     yield _gauge_histogram(m.SCORING_INFERENCE, snap.inference)
     yield _gauge_histogram(m.TURNAROUND, snap.turnaround)
-    if snap.model is not None:
+    if snap.models:
         info = InfoMetricFamily(m.MODEL.name, m.MODEL.help, labels=())
-        info.add_metric([], dict(zip(m.MODEL.labels, snap.model, strict=True)))
+        for model in snap.models:
+            info.add_metric([], dict(zip(m.MODEL.labels, model, strict=True)))
         yield info
     for spec, ages in (
         (m.WORKER_LAST_PREDICTION_AGE, snap.worker_prediction_age_s),
@@ -355,6 +371,12 @@ class PipelineCollector:
         else:
             yield _gauge(m.DATABASE_UP, 1)
             yield from snapshot_metrics(snap)
+            try:
+                psi = drift.current_psi(self.engine)
+            except SQLAlchemyError as exc:
+                logger.warning("metrics: drift could not be read (%s)", type(exc).__name__)
+            else:
+                yield drift_metric(psi)
         if self.broker_url is None:
             return
         try:

@@ -225,8 +225,17 @@ def record_failed(engine: Engine, instance_id: int, reason: str) -> None:
     _finish(engine, instance_id, InstanceStatus.FAILED, reason[:2000])
 
 
-def record_prediction(engine: Engine, instance_id: int, pred: PredictionRecord) -> None:
-    """Upsert the prediction, mark the instance done and raise (never lower) the study."""
+@dataclass(frozen=True)
+class PopulationNote:
+    """The population check of an instance (``cxr_common.population``) and its reason."""
+
+    population: str
+    reason: str
+
+
+def _prediction_upsert(
+    instance_id: int, pred: PredictionRecord, *, triage: bool, model_role: str
+) -> Any:
     values = {
         "instance_id": instance_id,
         "model_name": pred.model_name,
@@ -236,28 +245,66 @@ def record_prediction(engine: Engine, instance_id: int, pred: PredictionRecord) 
         "logit": pred.logit,
         "probability": pred.probability,
         "threshold": pred.threshold,
-        "flagged": pred.flagged,
+        # a prediction that may not triage never flags (its score is shown in shadow)
+        "flagged": pred.flagged and triage,
         "heatmap_png": pred.heatmap_png,
         "device": pred.device,
         "batch_size": pred.batch_size,
         "decode_ms": pred.decode_ms,
         "inference_ms": pred.inference_ms,
         "worker_id": pred.worker_id,
+        "triage": triage,
+        "model_role": model_role,
     }
     upsert = insert(Prediction).values(**values)
-    upsert = upsert.on_conflict_do_update(
+    return upsert.on_conflict_do_update(
         constraint="uq_prediction",
         set_={k: upsert.excluded[k] for k in values if k != "instance_id"}
         | {"created_at": func.now()},
     )
+
+
+def record_shadow_prediction(engine: Engine, instance_id: int, pred: PredictionRecord) -> None:
+    """Upsert a shadow model's prediction: stored under its version, never flagged, and it
+    changes neither the instance nor the study."""
     with engine.begin() as conn:
-        conn.execute(upsert)
+        conn.execute(_prediction_upsert(instance_id, pred, triage=False, model_role="shadow"))
+
+
+def record_prediction(
+    engine: Engine,
+    instance_id: int,
+    pred: PredictionRecord,
+    *,
+    triage: bool = True,
+    population: PopulationNote | None = None,
+) -> None:
+    """Upsert the prediction, mark the instance done and raise (never lower) the study.
+
+    With ``triage=False`` (an instance outside the validated population) the score is
+    stored for display only: the study's flag and score stay as they were, so a study with
+    no triaging score stays with the unscored ones that need a normal read."""
+    instance_values: dict[str, Any] = {
+        "status": InstanceStatus.DONE,
+        "reason": None,
+        "updated_at": func.now(),
+        **_NO_LEASE,
+    }
+    if population is not None:
+        instance_values |= {
+            "population": population.population,
+            "population_reason": population.reason[:2000],
+        }
+    with engine.begin() as conn:
+        conn.execute(_prediction_upsert(instance_id, pred, triage=triage, model_role="active"))
         study_id = conn.execute(
             update(Instance)
             .where(Instance.id == instance_id)
-            .values(status=InstanceStatus.DONE, reason=None, updated_at=func.now(), **_NO_LEASE)
+            .values(instance_values)
             .returning(Instance.study_id)
         ).scalar_one()
+        if not triage:
+            return
         conn.execute(
             update(Study)
             .where(Study.id == study_id)

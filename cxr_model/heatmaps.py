@@ -16,6 +16,12 @@ The one place that decides what a heatmap shows, used by the worker, ``predict``
   Capture or a conversion (ConversionType present), that text may name the patient, so
   the heatmap is drawn on a neutral grey field instead of the pixels (:func:`heatmap_base`):
   a PNG must never carry patient data.
+* Honesty: Grad-CAM maps are min-max normalised per image, so even a confidently negative
+  film gets a "hot spot". :func:`heatmap_strength` ties the colour scale to the calibrated
+  score: a flagged study's map is drawn at full scale; an unflagged study's map is scaled by
+  ``probability / threshold`` and never reaches more than :data:`UNFLAGGED_MAX` of the scale,
+  so a confident negative shows (almost) nothing and red appears only on flagged studies.
+  :func:`render_overlay_png` takes the score and applies this rule for every caller.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from cxr_model.calibration import CalibratedScore
 from cxr_model.errors import ContractError
 
 if TYPE_CHECKING:
@@ -44,6 +51,8 @@ NEUTRAL_GREY = 0.5
 _SC_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 #: How much of the colour map covers the image where the heatmap is 1.
 _ALPHA = 0.55
+#: The highest point of the colour scale an unflagged study's map can reach (orange, not red).
+UNFLAGGED_MAX = 0.7
 
 
 def gradcam_target_layer(net: nn.Module, architecture: str) -> nn.Module:
@@ -98,6 +107,20 @@ def heatmap_base(pixels01: np.ndarray, *, burned_in: bool) -> np.ndarray:
     return pixels01
 
 
+def heatmap_strength(score: CalibratedScore) -> float:
+    """How much of the colour scale the map's peak may use, from the calibrated score.
+
+    Flagged: 1 (the peak is red). Not flagged: ``min(probability / threshold, 1) *
+    UNFLAGGED_MAX``, so p = 0.01 at a threshold of 0.28 gives 0.025 (invisible) and a study
+    just under the threshold shows at most orange."""
+    if score.flagged:
+        return 1.0
+    if not score.threshold > 0:
+        return 0.0
+    ratio = min(max(score.probability / score.threshold, 0.0), 1.0)
+    return float(ratio * UNFLAGGED_MAX)
+
+
 def _jet(v: np.ndarray) -> np.ndarray:
     """A jet-like colour map: v in [0, 1] -> uint8 RGB."""
     r = np.clip(1.5 - np.abs(4.0 * v - 3.0), 0.0, 1.0)
@@ -107,10 +130,17 @@ def _jet(v: np.ndarray) -> np.ndarray:
 
 
 def render_overlay_png(
-    pixels01: np.ndarray, cam: np.ndarray, *, burned_in: bool, max_size: int = 512
+    pixels01: np.ndarray,
+    cam: np.ndarray,
+    *,
+    burned_in: bool,
+    score: CalibratedScore,
+    max_size: int = 512,
 ) -> bytes:
     """Render ``cam`` (any size, [0, 1]) blended over :func:`heatmap_base` in grey.
 
+    The map is scaled by :func:`heatmap_strength` of ``score`` (the study's calibrated score,
+    :meth:`Calibration.score`), so an unflagged study never shows a red hot spot.
     ``burned_in`` is :func:`has_burned_in_annotation` of the image's header (``False`` for an
     ordinary image file). The longest side is at most ``max_size``. The PNG has no text
     chunks: nothing about the patient or study is written into it.
@@ -124,6 +154,7 @@ def render_overlay_png(
     size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
     img = img.resize(size, Image.Resampling.BILINEAR).convert("RGB")
     heat = np.clip(np.nan_to_num(np.asarray(cam, dtype=np.float32)), 0.0, 1.0)
+    heat = heat * np.float32(heatmap_strength(score))
     heat_img = Image.fromarray((heat * 255.0 + 0.5).astype(np.uint8), mode="L")
     heat_arr = np.asarray(heat_img.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
     heat_arr /= 255.0

@@ -7,8 +7,12 @@ that sets the broker options both sides must agree on.
 
 from cxr_queue.contract import (
     MAX_RETRY_COUNTDOWN_S,
+    RESULTS_QUEUE,
+    RESULTS_TASK,
     SCORE_TASK,
+    ResultsJob,
     ScoreJob,
+    enqueue_results,
     enqueue_score,
     make_celery,
 )
@@ -16,9 +20,13 @@ from cxr_queue.live import LiveJobs, live_instance_ids
 
 __all__ = [
     "MAX_RETRY_COUNTDOWN_S",
+    "RESULTS_QUEUE",
+    "RESULTS_TASK",
     "SCORE_TASK",
     "LiveJobs",
+    "ResultsJob",
     "ScoreJob",
+    "enqueue_results",
     "enqueue_score",
     "live_instance_ids",
     "make_celery",

@@ -74,3 +74,26 @@ def make_celery(broker_url: str, queue_name: str = "cxr-score", name: str = "cxr
 def enqueue_score(app: Celery, job: ScoreJob, queue_name: str = "cxr-score") -> None:
     """Publish one scoring job (by task name; the producer needs no worker code)."""
     app.send_task(SCORE_TASK, kwargs={"job": job.model_dump()}, queue=queue_name)
+
+
+# ------------------------------------------------------------- results back to PACS
+
+RESULTS_TASK = "cxr.send_results"
+#: The results queue: C-STOREs to PACS wait on networks, so they never share the
+#: scoring queue (a PACS that is down never blocks scoring).
+RESULTS_QUEUE = "cxr-results"
+
+
+class ResultsJob(BaseModel):
+    """Send the result objects of one result version of one complete study. IDs only."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    study_id: int = Field(ge=1)
+    study_instance_uid: str = Field(min_length=1, max_length=64)
+    result_version: int = Field(ge=1)
+
+
+def enqueue_results(app: Celery, job: ResultsJob, queue_name: str = RESULTS_QUEUE) -> None:
+    """Publish one results job (by task name; the listener needs no worker code)."""
+    app.send_task(RESULTS_TASK, kwargs={"job": job.model_dump()}, queue=queue_name)

@@ -28,6 +28,7 @@ from cxr_common.logs import configure_logging
 from cxr_common.settings import (
     CommonSettings,
     ListenerSettings,
+    ResultSettings,
     SupervisorSettings,
     WebSettings,
     WorkerSettings,
@@ -58,6 +59,7 @@ TRAINING_COMMANDS = {
     "calibrate": "fit a site calibration (threshold for target sensitivity + temperature)",
     "predict": "score DICOM / image files offline",
     "validate": "site validation by stratum (age, sex, view, manufacturer, modality) from labels",
+    "groups": "acquisition-group audit: ImageNet-feature clusters, class balance, errors per group",
 }
 
 
@@ -68,16 +70,18 @@ def _cmd_demo(args: argparse.Namespace, settings: SupervisorSettings) -> int:
     return run_demo(settings, Path(data_dir), timeout_s=args.timeout, verbose=args.verbose)
 
 
-def _cmd_migrate(args: argparse.Namespace, settings: CommonSettings) -> int:
+def _cmd_migrate(args: argparse.Namespace, settings: WorkerSettings) -> int:
+    from cxr_triage.models_cli import migrate_registers_model
     from cxr_triage.services import resolve_services
     from migrations import upgrade_to_head
 
     services = resolve_services(settings)
     try:
         upgrade_to_head(services.database_url)
+        active = migrate_registers_model(settings, services.database_url)
     finally:
         services.stop()
-    print("database schema is up to date")
+    print(f"database schema is up to date; active model {active.version}")
     return 0
 
 
@@ -124,6 +128,14 @@ def _supervise_worker(settings: WorkerSettings) -> int:
         return supervise("worker", cxr_triage_command("work"), env, stop)
 
 
+def _cmd_send_results(args: argparse.Namespace, settings: ResultSettings) -> int:
+    from cxr_results import parse_destinations
+    from worker.app import run_results_worker
+
+    parse_destinations(settings.result_destinations)  # a malformed entry: exit 2 at once
+    return _run_with_services(settings, run_results_worker)
+
+
 def _cmd_web(args: argparse.Namespace, settings: WebSettings) -> int:
     from worklist.server import run_web
 
@@ -162,6 +174,7 @@ def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
             children.append(spawn("listener", ["listen"], env))
             for i in range(args.workers):
                 children.append(spawn(f"worker-{i + 1}", ["work"], env))
+            children.append(spawn("results", ["send-results"], env))
             if not args.no_web:
                 children.append(spawn("web", ["web"], env))
             host = "127.0.0.1" if settings.dicom_host in ("0.0.0.0", "") else settings.dicom_host
@@ -300,9 +313,48 @@ def _cmd_send(args: argparse.Namespace, settings: CommonSettings) -> int:
     return run_send(args)
 
 
+def _init_from_registry(argv: list[str]) -> list[str]:
+    """``train --init-from VERSION``: a registered version stands for its folder."""
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name != "--init-from":
+            continue
+        at = i if eq else i + 1
+        if not eq and at >= len(argv):
+            return argv
+        value = value if eq else argv[at]
+        if not value or Path(value).exists():
+            return argv
+        from cxr_db import make_engine
+        from cxr_db.models import get_model
+        from cxr_triage.services import resolve_services
+
+        services = resolve_services(CommonSettings())
+        try:
+            engine = make_engine(services.database_url, pool_size=1)
+            entry = get_model(engine, value)
+            engine.dispose()
+        finally:
+            services.stop()
+        if entry is None:
+            raise CxrTriageError(
+                f"--init-from {value}: neither a folder nor a registered model version"
+            )
+        out = list(argv)
+        out[at] = f"--init-from={entry.uri}" if eq else entry.uri
+        return out
+    return argv
+
+
 def _run_training(command: str, argv: list[str]) -> int:
     """Hand ``cxr-triage COMMAND ARGS`` to ``training.cli``: the one import of training in
     the runtime CLI, made only when a training command runs."""
+    if command == "train":
+        try:
+            argv = _init_from_registry(argv)
+        except CxrTriageError as exc:
+            print(f"cxr-triage train: {exc}", file=sys.stderr)
+            return 2
     try:
         from training.cli import main as training_main
     except ModuleNotFoundError as exc:
@@ -390,11 +442,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_work, settings_class=WorkerSettings)
 
     p = sub.add_parser(
+        "send-results",
+        help="run the results sender: SC + SR of each complete study to PACS (C-STORE)",
+        description="Consume the results queue: for each complete study, build the heatmap "
+        "Secondary Capture and the Comprehensive SR (or a not-analysed SR) and C-STORE them to "
+        "every destination. Settings: CXR_RESULT_DESTINATIONS (AE@host:port,...; empty = "
+        "nothing is sent), CXR_RESULT_CALLING_AE_TITLE, CXR_UID_ROOT, CXR_RESULT_MAX_RETRIES.",
+    )
+    p.set_defaults(func=_cmd_send_results, settings_class=ResultSettings)
+
+    p = sub.add_parser(
         "migrate",
         help="create or upgrade the database schema",
         description="Apply the Alembic migrations to CXR_DATABASE_URL.",
     )
-    p.set_defaults(func=_cmd_migrate, settings_class=CommonSettings)
+    p.set_defaults(func=_cmd_migrate, settings_class=WorkerSettings)
 
     p = sub.add_parser(
         "worklist",
@@ -434,6 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_send_arguments(p)
     p.set_defaults(func=_cmd_send, settings_class=CommonSettings)
+
+    from cxr_triage import models_cli
+
+    models_cli.add_arguments(sub)
 
     for name, help_line in TRAINING_COMMANDS.items():
         # Arguments are parsed by training.cli (see main); `cxr-triage train --help` shows

@@ -40,6 +40,7 @@ from cxr_common.storage import Storage, instance_key, sanitise_uid
 from cxr_db import repository as repo
 from cxr_queue import ScoreJob
 from dicom_listener.enqueue import enqueue_instance
+from dicom_listener.loopback import LoopbackGuard
 from dicom_listener.statuses import EchoStatus, StoreStatus
 
 logger = logging.getLogger(__name__)
@@ -167,12 +168,14 @@ class StoreHandler:
         celery_app: Celery,
         queue_name: str,
         accepted_sop_classes: tuple[str, ...] = ACCEPTED_SOP_CLASSES,
+        loopback: LoopbackGuard | None = None,
     ) -> None:
         self.engine = engine
         self.storage = storage
         self.celery_app = celery_app
         self.queue_name = queue_name
         self.accepted_sop_classes = frozenset(accepted_sop_classes)
+        self.loopback = loopback
 
     def __call__(self, event: Event) -> int:
         """Handle one C-STORE request; returns the status (never raises)."""
@@ -228,6 +231,8 @@ class StoreHandler:
         return staged
 
     def _store(self, event: Event) -> StoreStatus:
+        if self.loopback is not None and self.loopback.is_ours(event):
+            return StoreStatus.SUCCESS  # our own result object, forwarded back: dropped
         request: Any = event.request
         affected_class = str(request.AffectedSOPClassUID or "")
         affected_instance = str(request.AffectedSOPInstanceUID or "")

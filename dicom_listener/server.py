@@ -16,8 +16,11 @@ from cxr_common.metrics import MetricsServer
 from cxr_common.settings import ListenerSettings
 from cxr_common.storage import open_storage
 from cxr_imaging import decodable_transfer_syntaxes
+from cxr_results import load_or_create_uid_root
 from dicom_listener import metrics as listener_metrics
+from dicom_listener.completeness import CompletenessMonitor
 from dicom_listener.handlers import ACCEPTED_SOP_CLASSES, StoreHandler, handle_echo
+from dicom_listener.loopback import LOOPBACK_SOP_CLASSES, LoopbackGuard
 from dicom_listener.reconciler import Reconciler
 
 logger = logging.getLogger(__name__)
@@ -43,6 +46,7 @@ class ListenerHandle:
     reconciler: Reconciler
     _stopped: bool = field(default=False, repr=False)
     metrics: MetricsServer | None = None
+    completeness: CompletenessMonitor | None = None
 
     def shutdown(self) -> None:
         """Stop accepting associations, end the open ones and stop the reconciler."""
@@ -50,6 +54,8 @@ class ListenerHandle:
             return
         self._stopped = True
         self.reconciler.stop()
+        if self.completeness is not None:
+            self.completeness.stop()
         self.server.shutdown()
         if self.metrics is not None:
             self.metrics.close()
@@ -63,6 +69,8 @@ def build_ae(settings: ListenerSettings) -> AE:
     syntaxes = decodable_transfer_syntaxes()
     ae.add_supported_context(Verification)
     for sop_class in ACCEPTED_SOP_CLASSES:
+        ae.add_supported_context(sop_class, syntaxes)
+    for sop_class in LOOPBACK_SOP_CLASSES:  # our own SRs forwarded back: see loopback
         ae.add_supported_context(sop_class, syntaxes)
     if settings.allowed_calling_ae_titles:
         # Anyone else is refused with A-ASSOCIATE-RJ (1, 1, 3): see statuses.CALLING_AE_REJECTION.
@@ -83,7 +91,10 @@ def start_listener(
         logger.error(
             "storage %s is not writable yet: %s", settings.resolved_storage_uri, exc.strerror
         )
-    store = StoreHandler(engine, storage, celery_app, settings.queue_name)
+    uid_root = load_or_create_uid_root(settings.uid_root_file, settings.uid_root)
+    store = StoreHandler(
+        engine, storage, celery_app, settings.queue_name, loopback=LoopbackGuard(uid_root)
+    )
     ae = build_ae(settings)
     handlers: list[evt.EventHandlerType] = [
         (evt.EVT_C_ECHO, handle_echo),
@@ -104,6 +115,7 @@ def start_listener(
         stale_processing_s=settings.stale_processing_s,
     )
     reconciler.start()
+    completeness = _start_completeness(settings, engine, celery_app)
     logger.info(
         "listener %s on %s:%d (max %d associations, allow-list: %s, storage %s)",
         settings.ae_title,
@@ -115,8 +127,29 @@ def start_listener(
     )
     metrics = listener_metrics.serve(settings)
     return ListenerHandle(
-        settings.dicom_host, port, settings.ae_title, server, reconciler, metrics=metrics
+        settings.dicom_host,
+        port,
+        settings.ae_title,
+        server,
+        reconciler,
+        completeness=completeness,
+        metrics=metrics,
     )
+
+
+def _start_completeness(
+    settings: ListenerSettings, engine: Engine, celery_app: Celery
+) -> CompletenessMonitor:
+    """The study completeness job beside the reconciler (see ``completeness``)."""
+    monitor = CompletenessMonitor(
+        engine,
+        celery_app,
+        settings.results_queue_name,
+        quiet_s=settings.study_quiet_s,
+        interval_s=settings.completeness_interval_s,
+    )
+    monitor.start()
+    return monitor
 
 
 def run_listener(settings: ListenerSettings) -> int:

@@ -30,7 +30,7 @@ from pathlib import Path
 from celery import Celery
 from celery.signals import setup_logging
 
-from cxr_common.settings import WorkerSettings, resolve_batching
+from cxr_common.settings import ResultSettings, WorkerSettings, resolve_batching
 from cxr_db import make_engine
 from cxr_imaging.limits import DecodeLimits
 from cxr_queue import make_celery
@@ -52,29 +52,30 @@ def _keep_our_logging(**_: object) -> None:
 
 
 def build_runtime(settings: WorkerSettings) -> ScoringRuntime:
-    """Load model and calibration (sha256-verified) and open the database engine."""
-    from cxr_model import load_calibration, load_model
+    """Open the database engine and load the registry's active and shadow models
+    (sha256-verified, each with its registered calibration); an empty registry gets the
+    configured model (``CXR_MODEL_DIR``, default the shipped one) registered and active."""
+    from worker.registry import ServedModels, ensure_configured_model
 
-    model = load_model(settings.model_dir, device=settings.device)
-    calibration = load_calibration(settings.calibration_path, model_sha256=model.contract.sha256)
-    log.info(
-        "model %s %s on %s, calibration %s (threshold %.3f)",
-        model.contract.name,
-        model.contract.version,
-        model.device,
-        calibration.version,
-        calibration.threshold,
-    )
-    batch, concurrency = resolve_batching(settings, model.device.type)
+    batch, concurrency = resolve_batching(settings, _device_type(settings.device))
     engine = make_engine(settings.database_url_value(), pool_size=concurrency + 2)
+    ensure_configured_model(engine, settings.model_dir, settings.calibration_path)
+    models = ServedModels(engine, settings.device)
+    models.current()  # load now: a model that cannot load stops the worker here
+    log.info(
+        "population policy %s, unknown age %s",
+        settings.population_policy.value,
+        settings.unknown_age.value,
+    )
     return ScoringRuntime(
         engine,
-        model,
-        calibration,
+        models,
         concurrency=concurrency,
         batch_max_size=batch,
         batch_max_wait_s=settings.batch_max_wait_ms / 1000,
         heatmaps=settings.heatmaps,
+        population_policy=settings.population_policy,
+        unknown_age=settings.unknown_age,
         reliability=reliability(settings),
     )
 
@@ -95,6 +96,14 @@ def reliability(settings: WorkerSettings) -> Reliability:
         task_time_limit_s=settings.task_time_limit_s,
         limits=decode_limits(settings),
     )
+
+
+def _device_type(device: str | None) -> str:
+    if device:
+        return "cuda" if device.startswith("cuda") else "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def create_app(settings: WorkerSettings) -> tuple[Celery, ScoringRuntime]:
@@ -157,6 +166,55 @@ def run_worker(settings: WorkerSettings) -> int:
 
         threading.Thread(
             target=_heartbeat, args=(settings.heartbeat_file, healthy, stop), daemon=True
+        ).start()
+    try:
+        app.worker_main(argv)
+    finally:
+        stop.set()
+        runtime.close()
+    return 0
+
+
+# ---------------------------------------------------------------- results to PACS
+
+
+def run_results_worker(settings: ResultSettings) -> int:
+    """``cxr-triage send-results``: consume the results queue only (no model is loaded).
+
+    A process of its own, so that C-STOREs waiting on a slow or absent PACS never hold a
+    scoring thread: scoring goes on whatever the PACS does. One thread per job; the jobs
+    are few (one per complete study) and mostly wait on the network."""
+    from cxr_results import parse_destinations
+    from worker.results import ResultsRuntime, register_results_task
+
+    warnings.filterwarnings("ignore", message=".*superuser privileges.*")
+    destinations = parse_destinations(settings.result_destinations)  # fail fast when malformed
+    log.info(
+        "results to %s as %s",
+        ", ".join(map(str, destinations)) or "no destination (nothing is sent)",
+        settings.result_calling_ae_title,
+    )
+    app = make_celery(settings.broker_url_value(), settings.results_queue_name)
+    runtime = ResultsRuntime(make_engine(settings.database_url_value(), pool_size=6), settings)
+    register_results_task(
+        app, lambda: runtime, settings.result_max_retries, settings.result_retry_max_backoff_s
+    )
+    argv = [
+        "--quiet",
+        "worker",
+        "--pool=threads",
+        "--concurrency=4",
+        f"--queues={settings.results_queue_name}",
+        f"--hostname=cxr-results-{os.getpid()}@{socket.gethostname()}",
+        f"--loglevel={settings.log_level}",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    stop = threading.Event()
+    if settings.result_heartbeat_file is not None:
+        threading.Thread(
+            target=_heartbeat, args=(settings.result_heartbeat_file, stop), daemon=True
         ).start()
     try:
         app.worker_main(argv)

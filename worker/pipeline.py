@@ -2,6 +2,10 @@
 Grad-CAM overlay, prediction upsert. The scoring rule and the heatmap (with its
 burned-in annotation rule) are :mod:`cxr_model`'s, shared with ``predict``.
 
+The models come from the registry (``worker.registry``): the active model's score triages
+unless the instance is outside its validated population (``CXR_POPULATION_POLICY``), and
+shadow models score the same batch, stored under their version, never used for priority.
+
 Errors are sorted at this boundary: ``TransientError`` (database or storage briefly
 unavailable) is retried by the task; anything about the file itself is permanent and
 ends as a ``failed`` or ``not_eligible`` row with a reason a person can act on.
@@ -32,7 +36,8 @@ import pydicom
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from cxr_common.errors import InstanceMissingError, StorageError, TransientError
+from cxr_common.errors import CxrTriageError, InstanceMissingError, StorageError, TransientError
+from cxr_common.population import PopulationPolicy, UnknownAge
 from cxr_common.storage import read_instance
 from cxr_db import repository as repo
 from cxr_imaging import ImagingError, check_eligibility, decode_dataset
@@ -47,11 +52,11 @@ from worker.batching import Batcher, BatchInfo
 from worker.leases import LeaseKeeper, Progress
 from worker.metrics import timed_batch
 from worker.outcomes import JobOutcome, Outcome
+from worker.registry import ScoreItem, ServedModels, SetResult, prepare, score_items
 
 if TYPE_CHECKING:
-    import torch
-
-    from cxr_model import Calibration, ScoreResult, ScoringModel
+    from cxr_model import Calibration, ScoringModel
+    from worker.registry import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -80,25 +85,27 @@ class Reliability:
 
 
 class ScoringRuntime:
-    """Everything a worker process loads once: engine, model, calibration, batcher,
-    and the lease renewer."""
+    """Everything a worker process loads once: engine, served models, batcher, and the
+    lease renewer."""
 
     def __init__(
         self,
         engine: Engine,
-        model: ScoringModel,
-        calibration: Calibration,
+        models: ServedModels,
         *,
         concurrency: int,
         batch_max_size: int,
         batch_max_wait_s: float,
         heatmaps: bool = True,
+        population_policy: PopulationPolicy = PopulationPolicy.ENFORCE,
+        unknown_age: UnknownAge = UnknownAge.IN_SCOPE,
         reliability: Reliability | None = None,
     ) -> None:
         self.engine = engine
-        self.model = model
-        self.calibration = calibration
+        self.models = models
         self.heatmaps = heatmaps
+        self.population_policy = population_policy
+        self.unknown_age = unknown_age
         self.concurrency = concurrency
         self.reliability = reliability or Reliability()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
@@ -111,17 +118,28 @@ class ScoringRuntime:
             max_hold_s=self.reliability.task_time_limit_s,
         )
         self.leases.start()
-        self.batcher: Batcher[torch.Tensor, ScoreResult] = Batcher(
+        self.batcher: Batcher[ScoreItem, SetResult] = Batcher(
             self._score_batch, batch_max_size, batch_max_wait_s, name="cxr-batcher"
         )
 
-    @timed_batch
-    def _score_batch(self, tensors: Sequence[torch.Tensor]) -> list[ScoreResult]:
-        import torch
+    @property
+    def model(self) -> ScoringModel:
+        """The active model now (the registry may switch it between batches)."""
+        return self.models.current().active.model
 
-        out = list(self.model.score_batch(torch.stack(list(tensors)), with_heatmaps=self.heatmaps))
-        self.progress.advanced()
-        return out
+    @property
+    def calibration(self) -> Calibration:
+        """The active model's calibration now."""
+        return self.models.current().active.calibration
+
+    @timed_batch
+    def _score_batch(self, items: Sequence[ScoreItem]) -> list[SetResult]:
+        try:
+            out = score_items(items, self.heatmaps)
+            self.progress.advanced()
+            return out
+        finally:
+            self.models.batch_done()  # the next job asks the registry for changes
 
     def close(self) -> None:
         self.leases.stop()
@@ -212,9 +230,13 @@ class ScoringRuntime:
             log.info("not eligible: %s", reason, extra={"sop_instance_uid": job.sop_instance_uid})
             return Outcome(JobOutcome.NOT_ELIGIBLE, reason)
         try:
+            models = self.models.current()
+        except CxrTriageError as exc:
+            raise TransientError(f"the active model could not be loaded: {exc}") from exc
+        try:
             image = decode_dataset(ds)
             check_not_blank(image.pixels, limits)
-            tensor = self.model.preprocess(image.pixels)
+            item = prepare(models, image.pixels)
         except InputRefusedError as exc:
             return self._fail(job, exc.reason)
         except ImagingError as exc:
@@ -228,7 +250,7 @@ class ScoringRuntime:
         # file (a crash from here on is not this file's doing).
         repo.mark_decoded(self.engine, job.instance_id, self.worker_id)
         state.decoded = True
-        future = self.batcher.submit(tensor)
+        future = self.batcher.submit(item)
         timeout = self.reliability.batch_timeout_s
         try:
             result, info = future.result(timeout=timeout)
@@ -247,46 +269,63 @@ class ScoringRuntime:
         job: ScoreJob,
         ds: pydicom.Dataset,
         pixels: np.ndarray,
-        result: ScoreResult,
+        result: SetResult,
         info: BatchInfo,
         decode_ms: float,
     ) -> Outcome:
         from cxr_model import has_burned_in_annotation, render_overlay_png
+        from cxr_model.population import assess_population
 
-        score = self.calibration.score(result.logit)
-        png = None
-        if result.cam is not None:
-            burned_in = has_burned_in_annotation(ds)
-            png = render_overlay_png(pixels, result.cam, burned_in=burned_in)
-        contract = self.model.contract
-        repo.record_prediction(
-            self.engine,
-            job.instance_id,
-            repo.PredictionRecord(
-                model_name=contract.name,
-                model_version=contract.version,
-                weights_sha256=contract.sha256,
-                calibration_version=self.calibration.version,
+        def prediction(loaded: LoadedModel, png: bytes | None) -> repo.PredictionRecord:
+            score = loaded.calibration.score(result.results[loaded.entry.version].logit)
+            return repo.PredictionRecord(
+                model_name=loaded.model.contract.name,
+                model_version=loaded.entry.version,
+                weights_sha256=loaded.entry.sha256,
+                calibration_version=loaded.calibration.version,
                 logit=score.logit,
                 probability=score.probability,
                 threshold=score.threshold,
                 flagged=score.flagged,
                 heatmap_png=png,
-                device=str(self.model.device),
+                device=str(loaded.model.device),
                 batch_size=info.size,
                 decode_ms=decode_ms,
                 inference_ms=info.run_ms,
                 worker_id=self.worker_id,
-            ),
+            )
+
+        active = result.models.active
+        cam = result.results[active.entry.version].cam
+        png = None
+        if cam is not None:
+            score = active.calibration.score(result.results[active.entry.version].logit)
+            png = render_overlay_png(
+                pixels, cam, burned_in=has_burned_in_annotation(ds), score=score
+            )
+        for shadow in result.models.shadows:  # stored first: "done" means all are there
+            repo.record_shadow_prediction(self.engine, job.instance_id, prediction(shadow, None))
+        assessed = assess_population(
+            ds, active.population, self.population_policy, self.unknown_age
+        )
+        pred = prediction(active, png)
+        repo.record_prediction(
+            self.engine,
+            job.instance_id,
+            pred,
+            triage=assessed.triage,
+            population=repo.PopulationNote(assessed.population.value, assessed.reason),
         )
         log.info(
-            "scored p=%.3f flagged=%s batch=%d",
-            score.probability,
-            score.flagged,
+            "scored p=%.3f flagged=%s population=%s triage=%s batch=%d",
+            pred.probability,
+            pred.flagged and assessed.triage,
+            assessed.population.value,
+            assessed.triage,
             info.size,
             extra={"sop_instance_uid": job.sop_instance_uid},
         )
-        return Outcome(JobOutcome.DONE, None, score.probability)
+        return Outcome(JobOutcome.DONE, None, pred.probability)
 
     def _fail(self, job: ScoreJob, reason: str) -> Outcome:
         repo.record_failed(self.engine, job.instance_id, reason)

@@ -39,6 +39,7 @@ from urllib.parse import urlencode
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from cxr_common.errors import CxrTriageError
@@ -118,6 +119,20 @@ def _valid_uid(uid: str) -> str | None:
 
 def _nav(p: Principal) -> pages.Nav:
     return pages.Nav(p.name, p.role, p.csrf_token)
+
+
+def _drift_banner(engine: Engine) -> str:
+    """The drift warning for the worklist page; never stops the page (logged instead)."""
+    from cxr_common.drift import PSI_WARN
+    from cxr_db.drift import current_drift
+
+    try:
+        report = current_drift(engine)
+    except SQLAlchemyError as exc:
+        logger.warning("drift could not be measured (%s)", type(exc).__name__)
+        return ""
+    alerts = report.windows[0].alerts(PSI_WARN) if report.windows else []
+    return pages.drift_banner(alerts, PSI_WARN)
 
 
 def _html(body: str, status_code: int = 200) -> HTMLResponse:
@@ -395,6 +410,7 @@ def create_app(engine: Engine, config: WebConfig | None = None) -> FastAPI:
             else None,
             first_href="/?" + urlencode(base) if after else None,
             notice=notice,
+            banner=_drift_banner(engine),
         )
         return _html(pages.worklist_page(w, nav))
 

@@ -7,7 +7,8 @@ it). The partial index serves the reconciler's two sweeps: pending instances wit
 live message and ``processing`` instances whose lease has expired.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0006 (chained after main's newest revision when main was merged; the number is
+the one this change was given)
 Create Date: 2026-12-01
 """
 
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -5,6 +5,7 @@ Redis list, the listener's and a worker's own ports, and ``/metrics`` behind its
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import socket
 import threading
@@ -24,10 +25,15 @@ from pydantic import SecretStr
 from pynetdicom import AE
 from sqlalchemy import Engine, text
 
+import cxr_model
 from cxr_common import metrics as m
 from cxr_common.settings import ListenerSettings
+from cxr_db import drift, models
 from cxr_db import repository as repo
+from cxr_db.audit import Actor
+from cxr_db.models import NewModel
 from cxr_db.schema import Instance
+from cxr_db.schema_reading import ActorKind
 from cxr_db.statuses import InstanceStatus
 from cxr_model import WEIGHTS_DIR
 from cxr_model.contract import read_contract
@@ -195,10 +201,8 @@ def test_collector_counts_statuses_reason_categories_and_turnaround_buckets(
     assert scrape.value("cxr_scoring_inference_seconds_bucket", le="1.0") == 4
     assert scrape.value("cxr_scoring_inference_seconds_gsum") == pytest.approx(2.8)
 
-    info = scrape.named("cxr_model_info")
-    assert [s.labels for s in info] == [
-        {"model_name": "cxr-pneumonia", "model_version": "v1", "calibration_version": "c1"}
-    ]
+    # the model info is the registry's, not the predictions' (test_model_info_... below)
+    assert "v1" not in {s.labels["model_version"] for s in scrape.named("cxr_model_info")}
     ages = {
         s.labels["worker"]: s.value for s in scrape.named("cxr_worker_last_prediction_age_seconds")
     }
@@ -207,6 +211,91 @@ def test_collector_counts_statuses_reason_categories_and_turnaround_buckets(
     assert 100 < ages["w-b:12"] < 3600
 
     _assert_no_identifiers(scrape, raw, PATIENT_NAME, ACCESSION, uid)
+
+
+@pytest.fixture
+def registry(engine: Engine) -> Iterator[Engine]:
+    """An empty model registry (a worker registers the shipped model again when it starts)."""
+
+    def clear() -> None:
+        with engine.begin() as conn:
+            conn.execute(text("TRUNCATE models, population_strata RESTART IDENTITY"))
+
+    clear()
+    yield engine
+    clear()
+
+
+def _model(version: str, sha256: str, reference: dict[str, object] | None = None) -> NewModel:
+    return NewModel(
+        version=version,
+        name="cxr-pneumonia",
+        sha256=sha256,
+        uri=f"file:///models/{version}",
+        calibration_uri=f"file:///models/{version}/calibration.json",
+        calibration_version=f"{version}-cal",
+        reference=reference,
+    )
+
+
+def test_model_info_is_the_registrys_active_and_shadow_model_at_scrape_time(
+    registry: Engine, services: Services
+) -> None:
+    engine = registry
+    actor = Actor("cli:test", ActorKind.CLI)
+    models.register(engine, _model("m1", "1" * 64), actor, activate_if_none=True)
+    models.register(engine, _model("m2", "2" * 64), actor)
+    models.shadow(engine, "m2", actor)
+    # predictions by another version say nothing about what is active now
+    repo.record_prediction(
+        engine, record(engine, f"{TEST_ROOT}.61", f"{TEST_ROOT}.61.1"), prediction(0.4)
+    )
+
+    def info(scrape: Scrape) -> set[tuple[str, str, str]]:
+        return {
+            (s.labels["model_version"], s.labels["calibration_version"], s.labels["role"])
+            for s in scrape.named("cxr_model_info")
+        }
+
+    assert info(_scrape(engine, services)) == {
+        ("m1", "m1-cal", "active"),
+        ("m2", "m2-cal", "shadow"),
+    }
+    # the same collector, next scrape: an activation shows without a restart
+    registry_ = metrics_registry(engine, services.broker_url, [services.queue_name])
+    assert models.activate(engine, "m2", actor) == "m1"
+    assert info(parse(generate_latest(registry_).decode())) == {("m2", "m2-cal", "active")}
+    models.rollback(engine, actor)
+    assert info(parse(generate_latest(registry_).decode())) == {("m1", "m1-cal", "active")}
+
+
+def test_drift_psi_is_a_gauge_per_kind_from_current_psi(
+    registry: Engine, services: Services
+) -> None:
+    engine = registry
+    actor = Actor("cli:test", ActorKind.CLI)
+    scrape = _scrape(engine, services)
+    assert scrape.named("cxr_drift_psi") == []  # no active model, no reference: absent
+    reference = json.loads((Path(cxr_model.__file__).parent / "drift_reference.json").read_text())
+    models.register(
+        engine, _model("v1", reference["model_sha256"], reference), actor, activate_if_none=True
+    )
+    # 40 in-scope studies scored 0.97 by the active model: far from the reference's spread
+    for n in range(40):
+        instance_id = record(engine, f"{TEST_ROOT}.62.{n}", f"{TEST_ROOT}.62.{n}.1")
+        repo.record_prediction(
+            engine,
+            instance_id,
+            prediction(0.97),
+            population=repo.PopulationNote("in_scope", "age 3 y"),
+        )
+    expected = drift.current_psi(engine)
+    assert all(value is not None for value in expected.values())
+    scrape = _scrape(engine, services)
+    assert scrape.types["cxr_drift_psi"] == "gauge"
+    for kind in ("score", "eligibility", "population"):
+        assert scrape.value("cxr_drift_psi", kind=kind) == pytest.approx(expected[kind])
+    assert scrape.value("cxr_drift_psi", kind="score") > 0.2  # a real shift reads as one
 
 
 def _patterns(status: InstanceStatus) -> tuple[tuple[str, str], ...]:
@@ -389,7 +478,9 @@ def test_listener_port_counts_c_store_statuses_and_associations(
     assert delta(after, "cxr_listener_associations_total", event="rejected") == 1
     assert delta(after, "cxr_listener_associations_total", event="aborted") == 0
     assert after.types["cxr_listener_connections_open"] == "gauge"
-    assert after.label_values("status") == {"0x0000"}
+    # status codes only (earlier tests in this process may have counted other codes)
+    assert "0x0000" in after.label_values("status")
+    assert all(v.startswith("0x") and len(v) == 6 for v in after.label_values("status"))
     _assert_no_identifiers(after, raw, ACCESSION, str(ds.SOPInstanceUID), str(ds.StudyInstanceUID))
     with pytest.raises(httpx.TransportError):
         httpx.get(url, timeout=2)  # shutdown closed the metrics port too

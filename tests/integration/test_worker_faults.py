@@ -360,7 +360,7 @@ def test_a_secondary_capture_with_text_in_its_pixels_gets_a_heatmap_on_grey(
 ) -> None:
     """Defect 10: no BurnedInAnnotation YES in the header, but a Secondary Capture may
     carry burned-in text: the heatmap shows heat over neutral grey, never the pixels."""
-    from cxr_model import render_overlay_png
+    from cxr_model import CalibratedScore, render_overlay_png
     from cxr_model.heatmaps import NEUTRAL_GREY
 
     pixels = chest_like(256)
@@ -382,7 +382,12 @@ def test_a_secondary_capture_with_text_in_its_pixels_gets_a_heatmap_on_grey(
     with engine.begin() as conn:
         png = conn.execute(text("SELECT heatmap_png FROM predictions")).scalar_one()
     levels = np.linspace(0.0, 1.0, 256, dtype=np.float32)[None, :]
-    grey = render_overlay_png(np.full_like(levels, NEUTRAL_GREY), levels, burned_in=False)
+    # every colour heat over grey can take (the heat is quantised to 256 levels, whatever
+    # the score's strength; a flagged score draws all of them)
+    full = CalibratedScore(logit=5.0, probability=0.99, threshold=0.5, flagged=True)
+    grey = render_overlay_png(
+        np.full_like(levels, NEUTRAL_GREY), levels, burned_in=False, score=full
+    )
 
     def colours(data: bytes) -> set[tuple[int, ...]]:
         rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
