@@ -68,19 +68,34 @@ def wait_ready(bench: Bench, procs: list[Any], timeout_s: float = 300) -> None:
     import socket
 
     app = make_celery(bench.broker_url, bench.queue)
-    names = [f"cxr-worker-{p.pid}@{socket.gethostname()}" for p in procs]
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
             for p in procs:
                 if p.poll() is not None:
                     raise RuntimeError(f"worker exited with code {p.returncode}")
+            # `cxr-triage work` runs the Celery worker in a child it restarts if it dies:
+            # the worker's name carries the child's pid.
+            names = [
+                f"cxr-worker-{pid}@{socket.gethostname()}"
+                for p in procs
+                for pid in (p.pid, *_children(p.pid))
+            ]
             replies = app.control.ping(destination=names, timeout=1.0) or []
-            if len(replies) == len(names):
+            if len(replies) >= len(procs):
                 return
         raise TimeoutError("workers not ready")
     finally:
         app.close()
+
+
+def _children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (Linux /proc; none elsewhere)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
 
 
 def _wait_done(engine: Any, ids: set[int], timeout_s: float = 3600) -> None:
@@ -200,14 +215,15 @@ def stages(bench: Bench, files: list[Path], *, batch: int) -> dict[str, float]:
             )
             for (job, ds, pixels, _), result in zip(items, results, strict=True):
                 assert result.cam is not None
+                score = calibration.score(result.logit)
                 png = timed(
                     "png",
                     render_overlay_png,
                     pixels,
                     result.cam,
                     burned_in=has_burned_in_annotation(ds),
+                    score=score,
                 )
-                score = calibration.score(result.logit)
                 record = repo.PredictionRecord(
                     model_name=model.contract.name,
                     model_version=model.contract.version,

@@ -69,6 +69,12 @@ class Instance(Base):
     __table_args__ = (
         CheckConstraint(STATUS_CHECK_SQL, name="instances_status_valid"),
         Index("ix_instances_status_received", "status", "received_at"),
+        Index(
+            "ix_instances_pending_lease",
+            "status",
+            "lease_expires_at",
+            postgresql_where=text("status IN ('received', 'queued', 'processing')"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)

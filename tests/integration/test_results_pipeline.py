@@ -233,7 +233,12 @@ def test_complete_studies_reach_a_pynetdicom_scp_and_dcmtk_storescp(
             client = redis.Redis.from_url(services.broker_url)
             _wait_for(
                 "drained",
-                lambda: client.llen(_results_queue(services)) == 0 and client.hlen("unacked") == 0,
+                lambda: (
+                    client.llen(_results_queue(services)) == 0
+                    and not any(
+                        _results_queue(services).encode() in v for v in client.hvals("unacked")
+                    )
+                ),
                 procs,
                 60,
             )
