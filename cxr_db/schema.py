@@ -71,6 +71,8 @@ class Instance(Base):
     )
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    #: sha256 of the received data set (migration 0007; None for older rows).
+    content_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class Prediction(Base):
@@ -96,3 +98,25 @@ class Prediction(Base):
     inference_ms: Mapped[float] = mapped_column(Float)
     worker_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class InstanceConflict(Base):
+    """A C-STORE refused because its SOP Instance UID is already stored with other content
+    (migration 0007): the stored instance stays as it is; this row is the visible event."""
+
+    __tablename__ = "instance_conflicts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), index=True
+    )
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    #: The Study Instance UID the refused copy named (may differ from the stored one's).
+    received_study_instance_uid: Mapped[str] = mapped_column(String(64))
+    stored_content_sha256: Mapped[str | None] = mapped_column(String(64))
+    received_content_sha256: Mapped[str] = mapped_column(String(64))
+    calling_ae_title: Mapped[str | None] = mapped_column(String(16))
+    peer_address: Mapped[str | None] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )

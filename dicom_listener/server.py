@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 
 from celery import Celery
@@ -15,6 +16,14 @@ from cxr_common.lifecycle import stop_on_signals
 from cxr_common.settings import ListenerSettings
 from cxr_common.storage import open_storage
 from cxr_imaging import decodable_transfer_syntaxes
+from cxr_imaging.limits import DecodeLimits
+from dicom_listener.boundary import (
+    GuardedAssociationServer,
+    ListenerAE,
+    PeerPolicy,
+    spool_to_staging,
+    tls_context,
+)
 from dicom_listener.handlers import ACCEPTED_SOP_CLASSES, StoreHandler, handle_echo
 from dicom_listener.reconciler import Reconciler
 
@@ -52,9 +61,15 @@ class ListenerHandle:
 
 
 def build_ae(settings: ListenerSettings) -> AE:
-    """The application entity: our AE title, contexts, allow-list and limits."""
-    ae = AE(ae_title=settings.ae_title)
+    """The application entity: our AE title, contexts, allow-list, limits and timeouts."""
+    ae = ListenerAE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.max_associations
+    ae.acse_timeout = settings.acse_timeout_s  # also the acceptor's ARTIM timer
+    ae.dimse_timeout = settings.dimse_timeout_s
+    ae.network_timeout = settings.network_timeout_s
+    # Anyone naming another called AE title is refused with A-ASSOCIATE-RJ (1, 1, 7):
+    # see statuses.CALLED_AE_REJECTION. Routers that rewrite it: accept_any_called_ae_title.
+    ae.require_called_aet = not settings.accept_any_called_ae_title
     syntaxes = decodable_transfer_syntaxes()
     ae.add_supported_context(Verification)
     for sop_class in ACCEPTED_SOP_CLASSES:
@@ -78,16 +93,44 @@ def start_listener(
         logger.error(
             "storage %s is not writable yet: %s", settings.resolved_storage_uri, exc.strerror
         )
-    store = StoreHandler(engine, storage, celery_app, settings.queue_name)
+    store = StoreHandler(
+        engine,
+        storage,
+        celery_app,
+        settings.queue_name,
+        limits=DecodeLimits(**settings.decode_limit_values()),
+    )
     ae = build_ae(settings)
     handlers: list[evt.EventHandlerType] = [
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, store),
     ]
-    server = ae.start_server(
-        (settings.dicom_host, settings.dicom_port), block=False, evt_handlers=handlers
+    ssl_context = None
+    if settings.tls_certificate_file is not None and settings.tls_private_key_file is not None:
+        ssl_context = tls_context(
+            settings.tls_certificate_file, settings.tls_private_key_file, settings.tls_ca_file
+        )
+    policy = PeerPolicy(
+        allowed_networks=tuple(settings.allowed_peer_networks),
+        max_per_peer=settings.max_associations_per_peer,
+        max_connections=settings.max_connections,
+        handshake_timeout_s=settings.acse_timeout_s,
     )
-    assert server is not None  # block=False always returns the server
+    server = ae.make_server(
+        (settings.dicom_host, settings.dicom_port),
+        ssl_context=ssl_context,
+        evt_handlers=handlers,
+        server_class=GuardedAssociationServer,
+        policy=policy,
+    )
+    spool = spool_to_staging(server, storage.staging_dir)
+    swept = spool.sweep()
+    if swept:
+        logger.info("removed %d stale partial receive file(s) from staging", swept)
+    server.bind(evt.EVT_CONN_CLOSE, spool.on_connection_closed)
+    thread = threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True)
+    thread.start()
+    ae._servers.append(server)
     port = int(server.server_address[1])
     reconciler = Reconciler(
         engine,
@@ -99,12 +142,19 @@ def start_listener(
     )
     reconciler.start()
     logger.info(
-        "listener %s on %s:%d (max %d associations, allow-list: %s, storage %s)",
+        "listener %s on %s:%d (%s, max %d associations, %d per peer; calling AE "
+        "allow-list: %s; peer networks: %s; called AE title: %s; storage %s)",
         settings.ae_title,
         settings.dicom_host,
         port,
+        "DICOM TLS" + (" with client certificates" if settings.tls_ca_file else "")
+        if ssl_context
+        else "no TLS",
         settings.max_associations,
+        settings.max_associations_per_peer,
         ",".join(settings.allowed_calling_ae_titles) or "any",
+        ",".join(map(str, settings.allowed_peer_networks)) or "any",
+        "any" if settings.accept_any_called_ae_title else settings.ae_title,
         settings.resolved_storage_uri,
     )
     return ListenerHandle(settings.dicom_host, port, settings.ae_title, server, reconciler)
