@@ -63,6 +63,10 @@ class PeerPolicy:
     max_per_peer: int = 4
     max_connections: int = 64
     handshake_timeout_s: float = 10.0
+    #: Longest a single socket read or write may block (pynetdicom reads a PDU with
+    #: blocking ``recv`` calls: without it, a peer that sends half a PDU and stalls holds
+    #: its thread forever, past every DICOM timer).
+    io_timeout_s: float = 60.0
 
     def allows(self, address: str) -> bool:
         if not self.allowed_networks:
@@ -130,7 +134,8 @@ class _GuardedRequestHandler(RequestHandler):
                     )
                     self.server.shutdown_request(request)
                     return
-                request.settimeout(None)
+            if isinstance(request, socket.socket):
+                request.settimeout(self.server.policy.io_timeout_s)
             super().handle()
         finally:
             self.server.release_pending(address)

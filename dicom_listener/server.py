@@ -115,6 +115,7 @@ def start_listener(
         max_per_peer=settings.max_associations_per_peer,
         max_connections=settings.max_connections,
         handshake_timeout_s=settings.acse_timeout_s,
+        io_timeout_s=settings.network_timeout_s,
     )
     server = ae.make_server(
         (settings.dicom_host, settings.dicom_port),
