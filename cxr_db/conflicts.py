@@ -45,22 +45,20 @@ def record_conflict(engine: Engine, conflict: Conflict) -> None:
 
 def conflicts(engine: Engine, limit: int = 1000) -> list[Conflict]:
     """The most recent refused duplicates, newest first."""
+    c = InstanceConflict
     with engine.begin() as conn:
         rows = conn.execute(
-            select(InstanceConflict)
-            .order_by(InstanceConflict.received_at.desc(), InstanceConflict.id.desc())
-            .limit(limit)
-        ).scalars()
-        return [
-            Conflict(
-                r.instance_id,
-                r.sop_instance_uid,
-                r.received_study_instance_uid,
-                r.stored_content_sha256,
-                r.received_content_sha256,
-                r.calling_ae_title,
-                r.peer_address,
-                r.received_at,
+            select(
+                c.instance_id,
+                c.sop_instance_uid,
+                c.received_study_instance_uid,
+                c.stored_content_sha256,
+                c.received_content_sha256,
+                c.calling_ae_title,
+                c.peer_address,
+                c.received_at,
             )
-            for r in rows
-        ]
+            .order_by(c.received_at.desc(), c.id.desc())
+            .limit(limit)
+        ).all()
+    return [Conflict(*row) for row in rows]

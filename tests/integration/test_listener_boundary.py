@@ -170,7 +170,8 @@ def test_200_garbage_and_half_open_connections_do_not_lock_out_a_legitimate_send
     finally:
         for sock in flood:
             sock.close()
-    assert answers[0] is not None and answers[0].status == StoreStatus.SUCCESS
+    assert answers[0] is not None
+    assert answers[0].status == StoreStatus.SUCCESS
     assert instance_count(engine) == 1
     assert elapsed < 60, f"legitimate sender took {elapsed:.1f} s"
     # At most max_associations_per_peer (4) of the 200 were let in.
@@ -216,7 +217,8 @@ def test_received_data_sets_are_spooled_in_staging_never_in_the_system_temp_fold
 ) -> None:
     handle = start()
     answers = store_files(handle.port, [make_dataset(accession="SPOOL001")])
-    assert answers[0] is not None and answers[0].status == StoreStatus.SUCCESS
+    assert answers[0] is not None
+    assert answers[0].status == StoreStatus.SUCCESS
     assert files_under(private_tmp) == []
     assert _receive_files(tmp_path) == []
 
