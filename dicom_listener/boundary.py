@@ -17,6 +17,10 @@ called AE title and leaves the temp files of aborted transfers in the system tem
   the ACSE timeout, pynetdicom's ARTIM timer, expires).
 * :func:`tls_context`: DICOM TLS (PS3.15 B.1 / BCP 195: TLS 1.2 or later), optionally
   requiring a client certificate signed by ``CXR_TLS_CA_FILE``.
+* :func:`harden_state_machine`: a peer that aborts (or sends garbage) right after its
+  A-ASSOCIATE-RQ races our accept; pynetdicom then raises ``InvalidEventError`` for the
+  local accept in Sta13 (awaiting close) and its DUL thread dies (found by the fuzz).
+  Our own late primitives are dropped in Sta13 instead, as PS3.8 9.2 intends.
 * :func:`spool_to_staging` makes pynetdicom write received data sets into the storage's
   staging folder (never the system temp folder); :class:`ReceiveSpool` removes the file
   of a transfer that was cut off when its connection closes.
@@ -42,6 +46,7 @@ from typing import IO, Any
 from pynetdicom import AE, dimse_messages
 from pynetdicom.association import Association
 from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.fsm import TRANSITION_TABLE, StateMachine
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
@@ -81,11 +86,26 @@ class PeerPolicy:
 
 
 class ListenerAE(AE):
-    """An AE whose association limit counts only peers that asked for an association."""
+    """An AE whose association limit counts only peers that asked for an association
+    and are still connected."""
 
     @property
     def active_associations(self) -> list[Association]:
-        return [a for a in super().active_associations if not _awaiting_request(a)]
+        return [
+            a
+            for a in super().active_associations
+            if holds_connection(a) and not _awaiting_request(a)
+        ]
+
+
+def holds_connection(assoc: Association) -> bool:
+    """True while an association thread still has its connection: its DUL thread has not
+    ended (or not started yet). pynetdicom keeps an acceptor thread waiting for the
+    A-ASSOCIATE-RQ until the ACSE timeout even after its peer closed the connection."""
+    if not assoc.is_alive():
+        return False
+    dul = getattr(assoc, "dul", None)
+    return dul is None or dul.ident is None or dul.is_alive()
 
 
 def _awaiting_request(assoc: Association) -> bool:
@@ -189,7 +209,7 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         counts = Counter(self._pending)
         for assoc in ThreadedAssociationServer.active_associations.fget(self):  # type: ignore[attr-defined]
             address = peer_address(assoc)
-            if address is not None and assoc.is_alive():
+            if address is not None and holds_connection(assoc):
                 counts[address] += 1
         return counts
 
@@ -337,3 +357,25 @@ def spool_to_staging(
         spool = ReceiveSpool(staging_dir)
         _SPOOLS[server] = spool
     return spool
+
+
+# ---------------------------------------------------------------------------------------
+# pynetdicom's state machine
+
+
+def harden_state_machine() -> None:
+    """Drop a local service-user primitive (our A-ASSOCIATE accept/reject, P-DATA,
+    release) that arrives while the connection is already closing (Sta13); pynetdicom
+    raises there and kills the DUL thread. Every other invalid event still raises."""
+    original = StateMachine.do_action
+    if getattr(original, "_cxr_hardened", False):
+        return
+
+    def do_action(self: StateMachine, event: str) -> None:
+        if self.current_state == "Sta13" and (event, "Sta13") not in TRANSITION_TABLE:
+            logger.debug("dropped %s: the connection is already closing (Sta13)", event)
+            return
+        original(self, event)
+
+    do_action._cxr_hardened = True  # type: ignore[attr-defined]
+    StateMachine.do_action = do_action  # type: ignore[method-assign]

@@ -21,6 +21,7 @@ from dicom_listener.boundary import (
     GuardedAssociationServer,
     ListenerAE,
     PeerPolicy,
+    harden_state_machine,
     spool_to_staging,
     tls_context,
 )
@@ -34,9 +35,11 @@ def configure_pynetdicom() -> None:
     """Process-wide pynetdicom options the listener relies on.
 
     Received data sets go straight to a temp file (memory stays flat on large images)
-    and request identifiers, which hold patient data, are never logged."""
+    and request identifiers, which hold patient data, are never logged; a peer's abort
+    racing our accept no longer kills pynetdicom's DUL thread."""
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.LOG_REQUEST_IDENTIFIERS = False
+    harden_state_machine()
 
 
 @dataclass
