@@ -135,10 +135,13 @@ def content_sha256(source: Path | BinaryIO, transfer_syntax_uid: str | None) -> 
 
 
 def _text(ds: Dataset, keyword: str, max_len: int) -> str | None:
+    """A header value fit for a database column: printable characters only (Postgres
+    refuses NUL in text; control characters have no place in a code), at most
+    ``max_len``."""
     value = ds.get(keyword)
     if value is None:
         return None
-    text = str(value).strip()
+    text = "".join(ch for ch in str(value) if ch.isprintable()).strip()
     return text[:max_len] or None
 
 
@@ -317,7 +320,12 @@ class StoreHandler:
         request: Any = event.request
         affected_class = str(request.AffectedSOPClassUID or "")
         affected_instance = str(request.AffectedSOPInstanceUID or "")
-        calling_ae = str(event.assoc.requestor.ae_title).strip()[:16] or None
+        calling_ae = (
+            "".join(ch for ch in str(event.assoc.requestor.ae_title) if ch.isprintable()).strip()[
+                :16
+            ]
+            or None
+        )
         if affected_class not in self.accepted_sop_classes:
             raise _Refused(
                 StoreStatus.SOP_CLASS_NOT_SUPPORTED,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from dicom_listener.server import ListenerHandle
 from dicom_listener.statuses import EchoStatus, StoreStatus
@@ -198,3 +198,25 @@ def test_listener_process_stays_under_1_gib_refusing_1_gib_bombs(
     assert instance_count(engine) == 0
     assert files_under(tmp_path / "instances") == []
     assert os.path.getsize(paths[0]) < GIB / 100
+
+
+def test_control_characters_in_header_values_are_stored_cleaned(
+    start: Callable[..., ListenerHandle], engine: Engine
+) -> None:
+    """Found by the fuzz: a NUL in AccessionNumber made Postgres refuse the row and the
+    listener answer 0xA702 "out of resources" (retry forever) for a storable instance."""
+    ds = poison.dx_dataset()
+    ds.AccessionNumber = "ACC\x00001\x1b"
+    ds.Modality = "D\x00X"
+    handle = start()
+    (answer,) = store_files(handle.port, [ds])
+    assert answer is not None
+    assert answer.status == StoreStatus.SUCCESS
+    with engine.begin() as conn:
+        row = conn.execute(
+            text(
+                "SELECT s.accession_number, i.modality FROM instances i "
+                "JOIN studies s ON s.id = i.study_id"
+            )
+        ).one()
+    assert tuple(row) == ("ACC001", "DX")
