@@ -241,11 +241,11 @@ class ListenerSettings(CommonSettings):
     network_timeout_s: float = Field(
         default=60.0, gt=0, description="close an association idle this long"
     )
-    tls_certificate_file: Path | None = Field(
+    dicom_tls_cert: Path | None = Field(
         default=None, description="PEM certificate (chain): DICOM TLS when set"
     )
-    tls_private_key_file: Path | None = Field(default=None, description="PEM private key")
-    tls_ca_file: Path | None = Field(
+    dicom_tls_key: Path | None = Field(default=None, description="PEM private key of the cert")
+    dicom_tls_ca: Path | None = Field(
         default=None,
         description="PEM CA bundle: when set, every peer must present a client certificate "
         "it signed",
@@ -277,13 +277,20 @@ class ListenerSettings(CommonSettings):
                 "CXR_ALLOWED_CALLING_AE_TITLES and/or CXR_ALLOWED_PEER_NETWORKS, or "
                 "CXR_ACCEPT_ANY_PEER=true to accept any peer on purpose"
             )
-        if (self.tls_certificate_file is None) != (self.tls_private_key_file is None):
-            raise ValueError(
-                "DICOM TLS needs both CXR_TLS_CERTIFICATE_FILE and CXR_TLS_PRIVATE_KEY_FILE"
-            )
-        if self.tls_ca_file is not None and self.tls_certificate_file is None:
-            raise ValueError("CXR_TLS_CA_FILE (client certificates) needs DICOM TLS")
+        if (self.dicom_tls_cert is None) != (self.dicom_tls_key is None):
+            raise ValueError("set both CXR_DICOM_TLS_CERT and CXR_DICOM_TLS_KEY, or neither")
+        if self.dicom_tls_ca is not None and self.dicom_tls_cert is None:
+            raise ValueError("CXR_DICOM_TLS_CA (client certificates) needs DICOM TLS")
+        for path in (self.dicom_tls_cert, self.dicom_tls_key, self.dicom_tls_ca):
+            if path is not None and not path.is_file():
+                raise ValueError(f"DICOM TLS file {path} is not a readable file")
         return self
+
+    @field_validator("dicom_tls_cert", "dicom_tls_key", "dicom_tls_ca", mode="before")
+    @classmethod
+    def _empty_tls_is_unset(cls, value: object) -> object:
+        """``CXR_DICOM_TLS_CERT=`` (compose's default) means no TLS."""
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 class WorkerSettings(CommonSettings):
@@ -332,11 +339,76 @@ def resolve_batching(settings: WorkerSettings, device_type: str) -> tuple[int, i
     return batch, settings.concurrency or 2 * batch
 
 
+def _split_hosts(value: object) -> object:
+    """``CXR_WEB_TRUSTED_HOSTS`` is comma-separated: 'worklist.example.org, localhost'."""
+    if isinstance(value, str):
+        return [h.strip() for h in value.split(",") if h.strip()]
+    return value
+
+
+#: Host names the web app always answers to (``web_trusted_hosts`` adds to them).
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
 class WebSettings(CommonSettings):
-    """The worklist web app."""
+    """The worklist web app: where it listens, TLS, trusted host names, sign-in policy,
+    read claims. ``broker_url`` (from ``CommonSettings``) is what ``/healthz`` pings;
+    ``model_dir`` and ``calibration_path`` name the files ``/readyz`` verifies (the same
+    settings, and defaults, as the workers')."""
 
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8080, ge=0, le=65535)
+    web_tls_cert: Path | None = Field(
+        default=None, description="PEM certificate (chain): serve HTTPS directly"
+    )
+    web_tls_key: Path | None = Field(default=None, description="PEM private key of the cert")
+    web_trusted_hosts: Annotated[list[str], NoDecode, BeforeValidator(_split_hosts)] = Field(
+        default_factory=list,
+        description="Host header values accepted besides localhost, 127.0.0.1, ::1 and the "
+        "bind host (comma-separated; '*' accepts any: only behind a proxy that checks it)",
+    )
+    web_cookie_secure: bool | None = Field(
+        default=None,
+        description="mark the session cookie Secure; unset = when the request came over "
+        "TLS (set true behind a TLS-terminating reverse proxy)",
+    )
+    web_idle_timeout_s: int = Field(default=1800, ge=60, description="sign out after idling")
+    web_session_max_s: int = Field(default=43200, ge=300, description="sign out after this")
+    web_max_failed_sign_ins: int = Field(default=5, ge=1, description="then lock the account")
+    web_lockout_s: int = Field(default=900, ge=1, description="how long a lock-out lasts")
+    web_claim_timeout_s: int = Field(
+        default=900, ge=30, description="an opened study is 'in progress' for this long"
+    )
+    web_page_size: int = Field(default=50, ge=5, le=500, description="studies per page")
+    model_dir: Path | None = Field(default=None, description="unset = the shipped model")
+    calibration_path: Path | None = Field(default=None, description="unset = shipped calibration")
+
+    @field_validator("web_tls_cert", "web_tls_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``CXR_WEB_TLS_CERT=`` (compose's default) means no TLS."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if (self.web_tls_cert is None) != (self.web_tls_key is None):
+            raise ValueError("set both CXR_WEB_TLS_CERT and CXR_WEB_TLS_KEY, or neither")
+        for path in (self.web_tls_cert, self.web_tls_key):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} is not a readable file")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.web_tls_cert is not None
+
+    def trusted_hosts(self) -> list[str]:
+        """Loopback names, the bind host (unless it is a wildcard) and ``web_trusted_hosts``."""
+        hosts = list(LOOPBACK_HOSTS)
+        if self.web_host not in ("0.0.0.0", "::", ""):
+            hosts.append(self.web_host)
+        hosts.extend(self.web_trusted_hosts)
+        return list(dict.fromkeys(hosts))
 
 
 class SupervisorSettings(ListenerSettings, WorkerSettings, WebSettings):

@@ -437,6 +437,41 @@ def record_answer(
     )
 
 
+def answers_for(engine: Engine, study_instance_uid: str) -> list[AnswerRecord]:
+    """Every answer recorded for a study, oldest first (the study page's history)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                Answer.id,
+                Study.study_instance_uid,
+                func.coalesce(User.username, ApiToken.name).label("reader"),
+                Answer.finding,
+                Answer.note,
+                Answer.model_version,
+                Answer.score,
+                Answer.created_at,
+            )
+            .join(Study, Study.id == Answer.study_id)
+            .outerjoin(User, User.id == Answer.user_id)
+            .outerjoin(ApiToken, ApiToken.id == Answer.token_id)
+            .where(Study.study_instance_uid == study_instance_uid)
+            .order_by(Answer.created_at, Answer.id)
+        ).all()
+    return [
+        AnswerRecord(
+            id=int(r.id),
+            study_instance_uid=r.study_instance_uid,
+            reader=r.reader or "-",
+            finding=Finding(r.finding),
+            note=r.note,
+            model_version=r.model_version,
+            score=r.score,
+            created_at=r.created_at,
+        )
+        for r in rows
+    ]
+
+
 # ------------------------------------------------------------------ answers as labels
 
 LABELS_COLUMNS = (
@@ -565,6 +600,7 @@ __all__ = [
     "LabelRow",
     "ReadInfo",
     "Reader",
+    "answers_for",
     "claim_study",
     "effective_state",
     "iter_label_rows",

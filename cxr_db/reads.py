@@ -5,29 +5,48 @@ order, a study page is one of them plus its instances. A study's status is
 ``statuses.study_status_of`` over its instances, and the reasons of its failed and
 not-eligible instances come back as data (``StatusReason``), never as text to parse;
 presentation formats them. Writes live in ``cxr_db.repository``.
+
+Each study also carries its read state (``cxr_db.reading.effective_state``: no row or an
+expired claim is unread), who claimed or read it, and the latest answer's finding. The
+worklist is read a page at a time (``worklist_page``) with a keyset cursor, so however
+many studies wait, every one of them is reachable and a page is as cheap as the first.
 """
 
 from __future__ import annotations
 
+import base64
+import enum
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
+    Float,
+    Integer,
     Row,
     Select,
+    case,
     func,
+    literal,
+    or_,
     select,
     text,
     true,
+    tuple_,
 )
 from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy.orm import aliased
 
+from cxr_db.reading import effective_state
 from cxr_db.schema import Instance, Prediction, Study
+from cxr_db.schema_reading import Answer, ApiToken, Finding, ReadState, StudyRead, User
 from cxr_db.statuses import (
+    PENDING_STATUSES,
     REASON_STATUSES,
     InstanceStatus,
     StatusReason,
@@ -52,6 +71,69 @@ class WorklistEntry:
     instances: int
     heatmap_sop_instance_uids: tuple[str, ...]
     """Instances with a heatmap, highest probability first."""
+    read_state: ReadState = ReadState.UNREAD
+    claimed_by: str | None = None
+    """The user reading it, while ``in_progress``."""
+    claim_expires_at: datetime | None = None
+    finding: Finding | None = None
+    """The latest answer's finding."""
+    read_by: str | None = None
+    """The user (or API token) that answered, once ``read``."""
+    read_at: datetime | None = None
+
+
+class ReadView(enum.StrEnum):
+    """Which studies a worklist page lists."""
+
+    UNREAD = "unread"  # not read yet: unread and in progress (shown as such), triage order
+    READ = "read"  # answered, most recently read first
+    ALL = "all"  # every study, triage order
+
+
+#: Statuses of studies the model could not score: they still need a human read.
+UNSCORED_FINAL = (InstanceStatus.FAILED, InstanceStatus.NOT_ELIGIBLE)
+
+
+@dataclass(frozen=True)
+class WorklistQuery:
+    """One page of the worklist: a view, optional filters, a size and where to start."""
+
+    view: ReadView = ReadView.UNREAD
+    search: str | None = None
+    """Accession number (part of it, any case), Study Instance UID (exact or prefix) or
+    the reader's name (part of it)."""
+    statuses: tuple[InstanceStatus, ...] = ()
+    """Only studies with one of these statuses (empty: any)."""
+    exclude_statuses: tuple[InstanceStatus, ...] = ()
+    limit: int = 50
+    after: str | None = None
+    """The cursor of the previous page (``WorklistPage.next_cursor``)."""
+
+
+@dataclass(frozen=True)
+class WorklistPage:
+    entries: list[WorklistEntry]
+    next_cursor: str | None
+    """Pass as ``WorklistQuery.after`` for the next page; None on the last page."""
+
+
+@dataclass(frozen=True)
+class UnreadCounts:
+    """How many studies wait to be read, by the worklist's priority classes."""
+
+    flagged: int = 0
+    unscored: int = 0  # failed or not eligible: no score, a human reads them unaided
+    pending: int = 0  # received, queued or being scored
+    routine: int = 0  # scored below the threshold
+    in_progress: int = 0  # of the above, claimed by someone now
+
+    @property
+    def total(self) -> int:
+        return self.flagged + self.unscored + self.pending + self.routine
+
+
+class InvalidCursorError(ValueError):
+    """A worklist cursor that this view did not hand out (edited, or from another view)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +151,8 @@ class InstanceDetail:
     model_version: str | None
     scored_at: datetime | None
     has_heatmap: bool
+    storage_uri: str | None = None
+    """Where the stored file is (for the study page's header read; never shown)."""
 
     @property
     def reasons(self) -> tuple[StatusReason, ...]:
@@ -86,10 +170,22 @@ class StudyDetail:
     instances: tuple[InstanceDetail, ...]
 
 
-def _studies() -> Select[Any]:
-    """Every study with its roll-up of instances and predictions, in worklist order:
+def _triage_keys() -> tuple[Any, ...]:
+    """The triage order as ascending keys (so a row comparison can resume after a row):
     flagged first; then unscored studies (pending, failed, not eligible: they still need
-    a human read) and scored ones by score; then arrival."""
+    a human read) and scored ones by score, highest first; then arrival; then id."""
+    return (
+        case((Study.flagged, literal(0)), else_=literal(1)),
+        func.coalesce(-Study.score, literal(-2.0)),
+        Study.first_received_at,
+        Study.id,
+    )
+
+
+def _studies(at: datetime | None = None) -> Select[Any]:
+    """Every study with its roll-up of instances and predictions and its read state, in
+    triage order (``_triage_keys``). ``at`` is the instant claims are judged at
+    (default: the database's ``now()``)."""
     reason_order = (Instance.status, Instance.reason)
     has_reason = Instance.status.in_(REASON_STATUSES)
     agg = (
@@ -124,6 +220,18 @@ def _studies() -> Select[Any]:
         .group_by(Instance.study_id)
         .subquery("pred")
     )
+    claimer = aliased(User, name="claimer")
+    reader = aliased(User, name="reader")
+    latest_finding = (
+        select(Answer.finding)
+        .where(Answer.study_id == Study.id)
+        .order_by(Answer.created_at.desc(), Answer.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    state = effective_state(at)
+    in_progress = state == ReadState.IN_PROGRESS.value
+    flag_key, score_key, *_ = _triage_keys()
     return (
         select(
             Study.id,
@@ -139,15 +247,22 @@ def _studies() -> Select[Any]:
             pred.c.scored_at,
             agg.c.instances,
             pred.c.heatmaps,
+            state.label("read_state"),
+            case((in_progress, claimer.username)).label("claimed_by"),
+            case((in_progress, StudyRead.claim_expires_at)).label("claim_expires_at"),
+            latest_finding.label("finding"),
+            func.coalesce(reader.username, ApiToken.name).label("read_by"),
+            StudyRead.read_at,
+            flag_key.label("k_flag"),
+            score_key.label("k_score"),
         )
         .join(agg, agg.c.study_id == Study.id)
         .outerjoin(pred, pred.c.study_id == Study.id)
-        .order_by(
-            Study.flagged.desc(),
-            Study.score.desc().nulls_first(),
-            Study.first_received_at.asc(),
-            Study.id.asc(),
-        )
+        .outerjoin(StudyRead, StudyRead.study_id == Study.id)
+        .outerjoin(claimer, claimer.id == StudyRead.claimed_by)
+        .outerjoin(reader, reader.id == StudyRead.read_by)
+        .outerjoin(ApiToken, ApiToken.id == StudyRead.read_by_token)
+        .order_by(*_triage_keys())
     )
 
 
@@ -171,14 +286,163 @@ def _entry(r: Row[Any]) -> WorklistEntry:
         scored_at=r.scored_at,
         instances=r.instances,
         heatmap_sop_instance_uids=tuple(r.heatmaps or ()),
+        read_state=ReadState(r.read_state),
+        claimed_by=r.claimed_by,
+        claim_expires_at=r.claim_expires_at,
+        finding=Finding(r.finding) if r.finding else None,
+        read_by=r.read_by,
+        read_at=r.read_at,
     )
 
 
-def worklist(engine: Engine, limit: int = 1000) -> list[WorklistEntry]:
-    """The triaged worklist, at most ``limit`` studies (see ``_studies`` for the order)."""
+def worklist(
+    engine: Engine, limit: int = 1000, view: ReadView = ReadView.ALL
+) -> list[WorklistEntry]:
+    """The first ``limit`` studies of ``view`` (every study, triage order, by default)."""
+    return worklist_page(engine, WorklistQuery(view=view, limit=limit)).entries
+
+
+def iter_worklist(engine: Engine, query: WorklistQuery) -> list[WorklistEntry]:
+    """Every study of ``query``'s view, all pages (for the CLI and exports)."""
+    out: list[WorklistEntry] = []
+    page = worklist_page(engine, query)
+    out.extend(page.entries)
+    while page.next_cursor is not None:
+        page = worklist_page(
+            engine,
+            WorklistQuery(
+                view=query.view,
+                search=query.search,
+                statuses=query.statuses,
+                exclude_statuses=query.exclude_statuses,
+                limit=query.limit,
+                after=page.next_cursor,
+            ),
+        )
+        out.extend(page.entries)
+    return out
+
+
+def _encode_cursor(view: ReadView, keys: Sequence[Any]) -> str:
+    values = [k.isoformat() if isinstance(k, datetime) else k for k in keys]
+    raw = json.dumps({"v": view.value, "k": values}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _decode_cursor(view: ReadView, cursor: str) -> list[Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw)
+        if data["v"] != view.value:
+            raise InvalidCursorError("this cursor belongs to another worklist view")
+        keys = list(data["k"])
+        if view is ReadView.READ:
+            read_at, study_id = keys
+            return [datetime.fromisoformat(read_at), int(study_id)]
+        flag, score, received, study_id = keys
+        return [int(flag), float(score), datetime.fromisoformat(received), int(study_id)]
+    except InvalidCursorError:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidCursorError("not a worklist cursor handed out by this server") from exc
+
+
+def _like(text_value: str) -> str:
+    escaped = text_value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def worklist_page(engine: Engine, query: WorklistQuery) -> WorklistPage:
+    """One page of the worklist (see ``WorklistQuery``); raises ``InvalidCursorError``."""
+    limit = max(1, query.limit)
+    base = _studies().subquery("s")
+    if query.view is ReadView.READ:
+        keys: tuple[ColumnElement[Any], ...] = (base.c.read_at, base.c.id)
+        order: list[Any] = [base.c.read_at.desc(), base.c.id.desc()]
+    else:
+        keys = (base.c.k_flag, base.c.k_score, base.c.received_at, base.c.id)
+        order = list(keys)
+    stmt = select(base)
+    if query.view is ReadView.UNREAD:
+        stmt = stmt.where(base.c.read_state != ReadState.READ.value)
+    elif query.view is ReadView.READ:
+        stmt = stmt.where(base.c.read_state == ReadState.READ.value)
+    if query.statuses:
+        stmt = stmt.where(base.c.status.in_([s.value for s in query.statuses]))
+    if query.exclude_statuses:
+        stmt = stmt.where(base.c.status.not_in([s.value for s in query.exclude_statuses]))
+    search = (query.search or "").strip()
+    if search:
+        stmt = stmt.where(
+            or_(
+                base.c.accession_number.ilike(_like(search), escape="\\"),
+                base.c.study_instance_uid == search,
+                base.c.study_instance_uid.startswith(search, autoescape=True),
+                base.c.read_by.ilike(_like(search), escape="\\"),
+                base.c.claimed_by.ilike(_like(search), escape="\\"),
+            )
+        )
+    if query.after:
+        values = _decode_cursor(query.view, query.after)
+        if query.view is ReadView.READ:
+            stmt = stmt.where(tuple_(*keys) < tuple_(*map(literal, values)))
+        else:
+            stmt = stmt.where(
+                tuple_(*keys)
+                > tuple_(
+                    literal(values[0], Integer),
+                    literal(values[1], Float),
+                    literal(values[2]),
+                    literal(values[3]),
+                )
+            )
+    stmt = stmt.order_by(*order).limit(limit + 1)
     with engine.begin() as conn:
-        rows = conn.execute(_studies().limit(limit)).all()
-    return [_entry(r) for r in rows]
+        rows = conn.execute(stmt).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    cursor = None
+    if more and rows:
+        last = rows[-1]
+        if query.view is ReadView.READ:
+            cursor = _encode_cursor(query.view, [last.read_at, last.id])
+        else:
+            cursor = _encode_cursor(
+                query.view, [last.k_flag, last.k_score, last.received_at, last.id]
+            )
+    return WorklistPage([_entry(r) for r in rows], cursor)
+
+
+def unread_counts(engine: Engine) -> UnreadCounts:
+    """Studies not yet read, by priority class (the worklist page's summary line)."""
+    base = _studies().subquery("s")
+    pending = [s.value for s in PENDING_STATUSES]
+    unscored = [s.value for s in UNSCORED_FINAL]
+    klass = case(
+        (base.c.flagged, literal("flagged")),
+        (base.c.status.in_(unscored), literal("unscored")),
+        (base.c.status.in_(pending), literal("pending")),
+        else_=literal("routine"),
+    )
+    stmt = (
+        select(
+            klass.label("klass"),
+            func.count().label("n"),
+            func.count().filter(base.c.read_state == ReadState.IN_PROGRESS.value).label("busy"),
+        )
+        .where(base.c.read_state != ReadState.READ.value)
+        .group_by(klass)
+    )
+    with engine.begin() as conn:
+        rows = conn.execute(stmt).all()
+    counts = {r.klass: int(r.n) for r in rows}
+    return UnreadCounts(
+        flagged=counts.get("flagged", 0),
+        unscored=counts.get("unscored", 0),
+        pending=counts.get("pending", 0),
+        routine=counts.get("routine", 0),
+        in_progress=sum(int(r.busy) for r in rows),
+    )
 
 
 def _instances(conn: Connection, study_id: int) -> tuple[InstanceDetail, ...]:
@@ -203,6 +467,7 @@ def _instances(conn: Connection, study_id: int) -> tuple[InstanceDetail, ...]:
             Instance.reason,
             Instance.view_position,
             Instance.received_at,
+            Instance.storage_uri,
             latest.c.probability,
             latest.c.threshold,
             latest.c.flagged,
@@ -227,6 +492,7 @@ def _instances(conn: Connection, study_id: int) -> tuple[InstanceDetail, ...]:
             model_version=r.model_version,
             scored_at=r.scored_at,
             has_heatmap=bool(r.has_heatmap),
+            storage_uri=r.storage_uri,
         )
         for r in rows
     )
@@ -253,6 +519,34 @@ def heatmap_png(engine: Engine, sop_instance_uid: str) -> bytes | None:
             .order_by(Prediction.created_at.desc())
             .limit(1)
         ).scalar_one_or_none()
+
+
+@dataclass(frozen=True)
+class InstanceFile:
+    """Where one instance is stored, and what became of it."""
+
+    sop_instance_uid: str
+    study_instance_uid: str
+    storage_uri: str
+    status: InstanceStatus
+
+
+def instance_file(engine: Engine, sop_instance_uid: str) -> InstanceFile | None:
+    """The stored file of one instance, or None if unknown."""
+    with engine.begin() as conn:
+        row = conn.execute(
+            select(
+                Instance.sop_instance_uid,
+                Study.study_instance_uid,
+                Instance.storage_uri,
+                Instance.status,
+            )
+            .join(Study, Study.id == Instance.study_id)
+            .where(Instance.sop_instance_uid == sop_instance_uid)
+        ).one_or_none()
+    if row is None:
+        return None
+    return InstanceFile(row.sop_instance_uid, row.study_instance_uid, row.storage_uri, row.status)
 
 
 def instance_statuses(engine: Engine) -> dict[str, InstanceStatus]:

@@ -75,6 +75,7 @@ class AuditAction(enum.StrEnum):
     SESSION_EXPIRED = "session_expired"
     STUDY_VIEW = "study_view"
     HEATMAP_FETCH = "heatmap_fetch"
+    IMAGE_FETCH = "image_fetch"  # the plain radiograph
     STUDY_CLAIM = "study_claim"
     STUDY_RELEASE = "study_release"
     ANSWER = "answer"

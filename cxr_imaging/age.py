@@ -101,7 +101,7 @@ def _plain(value: Any) -> str:
 def _get(header: HeaderSource, keyword: str) -> Any:
     try:
         return header.get(keyword)
-    except Exception:  # a broken element in a received file is garbage, not a crash
+    except Exception:  # noqa: BLE001 - a broken element in a received file is garbage, not a crash
         return None
 
 

@@ -169,7 +169,7 @@ def _fields(source: HeaderSource | PopulationFields) -> PopulationFields:
 def _code(header: HeaderSource, keyword: str) -> str | None:
     try:
         value = header.get(keyword)
-    except Exception:  # a broken element counts as absent, never as a crash
+    except Exception:  # noqa: BLE001 - a broken element counts as absent, never as a crash
         return None
     text = "" if value is None else str(value).strip().upper()
     return text or None

@@ -39,7 +39,9 @@ from cxr_db.audit import Actor, AuditEvent, AuditQuery
 from cxr_db.schema_reading import ActorKind, AuditAction, Role
 
 EngineHandler = Callable[[Engine, argparse.Namespace], int]
-Runner = Callable[[EngineHandler, argparse.Namespace], int]
+Runner = Callable[..., int]
+"""``run(handler, args, *rest)``: ``cxr_triage.cli`` passes the process's settings as
+``rest`` (built once in ``main``); ``run_with_engine`` needs none."""
 
 ROLE_CHOICES = [r.value for r in Role]
 ROLE_HELP = "radiologist (reads, answers), admin (users, audit, settings), ops (health, metrics)"
@@ -317,7 +319,7 @@ def add_arguments(subparsers: Any, run: Runner = run_with_engine) -> None:
     """Register ``user``, ``token``, ``audit`` and ``answers`` on ``subparsers`` (the object
     ``ArgumentParser.add_subparsers`` returned)."""
 
-    def bind(handler: EngineHandler) -> Callable[[argparse.Namespace], int]:
+    def bind(handler: EngineHandler) -> Callable[..., int]:
         return partial(run, handler)
 
     user = subparsers.add_parser(

@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -113,8 +113,15 @@ def _cmd_work(args: argparse.Namespace, settings: WorkerSettings) -> int:
 def _cmd_web(args: argparse.Namespace, settings: WebSettings) -> int:
     from worklist.server import run_web
 
-    if args.port is not None:
-        settings = settings.with_overrides(web_port=args.port)
+    overrides = {
+        "web_port": args.port,
+        "web_host": args.host,
+        "web_tls_cert": args.tls_cert,
+        "web_tls_key": args.tls_key,
+    }
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if changes:
+        settings = settings.with_overrides(**changes)
     return _run_with_services(settings, run_web)
 
 
@@ -169,14 +176,42 @@ def _cmd_worklist(args: argparse.Namespace, settings: CommonSettings) -> int:
     from cxr_db import make_engine, reads
     from cxr_triage.worklist_view import as_json, as_table
 
+    query = reads.WorklistQuery(
+        view=reads.ReadView(args.state), search=args.search, limit=min(args.limit or 500, 500)
+    )
+
     def show(settings: CommonSettings) -> int:
         engine = make_engine(settings.database_url_value(), pool_size=1)
-        entries = reads.worklist(engine, limit=args.limit)
-        engine.dispose()
+        try:
+            if args.limit:
+                entries = reads.worklist_page(engine, query).entries
+            else:
+                entries = reads.iter_worklist(engine, query)
+        finally:
+            engine.dispose()
         print(as_json(entries) if args.json else as_table(entries))
         return 0
 
     return _run_with_services(settings, show)
+
+
+def _run_accounts(
+    handler: Callable[[Any, argparse.Namespace], int],
+    args: argparse.Namespace,
+    settings: CommonSettings,
+) -> int:
+    """``user``, ``token``, ``audit``, ``answers``: the handler gets an engine on the
+    resolved (or embedded, migrated) database."""
+    from cxr_db import make_engine
+
+    def run(settings: CommonSettings) -> int:
+        engine = make_engine(settings.database_url_value(), pool_size=1)
+        try:
+            return handler(engine, args)
+        finally:
+            engine.dispose()
+
+    return _run_with_services(settings, run)
 
 
 def _cmd_send(args: argparse.Namespace, settings: CommonSettings) -> int:
@@ -241,10 +276,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "web",
         help="serve the radiologists' web worklist (CXR_WEB_HOST:CXR_WEB_PORT)",
-        description="The triaged worklist in a browser: likely positives on top, each study "
-        "with its heatmaps, score and model version. Read-only.",
+        description="The reading worklist in a browser, behind a sign-in: unread studies "
+        "with likely positives first, study pages with radiograph, heatmap and an answer "
+        "form, the audit log for admins, a JSON API for tokens. Settings: CXR_WEB_HOST, "
+        "CXR_WEB_PORT, CXR_WEB_TLS_CERT/CXR_WEB_TLS_KEY (HTTPS), CXR_WEB_TRUSTED_HOSTS, "
+        "CXR_WEB_IDLE_TIMEOUT_S, CXR_WEB_CLAIM_TIMEOUT_S. Add users with "
+        "'cxr-triage user add NAME --role radiologist'.",
     )
     p.add_argument("--port", type=int, default=None, help="overrides CXR_WEB_PORT (default 8080)")
+    p.add_argument("--host", default=None, help="overrides CXR_WEB_HOST (default 127.0.0.1)")
+    p.add_argument("--tls-cert", type=Path, default=None, help="overrides CXR_WEB_TLS_CERT")
+    p.add_argument("--tls-key", type=Path, default=None, help="overrides CXR_WEB_TLS_KEY")
     p.set_defaults(func=_cmd_web, settings_class=WebSettings)
 
     p = sub.add_parser(
@@ -278,11 +320,27 @@ def build_parser() -> argparse.ArgumentParser:
         "worklist",
         help="print the triaged worklist (table or --json)",
         description="Studies with likely positives first, then by score, then "
-        "arrival; failed and not-eligible studies stay listed with the reason.",
+        "arrival; failed and not-eligible studies stay listed with the reason. Unread "
+        "studies (in progress included) by default; every one of them, however many.",
     )
     p.add_argument("--json", action="store_true", help="print a JSON array, worklist order")
-    p.add_argument("--limit", type=int, default=1000, help="at most this many studies")
+    p.add_argument(
+        "--state",
+        choices=["unread", "read", "all"],
+        default="unread",
+        help="unread (default: not yet answered, in progress included), read (newest first) or all",
+    )
+    p.add_argument("--search", default=None, help="accession, Study Instance UID or reader")
+    p.add_argument(
+        "--limit", type=int, default=None, help="at most this many studies (default: all)"
+    )
     p.set_defaults(func=_cmd_worklist, settings_class=CommonSettings)
+
+    from cxr_triage import accounts_cli
+
+    accounts_cli.add_arguments(sub, run=_run_accounts)
+    for name in ("user", "token", "audit", "answers"):
+        sub.choices[name].set_defaults(settings_class=CommonSettings)
 
     from cxr_triage.send import add_send_arguments
 

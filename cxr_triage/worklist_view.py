@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from cxr_common.clinical import DISCLAIMER
 from cxr_db.reads import WorklistEntry
-from worklist.present import entry_json, reason_text, status_label
+from worklist.present import entry_json, read_label, reason_text, status_label
 
 __all__ = ["DISCLAIMER", "as_json", "as_table"]
 
@@ -25,7 +25,8 @@ def _fmt_time(entry: WorklistEntry) -> str:
 
 
 def as_table(entries: Sequence[WorklistEntry]) -> str:
-    """A fixed-width table: priority, accession, status, score, model, received, reason."""
+    """A fixed-width table: priority, accession, status, score, model, received, read
+    state, reason."""
     header = (
         "#",
         "PRIORITY",
@@ -34,6 +35,7 @@ def as_table(entries: Sequence[WorklistEntry]) -> str:
         "SCORE",
         "MODEL",
         "RECEIVED (UTC)",
+        "READ",
         "NOTE",
     )
     rows = [header]
@@ -47,6 +49,7 @@ def as_table(entries: Sequence[WorklistEntry]) -> str:
                 f"{e.score:.3f}" if e.score is not None else "-",
                 e.model_version or "-",
                 _fmt_time(e),
+                read_label(e),
                 (reason_text(e.reasons) or "")[:70],
             )
         )

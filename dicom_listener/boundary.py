@@ -16,7 +16,7 @@ called AE title and leaves the temp files of aborted transfers in the system tem
   only peers that sent an A-ASSOCIATE-RQ, not connections still silent (those end when
   the ACSE timeout, pynetdicom's ARTIM timer, expires).
 * :func:`tls_context`: DICOM TLS (PS3.15 B.1 / BCP 195: TLS 1.2 or later), optionally
-  requiring a client certificate signed by ``CXR_TLS_CA_FILE``.
+  requiring a client certificate signed by ``CXR_DICOM_TLS_CA``.
 * :func:`harden_state_machine`: a peer that aborts (or sends garbage) right after its
   A-ASSOCIATE-RQ races our accept; pynetdicom then raises ``InvalidEventError`` for the
   local accept in Sta13 (awaiting close) and its DUL thread dies (found by the fuzz).

@@ -178,7 +178,7 @@ def _read_instance_record(
             f"data set cannot be decoded ({type(exc).__name__})",
             "data set cannot be decoded: resend",
         ) from exc
-    except Exception as exc:  # noqa: BLE001 - hostile bytes raise many types
+    except Exception as exc:
         raise _Refused(
             StoreStatus.UNDECODABLE_DATASET,
             f"data set cannot be decoded ({type(exc).__name__})",
@@ -196,7 +196,7 @@ def _read_instance_record(
         body_part = _text(ds, "BodyPartExamined", 64)
         view = _text(ds, "ViewPosition", 16)
         series = _optional_uid(ds, "SeriesInstanceUID")
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad input
+    except Exception as exc:  # pydicom raises many types on bad input
         raise _Refused(
             StoreStatus.UNDECODABLE_DATASET,
             f"data set cannot be decoded ({type(exc).__name__})",

@@ -109,9 +109,9 @@ def start_listener(
         (evt.EVT_C_STORE, store),
     ]
     ssl_context = None
-    if settings.tls_certificate_file is not None and settings.tls_private_key_file is not None:
+    if settings.dicom_tls_cert is not None and settings.dicom_tls_key is not None:
         ssl_context = tls_context(
-            settings.tls_certificate_file, settings.tls_private_key_file, settings.tls_ca_file
+            settings.dicom_tls_cert, settings.dicom_tls_key, settings.dicom_tls_ca
         )
     policy = PeerPolicy(
         allowed_networks=tuple(settings.allowed_peer_networks),
@@ -151,7 +151,7 @@ def start_listener(
         settings.ae_title,
         settings.dicom_host,
         port,
-        "DICOM TLS" + (" with client certificates" if settings.tls_ca_file else "")
+        "DICOM TLS" + (" with client certificates" if settings.dicom_tls_ca else "")
         if ssl_context
         else "no TLS",
         settings.max_associations,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lint, type-check and import contracts.
+# Lint, format check, type check (mypy --strict on every runtime package) and import contracts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check .

@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install.sh
-.venv/bin/lint-imports
+./scripts/check.sh
 exec .venv/bin/pytest "$@"

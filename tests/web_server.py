@@ -1,30 +1,57 @@
-"""Helpers for the web worklist tests: a real uvicorn server in a thread, and seed rows."""
+"""Helpers for the web worklist tests: a real uvicorn server in a thread, seed rows (with
+real stored DICOM files when a folder is given), users and tokens, and a signed-in client."""
 
 from __future__ import annotations
 
 import io
+import re
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
+import numpy as np
 import uvicorn
 from PIL import Image
 from sqlalchemy import Engine
 
+from cxr_db import accounts
 from cxr_db import repository as repo
+from cxr_db.schema_reading import Role
 from tests.db_rows import prediction, record
+from tests.dicom_factory import chest_like, make_dataset, write
+from tests.integration.reading_rows import ADMIN, PASSWORD, cheap_passwords, clean
 from worklist.app import create_app
+from worklist.config import WebConfig
+
+#: A made-up patient in the seeded files; tests assert it never reaches a log line.
+PATIENT_NAME = "Zzyzxtestperson^Quillon"
+PATIENT_NAME_SHOWN = "Zzyzxtestperson, Quillon"
+PATIENT_ID = "PID-7731-TEST"
+PASSWORDS = cheap_passwords()
+
+
+def web_config(**changes: object) -> WebConfig:
+    """The app's configuration for tests: argon2 with small parameters, the rest default."""
+    return WebConfig(passwords=PASSWORDS, **changes)  # type: ignore[arg-type]
 
 
 @contextmanager
-def serve(engine: Engine, timeout_s: float = 30.0) -> Iterator[str]:
+def serve(
+    engine: Engine, config: WebConfig | None = None, timeout_s: float = 30.0
+) -> Iterator[str]:
     """Run the worklist app with uvicorn on a free loopback port; yield its base URL."""
-    config = uvicorn.Config(
-        create_app(engine), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
+    config_ = uvicorn.Config(
+        create_app(engine, config or web_config()),
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="off",
     )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(config_)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s
@@ -68,29 +95,78 @@ class Seeded:
     not_eligible_reason: str
 
 
-def _record(engine: Engine, study: str, sop: str, accession: str | None) -> int:
-    return record(engine, study, sop, accession)
+def overlay_png(pixels: np.ndarray, seed: int) -> bytes:
+    """A heatmap-like PNG over ``pixels`` (uint8 HxW): grey with a warm blob, same size."""
+    grey = pixels.astype(np.float32) / 255.0
+    h, w = grey.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    heat = np.exp(-(((xx - w * (0.3 + 0.15 * seed)) ** 2 + (yy - h * 0.5) ** 2) / (0.03 * h * w)))
+    r = np.clip(grey * (1 - 0.55 * heat) + 0.55 * heat, 0, 1)
+    g = np.clip(grey * (1 - 0.55 * heat) + 0.25 * heat, 0, 1)
+    b = np.clip(grey * (1 - 0.55 * heat), 0, 1)
+    rgb = (np.stack([r, g, b], axis=-1) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _record(
+    engine: Engine, storage: Path | None, study: str, sop: str, accession: str | None
+) -> int:
+    if storage is None:
+        return record(engine, study, sop, accession)
+    ds = make_dataset(chest_like(256, seed=0), study_uid=study, sop_uid=sop)
+    ds.AccessionNumber = accession or ""
+    ds.PatientName = PATIENT_NAME
+    ds.PatientID = PATIENT_ID
+    ds.PatientSex = "F"
+    ds.PatientBirthDate = "19610304"
+    ds.StudyDate = "20260115"
+    path = write(ds, storage / study / f"{sop}.dcm")
+    rec = repo.InstanceRecord(
+        study_instance_uid=study,
+        sop_instance_uid=sop,
+        sop_class_uid=str(ds.SOPClassUID),
+        series_instance_uid=str(ds.SeriesInstanceUID),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        accession_number=accession,
+        modality="CR",
+        body_part="CHEST",
+        view_position="PA",
+        calling_ae_title="TEST",
+        storage_uri=path.as_uri(),
+        size_bytes=path.stat().st_size,
+    )
+    return repo.record_instance(engine, rec).instance_id
+
+
+def _png(storage: Path | None, seed: int) -> bytes:
+    if storage is None:
+        return heatmap_png(seed)
+    return overlay_png(chest_like(256, seed=0), seed)
 
 
 def _prediction(p: float, png: bytes) -> repo.PredictionRecord:
     return prediction(p, threshold=0.42, png=png, version="2026.11-cal1")
 
 
-def seed_worklist(engine: Engine) -> Seeded:
-    """Six studies: two flagged, one failed, one not eligible, one pending, one routine."""
+def seed_worklist(engine: Engine, storage: Path | None = None) -> Seeded:
+    """Six studies: two flagged, one failed, one not eligible, one pending, one routine.
+    With ``storage``, each instance is a real DICOM file there (with a made-up patient),
+    so the study page can show the radiograph and the patient context."""
     failed_reason = "could not decode pixel data: truncated JPEG 2000 stream"
     not_eligible_reason = "lateral view: not a frontal chest radiograph"
-    routine = _record(engine, "1.2.826.0.1.7.1", "1.2.826.0.1.7.1.1", "ACC-1001")
-    repo.record_prediction(engine, routine, _prediction(0.204, heatmap_png(1)))
-    top = _record(engine, "1.2.826.0.1.7.2", "1.2.826.0.1.7.2.1", "ACC-1002")
-    repo.record_prediction(engine, top, _prediction(0.912, heatmap_png(2)))
-    failed = _record(engine, "1.2.826.0.1.7.3", "1.2.826.0.1.7.3.1", "ACC-1003")
+    routine = _record(engine, storage, "1.2.826.0.1.7.1", "1.2.826.0.1.7.1.1", "ACC-1001")
+    repo.record_prediction(engine, routine, _prediction(0.204, _png(storage, 1)))
+    top = _record(engine, storage, "1.2.826.0.1.7.2", "1.2.826.0.1.7.2.1", "ACC-1002")
+    repo.record_prediction(engine, top, _prediction(0.912, _png(storage, 2)))
+    failed = _record(engine, storage, "1.2.826.0.1.7.3", "1.2.826.0.1.7.3.1", "ACC-1003")
     repo.record_failed(engine, failed, failed_reason)
-    lateral = _record(engine, "1.2.826.0.1.7.4", "1.2.826.0.1.7.4.1", "ACC-1004")
+    lateral = _record(engine, storage, "1.2.826.0.1.7.4", "1.2.826.0.1.7.4.1", "ACC-1004")
     repo.record_not_eligible(engine, lateral, not_eligible_reason)
-    _record(engine, "1.2.826.0.1.7.5", "1.2.826.0.1.7.5.1", None)
-    second = _record(engine, "1.2.826.0.1.7.6", "1.2.826.0.1.7.6.1", "ACC-1006")
-    repo.record_prediction(engine, second, _prediction(0.655, heatmap_png(3)))
+    _record(engine, storage, "1.2.826.0.1.7.5", "1.2.826.0.1.7.5.1", None)
+    second = _record(engine, storage, "1.2.826.0.1.7.6", "1.2.826.0.1.7.6.1", "ACC-1006")
+    repo.record_prediction(engine, second, _prediction(0.655, _png(storage, 3)))
     return Seeded(
         order=(
             "1.2.826.0.1.7.2",
@@ -104,4 +180,39 @@ def seed_worklist(engine: Engine) -> Seeded:
         flagged_top_sop="1.2.826.0.1.7.2.1",
         failed_reason=failed_reason,
         not_eligible_reason=not_eligible_reason,
+    )
+
+
+# ------------------------------------------------------------------ users and clients
+
+
+def add_user(engine: Engine, name: str, role: Role = Role.RADIOLOGIST) -> accounts.UserInfo:
+    return accounts.add_user(engine, name, PASSWORD, role, passwords=PASSWORDS, actor=ADMIN)
+
+
+def add_token(engine: Engine, name: str, role: Role = Role.RADIOLOGIST) -> str:
+    return accounts.create_token(engine, name, role, actor=ADMIN).token
+
+
+def reset_accounts(engine: Engine) -> Engine:
+    """Empty users, tokens, sessions, read states and answers (not the audit log)."""
+    return clean(engine)
+
+
+_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_of(html: str) -> str:
+    match = _CSRF.search(html)
+    assert match, "no CSRF token on the page"
+    return match.group(1)
+
+
+def sign_in(client: httpx.Client, name: str, password: str = PASSWORD) -> httpx.Response:
+    """Sign in through the form, as a browser would; returns the response to the POST."""
+    form = client.get("/sign-in")
+    assert form.status_code == 200, form.text
+    return client.post(
+        "/sign-in",
+        data={"csrf_token": csrf_of(form.text), "username": name, "password": password},
     )

@@ -9,13 +9,13 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
+from sklearn.metrics import precision_recall_curve, roc_curve
 
-from cxr_model.contract import DISCLAIMER  # noqa: E402
-from training.metrics import reliability_bins  # noqa: E402
+from cxr_model.contract import DISCLAIMER
+from training.metrics import reliability_bins
 
 
 def _save(fig: Any, path: Path) -> None:

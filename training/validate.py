@@ -178,7 +178,7 @@ def _header(path: Path) -> dict[str, Any] | None:
     for keyword in ("PatientSex", "ViewPosition", "Manufacturer", "Modality"):
         try:
             out[keyword] = _clean(ds.get(keyword))
-        except Exception:  # a broken element counts as absent
+        except Exception:  # noqa: BLE001 - a broken element counts as absent
             out[keyword] = ""
     return out
 

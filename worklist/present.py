@@ -1,12 +1,14 @@
 """How a worklist entry is shown, for the web app and the CLI alike: the status label, the
 reason text and the JSON shape of one study (``GET /api/worklist`` and
-``cxr-triage worklist --json`` return the same objects)."""
+``cxr-triage worklist --json`` return the same objects, read state included)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from cxr_db.reads import WorklistEntry
+from cxr_db.schema_reading import Finding, ReadState
 from cxr_db.statuses import STATUS_LABELS, InstanceStatus, StatusReason
 
 NO_REASON = "no reason given"
@@ -34,6 +36,10 @@ def badge_note(status: InstanceStatus, reasons: Sequence[StatusReason]) -> str |
     return reason_text(reasons)
 
 
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
 def entry_json(entry: WorklistEntry) -> dict[str, object]:
     """One study as a JSON object (keys and values are an API: change them deliberately)."""
     return {
@@ -48,4 +54,27 @@ def entry_json(entry: WorklistEntry) -> dict[str, object]:
         "scored_at": entry.scored_at.isoformat() if entry.scored_at else None,
         "instances": entry.instances,
         "heatmap_sop_instance_uids": list(entry.heatmap_sop_instance_uids),
+        "read_state": entry.read_state.value,
+        "claimed_by": entry.claimed_by,
+        "claim_expires_at": _iso(entry.claim_expires_at),
+        "finding": entry.finding.value if entry.finding else None,
+        "read_by": entry.read_by,
+        "read_at": _iso(entry.read_at),
     }
+
+
+FINDING_LABELS = {
+    Finding.PNEUMONIA: "pneumonia",
+    Finding.NO_PNEUMONIA: "no pneumonia",
+    Finding.OTHER: "other finding",
+}
+
+
+def read_label(entry: WorklistEntry) -> str:
+    """``unread``, ``in progress by alice`` or ``read by alice: pneumonia``."""
+    if entry.read_state is ReadState.IN_PROGRESS:
+        return f"in progress by {entry.claimed_by or '-'}"
+    if entry.read_state is ReadState.READ:
+        finding = FINDING_LABELS[entry.finding] if entry.finding else "-"
+        return f"read by {entry.read_by or '-'}: {finding}"
+    return "unread"

@@ -12,6 +12,7 @@ from cxr_common.lifecycle import stop_on_signals
 from cxr_common.settings import WebSettings
 from cxr_db import make_engine
 from worklist.app import create_app
+from worklist.config import WebConfig
 
 logger = logging.getLogger(__name__)
 
@@ -27,16 +28,26 @@ class _Server(uvicorn.Server):
 
 def run_web(settings: WebSettings) -> int:
     """Serve on ``settings.web_host:settings.web_port`` until SIGINT/SIGTERM; 0 after a
-    clean stop, 1 if the server could not start (e.g. the port is taken). Logging is the
-    caller's (``log_config=None``); access logs carry paths (UIDs), never patient data."""
+    clean stop, 1 if the server could not start (e.g. the port is taken). HTTPS directly
+    when ``CXR_WEB_TLS_CERT``/``CXR_WEB_TLS_KEY`` are set. Logging is the caller's
+    (``log_config=None``); uvicorn's access log is off: the app logs method, path (UIDs,
+    never a query string) and status itself, never patient data or credentials."""
     engine = make_engine(settings.database_url_value())
+    tls: dict[str, str] = {}
+    if settings.web_tls_cert is not None and settings.web_tls_key is not None:
+        tls = {
+            "ssl_certfile": str(settings.web_tls_cert),
+            "ssl_keyfile": str(settings.web_tls_key),
+        }
     config = uvicorn.Config(
-        create_app(engine),
+        create_app(engine, WebConfig.from_settings(settings)),
         host=settings.web_host,
         port=settings.web_port,
         log_config=None,
+        access_log=False,
         server_header=False,
         proxy_headers=False,
+        **tls,  # type: ignore[arg-type]
     )
     server = _Server(config)
 
@@ -45,7 +56,12 @@ def run_web(settings: WebSettings) -> int:
 
     try:
         with stop_on_signals("the web worklist", on_stop=_exit):
-            logger.info("worklist web app on http://%s:%d/", settings.web_host, settings.web_port)
+            logger.info(
+                "worklist web app on %s://%s:%d/",
+                "https" if tls else "http",
+                settings.web_host,
+                settings.web_port,
+            )
             server.run()
     except SystemExit as exc:  # uvicorn's way to report that it could not start
         logger.error(

@@ -1,5 +1,6 @@
 """`cxr-triage up` receives studies from DCMTK's storescu (an independent DICOM
-implementation); `cxr-triage worklist --json` in another process shows them scored;
+implementation); `cxr-triage worklist --json` in another process shows them scored; the
+web API answers a token made with `cxr-triage token create` (and nothing without one);
 SIGTERM stops everything cleanly."""
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def test_storescu_to_up_then_worklist_shows_scored_studies(tmp_path: Path) -> No
     env.update(
         CXR_DATA_DIR=str(tmp_path / "data"), CXR_DICOM_PORT=str(port), CXR_WEB_PORT=str(web_port)
     )
-    log = open(tmp_path / "up.log", "wb")  # noqa: SIM115 - closed below
+    log = open(tmp_path / "up.log", "wb")  # closed below
     up = subprocess.Popen(
         [sys.executable, "-m", "cxr_triage", "up"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
@@ -93,8 +94,19 @@ def test_storescu_to_up_then_worklist_shows_scored_studies(tmp_path: Path) -> No
         flags = [e["flagged"] for e in entries]
         assert flags == sorted(flags, reverse=True)
         assert all(e["model_version"] for e in entries)
-        # the web worklist that `up` started serves the same list
-        api = httpx.get(f"http://127.0.0.1:{web_port}/api/worklist", timeout=30)
+        # the web worklist that `up` started serves the same list, to a token made at the CLI
+        url = f"http://127.0.0.1:{web_port}/api/worklist"
+        assert httpx.get(url, timeout=30).status_code == 401  # nothing without credentials
+        made = subprocess.run(
+            [sys.executable, "-m", "cxr_triage", "token", "create", "e2e", "--role", "radiologist"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        token = made.stdout.strip()
+        api = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         assert api.status_code == 200
         assert [e["study_instance_uid"] for e in api.json()] == [
             e["study_instance_uid"] for e in entries

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -52,10 +53,10 @@ def start_worker(services: Services) -> Iterator[Callable[..., subprocess.Popen[
         env = services.env()
         env.update(CXR_BATCH_MAX_SIZE=str(batch_size), CXR_BATCH_MAX_WAIT_MS=str(wait_ms))
         env.update(extra_env or {})
-        out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cxr_triage", "work"], env=env, stdout=out, stderr=out
-        )
+        with open(log or os.devnull, "wb") as out:  # the child keeps its own copy
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "cxr_triage", "work"], env=env, stdout=out, stderr=out
+            )
         procs.append(proc)
         return proc
 

@@ -389,9 +389,9 @@ def _tls_echo(port: int, context: ssl.SSLContext) -> int | None:
 
 def test_dicom_tls_with_client_certificates(start: Start, pki: Pki, engine: Engine) -> None:
     handle = start(
-        tls_certificate_file=pki.server_cert,
-        tls_private_key_file=pki.server_key,
-        tls_ca_file=pki.ca,
+        dicom_tls_cert=pki.server_cert,
+        dicom_tls_key=pki.server_key,
+        dicom_tls_ca=pki.ca,
     )
     good = _client_context(pki, pki.client_cert, pki.client_key)
     # Silent peers that never send a ClientHello do not stall the accept loop.
@@ -410,25 +410,30 @@ def test_dicom_tls_with_client_certificates(start: Start, pki: Pki, engine: Engi
 
 
 def test_dicom_tls_without_client_certificates(start: Start, pki: Pki) -> None:
-    handle = start(tls_certificate_file=pki.server_cert, tls_private_key_file=pki.server_key)
+    handle = start(dicom_tls_cert=pki.server_cert, dicom_tls_key=pki.server_key)
     assert _tls_echo(handle.port, _client_context(pki, None, None)) == EchoStatus.SUCCESS
 
 
-def test_tls_settings_must_come_in_pairs() -> None:
-    with pytest.raises(ValueError, match="CXR_TLS_PRIVATE_KEY_FILE"):
-        ListenerSettings(tls_certificate_file=Path("/x.pem"))
-    with pytest.raises(ValueError, match="CXR_TLS_CA_FILE"):
-        ListenerSettings(tls_ca_file=Path("/ca.pem"))
+def test_tls_settings_are_checked(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="CXR_DICOM_TLS_KEY"):
+        ListenerSettings(dicom_tls_cert=pki.server_cert)
+    with pytest.raises(ValueError, match="CXR_DICOM_TLS_CA"):
+        ListenerSettings(dicom_tls_ca=pki.ca)
+    with pytest.raises(ValueError, match="not a readable file"):
+        ListenerSettings(dicom_tls_cert=Path("/nowhere.pem"), dicom_tls_key=pki.server_key)
     with pytest.raises(ConfigurationError):
-        ListenerSettings().with_overrides(tls_ca_file=Path("/ca.pem"))
+        ListenerSettings().with_overrides(dicom_tls_ca=pki.ca)
+    monkeypatch.setenv("CXR_DICOM_TLS_CERT", "")  # compose's default: no TLS
+    monkeypatch.setenv("CXR_DICOM_TLS_KEY", "")
+    assert ListenerSettings().dicom_tls_cert is None
 
 
 @pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK storescu is not on PATH")
 def test_dcmtk_storescu_over_tls(start: Start, pki: Pki, engine: Engine, tmp_path: Path) -> None:
     handle = start(
-        tls_certificate_file=pki.server_cert,
-        tls_private_key_file=pki.server_key,
-        tls_ca_file=pki.ca,
+        dicom_tls_cert=pki.server_cert,
+        dicom_tls_key=pki.server_key,
+        dicom_tls_ca=pki.ca,
     )
     path = write(make_dataset(accession="TLS00001"), tmp_path / "tls.dcm")
 

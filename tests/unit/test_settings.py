@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -18,6 +19,7 @@ from cxr_common.settings import (
     CommonSettings,
     ListenerSettings,
     SupervisorSettings,
+    WebSettings,
     WorkerSettings,
 )
 from cxr_queue import make_celery
@@ -167,3 +169,33 @@ def test_stop_on_signals_sets_the_event_and_restores_the_handlers() -> None:
         assert stop.wait(10)
     assert stopped == [True]
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_web_tls_needs_both_files_and_trusted_hosts_add_to_loopback(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    monkeypatch.setenv("CXR_WEB_TLS_CERT", str(cert))
+    with pytest.raises(ValidationError, match="CXR_WEB_TLS_KEY"):
+        WebSettings()
+    monkeypatch.setenv("CXR_WEB_TLS_KEY", str(tmp_path / "missing.pem"))
+    with pytest.raises(ValidationError, match="not a readable file"):
+        WebSettings()
+    (tmp_path / "missing.pem").write_text("x")
+    assert WebSettings().tls
+    monkeypatch.setenv("CXR_WEB_TRUSTED_HOSTS", "worklist.example.org, ,pacs-gw")
+    monkeypatch.setenv("CXR_WEB_HOST", "10.0.0.5")
+    assert WebSettings().trusted_hosts() == [
+        "localhost",
+        "127.0.0.1",
+        "::1",
+        "10.0.0.5",
+        "worklist.example.org",
+        "pacs-gw",
+    ]
+    monkeypatch.setenv("CXR_WEB_HOST", "0.0.0.0")
+    assert "0.0.0.0" not in WebSettings().trusted_hosts()
+    monkeypatch.setenv("CXR_WEB_TLS_CERT", "")
+    monkeypatch.setenv("CXR_WEB_TLS_KEY", "")
+    assert not WebSettings().tls  # compose passes empty values for "no TLS"

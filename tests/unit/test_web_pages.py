@@ -8,10 +8,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from cxr_db.reads import WorklistEntry
+from cxr_db.reads import InstanceDetail, ReadView, StudyDetail, WorklistEntry
+from cxr_db.schema_reading import Finding, ReadState, Role
 from cxr_db.statuses import STATUS_LABELS, InstanceStatus, StatusReason
 from cxr_triage.worklist_view import DISCLAIMER, as_json, as_table
 from worklist import pages, present
+from worklist.radiograph import PatientContext
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -34,8 +36,12 @@ def _entry(**kw: object) -> WorklistEntry:
     return WorklistEntry(**base)  # type: ignore[arg-type]
 
 
+def _page(entries: list[WorklistEntry], now: datetime) -> str:
+    return pages.worklist_page(pages.WorklistView(view=ReadView.ALL, entries=entries, now=now))
+
+
 def test_values_from_the_database_are_escaped() -> None:
-    page = pages.worklist_page(
+    page = _page(
         [
             _entry(accession_number="<script>alert(1)</script>"),
             _entry(
@@ -54,7 +60,7 @@ def test_values_from_the_database_are_escaped() -> None:
 
 
 def test_worklist_page_marks_flags_scores_and_the_disclaimer() -> None:
-    page = pages.worklist_page([_entry()], NOW)
+    page = _page([_entry()], NOW)
     assert DISCLAIMER in page
     assert "LIKELY POSITIVE" in page
     assert "0.912" in page
@@ -63,7 +69,7 @@ def test_worklist_page_marks_flags_scores_and_the_disclaimer() -> None:
 
 
 def test_empty_worklist_says_so() -> None:
-    page = pages.worklist_page([], NOW)
+    page = _page([], NOW)
     assert "No studies on the worklist yet." in page
     assert DISCLAIMER in page
 
@@ -73,7 +79,7 @@ def test_web_and_cli_label_a_status_the_same_way(status: InstanceStatus) -> None
     entry = _entry(status=status, flagged=False)
     label = present.status_label(status)
     assert label == STATUS_LABELS[status]
-    assert f">{label}</span>" in pages.worklist_page([entry], NOW)
+    assert f">{label}</span>" in _page([entry], NOW)
     row = as_table([entry]).splitlines()[2]
     assert f"  {label}  " in row
 
@@ -107,8 +113,23 @@ def test_json_entry_keeps_its_keys_and_formats_reasons_once() -> None:
         "scored_at": None,
         "instances": 1,
         "heatmap_sop_instance_uids": ["1.2.3.4.1"],
+        "read_state": "unread",
+        "claimed_by": None,
+        "claim_expires_at": None,
+        "finding": None,
+        "read_by": None,
+        "read_at": None,
     }
     assert present.entry_json(_entry())["reason"] is None
+    read = present.entry_json(
+        _entry(read_state=ReadState.READ, finding=Finding.OTHER, read_by="ann", read_at=NOW)
+    )
+    assert (read["read_state"], read["finding"], read["read_by"], read["read_at"]) == (
+        "read",
+        "other",
+        "ann",
+        "2026-01-02T03:04:05+00:00",
+    )
 
 
 def test_a_single_reason_does_not_repeat_the_badge_several_are_spelled_out() -> None:
@@ -118,7 +139,93 @@ def test_a_single_reason_does_not_repeat_the_badge_several_are_spelled_out() -> 
     assert present.badge_note(InstanceStatus.FAILED, two) == (
         "failed: truncated; not eligible: lateral view"
     )
-    page = pages.worklist_page(
-        [_entry(status=InstanceStatus.NOT_ELIGIBLE, reasons=one, flagged=False)], NOW
-    )
+    page = _page([_entry(status=InstanceStatus.NOT_ELIGIBLE, reasons=one, flagged=False)], NOW)
     assert '<span class="reason not_eligible">lateral view</span>' in page
+
+
+def test_read_state_is_shown_in_the_worklist_and_the_cli_table() -> None:
+    busy = _entry(read_state=ReadState.IN_PROGRESS, claimed_by="<ann>", claim_expires_at=NOW)
+    page = _page([busy], NOW)
+    assert "in progress by &lt;ann&gt;" in page
+    assert "until 03:04 UTC" in page
+    assert "in progress by <ann>" in as_table([busy])
+    done = _entry(read_state=ReadState.READ, finding=Finding.PNEUMONIA, read_by="ben", read_at=NOW)
+    assert "read by ben: pneumonia" in _page([done], NOW)
+
+
+def _study(**kw: object) -> pages.StudyView:
+    entry = _entry(accession_number="<b>ACC</b>")
+    inst = InstanceDetail(
+        sop_instance_uid="1.2.3.4.1",
+        status=InstanceStatus.DONE,
+        reason=None,
+        view_position="PA",
+        received_at=NOW,
+        probability=0.91234,
+        threshold=0.42,
+        flagged=True,
+        model_version="v1",
+        scored_at=NOW,
+        has_heatmap=True,
+    )
+    base: dict[str, object] = {
+        "detail": StudyDetail(entry, (inst,)),
+        "instances": (pages.InstanceView(inst, radiograph=True),),
+        "patient": PatientContext(
+            name="<i>Doe</i>, Jane",
+            patient_id="P1",
+            age="64 y",
+            sex="F",
+            study_date="2026-01-15",
+            body_part="CHEST",
+            view="PA",
+            burned_in_annotation=False,
+        ),
+        "patient_problem": None,
+        "answers": (),
+        "can_answer": True,
+        "claimed_by_me": False,
+        "csrf_token": 'tok"en',
+        "threshold": 0.42,
+    }
+    base.update(kw)
+    return pages.StudyView(**base)  # type: ignore[arg-type]
+
+
+def test_study_page_escapes_patient_context_and_carries_csrf_and_viewer() -> None:
+    nav = pages.Nav("ann", Role.RADIOLOGIST, 'tok"en')
+    page = pages.study_page(_study(), nav)
+    assert "&lt;i&gt;Doe&lt;/i&gt;, Jane" in page
+    assert "&lt;b&gt;ACC&lt;/b&gt;" in page
+    assert 'value="tok&quot;en"' in page
+    assert "<script>" not in page
+    assert '<script src="/static/viewer.js" defer></script>' in page
+    assert 'class="controls" hidden' in page  # shown by the script only
+    assert "≥ threshold 0.420" in page
+    assert DISCLAIMER in page
+    for finding in Finding:
+        assert f'value="{finding.value}"' in page
+
+
+def test_study_page_without_answer_rights_or_radiograph() -> None:
+    withheld = "Radiograph withheld: text is burned into its pixels (see the PACS)."
+    view = _study(
+        can_answer=False,
+        instances=(pages.InstanceView(_study().detail.instances[0], False, withheld),),
+        patient=None,
+        patient_problem="Patient context unavailable.",
+    )
+    page = pages.study_page(view)
+    assert 'id="answer-form"' not in page
+    assert withheld in page
+    assert 'class="controls"' not in page
+    assert "Patient context unavailable." in page
+
+
+def test_sign_in_page_has_the_form_token_and_no_script() -> None:
+    page = pages.sign_in_page("abc", "/studies/1.2", "Sign-in failed")
+    assert 'name="csrf_token" value="abc"' in page
+    assert 'name="next" value="/studies/1.2"' in page
+    assert 'type="password"' in page
+    assert "<script" not in page
+    assert DISCLAIMER in page

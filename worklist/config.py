@@ -1,0 +1,69 @@
+"""What the web app needs besides its engine, built once from ``WebSettings``.
+
+``WebConfig()`` (no arguments) is a complete configuration for tests and tools: the
+default sign-in policy, no broker check, the shipped model's files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from cxr_common.passwords import Passwords
+from cxr_common.settings import WebSettings
+from cxr_db.accounts import SignInPolicy
+from cxr_db.reading import DEFAULT_CLAIM_TIMEOUT
+
+
+def shipped_model_dir() -> Path:
+    """The folder of the model shipped in the ``cxr_model`` package, found without importing
+    it: the web app reads the model's files (contract, calibration, card) as data and never
+    loads torch."""
+    spec = importlib.util.find_spec("cxr_model")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the cxr_model package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "weights"
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """Runtime options of the web app (see ``WebSettings`` for what each one means)."""
+
+    policy: SignInPolicy = field(default_factory=SignInPolicy)
+    passwords: Passwords = field(default_factory=Passwords)
+    claim_timeout: timedelta = DEFAULT_CLAIM_TIMEOUT
+    page_size: int = 50
+    cookie_secure: bool | None = None  # None: Secure exactly when the request came over TLS
+    broker_url: str | None = None  # None: /healthz does not check a broker
+    broker_timeout_s: float = 2.0
+    model_dir: Path | None = None  # None: the shipped model
+    calibration_path: Path | None = None  # None: model_dir/calibration.json
+    trusted_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+
+    @classmethod
+    def from_settings(cls, settings: WebSettings) -> WebConfig:
+        return cls(
+            policy=SignInPolicy(
+                max_failures=settings.web_max_failed_sign_ins,
+                lockout=timedelta(seconds=settings.web_lockout_s),
+                idle_timeout=timedelta(seconds=settings.web_idle_timeout_s),
+                absolute_timeout=timedelta(seconds=settings.web_session_max_s),
+            ),
+            claim_timeout=timedelta(seconds=settings.web_claim_timeout_s),
+            page_size=settings.web_page_size,
+            cookie_secure=settings.web_cookie_secure,
+            broker_url=settings.broker_url_value() if settings.broker_url is not None else None,
+            model_dir=settings.model_dir,
+            calibration_path=settings.calibration_path,
+            trusted_hosts=tuple(settings.trusted_hosts()),
+        )
+
+    @property
+    def resolved_model_dir(self) -> Path:
+        return self.model_dir or shipped_model_dir()
+
+    @property
+    def resolved_calibration_path(self) -> Path:
+        return self.calibration_path or self.resolved_model_dir / "calibration.json"
