@@ -46,7 +46,7 @@ from typing import IO, Any
 from pynetdicom import AE, dimse_messages
 from pynetdicom.association import Association
 from pynetdicom.events import Event, EventHandlerType
-from pynetdicom.fsm import TRANSITION_TABLE, StateMachine
+from pynetdicom.fsm import TRANSITION_TABLE, InvalidEventError, StateMachine
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
@@ -269,15 +269,17 @@ def tls_context(
 class ReceiveSpool:
     """Receive files of one server: in the folder ``staging_dir()`` returns (the
     storage's staging folder, created on demand), removed when their connection closes
-    unless the C-STORE handler already moved them away."""
+    (or its association thread has ended without closing it) unless the C-STORE handler
+    already moved them away."""
 
     staging_dir: Callable[[], Path]
-    _open: weakref.WeakKeyDictionary[Association, list[Path]] = field(
+    _open: weakref.WeakKeyDictionary[Association, list[IO[bytes]]] = field(
         default_factory=weakref.WeakKeyDictionary
     )
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def new_file(self, assoc: Association | None, **kwargs: Any) -> IO[bytes]:
+        self._sweep_ended()
         try:
             handle: IO[bytes] = _ORIGINAL_TEMPFILE(
                 dir=self.staging_dir(), prefix=RECEIVE_PREFIX, **kwargs
@@ -288,24 +290,37 @@ class ReceiveSpool:
             handle = _ORIGINAL_TEMPFILE(prefix=RECEIVE_PREFIX, **kwargs)
         if assoc is not None:
             with self._lock:
-                self._open.setdefault(assoc, []).append(Path(handle.name))
+                self._open.setdefault(assoc, []).append(handle)
         return handle
 
-    def on_connection_closed(self, event: Event) -> None:
-        """EVT_CONN_CLOSE: remove what a cut-off transfer left behind."""
-        with self._lock:
-            paths = self._open.pop(event.assoc, [])
+    def _remove(self, assoc: Association, handles: list[IO[bytes]]) -> None:
         removed = 0
-        for path in paths:
+        for handle in handles:
+            with contextlib.suppress(OSError):
+                handle.close()  # transfer over: nobody writes to it any more
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+                Path(handle.name).unlink()
                 removed += 1
         if removed:
             logger.info(
                 "removed %d partial receive file(s) of a closed association from %s",
                 removed,
-                peer_address(event.assoc) or "?",
+                peer_address(assoc) or "?",
             )
+
+    def _sweep_ended(self) -> None:
+        """Files of associations whose thread ended without EVT_CONN_CLOSE."""
+        with self._lock:
+            ended = [(a, self._open.pop(a)) for a in list(self._open) if not a.is_alive()]
+        for assoc, handles in ended:
+            self._remove(assoc, handles)
+
+    def on_connection_closed(self, event: Event) -> None:
+        """EVT_CONN_CLOSE: remove what a cut-off transfer left behind."""
+        with self._lock:
+            handles = self._open.pop(event.assoc, [])
+        self._remove(event.assoc, handles)
+        self._sweep_ended()
 
     def sweep(self, older_than_s: float = STALE_RECEIVE_S) -> int:
         """Remove receive files older than ``older_than_s`` (left by a crashed process)."""
@@ -364,9 +379,16 @@ def spool_to_staging(
 
 
 def harden_state_machine() -> None:
-    """Drop a local service-user primitive (our A-ASSOCIATE accept/reject, P-DATA,
-    release) that arrives while the connection is already closing (Sta13); pynetdicom
-    raises there and kills the DUL thread. Every other invalid event still raises."""
+    """Two fixes to pynetdicom's DUL state machine, both found by the fuzz:
+
+    * drop a local service-user primitive (our A-ASSOCIATE accept/reject, P-DATA,
+      release) that arrives while the connection is already closing (Sta13); pynetdicom
+      raises ``InvalidEventError`` there and kills the DUL thread;
+    * when handling an event raises (a P-DATA naming a presentation context that was
+      never accepted gave ``KeyError`` in pynetdicom's DIMSE decoder), treat it as an
+      invalid PDU (Evt19: A-ABORT, then close) instead of letting the DUL thread die with
+      the socket and the partial receive file left open.
+    """
     original = StateMachine.do_action
     if getattr(original, "_cxr_hardened", False):
         return
@@ -375,7 +397,22 @@ def harden_state_machine() -> None:
         if self.current_state == "Sta13" and (event, "Sta13") not in TRANSITION_TABLE:
             logger.debug("dropped %s: the connection is already closing (Sta13)", event)
             return
-        original(self, event)
+        try:
+            original(self, event)
+        except InvalidEventError:
+            raise
+        except Exception as exc:
+            state = self.current_state
+            if event == "Evt19" or ("Evt19", state) not in TRANSITION_TABLE:
+                raise
+            logger.warning(
+                "protocol error (%s on %s in %s): aborting the association",
+                type(exc).__name__,
+                event,
+                state,
+            )
+            self.dul._kill_thread = False  # undo pynetdicom's kill: abort properly first
+            original(self, "Evt19")
 
     do_action._cxr_hardened = True  # type: ignore[attr-defined]
     StateMachine.do_action = do_action  # type: ignore[method-assign]

@@ -6,6 +6,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
+import pydicom.config
 from celery import Celery
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -35,10 +36,14 @@ def configure_pynetdicom() -> None:
     """Process-wide pynetdicom options the listener relies on.
 
     Received data sets go straight to a temp file (memory stays flat on large images)
-    and request identifiers, which hold patient data, are never logged; a peer's abort
+    and request identifiers, which hold patient data, are never logged (nor header values
+    in pydicom's validation warnings); a peer's abort
     racing our accept no longer kills pynetdicom's DUL thread."""
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.LOG_REQUEST_IDENTIFIERS = False
+    # Hostile headers are judged by our own checks; pydicom's validation warnings would
+    # only echo header values (patient names among them) to stderr.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     harden_state_machine()
 
 

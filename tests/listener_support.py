@@ -4,6 +4,7 @@ on a free loopback port, send files as they are, open hostile raw connections.""
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import Engine, text
 
@@ -18,6 +20,8 @@ from cxr_common.settings import ListenerSettings
 from cxr_queue import make_celery
 from dicom_listener.server import ListenerHandle, start_listener
 from tests.conftest import Services
+from tests.dicom_factory import make_dataset
+from tests.fuzz.strategies import DX, split_pdus
 
 
 def listener_settings(services: Services, folder: Path, **overrides: object) -> ListenerSettings:
@@ -49,6 +53,14 @@ class StoreAnswer:
     error_comment: str | None
 
 
+def close_refused(assoc: Association) -> None:
+    """Close the socket of an association that was not established (pynetdicom 3.0.4
+    leaves it open when the peer closed the connection first)."""
+    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        sock.close()
+
+
 def echo(port: int, calling_ae: str = "TEST_SCU", host: str = "127.0.0.1") -> int | None:
     """C-ECHO; the status, or None when no association was established."""
     ae = AE(ae_title=calling_ae)
@@ -56,6 +68,7 @@ def echo(port: int, calling_ae: str = "TEST_SCU", host: str = "127.0.0.1") -> in
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     assoc = ae.associate(host, port, ae_title="CXR_TRIAGE")
     if not assoc.is_established:
+        close_refused(assoc)
         return None
     try:
         return int(assoc.send_c_echo().Status)
@@ -133,3 +146,74 @@ def study_count(engine: Engine) -> int:
 
 def files_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def _pump(src: socket.socket, dst: socket.socket, keep: bytearray | None) -> None:
+    try:
+        while data := src.recv(65536):
+            if keep is not None:
+                keep.extend(data)
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+def _relay_once(relay: socket.socket, port: int, recorded: bytearray) -> None:
+    """Relay one connection to the listener, keeping what the client sent."""
+    client, _ = relay.accept()
+    upstream = socket.create_connection(("127.0.0.1", port))
+    back = threading.Thread(target=_pump, args=(upstream, client, None))
+    back.start()
+    _pump(client, upstream, recorded)
+    back.join(30)
+    client.close()
+    upstream.close()
+
+
+def record_seeds(port: int) -> list[list[bytes]]:
+    """Client -> server byte streams of real associations (C-ECHO; C-STORE), recorded by
+    a relay between a pynetdicom sender and the listener."""
+    seeds: list[list[bytes]] = []
+    for contexts, send in (
+        ([Verification], lambda a: a.send_c_echo()),
+        ([DX], lambda a: a.send_c_store(make_dataset(sop_class=DX, modality="DX"))),
+    ):
+        relay = socket.create_server(("127.0.0.1", 0))
+        recorded = bytearray()
+        server = threading.Thread(target=_relay_once, args=(relay, port, recorded))
+        server.start()
+        ae = AE(ae_title="FUZZ_SCU")
+        for sop_class in contexts:
+            ae.add_requested_context(sop_class)
+        assoc = ae.associate("127.0.0.1", relay.getsockname()[1], ae_title="CXR_TRIAGE")
+        assert assoc.is_established
+        send(assoc)
+        assoc.release()
+        server.join(30)
+        relay.close()
+        seeds.append(split_pdus(bytes(recorded)))
+    assert all(len(pdus) >= 3 for pdus in seeds)
+    return seeds
+
+
+def read_pdu(sock: socket.socket) -> bytes:
+    """One PDU from the listener (b"" when it closed)."""
+    head = b""
+    while len(head) < 6:
+        data = sock.recv(6 - len(head))
+        if not data:
+            return head
+        head += data
+    length = int.from_bytes(head[2:6], "big")
+    body = b""
+    while len(body) < min(length, 1 << 20):
+        data = sock.recv(min(length, 1 << 20) - len(body))
+        if not data:
+            break
+        body += data
+    return head + body

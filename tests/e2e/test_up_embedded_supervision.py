@@ -51,9 +51,15 @@ def test_up_stops_with_a_message_when_its_embedded_redis_dies(tmp_path: Path) ->
             assert len(password) >= 32
             assert f":{password}@127.0.0.1:" in info["broker_url"]
             # No password, no service; with it, PONG. Only loopback.
-            with pytest.raises(redis.AuthenticationError):
-                redis.Redis(port=info["redis_port"]).ping()
-            assert redis.Redis.from_url(info["broker_url"]).ping()
+            anonymous = redis.Redis(port=info["redis_port"])
+            authenticated = redis.Redis.from_url(info["broker_url"])
+            try:
+                with pytest.raises(redis.AuthenticationError):
+                    anonymous.ping()
+                assert authenticated.ping()
+            finally:
+                anonymous.close()
+                authenticated.close()
             with socket.socket() as probe:
                 probe.settimeout(2)
                 external = [

@@ -5,6 +5,7 @@ streams of whole associations (PDU-level), built from valid seeds."""
 from __future__ import annotations
 
 import struct
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -211,12 +212,15 @@ def fuzz_files(draw: st.DrawFn) -> FuzzFile:
     )
     syntax = draw(st.sampled_from(SYNTAXES))
     edits = draw(st.lists(_ELEMENT_EDITS, max_size=3))
-    for edit in edits:
-        _apply_edit(ds, edit)
-    try:
-        body = _encoded_body(ds, syntax)
-    except Exception:  # noqa: BLE001 - an edit pydicom will not encode: send it raw-ish
-        body = _encoded_body(make_dataset(np.zeros((8, 8), np.uint8), sop_class=sop_class), syntax)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # invalid values are the point
+        for edit in edits:
+            _apply_edit(ds, edit)
+        try:
+            body = _encoded_body(ds, syntax)
+        except Exception:  # noqa: BLE001 - an edit pydicom will not encode: send a plain one
+            plain = make_dataset(np.zeros((8, 8), np.uint8), sop_class=sop_class)
+            body = _encoded_body(plain, syntax)
     body = _mutate_bytes(body, draw(_BYTE_EDITS))
     meta_ds = Dataset()
     meta_ds.file_meta = make_dataset(np.zeros((1, 1), np.uint8), sop_class=sop_class).file_meta

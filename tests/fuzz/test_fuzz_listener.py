@@ -39,7 +39,6 @@ from sqlalchemy import Engine, text
 from dicom_listener.boundary import holds_connection
 from dicom_listener.server import ListenerHandle
 from tests.conftest import Services
-from tests.dicom_factory import make_dataset
 from tests.fuzz.strategies import (
     CR,
     DX,
@@ -48,11 +47,15 @@ from tests.fuzz.strategies import (
     FuzzFile,
     fuzz_files,
     raw_streams,
-    split_pdus,
 )
-from tests.listener_support import echo, start_test_listener
+from tests.listener_support import echo, read_pdu, record_seeds, start_test_listener
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    # As in production, where pydicom's warnings about hostile values (unknown escape
+    # sequences, invalid VRs) are log lines, not exceptions in the listener's threads.
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
 
 EXAMPLES = int(os.environ.get("CXR_FUZZ_EXAMPLES", "500"))
 DATASET_EXAMPLES = max(1, EXAMPLES * 3 // 5)
@@ -258,81 +261,10 @@ def test_fuzz_mutated_datasets_over_c_store(
     _finish(harness, stats)
 
 
-def _pump(src: socket.socket, dst: socket.socket, keep: bytearray | None) -> None:
-    try:
-        while data := src.recv(65536):
-            if keep is not None:
-                keep.extend(data)
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        try:
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-
-def _relay_once(relay: socket.socket, port: int, recorded: bytearray) -> None:
-    """Relay one connection to the listener, keeping what the client sent."""
-    client, _ = relay.accept()
-    upstream = socket.create_connection(("127.0.0.1", port))
-    back = threading.Thread(target=_pump, args=(upstream, client, None))
-    back.start()
-    _pump(client, upstream, recorded)
-    back.join(30)
-    client.close()
-    upstream.close()
-
-
-def _record_seeds(port: int) -> list[list[bytes]]:
-    """Client -> server byte streams of real associations (C-ECHO; C-STORE), recorded by
-    a relay between a pynetdicom sender and the listener."""
-    seeds: list[list[bytes]] = []
-    for contexts, send in (
-        ([Verification], lambda a: a.send_c_echo()),
-        ([DX], lambda a: a.send_c_store(make_dataset(sop_class=DX, modality="DX"))),
-    ):
-        relay = socket.create_server(("127.0.0.1", 0))
-        recorded = bytearray()
-        server = threading.Thread(target=_relay_once, args=(relay, port, recorded))
-        server.start()
-        ae = AE(ae_title="FUZZ_SCU")
-        for sop_class in contexts:
-            ae.add_requested_context(sop_class)
-        assoc = ae.associate("127.0.0.1", relay.getsockname()[1], ae_title="CXR_TRIAGE")
-        assert assoc.is_established
-        send(assoc)
-        assoc.release()
-        server.join(30)
-        relay.close()
-        seeds.append(split_pdus(bytes(recorded)))
-    assert all(len(pdus) >= 3 for pdus in seeds)
-    return seeds
-
-
-def _read_pdu(sock: socket.socket) -> bytes:
-    """One PDU from the listener (b"" when it closed)."""
-    head = b""
-    while len(head) < 6:
-        data = sock.recv(6 - len(head))
-        if not data:
-            return head
-        head += data
-    length = int.from_bytes(head[2:6], "big")
-    body = b""
-    while len(body) < min(length, 1 << 20):
-        data = sock.recv(min(length, 1 << 20) - len(body))
-        if not data:
-            break
-        body += data
-    return head + body
-
-
 def test_fuzz_raw_association_byte_streams(harness: Harness) -> None:
     port = harness.handle.port
     stats = Stats("streams")
-    seeds = _record_seeds(port)
+    seeds = record_seeds(port)
     t0 = time.monotonic()
 
     @settings(FUZZ_SETTINGS, max_examples=STREAM_EXAMPLES)
@@ -346,7 +278,7 @@ def test_fuzz_raw_association_byte_streams(harness: Harness) -> None:
                 if len(stream) > 1:
                     sock.settimeout(ANSWER_WAIT_S * 4)
                     with contextlib.suppress(TimeoutError):
-                        stats.statuses[f"associate answer 0x{_read_pdu(sock)[:1].hex()}"] += 1
+                        stats.statuses[f"associate answer 0x{read_pdu(sock)[:1].hex()}"] += 1
                     sock.sendall(b"".join(stream[1:]))
             except OSError:
                 stats.aborted += 1  # closed on us mid-send: the listener refused it
@@ -356,7 +288,7 @@ def test_fuzz_raw_association_byte_streams(harness: Harness) -> None:
             sock.settimeout(ANSWER_WAIT_S)
             answers = []
             with contextlib.suppress(OSError):
-                while pdu := _read_pdu(sock):
+                while pdu := read_pdu(sock):
                     answers.append(f"0x{pdu[:1].hex()}")
         stats.statuses["answers " + (" ".join(answers[:4]) or "none")] += 1
         if echo(port) != 0:

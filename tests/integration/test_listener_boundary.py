@@ -27,15 +27,19 @@ from sqlalchemy import Engine
 
 from cxr_common.errors import ConfigurationError
 from cxr_common.settings import ListenerSettings
+from dicom_listener.boundary import holds_connection
 from dicom_listener.server import ListenerHandle
 from dicom_listener.statuses import CALLED_AE_REJECTION, EchoStatus, StoreStatus
 from tests.conftest import Services
 from tests.dicom_factory import chest_like, make_dataset, write
 from tests.listener_support import (
+    close_refused,
     echo,
     files_under,
     instance_count,
     raw_connection,
+    read_pdu,
+    record_seeds,
     start_test_listener,
     store_files,
 )
@@ -380,6 +384,7 @@ def _tls_echo(port: int, context: ssl.SSLContext) -> int | None:
     ae.acse_timeout = ae.network_timeout = 30
     assoc = ae.associate("127.0.0.1", port, ae_title="CXR_TRIAGE", tls_args=(context, "localhost"))
     if not assoc.is_established:
+        close_refused(assoc)
         return None
     try:
         return int(assoc.send_c_echo().Status)
@@ -455,3 +460,41 @@ def test_dcmtk_storescu_over_tls(start: Start, pki: Pki, engine: Engine, tmp_pat
     plain = storescu()
     assert plain.returncode != 0
     assert instance_count(engine) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Protocol errors (found by the fuzz)
+
+
+def test_p_data_for_a_context_never_accepted_aborts_cleanly(
+    start: Start, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pynetdicom's DIMSE decoder raised KeyError for a P-DATA naming a presentation
+    context that was not accepted: its DUL thread died, the socket and the partial
+    receive file stayed open. Now: A-ABORT, connection closed, nothing left."""
+    errors: list[str] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(repr(args.exc_value)))
+    handle = start()
+    rq, *p_data, _release = record_seeds(handle.port)[1]
+    forged = []
+    for pdu in p_data:
+        pdu = bytearray(pdu)
+        pdu[10] = 99  # the first PDV's presentation context ID: never proposed
+        forged.append(bytes(pdu))
+    with socket.create_connection(("127.0.0.1", handle.port), timeout=30) as sock:
+        sock.sendall(rq)
+        assert read_pdu(sock)[:1] == b"\x02"  # A-ASSOCIATE-AC
+        sock.sendall(b"".join(forged))
+        answers = []
+        while pdu := read_pdu(sock):
+            answers.append(pdu[:1])
+    assert answers[:1] == [b"\x07"]  # A-ABORT, then the listener closed
+    _wait_for(lambda: not _receive_files(tmp_path), 30, "the partial file to be removed")
+    _wait_for(
+        lambda: not any(holds_connection(a) for a in handle.server.active_associations),
+        30,
+        "the association to end",
+    )
+    assert errors == []
+    assert instance_count(engine) == 1  # the recorded seed's own C-STORE
+    assert echo(handle.port) == EchoStatus.SUCCESS

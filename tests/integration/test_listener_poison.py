@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -206,8 +207,10 @@ def test_control_characters_in_header_values_are_stored_cleaned(
     """Found by the fuzz: a NUL in AccessionNumber made Postgres refuse the row and the
     listener answer 0xA702 "out of resources" (retry forever) for a storable instance."""
     ds = poison.dx_dataset()
-    ds.AccessionNumber = "ACC\x00001\x1b"
-    ds.Modality = "D\x00X"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pydicom: invalid SH/CS, on purpose
+        ds.AccessionNumber = "ACC\x00001\x07"
+        ds.Modality = "D\x00X"
     handle = start()
     (answer,) = store_files(handle.port, [ds])
     assert answer is not None
@@ -219,4 +222,4 @@ def test_control_characters_in_header_values_are_stored_cleaned(
                 "JOIN studies s ON s.id = i.study_id"
             )
         ).one()
-    assert tuple(row) == ("ACC001", "DX")
+    assert tuple(row) == ("ACC001", "DX")  # NUL and BEL gone
