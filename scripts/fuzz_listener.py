@@ -28,10 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=10_000, help="cases in all")
-    parser.add_argument("--report", type=Path, help="also append the JSON lines here")
+    parser.add_argument("--report", type=Path, help="append the JSON lines (and progress) here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        report = Path(folder) / "fuzz.jsonl"
+        # The report gets a partial line every 500 cases, then one line per finished run.
+        report = args.report or Path(folder) / "fuzz.jsonl"
         env = dict(os.environ, CXR_FUZZ_EXAMPLES=str(args.examples), CXR_FUZZ_REPORT=str(report))
         env.setdefault("PYTHONPATH", str(REPO))
         done = subprocess.run(
@@ -41,12 +42,10 @@ def main() -> int:
             check=False,
         )
         lines = report.read_text().splitlines() if report.exists() else []
-    for line in lines:
+    final = [line for line in lines if '"partial": true' not in line]
+    for line in final or lines[-2:]:
         print(line)  # noqa: T201 - a CLI
-        if args.report:
-            with args.report.open("a") as out:
-                out.write(line + "\n")
-    totals = [json.loads(line) for line in lines]
+    totals = [json.loads(line) for line in final]
     print(  # noqa: T201 - a CLI
         "fuzz total: "
         + ", ".join(

@@ -150,6 +150,15 @@ def harness(
     assert unexpected.lines == []
 
 
+def _progress(stats: Stats, every: int = 500) -> None:
+    """For long runs: a partial count in the report every ``every`` cases."""
+    target = os.environ.get("CXR_FUZZ_REPORT")
+    if target and stats.tried % every == 0:
+        line = {**asdict(stats), "statuses": dict(stats.statuses), "partial": True}
+        with open(target, "a") as out:
+            out.write(json.dumps(line) + "\n")
+
+
 def _finish(h: Harness, stats: Stats) -> None:
     """The invariants every run ends with; the counts go to stdout and the report."""
     deadline = time.monotonic() + 60
@@ -204,6 +213,7 @@ def test_fuzz_mutated_datasets_over_c_store(
     @given(case=fuzz_files())
     def run(case: FuzzFile) -> None:
         stats.tried += 1
+        _progress(stats)
         path = harness.cases / "case.dcm"
         path.write_bytes(case.data)
         assoc = current[0]
@@ -271,6 +281,7 @@ def test_fuzz_raw_association_byte_streams(harness: Harness) -> None:
     @given(stream=raw_streams(seeds))
     def run(stream: list[bytes]) -> None:
         stats.tried += 1
+        _progress(stats)
         with socket.create_connection(("127.0.0.1", port), timeout=SENDER_TIMEOUT_S) as sock:
             try:
                 # As a sender would: the A-ASSOCIATE-RQ, its answer, then the rest.
