@@ -14,19 +14,33 @@ derived from the header). What that means for triage is a site policy:
 
 The rules themselves live in ``cxr_model.population``; this module holds only the words, so
 that the web worklist (which may not import the model) can use them too.
+
+A site widens the population one **stratum** at a time (``cxr-triage population enable
+age_band=18-64 --validation validation.json``) once its own validation shows the stratum meets
+:class:`Targets`; :data:`WIDENING_DIMENSIONS` are the dimensions a stratum may widen (the ones
+the check looks at), :data:`AGE_BANDS` the age strata ``validate`` reports.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 __all__ = [
+    "AGE_BANDS",
     "POPULATION_POLICY_ENV",
     "UNKNOWN_AGE_ENV",
+    "WIDENING_DIMENSIONS",
     "PopulationPolicy",
     "PopulationStatus",
+    "Stratum",
+    "Targets",
     "UnknownAge",
+    "age_band",
+    "age_band_range",
     "study_population",
 ]
 
@@ -68,3 +82,108 @@ def study_population(statuses: Iterable[PopulationStatus | str]) -> PopulationSt
         if status in seen:
             return status
     return None
+
+
+UNKNOWN_STRATUM = "unknown"
+#: (label, lowest completed year, highest completed year); the shipped model's own band is 1-5.
+AGE_BANDS: tuple[tuple[str, int, int], ...] = (
+    ("<1", 0, 0),
+    ("1-5", 1, 5),
+    ("6-17", 6, 17),
+    ("18-64", 18, 64),
+    ("65+", 65, 10_000),
+)
+#: Stratum dimensions that widen the population when enabled (what the check looks at).
+WIDENING_DIMENSIONS = ("age_band", "view", "modality")
+
+
+def age_band(years: float | None) -> str:
+    """The :data:`AGE_BANDS` label for an age in years (completed years), or ``unknown``."""
+    if years is None or not math.isfinite(years) or years < 0:
+        return UNKNOWN_STRATUM
+    completed = math.floor(years + 1e-9)
+    for label, lo, hi in AGE_BANDS:
+        if lo <= completed <= hi:
+            return label
+    return UNKNOWN_STRATUM
+
+
+def age_band_range(label: str) -> tuple[int, int] | None:
+    """(lowest, highest) completed years of an :data:`AGE_BANDS` label, None if unknown."""
+    for name, lo, hi in AGE_BANDS:
+        if name == label:
+            return lo, hi
+    return None
+
+
+@dataclass(frozen=True)
+class Stratum:
+    """One stratum a site may enable, ``dimension=value`` (``age_band=18-64``, ``view=LL``)."""
+
+    dimension: str
+    value: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.dimension}={self.value}"
+
+    @classmethod
+    def parse(cls, text: str) -> Stratum:
+        """``age_band=18-64``, ``view=LL`` or ``modality=DX``; ValueError says what is wrong."""
+        dimension, sep, value = text.strip().partition("=")
+        dimension, value = dimension.strip(), value.strip()
+        if not sep or not dimension or not value:
+            raise ValueError(f"stratum {text!r} is not DIMENSION=VALUE, e.g. age_band=18-64")
+        if dimension not in WIDENING_DIMENSIONS:
+            raise ValueError(
+                f"stratum {text!r}: {dimension} does not define the validated population; "
+                f"a site can widen it by {', '.join(WIDENING_DIMENSIONS)}"
+            )
+        if value.lower() == UNKNOWN_STRATUM:
+            raise ValueError(f"stratum {text!r}: 'unknown' is not a population that can be enabled")
+        if dimension == "age_band":
+            if age_band_range(value) is None:
+                bands = ", ".join(b[0] for b in AGE_BANDS)
+                raise ValueError(f"stratum {text!r}: age bands are {bands}")
+        else:
+            value = value.upper()
+        return cls(dimension, value)
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What a validated stratum must show (``cxr-triage validate`` and ``population enable``).
+
+    ``sensitivity``: the lower end of the two-sided Clopper-Pearson interval (at
+    ``confidence``) must reach it; ``min_positives``: at least this many positives;
+    ``specificity`` (optional): the same rule for specificity."""
+
+    sensitivity: float = 0.95
+    min_positives: int = 50
+    specificity: float | None = None
+    confidence: float = 0.95
+
+    @classmethod
+    def parse(cls, text: str | None) -> Targets:
+        """``"sensitivity=0.95,min_positives=50,specificity=0.8,confidence=0.95"``."""
+        values: dict[str, Any] = {}
+        for part in (text or "").split(","):
+            part = part.strip()
+            if not part:
+                continue
+            key, sep, value = part.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in cls.__dataclass_fields__:
+                raise ValueError(
+                    f"target {part!r} is not KEY=VALUE with KEY one of "
+                    "sensitivity, min_positives, specificity, confidence"
+                )
+            values[key] = int(value) if key == "min_positives" else float(value)
+        targets = cls(**values)
+        for name in ("sensitivity", "specificity", "confidence"):
+            v = getattr(targets, name)
+            if v is not None and not 0.0 <= v <= 1.0:
+                raise ValueError(f"target {name} must be between 0 and 1, not {v}")
+        if targets.min_positives < 1:
+            raise ValueError("target min_positives must be at least 1")
+        return targets

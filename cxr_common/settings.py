@@ -28,18 +28,22 @@ from pydantic import (
     SecretStr,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cxr_common.errors import ConfigurationError
+from cxr_common.population import PopulationPolicy, UnknownAge
 
 #: Seconds after which Redis redelivers a job no worker acknowledged (a worker died
 #: mid-job). ``cxr_queue.make_celery`` sets it on the broker; every task must finish well
 #: within it (``WorkerSettings.task_time_limit_s``) or a running job is handed to a
-#: second worker.
-BROKER_VISIBILITY_TIMEOUT_S = 3600
+#: second worker. It is the second line: the worker's lease on the row (renewed while it
+#: works, ``lease_ttl_s``) and the listener's reconciler bring a dead worker's jobs back
+#: within a minute.
+BROKER_VISIBILITY_TIMEOUT_S = 600
 
 #: ListenerSettings fields that are ``cxr_imaging.limits.DecodeLimits`` fields of the same
 #: name (``CXR_MAX_PIXELS`` ...): what an instance may declare before anything decodes it.
@@ -132,6 +136,19 @@ class CommonSettings(BaseSettings):
     log_format: str = Field(default="text", pattern="^(text|json)$")
     log_level: str = "INFO"
     queue_name: str = "cxr-score"
+    results_queue_name: str = Field(
+        default="cxr-results", description="Celery queue of the results-to-PACS jobs"
+    )
+    uid_root: str | None = Field(
+        default=None,
+        description="UID root of the objects we create (SC, SR); unset = a 2.25 UUID root "
+        "generated once and kept in CXR_DATA_DIR/uid-root",
+    )
+
+    @property
+    def uid_root_file(self) -> Path:
+        """Where the generated UID root is kept when ``CXR_UID_ROOT`` is unset."""
+        return self.data_dir / "uid-root"
 
     @property
     def resolved_storage_uri(self) -> str:
@@ -183,10 +200,19 @@ class ListenerSettings(CommonSettings):
         )
     )
     max_associations: int = Field(default=10, ge=1)
-    reconcile_interval_s: float = Field(default=30.0, gt=0)
+    reconcile_interval_s: float = Field(default=10.0, gt=0)
     reconcile_grace_s: float = Field(default=15.0, ge=0)
     stale_processing_s: float = Field(
         default=1800.0, gt=0, description="re-enqueue instances 'processing' for this long"
+    )
+    study_quiet_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="a study is complete when no instance arrived for this long and none "
+        "is pending; then its results are sent",
+    )
+    completeness_interval_s: float = Field(
+        default=5.0, gt=0, description="how often the listener looks for complete studies"
     )
 
     @field_validator("ae_title")
@@ -292,6 +318,12 @@ class ListenerSettings(CommonSettings):
         """``CXR_DICOM_TLS_CERT=`` (compose's default) means no TLS."""
         return None if isinstance(value, str) and not value.strip() else value
 
+    # Metrics (cxr_common.metrics): this process's own /metrics on a port of its own.
+    metrics_host: str = Field(default="127.0.0.1", description="where CXR_METRICS_PORT listens")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve /metrics here; unset = off"
+    )
+
 
 class WorkerSettings(CommonSettings):
     """A scoring worker process."""
@@ -304,18 +336,73 @@ class WorkerSettings(CommonSettings):
     )
     batch_max_wait_ms: int = Field(default=250, ge=0)
     device: str | None = Field(default=None, description="cpu, cuda, cuda:1; unset = auto")
-    model_dir: Path | None = Field(default=None, description="unset = the shipped model")
-    calibration_path: Path | None = Field(default=None, description="unset = shipped calibration")
+    model_dir: Path | None = Field(
+        default=None,
+        description="unset = the shipped model; registered and activated only when the model "
+        "registry has no active model (cxr-triage model ...)",
+    )
+    calibration_path: Path | None = Field(
+        default=None, description="unset = MODEL_DIR/calibration.json (with CXR_MODEL_DIR)"
+    )
     heatmaps: bool = True
-    max_retries: int = Field(default=5, ge=0)
+    max_retries: int = Field(
+        default=8, ge=0, description="transient retries (1, 2, 4 ... 60 s apart: about 3 min)"
+    )
     task_time_limit_s: int = Field(
-        default=600,
+        default=300,
         ge=10,
         description=f"hard limit per job; below the broker's visibility timeout "
         f"({BROKER_VISIBILITY_TIMEOUT_S} s)",
     )
     heartbeat_file: Path | None = Field(
-        default=None, description="touched every 10 s while the worker runs (healthchecks)"
+        default=None,
+        description="touched every 10 s while the worker makes progress or is idle with "
+        "nothing to do (healthchecks); left alone while it is stuck",
+    )
+    # Leases, attempts and bounded waits (issue 12; worker/leases.py, worker/pipeline.py)
+    lease_ttl_s: float = Field(
+        default=20.0, ge=2, description="a claimed instance's lease; renewed while scoring"
+    )
+    lease_renew_s: float = Field(default=5.0, gt=0, description="how often leases are renewed")
+    max_attempts: int = Field(
+        default=3, ge=1, description="claims that may end without a result before 'failed'"
+    )
+    batch_timeout_s: float = Field(
+        default=120.0, gt=0, description="longest wait for a batch's scores before 'failed'"
+    )
+    restart_on_exit: bool = Field(
+        default=True, description="`cxr-triage work` restarts its worker process if it dies"
+    )
+    # Decode limits (cxr_imaging.limits.DecodeLimits), checked before any decode
+    max_pixels: int = Field(default=64_000_000, ge=1)
+    max_frames: int = Field(default=1, ge=1)
+    max_inflated_bytes: int = Field(default=528 * 1024 * 1024, ge=1)
+    max_decoded_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_rows: int = Field(default=12_000, ge=1)
+    max_columns: int = Field(default=12_000, ge=1)
+    max_header_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    min_dynamic_range: float = Field(default=0.01, ge=0, lt=1)
+
+    @field_validator("lease_renew_s")
+    @classmethod
+    def _renew_well_within_ttl(cls, value: float, info: ValidationInfo) -> float:
+        ttl = info.data.get("lease_ttl_s")
+        if ttl is not None and value * 2 > ttl:
+            raise ValueError(
+                f"leases renewed every {value:g} s would lapse: renew at most every half of "
+                f"CXR_LEASE_TTL_S ({ttl:g} s)"
+            )
+        return value
+
+    population_policy: PopulationPolicy = Field(
+        default=PopulationPolicy.ENFORCE,
+        description="enforce: scores of instances outside the model's validated population "
+        "are shown in shadow and never triage; off: every eligible score triages",
+    )
+    unknown_age: UnknownAge = Field(
+        default=UnknownAge.IN_SCOPE,
+        description="under enforce, an instance whose age the header does not give is "
+        "treated as in_scope (its score triages) or outside (shadow)",
     )
 
     @field_validator("task_time_limit_s")
@@ -328,6 +415,12 @@ class WorkerSettings(CommonSettings):
                 "to a second worker"
             )
         return value
+
+    # Metrics (cxr_common.metrics): this process's own /metrics on a port of its own.
+    metrics_host: str = Field(default="127.0.0.1", description="where CXR_METRICS_PORT listens")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve /metrics here; unset = off"
+    )
 
 
 def resolve_batching(settings: WorkerSettings, device_type: str) -> tuple[int, int]:
@@ -410,8 +503,59 @@ class WebSettings(CommonSettings):
         hosts.extend(self.web_trusted_hosts)
         return list(dict.fromkeys(hosts))
 
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token a Prometheus scraper sends to /metrics (at least 16 "
+        "characters); unset = none (the ops role's sign-in or API token still works)",
+    )
 
-class SupervisorSettings(ListenerSettings, WorkerSettings, WebSettings):
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _metrics_token_ok(cls, value: object) -> object:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(raw, str) and not raw.strip():
+            return None  # CXR_METRICS_TOKEN= (compose's default) means none
+        if isinstance(raw, str) and len(raw.strip()) < 16:
+            raise ValueError("the metrics token must be at least 16 characters")
+        return value
+
+
+class ResultSettings(CommonSettings):
+    """The results sender (``cxr-triage send-results``): C-STORE of the Secondary Capture
+    and the SR of each complete study to PACS."""
+
+    result_destinations: str = Field(
+        default="",
+        description="AE_TITLE@host:port[,...]; empty = nothing is sent (checked at start "
+        "by cxr_results.parse_destinations)",
+    )
+    result_calling_ae_title: str = Field(default="CXR_TRIAGE", max_length=16)
+    result_max_retries: int = Field(
+        default=12, ge=0, description="retries per result version before results_failed"
+    )
+    result_retry_max_backoff_s: int = Field(
+        default=300,
+        ge=1,
+        lt=BROKER_VISIBILITY_TIMEOUT_S,
+        description="longest wait between retries (1, 2, 4, ... s up to this)",
+    )
+    result_timeout_s: float = Field(
+        default=30.0, gt=0, description="TCP connect / association answer timeout per attempt"
+    )
+    result_heartbeat_file: Path | None = Field(
+        default=None, description="touched every 10 s while send-results runs (healthchecks)"
+    )
+
+    @field_validator("result_calling_ae_title")
+    @classmethod
+    def _calling_ae_title_ok(cls, value: str) -> str:
+        value = value.strip()
+        if not value or "\\" in value or not value.isascii() or not value.isprintable():
+            raise ValueError("AE title must be 1-16 printable ASCII characters without backslash")
+        return value
+
+
+class SupervisorSettings(ListenerSettings, WorkerSettings, WebSettings, ResultSettings):
     """``cxr-triage up`` and ``demo``: every setting of the children they start (listener,
     workers, web), checked before any starts, and the addresses they print."""
 
@@ -444,6 +588,10 @@ def worker_settings() -> WorkerSettings:
 
 def web_settings() -> WebSettings:
     return WebSettings()
+
+
+def result_settings() -> ResultSettings:
+    return ResultSettings()
 
 
 def common_settings() -> CommonSettings:

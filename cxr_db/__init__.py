@@ -11,4 +11,7 @@ from cxr_db.engine import make_engine
 from cxr_db.schema import Base, Instance, Prediction, Study
 from cxr_db.statuses import InstanceStatus
 
+# The registry tables (revision 0006) belong to ``Base.metadata`` wherever it is used.
+from cxr_db import models as _models  # noqa: F401  isort: skip
+
 __all__ = ["Base", "Instance", "InstanceStatus", "Prediction", "Study", "make_engine"]

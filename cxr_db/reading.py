@@ -317,18 +317,35 @@ def release_study(
     return bool(released)
 
 
-def _shown_model_output(conn: Connection, study_id: int) -> tuple[str | None, float | None]:
-    """The study's score and its newest model version: what a page showed by default."""
+@dataclass(frozen=True)
+class _Shown:
+    """What a study page shows of the model (only the active model's predictions)."""
+
+    model_version: str | None
+    score: float | None  # the triage score (``studies.score``); None when none triaged
+    shadow_score: float | None  # highest score made outside the validated population
+
+
+def _shown_model_output(conn: Connection, study_id: int) -> _Shown:
+    """The study's triage score, the newest **active**-model version and its highest shadow
+    score (outside the validated population): what a page showed by default. A shadow
+    model's predictions (``model_role = 'shadow'``) are never what a reader saw."""
     row = conn.execute(
         text(
-            "SELECT s.score, (SELECT p.model_version FROM predictions p "
-            "JOIN instances i ON i.id = p.instance_id WHERE i.study_id = s.id "
-            "ORDER BY p.created_at DESC, p.id DESC LIMIT 1) AS model_version "
+            "SELECT s.score, "
+            "(SELECT p.model_version FROM predictions p "
+            "JOIN instances i ON i.id = p.instance_id "
+            "WHERE i.study_id = s.id AND p.model_role = 'active' "
+            "ORDER BY p.created_at DESC, p.id DESC LIMIT 1) AS model_version, "
+            "(SELECT max(p.probability) FROM predictions p "
+            "JOIN instances i ON i.id = p.instance_id "
+            "WHERE i.study_id = s.id AND p.model_role = 'active' AND NOT p.triage) "
+            "AS shadow_score "
             "FROM studies s WHERE s.id = :id"
         ),
         {"id": study_id},
     ).one()
-    return row.model_version, row.score
+    return _Shown(row.model_version, row.score, row.shadow_score)
 
 
 def _validated(
@@ -365,7 +382,17 @@ def record_answer(
     and audit it, all in one transaction.
 
     When neither ``model_version`` nor ``score`` is given (an integration that did not
-    show one), the study's current score and newest model version are recorded. Refused
+    show one), the study's current triage score and the newest **active**-model version
+    are recorded (never a shadow model's).
+
+    Outside the validated population (issue 8): a study whose every score was made in
+    shadow has no triage score, and the page shows its shadow score greyed, as "not used
+    for triage". ``answers.score`` holds only a triage score, so such an answer stores
+    ``score`` NULL (what the page posts, too) and the audit entry records the shadow score
+    as such: ``shadow_score`` and ``score_used_for_triage: false``. The answers export
+    takes its scores from the active model's predictions per instance, shadow-scored
+    ones included, so a site can validate the model on the population it was not
+    validated for. Refused
     while another user's claim is active (``StudyClaimedError``) and on a study already
     read (``StudyAlreadyReadError``). The note is stored but never audited or logged.
     """
@@ -380,8 +407,14 @@ def record_answer(
             reader.kind is ActorKind.USER and current.claimed_by == reader.name
         ):
             raise StudyClaimedError(study_instance_uid, current.claimed_by or "-")
+        shown = _shown_model_output(conn, study_id)
         if model_version is None and score is None:
-            model_version, score = _shown_model_output(conn, study_id)
+            model_version, score = shown.model_version, shown.score
+        seen: dict[str, str | int | float | bool | None] = {
+            "score_used_for_triage": shown.score is not None
+        }
+        if shown.score is None and shown.shadow_score is not None:
+            seen["shadow_score"] = shown.shadow_score
         answer_id = conn.execute(
             insert(Answer)
             .values(
@@ -407,7 +440,8 @@ def record_answer(
                     "finding": checked.value,
                     "model_version": model_version,
                     "score": score,
-                },
+                }
+                | seen,
             ),
         )
         conn.execute(
@@ -550,7 +584,7 @@ _LABELS_SQL = text(
     JOIN instances i ON i.study_id = s.id AND i.status = 'done'
     JOIN LATERAL (
       SELECT p.probability, p.model_version FROM predictions p
-      WHERE p.instance_id = i.id
+      WHERE p.instance_id = i.id AND p.model_role = 'active'
       ORDER BY (p.model_version IS NOT DISTINCT FROM latest.model_version) DESC,
                p.created_at DESC, p.id DESC
       LIMIT 1
@@ -564,7 +598,11 @@ def iter_label_rows(engine: Engine, counts: LabelExport | None = None) -> Iterat
     """Every scored instance of every read study, labelled by the study's latest answer:
     1 for ``pneumonia``, 0 for ``no_pneumonia``. Studies answered ``other`` are left out
     (counted in ``counts.studies_other``). The score is the instance's prediction by the
-    model version the reader saw, else its newest."""
+    model version the reader saw, else its newest, of the **active** model only
+    (``model_role = 'active'``: a shadow model's scores are never exported as what was
+    seen). An instance outside the validated population is exported with the active
+    model's shadow score: that is the evidence ``cxr-triage validate`` needs to widen the
+    population."""
     counts = counts if counts is not None else LabelExport()
     other_studies: set[str] = set()
     with engine.connect() as conn:

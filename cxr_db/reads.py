@@ -18,7 +18,7 @@ import base64
 import enum
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +30,7 @@ from sqlalchemy import (
     Integer,
     Row,
     Select,
+    and_,
     case,
     func,
     literal,
@@ -39,11 +40,13 @@ from sqlalchemy import (
     true,
     tuple_,
 )
-from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy.dialects.postgresql import aggregate_order_by, distinct_on
 from sqlalchemy.orm import aliased
 
+from cxr_common.population import study_population
 from cxr_db.reading import effective_state
-from cxr_db.schema import Instance, Prediction, Study
+from cxr_db.result_states import ResultState, SendStatus
+from cxr_db.schema import Instance, Prediction, ResultSend, Study
 from cxr_db.schema_reading import Answer, ApiToken, Finding, ReadState, StudyRead, User
 from cxr_db.statuses import (
     PENDING_STATUSES,
@@ -52,6 +55,35 @@ from cxr_db.statuses import (
     StatusReason,
     study_status_of,
 )
+
+ACTIVE_ROLE = "active"
+"""Predictions of shadow models (``model_role = 'shadow'``) are kept out of every read here."""
+
+
+@dataclass(frozen=True)
+class DestinationOutcome:
+    """The newest send attempt of a study's results to one destination."""
+
+    destination: str
+    result_version: int
+    attempt: int
+    status: SendStatus
+    at: datetime
+    error: str | None
+    sc_sop_instance_uid: str | None
+    sr_sop_instance_uid: str
+    sc_status: int | None
+    sr_status: int | None
+
+
+@dataclass(frozen=True)
+class StudyResults:
+    """Where a study's results back to PACS stand (``cxr_db.result_states``)."""
+
+    state: ResultState
+    result_version: int
+    destinations: tuple[DestinationOutcome, ...]
+    """The newest attempt per destination, by destination."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +103,13 @@ class WorklistEntry:
     instances: int
     heatmap_sop_instance_uids: tuple[str, ...]
     """Instances with a heatmap, highest probability first."""
+    population: str | None = None
+    """``cxr_common.population.study_population`` over the scored instances (None: none)."""
+    population_reason: str | None = None
+    """The reason of an instance with that population (the check's words, for staff)."""
+    shadow_score: float | None = None
+    """Highest score of the active model that may not triage (outside the population):
+    shown greyed, never used for order or flag."""
     read_state: ReadState = ReadState.UNREAD
     claimed_by: str | None = None
     """The user reading it, while ``in_progress``."""
@@ -80,6 +119,9 @@ class WorklistEntry:
     read_by: str | None = None
     """The user (or API token) that answered, once ``read``."""
     read_at: datetime | None = None
+
+    results: StudyResults | None = None
+    """Results back to PACS (``study_results``)."""
 
 
 class ReadView(enum.StrEnum):
@@ -151,6 +193,10 @@ class InstanceDetail:
     model_version: str | None
     scored_at: datetime | None
     has_heatmap: bool
+    population: str | None = None
+    population_reason: str | None = None
+    triage: bool | None = None
+    """False: the score is shown in shadow (outside the validated population)."""
     storage_uri: str | None = None
     """Where the stored file is (for the study page's header read; never shown)."""
 
@@ -199,6 +245,7 @@ def _studies(at: datetime | None = None) -> Select[Any]:
             func.array_agg(aggregate_order_by(Instance.reason, *reason_order))
             .filter(has_reason)
             .label("reason_texts"),
+            *_population_columns(),
         )
         .group_by(Instance.study_id)
         .subquery("agg")
@@ -215,8 +262,12 @@ def _studies(at: datetime | None = None) -> Select[Any]:
             )
             .filter(Prediction.heatmap_png.is_not(None))
             .label("heatmaps"),
+            func.max(Prediction.probability)
+            .filter(Prediction.triage.is_(False))
+            .label("shadow_score"),
         )
         .join(Instance, Instance.id == Prediction.instance_id)
+        .where(Prediction.model_role == ACTIVE_ROLE)
         .group_by(Instance.study_id)
         .subquery("pred")
     )
@@ -247,6 +298,9 @@ def _studies(at: datetime | None = None) -> Select[Any]:
             pred.c.scored_at,
             agg.c.instances,
             pred.c.heatmaps,
+            agg.c.populations,
+            agg.c.population_reasons,
+            pred.c.shadow_score,
             state.label("read_state"),
             case((in_progress, claimer.username)).label("claimed_by"),
             case((in_progress, StudyRead.claim_expires_at)).label("claim_expires_at"),
@@ -273,7 +327,31 @@ def _reasons(
     return tuple(dict.fromkeys(StatusReason(InstanceStatus(s), r) for s, r in pairs))
 
 
+def _population_columns() -> tuple[Any, Any]:
+    """A study's scored instances' populations and reasons, as two arrays in one order."""
+    assessed = Instance.population.is_not(None)
+    return (
+        func.array_agg(aggregate_order_by(Instance.population, Instance.id))
+        .filter(assessed)
+        .label("populations"),
+        func.array_agg(aggregate_order_by(Instance.population_reason, Instance.id))
+        .filter(assessed)
+        .label("population_reasons"),
+    )
+
+
+def _study_population(
+    populations: Sequence[str] | None, reasons: Sequence[str | None] | None
+) -> tuple[str | None, str | None]:
+    pairs = list(zip(populations or (), reasons or (), strict=True))
+    status = study_population(p for p, _ in pairs)
+    if status is None:
+        return None, None
+    return status.value, next((r for p, r in pairs if p == status.value), None)
+
+
 def _entry(r: Row[Any]) -> WorklistEntry:
+    population, population_reason = _study_population(r.populations, r.population_reasons)
     return WorklistEntry(
         study_instance_uid=r.study_instance_uid,
         accession_number=r.accession_number,
@@ -286,6 +364,9 @@ def _entry(r: Row[Any]) -> WorklistEntry:
         scored_at=r.scored_at,
         instances=r.instances,
         heatmap_sop_instance_uids=tuple(r.heatmaps or ()),
+        population=population,
+        population_reason=population_reason,
+        shadow_score=r.shadow_score,
         read_state=ReadState(r.read_state),
         claimed_by=r.claimed_by,
         claim_expires_at=r.claim_expires_at,
@@ -367,10 +448,19 @@ def worklist_page(engine: Engine, query: WorklistQuery) -> WorklistPage:
         stmt = stmt.where(base.c.read_state != ReadState.READ.value)
     elif query.view is ReadView.READ:
         stmt = stmt.where(base.c.read_state == ReadState.READ.value)
+    # a study scored only in shadow (outside the validated population) has no triaging
+    # score: it goes with the unscored studies, as a failed or not-eligible one does
+    shadow_only = and_(base.c.status == InstanceStatus.DONE.value, base.c.score.is_(None))
     if query.statuses:
-        stmt = stmt.where(base.c.status.in_([s.value for s in query.statuses]))
+        wanted: ColumnElement[bool] = base.c.status.in_([s.value for s in query.statuses])
+        if set(query.statuses) & set(UNSCORED_FINAL):
+            wanted = or_(wanted, shadow_only)
+        stmt = stmt.where(wanted)
     if query.exclude_statuses:
-        stmt = stmt.where(base.c.status.not_in([s.value for s in query.exclude_statuses]))
+        unwanted: ColumnElement[bool] = base.c.status.in_([s.value for s in query.exclude_statuses])
+        if set(query.exclude_statuses) & set(UNSCORED_FINAL):
+            unwanted = or_(unwanted, shadow_only)
+        stmt = stmt.where(~unwanted)
     search = (query.search or "").strip()
     if search:
         stmt = stmt.where(
@@ -399,6 +489,7 @@ def worklist_page(engine: Engine, query: WorklistQuery) -> WorklistPage:
     stmt = stmt.order_by(*order).limit(limit + 1)
     with engine.begin() as conn:
         rows = conn.execute(stmt).all()
+        results = study_results(conn, [r.id for r in rows[:limit]])
     more = len(rows) > limit
     rows = rows[:limit]
     cursor = None
@@ -410,7 +501,8 @@ def worklist_page(engine: Engine, query: WorklistQuery) -> WorklistPage:
             cursor = _encode_cursor(
                 query.view, [last.k_flag, last.k_score, last.received_at, last.id]
             )
-    return WorklistPage([_entry(r) for r in rows], cursor)
+    entries = [replace(_entry(r), results=results.get(r.id)) for r in rows]
+    return WorklistPage(entries, cursor)
 
 
 def unread_counts(engine: Engine) -> UnreadCounts:
@@ -421,6 +513,11 @@ def unread_counts(engine: Engine) -> UnreadCounts:
     klass = case(
         (base.c.flagged, literal("flagged")),
         (base.c.status.in_(unscored), literal("unscored")),
+        # scored, but only in shadow (outside the validated population): no triaging score
+        (
+            and_(base.c.status == InstanceStatus.DONE.value, base.c.score.is_(None)),
+            literal("unscored"),
+        ),
         (base.c.status.in_(pending), literal("pending")),
         else_=literal("routine"),
     )
@@ -445,6 +542,41 @@ def unread_counts(engine: Engine) -> UnreadCounts:
     )
 
 
+def study_results(conn: Connection, study_ids: Sequence[int]) -> dict[int, StudyResults]:
+    """study id → its result state, version and newest attempt per destination."""
+    if not study_ids:
+        return {}
+    states = conn.execute(
+        select(Study.id, Study.result_state, Study.result_version).where(Study.id.in_(study_ids))
+    ).all()
+    attempts = conn.execute(
+        select(ResultSend)
+        .where(ResultSend.study_id.in_(study_ids))
+        .ext(distinct_on(ResultSend.study_id, ResultSend.destination))
+        .order_by(ResultSend.study_id, ResultSend.destination, ResultSend.id.desc())
+    ).all()
+    by_study: dict[int, list[DestinationOutcome]] = {}
+    for a in attempts:
+        by_study.setdefault(a.study_id, []).append(
+            DestinationOutcome(
+                destination=a.destination,
+                result_version=a.result_version,
+                attempt=a.attempt,
+                status=a.status,
+                at=a.at,
+                error=a.error,
+                sc_sop_instance_uid=a.sc_sop_instance_uid,
+                sr_sop_instance_uid=a.sr_sop_instance_uid,
+                sc_status=a.sc_status,
+                sr_status=a.sr_status,
+            )
+        )
+    return {
+        r.id: StudyResults(r.result_state, r.result_version, tuple(by_study.get(r.id, ())))
+        for r in states
+    }
+
+
 def _instances(conn: Connection, study_id: int) -> tuple[InstanceDetail, ...]:
     latest = (
         select(
@@ -454,8 +586,9 @@ def _instances(conn: Connection, study_id: int) -> tuple[InstanceDetail, ...]:
             Prediction.model_version,
             Prediction.created_at,
             Prediction.heatmap_png.is_not(None).label("has_heatmap"),
+            Prediction.triage,
         )
-        .where(Prediction.instance_id == Instance.id)
+        .where(Prediction.instance_id == Instance.id, Prediction.model_role == ACTIVE_ROLE)
         .order_by(Prediction.created_at.desc())
         .limit(1)
         .lateral("p")
@@ -474,6 +607,9 @@ def _instances(conn: Connection, study_id: int) -> tuple[InstanceDetail, ...]:
             latest.c.model_version,
             latest.c.created_at.label("scored_at"),
             latest.c.has_heatmap,
+            Instance.population,
+            Instance.population_reason,
+            latest.c.triage,
         )
         .outerjoin(latest, true())
         .where(Instance.study_id == study_id)
@@ -492,6 +628,9 @@ def _instances(conn: Connection, study_id: int) -> tuple[InstanceDetail, ...]:
             model_version=r.model_version,
             scored_at=r.scored_at,
             has_heatmap=bool(r.has_heatmap),
+            population=r.population,
+            population_reason=r.population_reason,
+            triage=r.triage,
             storage_uri=r.storage_uri,
         )
         for r in rows
@@ -506,7 +645,8 @@ def study_detail(engine: Engine, study_instance_uid: str) -> StudyDetail | None:
         ).one_or_none()
         if row is None:
             return None
-        return StudyDetail(study=_entry(row), instances=_instances(conn, row.id))
+        entry = replace(_entry(row), results=study_results(conn, [row.id]).get(row.id))
+        return StudyDetail(study=entry, instances=_instances(conn, row.id))
 
 
 def heatmap_png(engine: Engine, sop_instance_uid: str) -> bytes | None:
@@ -515,7 +655,9 @@ def heatmap_png(engine: Engine, sop_instance_uid: str) -> bytes | None:
         return conn.execute(
             select(Prediction.heatmap_png)
             .join(Instance, Instance.id == Prediction.instance_id)
-            .where(Instance.sop_instance_uid == sop_instance_uid)
+            .where(
+                Instance.sop_instance_uid == sop_instance_uid, Prediction.model_role == ACTIVE_ROLE
+            )
             .order_by(Prediction.created_at.desc())
             .limit(1)
         ).scalar_one_or_none()

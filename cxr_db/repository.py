@@ -3,20 +3,28 @@ claimed for processing and made final (done, not eligible or failed).
 
 Each function is one transaction. Writes are idempotent so that a redelivered job or a
 resent instance never creates a second row. Reads live in ``cxr_db.reads``.
+
+Leases (the second half of this module): a worker claims an instance
+(:func:`claim_instance`) and holds a lease on it that it renews while it works
+(:func:`renew_leases`); anyone may reclaim an expired lease. The reconciler's sweeps
+(:func:`take_unenqueued`, :func:`take_orphaned_queued`, :func:`take_expired_leases`) pick
+rows with ``FOR UPDATE SKIP LOCKED`` and stamp them in the same statement, so several
+listeners never re-enqueue one row twice in one grace period; the broker is told after
+the commit, and a job published twice is harmless (only one claim can hold the lease).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import enum
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from cxr_db.schema import Instance, Prediction, Study
-from cxr_db.statuses import PENDING_STATUSES, InstanceStatus
+from cxr_db.statuses import FINAL_STATUSES, PENDING_STATUSES, InstanceStatus
 
 
 @dataclass(frozen=True)
@@ -202,6 +210,8 @@ def start_processing(engine: Engine, instance_id: int, sop_instance_uid: str) ->
     return PendingJob(row.id, row.sop_instance_uid, row.storage_uri)
 
 
+_NO_LEASE: dict[str, None] = {"lease_owner": None, "lease_expires_at": None}
+
 _Unscored = Literal[InstanceStatus.NOT_ELIGIBLE, InstanceStatus.FAILED]
 
 
@@ -211,7 +221,7 @@ def _finish(engine: Engine, instance_id: int, status: _Unscored, reason: str) ->
         conn.execute(
             update(Instance)
             .where(Instance.id == instance_id, Instance.status != InstanceStatus.DONE)
-            .values(status=status, reason=reason, updated_at=func.now())
+            .values(status=status, reason=reason, updated_at=func.now(), **_NO_LEASE)
         )
 
 
@@ -223,8 +233,17 @@ def record_failed(engine: Engine, instance_id: int, reason: str) -> None:
     _finish(engine, instance_id, InstanceStatus.FAILED, reason[:2000])
 
 
-def record_prediction(engine: Engine, instance_id: int, pred: PredictionRecord) -> None:
-    """Upsert the prediction, mark the instance done and raise (never lower) the study."""
+@dataclass(frozen=True)
+class PopulationNote:
+    """The population check of an instance (``cxr_common.population``) and its reason."""
+
+    population: str
+    reason: str
+
+
+def _prediction_upsert(
+    instance_id: int, pred: PredictionRecord, *, triage: bool, model_role: str
+) -> Any:
     values = {
         "instance_id": instance_id,
         "model_name": pred.model_name,
@@ -234,28 +253,66 @@ def record_prediction(engine: Engine, instance_id: int, pred: PredictionRecord) 
         "logit": pred.logit,
         "probability": pred.probability,
         "threshold": pred.threshold,
-        "flagged": pred.flagged,
+        # a prediction that may not triage never flags (its score is shown in shadow)
+        "flagged": pred.flagged and triage,
         "heatmap_png": pred.heatmap_png,
         "device": pred.device,
         "batch_size": pred.batch_size,
         "decode_ms": pred.decode_ms,
         "inference_ms": pred.inference_ms,
         "worker_id": pred.worker_id,
+        "triage": triage,
+        "model_role": model_role,
     }
     upsert = insert(Prediction).values(**values)
-    upsert = upsert.on_conflict_do_update(
+    return upsert.on_conflict_do_update(
         constraint="uq_prediction",
         set_={k: upsert.excluded[k] for k in values if k != "instance_id"}
         | {"created_at": func.now()},
     )
+
+
+def record_shadow_prediction(engine: Engine, instance_id: int, pred: PredictionRecord) -> None:
+    """Upsert a shadow model's prediction: stored under its version, never flagged, and it
+    changes neither the instance nor the study."""
     with engine.begin() as conn:
-        conn.execute(upsert)
+        conn.execute(_prediction_upsert(instance_id, pred, triage=False, model_role="shadow"))
+
+
+def record_prediction(
+    engine: Engine,
+    instance_id: int,
+    pred: PredictionRecord,
+    *,
+    triage: bool = True,
+    population: PopulationNote | None = None,
+) -> None:
+    """Upsert the prediction, mark the instance done and raise (never lower) the study.
+
+    With ``triage=False`` (an instance outside the validated population) the score is
+    stored for display only: the study's flag and score stay as they were, so a study with
+    no triaging score stays with the unscored ones that need a normal read."""
+    instance_values: dict[str, Any] = {
+        "status": InstanceStatus.DONE,
+        "reason": None,
+        "updated_at": func.now(),
+        **_NO_LEASE,
+    }
+    if population is not None:
+        instance_values |= {
+            "population": population.population,
+            "population_reason": population.reason[:2000],
+        }
+    with engine.begin() as conn:
+        conn.execute(_prediction_upsert(instance_id, pred, triage=triage, model_role="active"))
         study_id = conn.execute(
             update(Instance)
             .where(Instance.id == instance_id)
-            .values(status=InstanceStatus.DONE, reason=None, updated_at=func.now())
+            .values(instance_values)
             .returning(Instance.study_id)
         ).scalar_one()
+        if not triage:
+            return
         conn.execute(
             update(Study)
             .where(Study.id == study_id)
@@ -268,10 +325,349 @@ def record_prediction(engine: Engine, instance_id: int, pred: PredictionRecord) 
 
 
 # ---------------------------------------------------------------------------------------
+# Leases, attempts and the reconciler's sweeps (issue 12)
+
+
+class ClaimState(enum.StrEnum):
+    CLAIMED = "claimed"
+    """The caller holds the lease and scores the instance."""
+    FINAL = "final"
+    """Already done, not eligible or failed, or unknown (a redelivered or stale job)."""
+    BUSY = "busy"
+    """Another live worker holds the lease (a duplicate message)."""
+    EXHAUSTED = "exhausted"
+    """Claimed ``max_attempts`` times without finishing: now failed with a reason."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    state: ClaimState
+    job: PendingJob | None = None
+    attempts: int = 0
+    reason: str | None = None
+
+
+def _seconds(value: float) -> ColumnElement[Any]:
+    return func.make_interval(0, 0, 0, 0, 0, 0, float(value))
+
+
+def _ago(seconds: float) -> ColumnElement[Any]:
+    return func.now() - _seconds(seconds)
+
+
+def crash_reason(attempts: int, study_instance_uid: str) -> str:
+    """What staff read when workers stopped ``attempts`` times while scoring one file."""
+    return (
+        f"a worker stopped {attempts} times while scoring this file (crashed, killed or out "
+        "of memory), so it is not tried again: read the image without a score; check the "
+        "file at the modality and contact support if it recurs; after fixing, requeue "
+        f"with `cxr-triage requeue --study {study_instance_uid}`"
+    )
+
+
+def claim_instance(
+    engine: Engine,
+    instance_id: int,
+    sop_instance_uid: str,
+    *,
+    owner: str,
+    lease_s: float,
+    max_attempts: int,
+) -> Claim:
+    """Claim an instance for scoring: lock its row, then take the lease if it is free.
+
+    The row is named by its id, so this waits for a short row lock (``lock_timeout`` 5 s)
+    rather than skipping it: the handler marking it queued right after publishing must
+    not make the job drop it. A claim adds one to ``attempts``; :func:`mark_decoded` (the
+    file was read and decoded) or :func:`release_claim` (a transient error, retried) take
+    it off again, so what stays counts the workers that died on this file. A row that
+    reached ``max_attempts`` is failed with :func:`crash_reason` instead of being tried
+    again. The same owner reclaiming its own row (a retry in the same process) adds no
+    attempt.
+    """
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL lock_timeout = '5s'"))
+        row = conn.execute(
+            select(
+                Instance.id,
+                Instance.status,
+                Instance.attempts,
+                Instance.lease_owner,
+                (func.coalesce(Instance.lease_expires_at > func.now(), False)).label("live"),
+                Instance.storage_uri,
+                Study.study_instance_uid,
+            )
+            .join(Study, Study.id == Instance.study_id)
+            .where(Instance.id == instance_id, Instance.sop_instance_uid == sop_instance_uid)
+            .with_for_update(of=Instance)
+        ).one_or_none()
+        if row is None or row.status in FINAL_STATUSES:
+            return Claim(ClaimState.FINAL)
+        own = row.status == InstanceStatus.PROCESSING and row.lease_owner == owner
+        if row.status == InstanceStatus.PROCESSING and row.live and not own:
+            return Claim(ClaimState.BUSY, attempts=row.attempts)
+        if not own and row.attempts >= max_attempts:
+            reason = crash_reason(row.attempts, row.study_instance_uid)
+            conn.execute(
+                update(Instance)
+                .where(Instance.id == instance_id)
+                .values(
+                    status=InstanceStatus.FAILED, reason=reason, updated_at=func.now(), **_NO_LEASE
+                )
+            )
+            return Claim(ClaimState.EXHAUSTED, attempts=row.attempts, reason=reason)
+        attempts = row.attempts + (0 if own else 1)
+        conn.execute(
+            update(Instance)
+            .where(Instance.id == instance_id)
+            .values(
+                status=InstanceStatus.PROCESSING,
+                attempts=attempts,
+                lease_owner=owner,
+                lease_expires_at=func.now() + _seconds(lease_s),
+                updated_at=func.now(),
+            )
+        )
+    return Claim(
+        ClaimState.CLAIMED, PendingJob(row.id, sop_instance_uid, row.storage_uri), attempts
+    )
+
+
+def renew_leases(
+    engine: Engine, owner: str, instance_ids: Collection[int], lease_s: float
+) -> set[int]:
+    """Extend ``owner``'s leases on ``instance_ids``; returns the ids it still holds."""
+    if not instance_ids:
+        return set()
+    with engine.begin() as conn:
+        rows = conn.execute(
+            update(Instance)
+            .where(
+                Instance.id.in_(sorted(instance_ids)),
+                Instance.lease_owner == owner,
+                Instance.status == InstanceStatus.PROCESSING,
+            )
+            .values(lease_expires_at=func.now() + _seconds(lease_s))
+            .returning(Instance.id)
+        ).all()
+    return {r.id for r in rows}
+
+
+def mark_decoded(engine: Engine, instance_id: int, owner: str) -> None:
+    """The file decoded without killing its worker: this claim no longer counts as an
+    attempt. What is left in ``attempts`` are the times a worker died while reading or
+    decoding this very file, so an OOM kill does not count against the batch-mates it
+    took down with it (they were decoded already)."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(Instance)
+            .where(Instance.id == instance_id, Instance.lease_owner == owner)
+            .values(attempts=func.greatest(Instance.attempts - 1, 0))
+        )
+
+
+def release_claim(engine: Engine, instance_id: int, owner: str, *, counted: bool = True) -> bool:
+    """Give a claim back cleanly (a transient error; the job will be retried): the row
+    is queued again and the claim does not count as an attempt (``counted``: it still
+    does, i.e. :func:`mark_decoded` has not taken it off yet). False when ``owner`` no
+    longer held it."""
+    with engine.begin() as conn:
+        released = conn.execute(
+            update(Instance)
+            .where(
+                Instance.id == instance_id,
+                Instance.lease_owner == owner,
+                Instance.status == InstanceStatus.PROCESSING,
+            )
+            .values(
+                status=InstanceStatus.QUEUED,
+                attempts=func.greatest(Instance.attempts - int(counted), 0),
+                enqueued_at=func.now(),
+                updated_at=func.now(),
+                **_NO_LEASE,
+            )
+            .returning(Instance.id)
+        ).scalar_one_or_none()
+    return released is not None
+
+
+def _take(
+    engine: Engine, where: list[ColumnElement[bool]], values: dict[str, Any], limit: int
+) -> list[PendingJob]:
+    """Stamp ``values`` on at most ``limit`` rows matching ``where`` that no other
+    transaction holds (``FOR UPDATE SKIP LOCKED``); return them."""
+    with engine.begin() as conn:
+        rows = conn.execute(
+            update(Instance)
+            .where(
+                Instance.id.in_(
+                    select(Instance.id)
+                    .where(*where)
+                    .order_by(Instance.received_at)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            .values(**values)
+            .returning(Instance.id, Instance.sop_instance_uid, Instance.storage_uri)
+        ).all()
+    return [PendingJob(r.id, r.sop_instance_uid, r.storage_uri) for r in rows]
+
+
+def take_unenqueued(engine: Engine, older_than_s: float, limit: int = 500) -> list[PendingJob]:
+    """``received`` rows older than the grace period (committed, never enqueued), not
+    stamped by another pass within it. The caller publishes, then :func:`mark_enqueued`."""
+    return _take(
+        engine,
+        [
+            Instance.status == InstanceStatus.RECEIVED,
+            Instance.received_at < _ago(older_than_s),
+            or_(Instance.enqueued_at.is_(None), Instance.enqueued_at < _ago(older_than_s)),
+        ],
+        {"enqueued_at": func.now()},
+        limit,
+    )
+
+
+def take_orphaned_queued(
+    engine: Engine,
+    older_than_s: float,
+    waiting_ids: Collection[int],
+    unacked_ids: Collection[int] = (),
+    unacked_older_than_s: float = 0.0,
+    limit: int = 500,
+) -> list[PendingJob]:
+    """``queued`` rows whose job is not on the broker: none waiting (``waiting_ids``) and
+    none delivered (``unacked_ids``) after ``older_than_s`` since they were enqueued, or
+    only a delivered one after ``unacked_older_than_s`` (a retry's countdown is over: the
+    worker holding it died). The broker lost the job (Redis restarted empty), it was
+    acknowledged without a final status (the database was down), or a dead worker had
+    reserved it without claiming it yet."""
+    enqueued = func.coalesce(Instance.enqueued_at, Instance.received_at)
+    return _take(
+        engine,
+        [
+            Instance.status == InstanceStatus.QUEUED,
+            Instance.id.not_in(sorted(waiting_ids)),
+            or_(
+                and_(Instance.id.not_in(sorted(unacked_ids)), enqueued < _ago(older_than_s)),
+                enqueued < _ago(max(older_than_s, unacked_older_than_s)),
+            ),
+        ],
+        {"enqueued_at": func.now(), "updated_at": func.now()},
+        limit,
+    )
+
+
+def take_expired_leases(
+    engine: Engine, stale_processing_s: float, limit: int = 500
+) -> list[PendingJob]:
+    """``processing`` rows whose lease expired (the worker died or lost the database),
+    or, with no lease, untouched for ``stale_processing_s``; they go back to ``queued``
+    (their unfinished claim stays counted in ``attempts``)."""
+    return _take(
+        engine,
+        [
+            Instance.status == InstanceStatus.PROCESSING,
+            or_(
+                Instance.lease_expires_at < func.now(),
+                and_(
+                    Instance.lease_expires_at.is_(None),
+                    Instance.updated_at < _ago(stale_processing_s),
+                ),
+            ),
+        ],
+        {
+            "status": InstanceStatus.QUEUED,
+            "enqueued_at": func.now(),
+            "updated_at": func.now(),
+            **_NO_LEASE,
+        },
+        limit,
+    )
+
+
+@dataclass(frozen=True)
+class RequeueCandidate:
+    instance_id: int
+    sop_instance_uid: str
+    study_instance_uid: str
+    status: InstanceStatus
+    reason: str | None
+
+
+def requeue_candidates(
+    engine: Engine, *, failed: bool, study_instance_uid: str | None
+) -> list[RequeueCandidate]:
+    """What ``cxr-triage requeue`` would put back in work: ``failed`` instances (all of
+    them with ``failed``; a study's with ``study_instance_uid``) and, of that study,
+    also those still pending without a live lease. Done and not eligible ones never."""
+    pending_free = and_(
+        Instance.status.in_(PENDING_STATUSES),
+        or_(Instance.lease_expires_at.is_(None), Instance.lease_expires_at < func.now()),
+    )
+    where: list[ColumnElement[bool]] = []
+    if study_instance_uid is not None:
+        where.append(Study.study_instance_uid == study_instance_uid)
+        where.append(
+            or_(Instance.status == InstanceStatus.FAILED, pending_free)
+            if not failed
+            else Instance.status == InstanceStatus.FAILED
+        )
+    elif failed:
+        where.append(Instance.status == InstanceStatus.FAILED)
+    else:
+        raise ValueError("name a study, or ask for every failed instance")
+    with engine.begin() as conn:
+        rows = conn.execute(
+            select(
+                Instance.id,
+                Instance.sop_instance_uid,
+                Study.study_instance_uid,
+                Instance.status,
+                Instance.reason,
+            )
+            .join(Study, Study.id == Instance.study_id)
+            .where(*where)
+            .order_by(Instance.received_at)
+        ).all()
+    return [
+        RequeueCandidate(r.id, r.sop_instance_uid, r.study_instance_uid, r.status, r.reason)
+        for r in rows
+    ]
+
+
+def reset_for_requeue(engine: Engine, instance_ids: Collection[int]) -> list[PendingJob]:
+    """Put instances back to ``queued`` with no reason, no lease and 0 attempts (an
+    operator decided to try again); never a ``done`` one. The caller publishes."""
+    if not instance_ids:
+        return []
+    with engine.begin() as conn:
+        rows = conn.execute(
+            update(Instance)
+            .where(
+                Instance.id.in_(sorted(instance_ids)),
+                Instance.status.in_((*PENDING_STATUSES, InstanceStatus.FAILED)),
+                or_(Instance.lease_expires_at.is_(None), Instance.lease_expires_at < func.now()),
+            )
+            .values(
+                status=InstanceStatus.QUEUED,
+                reason=None,
+                attempts=0,
+                enqueued_at=func.now(),
+                updated_at=func.now(),
+                **_NO_LEASE,
+            )
+            .returning(Instance.id, Instance.sop_instance_uid, Instance.storage_uri)
+        ).all()
+    return [PendingJob(r.id, r.sop_instance_uid, r.storage_uri) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------
 # Same SOP Instance UID, different content (issue 12 defect 4; owned by the listener side)
 
 
-class ContentMatch(StrEnum):
+class ContentMatch(enum.StrEnum):
     """How a received instance compares with what is recorded under its SOP Instance UID."""
 
     NEW = "new"  # no row: recorded now, ``place_file`` ran

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
 from sqlalchemy import (
     BigInteger,
@@ -15,12 +16,22 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from cxr_db.result_states import (
+    RESULT_STATE_CHECK_SQL,
+    RESULT_STATE_TYPE,
+    SEND_STATUS_CHECK_SQL,
+    SEND_STATUS_TYPE,
+    ResultState,
+    SendStatus,
+)
 from cxr_db.statuses import STATUS_CHECK_SQL, STATUS_TYPE, InstanceStatus
 
 
@@ -40,6 +51,17 @@ class Study(Base):
         DateTime(timezone=True), server_default=func.now()
     )
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Results back to PACS (revision 0005; states in ``result_states``). The ``instances``
+    # insert trigger stamps last_instance_at and reopens a finished study.
+    result_state: Mapped[ResultState] = mapped_column(
+        RESULT_STATE_TYPE, default=ResultState.RECEIVING, server_default=ResultState.RECEIVING.value
+    )
+    result_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    last_instance_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    results_enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Instance(Base):
@@ -71,6 +93,12 @@ class Instance(Base):
     )
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Worker lease (migration 0004): who is scoring the instance, and until when.
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # revision 0006: the active model's population check (cxr_common.population)
+    population: Mapped[str | None] = mapped_column(String(16))
+    population_reason: Mapped[str | None] = mapped_column(Text)
     #: sha256 of the received data set (migration 0007; None for older rows).
     content_sha256: Mapped[str | None] = mapped_column(String(64))
 
@@ -98,6 +126,50 @@ class Prediction(Base):
     inference_ms: Mapped[float] = mapped_column(Float)
     worker_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # revision 0006: whether this prediction may set priority (False: shadow, see
+    # cxr_db.models), and the role of the model that made it ("active" or "shadow")
+    triage: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
+    model_role: Mapped[str] = mapped_column(String(8), default="active", server_default="active")
+
+
+# --------------------------------------------------------------------- results (0005)
+
+cast(Table, Study.__table__).append_constraint(
+    CheckConstraint(RESULT_STATE_CHECK_SQL, name="studies_result_state_valid")
+)
+Index("ix_studies_result_state", Study.result_state, Study.last_instance_at)
+
+
+class ResultSend(Base):
+    """One attempt to store one result version's objects on one destination."""
+
+    __tablename__ = "result_sends"
+    __table_args__ = (
+        CheckConstraint(SEND_STATUS_CHECK_SQL, name="result_sends_status_valid"),
+        Index("ix_result_sends_study", "study_id", "result_version", "destination"),
+        # At most one successful send per (study, result version, destination).
+        Index(
+            "uq_result_sends_sent",
+            "study_id",
+            "result_version",
+            "destination",
+            unique=True,
+            postgresql_where=text("status = 'sent'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    result_version: Mapped[int] = mapped_column(Integer)
+    destination: Mapped[str] = mapped_column(String(300))
+    attempt: Mapped[int] = mapped_column(Integer)
+    status: Mapped[SendStatus] = mapped_column(SEND_STATUS_TYPE)
+    sc_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    sr_sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    sc_status: Mapped[int | None] = mapped_column(Integer)
+    sr_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class InstanceConflict(Base):

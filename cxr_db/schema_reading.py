@@ -86,6 +86,14 @@ class AuditAction(enum.StrEnum):
     AUDIT_VIEW = "audit_view"
     AUDIT_EXPORT = "audit_export"
     ANSWERS_EXPORT = "answers_export"
+    # the model registry and the validated population (cxr_db.models, revision 0006)
+    MODEL_REGISTER = "model_register"
+    MODEL_ACTIVATE = "model_activate"
+    MODEL_SHADOW = "model_shadow"
+    MODEL_RETIRE = "model_retire"
+    MODEL_ROLLBACK = "model_rollback"
+    POPULATION_ENABLE = "population_enable"
+    POPULATION_DISABLE = "population_disable"
 
 
 def check_in(column: str, values: type[enum.StrEnum]) -> str:

@@ -30,7 +30,9 @@ Usage::
     batch = torch.stack([model.preprocess(img.pixels) for img in images])
     for img, ds, r in zip(images, headers, model.score_batch(batch)):
         score = cal.score(r.logit)              # .probability, .threshold, .flagged
-        png = render_overlay_png(img.pixels, r.cam, burned_in=has_burned_in_annotation(ds))
+        png = render_overlay_png(
+            img.pixels, r.cam, burned_in=has_burned_in_annotation(ds), score=score
+        )
 """
 
 from cxr_model.calibration import CalibratedScore, Calibration, load_calibration

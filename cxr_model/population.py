@@ -19,12 +19,16 @@ films often omit ViewPosition; eligibility has already refused what is not a che
 ``triage`` says whether the score may set priority; under ``enforce`` an outside instance is
 scored in shadow, and an unknown one follows ``CXR_UNKNOWN_AGE``. Reasons are for staff and
 name no patient data except the age itself.
+
+A site widens the population with strata its own validation passed
+(:meth:`Population.widened`: an age band adds an age range, a view or modality adds itself);
+the worker checks against the widened population (``cxr-triage population show``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,9 @@ from cxr_common.population import (
     UNKNOWN_AGE_ENV,
     PopulationPolicy,
     PopulationStatus,
+    Stratum,
     UnknownAge,
+    age_band_range,
 )
 from cxr_imaging.age import Age, AgeSource, HeaderSource, derive_age
 from cxr_model.contract import WEIGHTS_DIR, ModelContract, read_contract
@@ -82,14 +88,48 @@ class Population:
     views: frozenset[str]
     modalities: frozenset[str]
     evidence: tuple[Evidence, ...] = ()
+    #: Age ranges (completed years, inclusive) the site enabled on top of the model's own.
+    extra_age_ranges: tuple[tuple[float, float], ...] = ()
+    #: The strata (``age_band=18-64``) the site enabled, in the order given.
+    enabled_strata: tuple[str, ...] = ()
 
     def age_in_range(self, years: float) -> bool:
         """Completed years within range: 1-5 keeps a child of 5 y 11 mo, not one of 6."""
-        return self.age_min_years <= years < self.age_max_years + 1
+        ranges = ((self.age_min_years, self.age_max_years), *self.extra_age_ranges)
+        return any(lo <= years < hi + 1 for lo, hi in ranges)
 
     @property
     def age_label(self) -> str:
-        return f"{_num(self.age_min_years)}–{_num(self.age_max_years)} y"
+        ranges = sorted({(self.age_min_years, self.age_max_years), *self.extra_age_ranges})
+        return ", ".join(
+            f"{_num(lo)}+ y" if hi >= 1000 else f"{_num(lo)}–{_num(hi)} y" for lo, hi in ranges
+        )
+
+    def widened(self, strata: Iterable[Stratum]) -> Population:
+        """This population plus the ``strata`` a site validated and enabled."""
+        ages = list(self.extra_age_ranges)
+        views, modalities = set(self.views), set(self.modalities)
+        keys = list(self.enabled_strata)
+        for stratum in strata:
+            if stratum.dimension == "age_band":
+                band = age_band_range(stratum.value)
+                if band is None:
+                    raise ContractError(f"unknown age band {stratum.value!r}")
+                ages.append((float(band[0]), float(band[1])))
+            elif stratum.dimension == "view":
+                views.add(stratum.value.upper())
+            elif stratum.dimension == "modality":
+                modalities.add(stratum.value.upper())
+            else:
+                raise ContractError(f"stratum {stratum.key} does not widen a population")
+            keys.append(stratum.key)
+        return replace(
+            self,
+            extra_age_ranges=tuple(dict.fromkeys(ages)),
+            views=frozenset(views),
+            modalities=frozenset(modalities),
+            enabled_strata=tuple(dict.fromkeys(keys)),
+        )
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Population:

@@ -14,7 +14,7 @@ from torch import nn
 from cxr_model.architecture import build_network
 from cxr_model.contract import WEIGHTS_DIR, ModelContract, read_contract, sha256_file
 from cxr_model.errors import ModelIntegrityError
-from cxr_model.heatmaps import grad_cam
+from cxr_model.heatmaps import class_activation_maps
 from cxr_model.preprocess import preprocess as _preprocess
 from cxr_model.preprocess import scale_tensor
 
@@ -55,15 +55,15 @@ class ScoringModel:
         return logits
 
     def score_batch(self, batch: torch.Tensor, with_heatmaps: bool = True) -> list[ScoreResult]:
-        """Score a (N, C, H, W) batch in one forward (and one backward for Grad-CAM, see
-        :mod:`cxr_model.heatmaps`)."""
+        """Score a (N, C, H, W) batch in one forward (plus one backward only where the head
+        is not global average pooling + linear, see :mod:`cxr_model.heatmaps`)."""
         if batch.ndim == 3:
             batch = batch.unsqueeze(0)
         if not with_heatmaps:
             return [ScoreResult(float(v), None) for v in self.logits(batch)]
         x = batch.to(self.device, torch.float32)
         with self._lock:
-            logits, cams = grad_cam(self.net, self.contract.architecture, x)
+            logits, cams = class_activation_maps(self.net, self.contract.architecture, x)
         return [ScoreResult(float(lg), c) for lg, c in zip(logits, cams, strict=True)]
 
 

@@ -5,6 +5,29 @@ never pixels), so it never imports the worker or torch. ``make_celery`` is the o
 that sets the broker options both sides must agree on.
 """
 
-from cxr_queue.contract import SCORE_TASK, ScoreJob, enqueue_score, make_celery
+from cxr_queue.contract import (
+    MAX_RETRY_COUNTDOWN_S,
+    RESULTS_QUEUE,
+    RESULTS_TASK,
+    SCORE_TASK,
+    ResultsJob,
+    ScoreJob,
+    enqueue_results,
+    enqueue_score,
+    make_celery,
+)
+from cxr_queue.live import LiveJobs, live_instance_ids
 
-__all__ = ["SCORE_TASK", "ScoreJob", "enqueue_score", "make_celery"]
+__all__ = [
+    "MAX_RETRY_COUNTDOWN_S",
+    "RESULTS_QUEUE",
+    "RESULTS_TASK",
+    "SCORE_TASK",
+    "LiveJobs",
+    "ResultsJob",
+    "ScoreJob",
+    "enqueue_results",
+    "enqueue_score",
+    "live_instance_ids",
+    "make_celery",
+]

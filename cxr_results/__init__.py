@@ -25,6 +25,7 @@ from cxr_results.objects import (
     build_not_analysed_report,
     build_secondary_capture,
     build_structured_report,
+    overlay_from_png,
 )
 from cxr_results.send import SendOutcome, Timeouts, send_objects
 from cxr_results.uids import (
@@ -58,6 +59,7 @@ __all__ = [
     "is_our_dataset",
     "is_our_uid",
     "load_or_create_uid_root",
+    "overlay_from_png",
     "parse_destination",
     "parse_destinations",
     "result_uids",

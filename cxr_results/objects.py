@@ -3,14 +3,15 @@
 For each result version of a study (see :mod:`cxr_results.uids`):
 
 * a **Secondary Capture** image (:func:`build_secondary_capture`, highdicom ``SCImage``,
-  RGB, Explicit VR Little Endian): the scored radiograph, resized so that its longer side
-  is ``max_side`` pixels, with the heatmap blended on top (the same colour map and blending
-  as the web page's PNG), a dark band above it with "NOT FOR DIAGNOSTIC USE", the score,
-  the threshold, the flag and the model, and a band below with the clinical-support
-  statement. The text never holds patient data. When the source says its pixels carry
-  burned-in annotation (``BurnedInAnnotation YES``), the heatmap is drawn on a neutral
-  grey field instead of the pixels (the product's privacy rule; the text burned into the
-  source may name the patient). The picture itself is drawn by :mod:`cxr_results.render`.
+  RGB, Explicit VR Little Endian): the heatmap overlay the worker stored for the scored
+  instance (:mod:`cxr_model.heatmaps` draws it: one heatmap rule, no second model run),
+  with a dark band above it with "NOT FOR DIAGNOSTIC USE", the score, the threshold, the
+  flag and the model, and a band below with the clinical-support statement. The text
+  never holds patient data. When the source says its pixels carry burned-in annotation
+  (``BurnedInAnnotation YES``) the overlay was drawn on a neutral grey field, and without
+  an overlay the radiograph is replaced by grey here (the product's privacy rule; the text
+  burned into the source may name the patient). The picture is drawn by
+  :mod:`cxr_results.render`.
 * a **Comprehensive SR** (:func:`build_structured_report`) with the score, threshold, flag,
   analysis status, model name/version/sha256 and calibration version, referencing the
   scored instance and the Secondary Capture, led by the clinical-support statement.
@@ -39,9 +40,16 @@ SR content tree (value type, relationship, concept)::
       CONTAINS  TEXT   DCM 121106 "Comment" = the clinical-support statement
       CONTAINS  CODE   99CXR STATUS "Analysis status" = 99CXR SCORED | NOT_ELIGIBLE | FAILED
       CONTAINS  TEXT   99CXR REASON "Reason not analysed"         (not-analysed SR only)
-      CONTAINS  NUM    99CXR SCORE "Triage score" (UCUM "1")        (scored SR only)
+      CONTAINS  NUM    99CXR SCORE "Triage score" (UCUM "1")        (scored SR, triaged)
+      CONTAINS  NUM    99CXR SHADOW_SCORE "Shadow score, not used for triage" (instead of
+                       SCORE when the instance is outside the validated population)
       CONTAINS  NUM    99CXR THRESHOLD "Operating threshold" (UCUM "1")
       CONTAINS  CODE   99CXR FLAG "Flagged for priority reading" = SCT 373066001 Yes | 373067005 No
+                       (only for a score that triaged: a shadow score has no flag)
+      CONTAINS  CODE   99CXR POPULATION_STATUS "Validated population" = 99CXR IN_SCOPE |
+                       OUTSIDE | UNKNOWN                                (when checked)
+      CONTAINS  TEXT   99CXR POPULATION_STATEMENT "Population statement" = "OUTSIDE
+                       VALIDATED POPULATION: score not used for triage (reason)"  (shadow only)
       CONTAINS  TEXT   99CXR FINDING "Finding scored" (e.g. "pneumonia")
       CONTAINS  TEXT   DCM 111001 Algorithm Name, DCM 111003 Algorithm Version
       CONTAINS  TEXT   99CXR WEIGHTS_SHA256 "Model weights SHA-256"
@@ -88,8 +96,8 @@ from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian
 
 from cxr_common.clinical import DISCLAIMER
 from cxr_results.errors import ResultObjectError
-from cxr_results.render import NOT_FOR_DIAGNOSTIC_USE, render_result_image
-from cxr_results.summary import AnalysisStatus, ResultSummary
+from cxr_results.render import NOT_FOR_DIAGNOSTIC_USE, overlay_from_png, render_result_image
+from cxr_results.summary import AnalysisStatus, ResultSummary, population_statement
 from cxr_results.uids import MANUFACTURER, SERIES_DESCRIPTION_PREFIX, ResultUids, result_uids
 
 __all__ = [
@@ -103,6 +111,7 @@ __all__ = [
     "build_not_analysed_report",
     "build_secondary_capture",
     "build_structured_report",
+    "overlay_from_png",
     "render_result_image",
 ]
 
@@ -145,6 +154,12 @@ CXR_CODES: dict[str, str] = {
     "WEIGHTS_SHA256": "Model weights SHA-256",
     "CALIBRATION": "Calibration version",
     "POPULATION": "Population note",
+    "SHADOW_SCORE": "Shadow score, not used for triage",
+    "POPULATION_STATUS": "Validated population",
+    "IN_SCOPE": "Within the validated population",
+    "OUTSIDE": "Outside the validated population",
+    "UNKNOWN": "Population unknown",
+    "POPULATION_STATEMENT": "Population statement",
     "SEEN": "Instance seen, not analysed",
 }
 
@@ -158,6 +173,7 @@ _STATUS_CODE = {
     AnalysisStatus.NOT_ELIGIBLE: "NOT_ELIGIBLE",
     AnalysisStatus.FAILED: "FAILED",
 }
+_POPULATION_CODE = {"in_scope": "IN_SCOPE", "outside": "OUTSIDE", "unknown": "UNKNOWN"}
 _NO_UNITS = CodedConcept(value="1", scheme_designator="UCUM", meaning="no units")
 _ENGLISH = CodedConcept(
     value="en-US", scheme_designator="RFC5646", meaning="English (United States)"
@@ -171,6 +187,11 @@ _SOURCE_IMAGE_PURPOSE = CodedConcept.from_code(codes.DCM.SourceImageForImageProc
 def _lo(text: str) -> str:
     """A value that fits VR LO (64 characters, no backslash)."""
     return text.replace("\\", "/")[:64]
+
+
+def _lo_text(text: str) -> str:
+    """A value that fits VR ST (1024 characters)."""
+    return text[:1024]
 
 
 def _burned_in(ds: Dataset) -> bool:
@@ -235,8 +256,7 @@ def _image_reference(source: Dataset) -> Dataset:
 
 def build_secondary_capture(
     source: Dataset,
-    grey: npt.NDArray[np.floating],
-    heatmap: npt.NDArray[np.floating] | None,
+    picture: npt.NDArray[np.generic],
     result: ResultSummary,
     uids: ResultUids,
     *,
@@ -244,13 +264,15 @@ def build_secondary_capture(
 ) -> hd.sc.SCImage:
     """The heatmap Secondary Capture of one result version (see the module docstring).
 
-    ``source`` is the scored instance (its header is enough), ``grey`` its decoded pixels
-    (float [0, 1], MONOCHROME2, as :func:`cxr_imaging.decode_dataset` gives them)."""
+    ``source`` is the scored instance (its header is enough); ``picture`` the heatmap
+    overlay stored for it (:func:`cxr_results.render.overlay_from_png`) or, without one,
+    its decoded pixels (float [0, 1], MONOCHROME2, as :func:`cxr_imaging.decode_dataset`
+    gives them)."""
     if result.status is not AnalysisStatus.SCORED:
         raise ResultObjectError("a Secondary Capture is made only for a scored study")
     _check_study(source, uids)
     neutral = _burned_in(source)
-    rgb = render_result_image(grey, heatmap, result, neutral_field=neutral, max_side=max_side)
+    rgb = render_result_image(picture, result, neutral_field=neutral, max_side=max_side)
     header = _reference_header(source)
     try:
         sc = hd.sc.SCImage(
@@ -280,12 +302,20 @@ def build_secondary_capture(
     sc.ConversionType = "WSD"  # made on a workstation
     sc.BurnedInAnnotation = "YES"
     sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
-    sc.DerivationDescription = (
-        f"Heatmap of model {result.model_name} {result.model_version} over "
-        + ("a neutral grey field" if neutral else "the scored image")
-        + f"; score {result.score:.3f}, threshold {result.threshold:.3f}. "
-        + f"{NOT_FOR_DIAGNOSTIC_USE}."
+    shown = "a neutral grey field" if neutral else "the scored image"
+    what = (
+        f"Heatmap of model {result.model_name} {result.model_version} over {shown}"
+        if np.asarray(picture).ndim == 3
+        else f"{shown.capitalize()} without heatmap, model {result.model_name} "
+        f"{result.model_version}"
     )
+    statement = population_statement(result)
+    scored = (
+        f"score {result.score:.3f}, threshold {result.threshold:.3f}"
+        if statement is None
+        else f"{statement}; shadow score {result.score:.3f}, threshold {result.threshold:.3f}"
+    )
+    sc.DerivationDescription = _lo_text(f"{what}; {scored}. {NOT_FOR_DIAGNOSTIC_USE}.")
     sc.ImageComments = f"{NOT_FOR_DIAGNOSTIC_USE}. {DISCLAIMER}"
     if str(source.get("LossyImageCompression", "")) == "01" or _lossy_syntax(source):
         sc.LossyImageCompression = "01"
@@ -452,24 +482,32 @@ def build_structured_report(
     _check_study(source, uids)
     contains = RelationshipTypeValues.CONTAINS
     items = _common_items(uids, result.model_name, AnalysisStatus.SCORED)
-    items += [
+    statement = population_statement(result)
+    items.append(
         NumContentItem(
-            name=_cxr("SCORE"),
+            name=_cxr("SCORE" if statement is None else "SHADOW_SCORE"),
             value=round(float(result.score), 6),
             unit=_NO_UNITS,
             relationship_type=contains,
-        ),
+        )
+    )
+    items.append(
         NumContentItem(
             name=_cxr("THRESHOLD"),
             value=round(float(result.threshold), 6),
             unit=_NO_UNITS,
             relationship_type=contains,
-        ),
-        CodeContentItem(
-            name=_cxr("FLAG"),
-            value=CodedConcept.from_code(codes.SCT.Yes if result.flagged else codes.SCT.No),
-            relationship_type=contains,
-        ),
+        )
+    )
+    if statement is None:  # a shadow score set no priority: it has no flag to report
+        items.append(
+            CodeContentItem(
+                name=_cxr("FLAG"),
+                value=CodedConcept.from_code(codes.SCT.Yes if result.flagged else codes.SCT.No),
+                relationship_type=contains,
+            )
+        )
+    items += [
         _text(_cxr("FINDING"), result.finding),
         *_model_items(
             result.model_name,
@@ -478,6 +516,17 @@ def build_structured_report(
             result.calibration_version,
         ),
     ]
+    population = _POPULATION_CODE.get(result.population or "")
+    if population is not None:
+        items.append(
+            CodeContentItem(
+                name=_cxr("POPULATION_STATUS"),
+                value=_cxr(population),
+                relationship_type=contains,
+            )
+        )
+    if statement is not None:
+        items.append(_text(_cxr("POPULATION_STATEMENT"), statement))
     if result.population_note:
         items.append(_text(_cxr("POPULATION"), result.population_note))
     header = _reference_header(source)

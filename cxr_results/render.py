@@ -1,46 +1,57 @@
-"""The Secondary Capture's picture: the radiograph, the heatmap and the burned-in text.
+"""The Secondary Capture's picture: the heatmap overlay (or the radiograph) and the text.
+
+One heatmap rule: the picture is the heatmap overlay the worker stored with the prediction
+(``predictions.heatmap_png``, drawn by :mod:`cxr_model.heatmaps`, already on a neutral grey
+field when the source has burned-in text), so the colour map, the blending and the
+burned-in rule are decided in one place and the results task never runs the model again.
+Without a stored overlay (heatmaps switched off) the decoded radiograph is shown in grey,
+or a neutral grey field when the source says its pixels carry burned-in annotation.
 
 Layout, top to bottom: a dark band with "NOT FOR DIAGNOSTIC USE - clinical decision
-support", the score against the threshold with the flag, and the model; the radiograph
-(longer side ``max_side`` pixels) with the heatmap blended on top (the web page's colour map
-and blending: alpha 0.55 x heat, so cold regions stay untinted); a "heatmap: low ... high"
-legend; a band with the clinical-support statement and what the heatmap means. Text goes
-in bands around the image, never over the anatomy, and names the model and the result only,
-never the patient. Pillow's bundled font is used, so no system font is needed.
+support", the score against the threshold with the flag, and the model; the picture (longer
+side at most ``max_side`` pixels); a band with the clinical-support statement and what the
+heatmap means. Text goes in bands around the picture, never over the anatomy, and names the
+model and the result only, never the patient. Pillow's bundled font is used, so no system
+font is needed.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from functools import cache
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from cxr_common.clinical import DISCLAIMER
 from cxr_results.errors import ResultObjectError
-from cxr_results.summary import ResultSummary
+from cxr_results.summary import ResultSummary, population_statement
 
-__all__ = ["HEATMAP_NOTE", "NEUTRAL_FIELD_NOTE", "NOT_FOR_DIAGNOSTIC_USE", "render_result_image"]
+__all__ = [
+    "HEATMAP_NOTE",
+    "NEUTRAL_FIELD_NOTE",
+    "NOT_FOR_DIAGNOSTIC_USE",
+    "NO_HEATMAP_NOTE",
+    "overlay_from_png",
+    "render_result_image",
+    "result_text",
+]
 
 UInt8Array = npt.NDArray[np.uint8]
 
 NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
 HEATMAP_NOTE = (
-    "Heatmap (Grad-CAM): image regions that most influenced the score, not a lesion outline."
+    "Heatmap (Grad-CAM, warmer = more influence): image regions that most influenced the "
+    "score, not a lesion outline."
 )
+NO_HEATMAP_NOTE = "No heatmap was stored for this image."
 NEUTRAL_FIELD_NOTE = (
     "The source image has burned-in text: the heatmap is shown on a neutral grey field."
 )
-
-
-def _jet(v: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """The web page's jet-like colour map: v in [0, 1] -> RGB in [0, 255] (float)."""
-    r = np.clip(1.5 - np.abs(4.0 * v - 3.0), 0.0, 1.0)
-    g = np.clip(1.5 - np.abs(4.0 * v - 2.0), 0.0, 1.0)
-    b = np.clip(1.5 - np.abs(4.0 * v - 1.0), 0.0, 1.0)
-    return np.stack([r, g, b], axis=-1).astype(np.float32) * 255.0
+#: The grey shown instead of the pixels of a source with burned-in text (no heatmap case).
+NEUTRAL_GREY = 0.5
 
 
 @cache
@@ -81,27 +92,92 @@ def _text_band(
     return band
 
 
-def _colour_bar(width: int, size: int) -> Image.Image:
-    """A 'heatmap: low ... high' legend band."""
-    font = _font(size)
-    margin = max(6, size // 2)
-    band = Image.new("RGB", (width, size + 2 * margin), (16, 16, 16))
-    draw = ImageDraw.Draw(band)
-    low, high = "heatmap: low", "high"
-    x0 = margin + round(font.getlength(low)) + margin
-    x1 = width - margin - round(font.getlength(high)) - margin
-    draw.text((margin, margin), low, fill=(220, 220, 220), font=font)
-    draw.text((x1 + margin, margin), high, fill=(220, 220, 220), font=font)
-    if x1 > x0:
-        ramp = _jet(np.linspace(0.0, 1.0, x1 - x0, dtype=np.float32)).astype(np.uint8)
-        bar = np.repeat(ramp[None, :, :], size, axis=0)
-        band.paste(Image.fromarray(bar, mode="RGB"), (x0, margin))
-    return band
+def overlay_from_png(png: bytes) -> UInt8Array:
+    """The stored heatmap overlay PNG as RGB pixels (H x W x 3, uint8)."""
+    try:
+        with Image.open(io.BytesIO(png)) as image:
+            image.load()
+            rgb = image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ResultObjectError(f"the stored heatmap overlay is not a readable PNG: {exc}") from exc
+    return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+def _picture(
+    picture: npt.NDArray[np.generic], neutral_field: bool, max_side: int
+) -> tuple[Image.Image, bool]:
+    """(the picture as RGB, scaled so its longer side is at most ``max_side``; whether it
+    is a heatmap overlay)."""
+    array = np.asarray(picture)
+    if array.ndim == 3 and array.shape[2] == 3 and array.dtype == np.uint8 and array.size:
+        image = Image.fromarray(array, mode="RGB")
+        is_overlay = True
+    elif array.ndim == 2 and array.size and np.issubdtype(array.dtype, np.floating):
+        grey = np.clip(np.nan_to_num(array.astype(np.float32)), 0.0, 1.0)
+        if neutral_field:
+            grey = np.full_like(grey, NEUTRAL_GREY)
+        image = Image.fromarray((grey * 255.0 + 0.5).astype(np.uint8), mode="L").convert("RGB")
+        is_overlay = False
+    else:
+        raise ResultObjectError(
+            "expected a heatmap overlay (H x W x 3, uint8) or a 2-D greyscale image in [0, 1], "
+            f"got shape {array.shape} of {array.dtype}"
+        )
+    scale = min(1.0, max_side / max(image.size))
+    if scale < 1.0:
+        size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    return image, is_overlay
+
+
+Line = tuple[str, tuple[int, int, int]]
+_AMBER = (255, 220, 0)
+_GREY = (200, 200, 200)
+_FLAG = (255, 120, 60)
+
+
+def result_text(
+    result: ResultSummary, *, neutral_field: bool = False, overlay: bool = True
+) -> tuple[list[Line], list[Line]]:
+    """The (header, footer) lines of the Secondary Capture: (text, colour) each.
+
+    A shadow score (``result.triage`` False: outside the validated population) is headed
+    "OUTSIDE VALIDATED POPULATION: score not used for triage" with the reason, and shown as
+    a shadow score, never as flagged or not flagged."""
+    header: list[Line] = [(f"{NOT_FOR_DIAGNOSTIC_USE} - clinical decision support", _AMBER)]
+    statement = population_statement(result)
+    if statement is None:
+        flag_text = "FLAGGED for priority reading" if result.flagged else "not flagged"
+        header.append(
+            (
+                f"{result.finding.capitalize()} score {result.score:.3f} "
+                f"(threshold {result.threshold:.3f}): {flag_text}",
+                _FLAG if result.flagged else _GREY,
+            )
+        )
+    else:
+        header += [
+            (statement, _AMBER),
+            (
+                f"{result.finding.capitalize()} shadow score {result.score:.3f} "
+                f"(threshold {result.threshold:.3f}): not a triage result; read normally",
+                _GREY,
+            ),
+        ]
+    header.append((f"Model {result.model_name} {result.model_version}", _GREY))
+    if neutral_field:
+        header.append((NEUTRAL_FIELD_NOTE, _GREY))
+    footer: list[Line] = [
+        (DISCLAIMER, _AMBER),
+        (HEATMAP_NOTE if overlay else NO_HEATMAP_NOTE, _GREY),
+    ]
+    if result.population_note:
+        footer.append((result.population_note, _GREY))
+    return header, footer
 
 
 def render_result_image(
-    grey: npt.NDArray[np.floating],
-    heatmap: npt.NDArray[np.floating] | None,
+    picture: npt.NDArray[np.generic],
     result: ResultSummary,
     *,
     neutral_field: bool = False,
@@ -109,55 +185,22 @@ def render_result_image(
 ) -> UInt8Array:
     """The Secondary Capture's RGB pixels (H x W x 3, uint8).
 
-    ``grey`` is the decoded radiograph (float, [0, 1], MONOCHROME2), ``heatmap`` any size in
-    [0, 1] (resized to the image). With ``neutral_field`` the radiograph is replaced by mid
-    grey before the heatmap is drawn. The text names the model and the result only."""
-    pixels = np.asarray(grey, dtype=np.float32)
-    if pixels.ndim != 2 or min(pixels.shape) < 1:
-        raise ResultObjectError(f"expected a 2-D greyscale image, got shape {pixels.shape}")
-    if neutral_field:
-        pixels = np.full_like(pixels, 0.5)
-    pixels = np.clip(np.nan_to_num(pixels), 0.0, 1.0)
-    rows, cols = pixels.shape
-    scale = max_side / max(rows, cols)
-    size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
-    image = Image.fromarray((pixels * 255.0 + 0.5).astype(np.uint8), mode="L")
-    base = np.asarray(image.resize(size, Image.Resampling.BILINEAR).convert("RGB"), np.float32)
-    if heatmap is not None:
-        heat = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float32)), 0.0, 1.0)
-        if heat.ndim != 2:
-            raise ResultObjectError(f"expected a 2-D heatmap, got shape {heat.shape}")
-        heat_img = Image.fromarray((heat * 255.0 + 0.5).astype(np.uint8), mode="L")
-        heat01 = np.asarray(heat_img.resize(size, Image.Resampling.BILINEAR), np.float32) / 255.0
-        alpha = (0.55 * heat01)[..., None]
-        base = base * (1.0 - alpha) + _jet(heat01) * alpha
-    picture = Image.fromarray(np.clip(base + 0.5, 0, 255).astype(np.uint8), mode="RGB")
-
-    width = size[0]
+    ``picture`` is the stored heatmap overlay (:func:`overlay_from_png`; H x W x 3 uint8)
+    or, without one, the decoded radiograph (2-D float in [0, 1], MONOCHROME2).
+    ``neutral_field`` says the source has burned-in text: an overlay was already drawn on a
+    neutral field by the worker (a note says so); a greyscale radiograph is replaced by
+    mid grey here. The text names the model and the result only."""
+    image, is_overlay = _picture(picture, neutral_field, max_side)
+    width = image.size[0]
     text_size = max(14, round(width / 42))
-    flag_text = "FLAGGED for priority reading" if result.flagged else "not flagged"
-    flag_colour = (255, 120, 60) if result.flagged else (200, 200, 200)
-    header_lines: list[tuple[str, tuple[int, int, int]]] = [
-        (f"{NOT_FOR_DIAGNOSTIC_USE} - clinical decision support", (255, 220, 0)),
-        (
-            f"{result.finding.capitalize()} score {result.score:.3f} "
-            f"(threshold {result.threshold:.3f}): {flag_text}",
-            flag_colour,
-        ),
-        (f"Model {result.model_name} {result.model_version}", (200, 200, 200)),
+    header_lines, footer_lines = result_text(
+        result, neutral_field=neutral_field, overlay=is_overlay
+    )
+    parts = [
+        _text_band(width, header_lines, text_size),
+        image,
+        _text_band(width, footer_lines, round(text_size * 0.8)),
     ]
-    if neutral_field:
-        header_lines.append((NEUTRAL_FIELD_NOTE, (200, 200, 200)))
-    footer_lines: list[tuple[str, tuple[int, int, int]]] = [
-        (DISCLAIMER, (255, 220, 0)),
-        (HEATMAP_NOTE, (200, 200, 200)),
-    ]
-    if result.population_note:
-        footer_lines.append((result.population_note, (200, 200, 200)))
-    parts = [_text_band(width, header_lines, text_size), picture]
-    if heatmap is not None:
-        parts.append(_colour_bar(width, round(text_size * 0.8)))
-    parts.append(_text_band(width, footer_lines, round(text_size * 0.8)))
     canvas = Image.new("RGB", (width, sum(p.height for p in parts)), (16, 16, 16))
     y = 0
     for part in parts:

@@ -28,6 +28,7 @@ from cxr_common.logs import configure_logging
 from cxr_common.settings import (
     CommonSettings,
     ListenerSettings,
+    ResultSettings,
     SupervisorSettings,
     WebSettings,
     WorkerSettings,
@@ -58,6 +59,7 @@ TRAINING_COMMANDS = {
     "calibrate": "fit a site calibration (threshold for target sensitivity + temperature)",
     "predict": "score DICOM / image files offline",
     "validate": "site validation by stratum (age, sex, view, manufacturer, modality) from labels",
+    "groups": "acquisition-group audit: ImageNet-feature clusters, class balance, errors per group",
 }
 
 
@@ -68,16 +70,18 @@ def _cmd_demo(args: argparse.Namespace, settings: SupervisorSettings) -> int:
     return run_demo(settings, Path(data_dir), timeout_s=args.timeout, verbose=args.verbose)
 
 
-def _cmd_migrate(args: argparse.Namespace, settings: CommonSettings) -> int:
+def _cmd_migrate(args: argparse.Namespace, settings: WorkerSettings) -> int:
+    from cxr_triage.models_cli import migrate_registers_model
     from cxr_triage.services import resolve_services
     from migrations import upgrade_to_head
 
     services = resolve_services(settings)
     try:
         upgrade_to_head(services.database_url)
+        active = migrate_registers_model(settings, services.database_url)
     finally:
         services.stop()
-    print("database schema is up to date")
+    print(f"database schema is up to date; active model {active.version}")
     return 0
 
 
@@ -107,7 +111,29 @@ def _cmd_work(args: argparse.Namespace, settings: WorkerSettings) -> int:
 
     overrides = {"batch_max_size": args.batch_size, "device": args.device}
     settings = settings.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
+    if settings.restart_on_exit:
+        return _run_with_services(settings, _supervise_worker)
     return _run_with_services(settings, run_worker)
+
+
+def _supervise_worker(settings: WorkerSettings) -> int:
+    """``cxr-triage work``: run the worker in a child process and restart it when it dies
+    (issue 12, defect 2); its settings travel as ``CXR_*`` variables."""
+    from cxr_triage.processes import cxr_triage_command, settings_env, supervise
+
+    env = dict(os.environ)
+    env.update(settings_env(settings, type(settings).model_fields))
+    env["CXR_RESTART_ON_EXIT"] = "false"
+    with stop_on_signals("the worker") as stop:
+        return supervise("worker", cxr_triage_command("work"), env, stop)
+
+
+def _cmd_send_results(args: argparse.Namespace, settings: ResultSettings) -> int:
+    from cxr_results import parse_destinations
+    from worker.app import run_results_worker
+
+    parse_destinations(settings.result_destinations)  # a malformed entry: exit 2 at once
+    return _run_with_services(settings, run_results_worker)
 
 
 def _cmd_web(args: argparse.Namespace, settings: WebSettings) -> int:
@@ -126,12 +152,20 @@ def _cmd_web(args: argparse.Namespace, settings: WebSettings) -> int:
 
 
 def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
-    from cxr_triage.processes import Child, spawn, stop_all, wait_for_port
+    from cxr_triage.processes import (
+        Child,
+        RestartPolicy,
+        restart_dead_workers,
+        spawn,
+        stop_all,
+        wait_for_port,
+    )
     from cxr_triage.services import resolve_services
     from migrations import upgrade_to_head
 
     services = resolve_services(settings)
     children: list[Child] = []
+    restarts = RestartPolicy()
     # the handlers stay until everything is stopped: a second Ctrl-C cannot cut clean-up short
     with stop_on_signals("cxr-triage up") as stop:
         try:
@@ -140,6 +174,7 @@ def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
             children.append(spawn("listener", ["listen"], env))
             for i in range(args.workers):
                 children.append(spawn(f"worker-{i + 1}", ["work"], env))
+            children.append(spawn("results", ["send-results"], env))
             if not args.no_web:
                 children.append(spawn("web", ["web"], env))
             host = "127.0.0.1" if settings.dicom_host in ("0.0.0.0", "") else settings.dicom_host
@@ -153,9 +188,10 @@ def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
                 "Ctrl-C stops."
             )
             while not stop.wait(0.5):
-                dead = [c for c in children if c.proc.poll() is not None]
-                if dead:
-                    print(f"{dead[0].name} exited with code {dead[0].proc.returncode}; stopping")
+                # a dead worker is restarted (issue 12); any other dead child stops `up`
+                dead = restart_dead_workers(children, env, restarts)
+                if dead is not None:
+                    print(f"{dead.name} exited with code {dead.proc.returncode}; stopping")
                     return 1
                 lost = services.embedded.lost() if services.embedded is not None else None
                 if lost:
@@ -195,6 +231,57 @@ def _cmd_worklist(args: argparse.Namespace, settings: CommonSettings) -> int:
     return _run_with_services(settings, show)
 
 
+def _cmd_requeue(args: argparse.Namespace, settings: CommonSettings) -> int:
+    """Put failed or stuck instances back in work (issue 12): the operator's way after
+    fixing what the reason said. Resets attempts; never touches a scored instance."""
+    from cxr_db import make_engine
+    from cxr_db import repository as repo
+    from cxr_queue import ScoreJob, enqueue_score, make_celery
+
+    if not args.failed and args.study is None:
+        print("cxr-triage requeue: name a study (--study UID) or pass --failed", file=sys.stderr)
+        return 2
+
+    def run(s: CommonSettings) -> int:
+        engine = make_engine(s.database_url_value(), pool_size=1)
+        try:
+            found = repo.requeue_candidates(
+                engine, failed=args.failed, study_instance_uid=args.study
+            )
+            for c in found:
+                line = f"{c.study_instance_uid}  {c.sop_instance_uid}  {c.status.value}"
+                print(f"{line}  {c.reason or ''}")
+            if not found:
+                what = f"study {args.study}" if args.study else "any study"
+                print(f"nothing to requeue: no failed or stuck instance in {what}")
+                return 1 if args.study else 0
+            if args.dry_run:
+                print(f"dry run: {len(found)} instance(s) would be requeued")
+                return 0
+            jobs = repo.reset_for_requeue(engine, [c.instance_id for c in found])
+            app = make_celery(s.broker_url_value(), s.queue_name)
+            published = 0
+            for job in jobs:
+                try:
+                    enqueue_score(
+                        app, ScoreJob.model_validate(job, from_attributes=True), s.queue_name
+                    )
+                except Exception as exc:  # noqa: BLE001 - broker errors come in many types
+                    print(
+                        f"broker unavailable ({type(exc).__name__}): the listener's reconciler "
+                        "enqueues the rest once it is back",
+                        file=sys.stderr,
+                    )
+                    break
+                published += 1
+            print(f"requeued {len(jobs)} instance(s) ({published} sent to the workers now)")
+            return 0
+        finally:
+            engine.dispose()
+
+    return _run_with_services(settings, run)
+
+
 def _run_accounts(
     handler: Callable[[Any, argparse.Namespace], int],
     args: argparse.Namespace,
@@ -214,15 +301,68 @@ def _run_accounts(
     return _run_with_services(settings, run)
 
 
+def _add_requeue_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "requeue",
+        help="put failed or stuck instances back in work (after fixing the cause)",
+        description="Requeue every failed instance (--failed), or the failed and stuck "
+        "instances of one study (--study UID), with their attempts reset. Scored "
+        "instances are never touched. --dry-run lists what would be requeued.",
+    )
+    p.add_argument("--failed", action="store_true", help="every failed instance")
+    p.add_argument("--study", metavar="UID", help="one study (its Study Instance UID)")
+    p.add_argument("--dry-run", action="store_true", help="list, change nothing")
+    p.set_defaults(func=_cmd_requeue, settings_class=CommonSettings)
+
+
 def _cmd_send(args: argparse.Namespace, settings: CommonSettings) -> int:
     from cxr_triage.send import run_send
 
     return run_send(args)
 
 
+def _init_from_registry(argv: list[str]) -> list[str]:
+    """``train --init-from VERSION``: a registered version stands for its folder."""
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name != "--init-from":
+            continue
+        at = i if eq else i + 1
+        if not eq and at >= len(argv):
+            return argv
+        value = value if eq else argv[at]
+        if not value or Path(value).exists():
+            return argv
+        from cxr_db import make_engine
+        from cxr_db.models import get_model
+        from cxr_triage.services import resolve_services
+
+        services = resolve_services(CommonSettings())
+        try:
+            engine = make_engine(services.database_url, pool_size=1)
+            entry = get_model(engine, value)
+            engine.dispose()
+        finally:
+            services.stop()
+        if entry is None:
+            raise CxrTriageError(
+                f"--init-from {value}: neither a folder nor a registered model version"
+            )
+        out = list(argv)
+        out[at] = f"--init-from={entry.uri}" if eq else entry.uri
+        return out
+    return argv
+
+
 def _run_training(command: str, argv: list[str]) -> int:
     """Hand ``cxr-triage COMMAND ARGS`` to ``training.cli``: the one import of training in
     the runtime CLI, made only when a training command runs."""
+    if command == "train":
+        try:
+            argv = _init_from_registry(argv)
+        except CxrTriageError as exc:
+            print(f"cxr-triage train: {exc}", file=sys.stderr)
+            return 2
     try:
         from training.cli import main as training_main
     except ModuleNotFoundError as exc:
@@ -310,11 +450,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_work, settings_class=WorkerSettings)
 
     p = sub.add_parser(
+        "send-results",
+        help="run the results sender: SC + SR of each complete study to PACS (C-STORE)",
+        description="Consume the results queue: for each complete study, build the heatmap "
+        "Secondary Capture and the Comprehensive SR (or a not-analysed SR) and C-STORE them to "
+        "every destination. Settings: CXR_RESULT_DESTINATIONS (AE@host:port,...; empty = "
+        "nothing is sent), CXR_RESULT_CALLING_AE_TITLE, CXR_UID_ROOT, CXR_RESULT_MAX_RETRIES.",
+    )
+    p.set_defaults(func=_cmd_send_results, settings_class=ResultSettings)
+
+    p = sub.add_parser(
         "migrate",
         help="create or upgrade the database schema",
         description="Apply the Alembic migrations to CXR_DATABASE_URL.",
     )
-    p.set_defaults(func=_cmd_migrate, settings_class=CommonSettings)
+    p.set_defaults(func=_cmd_migrate, settings_class=WorkerSettings)
 
     p = sub.add_parser(
         "worklist",
@@ -342,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("user", "token", "audit", "answers"):
         sub.choices[name].set_defaults(settings_class=CommonSettings)
 
+    _add_requeue_parser(sub)
+
     from cxr_triage.send import add_send_arguments
 
     p = sub.add_parser(
@@ -352,6 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_send_arguments(p)
     p.set_defaults(func=_cmd_send, settings_class=CommonSettings)
+
+    from cxr_triage import models_cli
+
+    models_cli.add_arguments(sub)
 
     for name, help_line in TRAINING_COMMANDS.items():
         # Arguments are parsed by training.cli (see main); `cxr-triage train --help` shows

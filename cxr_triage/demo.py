@@ -4,6 +4,12 @@ Starts (or uses) Postgres and Redis, migrates, starts a listener and a worker, s
 bundled sample studies over a real DICOM association, waits until each instance is final,
 prints the triaged worklist, writes the heatmaps, stops everything it started.
 
+The demo starts no results sender (``send-results``): nothing goes to PACS, whatever
+``CXR_RESULT_DESTINATIONS`` says. Its listener still completes quiet studies and enqueues
+their results jobs, on a results queue of the demo's own (:func:`demo_results_queue`), which
+the demo empties when it stops: with a configured broker, a site's running sender never sees
+the demo's sample studies, and nothing is left behind.
+
 The terminal shows one progress bar per phase (services, send, scoring), then the
 worklist, where the files went and the wall time. Every log line, ours and the children's,
 goes to ``demo.log`` in the demo folder unless ``verbose``.
@@ -16,6 +22,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,7 +51,33 @@ CHILD_SETTINGS = (
     "dicom_host",
     "dicom_port",
     "reconcile_interval_s",
+    "results_queue_name",
 )
+
+
+def demo_results_queue() -> str:
+    """A results queue of this demo run's own: no sender consumes it."""
+    return f"cxr-demo-results-{uuid.uuid4().hex[:8]}"
+
+
+def discard_results_jobs(broker_url: str, queue_name: str) -> int:
+    """Drop the demo's unsent results jobs (the Redis list of ``queue_name``); returns how
+    many there were. A broker that does not answer is left as it is (logged)."""
+    import redis
+
+    client = redis.Redis.from_url(broker_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        pipe = client.pipeline(transaction=True)
+        pipe.llen(queue_name)
+        pipe.delete(queue_name)
+        n, _ = pipe.execute()
+    except redis.RedisError as exc:
+        log.warning("could not drop the demo's results queue (%s)", type(exc).__name__)
+        return 0
+    finally:
+        client.close()
+    log.info("dropped %d unsent results job(s) of the demo (no results sender runs)", int(n))
+    return int(n)
 
 
 def sample_files(folder: Path = SAMPLES_DIR) -> list[Path]:
@@ -166,6 +199,7 @@ def _run(
                 dicom_port=free_port(),
                 storage_uri=(data_dir / "instances").resolve().as_uri(),
                 reconcile_interval_s=5.0,
+                results_queue_name=demo_results_queue(),
             )
             env = dict(os.environ) | settings_env(settings, CHILD_SETTINGS)
             children.append(spawn("listener", ["listen"], env, children_log))
@@ -204,4 +238,6 @@ def _run(
     finally:
         stop_all(children)
         if services is not None:
+            if settings.results_queue_name.startswith("cxr-demo-results-"):
+                discard_results_jobs(services.broker_url, settings.results_queue_name)
             services.stop()

@@ -1,12 +1,16 @@
-"""Start and stop the child processes of ``up`` and ``demo`` (listener, workers)."""
+"""Start and stop the child processes of ``up`` and ``demo`` (listener, workers), and
+restart a worker that dies (``supervise`` for ``cxr-triage work``, ``RestartPolicy`` for
+the workers of ``up``)."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -84,3 +88,102 @@ def stop_all(children: Sequence[Child], timeout_s: float = 30) -> None:
             log.warning("%s did not stop in time; killing it", child.name)
             child.proc.kill()
             child.proc.wait()
+
+
+# ---------------------------------------------------------------------------------------
+# Restarting workers (issue 12, defect 2: a worker that dies is restarted, nothing else
+# stops). A worker process can die from the inside (Celery's "Unrecoverable error" when
+# Redis goes away mid-ack, an OOM kill); its leases lapse and the reconciler hands its
+# jobs to the others, so a restart only has to bring the capacity back.
+
+#: Exit code of a child refused at start (bad settings, ``cxr_triage.cli.main``):
+#: restarting it cannot help.
+EXIT_CONFIGURATION = 2
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the child gets SIGTERM (warm shutdown) when its supervisor dies, even by
+    SIGKILL, so no orphan worker keeps consuming."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class RestartPolicy:
+    """Exponential backoff between restarts, reset after a child ran ``reset_after_s``."""
+
+    first_delay_s: float = 1.0
+    max_delay_s: float = 30.0
+    reset_after_s: float = 60.0
+    _delay: float = 0.0
+
+    def next_delay(self, ran_for_s: float) -> float:
+        if ran_for_s >= self.reset_after_s or self._delay == 0.0:
+            self._delay = self.first_delay_s
+        else:
+            self._delay = min(self._delay * 2, self.max_delay_s)
+        return self._delay
+
+    @staticmethod
+    def should_restart(returncode: int) -> bool:
+        return returncode != EXIT_CONFIGURATION
+
+
+def cxr_triage_command(*args: str) -> list[str]:
+    """``python -m cxr_triage ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "cxr_triage", *args]
+
+
+def supervise(
+    name: str,
+    command: Sequence[str],
+    env: dict[str, str],
+    stop: threading.Event,
+    policy: RestartPolicy | None = None,
+) -> int:
+    """Run ``command`` and restart it whenever it exits, until ``stop`` is set (then
+    SIGTERM it and wait). Returns 0, or the child's code when it was refused at start
+    (restarting would not help)."""
+    policy = policy or RestartPolicy()
+    while not stop.is_set():
+        proc = subprocess.Popen(
+            list(command),
+            env=env,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        log.info("started %s (pid %d)", name, proc.pid)
+        started = time.monotonic()
+        while proc.poll() is None and not stop.wait(0.5):
+            pass
+        if stop.is_set():
+            stop_all([Child(name, proc)])
+            return 0
+        code = proc.returncode
+        if not policy.should_restart(code):
+            log.error("%s was refused at start (exit code %d); not restarting", name, code)
+            return code
+        delay = policy.next_delay(time.monotonic() - started)
+        log.warning(
+            "%s (pid %d) exited with code %d; restarting in %.0f s", name, proc.pid, code, delay
+        )
+        stop.wait(delay)
+    return 0
+
+
+def restart_dead_workers(
+    children: list[Child], env: dict[str, str], policy: RestartPolicy, prefix: str = "worker-"
+) -> Child | None:
+    """For ``up``: replace every exited worker child (named ``worker-N``) with a fresh one,
+    in place; return the first other child that exited (the caller stops everything)."""
+    for index, child in enumerate(children):
+        code = child.proc.poll()
+        if code is None:
+            continue
+        if not child.name.startswith(prefix) or not policy.should_restart(code):
+            return child
+        log.warning("%s exited with code %d; restarting it", child.name, code)
+        children[index] = spawn(child.name, ["work"], env)
+    return None

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from cxr_common.clinical import DISCLAIMER
 from cxr_db.reads import WorklistEntry
-from worklist.present import entry_json, read_label, reason_text, status_label
+from worklist.present import entry_json, population_text, read_label, reason_text, status_label
 
 __all__ = ["DISCLAIMER", "as_json", "as_table"]
 
@@ -22,6 +22,21 @@ def as_json(entries: Sequence[WorklistEntry]) -> str:
 
 def _fmt_time(entry: WorklistEntry) -> str:
     return entry.received_at.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _score(e: WorklistEntry) -> str:
+    if e.score is not None:
+        return f"{e.score:.3f}"
+    if e.shadow_score is not None:
+        return f"({e.shadow_score:.3f})"  # shadow: shown, does not triage
+    return "-"
+
+
+def _note(e: WorklistEntry) -> str | None:
+    notes = [reason_text(e.reasons)]
+    if e.population not in (None, "in_scope"):
+        notes.append(population_text(e.population, e.population_reason))
+    return "; ".join(n for n in notes if n) or None
 
 
 def as_table(entries: Sequence[WorklistEntry]) -> str:
@@ -46,11 +61,11 @@ def as_table(entries: Sequence[WorklistEntry]) -> str:
                 "LIKELY +" if e.flagged else "",
                 e.accession_number or "…" + e.study_instance_uid[-12:],
                 status_label(e.status),
-                f"{e.score:.3f}" if e.score is not None else "-",
+                _score(e),
                 e.model_version or "-",
                 _fmt_time(e),
                 read_label(e),
-                (reason_text(e.reasons) or "")[:70],
+                (_note(e) or "")[:70],
             )
         )
     widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
@@ -59,4 +74,9 @@ def as_table(entries: Sequence[WorklistEntry]) -> str:
     flagged = sum(e.flagged for e in entries)
     lines.append("")
     lines.append(f"{len(entries)} studies, {flagged} flagged likely positive. {DISCLAIMER}")
+    if any(e.shadow_score is not None and e.score is None for e in entries):
+        lines.append(
+            "(score) = shadow score of a study outside the model's validated population: "
+            "it does not triage; read normally."
+        )
     return "\n".join(lines)

@@ -55,6 +55,7 @@ from cxr_imaging.errors import ImagingError
 from cxr_imaging.limits import DecodeLimits, InputRefusedError, check_instance
 from cxr_queue import ScoreJob
 from dicom_listener.enqueue import enqueue_instance
+from dicom_listener.loopback import LoopbackGuard
 from dicom_listener.statuses import EchoStatus, StoreStatus
 
 logger = logging.getLogger(__name__)
@@ -253,6 +254,7 @@ class StoreHandler:
         queue_name: str,
         accepted_sop_classes: tuple[str, ...] = ACCEPTED_SOP_CLASSES,
         limits: DecodeLimits | None = None,
+        loopback: LoopbackGuard | None = None,
     ) -> None:
         self.engine = engine
         self.storage = storage
@@ -260,6 +262,7 @@ class StoreHandler:
         self.queue_name = queue_name
         self.accepted_sop_classes = frozenset(accepted_sop_classes)
         self.limits = limits or DecodeLimits()
+        self.loopback = loopback
 
     def __call__(self, event: Event) -> Dataset:
         """Handle one C-STORE request; returns the status (never raises)."""
@@ -317,6 +320,8 @@ class StoreHandler:
         return staged
 
     def _store(self, event: Event) -> StoreStatus:
+        if self.loopback is not None and self.loopback.is_ours(event):
+            return StoreStatus.SUCCESS  # our own result object, forwarded back: dropped
         request: Any = event.request
         affected_class = str(request.AffectedSOPClassUID or "")
         affected_instance = str(request.AffectedSOPInstanceUID or "")

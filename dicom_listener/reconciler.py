@@ -1,12 +1,23 @@
-"""Re-enqueue instances that were committed but never enqueued.
+"""Put back in work every instance that is pending but that no worker will pick up.
 
-The listener enqueues after the database commit; if the broker was down, or the process
-died between commit and enqueue, the instance stays ``received``. Every
-``reconcile_interval_s`` this loop enqueues those older than ``reconcile_grace_s`` (the
-grace keeps it from racing the handler's own enqueue) and marks them queued. It also
-re-enqueues instances left ``processing`` longer than ``stale_processing_s`` (a worker
-lost the job and could not even record a failure). A duplicate job is harmless: the
-worker's writes are idempotent.
+Three sweeps every ``reconcile_interval_s`` (issue 12), each a ``FOR UPDATE SKIP
+LOCKED`` pick that stamps the rows in the same statement, so several listeners (and so
+several reconcilers) never re-enqueue one row twice within a grace period:
+
+* ``received`` for longer than ``grace_s``: committed but never enqueued (the broker was
+  down, or the listener died between commit and enqueue);
+* ``queued`` since longer than ``grace_s`` with no message on the broker (neither
+  waiting nor delivered-unacknowledged): Redis restarted empty, or a worker
+  acknowledged the job without a final status because Postgres was down (defects 1a,
+  1b); with only a delivered message, after a retry's longest countdown as well (a
+  worker reserved it and died before claiming it);
+* ``processing`` with an expired lease: the worker died (``kill -9``, OOM) or lost the
+  database while holding it (defect 3); with no lease at all (a row claimed before
+  leases existed) after ``stale_processing_s``.
+
+The job is published after the commit. A duplicate is harmless: only one claim can hold
+a row's lease, and predictions are upserted. If the broker cannot be reached the row
+stays stamped and pending, and a later pass tries again.
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ from celery import Celery
 from sqlalchemy import Engine
 
 from cxr_db import repository as repo
-from cxr_queue import ScoreJob
+from cxr_queue import MAX_RETRY_COUNTDOWN_S, ScoreJob, enqueue_score, live_instance_ids
 from dicom_listener.enqueue import enqueue_instance
 
 logger = logging.getLogger(__name__)
@@ -46,24 +57,36 @@ class Reconciler:
         self._thread = threading.Thread(target=self._loop, name="cxr-reconciler", daemon=True)
 
     def run_once(self) -> int:
-        """One pass: enqueue every instance still ``received`` after the grace period.
-
-        Returns how many were enqueued. Stops at the first broker (or database) failure
-        (the next pass tries again)."""
-        pending = repo.unenqueued_instances(self.engine, older_than_s=self.grace_s)
-        stale = repo.stale_processing_instances(self.engine, self.stale_processing_s)
+        """One pass of the three sweeps; returns how many jobs were published. Stops at
+        the first broker failure (what was stamped is retried by a later pass)."""
         done = 0
-        for item in [*pending, *stale]:
-            job = ScoreJob.model_validate(item, from_attributes=True)
-            try:
-                enqueue_instance(self.engine, self.celery_app, self.queue_name, job)
-            except Exception as exc:  # noqa: BLE001 - broker errors come in many types
-                logger.warning("reconciler: cannot enqueue (%s)", type(exc).__name__)
-                break
-            done += 1
+        try:
+            # The broker snapshot first: a row this pass re-enqueues is then never taken
+            # for an orphan by the same pass.
+            live = live_instance_ids(self.celery_app, self.queue_name)
+            orphaned = repo.take_orphaned_queued(
+                self.engine,
+                self.grace_s,
+                live.waiting,
+                live.unacked,
+                unacked_older_than_s=self.grace_s + MAX_RETRY_COUNTDOWN_S,
+            )
+            expired = repo.take_expired_leases(self.engine, self.stale_processing_s)
+            for item in [*orphaned, *expired]:
+                enqueue_score(self.celery_app, self._job(item), self.queue_name)
+                done += 1
+            for item in repo.take_unenqueued(self.engine, older_than_s=self.grace_s):
+                enqueue_instance(self.engine, self.celery_app, self.queue_name, self._job(item))
+                done += 1
+        except Exception as exc:  # noqa: BLE001 - broker errors come in many types
+            logger.warning("reconciler: cannot enqueue (%s)", type(exc).__name__)
         if done:
             logger.info("reconciler re-enqueued %d instance(s)", done)
         return done
+
+    @staticmethod
+    def _job(item: repo.PendingJob) -> ScoreJob:
+        return ScoreJob.model_validate(item, from_attributes=True)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pydicom.config
 from celery import Celery
+from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
+from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine
 
 from cxr_common.lifecycle import stop_on_signals
+from cxr_common.metrics import MetricsServer
 from cxr_common.settings import ListenerSettings
 from cxr_common.storage import open_storage
 from cxr_imaging import decodable_transfer_syntaxes
 from cxr_imaging.limits import DecodeLimits
+from cxr_results import load_or_create_uid_root
+from dicom_listener import metrics as listener_metrics
 from dicom_listener.boundary import (
     GuardedAssociationServer,
     ListenerAE,
@@ -26,7 +32,9 @@ from dicom_listener.boundary import (
     spool_to_staging,
     tls_context,
 )
+from dicom_listener.completeness import CompletenessMonitor
 from dicom_listener.handlers import ACCEPTED_SOP_CLASSES, StoreHandler, handle_echo
+from dicom_listener.loopback import LOOPBACK_SOP_CLASSES, LoopbackGuard
 from dicom_listener.reconciler import Reconciler
 
 logger = logging.getLogger(__name__)
@@ -57,6 +65,8 @@ class ListenerHandle:
     server: ThreadedAssociationServer
     reconciler: Reconciler
     _stopped: bool = field(default=False, repr=False)
+    metrics: MetricsServer | None = None
+    completeness: CompletenessMonitor | None = None
 
     def shutdown(self) -> None:
         """Stop accepting associations, end the open ones and stop the reconciler."""
@@ -64,7 +74,11 @@ class ListenerHandle:
             return
         self._stopped = True
         self.reconciler.stop()
+        if self.completeness is not None:
+            self.completeness.stop()
         self.server.shutdown()
+        if self.metrics is not None:
+            self.metrics.close()
         logger.info("listener %s on port %d stopped", self.ae_title, self.port)
 
 
@@ -81,6 +95,8 @@ def build_ae(settings: ListenerSettings) -> AE:
     syntaxes = decodable_transfer_syntaxes()
     ae.add_supported_context(Verification)
     for sop_class in ACCEPTED_SOP_CLASSES:
+        ae.add_supported_context(sop_class, syntaxes)
+    for sop_class in LOOPBACK_SOP_CLASSES:  # our own SRs forwarded back: see loopback
         ae.add_supported_context(sop_class, syntaxes)
     if settings.allowed_calling_ae_titles:
         # Anyone else is refused with A-ASSOCIATE-RJ (1, 1, 3): see statuses.CALLING_AE_REJECTION.
@@ -101,17 +117,20 @@ def start_listener(
         logger.error(
             "storage %s is not writable yet: %s", settings.resolved_storage_uri, exc.strerror
         )
+    uid_root = load_or_create_uid_root(settings.uid_root_file, settings.uid_root)
     store = StoreHandler(
         engine,
         storage,
         celery_app,
         settings.queue_name,
         limits=DecodeLimits(**settings.decode_limit_values()),
+        loopback=LoopbackGuard(uid_root),
     )
     ae = build_ae(settings)
     handlers: list[evt.EventHandlerType] = [
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, store),
+        (evt.EVT_C_STORE, _counted(store)),
+        *listener_metrics.event_handlers(),
     ]
     ssl_context = None
     if settings.dicom_tls_cert is not None and settings.dicom_tls_key is not None:
@@ -150,6 +169,7 @@ def start_listener(
         stale_processing_s=settings.stale_processing_s,
     )
     reconciler.start()
+    completeness = _start_completeness(settings, engine, celery_app)
     logger.info(
         "listener %s on %s:%d (%s, max %d associations, %d per peer; calling AE "
         "allow-list: %s; peer networks: %s; called AE title: %s; storage %s)",
@@ -166,7 +186,42 @@ def start_listener(
         "any" if settings.accept_any_called_ae_title else settings.ae_title,
         settings.resolved_storage_uri,
     )
-    return ListenerHandle(settings.dicom_host, port, settings.ae_title, server, reconciler)
+    metrics = listener_metrics.serve(settings)
+    return ListenerHandle(
+        settings.dicom_host,
+        port,
+        settings.ae_title,
+        server,
+        reconciler,
+        completeness=completeness,
+        metrics=metrics,
+    )
+
+
+def _start_completeness(
+    settings: ListenerSettings, engine: Engine, celery_app: Celery
+) -> CompletenessMonitor:
+    """The study completeness job beside the reconciler (see ``completeness``)."""
+    monitor = CompletenessMonitor(
+        engine,
+        celery_app,
+        settings.results_queue_name,
+        quiet_s=settings.study_quiet_s,
+        interval_s=settings.completeness_interval_s,
+    )
+    monitor.start()
+    return monitor
+
+
+def _counted(store: StoreHandler) -> Callable[[Event], Dataset]:
+    """The C-STORE handler, each answer (a status data set) counted in the metrics."""
+
+    def handle(event: Event) -> Dataset:
+        answer = store(event)
+        listener_metrics.observe_store(int(answer.Status))
+        return answer
+
+    return handle
 
 
 def run_listener(settings: ListenerSettings) -> int:

@@ -38,6 +38,7 @@ class Services:
             CXR_DATABASE_URL=self.database_url,
             CXR_BROKER_URL=self.broker_url,
             CXR_QUEUE_NAME=self.queue_name,
+            CXR_RESULTS_QUEUE_NAME=f"{self.queue_name}-results",
             CXR_DATA_DIR=str(self.data_dir),
             CXR_STORAGE_URI=(self.data_dir / "instances").as_uri(),
             PYTHONUNBUFFERED="1",

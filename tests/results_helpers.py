@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from pydicom.dataset import Dataset
 
-from cxr_results import ResultSummary
+from cxr_imaging import decode_dataset
+from cxr_results import ResultSummary, overlay_from_png
 
 UID_ROOT = "1.2.826.0.1.3680043.10.1024.77"
 SHA = "08c68e4ad00ab9e49a2c4da882154c0adb89770ced04acf18fbec8e334bd711a"
@@ -49,3 +50,19 @@ def sr_value(item: Dataset) -> object:
         ref = item.ReferencedSOPSequence[0]
         return (str(ref.ReferencedSOPClassUID), str(ref.ReferencedSOPInstanceUID))
     raise AssertionError(f"unexpected value type {kind}")
+
+
+def overlay(source: Dataset, heat: np.ndarray | None = None) -> np.ndarray:
+    """The heatmap overlay the worker would store for ``source`` (the product's own rule:
+    :func:`cxr_model.heatmaps.render_overlay_png`, neutral field when burned in), decoded."""
+    from cxr_model import CalibratedScore
+    from cxr_model.heatmaps import has_burned_in_annotation, render_overlay_png
+
+    flagged = CalibratedScore(logit=5.0, probability=0.99, threshold=0.5, flagged=True)
+    png = render_overlay_png(
+        decode_dataset(source).pixels,
+        heatmap() if heat is None else heat,
+        burned_in=has_burned_in_annotation(source),
+        score=flagged,
+    )
+    return overlay_from_png(png)

@@ -82,6 +82,29 @@ def register(subparsers: Any) -> None:
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--mixup", type=float, default=0.0, help="mixup Beta(a, a); 0 = off")
     p.add_argument("--init-from", default="", help="weights folder to start from (site adaptation)")
+    p.add_argument(
+        "--groups",
+        default="",
+        help="groups.json from 'cxr-triage groups': sample so that every acquisition group "
+        "gives both classes equally (weight n_g / n_(g,class)); '' = plain shuffling",
+    )
+    p.add_argument("--group-floor", type=int, default=10, help="smallest cell size in the weights")
+    p.add_argument(
+        "--burn-in-text",
+        type=float,
+        default=0.0,
+        help="share of training images given synthetic markers/timestamps/digits (both classes)",
+    )
+    p.add_argument(
+        "--freeze-before",
+        default="",
+        help="freeze the layers before this module (e.g. blocks.4) and train the rest",
+    )
+    p.add_argument(
+        "--style",
+        action="store_true",
+        help="acquisition-style randomisation: histogram matching, local contrast, speckle",
+    )
     p.add_argument("--seed", type=int, default=20261123)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last.pt")
@@ -143,6 +166,26 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, type=Path, help="calibration.json to write")
     _add_common(p)
     p.set_defaults(func=cmd_calibrate)
+
+    p = subparsers.add_parser(
+        "groups",
+        formatter_class=fmt,
+        help="acquisition-group audit: ImageNet-feature clusters, class balance, errors per group",
+        description="Embed every labelled image with the ImageNet EfficientNet-Lite0 weights "
+        "(before fine-tuning), fit k-means on split=train, assign the other rows, and tabulate "
+        "class balance per group (train) and the model's errors per group (test, with its "
+        "calibration). Writes OUT/groups.json (centroids, per-image groups, table; the input of "
+        f"'train --groups') and OUT/groups.md. {DISCLAIMER}",
+    )
+    p.add_argument("--data", required=True, help="labels.csv with split (and label) columns")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--k", type=int, default=10, help="number of clusters")
+    p.add_argument("--seed", type=int, default=20261123, help="k-means seed")
+    p.add_argument("--model", type=Path, default=None, help="weights folder (default: shipped)")
+    p.add_argument("--calibration", type=Path, default=None, help="default: shipped")
+    p.add_argument("--no-score", action="store_true", help="class balance only, no model")
+    _add_common(p)
+    p.set_defaults(func=cmd_groups)
 
     p = subparsers.add_parser(
         "predict",
@@ -209,6 +252,25 @@ def _logging(args: argparse.Namespace) -> None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
+def cmd_groups(args: argparse.Namespace) -> int:
+    _logging(args)
+    from training.groups import run_groups
+
+    res = run_groups(
+        args.data,
+        args.out,
+        k=args.k,
+        seed=args.seed,
+        model_dir=args.model,
+        calibration=args.calibration,
+        cache_dir=args.cache_dir,
+        score=not args.no_score,
+    )
+    print((args.out / "groups.md").read_text(encoding="utf-8"))
+    print(json.dumps({"worst_group": res["worst_group"], "disclaimer": DISCLAIMER}))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     _logging(args)
     from training.train import TrainConfig, train
@@ -234,6 +296,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device or "",
         init_from=args.init_from,
+        groups=args.groups,
+        group_floor=args.group_floor,
+        burn_in_text=args.burn_in_text,
+        style=args.style,
+        freeze_before=args.freeze_before,
     )
     summary = train(cfg)
     last = summary["history"][-1] if summary["history"] else {}

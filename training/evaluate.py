@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from cxr_model import (
     DISCLAIMER,
     WEIGHTS_DIR,
+    CalibratedScore,
     Calibration,
     ScoringModel,
     has_burned_in_annotation,
@@ -63,12 +64,15 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
 
 
-def _overlay(sample: Sample, image: np.ndarray, cam: np.ndarray | None) -> bytes:
-    """The worker's heatmap PNG (neutral field for burned-in DICOM), 256 px for the grid."""
+def _overlay(
+    sample: Sample, image: np.ndarray, cam: np.ndarray | None, score: CalibratedScore
+) -> bytes:
+    """The worker's heatmap PNG (neutral field for burned-in DICOM; colour scale tied to the
+    score), 256 px for the grid."""
     header = dicom_header(sample.path)
     burned_in = header is not None and has_burned_in_annotation(header)
     heat = cam if cam is not None else np.zeros((1, 1), np.float32)
-    return render_overlay_png(image, heat, burned_in=burned_in, max_size=256)
+    return render_overlay_png(image, heat, burned_in=burned_in, score=score, max_size=256)
 
 
 def _cam_grid(
@@ -79,6 +83,7 @@ def _cam_grid(
     prob: np.ndarray,
     flagged: np.ndarray,
     out: Path,
+    scores: list[CalibratedScore],
     per_group: int = 6,
 ) -> dict[str, list[str]]:
     groups_idx = {
@@ -100,7 +105,11 @@ def _cam_grid(
         batch = model.to_input(torch.from_numpy(images[chosen]))
         res = model.score_batch(batch, with_heatmaps=True)
         groups[name] = [
-            (samples[i].path.name[:22], float(prob[i]), _overlay(samples[i], images[i], r.cam))
+            (
+                samples[i].path.name[:22],
+                float(prob[i]),
+                _overlay(samples[i], images[i], r.cam, scores[i]),
+            )
             for i, r in zip(chosen, res, strict=True)
         ]
     plots.plot_cam_grid(groups, out / "gradcam_grid.png", "Grad-CAM: TP / FP / FN / TN")
@@ -191,6 +200,6 @@ def evaluate(
         metrics["confusion"], out / "confusion.png", f"t={threshold:.3f} - {title}"
     )
     if cams and len(models) == 1:
-        metrics["cases"] = _cam_grid(primary, samples, images, y, prob, flagged, out)
+        metrics["cases"] = _cam_grid(primary, samples, images, y, prob, flagged, out, scores)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return metrics

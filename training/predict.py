@@ -114,7 +114,7 @@ def predict_paths(
             burned_in = header is not None and has_burned_in_annotation(header)
             name = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16] + ".png"
             out = heatmap_dir / name
-            out.write_bytes(render_overlay_png(pixels, res.cam, burned_in=burned_in))
+            out.write_bytes(render_overlay_png(pixels, res.cam, burned_in=burned_in, score=score))
             rec["heatmap"] = str(out)
         results.append(rec)
     return results

@@ -18,7 +18,12 @@ from torch import nn
 from tqdm import tqdm
 
 from cxr_model.preprocess import scale_tensor
-from training.augment import augment_batch
+from training.augment import (
+    augment_batch,
+    burn_in_text,
+    group_balanced_weights,
+    style_randomise,
+)
 from training.backbones import make_network
 from training.data import Sample, load_resized, load_samples
 from training.export import export_model
@@ -53,6 +58,31 @@ class TrainConfig:
     device: str = ""
     version: str = ""
     init_from: str = ""
+    groups: str = ""
+    group_floor: int = 10
+    burn_in_text: float = 0.0
+    style: bool = False
+    freeze_before: str = ""
+
+
+def freeze_before(net: nn.Module, name: str) -> list[nn.Module]:
+    """Freeze every parameter that comes before module ``name`` (e.g. ``blocks.4``) in the
+    network's order; returns the frozen modules that hold BatchNorm statistics (kept in eval
+    mode while training, so their statistics stay as they are)."""
+    params = [n for n, _ in net.named_parameters()]
+    first = next((i for i, n in enumerate(params) if n.startswith(name + ".")), None)
+    if first is None:
+        raise ValueError(f"no module {name!r} with parameters in the network")
+    frozen_names = set(params[:first])
+    for n, p in net.named_parameters():
+        if n in frozen_names:
+            p.requires_grad_(False)
+    return [
+        m
+        for _, m in net.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and all(not p.requires_grad for p in m.parameters())
+    ]
 
 
 def seed_everything(seed: int) -> None:
@@ -118,6 +148,22 @@ def _load_split(cfg: TrainConfig, flt: str) -> _Split | None:
     return _Split(samples, images)
 
 
+def train_groups(cfg: TrainConfig, samples: list[Sample]) -> np.ndarray:
+    """Acquisition group of each training sample, from ``cxr-triage groups``' groups.json."""
+    from training.groups import load_assignments
+
+    table = load_assignments(Path(cfg.groups))
+    data = Path(cfg.data)
+    root = data.parent if data.is_file() else data
+    out = np.empty(len(samples), dtype=np.int64)
+    for i, s in enumerate(samples):
+        key = s.path.relative_to(root).as_posix()
+        if key not in table:
+            raise ValueError(f"{key} has no group in {cfg.groups}")
+        out[i] = table[key]
+    return out
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train, evaluating val (and the selection set) each epoch; export the best model."""
     out = Path(cfg.out)
@@ -150,10 +196,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         net.load_state_dict(base.state_dict())
         source = f"{source}; then initialised from {base_contract.version} ({cfg.init_from})"
     net = net.to(device).to(memory_format=torch.channels_last)
+    frozen = freeze_before(net, cfg.freeze_before) if cfg.freeze_before else []
     n_pos = int(tr.labels.sum())
     n_neg = len(tr.labels) - n_pos
     pos_weight = torch.tensor([n_neg / max(n_pos, 1)], device=device)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sample_w: torch.Tensor | None = None
+    if cfg.groups:
+        w = group_balanced_weights(train_groups(cfg, tr.samples), tr.labels, cfg.group_floor)
+        sample_w = torch.from_numpy(w)
+        pos_mass = float(w[tr.labels == 1].sum())
+        # the sampler already balances the classes (within each group); reweight what is left
+        pos_weight = torch.tensor([(1.0 - pos_mass) / max(pos_mass, 1e-9)], device=device)
+        logger.info("group-balanced sampling: pneumonia share %.3f", pos_mass)
+    opt = torch.optim.AdamW(
+        [p for p in net.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     steps_per_epoch = math.ceil(len(tr.labels) / cfg.batch_size)
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
@@ -187,13 +244,23 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     train_wall = 0.0
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
+        for m in frozen:
+            m.eval()
         te = time.monotonic()
-        perm = torch.randperm(len(tr.labels), generator=gen).numpy()
+        if sample_w is not None:
+            perm = torch.multinomial(sample_w, len(tr.labels), True, generator=gen).numpy()
+        else:
+            perm = torch.randperm(len(tr.labels), generator=gen).numpy()
         run_loss, seen_y, seen_s = 0.0, [], []
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
         for step in bar:
             idx = np.sort(perm[step * cfg.batch_size : (step + 1) * cfg.batch_size])
-            xb = augment_batch(torch.from_numpy(tr.images[idx]), gen, cfg.augment)
+            xb = torch.from_numpy(tr.images[idx])
+            if cfg.style:
+                xb = style_randomise(xb, gen)
+            if cfg.burn_in_text > 0:
+                xb = burn_in_text(xb, gen, cfg.burn_in_text)
+            xb = augment_batch(xb, gen, cfg.augment)
             yb = torch.from_numpy(tr.labels[idx]).float()
             target = yb * (1 - cfg.label_smoothing) + 0.5 * cfg.label_smoothing
             if cfg.mixup > 0:

@@ -15,8 +15,9 @@ a bootstrap 95% CI (:func:`training.metrics.binary_metrics`), sensitivity and sp
 threshold with two-sided Clopper-Pearson intervals, and pass/fail against :class:`Targets`
 (enough positives, and the interval's lower end at or above the sensitivity target).
 
-Writes ``OUT/validation.json`` (the record), ``OUT/validation.html`` (for a clinical lead) and
-``OUT/predictions.csv``. Clinical decision support, not a diagnosis.
+Writes ``OUT/validation.json`` (the record), ``OUT/validation.html`` (for a clinical lead),
+``OUT/predictions.csv`` and ``OUT/drift_reference.json`` (this sample's score and population
+mix, for ``cxr-triage model register --reference``). Clinical decision support, not a diagnosis.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ import numpy as np
 from scipy.stats import beta
 
 from cxr_common.clinical import DISCLAIMER
-from cxr_common.population import PopulationPolicy
+from cxr_common.drift import make_reference
+from cxr_common.population import AGE_BANDS, PopulationPolicy, Targets, age_band
 from cxr_imaging.age import Age, AgeSource, derive_age
 from cxr_model import WEIGHTS_DIR, load_calibration, load_model, sha256_file
 from cxr_model.population import Population, PopulationFields, assess_population, population_of
@@ -51,58 +53,24 @@ logger = logging.getLogger(__name__)
 SCHEMA = "cxr-triage/validation/1"
 DIMENSIONS = ("age_band", "sex", "view", "manufacturer", "modality", "population")
 UNKNOWN = "unknown"
-#: (label, lowest completed year, highest completed year); the model's own band is 1-5.
-AGE_BANDS = (
-    ("<1", 0, 0),
-    ("1-5", 1, 5),
-    ("6-17", 6, 17),
-    ("18-64", 18, 64),
-    ("65+", 65, 10_000),
-)
+__all__ = [
+    "AGE_BANDS",
+    "DIMENSIONS",
+    "RowStrata",
+    "Targets",
+    "age_band",
+    "clopper_pearson",
+    "data_hash",
+    "render_html",
+    "row_strata",
+    "stratum_metrics",
+    "validate",
+]
 DATA_HASH_METHOD = (
     "sha256 over the sorted lines '<path relative to the labels file>\\t<label>\\t"
     "<sha256 of the file>', joined by newlines"
 )
 _DICOM_SUFFIXES = {".dcm", ".dicom"}
-
-
-@dataclass(frozen=True)
-class Targets:
-    """What a stratum must show to pass.
-
-    ``sensitivity``: the lower end of the two-sided Clopper-Pearson interval (at
-    ``confidence``) must reach it; ``min_positives``: at least this many positives;
-    ``specificity`` (optional): the same rule for specificity."""
-
-    sensitivity: float = 0.95
-    min_positives: int = 50
-    specificity: float | None = None
-    confidence: float = 0.95
-
-    @classmethod
-    def parse(cls, text: str | None) -> Targets:
-        """``"sensitivity=0.95,min_positives=50,specificity=0.8,confidence=0.95"``."""
-        values: dict[str, Any] = {}
-        for part in (text or "").split(","):
-            part = part.strip()
-            if not part:
-                continue
-            key, sep, value = part.partition("=")
-            key = key.strip().replace("-", "_")
-            if not sep or key not in cls.__dataclass_fields__:
-                raise ValueError(
-                    f"target {part!r} is not KEY=VALUE with KEY one of "
-                    "sensitivity, min_positives, specificity, confidence"
-                )
-            values[key] = int(value) if key == "min_positives" else float(value)
-        targets = cls(**values)
-        for name in ("sensitivity", "specificity", "confidence"):
-            v = getattr(targets, name)
-            if v is not None and not 0.0 <= v <= 1.0:
-                raise ValueError(f"target {name} must be between 0 and 1, not {v}")
-        if targets.min_positives < 1:
-            raise ValueError("target min_positives must be at least 1")
-        return targets
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -113,17 +81,6 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2.0, k, n - k + 1))
     hi = 1.0 if k == n else float(beta.ppf(1.0 - alpha / 2.0, k + 1, n - k))
     return lo, hi
-
-
-def age_band(years: float | None) -> str:
-    """The :data:`AGE_BANDS` label for an age in years (completed years), or ``unknown``."""
-    if years is None or not math.isfinite(years) or years < 0:
-        return UNKNOWN
-    completed = math.floor(years + 1e-9)
-    for label, lo, hi in AGE_BANDS:
-        if lo <= completed <= hi:
-            return label
-    return UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -418,7 +375,18 @@ def validate(
         "notes": notes,
         "disclaimer": DISCLAIMER,
     }
+    record["drift_reference"] = make_reference(
+        [float(p) for p in prob],
+        eligibility={"scored": len(samples)},
+        population=Counter(r.population for r in strata),
+        model_sha256=model.contract.sha256,
+        calibration_version=cal.version,
+        source=f"cxr-triage validate on {labels}" + (f" ({flt})" if flt else ""),
+    )
     out.mkdir(parents=True, exist_ok=True)
+    (out / "drift_reference.json").write_text(
+        json.dumps(record["drift_reference"], indent=2) + "\n", encoding="utf-8"
+    )
     _write_predictions(out / "predictions.csv", samples, strata, logits, prob, cal.threshold)
     (out / "validation.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     (out / "validation.html").write_text(render_html(record), encoding="utf-8")

@@ -4,7 +4,8 @@ Each Celery task thread submits one preprocessed tensor and waits on a future; o
 batching thread collects up to ``max_size`` tensors or waits at most ``max_wait_s`` after
 the first one, runs the model once for the whole batch and hands each task its result.
 Message acknowledgement stays per task (``acks_late``), so a crash mid-batch redelivers
-every job in it.
+every job in it. Every wait on a future is bounded by its caller (``future.result(timeout)``);
+a caller that gives up cancels its future, and the batch leaves it out.
 """
 
 from __future__ import annotations
@@ -84,9 +85,14 @@ class Batcher(Generic[In, Out]):
 
     def _run(self) -> None:
         while True:
-            batch = self._collect()
-            if batch is None:
+            collected = self._collect()
+            if collected is None:
                 return
+            # A task that stopped waiting (its bounded wait ran out) cancelled its future:
+            # leave it out; the others are marked running, so a late cancel cannot race.
+            batch = [(i, f) for i, f in collected if f.set_running_or_notify_cancel()]
+            if not batch:
+                continue
             items = [item for item, _ in batch]
             t0 = time.perf_counter()
             try:

@@ -1,7 +1,7 @@
 """What one scoring job did, named once. ``cxr.score_instance`` returns the value.
 
 The first three are the instance's final status (``cxr_db.statuses.FINAL_STATUSES``) as the
-job wrote it; the other two touch no row, so they are no ``InstanceStatus`` and the
+job wrote it; the other three touch no row, so they are no ``InstanceStatus`` and the
 ``instances.status`` column refuses them.
 """
 
@@ -21,6 +21,9 @@ class JobOutcome(enum.StrEnum):
     """The instance was already final or is unknown (a redelivered or stale job)."""
     INVALID = "invalid"
     """The payload did not validate; the job was dropped."""
+    DEFERRED = "deferred"
+    """The database stayed unreachable through every retry: the row stays pending and
+    the listener's reconciler re-enqueues it once the database is back."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 Transient errors are retried with exponential backoff (capped); after the last retry, and
 for any permanent or unexpected error, the instance is written as ``failed`` with a reason,
-so it stays visible on the worklist instead of vanishing.
+so it stays visible on the worklist instead of vanishing. A database outage never writes
+``failed``: after the last retry the row stays pending and the listener's reconciler
+re-enqueues it (issue 12, defect 1a).
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from sqlalchemy.exc import DBAPIError
 
 from cxr_common.errors import TransientError
 from cxr_db import repository as repo
-from cxr_queue import SCORE_TASK, ScoreJob
+from cxr_queue import MAX_RETRY_COUNTDOWN_S, SCORE_TASK, ScoreJob
 from worker.outcomes import JobOutcome
-from worker.pipeline import ScoringRuntime
+from worker.pipeline import DatabaseUnavailableError, ScoringRuntime
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 60
+MAX_BACKOFF_S = MAX_RETRY_COUNTDOWN_S
 
 
 def backoff_seconds(retries: int) -> int:
@@ -49,22 +51,45 @@ def register_tasks(app: Celery, runtime: Callable[[], ScoringRuntime], max_retri
         except TransientError as exc:
             retries = int(self.request.retries or 0)
             if retries >= max_retries:
-                reason = f"gave up after {retries + 1} attempts: {exc}"
+                if isinstance(exc, DatabaseUnavailableError):
+                    log.error(
+                        "database unavailable through %d attempts: instance %d stays pending; "
+                        "the reconciler re-enqueues it once the database is back",
+                        retries + 1,
+                        parsed.instance_id,
+                    )
+                    return JobOutcome.DEFERRED.value
+                reason = (
+                    f"gave up after {retries + 1} attempts: {exc}; once that is fixed, requeue "
+                    "with `cxr-triage requeue --failed`, and read the image without a score "
+                    "meanwhile"
+                )
                 _record_failed(rt, parsed, reason)
                 return JobOutcome.FAILED.value
             log.warning("transient error, retry %d: %s", retries + 1, exc)
             raise self.retry(exc=exc, countdown=backoff_seconds(retries)) from exc
         except Exception as exc:
             log.exception("unexpected error scoring instance %d", parsed.instance_id)
-            _record_failed(rt, parsed, f"internal error ({type(exc).__name__}); see worker logs")
+            _record_failed(
+                rt,
+                parsed,
+                f"internal error ({type(exc).__name__}): read the image without a score; "
+                "contact support with the worker logs, and requeue with "
+                "`cxr-triage requeue --failed` once it is fixed",
+            )
             return JobOutcome.FAILED.value
 
     return score_instance
 
 
 def _record_failed(rt: ScoringRuntime, job: ScoreJob, reason: str) -> None:
+    """Record the failure; with the database down, leave the row pending for the
+    reconciler (its lease lapses, or it was given back as queued)."""
     try:
         repo.record_failed(rt.engine, job.instance_id, reason)
     except DBAPIError:
-        log.error("could not record failure of instance %d: database unavailable", job.instance_id)
-        raise
+        log.error(
+            "could not record failure of instance %d: database unavailable; the reconciler "
+            "re-enqueues it",
+            job.instance_id,
+        )

@@ -39,6 +39,7 @@ from urllib.parse import urlencode
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from cxr_common.errors import CxrTriageError
@@ -54,7 +55,7 @@ from cxr_db.errors import (
 from cxr_db.reads import InvalidCursorError, ReadView, WorklistQuery
 from cxr_db.schema_reading import AuditAction, ReadState, Role
 from cxr_db.statuses import InstanceStatus
-from worklist import metrics, pages
+from worklist import pages
 from worklist.assets import VIEWER_JS
 from worklist.auth import (
     ADMINS,
@@ -80,6 +81,7 @@ from worklist.auth import (
 )
 from worklist.config import WebConfig
 from worklist.health import check_health, check_model_files
+from worklist.metrics_route import metrics_router, scrape_token_or
 from worklist.present import entry_json
 from worklist.radiograph import RadiographCache, Withheld, patient_context
 
@@ -117,6 +119,20 @@ def _valid_uid(uid: str) -> str | None:
 
 def _nav(p: Principal) -> pages.Nav:
     return pages.Nav(p.name, p.role, p.csrf_token)
+
+
+def _drift_banner(engine: Engine) -> str:
+    """The drift warning for the worklist page; never stops the page (logged instead)."""
+    from cxr_common.drift import PSI_WARN
+    from cxr_db.drift import current_drift
+
+    try:
+        report = current_drift(engine)
+    except SQLAlchemyError as exc:
+        logger.warning("drift could not be measured (%s)", type(exc).__name__)
+        return ""
+    alerts = report.windows[0].alerts(PSI_WARN) if report.windows else []
+    return pages.drift_banner(alerts, PSI_WARN)
 
 
 def _html(body: str, status_code: int = 200) -> HTMLResponse:
@@ -394,6 +410,7 @@ def create_app(engine: Engine, config: WebConfig | None = None) -> FastAPI:
             else None,
             first_href="/?" + urlencode(base) if after else None,
             notice=notice,
+            banner=_drift_banner(engine),
         )
         return _html(pages.worklist_page(w, nav))
 
@@ -762,10 +779,14 @@ def create_app(engine: Engine, config: WebConfig | None = None) -> FastAPI:
         ok, body = _readiness()
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics")
-    def metrics_endpoint(principal: Ops) -> Response:
-        data, content_type = metrics.exposition()
-        return Response(data, media_type=content_type)
+    app.include_router(
+        metrics_router(
+            engine,
+            broker_url=cfg.broker_url,
+            queue_names=(cfg.queue_name,),
+            authorize=scrape_token_or(cfg.metrics_token, require(*OPS)),
+        )
+    )
 
     @app.get("/ops", response_class=HTMLResponse)
     def ops_page(principal: Ops) -> Response:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from cxr_common.passwords import Passwords
 from cxr_common.settings import WebSettings
 from cxr_db.accounts import SignInPolicy
@@ -41,6 +43,8 @@ class WebConfig:
     model_dir: Path | None = None  # None: the shipped model
     calibration_path: Path | None = None  # None: model_dir/calibration.json
     trusted_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+    queue_name: str = "cxr-score"
+    metrics_token: SecretStr | None = None  # a Prometheus scrape token, besides the ops role
 
     @classmethod
     def from_settings(cls, settings: WebSettings) -> WebConfig:
@@ -58,6 +62,8 @@ class WebConfig:
             model_dir=settings.model_dir,
             calibration_path=settings.calibration_path,
             trusted_hosts=tuple(settings.trusted_hosts()),
+            queue_name=settings.queue_name,
+            metrics_token=settings.metrics_token,
         )
 
     @property

@@ -17,10 +17,25 @@ from cxr_common.clinical import DISCLAIMER
 from cxr_db.accounts import TokenInfo, UserInfo
 from cxr_db.audit import AuditRecord
 from cxr_db.reading import AnswerRecord
-from cxr_db.reads import InstanceDetail, ReadView, StudyDetail, UnreadCounts, WorklistEntry
+from cxr_db.reads import (
+    InstanceDetail,
+    ReadView,
+    StudyDetail,
+    StudyResults,
+    UnreadCounts,
+    WorklistEntry,
+)
+from cxr_db.result_states import ResultState, SendStatus
 from cxr_db.schema_reading import AuditAction, Finding, ReadState, Role
 from cxr_db.statuses import PENDING_STATUSES, REASON_STATUSES, InstanceStatus, StatusReason
-from worklist.present import FINDING_LABELS, badge_note, read_label, status_label
+from worklist.present import (
+    FINDING_LABELS,
+    SHADOW_NOTE,
+    badge_note,
+    population_text,
+    read_label,
+    status_label,
+)
 from worklist.radiograph import PatientContext
 
 _CSS = """
@@ -160,6 +175,11 @@ pre.card { background:#fff; border:1px solid var(--line); padding:16px; white-sp
 form.filters { display:flex; gap:8px; flex-wrap:wrap; align-items:end; margin-bottom:12px; }
 form.filters label { display:flex; flex-direction:column; font-size:12px; color:var(--muted); }
 td.detail { font-family:ui-monospace,"DejaVu Sans Mono",monospace; font-size:12px; }
+.shadow { color:#8a949e; font-style:italic; }
+.population { display:block; margin-top:3px; font-size:12px; color:#5f6b77; }
+.population.outside { color:#7a4b00; }
+.drift { background:var(--warn-bg); border:1px solid var(--warn-line); padding:8px 12px;
+  margin:0 0 12px; color:#5c4200; }
 """
 
 
@@ -193,6 +213,34 @@ def _status_html(status: InstanceStatus, reasons: Sequence[StatusReason]) -> str
     if note:
         out += f'<span class="reason {kind}">{escape(note)}</span>'
     return out
+
+
+def population_html(population: str | None, reason: str | None) -> str:
+    """The population note under a status (nothing for an in-scope study: no noise)."""
+    if population is None or population == "in_scope":
+        return ""
+    text = population_text(population, reason) or ""
+    return f'<span class="population {escape(population)}">{escape(text)}</span>'
+
+
+def _score_html(score: float | None, shadow: float | None) -> str:
+    """The triaging score, or a greyed shadow score that does not triage."""
+    if score is None and shadow is not None:
+        return f'<span class="shadow" title="{escape(SHADOW_NOTE)}">({shadow:.3f})</span>'
+    return _score(score)
+
+
+def drift_banner(alerts: Sequence[str], threshold: float) -> str:
+    """A warning above the worklist when the last 24 hours' inputs or scores drifted from the
+    model's calibration sample (``cxr_db.drift``); empty when nothing crossed ``threshold``."""
+    if not alerts:
+        return ""
+    what = ", ".join(alerts)
+    return (
+        f'<div class="drift" role="alert">Drift warning: the {escape(what)} distribution of '
+        f"the last 24 hours differs from the model's calibration sample (PSI ≥ {threshold:g}). "
+        "Scores may be less reliable than validated: see <code>cxr-triage drift</code>.</div>"
+    )
 
 
 def _read_html(e: WorklistEntry) -> str:
@@ -302,6 +350,8 @@ class WorklistView:
     notice: str | None = None
     rank_offset: int = 0
     tabs: dict[str, str] = field(default_factory=dict)
+    banner: str = ""
+    """A drift warning (``drift_banner``), shown above the list."""
 
 
 def _rows(entries: Sequence[WorklistEntry], start: int = 1) -> str:
@@ -315,8 +365,9 @@ def _rows(entries: Sequence[WorklistEntry], start: int = 1) -> str:
             f'<td><a class="study" href="{escape(study_href(e.study_instance_uid))}">'
             f"{_study_label(e.accession_number, e.study_instance_uid)}</a>"
             f'<br><span class="uid">{e.instances} image{"s" if e.instances != 1 else ""}</span>'
-            f"</td><td>{_status_html(e.status, e.reasons)}</td>"
-            f'<td class="num score">{_score(e.score)}</td>'
+            f"</td><td>{_status_html(e.status, e.reasons)}"
+            f"{population_html(e.population, e.population_reason)}</td>"
+            f'<td class="num score">{_score_html(e.score, e.shadow_score)}</td>'
             f"<td>{_read_html(e)}</td>"
             f'<td class="uid model">{escape(e.model_version or "–")}</td>'
             f'<td class="time">{_time(e.received_at)}</td>'
@@ -356,7 +407,7 @@ def worklist_page(w: WorklistView, nav: Nav | None = None) -> str:
         'placeholder="Accession, Study UID or reader" aria-label="Search">'
         '<button type="submit" class="secondary">Search</button></form>'
     )
-    parts = [f'<div class="bar"><div class="tabs">{tabs}</div>{search}</div>']
+    parts = [f'<div class="bar"><div class="tabs">{tabs}</div>{search}</div>', w.banner]
     if w.notice:
         parts.append(f'<div class="notice" role="status">{escape(w.notice)}</div>')
     if w.counts is not None:
@@ -397,7 +448,9 @@ def worklist_page(w: WorklistView, nav: Nav | None = None) -> str:
             more = f'<div class="pager"><a href="{escape(href)}">All not-scored studies ⟶</a></div>'
         parts.append(
             '<h2 id="not-scored">Not scored by the model: read these without triage</h2>'
-            '<p class="summary">Failed or not eligible: the model gives no priority for them, '
+            '<p class="summary">Failed, not eligible, or outside the population the model was '
+            "validated for (its score greyed in brackets, for information): the model gives no "
+            "priority for them, "
             "so they are listed on every first page, however long the queue above.</p>"
             + _rows(w.unscored)
             + more
@@ -510,10 +563,20 @@ def _viewer(i: InstanceView, n: int) -> str:
     return f'<div class="viewer side">{controls}<div class="stage">{plain}{heat}</div></div>'
 
 
+def _instance_score_html(d: InstanceDetail) -> str:
+    """The probability with its meter, or greyed without one when it does not triage."""
+    note = population_html(d.population, d.population_reason)
+    if d.triage is False and d.probability is not None:
+        return _score_html(None, d.probability) + note
+    return f"{_score(d.probability)} {_meter(d.probability, d.threshold, bool(d.flagged))}{note}"
+
+
 def _instance_card(i: InstanceView, n: int) -> str:
     d = i.detail
     if d.flagged:
         flag = '<span class="badge pos">LIKELY POSITIVE</span>'
+    elif d.triage is False:
+        flag = "not triaged: shadow score (outside the validated population)"
     elif d.flagged is None:
         flag = "–"
     else:
@@ -522,8 +585,7 @@ def _instance_card(i: InstanceView, n: int) -> str:
         f'<dt>SOP Instance UID</dt><dd class="uid">{escape(d.sop_instance_uid)}</dd>'
         f"<dt>Status</dt><dd>{_status_html(d.status, d.reasons)}</dd>"
         f"<dt>View</dt><dd>{escape(d.view_position or '–')}</dd>"
-        f"<dt>Probability</dt><dd>{_score(d.probability)} "
-        f"{_meter(d.probability, d.threshold, bool(d.flagged))}</dd>"
+        f"<dt>Probability</dt><dd>{_instance_score_html(d)}</dd>"
         f"<dt>Threshold</dt><dd>{_score(d.threshold)}</dd>"
         f"<dt>Flag</dt><dd>{flag}</dd>"
         f'<dt>Model version</dt><dd class="uid">{escape(d.model_version or "–")}</dd>'
@@ -606,6 +668,10 @@ def _answers_html(answers: Sequence[AnswerRecord]) -> str:
     )
 
 
+def _population_fact(study: WorklistEntry) -> str:
+    return population_text(study.population, study.population_reason) or "–"
+
+
 def study_page(s: StudyView, nav: Nav | None = None) -> str:
     study = s.detail.study
     flag = '<span class="badge pos">LIKELY POSITIVE</span>' if study.flagged else "not flagged"
@@ -624,8 +690,9 @@ def study_page(s: StudyView, nav: Nav | None = None) -> str:
         f'<dt>Study Instance UID</dt><dd class="uid">{escape(study.study_instance_uid)}</dd>'
         f"<dt>Priority</dt><dd>{flag}</dd>"
         f"<dt>Status</dt><dd>{_status_html(study.status, study.reasons)}</dd>"
-        f"<dt>Score</dt><dd><strong>{_score(study.score)}</strong>{escape(verdict)}"
-        f"{_meter(study.score, s.threshold, study.flagged)}</dd>"
+        f"<dt>Score</dt><dd><strong>{_score_html(study.score, study.shadow_score)}</strong>"
+        f"{escape(verdict)}{_meter(study.score, s.threshold, study.flagged)}</dd>"
+        f"<dt>Population</dt><dd>{escape(_population_fact(study))}</dd>"
         f"<dt>Model</dt><dd>{model}</dd>"
         f"<dt>Read state</dt><dd>{_read_html(study)}</dd>"
         f"<dt>Received (UTC)</dt><dd>{_time(study.received_at)}</dd>"
@@ -640,7 +707,7 @@ def study_page(s: StudyView, nav: Nav | None = None) -> str:
         f"{message}{_read_banner(s)}"
         '<div class="reading">'
         f'<div class="images"><h2>Images ({len(s.instances)})</h2>{cards}'
-        f"{_answers_html(s.answers)}</div>"
+        f"{results_block(study.results)}{_answers_html(s.answers)}</div>"
         f"<aside>{_patient_html(s)}{_answer_form(s)}"
         f'<section class="panel"><h2>Study</h2><dl class="facts">{facts}</dl></section>'
         "</aside></div>"
@@ -771,6 +838,49 @@ def ops_page(health: dict[str, object], nav: Nav | None = None) -> str:
         "</tbody></table>"
     )
     return _layout("Health · CXR Triage", body, nav, active="ops")
+
+
+RESULT_STATE_LABELS = {
+    ResultState.RECEIVING: "receiving images: the result is not final yet",
+    ResultState.COMPLETE: "complete: results not sent (no destination configured, or sending)",
+    ResultState.RESULTS_SENT: "results sent to PACS",
+    ResultState.RESULTS_FAILED: "results could NOT be sent to PACS",
+}
+
+
+def _dicom_status(code: int | None) -> str:
+    return "–" if code is None else f"0x{code:04X}"
+
+
+def results_block(results: StudyResults | None) -> str:
+    """The study page's "Results in PACS" block: state, version, newest attempt per
+    destination (Secondary Capture + SR statuses)."""
+    if results is None:
+        return ""
+    rows = "".join(
+        f'<tr><td class="uid">{escape(d.destination)}</td>'
+        f'<td class="num">{d.result_version}</td><td class="num">{d.attempt}</td>'
+        f'<td><span class="badge {"done" if d.status is SendStatus.SENT else "failed"}">'
+        f"{escape(d.status.value)}</span>"
+        + (f'<span class="reason failed">{escape(d.error)}</span>' if d.error else "")
+        + f'</td><td class="uid">SC {_dicom_status(d.sc_status)} · SR '
+        f"{_dicom_status(d.sr_status)}</td>"
+        f'<td class="time">{_time(d.at)}</td></tr>'
+        for d in results.destinations
+    )
+    table = (
+        '<table class="results"><thead><tr><th>Destination</th><th class="num">Version</th>'
+        '<th class="num">Attempt</th><th>Outcome</th><th>DICOM status</th><th>At (UTC)</th>'
+        f"</tr></thead><tbody>{rows}</tbody></table>"
+        if rows
+        else ""
+    )
+    return (
+        '<section class="pacs-results"><h2>Results in PACS</h2>'
+        f'<dl class="facts"><dt>State</dt><dd data-result-state="{results.state.value}">'
+        f"{escape(RESULT_STATE_LABELS[results.state])}</dd>"
+        f"<dt>Result version</dt><dd>{results.result_version}</dd></dl>{table}</section>"
+    )
 
 
 def error_page(title: str, message: str, nav: Nav | None = None) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from cxr_db.reads import WorklistEntry
+from cxr_db.reads import StudyResults, WorklistEntry
 from cxr_db.schema_reading import Finding, ReadState
 from cxr_db.statuses import STATUS_LABELS, InstanceStatus, StatusReason
 
@@ -60,6 +60,37 @@ def entry_json(entry: WorklistEntry) -> dict[str, object]:
         "finding": entry.finding.value if entry.finding else None,
         "read_by": entry.read_by,
         "read_at": _iso(entry.read_at),
+        "results": results_json(entry.results),
+    } | population_json(entry)
+
+
+def results_json(results: StudyResults | None) -> dict[str, object] | None:
+    """A study's results back to PACS: state, version and the newest attempt per
+    destination (statuses as DICOM hex, e.g. "0x0000")."""
+    if results is None:
+        return None
+
+    def _hex(code: int | None) -> str | None:
+        return None if code is None else f"0x{code:04X}"
+
+    return {
+        "state": results.state.value,
+        "result_version": results.result_version,
+        "destinations": [
+            {
+                "destination": d.destination,
+                "result_version": d.result_version,
+                "attempt": d.attempt,
+                "status": d.status.value,
+                "at": d.at.isoformat(),
+                "error": d.error,
+                "sc_sop_instance_uid": d.sc_sop_instance_uid,
+                "sr_sop_instance_uid": d.sr_sop_instance_uid,
+                "sc_status": _hex(d.sc_status),
+                "sr_status": _hex(d.sr_status),
+            }
+            for d in results.destinations
+        ],
     }
 
 
@@ -78,3 +109,28 @@ def read_label(entry: WorklistEntry) -> str:
         finding = FINDING_LABELS[entry.finding] if entry.finding else "-"
         return f"read by {entry.read_by or '-'}: {finding}"
     return "unread"
+
+
+POPULATION_LABELS = {
+    "in_scope": "within the validated population",
+    "outside": "OUTSIDE the validated population",
+    "unknown": "population unknown",
+}
+SHADOW_NOTE = "shadow score: shown for information, it does not triage; read normally"
+
+
+def population_json(entry: WorklistEntry) -> dict[str, object]:
+    """The population fields of a study's JSON (``cxr_common.population``)."""
+    return {
+        "population": entry.population,
+        "population_reason": entry.population_reason,
+        "shadow_score": entry.shadow_score,
+    }
+
+
+def population_text(population: str | None, reason: str | None) -> str | None:
+    """``"OUTSIDE the validated population: age 54 y; ..."`` (None when not assessed)."""
+    if population is None:
+        return None
+    label = POPULATION_LABELS.get(population, population)
+    return f"{label}: {reason}" if reason else label

@@ -7,7 +7,7 @@ leaves one ``instance_conflicts`` row: the visible event. The stored instance, i
 and its prediction stay untouched.
 
 Revision ID: 0007
-Revises: 0002
+Revises: 0004
 Create Date: 2026-12-07
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0002"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

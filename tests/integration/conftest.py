@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -28,6 +29,7 @@ def listener(services: Services, engine: Engine) -> Iterator[int]:
         database_url=services.database_url,
         broker_url=services.broker_url,
         queue_name=services.queue_name,
+        results_queue_name=f"{services.queue_name}-results",
         data_dir=services.data_dir,
         storage_uri=(services.data_dir / "instances").as_uri(),
         dicom_host="127.0.0.1",
@@ -97,9 +99,17 @@ def wait_until_queue_drained(services: Services, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
-            if client.llen(services.queue_name) == 0 and client.hlen("unacked") == 0:
+            if client.llen(services.queue_name) == 0 and not _unacked_for(client, services):
                 return
             time.sleep(0.1)
     finally:
         client.close()
     raise AssertionError(f"queue {services.queue_name} not drained after {timeout_s} s")
+
+
+def _unacked_for(client: Any, services: Services) -> int:
+    """Messages of this session's queue that a worker holds unacknowledged. Kombu keeps one
+    ``unacked`` hash per Redis database for every queue; other sessions' entries (a worker
+    killed on the same server) must not count."""
+    mine = services.queue_name.encode()
+    return sum(1 for value in client.hvals("unacked") if mine in value)

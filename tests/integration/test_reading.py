@@ -182,6 +182,7 @@ def test_an_answer_marks_the_study_read_with_what_the_reader_saw(
         "finding": "pneumonia",
         "model_version": "v7",
         "score": 0.8,
+        "score_used_for_triage": True,
     }
     assert "Doe" not in repr(entry)  # the note never reaches the audit log
 
@@ -351,6 +352,70 @@ def test_answers_export_prefers_the_prediction_of_the_version_the_reader_saw(
     (row,) = list(reading.iter_label_rows(db))
     assert row.model_version == "v1"
     assert row.score == pytest.approx(0.7)
+
+
+def _outside_study(db: Engine, study: str, p: float, uri: str | None = None) -> int:
+    """One instance the active model (v1) scored outside the validated population."""
+    from cxr_db import repository as repo
+    from tests.db_rows import prediction
+
+    rec = repo.InstanceRecord(
+        study_instance_uid=study,
+        sop_instance_uid=f"{study}.1",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+        series_instance_uid=None,
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        accession_number=None,
+        modality="CR",
+        body_part="CHEST",
+        view_position="PA",
+        calling_ae_title="TEST",
+        storage_uri=uri or f"file:///nowhere/{study}.1.dcm",
+        size_bytes=1,
+    )
+    instance_id = repo.record_instance(db, rec).instance_id
+    repo.record_prediction(
+        db,
+        instance_id,
+        prediction(p),
+        triage=False,
+        population=repo.PopulationNote("outside", "age 60 y; model validated for 1-5 y"),
+    )
+    return instance_id
+
+
+def test_what_the_reader_saw_and_the_export_never_take_a_shadow_models_prediction(
+    db: Engine, two_readers: tuple[accounts.UserInfo, accounts.UserInfo], tmp_path: Path
+) -> None:
+    from cxr_db import repository as repo
+    from tests.db_rows import prediction
+
+    ann, _ = two_readers
+    (instance_id,) = scored_study(db, STUDY, [0.7], _uris(tmp_path, STUDY, 1), version="v1")
+    # a shadow model scores the same instance later, higher: never what the reader saw
+    repo.record_shadow_prediction(db, instance_id, prediction(0.95, version="v2-shadow"))
+    answer = reading.record_answer(db, STUDY, Reader.from_user(ann), Finding.PNEUMONIA)
+    assert (answer.model_version, answer.score) == ("v1", pytest.approx(0.7))
+    (row,) = list(reading.iter_label_rows(db))
+    assert (row.model_version, row.score) == ("v1", pytest.approx(0.7))
+
+
+def test_an_outside_population_answer_keeps_the_shadow_score_apart_from_triage(
+    db: Engine, two_readers: tuple[accounts.UserInfo, accounts.UserInfo], tmp_path: Path
+) -> None:
+    ann, _ = two_readers
+    (uri,) = _uris(tmp_path, STUDY, 1)
+    _outside_study(db, STUDY, 0.057, uri)
+    mark = audit_mark(db)
+    answer = reading.record_answer(db, STUDY, Reader.from_user(ann), Finding.PNEUMONIA)
+    # answers.score is a triage score only: none triaged here
+    assert (answer.model_version, answer.score) == ("v1", None)
+    (entry,) = audit_after(db, mark)
+    assert entry.detail["score_used_for_triage"] is False
+    assert entry.detail["shadow_score"] == pytest.approx(0.057)
+    # the export carries the active model's shadow score: evidence for `validate`
+    (row,) = list(reading.iter_label_rows(db))
+    assert (row.label, row.model_version, row.score) == (1, "v1", pytest.approx(0.057))
 
 
 def test_two_readers_claiming_at_once_get_one_claim(

@@ -4,29 +4,19 @@ is down or silent gives AssociationError within the configured timeouts."""
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import (
-    ComprehensiveSRStorage,
     ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    SecondaryCaptureImageStorage,
 )
-from pynetdicom import AE, evt
-from pynetdicom.events import Event
-from pynetdicom.sop_class import Verification
+from pynetdicom import AE
 
 from cxr_common.clinical import DISCLAIMER
-from cxr_imaging import decode_dataset
 from cxr_results import (
     AssociationError,
     Destination,
@@ -37,24 +27,19 @@ from cxr_results import (
     send_objects,
 )
 from tests.conftest import SAMPLES
-from tests.results_helpers import UID_ROOT, heatmap, sr_items, sr_value, summary
+from tests.integration.results_peers import (
+    DCMTK,
+    Received,
+    free_port,
+    run_tool,
+    running_storescp,
+    start_scp,
+)
+from tests.results_helpers import UID_ROOT, overlay, sr_items, sr_value, summary
 
 pytestmark = pytest.mark.integration
 
 QUICK = Timeouts(connection_s=5, acse_s=2, dimse_s=10, network_s=10)
-
-
-@dataclass
-class Received:
-    datasets: list[Dataset] = field(default_factory=list)
-    syntaxes: list[str] = field(default_factory=list)
-    calling_ae_titles: list[str] = field(default_factory=list)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -62,30 +47,13 @@ def objects() -> tuple[Dataset, Dataset, Dataset]:
     """(source, Secondary Capture, SR) for the committed sample rsna-opacity-1.dcm."""
     source = pydicom.dcmread(SAMPLES / "rsna-opacity-1.dcm")
     uids = result_uids(UID_ROOT, source.StudyInstanceUID, 1)
-    sc = build_secondary_capture(
-        source, decode_dataset(source).pixels, heatmap(), summary(), uids, max_side=512
-    )
+    sc = build_secondary_capture(source, overlay(source), summary(), uids, max_side=512)
     sr = build_structured_report(source, summary(), uids, sc)
     return source, sc, sr
 
 
 def _start_scp(received: Received, status_for_sr: int = 0x0000) -> tuple[AE, object, int]:
-    def on_store(event: Event) -> int:
-        ds = event.dataset
-        ds.file_meta = event.file_meta
-        received.datasets.append(ds)
-        received.syntaxes.append(str(event.context.transfer_syntax))
-        received.calling_ae_titles.append(event.assoc.requestor.ae_title)
-        return status_for_sr if ds.SOPClassUID == ComprehensiveSRStorage else 0x0000
-
-    ae = AE(ae_title="TEST_PACS")
-    ae.require_called_aet = True
-    for sop_class in (SecondaryCaptureImageStorage, ComprehensiveSRStorage):
-        ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    server = ae.start_server(
-        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
-    )
-    return ae, server, int(server.server_address[1])
+    return start_scp(received, status_for_sr)
 
 
 @pytest.fixture
@@ -149,7 +117,7 @@ def test_a_wrong_called_ae_title_is_an_association_error(
 def test_a_destination_that_is_down_raises_quickly(
     objects: tuple[Dataset, Dataset, Dataset],
 ) -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     with pytest.raises(AssociationError, match="no answer"):
         send_objects(Destination("PACS", "127.0.0.1", port), list(objects[1:]), timeouts=QUICK)
 
@@ -172,49 +140,15 @@ def test_a_silent_destination_is_bounded_by_the_acse_timeout(
 
 # ----------------------------------------------------------------------------- DCMTK
 
-DCMTK = pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in ("storescp", "dsrdump", "dcmdump")),
-    reason="DCMTK's storescp/dsrdump/dcmdump are not on PATH (Debian: apt-get install dcmtk)",
-)
-
-
-def _echo(port: int) -> bool:
-    ae = AE(ae_title="CXR_PROBE")
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = 2
-    ae.connection_timeout = 2
-    assoc = ae.associate("127.0.0.1", port, ae_title="STORESCP")
-    ok = assoc.is_established
-    if ok:
-        assoc.release()
-    ae.shutdown()
-    return ok
-
 
 @pytest.fixture
 def storescp(tmp_path: Path) -> Iterator[tuple[Destination, Path]]:
     out = tmp_path / "storescp"
-    out.mkdir()
-    port = _free_port()
-    proc = subprocess.Popen(
-        ["storescp", "--aetitle", "STORESCP", "--output-directory", str(out), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not _echo(port):  # ready when it answers a C-ECHO
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "storescp did not start"
-            time.sleep(0.1)
-        yield Destination("STORESCP", "127.0.0.1", port), out
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with running_storescp(out) as destination:
+        yield destination, out
 
 
-def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+_run = run_tool
 
 
 @DCMTK

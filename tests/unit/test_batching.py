@@ -78,3 +78,27 @@ def test_a_failing_batch_fails_every_waiting_item() -> None:
 def test_max_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_size"):
         Batcher(lambda xs: list(xs), max_size=0, max_wait_s=0.1)
+
+
+def test_a_caller_that_gave_up_is_left_out_and_the_batcher_keeps_serving() -> None:
+    """Defect 8: a bounded wait cancels its future; a stuck batch does not kill the
+    batcher thread, and a cancelled item never reaches the batch function."""
+    release = threading.Event()
+    seen: list[list[int]] = []
+
+    def slow(items: Sequence[int]) -> list[int]:
+        seen.append(list(items))
+        release.wait(10)
+        return list(items)
+
+    batcher: Batcher[int, int] = Batcher(slow, max_size=1, max_wait_s=0.0)
+    first = batcher.submit(1)  # taken by the batch function, which blocks
+    waiting = batcher.submit(2)  # still queued behind it
+    with pytest.raises(TimeoutError):
+        waiting.result(timeout=0.05)
+    assert waiting.cancel()  # the caller gives up
+    release.set()
+    assert first.result(timeout=10)[0] == 1
+    assert batcher.submit(3).result(timeout=10)[0] == 3
+    batcher.close()
+    assert seen == [[1], [3]]

@@ -53,6 +53,21 @@ def test_listener_and_workers_share_the_instance_volume(compose: dict[str, Any])
     assert any(v.startswith("instances:") for v in services["worker"]["volumes"])
 
 
+def test_results_service_reads_instances_and_shares_the_uid_root(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    results = services["results"]
+    assert results["command"] == ["send-results"]
+    assert "healthcheck" in results
+    assert results["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert "instances:/data/instances:ro" in results["volumes"]
+    # the generated UID root (CXR_DATA_DIR/uid-root) is the same file for both
+    assert "state:/data" in results["volumes"]
+    assert "state:/data" in services["listener"]["volumes"]
+    assert "CXR_RESULT_DESTINATIONS" in results["environment"]
+
+
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
 def test_docker_compose_validates_the_file() -> None:
     env = dict(os.environ, POSTGRES_PASSWORD="test-only")

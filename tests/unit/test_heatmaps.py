@@ -10,8 +10,10 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from cxr_model import Calibration, has_burned_in_annotation, render_overlay_png
-from cxr_model.heatmaps import NEUTRAL_GREY, heatmap_base
+from cxr_model import CalibratedScore, Calibration, has_burned_in_annotation, render_overlay_png
+from cxr_model.heatmaps import NEUTRAL_GREY, UNFLAGGED_MAX, heatmap_base, heatmap_strength
+
+FLAGGED = CalibratedScore(logit=5.0, probability=0.99, threshold=0.5, flagged=True)
 
 
 def _rgb(png: bytes) -> np.ndarray:
@@ -37,10 +39,10 @@ def test_heatmaps_of_images_with_burned_in_text_do_not_show_the_pixels() -> None
 
     cam = np.zeros((7, 7), np.float32)
     cam[3, 3] = 1.0
-    hidden = render_overlay_png(pixels, cam, burned_in=True)
+    hidden = render_overlay_png(pixels, cam, burned_in=True, score=FLAGGED)
     grey = np.full_like(pixels, NEUTRAL_GREY)
-    assert hidden == render_overlay_png(grey, cam, burned_in=False)
-    shown = render_overlay_png(pixels, cam, burned_in=False)
+    assert hidden == render_overlay_png(grey, cam, burned_in=False, score=FLAGGED)
+    shown = render_overlay_png(pixels, cam, burned_in=False, score=FLAGGED)
     assert float(np.abs(_rgb(shown) - _rgb(hidden)).mean()) > 20  # the gradient is gone
 
 
@@ -73,3 +75,45 @@ def test_a_fitted_calibration_scores_through_temperature_and_bias() -> None:
     assert score.flagged == (score.probability >= 0.3)
     assert score.probability == cal.probability(1.0)
     assert score.flagged == cal.flag(cal.probability(1.0))
+
+
+def test_secondary_captures_and_conversions_count_as_burned_in_whatever_the_header_says() -> None:
+    """Issue 12, defect 10: a Secondary Capture (a scanned film, a screenshot) may carry
+    text in its pixels with no BurnedInAnnotation YES; its heatmap is drawn on grey."""
+    for sop_class in ("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.2"):
+        ds = Dataset()
+        ds.SOPClassUID = sop_class
+        ds.BurnedInAnnotation = "NO"
+        assert has_burned_in_annotation(ds)
+    converted = Dataset()
+    converted.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR, but digitised from film
+    converted.ConversionType = "DF"
+    assert has_burned_in_annotation(converted)
+    cr = Dataset()
+    cr.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    assert not has_burned_in_annotation(cr)
+
+
+def test_a_confident_negative_shows_no_hot_spot_and_only_flagged_studies_show_red() -> None:
+    pixels = np.full((64, 64), 0.4, np.float32)
+    cam = np.zeros((7, 7), np.float32)
+    cam[3, 3] = 1.0  # min-max normalised: every map has a peak of 1
+    cal = Calibration.uncalibrated(0.3)
+    confident_negative = cal.score(math.log(0.01 / 0.99))
+    near_miss = cal.score(math.log(0.29 / 0.71))
+    flagged = cal.score(math.log(0.6 / 0.4))
+    assert heatmap_strength(confident_negative) < 0.05
+    assert heatmap_strength(near_miss) == pytest.approx(UNFLAGGED_MAX * 0.29 / 0.3)
+    assert heatmap_strength(flagged) == 1.0
+    plain = _rgb(render_overlay_png(pixels, np.zeros_like(cam), burned_in=False, score=flagged))
+
+    def hot(score: CalibratedScore) -> float:
+        png = render_overlay_png(pixels, cam, burned_in=False, score=score)
+        return float(np.abs(_rgb(png) - plain).max())
+
+    assert hot(confident_negative) < 8  # indistinguishable from no map
+    assert hot(flagged) > 60
+    centre = _rgb(render_overlay_png(pixels, cam, burned_in=False, score=flagged))[32, 32]
+    near = _rgb(render_overlay_png(pixels, cam, burned_in=False, score=near_miss))[32, 32]
+    assert centre[0] > centre[2] + 40  # red at the peak when flagged
+    assert near[0] < centre[0]

@@ -15,6 +15,7 @@ from PIL import Image
 from cxr_imaging import load_image
 from cxr_model import (
     WEIGHTS_DIR,
+    CalibratedScore,
     CalibrationMismatchError,
     ModelIntegrityError,
     ScoringModel,
@@ -91,7 +92,8 @@ def test_overlay_png_has_no_metadata() -> None:
     pixels = np.linspace(0, 1, 600 * 400, dtype=np.float32).reshape(600, 400)
     cam = np.zeros((7, 7), np.float32)
     cam[3, 3] = 1.0
-    png = render_overlay_png(pixels, cam, burned_in=False, max_size=256)
+    flagged = CalibratedScore(logit=5.0, probability=0.99, threshold=0.5, flagged=True)
+    png = render_overlay_png(pixels, cam, burned_in=False, score=flagged, max_size=256)
     img = Image.open(io.BytesIO(png))
     assert img.format == "PNG"
     assert max(img.size) == 256

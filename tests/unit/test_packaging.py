@@ -57,8 +57,12 @@ def setuptools_packages() -> frozenset[str]:
     return frozenset(name.split(".")[0] for name in found)
 
 
+#: Packages of the checkout that are never installed: the tests and the benchmarks.
+NOT_SHIPPED = {"tests", "bench"}
+
+
 def test_setuptools_finds_every_top_level_package_and_no_tests() -> None:
-    on_disk = {p.parent.name for p in REPO.glob("*/__init__.py")} - {"tests"}
+    on_disk = {p.parent.name for p in REPO.glob("*/__init__.py")} - NOT_SHIPPED
     assert setuptools_packages() == on_disk
     assert "worklist" in setuptools_packages()
 

@@ -23,12 +23,13 @@ from cxr_results import (
     build_structured_report,
     is_our_dataset,
     is_our_uid,
+    overlay_from_png,
     result_uids,
 )
 from cxr_results.objects import NOT_FOR_DIAGNOSTIC_USE, render_result_image
 from tests.conftest import SAMPLES
 from tests.dicom_factory import chest_like, make_dataset
-from tests.results_helpers import SHA, UID_ROOT, heatmap, sr_items, sr_value, summary
+from tests.results_helpers import SHA, UID_ROOT, overlay, sr_items, sr_value, summary
 
 PATIENT_STUDY = (
     "PatientName",
@@ -64,8 +65,7 @@ def _source() -> Dataset:
 
 def _objects(source: Dataset, version: int = 1) -> tuple[Dataset, Dataset]:
     uids = result_uids(UID_ROOT, source.StudyInstanceUID, version)
-    grey = decode_dataset(source).pixels
-    sc = build_secondary_capture(source, grey, heatmap(), summary(), uids, max_side=512)
+    sc = build_secondary_capture(source, overlay(source), summary(), uids, max_side=512)
     sr = build_structured_report(source, summary(), uids, sc)
     return _round_trip(sc), _round_trip(sr)
 
@@ -101,7 +101,8 @@ def test_secondary_capture_from_a_dataset_built_in_code() -> None:
     assert NOT_FOR_DIAGNOSTIC_USE in sc.ImageComments
     pixels = sc.pixel_array
     assert pixels.shape == (sc.Rows, sc.Columns, 3)
-    assert sc.Columns == 512  # longer side of the 256 x 256 source scaled to max_side
+    assert sc.Columns == 256  # the stored overlay's own size: never scaled up
+    assert "Heatmap of model" in sc.DerivationDescription
 
 
 def test_objects_from_a_committed_sample_keep_its_patient_and_study() -> None:
@@ -165,8 +166,7 @@ def test_a_new_result_version_supersedes_in_the_same_series() -> None:
     sc1, sr1 = _objects(source, version=1)
     sc2_built = build_secondary_capture(
         source,
-        decode_dataset(source).pixels,
-        heatmap(),
+        overlay(source),
         summary(0.9),
         result_uids(UID_ROOT, source.StudyInstanceUID, 2),
         max_side=256,
@@ -206,21 +206,27 @@ def test_rebuilding_a_version_gives_the_same_uids() -> None:
 
 
 def test_burned_in_annotation_puts_the_heatmap_on_a_neutral_field() -> None:
+    """Overlay (the worker's rule) or no overlay (grey here): the source pixels of a
+    burned-in image never reach the picture."""
     a = make_dataset(chest_like(seed=1))
     b = make_dataset(np.zeros((256, 256), np.uint8) + 255, study_uid=a.StudyInstanceUID)
     uids = result_uids(UID_ROOT, a.StudyInstanceUID, 1)
 
-    def pixels(ds: Dataset) -> np.ndarray:
-        sc = build_secondary_capture(
-            ds, decode_dataset(ds).pixels, heatmap(), summary(), uids, max_side=256
-        )
+    def with_overlay(ds: Dataset) -> np.ndarray:
+        sc = build_secondary_capture(ds, overlay(ds), summary(), uids, max_side=256)
         return np.asarray(sc.pixel_array)
 
-    assert not np.array_equal(pixels(a), pixels(b))  # without the flag: the pixels show
+    def without_overlay(ds: Dataset) -> np.ndarray:
+        sc = build_secondary_capture(ds, decode_dataset(ds).pixels, summary(), uids, max_side=256)
+        assert "without heatmap" in sc.DerivationDescription
+        return np.asarray(sc.pixel_array)
+
+    for picture in (with_overlay, without_overlay):
+        assert not np.array_equal(picture(a), picture(b))  # without the flag: pixels show
     a.BurnedInAnnotation = "YES"
     b.BurnedInAnnotation = "YES"
-    on_a, on_b = pixels(a), pixels(b)
-    assert np.array_equal(on_a, on_b)  # the source pixels never reach the picture
+    for picture in (with_overlay, without_overlay):
+        assert np.array_equal(picture(a), picture(b))
 
 
 def test_burned_in_text_has_no_patient_data() -> None:
@@ -229,12 +235,11 @@ def test_burned_in_text_has_no_patient_data() -> None:
     two.PatientName = "Other^Person"
     two.PatientID = "OTHER-ID"
     two.AccessionNumber = "ACC999"
-    grey = decode_dataset(one).pixels
+    picture = overlay(one)
     pics = [
         build_secondary_capture(
             ds,
-            grey,
-            heatmap(),
+            picture,
             summary(),
             result_uids(UID_ROOT, ds.StudyInstanceUID, 1),
             max_side=256,
@@ -245,18 +250,25 @@ def test_burned_in_text_has_no_patient_data() -> None:
 
 
 def test_rendered_picture_has_text_bands_and_the_heatmap() -> None:
-    grey = decode_dataset(_source()).pixels
-    plain = render_result_image(grey, None, summary(), max_side=300)
-    heat = render_result_image(grey, heatmap(), summary(), max_side=300)
-    assert plain.dtype == np.uint8
-    assert plain.shape[1] == heat.shape[1] == 300
-    assert heat.shape[0] > plain.shape[0]  # the colour-bar legend
+    source = _source()
+    plain = render_result_image(decode_dataset(source).pixels, summary(), max_side=300)
+    heat = render_result_image(overlay(source), summary(), max_side=300)
+    small = render_result_image(overlay(source), summary(), max_side=128)
+    assert plain.dtype == heat.dtype == np.uint8
+    assert plain.shape[1] == heat.shape[1] == 256  # never scaled up
+    assert small.shape[1] == 128  # scaled down to max_side
     top = heat[:20]
     assert (top == 16).mean() > 0.5  # a dark text band above the image
-    red = (heat[..., 0].astype(int) - heat[..., 2].astype(int)) > 100
-    assert red.any()  # the hot spot of the heatmap
-    with pytest.raises(ResultObjectError, match="2-D greyscale"):
-        render_result_image(np.zeros((4, 4, 3)), None, summary())
+
+    def red(rgb: np.ndarray) -> np.ndarray:
+        return (rgb[..., 0].astype(int) - rgb[..., 2].astype(int)) > 100
+
+    # the hot spot of the heatmap (the orange flag text is red in both)
+    assert red(heat).sum() > red(plain).sum() + 500
+    with pytest.raises(ResultObjectError, match="heatmap overlay"):
+        render_result_image(np.zeros((4, 4, 3)), summary())
+    with pytest.raises(ResultObjectError, match="not a readable PNG"):
+        overlay_from_png(b"not a png")
 
 
 def test_not_eligible_study_gets_a_short_report_saying_why() -> None:
@@ -309,7 +321,7 @@ def test_bad_inputs_get_a_clear_error(change: str, message: str) -> None:
     with pytest.raises(ResultObjectError, match=message):
         build_structured_report(source, summary(), uids)
     with pytest.raises(ResultObjectError, match=message):
-        build_secondary_capture(source, chest_like() / 255.0, None, summary(), uids)
+        build_secondary_capture(source, chest_like() / 255.0, summary(), uids)
 
 
 def test_wrong_report_kind_is_refused() -> None:

@@ -42,6 +42,7 @@ def test_job_outcomes_name_the_final_statuses_and_two_that_write_no_row() -> Non
     assert {o for o in JobOutcome if o.value not in statuses} == {
         JobOutcome.SKIPPED,
         JobOutcome.INVALID,
+        JobOutcome.DEFERRED,
     }
 
 
@@ -51,4 +52,15 @@ def test_broker_settings_give_at_least_once_delivery() -> None:
     assert conf.worker_prefetch_multiplier == 1
     assert conf.task_serializer == "json"
     assert conf.accept_content == ["json"]
-    assert conf.broker_transport_options["visibility_timeout"] >= 3600
+    assert conf.broker_transport_options["visibility_timeout"] >= 600
+
+
+def test_broker_waits_are_bounded_and_a_worker_outlasts_an_outage() -> None:
+    """Issue 12, defect 8: a partition must not block a thread for the OS TCP timeout."""
+    conf = make_celery("redis://127.0.0.1:1/0", "unit").conf
+    options = conf.broker_transport_options
+    assert 0 < options["socket_timeout"] <= 60
+    assert 0 < options["socket_connect_timeout"] <= 10
+    assert conf.broker_connection_timeout <= 10
+    assert conf.broker_connection_max_retries is None  # a worker waits, it does not exit
+    assert conf.task_publish_retry_policy["max_retries"] <= 3  # the listener fails fast

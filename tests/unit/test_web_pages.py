@@ -113,12 +113,16 @@ def test_json_entry_keeps_its_keys_and_formats_reasons_once() -> None:
         "scored_at": None,
         "instances": 1,
         "heatmap_sop_instance_uids": ["1.2.3.4.1"],
+        "population": None,
+        "population_reason": None,
+        "shadow_score": None,
         "read_state": "unread",
         "claimed_by": None,
         "claim_expires_at": None,
         "finding": None,
         "read_by": None,
         "read_at": None,
+        "results": None,
     }
     assert present.entry_json(_entry())["reason"] is None
     read = present.entry_json(

@@ -1,0 +1,172 @@
+"""Ingest: the cxr-triage listener against DCMTK ``storescp --fork``, same files, same client.
+
+    python -m bench.ingest [--copies 160] [--associations 1,4] [--inputs uncompressed,j2k]
+                           [--size 0] [--out ingest.json]
+
+N copies of a full-size DX (7.2 MB uncompressed, or JPEG 2000 lossless) are sent by
+``--associations`` DCMTK ``storescu`` processes in parallel (N / k files each; ``-xv`` for
+JPEG 2000), to ``cxr-triage listen`` (its own process, Postgres + Redis, durable writes:
+file and folder fsynced, row committed, job enqueued before the success status) and to
+``storescp --fork`` (a child per association, writes files, no fsync). Without storescu the
+client is ``cxr-triage send``; without storescp the DCMTK rows are skipped. The clock runs
+from starting the clients to the last one exiting; every file must have been stored.
+Goal 1 of issue 10: cxr-triage / DCMTK >= 1.0 at 4 associations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from bench.common import (
+    INPUT_KINDS,
+    Bench,
+    add_common_arguments,
+    apply_threads,
+    bench_services,
+    clear_folder,
+    free_port,
+    make_copies,
+    report,
+    wait_for_port,
+)
+
+AE = "CXR_TRIAGE"
+
+
+def _client_commands(files: list[Path], port: int, k: int, kind: str) -> list[list[str]]:
+    chunks = [files[i::k] for i in range(k)]
+    if shutil.which("storescu"):
+        extra = ["-xv"] if kind == "j2k" else []
+        return [
+            ["storescu", "-aec", AE, "-aet", "BENCH", *extra, "127.0.0.1", str(port)]
+            + [str(p) for p in chunk]
+            for chunk in chunks
+            if chunk
+        ]
+    return [
+        [sys.executable, "-m", "cxr_triage", "send", "--no-progress", "--port", str(port)]
+        + [str(p) for p in chunk]
+        for chunk in chunks
+        if chunk
+    ]
+
+
+def send_parallel(files: list[Path], port: int, k: int, kind: str) -> float:
+    """Seconds from starting ``k`` clients to the last one exiting (all must succeed)."""
+    commands = _client_commands(files, port, k, kind)
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in commands
+    ]
+    errors = [p.communicate()[1] for p in procs]
+    elapsed = time.perf_counter() - t0
+    for p, err in zip(procs, errors, strict=True):
+        if p.returncode != 0:
+            raise RuntimeError(f"client failed ({p.returncode}): {err.decode()[-500:]}")
+    return elapsed
+
+
+def run_cxr(bench: Bench, files: list[Path], k: int, kind: str) -> float:
+    storage = bench.folder / "cxr-instances"
+    clear_folder(storage)
+    bench.reset()
+    proc, port = bench.listener(storage)
+    try:
+        elapsed = send_parallel(files, port, k, kind)
+    finally:
+        bench.stop(proc)
+    engine = bench.engine()
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT count(*) FROM instances")).scalar_one()
+    engine.dispose()
+    shutil.rmtree(storage, ignore_errors=True)
+    if stored != len(files):
+        raise RuntimeError(f"cxr-triage recorded {stored} of {len(files)} instances")
+    return elapsed
+
+
+def run_dcmtk(folder: Path, files: list[Path], k: int, kind: str) -> float | None:
+    if shutil.which("storescp") is None:
+        return None
+    out = folder / "storescp-out"
+    clear_folder(out)
+    port = free_port()
+    scp = subprocess.Popen(
+        ["storescp", "--fork", "+xa", "-aet", AE, "-od", str(out), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, scp)
+        elapsed = send_parallel(files, port, k, kind)
+    finally:
+        scp.terminate()
+        scp.wait(timeout=30)
+    stored = sum(1 for _ in out.iterdir())
+    shutil.rmtree(out, ignore_errors=True)
+    if stored != len(files):
+        raise RuntimeError(f"storescp stored {stored} of {len(files)} files")
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--copies", type=int, default=160)
+    parser.add_argument("--associations", default="1,4")
+    parser.add_argument("--inputs", default=",".join(INPUT_KINDS))
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    apply_threads(args.threads)
+    rows: list[dict[str, Any]] = []
+    client = "storescu" if shutil.which("storescu") else "cxr-triage send"
+    with (
+        tempfile.TemporaryDirectory(prefix="cxr-bench-ingest-") as d,
+        bench_services(Path(d)) as bench,
+    ):
+        for kind in args.inputs.split(","):
+            files = make_copies(kind, args.copies, Path(d) / "inputs" / kind, args.size)
+            mb = sum(p.stat().st_size for p in files) / len(files) / 1e6
+            for k in (int(v) for v in args.associations.split(",")):
+                # side by side: DCMTK, cxr-triage, DCMTK again (the mean of the two)
+                first = run_dcmtk(Path(d), files, k, kind)
+                cxr = run_cxr(bench, files, k, kind)
+                second = run_dcmtk(Path(d), files, k, kind)
+                dcmtk = None if first is None or second is None else (first + second) / 2
+                cxr_rate = len(files) / cxr
+                dcmtk_rate = None if dcmtk is None else len(files) / dcmtk
+                rows.append(
+                    {
+                        "input": kind,
+                        "mb_per_file": round(mb, 2),
+                        "associations": k,
+                        "copies": len(files),
+                        "cxr_img_s": cxr_rate,
+                        "dcmtk_img_s": dcmtk_rate,
+                        "ratio": None if dcmtk_rate is None else cxr_rate / dcmtk_rate,
+                    }
+                )
+            shutil.rmtree(Path(d) / "inputs" / kind, ignore_errors=True)
+    at4 = [r["ratio"] for r in rows if r["associations"] == 4 and r["ratio"] is not None]
+    summary = {"client": client, "goal_1_ratio_at_4_associations": min(at4) if at4 else None}
+    return report(
+        "ingest",
+        args,
+        rows,
+        ["input", "mb_per_file", "associations", "copies", "cxr_img_s", "dcmtk_img_s", "ratio"],
+        summary,
+    )
+
+
+if __name__ == "__main__":
+    main()

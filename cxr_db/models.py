@@ -1,0 +1,571 @@
+"""The model registry and the strata a site enabled (revision 0006).
+
+``models`` holds every registered model by version: its name, weights sha256, folder,
+calibration (path and version) and state::
+
+    registered ──shadow──▶ shadow ──activate──▶ active ──(another is activated)──▶ retired
+         └──────────────activate───────────────────▲            rollback: the one
+                                                                 activated before it
+
+Exactly one model is ``active`` (a partial unique index allows no second; the first
+registration on an empty registry activates itself); ``shadow`` models score the same
+instances in the same batch, their predictions stored under their version with
+``model_role = 'shadow'`` and never used for priority. ``rollback`` activates the model whose
+activation is the latest before the current one's.
+
+``population_strata`` holds the strata a site enabled from its own validation record, each
+tied to the model sha256 and calibration version it was validated for: the worker widens the
+active model's population only with the strata validated for that very model and
+calibration. Every change appends an audit row in the same transaction (``cxr_db.audit``).
+
+Nothing here imports the model code; ``worker.registry`` reads model folders.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Connection,
+    DateTime,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    Row,
+    String,
+    Text,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, mapped_column
+
+from cxr_common.errors import CxrTriageError
+from cxr_common.population import Stratum
+from cxr_db import audit
+from cxr_db.schema import Base, Prediction
+from cxr_db.schema_reading import AuditAction, check_in
+
+__all__ = [
+    "ModelEntry",
+    "ModelRole",
+    "ModelState",
+    "NewModel",
+    "RegistryError",
+    "ServingState",
+    "StratumEvidence",
+    "StratumRow",
+    "activate",
+    "active_model",
+    "enable_stratum",
+    "disable_stratum",
+    "get_model",
+    "list_models",
+    "list_strata",
+    "register",
+    "retire",
+    "rollback",
+    "serving_state",
+    "shadow",
+]
+
+
+class RegistryError(CxrTriageError):
+    """A registry or population change was refused (the message says why)."""
+
+
+class ModelState(enum.StrEnum):
+    REGISTERED = "registered"  # known, scores nothing
+    SHADOW = "shadow"  # scores every instance, never sets priority
+    ACTIVE = "active"  # the one model whose scores triage
+    RETIRED = "retired"  # was active or shadow, scores nothing now
+
+
+class ModelRole(enum.StrEnum):
+    """``predictions.model_role``: the role of the model when it made the prediction."""
+
+    ACTIVE = "active"
+    SHADOW = "shadow"
+
+
+class RegisteredModel(Base):
+    __tablename__ = "models"
+    __table_args__ = (
+        CheckConstraint(check_in("state", ModelState), name="models_state_valid"),
+        Index(
+            "uq_models_one_active",
+            "state",
+            unique=True,
+            postgresql_where=text("state = 'active'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    uri: Mapped[str] = mapped_column(Text)
+    calibration_uri: Mapped[str] = mapped_column(Text)
+    calibration_version: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    registered_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    registered_by: Mapped[str] = mapped_column(String(128))
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    reference: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
+# revision 0006: drift reads predictions by day
+Index("ix_predictions_created_at", Prediction.created_at)
+
+
+class PopulationStratumRow(Base):
+    __tablename__ = "population_strata"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    stratum: Mapped[str] = mapped_column(String(64), unique=True)
+    dimension: Mapped[str] = mapped_column(String(16))
+    value: Mapped[str] = mapped_column(String(32))
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    calibration_version: Mapped[str] = mapped_column(String(64))
+    validation_sha256: Mapped[str] = mapped_column(String(64))
+    data_hash: Mapped[str | None] = mapped_column(String(64))
+    positives: Mapped[int] = mapped_column(Integer)
+    sensitivity_lower: Mapped[float] = mapped_column(Float)
+    changed_by: Mapped[str] = mapped_column(String(128))
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+@dataclass(frozen=True)
+class NewModel:
+    """What ``register`` needs: read from a model folder by ``worker.registry``."""
+
+    version: str
+    name: str
+    sha256: str
+    uri: str
+    calibration_uri: str
+    calibration_version: str
+    reference: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    version: str
+    name: str
+    sha256: str
+    uri: str
+    calibration_uri: str
+    calibration_version: str
+    state: ModelState
+    registered_at: datetime
+    registered_by: str
+    activated_at: datetime | None
+    changed_at: datetime
+    reference: dict[str, Any] | None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "version": self.version,
+            "name": self.name,
+            "sha256": self.sha256,
+            "uri": self.uri,
+            "calibration_uri": self.calibration_uri,
+            "calibration_version": self.calibration_version,
+            "state": self.state.value,
+            "registered_at": self.registered_at.isoformat(),
+            "registered_by": self.registered_by,
+            "activated_at": self.activated_at.isoformat() if self.activated_at else None,
+            "drift_reference": self.reference is not None,
+        }
+
+
+@dataclass(frozen=True)
+class StratumEvidence:
+    """What the validation record showed for a stratum when it was enabled."""
+
+    model_sha256: str
+    calibration_version: str
+    validation_sha256: str
+    data_hash: str | None
+    positives: int
+    sensitivity_lower: float
+
+
+@dataclass(frozen=True)
+class StratumRow:
+    stratum: str
+    dimension: str
+    value: str
+    enabled: bool
+    model_sha256: str
+    calibration_version: str
+    validation_sha256: str
+    positives: int
+    sensitivity_lower: float
+    changed_by: str
+    changed_at: datetime
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """What workers serve: the active and shadow models and the enabled strata. Workers
+    compare it between batches and reload when it changed."""
+
+    models: tuple[ModelEntry, ...]
+    strata: tuple[StratumRow, ...]
+
+    @property
+    def active(self) -> ModelEntry | None:
+        return next((m for m in self.models if m.state is ModelState.ACTIVE), None)
+
+    @property
+    def shadows(self) -> tuple[ModelEntry, ...]:
+        return tuple(m for m in self.models if m.state is ModelState.SHADOW)
+
+    def strata_for(self, model: ModelEntry) -> tuple[Stratum, ...]:
+        """Enabled strata validated for ``model`` and its calibration."""
+        return tuple(
+            Stratum(s.dimension, s.value)
+            for s in self.strata
+            if s.enabled
+            and s.model_sha256 == model.sha256
+            and s.calibration_version == model.calibration_version
+        )
+
+
+def _entry(r: Row[Any]) -> ModelEntry:
+    return ModelEntry(
+        version=r.version,
+        name=r.name,
+        sha256=r.sha256,
+        uri=r.uri,
+        calibration_uri=r.calibration_uri,
+        calibration_version=r.calibration_version,
+        state=ModelState(r.state),
+        registered_at=r.registered_at,
+        registered_by=r.registered_by,
+        activated_at=r.activated_at,
+        changed_at=r.changed_at,
+        reference=r.reference,
+    )
+
+
+def _stratum(r: Row[Any]) -> StratumRow:
+    return StratumRow(
+        stratum=r.stratum,
+        dimension=r.dimension,
+        value=r.value,
+        enabled=r.enabled,
+        model_sha256=r.model_sha256,
+        calibration_version=r.calibration_version,
+        validation_sha256=r.validation_sha256,
+        positives=r.positives,
+        sensitivity_lower=r.sensitivity_lower,
+        changed_by=r.changed_by,
+        changed_at=r.changed_at,
+    )
+
+
+_MODEL_COLUMNS = select(RegisteredModel.__table__)
+_STRATUM_COLUMNS = select(PopulationStratumRow.__table__)
+
+
+def list_models(engine: Engine) -> list[ModelEntry]:
+    """Every registered model, newest registration first."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            _MODEL_COLUMNS.order_by(RegisteredModel.registered_at.desc(), RegisteredModel.id.desc())
+        ).all()
+    return [_entry(r) for r in rows]
+
+
+def get_model(engine: Engine, version: str) -> ModelEntry | None:
+    with engine.connect() as conn:
+        row = conn.execute(_MODEL_COLUMNS.where(RegisteredModel.version == version)).one_or_none()
+    return None if row is None else _entry(row)
+
+
+def active_model(engine: Engine) -> ModelEntry | None:
+    with engine.connect() as conn:
+        row = conn.execute(
+            _MODEL_COLUMNS.where(RegisteredModel.state == ModelState.ACTIVE.value)
+        ).one_or_none()
+    return None if row is None else _entry(row)
+
+
+def list_strata(engine: Engine) -> list[StratumRow]:
+    with engine.connect() as conn:
+        rows = conn.execute(_STRATUM_COLUMNS.order_by(PopulationStratumRow.stratum)).all()
+    return [_stratum(r) for r in rows]
+
+
+def serving_state(engine: Engine) -> ServingState:
+    """The active and shadow models and the enabled strata: two small indexed reads."""
+    with engine.connect() as conn:
+        models = conn.execute(
+            _MODEL_COLUMNS.where(
+                RegisteredModel.state.in_((ModelState.ACTIVE.value, ModelState.SHADOW.value))
+            ).order_by(RegisteredModel.version)
+        ).all()
+        strata = conn.execute(
+            _STRATUM_COLUMNS.where(PopulationStratumRow.enabled.is_(True)).order_by(
+                PopulationStratumRow.stratum
+            )
+        ).all()
+    return ServingState(tuple(_entry(r) for r in models), tuple(_stratum(r) for r in strata))
+
+
+def _lock(conn: Connection) -> None:
+    """Serialise registry changes (two operators activating at once)."""
+    conn.execute(text("LOCK TABLE models IN SHARE ROW EXCLUSIVE MODE"))
+
+
+def _audit(
+    conn: Connection,
+    action: AuditAction,
+    actor: audit.Actor,
+    target: str,
+    detail: dict[str, audit.Scalar],
+) -> None:
+    audit.append(conn, audit.AuditEvent(action, actor, target, detail))
+
+
+def _state_of(conn: Connection, version: str) -> ModelEntry:
+    row = conn.execute(_MODEL_COLUMNS.where(RegisteredModel.version == version)).one_or_none()
+    if row is None:
+        raise RegistryError(f"no model version {version!r} is registered (cxr-triage model list)")
+    return _entry(row)
+
+
+def register(
+    engine: Engine, model: NewModel, actor: audit.Actor, *, activate_if_none: bool = False
+) -> ModelEntry:
+    """Register ``model`` (state ``registered``; ``active`` when ``activate_if_none`` and no
+    model is active). A version is registered once: the same version again is refused."""
+    with engine.begin() as conn:
+        _lock(conn)
+        if conn.execute(
+            select(RegisteredModel.id).where(RegisteredModel.version == model.version)
+        ).first():
+            raise RegistryError(
+                f"model version {model.version!r} is already registered; give another "
+                "version (--version)"
+            )
+        has_active = conn.execute(
+            select(RegisteredModel.id).where(RegisteredModel.state == ModelState.ACTIVE.value)
+        ).first()
+        state = ModelState.ACTIVE if activate_if_none and not has_active else ModelState.REGISTERED
+        conn.execute(
+            insert(RegisteredModel).values(
+                version=model.version,
+                name=model.name,
+                sha256=model.sha256,
+                uri=model.uri,
+                calibration_uri=model.calibration_uri,
+                calibration_version=model.calibration_version,
+                state=state.value,
+                registered_by=actor.name[:128],
+                activated_at=func.now() if state is ModelState.ACTIVE else None,
+                reference=model.reference,
+            )
+        )
+        _audit(
+            conn,
+            AuditAction.MODEL_REGISTER,
+            actor,
+            model.version,
+            {
+                "sha256": model.sha256,
+                "calibration_version": model.calibration_version,
+                "state": state.value,
+                "uri": model.uri,
+            },
+        )
+        return _state_of(conn, model.version)
+
+
+def _set_state(conn: Connection, version: str, state: ModelState) -> None:
+    values: dict[str, Any] = {"state": state.value, "changed_at": func.now()}
+    if state is ModelState.ACTIVE:
+        values["activated_at"] = func.now()
+    conn.execute(update(RegisteredModel).where(RegisteredModel.version == version).values(values))
+
+
+def _activate(conn: Connection, target: ModelEntry) -> str | None:
+    """Make ``target`` the active model; the one it replaces is retired. Returns that one."""
+    current = conn.execute(
+        select(RegisteredModel.version).where(RegisteredModel.state == ModelState.ACTIVE.value)
+    ).scalar_one_or_none()
+    if current == target.version:
+        raise RegistryError(f"model {target.version} is already active")
+    if current is not None:
+        _set_state(conn, current, ModelState.RETIRED)
+    _set_state(conn, target.version, ModelState.ACTIVE)
+    return current
+
+
+def activate(engine: Engine, version: str, actor: audit.Actor) -> str | None:
+    """Activate ``version``; returns the version it replaced (now retired), if any."""
+    try:
+        with engine.begin() as conn:
+            _lock(conn)
+            target = _state_of(conn, version)
+            previous = _activate(conn, target)
+            _audit(
+                conn,
+                AuditAction.MODEL_ACTIVATE,
+                actor,
+                version,
+                {"previous": previous, "sha256": target.sha256, "from_state": target.state.value},
+            )
+            return previous
+    except IntegrityError as exc:  # a concurrent activation won the partial unique index
+        raise RegistryError("another activation ran at the same time; try again") from exc
+
+
+def shadow(engine: Engine, version: str, actor: audit.Actor) -> None:
+    """Score with ``version`` in shadow (its predictions never set priority)."""
+    with engine.begin() as conn:
+        _lock(conn)
+        target = _state_of(conn, version)
+        if target.state is ModelState.ACTIVE:
+            raise RegistryError(
+                f"model {version} is the active model; activate another (or rollback) first"
+            )
+        if target.state is ModelState.SHADOW:
+            raise RegistryError(f"model {version} is already in shadow")
+        _set_state(conn, version, ModelState.SHADOW)
+        _audit(
+            conn,
+            AuditAction.MODEL_SHADOW,
+            actor,
+            version,
+            {"sha256": target.sha256, "from_state": target.state.value},
+        )
+
+
+def retire(engine: Engine, version: str, actor: audit.Actor) -> None:
+    """Stop scoring with a shadow (or registered) model; the active one cannot be retired."""
+    with engine.begin() as conn:
+        _lock(conn)
+        target = _state_of(conn, version)
+        if target.state is ModelState.ACTIVE:
+            raise RegistryError(
+                f"model {version} is the active model; activate another (or rollback) instead"
+            )
+        if target.state is ModelState.RETIRED:
+            raise RegistryError(f"model {version} is already retired")
+        _set_state(conn, version, ModelState.RETIRED)
+        _audit(
+            conn,
+            AuditAction.MODEL_RETIRE,
+            actor,
+            version,
+            {"sha256": target.sha256, "from_state": target.state.value},
+        )
+
+
+def rollback(engine: Engine, actor: audit.Actor) -> tuple[str, str]:
+    """Activate the model that was active before the current one; returns (from, to)."""
+    try:
+        with engine.begin() as conn:
+            _lock(conn)
+            current = conn.execute(
+                _MODEL_COLUMNS.where(RegisteredModel.state == ModelState.ACTIVE.value)
+            ).one_or_none()
+            if current is None:
+                raise RegistryError("no model is active: nothing to roll back")
+            previous = conn.execute(
+                _MODEL_COLUMNS.where(
+                    RegisteredModel.state != ModelState.ACTIVE.value,
+                    RegisteredModel.activated_at.is_not(None),
+                    RegisteredModel.activated_at <= current.activated_at,
+                )
+                .order_by(RegisteredModel.activated_at.desc(), RegisteredModel.id.desc())
+                .limit(1)
+            ).one_or_none()
+            if previous is None:
+                raise RegistryError(
+                    f"model {current.version} is the only model ever activated: nothing to roll "
+                    "back to"
+                )
+            target = _entry(previous)
+            _activate(conn, target)
+            _audit(
+                conn,
+                AuditAction.MODEL_ROLLBACK,
+                actor,
+                target.version,
+                {"previous": current.version, "sha256": target.sha256},
+            )
+            return current.version, target.version
+    except IntegrityError as exc:
+        raise RegistryError("another activation ran at the same time; try again") from exc
+
+
+def enable_stratum(
+    engine: Engine, stratum: Stratum, evidence: StratumEvidence, actor: audit.Actor
+) -> None:
+    """Record ``stratum`` as enabled for the model and calibration it was validated for."""
+    values = {
+        "stratum": stratum.key,
+        "dimension": stratum.dimension,
+        "value": stratum.value,
+        "enabled": True,
+        "model_sha256": evidence.model_sha256,
+        "calibration_version": evidence.calibration_version,
+        "validation_sha256": evidence.validation_sha256,
+        "data_hash": evidence.data_hash,
+        "positives": evidence.positives,
+        "sensitivity_lower": evidence.sensitivity_lower,
+        "changed_by": actor.name[:128],
+    }
+    stmt = insert(PopulationStratumRow).values(values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[PopulationStratumRow.stratum],
+        set_={k: stmt.excluded[k] for k in values if k != "stratum"} | {"changed_at": func.now()},
+    )
+    with engine.begin() as conn:
+        conn.execute(stmt)
+        _audit(
+            conn,
+            AuditAction.POPULATION_ENABLE,
+            actor,
+            stratum.key,
+            {
+                "model_sha256": evidence.model_sha256,
+                "calibration_version": evidence.calibration_version,
+                "validation_sha256": evidence.validation_sha256,
+                "data_hash": evidence.data_hash,
+                "positives": evidence.positives,
+                "sensitivity_lower": round(evidence.sensitivity_lower, 6),
+            },
+        )
+
+
+def disable_stratum(engine: Engine, key: str, actor: audit.Actor) -> None:
+    """Narrow the population again: ``key`` (``age_band=18-64``) no longer counts."""
+    with engine.begin() as conn:
+        done = conn.execute(
+            update(PopulationStratumRow)
+            .where(PopulationStratumRow.stratum == key, PopulationStratumRow.enabled.is_(True))
+            .values(enabled=False, changed_by=actor.name[:128], changed_at=func.now())
+            .returning(PopulationStratumRow.id)
+        ).first()
+        if done is None:
+            raise RegistryError(f"stratum {key} is not enabled (cxr-triage population show)")
+        _audit(conn, AuditAction.POPULATION_DISABLE, actor, key, {})

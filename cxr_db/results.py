@@ -1,0 +1,396 @@
+"""Results back to PACS in the database: study completeness, what a result is made of, and
+every send attempt. Small functions over an Engine (or a Connection where the caller holds
+a lock); states in :mod:`cxr_db.result_states`.
+
+Completeness is decided here, by Postgres: :func:`complete_quiet_studies` moves studies
+that had no new instance for the quiet period and have no pending instance from
+``receiving`` to ``complete`` with one ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE
+SKIP LOCKED) RETURNING``, so several listener processes never complete (or enqueue) the
+same study twice. A late instance reopens the study (the 0005 insert trigger).
+
+Sending is idempotent per (study, result version, destination): the sender holds
+:func:`send_lock` (a transaction-scoped advisory lock) while it checks
+:func:`already_sent`, sends, and :func:`record_attempt`; a partial unique index refuses a
+second ``sent`` row as the last line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
+
+from cxr_db.models import ModelRole
+from cxr_db.result_states import ResultState, SendStatus
+from cxr_db.schema import Instance, Prediction, ResultSend, Study
+from cxr_db.statuses import PENDING_STATUSES, InstanceStatus
+
+__all__ = [
+    "Attempt",
+    "CompletedStudy",
+    "ResultInputs",
+    "ScoredInstance",
+    "SeenInstance",
+    "already_sent",
+    "complete_quiet_studies",
+    "last_sent_version",
+    "mark_results_enqueued",
+    "record_attempt",
+    "result_inputs",
+    "send_lock",
+    "set_result_state",
+    "sent_destinations",
+    "unenqueued_complete_studies",
+]
+
+
+@dataclass(frozen=True)
+class CompletedStudy:
+    """A study that became (or is) complete: what its results job needs."""
+
+    study_id: int
+    study_instance_uid: str
+    result_version: int
+
+
+def _older_than(seconds: float) -> ColumnElement[Any]:
+    """``now() - seconds``, computed by Postgres (one clock for every process)."""
+    return func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+
+def complete_quiet_studies(
+    engine: Engine, quiet_s: float, limit: int = 500
+) -> list[CompletedStudy]:
+    """``receiving`` → ``complete`` for studies with no instance for ``quiet_s`` seconds
+    and none pending (received, queued, processing). Returns the studies it moved; a row
+    another process holds is skipped (SKIP LOCKED), never moved twice."""
+    pending = exists().where(Instance.study_id == Study.id, Instance.status.in_(PENDING_STATUSES))
+    with engine.begin() as conn:
+        rows = conn.execute(
+            update(Study)
+            .where(
+                Study.id.in_(
+                    select(Study.id)
+                    .where(
+                        Study.result_state == ResultState.RECEIVING,
+                        Study.last_instance_at < _older_than(quiet_s),
+                        ~pending,
+                    )
+                    .order_by(Study.last_instance_at)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                ),
+                # re-checked on the locked row: an instance may have arrived meanwhile
+                Study.result_state == ResultState.RECEIVING,
+            )
+            .values(result_state=ResultState.COMPLETE, completed_at=func.now())
+            .returning(Study.id, Study.study_instance_uid, Study.result_version)
+        ).all()
+    return [CompletedStudy(r.id, r.study_instance_uid, r.result_version) for r in rows]
+
+
+def mark_results_enqueued(engine: Engine, study: CompletedStudy) -> None:
+    """Note that the results job of ``study``'s version is on the broker."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(Study)
+            .where(Study.id == study.study_id, Study.result_version == study.result_version)
+            .values(results_enqueued_at=func.now())
+        )
+
+
+def unenqueued_complete_studies(
+    engine: Engine, older_than_s: float, limit: int = 500
+) -> list[CompletedStudy]:
+    """Complete studies whose results job was never enqueued (the broker was down, or the
+    listener died between completing and enqueueing). Their ``completed_at`` is touched
+    so that one pass of one listener picks each of them up once."""
+    with engine.begin() as conn:
+        rows = conn.execute(
+            update(Study)
+            .where(
+                Study.id.in_(
+                    select(Study.id)
+                    .where(
+                        Study.result_state == ResultState.COMPLETE,
+                        Study.results_enqueued_at.is_(None),
+                        Study.completed_at < _older_than(older_than_s),
+                    )
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            .values(completed_at=func.now())
+            .returning(Study.id, Study.study_instance_uid, Study.result_version)
+        ).all()
+    return [CompletedStudy(r.id, r.study_instance_uid, r.result_version) for r in rows]
+
+
+# ------------------------------------------------------------------ what is sent
+
+
+@dataclass(frozen=True)
+class ScoredInstance:
+    """The scored instance a study's result shows and its newest active-model prediction.
+
+    ``triage`` False: the score was made in shadow (the instance is outside the validated
+    population), it set no priority and ``flagged`` is False; ``population`` and
+    ``population_reason`` are the instance's check (``cxr_common.population``)."""
+
+    sop_instance_uid: str
+    storage_uri: str
+    probability: float
+    threshold: float
+    flagged: bool
+    model_name: str
+    model_version: str
+    weights_sha256: str
+    calibration_version: str | None
+    heatmap_png: bytes | None
+    triage: bool = True
+    population: str | None = None
+    population_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class SeenInstance:
+    """An instance of the study as a not-analysed report lists it."""
+
+    sop_instance_uid: str
+    storage_uri: str
+    status: InstanceStatus
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class ResultInputs:
+    """Everything the results task reads about one study (no patient data: that stays in
+    the stored DICOM headers)."""
+
+    study_id: int
+    study_instance_uid: str
+    result_state: ResultState
+    result_version: int
+    study_score: float | None
+    study_flagged: bool
+    best: ScoredInstance | None
+    instances: tuple[SeenInstance, ...]
+
+
+def result_inputs(engine: Engine, study_id: int) -> ResultInputs | None:
+    """The study, its best scored instance and all its instances; None when the study is
+    unknown.
+
+    Only the **active** model's predictions count (``predictions.model_role = 'active'``):
+    a shadow model's score never reaches PACS. Of each instance its newest such prediction;
+    the best instance is the highest score among those that triaged, else (every scored
+    instance outside the validated population) the highest shadow score, which the
+    objects then present as such."""
+    with engine.begin() as conn:
+        study = conn.execute(
+            select(
+                Study.id,
+                Study.study_instance_uid,
+                Study.result_state,
+                Study.result_version,
+                Study.score,
+                Study.flagged,
+            ).where(Study.id == study_id)
+        ).one_or_none()
+        if study is None:
+            return None
+        newest = (
+            select(Prediction)
+            .where(
+                Prediction.instance_id == Instance.id,
+                Prediction.model_role == ModelRole.ACTIVE.value,
+            )
+            .order_by(Prediction.created_at.desc(), Prediction.id.desc())
+            .limit(1)
+            .lateral("p")
+        )
+        best = conn.execute(
+            select(
+                Instance.sop_instance_uid,
+                Instance.storage_uri,
+                newest.c.probability,
+                newest.c.threshold,
+                newest.c.flagged,
+                newest.c.model_name,
+                newest.c.model_version,
+                newest.c.weights_sha256,
+                newest.c.calibration_version,
+                newest.c.heatmap_png,
+                newest.c.triage,
+                Instance.population,
+                Instance.population_reason,
+            )
+            .join(newest, Instance.id == newest.c.instance_id)
+            .where(Instance.study_id == study_id, Instance.status == InstanceStatus.DONE)
+            .order_by(newest.c.triage.desc(), newest.c.probability.desc(), Instance.id)
+            .limit(1)
+        ).one_or_none()
+        seen = conn.execute(
+            select(
+                Instance.sop_instance_uid, Instance.storage_uri, Instance.status, Instance.reason
+            )
+            .where(Instance.study_id == study_id)
+            .order_by(Instance.received_at, Instance.id)
+        ).all()
+    return ResultInputs(
+        study_id=study.id,
+        study_instance_uid=study.study_instance_uid,
+        result_state=study.result_state,
+        result_version=study.result_version,
+        study_score=study.score,
+        study_flagged=study.flagged,
+        best=None if best is None else ScoredInstance(**best._asdict()),
+        instances=tuple(SeenInstance(**r._asdict()) for r in seen),
+    )
+
+
+# ------------------------------------------------------------------ sends
+
+
+@contextmanager
+def send_lock(
+    engine: Engine, study_id: int, result_version: int, destination: str
+) -> Iterator[Connection | None]:
+    """A transaction holding the advisory lock of (study, version, destination), or None
+    when another process holds it (it is sending that very result now). Record the
+    attempt on the yielded connection: it commits with the lock's release."""
+    key = f"cxr-results:{study_id}:{result_version}:{destination}"
+    with engine.begin() as conn:
+        locked = conn.execute(
+            select(func.pg_try_advisory_xact_lock(func.hashtextextended(key, 0)))
+        ).scalar_one()
+        yield conn if locked else None
+
+
+def already_sent(conn: Connection, study_id: int, result_version: int, destination: str) -> bool:
+    """True when this result version was stored on ``destination`` already."""
+    return bool(
+        conn.execute(
+            select(
+                exists().where(
+                    ResultSend.study_id == study_id,
+                    ResultSend.result_version == result_version,
+                    ResultSend.destination == destination,
+                    ResultSend.status == SendStatus.SENT,
+                )
+            )
+        ).scalar_one()
+    )
+
+
+def last_sent_version(
+    conn: Connection, study_id: int, destination: str, before_version: int
+) -> int | None:
+    """The newest result version below ``before_version`` stored on ``destination``."""
+    return conn.execute(
+        select(func.max(ResultSend.result_version)).where(
+            ResultSend.study_id == study_id,
+            ResultSend.destination == destination,
+            ResultSend.status == SendStatus.SENT,
+            ResultSend.result_version < before_version,
+        )
+    ).scalar_one_or_none()
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One send attempt as the results task records it."""
+
+    study_id: int
+    result_version: int
+    destination: str
+    status: SendStatus
+    sc_sop_instance_uid: str | None
+    sr_sop_instance_uid: str
+    sc_status: int | None
+    sr_status: int | None
+    error: str | None
+
+
+def record_attempt(conn: Connection, attempt: Attempt) -> int:
+    """Insert the attempt (numbered 1, 2, ... per study, version and destination);
+    returns its number."""
+    number = (
+        conn.execute(
+            select(func.count()).where(
+                ResultSend.study_id == attempt.study_id,
+                ResultSend.result_version == attempt.result_version,
+                ResultSend.destination == attempt.destination,
+            )
+        ).scalar_one()
+        + 1
+    )
+    conn.execute(
+        insert(ResultSend).values(
+            study_id=attempt.study_id,
+            result_version=attempt.result_version,
+            destination=attempt.destination,
+            attempt=number,
+            status=attempt.status,
+            sc_sop_instance_uid=attempt.sc_sop_instance_uid,
+            sr_sop_instance_uid=attempt.sr_sop_instance_uid,
+            sc_status=attempt.sc_status,
+            sr_status=attempt.sr_status,
+            error=None if attempt.error is None else attempt.error[:2000],
+        )
+    )
+    return int(number)
+
+
+def sent_destinations(engine: Engine, study_id: int, result_version: int) -> set[str]:
+    """The destinations that stored this result version."""
+    with engine.begin() as conn:
+        rows = conn.execute(
+            select(ResultSend.destination).where(
+                ResultSend.study_id == study_id,
+                ResultSend.result_version == result_version,
+                ResultSend.status == SendStatus.SENT,
+            )
+        ).all()
+    return {r.destination for r in rows}
+
+
+def set_result_state(
+    engine: Engine, study_id: int, result_version: int, state: ResultState
+) -> bool:
+    """Set the state of a finished study's result version. A study that was reopened
+    meanwhile (receiving, or a newer version) is left alone; returns whether it changed."""
+    if state is ResultState.RECEIVING:
+        raise ValueError("only the instances trigger reopens a study")
+    finished: Sequence[ResultState] = (
+        ResultState.COMPLETE,
+        ResultState.RESULTS_SENT,
+        ResultState.RESULTS_FAILED,
+    )
+    with engine.begin() as conn:
+        done = conn.execute(
+            update(Study)
+            .where(
+                and_(
+                    Study.id == study_id,
+                    Study.result_version == result_version,
+                    Study.result_state.in_(finished),
+                )
+            )
+            .values(result_state=state)
+            .returning(Study.id)
+        ).one_or_none()
+    return done is not None

@@ -1,0 +1,460 @@
+"""Results back to PACS through the real path: C-STORE to the listener → Postgres → scoring
+worker → completeness job (quiet period 1 s) → results queue → ``cxr-triage send-results``
+→ C-STORE to a real pynetdicom SCP and DCMTK storescp on loopback.
+
+Also: a destination that is down gets the results once it is back (no duplicates), a late
+instance produces a new result version that supersedes the first, and a destination that
+is our own listener (a PACS forwarding everything back) causes no loop."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+import pydicom
+import pytest
+import redis
+from pydicom.dataset import Dataset
+from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+from sqlalchemy import Engine, text
+
+from cxr_common.clinical import DISCLAIMER
+from cxr_common.settings import ListenerSettings
+from cxr_db import reads
+from cxr_queue import ResultsJob, enqueue_results, make_celery
+from cxr_results import Destination, is_our_uid
+from cxr_triage.send import send_paths
+from dicom_listener.server import ListenerHandle
+from tests.conftest import SAMPLES, Services
+from tests.dicom_factory import chest_like, make_dataset, write
+from tests.integration.conftest import wait_until_final
+from tests.integration.results_peers import (
+    DCMTK,
+    Received,
+    free_port,
+    run_tool,
+    running_storescp,
+    start_scp,
+)
+from tests.results_helpers import sr_items, sr_value
+from worklist.present import entry_json
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+QUIET_S = 1.0
+
+
+def _results_queue(services: Services) -> str:
+    return f"{services.queue_name}-results"
+
+
+@pytest.fixture
+def results_listener(services: Services, engine: Engine) -> Iterator[ListenerHandle]:
+    """The real listener with a 1 s quiet period and its completeness job every 0.2 s."""
+    from dicom_listener.server import start_listener
+
+    client = redis.Redis.from_url(services.broker_url)
+    client.delete(_results_queue(services))
+    client.close()
+    settings = ListenerSettings(
+        database_url=services.database_url,
+        broker_url=services.broker_url,
+        queue_name=services.queue_name,
+        results_queue_name=_results_queue(services),
+        data_dir=services.data_dir,
+        storage_uri=(services.data_dir / "instances").as_uri(),
+        dicom_host="127.0.0.1",
+        dicom_port=0,
+        study_quiet_s=QUIET_S,
+        completeness_interval_s=0.2,
+    )
+    handle = start_listener(settings, engine, make_celery(services.broker_url))
+    yield handle
+    handle.shutdown()
+
+
+@pytest.fixture
+def start_results_worker(
+    services: Services, tmp_path: Path
+) -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
+    """``cxr-triage send-results`` sending to ``destinations`` (retries 1, 2, 2, ... s)."""
+    procs: list[subprocess.Popen[bytes]] = []
+    logs: list[IO[bytes]] = []
+
+    def _start(destinations: str) -> subprocess.Popen[bytes]:
+        env = services.env()
+        env.update(
+            CXR_RESULTS_QUEUE_NAME=_results_queue(services),
+            CXR_RESULT_DESTINATIONS=destinations,
+            CXR_RESULT_CALLING_AE_TITLE="CXR_RESULTS",
+            CXR_RESULT_RETRY_MAX_BACKOFF_S="2",
+            CXR_RESULT_TIMEOUT_S="5",
+        )
+        log = open(tmp_path / f"results-{len(procs)}.log", "wb")
+        logs.append(log)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cxr_triage", "send-results"], env=env, stdout=log, stderr=log
+        )
+        procs.append(proc)
+        return proc
+
+    yield _start
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for log in logs:
+        log.close()
+
+
+def _results(engine: Engine) -> dict[str, dict[str, object]]:
+    """study_instance_uid → the ``results`` field of ``worklist --json``."""
+    out = {}
+    for entry in reads.worklist(engine):
+        results = entry_json(entry)["results"]
+        assert isinstance(results, dict)
+        out[entry.study_instance_uid] = results
+    return out
+
+
+def _wait_for(
+    what: str, check: Callable[[], bool], procs: list[subprocess.Popen[bytes]], timeout_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        for proc in procs:
+            assert proc.poll() is None, f"a process exited with {proc.returncode}"
+        assert time.monotonic() < deadline, f"not {what} after {timeout_s} s"
+        time.sleep(0.2)
+
+
+def _wait_results_state(
+    engine: Engine,
+    studies: set[str],
+    state: str,
+    procs: list[subprocess.Popen[bytes]],
+    version: int = 1,
+    timeout_s: float = 180,
+) -> dict[str, dict[str, object]]:
+    def done() -> bool:
+        got = _results(engine)
+        return all(
+            u in got and got[u]["state"] == state and got[u]["result_version"] == version
+            for u in studies
+        )
+
+    _wait_for(f"{state} v{version}", done, procs, timeout_s)
+    return _results(engine)
+
+
+def _sends(engine: Engine) -> list[tuple[str, int, str, int]]:
+    with engine.begin() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT destination, result_version, status, attempt FROM result_sends ORDER BY id"
+            )
+        ).all()
+    return [(r.destination, r.result_version, r.status, r.attempt) for r in rows]
+
+
+def _study_files(tmp_path: Path) -> tuple[list[Path], Dataset, Dataset]:
+    """A two-image chest study (made in code) and a CT study that is not eligible."""
+    a = make_dataset(chest_like(seed=1), accession="RES0001")
+    b = make_dataset(chest_like(seed=2), study_uid=a.StudyInstanceUID, accession="RES0001")
+    files = [write(a, tmp_path / "a.dcm"), write(b, tmp_path / "b.dcm"), SAMPLES / "ct-small.dcm"]
+    return files, a, pydicom.dcmread(SAMPLES / "ct-small.dcm", stop_before_pixels=True)
+
+
+def _best_instance(engine: Engine, study: str) -> str:
+    with engine.begin() as conn:
+        return str(
+            conn.execute(
+                text(
+                    "SELECT i.sop_instance_uid FROM predictions p JOIN instances i "
+                    "ON i.id = p.instance_id JOIN studies s ON s.id = i.study_id "
+                    "WHERE s.study_instance_uid = :u ORDER BY p.probability DESC LIMIT 1"
+                ),
+                {"u": study},
+            ).scalar_one()
+        )
+
+
+@DCMTK
+def test_complete_studies_reach_a_pynetdicom_scp_and_dcmtk_storescp(
+    services: Services,
+    engine: Engine,
+    results_listener: ListenerHandle,
+    start_worker: Callable[..., subprocess.Popen[bytes]],
+    start_results_worker: Callable[[str], subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    received = Received()
+    _, scp, scp_port = start_scp(received)
+    out = tmp_path / "storescp"
+    try:
+        with running_storescp(out) as storescp:
+            pacs = Destination("TEST_PACS", "127.0.0.1", scp_port)
+            procs = [
+                start_worker(batch_size=2, wait_ms=200),
+                start_results_worker(f"{pacs},{storescp}"),
+            ]
+            files, chest, ct = _study_files(tmp_path)
+            report = send_paths(files, "127.0.0.1", results_listener.port, progress=False)
+            assert report.sent == 3
+            studies = {str(chest.StudyInstanceUID), str(ct.StudyInstanceUID)}
+            results = _wait_results_state(engine, studies, "results_sent", procs)
+            stored = sorted(out.iterdir())
+            # A redelivered job (or a second listener's) sends nothing again.
+            app = make_celery(services.broker_url)
+            with engine.begin() as conn:
+                study_id = conn.execute(
+                    text("SELECT id FROM studies WHERE study_instance_uid = :u"),
+                    {"u": chest.StudyInstanceUID},
+                ).scalar_one()
+            sends_before = _sends(engine)
+            for _ in range(2):
+                enqueue_results(
+                    app,
+                    ResultsJob(
+                        study_id=study_id,
+                        study_instance_uid=str(chest.StudyInstanceUID),
+                        result_version=1,
+                    ),
+                    _results_queue(services),
+                )
+            client = redis.Redis.from_url(services.broker_url)
+            _wait_for(
+                "drained",
+                lambda: client.llen(_results_queue(services)) == 0 and client.hlen("unacked") == 0,
+                procs,
+                60,
+            )
+            client.close()
+            assert _sends(engine) == sends_before
+    finally:
+        scp.shutdown()  # type: ignore[attr-defined]
+
+    # each destination got SC + SR for the scored study and one SR for the CT study
+    for destination in (str(pacs), str(storescp)):
+        for uid in studies:
+            (outcome,) = [
+                d
+                for d in results[uid]["destinations"]  # type: ignore[attr-defined]
+                if d["destination"] == destination
+            ]
+            assert (outcome["status"], outcome["attempt"], outcome["sr_status"]) == (
+                "sent",
+                1,
+                "0x0000",
+            )
+    assert len(received.datasets) == 3
+    assert set(received.calling_ae_titles) == {"CXR_RESULTS"}
+    by_class: dict[str, list[Dataset]] = {}
+    for ds in received.datasets:
+        by_class.setdefault(str(ds.SOPClassUID), []).append(ds)
+    (sc,) = by_class[SecondaryCaptureImageStorage]
+    sr, not_analysed = sorted(
+        by_class[ComprehensiveSRStorage], key=lambda d: d.StudyInstanceUID != chest.StudyInstanceUID
+    )
+    best = _best_instance(engine, str(chest.StudyInstanceUID))
+    assert (sc.StudyInstanceUID, sc.PatientID) == (chest.StudyInstanceUID, chest.PatientID)
+    assert sc.AccessionNumber == "RES0001"
+    assert sc.BurnedInAnnotation == "YES"
+    assert sc.SeriesDescription.startswith("cxr-triage heatmap")
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == best
+    assert sc.ReferencedImageSequence[0].ReferencedSOPInstanceUID == best
+    assert is_our_uid(sc.SOPInstanceUID, (services.data_dir / "uid-root").read_text().strip())
+    items = sr_items(sr)
+    assert sr_value(items["Comment"]) == DISCLAIMER
+    assert sr_value(items["Source of Measurement"])[1] == best  # type: ignore[index]
+    assert sr_value(items["Best illustration of finding"])[1] == sc.SOPInstanceUID  # type: ignore[index]
+    assert 0.0 <= float(sr_value(items["Triage score"])) <= 1.0  # type: ignore[arg-type]
+    assert sr_value(items["Calibration version"])
+    assert len(str(sr_value(items["Model weights SHA-256"]))) == 64
+    assert not_analysed.StudyInstanceUID == ct.StudyInstanceUID
+    assert not_analysed.PatientID == ct.PatientID
+    ni = sr_items(not_analysed)
+    assert sr_value(ni["Analysis status"]) == ("NOT_ELIGIBLE", "99CXR")
+    assert "CT" in str(sr_value(ni["Reason not analysed"]))
+
+    # DCMTK reads what storescp stored: the SRs parse, the SC is filed with the source
+    assert len(stored) == 3
+    headers = {p: pydicom.dcmread(p, stop_before_pixels=True) for p in stored}
+    for path, ds in headers.items():
+        if ds.SOPClassUID == ComprehensiveSRStorage:
+            dump = run_tool(["dsrdump", str(path)])
+            assert dump.returncode == 0, dump.stderr
+            assert "E:" not in dump.stderr, dump.stderr
+            assert "Comprehensive SR Document" in dump.stdout
+        else:
+            dump = run_tool(["dcmdump", "+P", "StudyInstanceUID", "+P", "PatientID", str(path)])
+            assert dump.returncode == 0, dump.stderr
+            assert f"[{chest.StudyInstanceUID}]" in dump.stdout
+            assert f"[{chest.PatientID}]" in dump.stdout
+
+
+def test_a_destination_that_is_down_gets_the_results_when_it_is_back(
+    engine: Engine,
+    results_listener: ListenerHandle,
+    start_worker: Callable[..., subprocess.Popen[bytes]],
+    start_results_worker: Callable[[str], subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    port = free_port()  # nothing listens there yet: connection refused
+    down = Destination("TEST_PACS", "127.0.0.1", port)
+    procs = [start_worker(batch_size=2, wait_ms=200), start_results_worker(str(down))]
+    chest = make_dataset(chest_like(seed=3), accession="DOWN0001")
+    send_paths(
+        [write(chest, tmp_path / "c.dcm")], "127.0.0.1", results_listener.port, progress=False
+    )
+    _wait_for(
+        "three failed attempts",
+        lambda: sum(s[2] == "failed" for s in _sends(engine)) >= 3,
+        procs,
+        180,
+    )
+    (entry,) = _results(engine).values()
+    assert entry["state"] == "complete"  # still trying
+    last = entry["destinations"][0]  # type: ignore[index]
+    assert last["status"] == "failed"
+    assert "no answer" in last["error"]
+
+    received = Received()
+    _, scp, _ = start_scp(received, port=port)  # the PACS is back
+    try:
+        _wait_results_state(engine, {str(chest.StudyInstanceUID)}, "results_sent", procs, 1, 60)
+    finally:
+        scp.shutdown()  # type: ignore[attr-defined]
+    uids = received.sop_instance_uids()
+    assert len(uids) == 2 == len(set(uids))  # SC + SR, once
+    sends = _sends(engine)
+    assert [s[2] for s in sends].count("sent") == 1
+    assert sends[-1][2] == "sent"
+    assert [s[3] for s in sends] == list(range(1, len(sends) + 1))  # every attempt stored
+
+
+def test_a_late_instance_supersedes_the_first_result(
+    engine: Engine,
+    results_listener: ListenerHandle,
+    start_worker: Callable[..., subprocess.Popen[bytes]],
+    start_results_worker: Callable[[str], subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    received = Received()
+    _, scp, port = start_scp(received)
+    try:
+        procs = [
+            start_worker(batch_size=2, wait_ms=200),
+            start_results_worker(f"TEST_PACS@127.0.0.1:{port}"),
+        ]
+        first = make_dataset(chest_like(seed=4), accession="LATE0001")
+        send_paths(
+            [write(first, tmp_path / "1.dcm")], "127.0.0.1", results_listener.port, progress=False
+        )
+        study = str(first.StudyInstanceUID)
+        _wait_results_state(engine, {study}, "results_sent", procs, 1)
+        (entry_v1,) = reads.worklist(engine)
+        late = make_dataset(chest_like(seed=5), study_uid=study, accession="LATE0001")
+        send_paths(
+            [write(late, tmp_path / "2.dcm")], "127.0.0.1", results_listener.port, progress=False
+        )
+        _wait_results_state(engine, {study}, "results_sent", procs, 2)
+    finally:
+        scp.shutdown()  # type: ignore[attr-defined]
+    (entry_v2,) = reads.worklist(engine)
+    assert entry_v2.score is not None
+    assert entry_v1.score is not None
+    assert entry_v2.score >= entry_v1.score  # priority never goes down
+    assert entry_v2.flagged >= entry_v1.flagged
+    assert len(received.datasets) == 4
+    sc1, sr1, sc2, sr2 = received.datasets
+    assert (sc1.SOPClassUID, sr1.SOPClassUID) == (
+        SecondaryCaptureImageStorage,
+        ComprehensiveSRStorage,
+    )
+    assert sc2.SeriesInstanceUID == sc1.SeriesInstanceUID
+    assert sr2.SeriesInstanceUID == sr1.SeriesInstanceUID
+    assert (sc1.InstanceNumber, sc2.InstanceNumber, sr2.InstanceNumber) == (1, 2, 2)
+    assert sc2.SOPInstanceUID != sc1.SOPInstanceUID
+    predecessor = sr2.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == sr1.SOPInstanceUID
+
+
+def test_our_own_listener_as_destination_causes_no_loop(
+    engine: Engine,
+    results_listener: ListenerHandle,
+    start_worker: Callable[..., subprocess.Popen[bytes]],
+    start_results_worker: Callable[[str], subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    """A PACS forwarding everything back: our SC and SR reach our listener, which answers
+    Success and records nothing; nothing is scored again, the study is not reopened."""
+    procs = [
+        start_worker(batch_size=2, wait_ms=200),
+        start_results_worker(f"CXR_TRIAGE@127.0.0.1:{results_listener.port}"),
+    ]
+    chest = make_dataset(chest_like(seed=6), accession="LOOP0001")
+    send_paths(
+        [write(chest, tmp_path / "c.dcm")], "127.0.0.1", results_listener.port, progress=False
+    )
+    wait_until_final(engine, 1, procs=procs[:1])
+    results = _wait_results_state(engine, {str(chest.StudyInstanceUID)}, "results_sent", procs)
+    (outcome,) = results[str(chest.StudyInstanceUID)]["destinations"]  # type: ignore[misc]
+    assert (outcome["sc_status"], outcome["sr_status"]) == ("0x0000", "0x0000")
+    # both C-STOREs were answered (and anything they would record committed) before the
+    # send was recorded: the listener holds the original instance only
+    with engine.begin() as conn:
+        counts = conn.execute(
+            text(
+                "SELECT (SELECT count(*) FROM instances) AS instances, "
+                "(SELECT count(*) FROM studies) AS studies, "
+                "(SELECT count(*) FROM predictions) AS predictions, "
+                "(SELECT max(result_version) FROM studies) AS version"
+            )
+        ).one()
+    assert tuple(counts) == (1, 1, 1, 1)
+    assert reads.instance_statuses(engine) == {str(chest.SOPInstanceUID): "done"}
+
+
+def test_forwarded_objects_with_new_uids_are_recognised_and_foreign_srs_refused(
+    services: Services, engine: Engine, results_listener: ListenerHandle
+) -> None:
+    """A PACS that re-assigns UIDs on import: our Manufacturer + SeriesDescription marker
+    still says it is ours (Success, nothing recorded). An SR that is not ours is refused as
+    any class we do not store."""
+    from pydicom.uid import generate_uid
+
+    from cxr_results import (
+        build_secondary_capture,
+        build_structured_report,
+        result_uids,
+        send_objects,
+    )
+    from tests.results_helpers import UID_ROOT, overlay, summary
+
+    source = make_dataset(chest_like(seed=7))
+    uids = result_uids(UID_ROOT, str(source.StudyInstanceUID), 1)  # not the listener's root
+    sc = build_secondary_capture(source, overlay(source), summary(), uids)
+    sr = build_structured_report(source, summary(), uids, sc)
+    sc.SOPInstanceUID = sc.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    sc.SeriesInstanceUID = generate_uid()
+    foreign = build_structured_report(source, summary(), uids, sc)
+    foreign.SOPInstanceUID = foreign.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    foreign.SeriesInstanceUID = generate_uid()
+    foreign.Manufacturer = "Another Vendor"
+    foreign.SeriesDescription = "radiologist report"
+    sr.SOPInstanceUID = sr.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    sr.SeriesInstanceUID = generate_uid()
+    listener = Destination("CXR_TRIAGE", "127.0.0.1", results_listener.port)
+    outcomes = send_objects(listener, [sc, sr, foreign])
+    assert [(o.stored, o.status) for o in outcomes] == [(True, 0), (True, 0), (False, 0x0122)]
+    assert reads.instance_statuses(engine) == {}
+    assert not (services.data_dir / "instances" / str(source.StudyInstanceUID)).exists()
