@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import (
     AfterValidator,
     BeforeValidator,
     Field,
+    IPvAnyNetwork,
     PostgresDsn,
     RedisDsn,
     SecretStr,
@@ -43,6 +44,18 @@ from cxr_common.population import PopulationPolicy, UnknownAge
 #: works, ``lease_ttl_s``) and the listener's reconciler bring a dead worker's jobs back
 #: within a minute.
 BROKER_VISIBILITY_TIMEOUT_S = 600
+
+#: ListenerSettings fields that are ``cxr_imaging.limits.DecodeLimits`` fields of the same
+#: name (``CXR_MAX_PIXELS`` ...): what an instance may declare before anything decodes it.
+DECODE_LIMIT_SETTINGS = (
+    "max_pixels",
+    "max_frames",
+    "max_inflated_bytes",
+    "max_decoded_bytes",
+    "max_rows",
+    "max_columns",
+    "max_header_bytes",
+)
 
 _POSTGRES_URL: TypeAdapter[PostgresDsn] = TypeAdapter(PostgresDsn)
 _REDIS_URL: TypeAdapter[RedisDsn] = TypeAdapter(RedisDsn)
@@ -220,6 +233,90 @@ class ListenerSettings(CommonSettings):
                     f"calling AE title {title!r} is not 1-16 characters without backslash"
                 )
         return titles
+
+    # --- DICOM trust boundary (issue 12) ---------------------------------------------
+    environment: Literal["development", "production"] = Field(
+        default="development",
+        description="production: refuse to start with no allow-list (calling AE titles or "
+        "peer networks) unless CXR_ACCEPT_ANY_PEER=true",
+    )
+    accept_any_peer: bool = Field(
+        default=False, description="production only: explicitly accept any peer"
+    )
+    accept_any_called_ae_title: bool = Field(
+        default=False,
+        description="accept associations whatever called AE title they name (routers that "
+        "rewrite it); default: refuse any but CXR_AE_TITLE",
+    )
+    allowed_peer_networks: Annotated[
+        list[IPvAnyNetwork], NoDecode, BeforeValidator(_split_ae_titles)
+    ] = Field(
+        default_factory=list,
+        description="source IP networks (CIDR, comma-separated) allowed to connect; empty = any",
+    )
+    max_associations_per_peer: int = Field(
+        default=4, ge=1, description="open connections one source IP may hold at once"
+    )
+    max_connections: int = Field(
+        default=64, ge=1, description="open connections (all peers) at once; more are closed"
+    )
+    acse_timeout_s: float = Field(
+        default=10.0, gt=0, description="wait for A-ASSOCIATE-RQ / A-RELEASE (ARTIM timer)"
+    )
+    dimse_timeout_s: float = Field(default=60.0, gt=0, description="wait for a DIMSE message")
+    network_timeout_s: float = Field(
+        default=60.0, gt=0, description="close an association idle this long"
+    )
+    dicom_tls_cert: Path | None = Field(
+        default=None, description="PEM certificate (chain): DICOM TLS when set"
+    )
+    dicom_tls_key: Path | None = Field(default=None, description="PEM private key of the cert")
+    dicom_tls_ca: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: when set, every peer must present a client certificate "
+        "it signed",
+    )
+
+    # --- Decode limits (cxr_imaging.limits.DecodeLimits; checked before answering) ----
+    max_pixels: int = Field(default=64_000_000, ge=1)
+    max_frames: int = Field(default=1, ge=1)
+    max_inflated_bytes: int = Field(default=528 * 1024 * 1024, ge=1)
+    max_decoded_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_rows: int = Field(default=12_000, ge=1)
+    max_columns: int = Field(default=12_000, ge=1)
+    max_header_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+
+    def decode_limit_values(self) -> dict[str, int]:
+        """The keyword arguments of ``cxr_imaging.limits.DecodeLimits`` set here."""
+        return {name: int(getattr(self, name)) for name in DECODE_LIMIT_SETTINGS}
+
+    @model_validator(mode="after")
+    def _trust_boundary_ok(self) -> Self:
+        if (
+            self.environment == "production"
+            and not self.accept_any_peer
+            and not self.allowed_calling_ae_titles
+            and not self.allowed_peer_networks
+        ):
+            raise ValueError(
+                "production mode (CXR_ENVIRONMENT=production) needs an allow-list: set "
+                "CXR_ALLOWED_CALLING_AE_TITLES and/or CXR_ALLOWED_PEER_NETWORKS, or "
+                "CXR_ACCEPT_ANY_PEER=true to accept any peer on purpose"
+            )
+        if (self.dicom_tls_cert is None) != (self.dicom_tls_key is None):
+            raise ValueError("set both CXR_DICOM_TLS_CERT and CXR_DICOM_TLS_KEY, or neither")
+        if self.dicom_tls_ca is not None and self.dicom_tls_cert is None:
+            raise ValueError("CXR_DICOM_TLS_CA (client certificates) needs DICOM TLS")
+        for path in (self.dicom_tls_cert, self.dicom_tls_key, self.dicom_tls_ca):
+            if path is not None and not path.is_file():
+                raise ValueError(f"DICOM TLS file {path} is not a readable file")
+        return self
+
+    @field_validator("dicom_tls_cert", "dicom_tls_key", "dicom_tls_ca", mode="before")
+    @classmethod
+    def _empty_tls_is_unset(cls, value: object) -> object:
+        """``CXR_DICOM_TLS_CERT=`` (compose's default) means no TLS."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     # Metrics (cxr_common.metrics): this process's own /metrics on a port of its own.
     metrics_host: str = Field(default="127.0.0.1", description="where CXR_METRICS_PORT listens")

@@ -16,11 +16,11 @@ the commit, and a job published twice is harmless (only one claim can hold the l
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Engine, and_, func, or_, select, text, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from cxr_db.schema import Instance, Prediction, Study
@@ -43,6 +43,9 @@ class InstanceRecord:
     calling_ae_title: str | None
     storage_uri: str
     size_bytes: int
+    #: sha256 of the received data set (see ``dicom_listener.handlers.content_sha256``);
+    #: None for rows recorded before it was kept.
+    content_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,50 +83,55 @@ class PredictionRecord:
 def record_instance(engine: Engine, rec: InstanceRecord) -> RecordResult:
     """Insert the study (if new) and the instance (if new). Resends return the old row."""
     with engine.begin() as conn:
-        study_stmt = (
-            insert(Study)
-            .values(
-                study_instance_uid=rec.study_instance_uid,
-                accession_number=rec.accession_number,
-            )
-            .on_conflict_do_update(
-                index_elements=[Study.study_instance_uid],
-                set_={
-                    "accession_number": func.coalesce(Study.accession_number, rec.accession_number),
-                    "updated_at": func.now(),
-                },
-            )
-            .returning(Study.id)
+        return _insert_instance(conn, rec)
+
+
+def _insert_instance(conn: Connection, rec: InstanceRecord) -> RecordResult:
+    study_stmt = (
+        insert(Study)
+        .values(
+            study_instance_uid=rec.study_instance_uid,
+            accession_number=rec.accession_number,
         )
-        study_id = conn.execute(study_stmt).scalar_one()
-        inst_stmt = (
-            insert(Instance)
-            .values(
-                study_id=study_id,
-                sop_instance_uid=rec.sop_instance_uid,
-                series_instance_uid=rec.series_instance_uid,
-                sop_class_uid=rec.sop_class_uid,
-                transfer_syntax_uid=rec.transfer_syntax_uid,
-                modality=rec.modality,
-                body_part=rec.body_part,
-                view_position=rec.view_position,
-                calling_ae_title=rec.calling_ae_title,
-                storage_uri=rec.storage_uri,
-                size_bytes=rec.size_bytes,
-                status=InstanceStatus.RECEIVED,
-            )
-            .on_conflict_do_nothing(index_elements=[Instance.sop_instance_uid])
-            .returning(Instance.id)
+        .on_conflict_do_update(
+            index_elements=[Study.study_instance_uid],
+            set_={
+                "accession_number": func.coalesce(Study.accession_number, rec.accession_number),
+                "updated_at": func.now(),
+            },
         )
-        new_id = conn.execute(inst_stmt).scalar_one_or_none()
-        if new_id is not None:
-            return RecordResult(new_id, True, InstanceStatus.RECEIVED)
-        row = conn.execute(
-            select(Instance.id, Instance.status).where(
-                Instance.sop_instance_uid == rec.sop_instance_uid
-            )
-        ).one()
-        return RecordResult(row.id, False, row.status)
+        .returning(Study.id)
+    )
+    study_id = conn.execute(study_stmt).scalar_one()
+    inst_stmt = (
+        insert(Instance)
+        .values(
+            study_id=study_id,
+            sop_instance_uid=rec.sop_instance_uid,
+            series_instance_uid=rec.series_instance_uid,
+            sop_class_uid=rec.sop_class_uid,
+            transfer_syntax_uid=rec.transfer_syntax_uid,
+            modality=rec.modality,
+            body_part=rec.body_part,
+            view_position=rec.view_position,
+            calling_ae_title=rec.calling_ae_title,
+            storage_uri=rec.storage_uri,
+            size_bytes=rec.size_bytes,
+            status=InstanceStatus.RECEIVED,
+            content_sha256=rec.content_sha256,
+        )
+        .on_conflict_do_nothing(index_elements=[Instance.sop_instance_uid])
+        .returning(Instance.id)
+    )
+    new_id = conn.execute(inst_stmt).scalar_one_or_none()
+    if new_id is not None:
+        return RecordResult(new_id, True, InstanceStatus.RECEIVED)
+    row = conn.execute(
+        select(Instance.id, Instance.status).where(
+            Instance.sop_instance_uid == rec.sop_instance_uid
+        )
+    ).one()
+    return RecordResult(row.id, False, row.status)
 
 
 def mark_enqueued(engine: Engine, instance_id: int) -> None:
@@ -653,3 +661,77 @@ def reset_for_requeue(engine: Engine, instance_ids: Collection[int]) -> list[Pen
             .returning(Instance.id, Instance.sop_instance_uid, Instance.storage_uri)
         ).all()
     return [PendingJob(r.id, r.sop_instance_uid, r.storage_uri) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------
+# Same SOP Instance UID, different content (issue 12 defect 4; owned by the listener side)
+
+
+class ContentMatch(enum.StrEnum):
+    """How a received instance compares with what is recorded under its SOP Instance UID."""
+
+    NEW = "new"  # no row: recorded now, ``place_file`` ran
+    SAME = "same"  # a row with the same content_sha256: a resend, nothing written
+    DIFFERENT = "different"  # a row with other content: nothing written
+    UNKNOWN = "unknown"  # a row recorded before content_sha256 was kept: nothing written
+
+
+@dataclass(frozen=True)
+class CheckedRecord:
+    """What :func:`record_instance_checked` did; ``stored_*`` describe the existing row."""
+
+    match: ContentMatch
+    instance_id: int
+    status: InstanceStatus
+    stored_study_instance_uid: str
+    stored_content_sha256: str | None
+    stored_uri: str
+
+
+def record_instance_checked(
+    engine: Engine, rec: InstanceRecord, place_file: Callable[[], None]
+) -> CheckedRecord:
+    """Record ``rec`` unless its SOP Instance UID is already recorded; compare contents.
+
+    One transaction under a transaction-scoped advisory lock on the SOP Instance UID, so
+    two listeners (or associations) receiving the same UID at once are serialised: the
+    first runs ``place_file`` (moves the file into storage) and inserts the rows; every
+    later one finds the row and gets SAME, DIFFERENT or UNKNOWN without writing anything
+    (no file replaced, no study row created). ``place_file`` raising, or the commit
+    failing, rolls the rows back; the caller removes a placed file then.
+    """
+    with engine.begin() as conn:
+        conn.execute(
+            select(func.pg_advisory_xact_lock(func.hashtextextended(rec.sop_instance_uid, 0)))
+        )
+        row = conn.execute(
+            select(
+                Instance.id,
+                Instance.status,
+                Instance.content_sha256,
+                Instance.storage_uri,
+                Study.study_instance_uid,
+            )
+            .join(Study, Study.id == Instance.study_id)
+            .where(Instance.sop_instance_uid == rec.sop_instance_uid)
+        ).one_or_none()
+        if row is None:
+            place_file()
+            created = _insert_instance(conn, rec)
+            return CheckedRecord(
+                ContentMatch.NEW,
+                created.instance_id,
+                created.status,
+                rec.study_instance_uid,
+                rec.content_sha256,
+                rec.storage_uri,
+            )
+        if row.content_sha256 is None:
+            match = ContentMatch.UNKNOWN
+        elif row.content_sha256 == rec.content_sha256:
+            match = ContentMatch.SAME
+        else:
+            match = ContentMatch.DIFFERENT
+        return CheckedRecord(
+            match, row.id, row.status, row.study_instance_uid, row.content_sha256, row.storage_uri
+        )

@@ -14,7 +14,12 @@ Rules, in order; the first that fails gives the reason shown on the worklist:
    SeriesDescription, ProtocolName or AcquisitionDeviceProcessingDescription.
 4. At least 64 px in each direction (when Rows/Columns are present).
 
-Reasons name header values only, never patient data.
+Reasons are fixed text plus coded values only (Modality, BodyPartExamined,
+ViewPosition, a ViewCodeSequence code, Rows/Columns), Modality and BodyPartExamined
+shown only when they are a DICOM defined term, else as "(non-standard value)" (a CS value
+may still hold a name). Free text (SeriesDescription, ProtocolName, a code's
+meaning) is read but never copied into a reason: sites type names into it, and reasons go
+to logs and the worklist (issue 12, defect 10).
 """
 
 from __future__ import annotations
@@ -42,6 +47,23 @@ CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "LUNGS"})
 FRONTAL_VIEWS = frozenset({"PA", "AP", "APS", "PAS"})
 LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLAT", "RLAT"})
 _LATERAL_WORD = re.compile(r"\bLAT(ERAL)?\b", re.IGNORECASE)
+_CODE_VALUE = re.compile(r"^[A-Za-z0-9.:_-]{1,16}$")
+NON_STANDARD = "(non-standard value)"
+#: Modality defined terms (PS3.3 C.7.3.1.1.1), retired ones included: shown in reasons.
+KNOWN_MODALITIES = frozenset(
+    "AR ASMT AU BDUS BI BMD CR CT CTPROTOCOL DG DOC DX ECG EPS ES FID GM HC HD IO IOL IVOCT "
+    "IVUS KER KO LEN LS MG MR M3D NM OAM OCT OP OPM OPT OPTBSV OPTENF OPV OSS OT PLAN POS PR "
+    "PT PX REG RESP RF RG RTDOSE RTIMAGE RTINTENT RTPLAN RTRAD RTRECORD RTSEGANN RTSTRUCT RWV "
+    "SEG SM SMR SR SRF STAIN TEXTUREMAP TG US VA XA XAPROTOCOL XC "
+    "AS CD CF CP CS DD DF DM DS EC FA FS LP MA MS OPR ST VF".split()
+)
+#: Body Part Examined defined terms (PS3.16 Annex L), the common ones: shown in reasons.
+KNOWN_BODY_PARTS = frozenset(
+    "ABDOMEN ABDOMENPELVIS ANKLE ARM BREAST CALF CHEST CHESTABDOMEN CHESTABDPELVIS CLAVICLE "
+    "COCCYX CSPINE EAR ELBOW EXTREMITY FACE FINGER FOOT FOREARM HAND HEAD HEADNECK HEART HIP "
+    "HUMERUS JAW KNEE LEG LSPINE LUNG LUNGS NECK PELVIS RIB SACRUM SCAPULA SHOULDER SKULL "
+    "SPINE SSPINE THIGH THORAX THUMB TOE TSPINE WHOLEBODY WRIST ZYGOMA".split()
+)
 _DESCRIPTOR_KEYWORDS = (
     "SeriesDescription",
     "ProtocolName",
@@ -74,6 +96,17 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value).strip().upper()
 
 
+def _coded(value: str, known: frozenset[str]) -> str:
+    """``value`` when it is a known defined term, else a fixed stand-in: never free text
+    (a CS value may still hold a name)."""
+    return value if value in known else NON_STANDARD
+
+
+def _code_value(value: str) -> str:
+    """A ViewCodeSequence code value or scheme when it has the form of one."""
+    return value if _CODE_VALUE.match(value) else NON_STANDARD
+
+
 def _is_secondary_capture(ds: Dataset) -> bool:
     return str(ds.get("SOPClassUID", "")).strip() in SECONDARY_CAPTURE_SOP_CLASSES
 
@@ -83,7 +116,7 @@ def _modality_reason(ds: Dataset, modality: str, body_part: str) -> str | None:
         return None
     if modality in {"", "OT"} and _is_secondary_capture(ds) and body_part in CHEST_BODY_PARTS:
         return None
-    shown = modality or "(absent)"
+    shown = _coded(modality, KNOWN_MODALITIES) if modality else "(absent)"
     if modality in {"", "OT"}:
         return (
             f"modality {shown} is not a chest radiograph (CR/DX), "
@@ -99,13 +132,21 @@ def _view_reason(ds: Dataset) -> str | None:
     for item in ds.get("ViewCodeSequence") or []:
         meaning = str(item.get("CodeMeaning", ""))
         if "lateral" in meaning.lower() and "decubitus" not in meaning.lower():
-            return f"lateral view (ViewCodeSequence '{meaning}') is not scored; frontal PA/AP only"
+            scheme = _code_value(str(item.get("CodingSchemeDesignator", "")).strip())
+            value = _code_value(str(item.get("CodeValue", "")).strip())
+            return (
+                f"lateral view (ViewCodeSequence code {scheme} {value}) is not scored; "
+                "frontal PA/AP only"
+            )
     if view in FRONTAL_VIEWS:
         return None
     for keyword in _DESCRIPTOR_KEYWORDS:
         text = _text(ds, keyword)
         if text and _LATERAL_WORD.search(text):
-            return f"lateral view ({keyword} '{text}') is not scored; frontal PA/AP only"
+            # The keyword, never its text: free text may hold a name.
+            return (
+                f"lateral view ({keyword} names a lateral view) is not scored; frontal PA/AP only"
+            )
     return None
 
 
@@ -116,7 +157,7 @@ def check_eligibility(ds: Dataset) -> Eligibility:
 
     reason = _modality_reason(ds, modality, body_part)
     if reason is None and body_part and body_part not in CHEST_BODY_PARTS:
-        reason = f"body part {body_part} is not chest"
+        reason = f"body part {_coded(body_part, KNOWN_BODY_PARTS)} is not chest"
     if reason is None:
         reason = _view_reason(ds)
     if reason is None:

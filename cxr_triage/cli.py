@@ -193,6 +193,14 @@ def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
                 if dead is not None:
                     print(f"{dead.name} exited with code {dead.proc.returncode}; stopping")
                     return 1
+                lost = services.embedded.lost() if services.embedded is not None else None
+                if lost:
+                    print(
+                        f"{lost}: nothing can be stored or scored without it; stopping "
+                        "(run `cxr-triage up` again to restart everything)",
+                        flush=True,
+                    )
+                    return 1
             return 0
         finally:
             stop_all(children)

@@ -4,24 +4,36 @@ They never raise across the association: every failure is caught, logged with UI
 (never names or patient IDs) and answered with a status from :mod:`.statuses`.
 
 C-STORE, in order: stage the received file (with its File Meta) in the storage's staging
-folder → validate the header → move it into place atomically (fsync + rename) → record it
-in Postgres → answer success; after the commit, enqueue the scoring job and mark the
-instance queued. If enqueueing fails the answer is still success: the reconciler
-re-enqueues committed instances that were never enqueued.
+folder → check it against the decode limits with bounded memory
+(:func:`cxr_imaging.limits.check_instance`: deflate bombs, absurd or over-limit
+dimensions, missing/empty/truncated Pixel Data are refused here, before anything is
+stored) → hash its content → under a lock on the SOP Instance UID, either move it into
+place atomically (fsync + rename) and record it in Postgres (a new UID), or compare it
+with what is recorded (a resend: identical content is success without a second job;
+different content is refused with 0x0111 and leaves the stored file, row and prediction
+untouched, plus an ``instance_conflicts`` row) → answer; after the commit, enqueue the
+scoring job and mark the instance queued. If enqueueing fails the answer is still
+success: the reconciler re-enqueues committed instances that were never enqueued.
+
+Failures answer a status ``Dataset`` with an Error Comment (0000,0902): a short reason
+without patient data that the sender can show. Nothing is left in the staging folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import io
 import logging
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from celery import Celery
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     UID,
@@ -35,9 +47,12 @@ from pynetdicom.events import Event
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from cxr_common.errors import StorageError
-from cxr_common.storage import Storage, instance_key, sanitise_uid
+from cxr_common.errors import CxrTriageError, StorageError
+from cxr_common.storage import Storage, instance_key, read_instance, sanitise_uid
+from cxr_db import conflicts
 from cxr_db import repository as repo
+from cxr_imaging.errors import ImagingError
+from cxr_imaging.limits import DecodeLimits, InputRefusedError, check_instance
 from cxr_queue import ScoreJob
 from dicom_listener.enqueue import enqueue_instance
 from dicom_listener.loopback import LoopbackGuard
@@ -69,19 +84,65 @@ def handle_echo(event: Event) -> int:
 
 
 class _Refused(Exception):
-    """Internal: stop handling this C-STORE and answer ``status``."""
+    """Internal: stop handling this C-STORE and answer ``status`` with Error Comment
+    ``comment`` (default: ``why``; both without patient data)."""
 
-    def __init__(self, status: StoreStatus, why: str) -> None:
+    def __init__(self, status: StoreStatus, why: str, comment: str | None = None) -> None:
         super().__init__(why)
         self.status = status
         self.why = why
+        self.comment = comment or why
+
+
+def error_comment(text: str) -> str:
+    """``text`` as an Error Comment (0000,0902): LO, at most 64 ASCII characters, no
+    backslash."""
+    text = text.encode("ascii", "replace").decode("ascii").replace("\\", "/")
+    return text if len(text) <= 64 else text[:61] + "..."
+
+
+def status_dataset(status: StoreStatus, comment: str | None = None) -> Dataset:
+    """The C-STORE response status, with an Error Comment for a failure."""
+    ds = Dataset()
+    ds.Status = int(status)
+    if comment:
+        ds.ErrorComment = error_comment(comment)
+    return ds
+
+
+#: The refusal statuses of cxr_imaging.limits, as StoreStatus members.
+_LIMIT_STATUSES = {int(s): s for s in StoreStatus}
+
+_CHUNK = 1 << 20
+
+
+def content_sha256(source: Path | BinaryIO, transfer_syntax_uid: str | None) -> str:
+    """sha256 of what a sender sent: the transfer syntax UID and the data set bytes after
+    the File Meta (which the receiving side writes itself). Two sends of one instance
+    hash alike; any changed element, pixel or transfer syntax hashes differently."""
+    if isinstance(source, Path):
+        with source.open("rb") as handle:
+            return content_sha256(handle, transfer_syntax_uid)
+    digest = hashlib.sha256((transfer_syntax_uid or "").encode("ascii", "replace") + b"\0")
+    start = 0
+    head = source.read(144)
+    # Preamble, DICM, then (0002,0000) UL 4 <group length> in explicit VR LE.
+    if len(head) == 144 and head[128:140] == b"DICM\x02\x00\x00\x00UL\x04\x00":
+        start = 144 + struct.unpack("<L", head[140:144])[0]
+    source.seek(start)
+    while chunk := source.read(_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _text(ds: Dataset, keyword: str, max_len: int) -> str | None:
+    """A header value fit for a database column: printable characters only (Postgres
+    refuses NUL in text; control characters have no place in a code), at most
+    ``max_len``."""
     value = ds.get(keyword)
     if value is None:
         return None
-    text = str(value).strip()
+    text = "".join(ch for ch in str(value) if ch.isprintable()).strip()
     return text[:max_len] or None
 
 
@@ -101,12 +162,31 @@ def _read_instance_record(
     affected_sop_instance_uid: str,
     calling_ae_title: str | None,
     storage: Storage,
+    limits: DecodeLimits,
 ) -> repo.InstanceRecord:
-    """Parse and validate the staged file's header into the row the listener records
-    (pixel data is left to the worker). The instance's URI is where ``storage`` keeps it
-    under :func:`instance_key`; ``_Refused`` says why a header cannot be stored."""
+    """Check the staged file against ``limits`` and parse its header into the row the
+    listener records (pixel data is left to the worker). The instance's URI is where
+    ``storage`` keeps it under :func:`instance_key`; ``_Refused`` says why it cannot be
+    stored."""
     try:
-        ds = dcmread(path, stop_before_pixels=True)
+        header = check_instance(path, limits)
+    except InputRefusedError as exc:
+        status = _LIMIT_STATUSES.get(exc.store_status, StoreStatus.CANNOT_UNDERSTAND)
+        raise _Refused(status, exc.reason, exc.error_comment) from exc
+    except (ImagingError, MemoryError) as exc:
+        raise _Refused(
+            StoreStatus.UNDECODABLE_DATASET,
+            f"data set cannot be decoded ({type(exc).__name__})",
+            "data set cannot be decoded: resend",
+        ) from exc
+    except Exception as exc:
+        raise _Refused(
+            StoreStatus.UNDECODABLE_DATASET,
+            f"data set cannot be decoded ({type(exc).__name__})",
+            "data set cannot be decoded: resend",
+        ) from exc
+    try:
+        ds = header.dataset
         # Force every element we need to be decoded now, inside this try.
         raw_class = ds.get("SOPClassUID")
         raw_instance = ds.get("SOPInstanceUID")
@@ -119,7 +199,9 @@ def _read_instance_record(
         series = _optional_uid(ds, "SeriesInstanceUID")
     except Exception as exc:  # pydicom raises many types on bad input
         raise _Refused(
-            StoreStatus.UNDECODABLE_DATASET, f"data set cannot be decoded ({type(exc).__name__})"
+            StoreStatus.UNDECODABLE_DATASET,
+            f"data set cannot be decoded ({type(exc).__name__})",
+            "data set cannot be decoded: resend",
         ) from exc
     if raw_class is None or raw_instance is None or raw_study is None:
         raise _Refused(
@@ -136,11 +218,13 @@ def _read_instance_record(
         raise _Refused(
             StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
             f"data set SOP Class {sop_class} differs from the request's {affected_sop_class_uid}",
+            "SOP Class UID differs from the C-STORE request's",
         )
     if sop_instance != affected_sop_instance_uid:
         raise _Refused(
             StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
             "data set SOP Instance UID differs from the request's",
+            "SOP Instance UID differs from the C-STORE request's",
         )
     return repo.InstanceRecord(
         study_instance_uid=study,
@@ -155,6 +239,7 @@ def _read_instance_record(
         calling_ae_title=calling_ae_title,
         storage_uri=storage.uri(instance_key(study, sop_instance)),
         size_bytes=path.stat().st_size,
+        content_sha256=content_sha256(path, str(meta_ts) if meta_ts else None),
     )
 
 
@@ -168,6 +253,7 @@ class StoreHandler:
         celery_app: Celery,
         queue_name: str,
         accepted_sop_classes: tuple[str, ...] = ACCEPTED_SOP_CLASSES,
+        limits: DecodeLimits | None = None,
         loopback: LoopbackGuard | None = None,
     ) -> None:
         self.engine = engine
@@ -175,15 +261,16 @@ class StoreHandler:
         self.celery_app = celery_app
         self.queue_name = queue_name
         self.accepted_sop_classes = frozenset(accepted_sop_classes)
+        self.limits = limits or DecodeLimits()
         self.loopback = loopback
 
-    def __call__(self, event: Event) -> int:
+    def __call__(self, event: Event) -> Dataset:
         """Handle one C-STORE request; returns the status (never raises)."""
         sop_instance = "?"
         try:
             request: Any = event.request
             sop_instance = str(request.AffectedSOPInstanceUID or "?")[:64]
-            return int(self._store(event))
+            return status_dataset(self._store(event))
         except _Refused as refused:
             logger.warning(
                 "C-STORE refused: status=0x%04X sop_instance_uid=%s reason=%s",
@@ -191,14 +278,16 @@ class StoreHandler:
                 sop_instance,
                 refused.why,
             )
-            return int(refused.status)
+            return status_dataset(refused.status, refused.comment)
         except Exception as exc:  # noqa: BLE001 - never raise across the association
             logger.error(
                 "C-STORE failed unexpectedly: sop_instance_uid=%s error=%s",
                 sop_instance,
                 type(exc).__name__,
             )
-            return int(StoreStatus.PROCESSING_FAILURE)
+            return status_dataset(
+                StoreStatus.PROCESSING_FAILURE, f"listener error ({type(exc).__name__})"
+            )
 
     def _stage(self, event: Event) -> Path:
         """Put the received data set (with File Meta) in a temp file in the staging dir."""
@@ -236,57 +325,131 @@ class StoreHandler:
         request: Any = event.request
         affected_class = str(request.AffectedSOPClassUID or "")
         affected_instance = str(request.AffectedSOPInstanceUID or "")
-        calling_ae = str(event.assoc.requestor.ae_title).strip()[:16] or None
+        calling_ae = (
+            "".join(ch for ch in str(event.assoc.requestor.ae_title) if ch.isprintable()).strip()[
+                :16
+            ]
+            or None
+        )
         if affected_class not in self.accepted_sop_classes:
             raise _Refused(
-                StoreStatus.SOP_CLASS_NOT_SUPPORTED, f"SOP class {affected_class} not stored"
+                StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+                f"SOP class {affected_class} not stored",
+                "SOP Class not stored by this listener",
             )
         staged = self._stage(event)
         try:
             record = _read_instance_record(
-                staged, affected_class, affected_instance, calling_ae, self.storage
+                staged, affected_class, affected_instance, calling_ae, self.storage, self.limits
             )
-            key = instance_key(record.study_instance_uid, record.sop_instance_uid)
-            existed_before = self.storage.exists(key)
-            try:
-                self.storage.put_file(key, staged)
-            except (StorageError, OSError) as exc:
-                raise _Refused(
-                    StoreStatus.OUT_OF_RESOURCES_STORAGE, "instance could not be written"
-                ) from exc
-            try:
-                result = repo.record_instance(self.engine, record)
-            except SQLAlchemyError as exc:
-                if not existed_before:
-                    # Not acknowledged, not recorded: leave no orphan behind.
-                    with contextlib.suppress(StorageError):
-                        self.storage.delete(key)
-                raise _Refused(
-                    StoreStatus.OUT_OF_RESOURCES_DATABASE,
-                    f"instance could not be recorded ({type(exc).__name__})",
-                ) from exc
+            checked = self._record(record, staged)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 staged.unlink()
-        if result.created:
-            self._enqueue(result.instance_id, record)
+        if checked.match is repo.ContentMatch.UNKNOWN:
+            checked = self._compare_with_stored_file(checked, record)
+        if checked.match is repo.ContentMatch.DIFFERENT:
+            self._refuse_different_content(event, checked, record, calling_ae)
+        if checked.match is repo.ContentMatch.NEW:
+            self._enqueue(checked.instance_id, record)
             logger.info(
                 "stored sop_instance_uid=%s study_instance_uid=%s sop_class_uid=%s "
                 "instance_id=%d calling_ae_title=%s",
                 record.sop_instance_uid,
                 record.study_instance_uid,
                 record.sop_class_uid,
-                result.instance_id,
+                checked.instance_id,
                 calling_ae,
             )
         else:
             logger.info(
-                "resend of known sop_instance_uid=%s (instance_id=%d, status=%s): no new job",
+                "resend of known sop_instance_uid=%s with identical content (instance_id=%d, "
+                "status=%s): no new job",
                 record.sop_instance_uid,
-                result.instance_id,
-                result.status,
+                checked.instance_id,
+                checked.status,
             )
         return StoreStatus.SUCCESS
+
+    def _record(self, record: repo.InstanceRecord, staged: Path) -> repo.CheckedRecord:
+        """Place the file and record the row, or compare with the row already there."""
+        key = instance_key(record.study_instance_uid, record.sop_instance_uid)
+        placed = False
+
+        def place_file() -> None:
+            nonlocal placed
+            try:
+                self.storage.put_file(key, staged)
+            except (StorageError, OSError) as exc:
+                raise _Refused(
+                    StoreStatus.OUT_OF_RESOURCES_STORAGE,
+                    "instance could not be written",
+                    "storage unavailable: retry later",
+                ) from exc
+            placed = True
+
+        try:
+            return repo.record_instance_checked(self.engine, record, place_file)
+        except SQLAlchemyError as exc:
+            if placed:
+                # Not acknowledged, not recorded: leave no orphan behind. (Under the
+                # UID's lock no row named this file, so nothing else refers to it.)
+                with contextlib.suppress(StorageError):
+                    self.storage.delete(key)
+            raise _Refused(
+                StoreStatus.OUT_OF_RESOURCES_DATABASE,
+                f"instance could not be recorded ({type(exc).__name__})",
+                "database unavailable: retry later",
+            ) from exc
+
+    def _compare_with_stored_file(
+        self, checked: repo.CheckedRecord, record: repo.InstanceRecord
+    ) -> repo.CheckedRecord:
+        """A row recorded before content hashes were kept: hash the stored file."""
+        try:
+            stored = read_instance(checked.stored_uri)
+        except CxrTriageError:
+            stored = None
+        same = stored is not None and (
+            content_sha256(io.BytesIO(stored), record.transfer_syntax_uid) == record.content_sha256
+        )
+        match = repo.ContentMatch.SAME if same else repo.ContentMatch.DIFFERENT
+        return dataclasses.replace(checked, match=match)
+
+    def _refuse_different_content(
+        self,
+        event: Event,
+        checked: repo.CheckedRecord,
+        record: repo.InstanceRecord,
+        calling_ae: str | None,
+    ) -> None:
+        """Record the visible event, log it, refuse with 0x0111 (raises ``_Refused``)."""
+        peer = str(getattr(event.assoc.requestor, "address", "") or "")[:64] or None
+        try:
+            conflicts.record_conflict(
+                self.engine,
+                conflicts.Conflict(
+                    instance_id=checked.instance_id,
+                    sop_instance_uid=record.sop_instance_uid,
+                    received_study_instance_uid=record.study_instance_uid,
+                    stored_content_sha256=checked.stored_content_sha256,
+                    received_content_sha256=record.content_sha256 or "",
+                    calling_ae_title=calling_ae,
+                    peer_address=peer,
+                ),
+            )
+        except SQLAlchemyError as exc:
+            logger.error("could not record the conflict (%s)", type(exc).__name__)
+        same_study = checked.stored_study_instance_uid == record.study_instance_uid
+        raise _Refused(
+            StoreStatus.DUPLICATE_SOP_INSTANCE,
+            f"SOP Instance UID already stored with different content (instance_id="
+            f"{checked.instance_id}, {'same' if same_study else 'another'} Study Instance UID,"
+            f" stored sha256 {str(checked.stored_content_sha256)[:12]}, received "
+            f"{str(record.content_sha256)[:12]}): stored instance kept, new copy not stored; "
+            "give the new image a new SOP Instance UID",
+            "SOP Instance UID already stored with different content",
+        )
 
     def _enqueue(self, instance_id: int, record: repo.InstanceRecord) -> None:
         """Enqueue after commit; a failure is left to the reconciler."""

@@ -18,19 +18,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ComprehensiveSRStorage
 from pynetdicom.events import Event
 
+from cxr_imaging.limits import DecodeLimits, read_header
 from cxr_results import is_our_dataset, is_our_uid
 
 logger = logging.getLogger(__name__)
 
 #: Storage SOP classes accepted only so that our own forwarded objects are acknowledged.
 LOOPBACK_SOP_CLASSES: tuple[UID, ...] = (ComprehensiveSRStorage,)
-#: What the check reads from the header (everything else stays unread).
-_TAGS = ["SOPInstanceUID", "SeriesInstanceUID", "Manufacturer", "SeriesDescription"]
+#: The header is read within the default decode limits (the handler applies the
+#: configured ones right after).
+_HEADER_LIMITS = DecodeLimits()
 
 
 class LoopbackGuard:
@@ -44,7 +45,10 @@ class LoopbackGuard:
             path = event.dataset_path  # STORE_RECV_CHUNKED_DATASET: already a file
         except AttributeError:
             return event.dataset
-        return dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
+        # Bounded (issue 12, defect 5): dcmread(stop_before_pixels=True) inflates a
+        # Deflated data set whole, so a deflate bomb would reach memory before the
+        # handler's own limits check. read_header keeps the header only.
+        return read_header(path, _HEADER_LIMITS).dataset
 
     def is_ours(self, event: Event) -> bool:
         """True for one of our objects (then it is logged, by UID only). An unreadable

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pydicom.config
 from celery import Celery
+from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
+from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine
@@ -16,8 +21,17 @@ from cxr_common.metrics import MetricsServer
 from cxr_common.settings import ListenerSettings
 from cxr_common.storage import open_storage
 from cxr_imaging import decodable_transfer_syntaxes
+from cxr_imaging.limits import DecodeLimits
 from cxr_results import load_or_create_uid_root
 from dicom_listener import metrics as listener_metrics
+from dicom_listener.boundary import (
+    GuardedAssociationServer,
+    ListenerAE,
+    PeerPolicy,
+    harden_state_machine,
+    spool_to_staging,
+    tls_context,
+)
 from dicom_listener.completeness import CompletenessMonitor
 from dicom_listener.handlers import ACCEPTED_SOP_CLASSES, StoreHandler, handle_echo
 from dicom_listener.loopback import LOOPBACK_SOP_CLASSES, LoopbackGuard
@@ -30,9 +44,15 @@ def configure_pynetdicom() -> None:
     """Process-wide pynetdicom options the listener relies on.
 
     Received data sets go straight to a temp file (memory stays flat on large images)
-    and request identifiers, which hold patient data, are never logged."""
+    and request identifiers, which hold patient data, are never logged (nor header values
+    in pydicom's validation warnings); a peer's abort
+    racing our accept no longer kills pynetdicom's DUL thread."""
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.LOG_REQUEST_IDENTIFIERS = False
+    # Hostile headers are judged by our own checks; pydicom's validation warnings would
+    # only echo header values (patient names among them) to stderr.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    harden_state_machine()
 
 
 @dataclass
@@ -63,9 +83,15 @@ class ListenerHandle:
 
 
 def build_ae(settings: ListenerSettings) -> AE:
-    """The application entity: our AE title, contexts, allow-list and limits."""
-    ae = AE(ae_title=settings.ae_title)
+    """The application entity: our AE title, contexts, allow-list, limits and timeouts."""
+    ae = ListenerAE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.max_associations
+    ae.acse_timeout = settings.acse_timeout_s  # also the acceptor's ARTIM timer
+    ae.dimse_timeout = settings.dimse_timeout_s
+    ae.network_timeout = settings.network_timeout_s
+    # Anyone naming another called AE title is refused with A-ASSOCIATE-RJ (1, 1, 7):
+    # see statuses.CALLED_AE_REJECTION. Routers that rewrite it: accept_any_called_ae_title.
+    ae.require_called_aet = not settings.accept_any_called_ae_title
     syntaxes = decodable_transfer_syntaxes()
     ae.add_supported_context(Verification)
     for sop_class in ACCEPTED_SOP_CLASSES:
@@ -93,18 +119,46 @@ def start_listener(
         )
     uid_root = load_or_create_uid_root(settings.uid_root_file, settings.uid_root)
     store = StoreHandler(
-        engine, storage, celery_app, settings.queue_name, loopback=LoopbackGuard(uid_root)
+        engine,
+        storage,
+        celery_app,
+        settings.queue_name,
+        limits=DecodeLimits(**settings.decode_limit_values()),
+        loopback=LoopbackGuard(uid_root),
     )
     ae = build_ae(settings)
     handlers: list[evt.EventHandlerType] = [
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, listener_metrics.counted(store)),
+        (evt.EVT_C_STORE, _counted(store)),
         *listener_metrics.event_handlers(),
     ]
-    server = ae.start_server(
-        (settings.dicom_host, settings.dicom_port), block=False, evt_handlers=handlers
+    ssl_context = None
+    if settings.dicom_tls_cert is not None and settings.dicom_tls_key is not None:
+        ssl_context = tls_context(
+            settings.dicom_tls_cert, settings.dicom_tls_key, settings.dicom_tls_ca
+        )
+    policy = PeerPolicy(
+        allowed_networks=tuple(settings.allowed_peer_networks),
+        max_per_peer=settings.max_associations_per_peer,
+        max_connections=settings.max_connections,
+        handshake_timeout_s=settings.acse_timeout_s,
+        io_timeout_s=settings.network_timeout_s,
     )
-    assert server is not None  # block=False always returns the server
+    server = ae.make_server(
+        (settings.dicom_host, settings.dicom_port),
+        ssl_context=ssl_context,
+        evt_handlers=handlers,
+        server_class=GuardedAssociationServer,
+        policy=policy,
+    )
+    spool = spool_to_staging(server, storage.staging_dir)
+    swept = spool.sweep()
+    if swept:
+        logger.info("removed %d stale partial receive file(s) from staging", swept)
+    server.bind(evt.EVT_CONN_CLOSE, spool.on_connection_closed)
+    thread = threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True)
+    thread.start()
+    ae._servers.append(server)
     port = int(server.server_address[1])
     reconciler = Reconciler(
         engine,
@@ -117,12 +171,19 @@ def start_listener(
     reconciler.start()
     completeness = _start_completeness(settings, engine, celery_app)
     logger.info(
-        "listener %s on %s:%d (max %d associations, allow-list: %s, storage %s)",
+        "listener %s on %s:%d (%s, max %d associations, %d per peer; calling AE "
+        "allow-list: %s; peer networks: %s; called AE title: %s; storage %s)",
         settings.ae_title,
         settings.dicom_host,
         port,
+        "DICOM TLS" + (" with client certificates" if settings.dicom_tls_ca else "")
+        if ssl_context
+        else "no TLS",
         settings.max_associations,
+        settings.max_associations_per_peer,
         ",".join(settings.allowed_calling_ae_titles) or "any",
+        ",".join(map(str, settings.allowed_peer_networks)) or "any",
+        "any" if settings.accept_any_called_ae_title else settings.ae_title,
         settings.resolved_storage_uri,
     )
     metrics = listener_metrics.serve(settings)
@@ -150,6 +211,17 @@ def _start_completeness(
     )
     monitor.start()
     return monitor
+
+
+def _counted(store: StoreHandler) -> Callable[[Event], Dataset]:
+    """The C-STORE handler, each answer (a status data set) counted in the metrics."""
+
+    def handle(event: Event) -> Dataset:
+        answer = store(event)
+        listener_metrics.observe_store(int(answer.Status))
+        return answer
+
+    return handle
 
 
 def run_listener(settings: ListenerSettings) -> int:

@@ -7,7 +7,12 @@ Storage statuses follow PS3.4 Annex B.2.3 and the general statuses of PS3.7 Anne
 * ``0xA9xx`` "Error: Data Set Does Not Match SOP Class".
 * ``0xCxxx`` "Error: Cannot Understand": the data set could not be parsed or lacks what
   we need to store it.
-* ``0x01xx`` general failures (SOP class not supported, processing failure).
+* ``0x01xx`` general failures (SOP class not supported, processing failure, a
+  duplicate SOP Instance UID with different content).
+
+Refusals by an input limit (``cxr_imaging.limits``) and the duplicate refusal answer a
+status ``Dataset`` that also carries Error Comment (0000,0902): a short reason (no
+patient data) that the sender shows in its log or queue.
 """
 
 from __future__ import annotations
@@ -37,11 +42,26 @@ class StoreStatus(IntEnum):
     #: Cannot understand: the data set could not be decoded (not parseable DICOM).
     #: Same value as pynetdicom's storescp for an undecodable data set.
     UNDECODABLE_DATASET = 0xC210
+    #: Pixel Data missing, empty, or shorter than Rows x Columns x samples x bits
+    #: declare (a truncated transfer): never success, so the modality resends.
+    PIXEL_DATA_LENGTH = 0xC220
+    #: Rows, Columns, NumberOfFrames, SamplesPerPixel or BitsAllocated absurd or over a
+    #: decode limit (``CXR_MAX_ROWS`` ...): a pixel decompression bomb is refused here.
+    DECLARED_SIZE = 0xC221
+    #: A Deflated data set inflates past ``CXR_MAX_INFLATED_BYTES`` (a deflate bomb).
+    INFLATED_SIZE = 0xC222
+    #: More than ``CXR_MAX_HEADER_BYTES`` before Pixel Data.
+    HEADER_SIZE = 0xC223
     #: The SOP class is not one the listener stores (e.g. MR): normally refused at
     #: association negotiation already; this is the answer if one gets through.
     SOP_CLASS_NOT_SUPPORTED = 0x0122
     #: An unexpected error in the handler: caught, logged, answered (never raised).
     PROCESSING_FAILURE = 0x0110
+    #: The SOP Instance UID is already stored with different content (PS3.7 C.4
+    #: "Duplicate SOP Instance", a failure): the stored file, its row and its prediction
+    #: stay untouched, the new copy is not stored, the conflict is recorded. A resend of
+    #: identical content is SUCCESS (no second job).
+    DUPLICATE_SOP_INSTANCE = 0x0111
 
 
 class EchoStatus(IntEnum):
@@ -76,7 +96,7 @@ class RejectReason(IntEnum):
 
     #: The calling AE title is not on the allow-list (``CXR_ALLOWED_CALLING_AE_TITLES``).
     CALLING_AE_TITLE_NOT_RECOGNISED = 0x03
-    #: The called AE title is not ours.
+    #: The called AE title is not ours (unless ``CXR_ACCEPT_ANY_CALLED_AE_TITLE``).
     CALLED_AE_TITLE_NOT_RECOGNISED = 0x07
 
 
@@ -86,6 +106,15 @@ CALLING_AE_REJECTION = (
     RejectResult.REJECTED_PERMANENT,
     RejectSource.SERVICE_USER,
     RejectReason.CALLING_AE_TITLE_NOT_RECOGNISED,
+)
+
+
+#: How an association that names another called AE title is refused: (1, 1, 7), which
+#: pynetdicom sends for ``require_called_aet``.
+CALLED_AE_REJECTION = (
+    RejectResult.REJECTED_PERMANENT,
+    RejectSource.SERVICE_USER,
+    RejectReason.CALLED_AE_TITLE_NOT_RECOGNISED,
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import pydicom
@@ -103,7 +104,7 @@ def test_lateral_in_series_description_is_refused_when_view_position_absent() ->
     result = check_eligibility(chest(ViewPosition=None, SeriesDescription="Chest LAT"))
     assert not result.eligible
     assert result.reason is not None
-    assert "lateral view (SeriesDescription 'CHEST LAT')" in result.reason
+    assert "lateral view (SeriesDescription names a lateral view)" in result.reason
 
 
 def test_lateral_in_protocol_name_is_refused() -> None:
@@ -185,3 +186,40 @@ def test_images_smaller_than_64_px_are_refused() -> None:
     result = check_eligibility(chest(Rows=63, Columns=512))
     assert result == Eligibility(False, "image 512x63 is too small (< 64 px)")
     assert check_eligibility(chest(Rows=64, Columns=64)).eligible
+
+
+NAME = "DOE^JANE"
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"ViewPosition": None, "SeriesDescription": f"Chest LAT {NAME}"},
+        {"ViewPosition": "", "ProtocolName": f"LATERAL for {NAME}"},
+        {"ViewPosition": None, "AcquisitionDeviceProcessingDescription": f"LAT {NAME}"},
+        {"Modality": "DOE JANE X", "SOPClassUID": CTImageStorage},
+        {"Modality": "DX", "BodyPartExamined": "DOE^JANE LEG"},
+        {"Modality": "DX", "BodyPartExamined": "JANE DOE ABDOMEN"},
+    ],
+    ids=["series", "protocol", "processing", "modality", "body-part-caret", "body-part-long"],
+)
+def test_reasons_never_copy_free_text(attrs: dict[str, str | None]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pydicom: not a valid CS, on purpose
+        ds = chest(**attrs)
+    result = check_eligibility(ds)
+    assert not result.eligible
+    assert result.reason is not None
+    for part in ("DOE", "JANE"):
+        assert part not in result.reason.upper()
+
+
+def test_lateral_view_code_is_named_by_its_code_not_its_meaning() -> None:
+    code = Dataset()
+    code.CodeValue = "R-10236"
+    code.CodingSchemeDesignator = "SRT"
+    code.CodeMeaning = f"left lateral {NAME}"
+    result = check_eligibility(chest(ViewPosition=None, ViewCodeSequence=Sequence([code])))
+    assert result.reason == (
+        "lateral view (ViewCodeSequence code SRT R-10236) is not scored; frontal PA/AP only"
+    )

@@ -1,0 +1,418 @@
+"""The DICOM trust boundary below the C-STORE handler: who may connect, how many at once,
+for how long, over TLS or not, and where received data sets are spooled.
+
+pynetdicom's ``start_server`` alone lets 20 raw garbage connections lock every peer out
+(each one holds an "association" slot until its ARTIM timer expires, and a TLS handshake
+runs in the accept loop, so one silent TLS peer stalls the whole server), accepts any
+called AE title and leaves the temp files of aborted transfers in the system temp folder
+(issue 12, defect 9). Here:
+
+* :class:`GuardedAssociationServer` closes a connection at accept when its source IP is
+  outside ``CXR_ALLOWED_PEER_NETWORKS``, when that IP already holds
+  ``CXR_MAX_ASSOCIATIONS_PER_PEER`` connections, or when ``CXR_MAX_CONNECTIONS`` are
+  open; the TLS handshake runs in the connection's own thread, bounded by the ACSE
+  timeout.
+* :class:`ListenerAE` counts toward ``CXR_MAX_ASSOCIATIONS`` ("local limit exceeded")
+  only peers that sent an A-ASSOCIATE-RQ, not connections still silent (those end when
+  the ACSE timeout, pynetdicom's ARTIM timer, expires).
+* :func:`tls_context`: DICOM TLS (PS3.15 B.1 / BCP 195: TLS 1.2 or later), optionally
+  requiring a client certificate signed by ``CXR_DICOM_TLS_CA``.
+* :func:`harden_state_machine`: a peer that aborts (or sends garbage) right after its
+  A-ASSOCIATE-RQ races our accept; pynetdicom then raises ``InvalidEventError`` for the
+  local accept in Sta13 (awaiting close) and its DUL thread dies (found by the fuzz).
+  Our own late primitives are dropped in Sta13 instead, as PS3.8 9.2 intends.
+* :func:`spool_to_staging` makes pynetdicom write received data sets into the storage's
+  staging folder (never the system temp folder); :class:`ReceiveSpool` removes the file
+  of a transfer that was cut off when its connection closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import socket
+import ssl
+import tempfile
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from pynetdicom import AE, dimse_messages
+from pynetdicom.association import Association
+from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.fsm import TRANSITION_TABLE, InvalidEventError, StateMachine
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+logger = logging.getLogger(__name__)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: File name prefix of data sets being received (in the staging folder).
+RECEIVE_PREFIX = "recv-"
+#: Left-over receive files older than this are removed when a listener starts.
+STALE_RECEIVE_S = 3600.0
+
+
+@dataclass(frozen=True)
+class PeerPolicy:
+    """Who may open a connection, and how many at once."""
+
+    allowed_networks: tuple[Network, ...] = ()
+    max_per_peer: int = 4
+    max_connections: int = 64
+    handshake_timeout_s: float = 10.0
+    #: Longest a single socket read or write may block (pynetdicom reads a PDU with
+    #: blocking ``recv`` calls: without it, a peer that sends half a PDU and stalls holds
+    #: its thread forever, past every DICOM timer).
+    io_timeout_s: float = 60.0
+
+    def allows(self, address: str) -> bool:
+        if not self.allowed_networks:
+            return True
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.allowed_networks if ip.version == net.version)
+
+
+class ListenerAE(AE):
+    """An AE whose association limit counts only peers that asked for an association
+    and are still connected."""
+
+    @property
+    def active_associations(self) -> list[Association]:
+        return [
+            a
+            for a in super().active_associations
+            if holds_connection(a) and not _awaiting_request(a)
+        ]
+
+
+def holds_connection(assoc: Association) -> bool:
+    """True while an association thread still has its connection: its DUL thread has not
+    ended (or not started yet). pynetdicom keeps an acceptor thread waiting for the
+    A-ASSOCIATE-RQ until the ACSE timeout even after its peer closed the connection."""
+    if not assoc.is_alive():
+        return False
+    dul = getattr(assoc, "dul", None)
+    return dul is None or dul.ident is None or dul.is_alive()
+
+
+def _awaiting_request(assoc: Association) -> bool:
+    """True for an acceptor whose peer connected but has sent no A-ASSOCIATE-RQ yet."""
+    if not assoc.is_acceptor:
+        return False
+    try:
+        return str(assoc.dul.state_machine.current_state) == "Sta2"
+    except AttributeError:
+        return False
+
+
+def _address(client_address: Any) -> str:
+    if isinstance(client_address, tuple) and client_address:
+        return str(client_address[0])
+    return str(client_address)
+
+
+def peer_address(assoc: Association) -> str | None:
+    """The requestor's IP address, or None when unknown."""
+    try:
+        return str(assoc.requestor.address)[:64]
+    except (AttributeError, ValueError):
+        return None
+
+
+class _GuardedRequestHandler(RequestHandler):
+    """Completes the TLS handshake in this connection's thread (bounded), then hands the
+    socket to pynetdicom's association as usual."""
+
+    server: GuardedAssociationServer
+
+    def handle(self) -> None:
+        address = _address(self.client_address)
+        try:
+            request = self.request
+            if isinstance(request, ssl.SSLSocket):
+                request.settimeout(self.server.policy.handshake_timeout_s)
+                try:
+                    request.do_handshake()
+                except (OSError, ValueError) as exc:
+                    logger.warning(
+                        "TLS handshake with %s failed (%s): connection closed",
+                        address,
+                        type(exc).__name__,
+                    )
+                    self.server.shutdown_request(request)
+                    return
+            if isinstance(request, socket.socket):
+                request.settimeout(self.server.policy.io_timeout_s)
+            super().handle()
+        finally:
+            self.server.release_pending(address)
+
+
+class GuardedAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with per-peer and total connection limits, an IP
+    allow-list, and the TLS handshake moved out of the accept loop."""
+
+    policy: PeerPolicy
+
+    def __init__(
+        self,
+        ae: AE,
+        address: tuple[str, int],
+        ae_title: str,
+        contexts: list[PresentationContext],
+        ssl_context: ssl.SSLContext | None = None,
+        evt_handlers: list[EventHandlerType] | None = None,
+        *,
+        policy: PeerPolicy,
+    ) -> None:
+        self.policy = policy
+        self._pending: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self.refused_connections = 0
+        super().__init__(
+            ae,
+            address,
+            ae_title,
+            contexts,
+            ssl_context,
+            evt_handlers=evt_handlers,
+            request_handler=_GuardedRequestHandler,
+        )
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        client_socket, address = self.socket.accept()
+        if self.ssl_context:
+            # pynetdicom handshakes here, in the accept loop: one silent peer would stall
+            # every other. _GuardedRequestHandler does it in the connection's thread.
+            client_socket = self.ssl_context.wrap_socket(
+                client_socket, server_side=True, do_handshake_on_connect=False
+            )
+        return client_socket, address
+
+    def _open_by_peer(self) -> Counter[str]:
+        """Connections per source IP: associations alive plus connections not yet handed
+        to one (the TLS handshake)."""
+        counts = Counter(self._pending)
+        for assoc in ThreadedAssociationServer.active_associations.fget(self):  # type: ignore[attr-defined]
+            address = peer_address(assoc)
+            if address is not None and holds_connection(assoc):
+                counts[address] += 1
+        return counts
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        address = _address(client_address)
+        if not self.policy.allows(address):
+            self._refuse(address, "source address outside CXR_ALLOWED_PEER_NETWORKS")
+            return False
+        with self._lock:
+            counts = self._open_by_peer()
+            if counts[address] >= self.policy.max_per_peer:
+                self._refuse(
+                    address,
+                    f"it already holds {counts[address]} connections "
+                    "(CXR_MAX_ASSOCIATIONS_PER_PEER)",
+                )
+                return False
+            total = sum(counts.values())
+            if total >= self.policy.max_connections:
+                self._refuse(address, f"{total} connections open (CXR_MAX_CONNECTIONS)")
+                return False
+            self._pending[address] += 1
+        return True
+
+    def release_pending(self, address: str) -> None:
+        with self._lock:
+            self._pending[address] -= 1
+            if self._pending[address] <= 0:
+                del self._pending[address]
+
+    def _refuse(self, address: str, why: str) -> None:
+        self.refused_connections += 1
+        logger.warning("connection from %s closed at accept: %s", address, why)
+
+
+def tls_context(
+    certificate_file: Path, private_key_file: Path, ca_file: Path | None = None
+) -> ssl.SSLContext:
+    """A server-side TLS context (TLS 1.2+). With ``ca_file`` every peer must present a
+    client certificate that CA signed (PS3.15 B.1 "authenticated" profile)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(certificate_file), str(private_key_file))
+    if ca_file is not None:
+        context.load_verify_locations(cafile=str(ca_file))
+        context.verify_mode = ssl.CERT_REQUIRED
+    else:
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+# ---------------------------------------------------------------------------------------
+# Where received data sets are spooled
+
+
+@dataclass
+class ReceiveSpool:
+    """Receive files of one server: in the folder ``staging_dir()`` returns (the
+    storage's staging folder, created on demand), removed when their connection closes
+    (or its association thread has ended without closing it) unless the C-STORE handler
+    already moved them away."""
+
+    staging_dir: Callable[[], Path]
+    _open: weakref.WeakKeyDictionary[Association, list[IO[bytes]]] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def new_file(self, assoc: Association | None, **kwargs: Any) -> IO[bytes]:
+        self._sweep_ended()
+        try:
+            handle: IO[bytes] = _ORIGINAL_TEMPFILE(
+                dir=self.staging_dir(), prefix=RECEIVE_PREFIX, **kwargs
+            )
+        except OSError:
+            # Storage unavailable: the handler answers 0xA701; the file goes where it can
+            # and is still removed when the connection closes.
+            handle = _ORIGINAL_TEMPFILE(prefix=RECEIVE_PREFIX, **kwargs)
+        if assoc is not None:
+            with self._lock:
+                self._open.setdefault(assoc, []).append(handle)
+        return handle
+
+    def _remove(self, assoc: Association, handles: list[IO[bytes]]) -> None:
+        removed = 0
+        for handle in handles:
+            with contextlib.suppress(OSError):
+                handle.close()  # transfer over: nobody writes to it any more
+            with contextlib.suppress(FileNotFoundError):
+                Path(handle.name).unlink()
+                removed += 1
+        if removed:
+            logger.info(
+                "removed %d partial receive file(s) of a closed association from %s",
+                removed,
+                peer_address(assoc) or "?",
+            )
+
+    def _sweep_ended(self) -> None:
+        """Files of associations whose thread ended without EVT_CONN_CLOSE."""
+        with self._lock:
+            ended = [(a, self._open.pop(a)) for a in list(self._open) if not a.is_alive()]
+        for assoc, handles in ended:
+            self._remove(assoc, handles)
+
+    def on_connection_closed(self, event: Event) -> None:
+        """EVT_CONN_CLOSE: remove what a cut-off transfer left behind."""
+        with self._lock:
+            handles = self._open.pop(event.assoc, [])
+        self._remove(event.assoc, handles)
+        self._sweep_ended()
+
+    def sweep(self, older_than_s: float = STALE_RECEIVE_S) -> int:
+        """Remove receive files older than ``older_than_s`` (left by a crashed process)."""
+        removed = 0
+        cutoff = time.time() - older_than_s
+        with contextlib.suppress(OSError):
+            for path in self.staging_dir().glob(f"{RECEIVE_PREFIX}*"):
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed += 1
+        return removed
+
+
+_SPOOLS: weakref.WeakKeyDictionary[ThreadedAssociationServer, ReceiveSpool] = (
+    weakref.WeakKeyDictionary()
+)
+_ORIGINAL_TEMPFILE = tempfile.NamedTemporaryFile
+_install_lock = threading.Lock()
+
+
+def _current_association() -> Association | None:
+    """The association whose DUL (or own) thread is running."""
+    thread = threading.current_thread()
+    if isinstance(thread, Association):
+        return thread
+    assoc = getattr(thread, "_assoc", None)
+    return assoc if isinstance(assoc, Association) else None
+
+
+def _spooled_tempfile(*args: Sequence[Any], **kwargs: Any) -> IO[bytes]:
+    """Stands in for ``NamedTemporaryFile`` in ``pynetdicom.dimse_messages``: a received
+    data set goes to its server's staging folder."""
+    assoc = _current_association()
+    server = getattr(assoc, "_server", None) if assoc is not None else None
+    spool = _SPOOLS.get(server) if server is not None else None
+    if spool is None or args or "dir" in kwargs:
+        return _ORIGINAL_TEMPFILE(*args, **kwargs)  # type: ignore[call-overload,no-any-return]
+    return spool.new_file(assoc, **kwargs)
+
+
+def spool_to_staging(
+    server: ThreadedAssociationServer, staging_dir: Callable[[], Path]
+) -> ReceiveSpool:
+    """Make ``server``'s received data sets go to ``staging_dir``; returns the spool
+    (bind its ``on_connection_closed`` to EVT_CONN_CLOSE)."""
+    with _install_lock:
+        setattr(dimse_messages, "NamedTemporaryFile", _spooled_tempfile)  # noqa: B010
+        spool = ReceiveSpool(staging_dir)
+        _SPOOLS[server] = spool
+    return spool
+
+
+# ---------------------------------------------------------------------------------------
+# pynetdicom's state machine
+
+
+def harden_state_machine() -> None:
+    """Two fixes to pynetdicom's DUL state machine, both found by the fuzz:
+
+    * drop a local service-user primitive (our A-ASSOCIATE accept/reject, P-DATA,
+      release) that arrives while the connection is already closing (Sta13); pynetdicom
+      raises ``InvalidEventError`` there and kills the DUL thread;
+    * when handling an event raises (a P-DATA naming a presentation context that was
+      never accepted gave ``KeyError`` in pynetdicom's DIMSE decoder), treat it as an
+      invalid PDU (Evt19: A-ABORT, then close) instead of letting the DUL thread die with
+      the socket and the partial receive file left open.
+    """
+    original = StateMachine.do_action
+    if getattr(original, "_cxr_hardened", False):
+        return
+
+    def do_action(self: StateMachine, event: str) -> None:
+        if self.current_state == "Sta13" and (event, "Sta13") not in TRANSITION_TABLE:
+            logger.debug("dropped %s: the connection is already closing (Sta13)", event)
+            return
+        try:
+            original(self, event)
+        except InvalidEventError:
+            raise
+        except Exception as exc:
+            state = self.current_state
+            if event == "Evt19" or ("Evt19", state) not in TRANSITION_TABLE:
+                raise
+            logger.warning(
+                "protocol error (%s on %s in %s): aborting the association",
+                type(exc).__name__,
+                event,
+                state,
+            )
+            self.dul._kill_thread = False  # undo pynetdicom's kill: abort properly first
+            original(self, "Evt19")
+
+    do_action._cxr_hardened = True  # type: ignore[attr-defined]
+    StateMachine.do_action = do_action  # type: ignore[method-assign]
