@@ -23,18 +23,20 @@ version + 1), and the next quiet period completes the new version.
 from __future__ import annotations
 
 import logging
-import threading
 
 from celery import Celery
 from sqlalchemy import Engine
 
 from cxr_db import results as results_db
 from cxr_queue import ResultsJob, enqueue_results
+from dicom_listener.periodic import PeriodicJob
 
 logger = logging.getLogger(__name__)
 
 
-class CompletenessMonitor:
+class CompletenessMonitor(PeriodicJob):
+    name = "completeness"
+
     """A daemon thread running :meth:`run_once` every ``interval_s`` until stopped."""
 
     def __init__(
@@ -50,10 +52,8 @@ class CompletenessMonitor:
         self.celery_app = celery_app
         self.queue_name = queue_name
         self.quiet_s = quiet_s
-        self.interval_s = interval_s
+        super().__init__(interval_s)
         self.grace_s = grace_s if grace_s is not None else max(30.0, 3 * interval_s)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="cxr-completeness", daemon=True)
 
     def _enqueue(self, studies: list[results_db.CompletedStudy]) -> int:
         done = 0
@@ -92,18 +92,3 @@ class CompletenessMonitor:
             logger.info("re-enqueueing the results of %d complete study(ies)", len(stale))
             done += self._enqueue(stale)
         return done
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.run_once()
-            except Exception as exc:  # noqa: BLE001 - keep the loop alive; next pass retries
-                logger.warning("completeness pass failed (%s)", type(exc).__name__)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)

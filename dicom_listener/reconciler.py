@@ -23,7 +23,6 @@ stays stamped and pending, and a later pass tries again.
 from __future__ import annotations
 
 import logging
-import threading
 
 from celery import Celery
 from sqlalchemy import Engine
@@ -31,11 +30,14 @@ from sqlalchemy import Engine
 from cxr_db import repository as repo
 from cxr_queue import MAX_RETRY_COUNTDOWN_S, ScoreJob, enqueue_score, live_instance_ids
 from dicom_listener.enqueue import enqueue_instance
+from dicom_listener.periodic import PeriodicJob
 
 logger = logging.getLogger(__name__)
 
 
-class Reconciler:
+class Reconciler(PeriodicJob):
+    name = "reconciler"
+
     """A daemon thread running :meth:`run_once` every ``interval_s`` until stopped."""
 
     def __init__(
@@ -50,11 +52,9 @@ class Reconciler:
         self.engine = engine
         self.celery_app = celery_app
         self.queue_name = queue_name
-        self.interval_s = interval_s
+        super().__init__(interval_s)
         self.grace_s = grace_s
         self.stale_processing_s = stale_processing_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="cxr-reconciler", daemon=True)
 
     def run_once(self) -> int:
         """One pass of the three sweeps; returns how many jobs were published. Stops at
@@ -87,18 +87,3 @@ class Reconciler:
     @staticmethod
     def _job(item: repo.PendingJob) -> ScoreJob:
         return ScoreJob.model_validate(item, from_attributes=True)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.run_once()
-            except Exception as exc:  # noqa: BLE001 - keep the loop alive; next pass retries
-                logger.warning("reconciler pass failed (%s)", type(exc).__name__)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
