@@ -132,7 +132,9 @@ def test_up_files_sc_and_sr_into_storescp(tmp_path: Path) -> None:
     sr_dump = run_tool(["dsrdump", str(files[ComprehensiveSRStorage])])
     assert sr_dump.returncode == 0, sr_dump.stderr
     assert "E:" not in sr_dump.stderr, sr_dump.stderr
-    assert '"Triage score")' in sr_dump.stdout
+    # the NIH sample is an adult: outside the validated population, its score is a shadow score
+    assert '"Shadow score, not used for triage")' in sr_dump.stdout
+    assert "OUTSIDE" in sr_dump.stdout.upper()
     sc_dump = run_tool(
         [
             "dcmdump",
