@@ -25,6 +25,7 @@ from cxr_model import (
     render_overlay_png,
 )
 from training import plots
+from training.attention import summarise
 from training.data import Sample, load_resized, load_samples
 from training.metrics import binary_metrics, expected_calibration_error
 from training.predict import dicom_header
@@ -116,6 +117,45 @@ def _cam_grid(
     return listing
 
 
+def _all_cams(model: ScoringModel, images: np.ndarray, batch_size: int = 32) -> list[np.ndarray]:
+    """The product's heatmap (fast CAM where the head allows) for every image, in order."""
+    cams: list[np.ndarray] = []
+    for i in range(0, len(images), batch_size):
+        batch = model.to_input(torch.from_numpy(images[i : i + batch_size]))
+        cams.extend(np.asarray(r.cam) for r in model.score_batch(batch, with_heatmaps=True))
+    return cams
+
+
+def _fp_grid(
+    samples: list[Sample],
+    images: np.ndarray,
+    cams: list[np.ndarray],
+    y: np.ndarray,
+    prob: np.ndarray,
+    flagged: np.ndarray,
+    scores: list[CalibratedScore],
+    out: Path,
+    limit: int = 24,
+) -> list[str]:
+    """Every false positive (up to ``limit``), most confident first, in the product's overlay."""
+    idx = np.flatnonzero((y == 0) & flagged)
+    order = idx[np.argsort(-prob[idx])][:limit]
+    rows = [order[i : i + 6] for i in range(0, len(order), 6)] or [order]
+    groups = {
+        f"FP {r + 1}": [
+            (
+                samples[i].path.name[:22],
+                float(prob[i]),
+                _overlay(samples[i], images[i], cams[i], scores[i]),
+            )
+            for i in row
+        ]
+        for r, row in enumerate(rows)
+    }
+    plots.plot_cam_grid(groups, out / "fp_grid.png", "False positives, most confident first")
+    return [samples[i].path.name for i in order]
+
+
 def evaluate(
     data: str,
     flt: str | None,
@@ -201,5 +241,10 @@ def evaluate(
     )
     if cams and len(models) == 1:
         metrics["cases"] = _cam_grid(primary, samples, images, y, prob, flagged, out, scores)
+        cams_all = _all_cams(primary, images)
+        metrics["attention"] = summarise(cams_all, y, flagged).to_json()
+        metrics["false_positive_grid"] = _fp_grid(
+            samples, images, cams_all, y, prob, flagged, scores, out
+        )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return metrics

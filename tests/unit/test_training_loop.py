@@ -70,3 +70,18 @@ def test_cli_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> Non
             main([cmd, "--help"])
         assert exc.value.code == 0
         assert "not a diagnosis" in " ".join(capsys.readouterr().out.split())
+
+
+def test_evaluate_reports_attention_and_false_positive_grid(tmp_path: Path) -> None:
+    from training.evaluate import evaluate
+
+    metrics = evaluate(str(FIXTURES), None, tmp_path, cache_dir=None, device="cpu")
+    n = metrics["n"]
+    attention = metrics["attention"]
+    assert attention["images"] == n > 0
+    assert 0 <= attention["peak_outside"] <= n
+    assert attention["box"].startswith("x in [0.10, 0.90]")
+    fps = int(metrics["confusion"]["fp"])
+    assert attention["false_positives"] == fps
+    assert len(metrics["false_positive_grid"]) == min(fps, 24)
+    assert (tmp_path / "fp_grid.png").stat().st_size > 0
