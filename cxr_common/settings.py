@@ -336,6 +336,13 @@ class WorkerSettings(CommonSettings):
     )
     batch_max_wait_ms: int = Field(default=250, ge=0)
     device: str | None = Field(default=None, description="cpu, cuda, cuda:1; unset = auto")
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="torch CPU threads for the model; unset = torch's default (one per core). "
+        "With several workers on one machine use cores / workers (BENCHMARKS.md, Threads)",
+    )
     model_dir: Path | None = Field(
         default=None,
         description="unset = the shipped model; registered and activated only when the model "

@@ -57,6 +57,7 @@ def build_runtime(settings: WorkerSettings) -> ScoringRuntime:
     configured model (``CXR_MODEL_DIR``, default the shipped one) registered and active."""
     from worker.registry import ServedModels, ensure_configured_model
 
+    apply_torch_threads(settings)
     batch, concurrency = resolve_batching(settings, _device_type(settings.device))
     engine = make_engine(settings.database_url_value(), pool_size=concurrency + 2)
     ensure_configured_model(engine, settings.model_dir, settings.calibration_path)
@@ -78,6 +79,21 @@ def build_runtime(settings: WorkerSettings) -> ScoringRuntime:
         unknown_age=settings.unknown_age,
         reliability=reliability(settings),
     )
+
+
+def apply_torch_threads(settings: WorkerSettings) -> int:
+    """Set torch's CPU thread count from ``CXR_TORCH_THREADS`` (unset: leave torch's default).
+
+    More intra-op threads than free cores make the forward pass several times slower
+    (BENCHMARKS.md, "Threads"), so a machine running N workers wants cores / N each.
+    Returns the count in force."""
+    import torch
+
+    if settings.torch_threads is not None:
+        torch.set_num_threads(settings.torch_threads)
+    threads = int(torch.get_num_threads())
+    log.info("torch CPU threads: %d", threads)
+    return threads
 
 
 def decode_limits(settings: WorkerSettings) -> DecodeLimits:

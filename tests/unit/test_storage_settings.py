@@ -94,3 +94,23 @@ def test_invalid_ae_title_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CXR_AE_TITLE", "WAY_TOO_LONG_AE_TITLE_X")
     with pytest.raises(ValueError, match="16"):
         ListenerSettings()
+
+
+def test_worker_torch_threads_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pydantic
+    import torch
+
+    from worker.app import apply_torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("CXR_TORCH_THREADS", raising=False)
+        assert apply_torch_threads(WorkerSettings()) == before  # unset: torch's default stays
+        monkeypatch.setenv("CXR_TORCH_THREADS", "1")
+        assert apply_torch_threads(WorkerSettings()) == 1
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("CXR_TORCH_THREADS", "0")
+        with pytest.raises(pydantic.ValidationError, match="torch_threads"):
+            WorkerSettings()
+    finally:
+        torch.set_num_threads(before)
