@@ -278,6 +278,9 @@ class Bench:
             CXR_DICOM_PORT=str(port),
             CXR_STORAGE_URI=storage.as_uri(),
             CXR_MAX_ASSOCIATIONS="32",
+            # every client is 127.0.0.1: the port probe below may still count as one of
+            # its connections when k = 4 clients connect (default limit 4 per peer)
+            CXR_MAX_ASSOCIATIONS_PER_PEER="32",
             CXR_LISTENER_PROCESSES=str(processes),
         )
         proc = self.spawn("listener", ["listen"], env)
