@@ -62,6 +62,8 @@ def two_listeners(
         CXR_DICOM_PORT=str(port),
         CXR_STORAGE_URI=(tmp_path / "instances").as_uri(),
         CXR_DATA_DIR=str(tmp_path),
+        # all senders are 127.0.0.1; a just-closed echo must not count against the 4
+        CXR_MAX_ASSOCIATIONS_PER_PEER="16",
     )
     log = tmp_path / "listen.log"
     with open(log, "wb") as out:  # the children inherit it
