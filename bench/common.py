@@ -269,17 +269,27 @@ class Bench:
         if proc in self._children:
             self._children.remove(proc)
 
-    def listener(self, storage: Path) -> tuple[subprocess.Popen[bytes], int]:
-        """``cxr-triage listen`` on a free port with ``storage``; returns when it listens."""
+    def listener(self, storage: Path, processes: int = 1) -> tuple[subprocess.Popen[bytes], int]:
+        """``cxr-triage listen`` on a free port with ``storage`` (``processes`` children
+        sharing it); returns when every one listens."""
         port = free_port()
         env = self.env(
             CXR_DICOM_HOST="127.0.0.1",
             CXR_DICOM_PORT=str(port),
             CXR_STORAGE_URI=storage.as_uri(),
             CXR_MAX_ASSOCIATIONS="32",
+            # every client is 127.0.0.1: the port probe below may still count as one of
+            # its connections when k = 4 clients connect (default limit 4 per peer)
+            CXR_MAX_ASSOCIATIONS_PER_PEER="32",
+            CXR_LISTENER_PROCESSES=str(processes),
         )
         proc = self.spawn("listener", ["listen"], env)
         wait_for_port(port, proc)
+        deadline = time.monotonic() + 120
+        while listening_sockets(port) < processes:  # SO_REUSEPORT: one socket per child
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{processes} listener processes did not all start")
+            time.sleep(0.05)
         return proc, port
 
     def worker(self, batch: int, storage: Path, **extra: str) -> subprocess.Popen[bytes]:
@@ -354,6 +364,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def listening_sockets(port: int) -> int:
+    """TCP sockets in LISTEN on ``port`` (Linux ``/proc/net/tcp``; 1 where unreadable)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[1].rpartition(":")[2] == f"{port:04X}" and fields[3] == "0A":
+                count += 1
+    return count or 1
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:

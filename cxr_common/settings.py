@@ -199,7 +199,26 @@ class ListenerSettings(CommonSettings):
             "environment); empty = accept any",
         )
     )
-    max_associations: int = Field(default=10, ge=1)
+    max_associations: int = Field(
+        default=10,
+        ge=1,
+        description="open associations at once, per listener process (see listener_processes)",
+    )
+    listener_processes: int = Field(
+        default=1,
+        ge=1,
+        description="listener processes sharing CXR_DICOM_PORT (SO_REUSEPORT, Linux): the "
+        "kernel spreads connections over them; the association, per-peer and connection "
+        "limits apply to each process; one process (child 0) runs the reconciler and the "
+        "completeness monitor; child i serves metrics on CXR_METRICS_PORT + i. Needs a "
+        "fixed port (not 0)",
+    )
+    listener_process_index: int | None = Field(
+        default=None,
+        ge=0,
+        description="internal: set by the parent of CXR_LISTENER_PROCESSES > 1 for each child "
+        "(binds with SO_REUSEPORT; only child 0 runs the background jobs)",
+    )
     reconcile_interval_s: float = Field(default=10.0, gt=0)
     reconcile_grace_s: float = Field(default=15.0, ge=0)
     stale_processing_s: float = Field(
@@ -302,6 +321,17 @@ class ListenerSettings(CommonSettings):
                 "production mode (CXR_ENVIRONMENT=production) needs an allow-list: set "
                 "CXR_ALLOWED_CALLING_AE_TITLES and/or CXR_ALLOWED_PEER_NETWORKS, or "
                 "CXR_ACCEPT_ANY_PEER=true to accept any peer on purpose"
+            )
+        if self.listener_processes > 1 and self.dicom_port == 0:
+            raise ValueError(
+                f"CXR_LISTENER_PROCESSES={self.listener_processes} needs a fixed "
+                "CXR_DICOM_PORT: with port 0 every process would listen on a different "
+                "free port"
+            )
+        if self.listener_processes > 1 and self.listener_process_index is not None:
+            raise ValueError(
+                "CXR_LISTENER_PROCESS_INDEX is set by the parent of CXR_LISTENER_PROCESSES "
+                "children; a child runs one process"
             )
         if (self.dicom_tls_cert is None) != (self.dicom_tls_key is None):
             raise ValueError("set both CXR_DICOM_TLS_CERT and CXR_DICOM_TLS_KEY, or neither")

@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -103,7 +104,45 @@ def _run_with_services(settings: S, run: Callable[[S], int]) -> int:
 def _cmd_listen(args: argparse.Namespace, settings: ListenerSettings) -> int:
     from dicom_listener.server import run_listener
 
+    if args.processes is not None:
+        settings = settings.with_overrides(listener_processes=args.processes)
+    if settings.listener_processes > 1:
+        return _run_with_services(settings, _supervise_listeners)
     return _run_with_services(settings, run_listener)
+
+
+def _supervise_listeners(settings: ListenerSettings) -> int:
+    """``cxr-triage listen --processes N``: N listener children on one port (SO_REUSEPORT),
+    each restarted when it dies, all stopped on SIGINT/SIGTERM. Their settings travel as
+    ``CXR_*`` variables, plus each child's index. Returns 0, or the code of a child refused
+    at start (then the others are stopped too)."""
+    from cxr_triage.processes import cxr_triage_command, settings_env, supervise
+
+    count = settings.listener_processes
+    base = dict(os.environ)
+    base.update(settings_env(settings, type(settings).model_fields))
+    base["CXR_LISTENER_PROCESSES"] = "1"
+    codes = [0] * count
+    with stop_on_signals("the listeners") as stop:
+
+        def run(index: int) -> None:
+            env = {**base, "CXR_LISTENER_PROCESS_INDEX": str(index)}
+            codes[index] = supervise(f"listener-{index}", cxr_triage_command("listen"), env, stop)
+            if codes[index]:
+                stop.set()  # a child refused at start: the others would be refused too
+
+        threads = [
+            threading.Thread(target=run, args=(i,), name=f"supervise-listener-{i}")
+            for i in range(count)
+        ]
+        for thread in threads:
+            thread.start()
+        log.info("%d listener processes on %s:%d", count, settings.dicom_host, settings.dicom_port)
+        while any(t.is_alive() for t in threads):
+            stop.wait(0.5)
+        for thread in threads:
+            thread.join()
+    return max(codes)
 
 
 def _cmd_work(args: argparse.Namespace, settings: WorkerSettings) -> int:
@@ -163,6 +202,9 @@ def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
     from cxr_triage.services import resolve_services
     from migrations import upgrade_to_head
 
+    if args.listener_processes is not None:
+        # checked here (>= 1, a fixed port), so `up` refuses before starting anything
+        settings = settings.with_overrides(listener_processes=args.listener_processes)
     services = resolve_services(settings)
     children: list[Child] = []
     restarts = RestartPolicy()
@@ -171,6 +213,8 @@ def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
         try:
             upgrade_to_head(services.database_url)
             env = services.child_env(dict(os.environ))
+            if args.listener_processes is not None:
+                env["CXR_LISTENER_PROCESSES"] = str(settings.listener_processes)
             children.append(spawn("listener", ["listen"], env))
             for i in range(args.workers):
                 children.append(spawn(f"worker-{i + 1}", ["work"], env))
@@ -410,6 +454,14 @@ def build_parser() -> argparse.ArgumentParser:
         "Postgres/Redis unless configured) until Ctrl-C or SIGTERM, then stop cleanly.",
     )
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument(
+        "--listener-processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="listener processes sharing the DICOM port (overrides CXR_LISTENER_PROCESSES, "
+        "default 1; see 'listen --processes')",
+    )
     p.add_argument("--no-web", action="store_true", help="do not start the web worklist")
     p.set_defaults(func=_cmd_up, settings_class=SupervisorSettings)
 
@@ -431,10 +483,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "listen",
-        help="run the DICOM C-STORE listener (one process)",
+        help="run the DICOM C-STORE listener (one process, or --processes N on one port)",
         description="Run the C-ECHO/C-STORE listener. Settings: CXR_AE_TITLE, "
         "CXR_DICOM_PORT, CXR_ALLOWED_CALLING_AE_TITLES, CXR_MAX_ASSOCIATIONS, "
         "CXR_STORAGE_URI.",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="listener processes sharing the port (SO_REUSEPORT, Linux; overrides "
+        "CXR_LISTENER_PROCESSES, default 1). Each child is restarted when it dies; the "
+        "association and per-peer limits apply per process; needs a fixed CXR_DICOM_PORT",
     )
     p.set_defaults(func=_cmd_listen, settings_class=ListenerSettings)
 

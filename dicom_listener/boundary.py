@@ -15,6 +15,8 @@ called AE title and leaves the temp files of aborted transfers in the system tem
 * :class:`ListenerAE` counts toward ``CXR_MAX_ASSOCIATIONS`` ("local limit exceeded")
   only peers that sent an A-ASSOCIATE-RQ, not connections still silent (those end when
   the ACSE timeout, pynetdicom's ARTIM timer, expires).
+  With ``reuse_port`` it binds with ``SO_REUSEPORT``, so several listener processes
+  share one port; every limit above is then per process.
 * :func:`tls_context`: DICOM TLS (PS3.15 B.1 / BCP 195: TLS 1.2 or later), optionally
   requiring a client certificate signed by ``CXR_DICOM_TLS_CA``.
 * :func:`harden_state_machine`: a peer that aborts (or sends garbage) right after its
@@ -177,8 +179,10 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         evt_handlers: list[EventHandlerType] | None = None,
         *,
         policy: PeerPolicy,
+        reuse_port: bool = False,
     ) -> None:
         self.policy = policy
+        self.reuse_port = reuse_port
         self._pending: Counter[str] = Counter()
         self._lock = threading.Lock()
         self.refused_connections = 0
@@ -191,6 +195,15 @@ class GuardedAssociationServer(ThreadedAssociationServer):
             evt_handlers=evt_handlers,
             request_handler=_GuardedRequestHandler,
         )
+
+    def server_bind(self) -> None:
+        """pynetdicom's bind (``SO_REUSEADDR``), plus ``SO_REUSEPORT`` for a listener that
+        shares its port with sibling processes (``CXR_LISTENER_PROCESSES``): the kernel then
+        hands each new connection to one of them."""
+        if self.reuse_port:
+            assert self.socket is not None
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None

@@ -1,4 +1,11 @@
-"""Start the listener: in-process and non-blocking (tests, ``up``) or blocking (``listen``)."""
+"""Start the listener: in-process and non-blocking (tests, ``up``) or blocking (``listen``).
+
+With ``CXR_LISTENER_PROCESSES`` > 1, ``cxr-triage listen`` runs that many children of
+this listener on one port (``cxr_triage.cli``); each is told its index
+(``CXR_LISTENER_PROCESS_INDEX``): it binds with ``SO_REUSEPORT``, only child 0 runs the
+reconciler and the completeness monitor, and child i serves metrics on
+``CXR_METRICS_PORT`` + i. Every child keeps the same durability: a success status still
+means the file is fsynced and its row committed."""
 
 from __future__ import annotations
 
@@ -63,7 +70,7 @@ class ListenerHandle:
     port: int
     ae_title: str
     server: ThreadedAssociationServer
-    reconciler: Reconciler
+    reconciler: Reconciler | None
     _stopped: bool = field(default=False, repr=False)
     metrics: MetricsServer | None = None
     completeness: CompletenessMonitor | None = None
@@ -73,7 +80,8 @@ class ListenerHandle:
         if self._stopped:
             return
         self._stopped = True
-        self.reconciler.stop()
+        if self.reconciler is not None:
+            self.reconciler.stop()
         if self.completeness is not None:
             self.completeness.stop()
         self.server.shutdown()
@@ -150,6 +158,7 @@ def start_listener(
         evt_handlers=handlers,
         server_class=GuardedAssociationServer,
         policy=policy,
+        reuse_port=settings.listener_process_index is not None,
     )
     spool = spool_to_staging(server, storage.staging_dir)
     swept = spool.sweep()
@@ -160,20 +169,27 @@ def start_listener(
     thread.start()
     ae._servers.append(server)
     port = int(server.server_address[1])
-    reconciler = Reconciler(
-        engine,
-        celery_app,
-        settings.queue_name,
-        interval_s=settings.reconcile_interval_s,
-        grace_s=settings.reconcile_grace_s,
-        stale_processing_s=settings.stale_processing_s,
-    )
-    reconciler.start()
-    completeness = _start_completeness(settings, engine, celery_app)
+    index = settings.listener_process_index
+    # one process of several runs the background jobs (they would be safe in all: SKIP
+    # LOCKED; one is enough and spares the database)
+    reconciler: Reconciler | None = None
+    completeness: CompletenessMonitor | None = None
+    if not index:
+        reconciler = Reconciler(
+            engine,
+            celery_app,
+            settings.queue_name,
+            interval_s=settings.reconcile_interval_s,
+            grace_s=settings.reconcile_grace_s,
+            stale_processing_s=settings.stale_processing_s,
+        )
+        reconciler.start()
+        completeness = _start_completeness(settings, engine, celery_app)
     logger.info(
-        "listener %s on %s:%d (%s, max %d associations, %d per peer; calling AE "
+        "listener %s%s on %s:%d (%s, max %d associations, %d per peer; calling AE "
         "allow-list: %s; peer networks: %s; called AE title: %s; storage %s)",
         settings.ae_title,
+        "" if index is None else f" (process {index}, shared port)",
         settings.dicom_host,
         port,
         "DICOM TLS" + (" with client certificates" if settings.dicom_tls_ca else "")
@@ -186,6 +202,8 @@ def start_listener(
         "any" if settings.accept_any_called_ae_title else settings.ae_title,
         settings.resolved_storage_uri,
     )
+    if index and settings.metrics_port:
+        settings = settings.with_overrides(metrics_port=settings.metrics_port + index)
     metrics = listener_metrics.serve(settings)
     return ListenerHandle(
         settings.dicom_host,

@@ -160,6 +160,28 @@ def test_a_bad_command_line_override_is_refused(
     assert "CXR_BATCH_MAX_SIZE" in capsys.readouterr().err
 
 
+def test_several_listener_processes_need_a_fixed_port(
+    restore_logging: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert ListenerSettings().listener_processes == 1
+    assert ListenerSettings(listener_processes=4, dicom_port=11112).listener_processes == 4
+    with pytest.raises(ValidationError, match="needs a fixed CXR_DICOM_PORT"):
+        ListenerSettings(listener_processes=2, dicom_port=0)
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        ListenerSettings(listener_processes=0)
+    monkeypatch.setenv("CXR_DICOM_PORT", "0")
+    assert main(["listen", "--processes", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "CXR_LISTENER_PROCESSES=2 needs a fixed CXR_DICOM_PORT" in err
+    monkeypatch.setenv("CXR_LISTENER_PROCESSES", "3")
+    assert main(["listen"]) == 2
+    assert "CXR_LISTENER_PROCESSES=3 needs a fixed CXR_DICOM_PORT" in capsys.readouterr().err
+    monkeypatch.delenv("CXR_LISTENER_PROCESSES")
+    # refused before anything (embedded services included) starts
+    assert main(["up", "--listener-processes", "2"]) == 2
+    assert "CXR_LISTENER_PROCESSES=2 needs a fixed CXR_DICOM_PORT" in capsys.readouterr().err
+
+
 def test_stop_on_signals_sets_the_event_and_restores_the_handlers() -> None:
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     stopped: list[bool] = []
