@@ -46,9 +46,9 @@ SIZES: dict[str, tuple[list[str], list[str], list[str]]] = {
         ["--full"],
     ),
     "ingest": (
-        ["--copies", "40"],
+        ["--copies", "40", "--listener-processes", "1,2"],
         ["--copies", "2", "--associations", "2", "--size", "128"],
-        ["--copies", "160"],
+        ["--copies", "160", "--listener-processes", "1,2,4"],
     ),
     "worker_scaling": (
         [],
