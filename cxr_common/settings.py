@@ -286,6 +286,13 @@ class ListenerSettings(CommonSettings):
     network_timeout_s: float = Field(
         default=60.0, gt=0, description="close an association idle this long"
     )
+    dicom_max_pdu_bytes: int = Field(
+        default=1_048_576,
+        ge=0,
+        description="Maximum Length we offer for P-DATA PDUs (0 = unlimited; pynetdicom's "
+        "default is 16382). Large PDUs cut the per-PDU work several-fold; a PDU longer than "
+        "twice this closes the connection",
+    )
     dicom_tls_cert: Path | None = Field(
         default=None, description="PEM certificate (chain): DICOM TLS when set"
     )

@@ -42,6 +42,7 @@ from dicom_listener.boundary import (
 from dicom_listener.completeness import CompletenessMonitor
 from dicom_listener.handlers import ACCEPTED_SOP_CLASSES, StoreHandler, handle_echo
 from dicom_listener.loopback import LOOPBACK_SOP_CLASSES, LoopbackGuard
+from dicom_listener.pdu import bounded_fast_reads
 from dicom_listener.reconciler import Reconciler
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def configure_pynetdicom() -> None:
     # only echo header values (patient names among them) to stderr.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     harden_state_machine()
+    bounded_fast_reads()
 
 
 @dataclass
@@ -94,6 +96,7 @@ def build_ae(settings: ListenerSettings) -> AE:
     """The application entity: our AE title, contexts, allow-list, limits and timeouts."""
     ae = ListenerAE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.max_associations
+    ae.maximum_pdu_size = settings.dicom_max_pdu_bytes
     ae.acse_timeout = settings.acse_timeout_s  # also the acceptor's ARTIM timer
     ae.dimse_timeout = settings.dimse_timeout_s
     ae.network_timeout = settings.network_timeout_s

@@ -216,6 +216,42 @@ def test_a_peer_that_stalls_mid_pdu_is_closed_after_the_network_timeout(start: S
         sock.close()
 
 
+def test_the_listener_offers_its_maximum_pdu_length(start: Start) -> None:
+    handle = start(dicom_max_pdu_bytes=262144)
+    ae = AE(ae_title="TEST_SCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", handle.port, ae_title="CXR_TRIAGE")
+    assert assoc.is_established
+    try:
+        assert assoc.acceptor.maximum_length == 262144  # what a sender may send us
+        assert int(assoc.send_c_echo().Status) == EchoStatus.SUCCESS
+    finally:
+        assoc.release()
+
+
+def test_a_pdu_longer_than_offered_closes_the_connection_without_buffering_it(
+    start: Start,
+) -> None:
+    # the ACSE timeout (10 s) ends the association thread afterwards, as for any peer
+    # that never completes an A-ASSOCIATE-RQ; the connection itself is closed at once
+    handle = start(dicom_max_pdu_bytes=16382, network_timeout_s=60, acse_timeout_s=10)
+    claimed = 100_000_000  # a 100 MB "A-ASSOCIATE-RQ"; the bound is 2 x 16382 + 64 KiB
+    sock = raw_connection(handle.port, payload=b"\x01\x00" + claimed.to_bytes(4, "big"))
+    try:
+        sock.settimeout(20)
+        started = time.monotonic()
+        try:
+            while sock.recv(65536):  # an A-ABORT, maybe, then the close
+                pass
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - started < 5  # well before any timeout: the length did it
+        _wait_for(lambda: not handle.server.active_associations, 40, "the thread to end")
+    finally:
+        sock.close()
+    assert echo(handle.port) == EchoStatus.SUCCESS
+
+
 # ---------------------------------------------------------------------------------------
 # Received data sets: staging only, nothing left after an abort
 
@@ -234,7 +270,7 @@ def test_received_data_sets_are_spooled_in_staging_never_in_the_system_temp_fold
 def test_an_aborted_transfer_leaves_no_partial_file(
     start: Start, engine: Engine, private_tmp: Path, tmp_path: Path
 ) -> None:
-    handle = start()
+    handle = start(dicom_max_pdu_bytes=16382)  # pynetdicom's default, so many PDUs
     ds = make_dataset(chest_like(2048), accession="ABORT001")  # 4 MiB: ~250 P-DATA PDUs
     first_pdus_sent = threading.Event()
     resume = threading.Event()
