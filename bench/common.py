@@ -269,9 +269,11 @@ class Bench:
         if proc in self._children:
             self._children.remove(proc)
 
-    def listener(self, storage: Path, processes: int = 1) -> tuple[subprocess.Popen[bytes], int]:
+    def listener(
+        self, storage: Path, processes: int = 1, **extra: str
+    ) -> tuple[subprocess.Popen[bytes], int]:
         """``cxr-triage listen`` on a free port with ``storage`` (``processes`` children
-        sharing it); returns when every one listens."""
+        sharing it; ``extra``: more environment); returns when every one listens."""
         port = free_port()
         env = self.env(
             CXR_DICOM_HOST="127.0.0.1",
@@ -282,6 +284,7 @@ class Bench:
             # its connections when k = 4 clients connect (default limit 4 per peer)
             CXR_MAX_ASSOCIATIONS_PER_PEER="32",
             CXR_LISTENER_PROCESSES=str(processes),
+            **extra,
         )
         proc = self.spawn("listener", ["listen"], env)
         wait_for_port(port, proc)

@@ -1,7 +1,8 @@
 """Ingest: the cxr-triage listener against DCMTK ``storescp --fork``, same files, same client.
 
     python -m bench.ingest [--copies 160] [--associations 1,4] [--inputs uncompressed,j2k]
-                           [--listener-processes 1] [--size 0] [--out ingest.json]
+                           [--listener-processes 1] [--max-pdu 1048576] [--size 0]
+                           [--out ingest.json]
 
 N copies of a full-size DX (7.2 MB uncompressed, or JPEG 2000 lossless) are sent by
 ``--associations`` DCMTK ``storescu`` processes in parallel (N / k files each; ``-xv`` for
@@ -11,9 +12,11 @@ file and folder fsynced, row committed, job enqueued before the success status) 
 client is ``cxr-triage send``; without storescp the DCMTK rows are skipped. The clock runs
 from starting the clients to the last one exiting; every file must have been stored.
 ``--listener-processes 1,2`` runs the cxr-triage side once per value (``listen --processes
-N``: N children on one port, each as durable as one), a row each.
+N``: N children on one port, each as durable as one), a row each; ``--max-pdu
+16382,1048576`` does the same for the Maximum Length the listener offers (pynetdicom's
+default and ours, ``CXR_DICOM_MAX_PDU_BYTES``).
 Goal 1 of issue 10: cxr-triage / DCMTK >= 1.0 at 4 associations (the summary: the best
-listener-processes value, its worst input).
+listener-processes and max-pdu values, their worst input).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from bench.common import (
     report,
     wait_for_port,
 )
+from cxr_common.settings import ListenerSettings
 
 AE = "CXR_TRIAGE"
 
@@ -78,11 +82,19 @@ def send_parallel(files: list[Path], port: int, k: int, kind: str) -> float:
     return elapsed
 
 
-def run_cxr(bench: Bench, files: list[Path], k: int, kind: str, processes: int = 1) -> float:
+def run_cxr(
+    bench: Bench,
+    files: list[Path],
+    k: int,
+    kind: str,
+    processes: int = 1,
+    max_pdu: int | None = None,
+) -> float:
     storage = bench.folder / "cxr-instances"
     clear_folder(storage)
     bench.reset()
-    proc, port = bench.listener(storage, processes)
+    extra = {} if max_pdu is None else {"CXR_DICOM_MAX_PDU_BYTES": str(max_pdu)}
+    proc, port = bench.listener(storage, processes, **extra)
     try:
         elapsed = send_parallel(files, port, k, kind)
     finally:
@@ -133,10 +145,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default="1",
         help="comma-separated listener process counts for the cxr-triage side (default 1)",
     )
+    parser.add_argument(
+        "--max-pdu",
+        default="",
+        help="comma-separated Maximum Length values the listener offers "
+        "(CXR_DICOM_MAX_PDU_BYTES; default: the setting's default), a row each",
+    )
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     apply_threads(args.threads)
     processes = [int(v) for v in args.listener_processes.split(",")]
+    pdus: list[int | None] = [int(v) for v in args.max_pdu.split(",") if v] or [None]
+    default_pdu = ListenerSettings.model_fields["dicom_max_pdu_bytes"].default
     rows: list[dict[str, Any]] = []
     client = "storescu" if shutil.which("storescu") else "cxr-triage send"
     with (
@@ -150,11 +170,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 # side by side: DCMTK, cxr-triage (each process count), DCMTK again (the
                 # mean of the two)
                 first = run_dcmtk(Path(d), files, k, kind)
-                cxr = {n: run_cxr(bench, files, k, kind, n) for n in processes}
+                cxr = {
+                    (n, pdu): run_cxr(bench, files, k, kind, n, pdu)
+                    for n in processes
+                    for pdu in pdus
+                }
                 second = run_dcmtk(Path(d), files, k, kind)
                 dcmtk = None if first is None or second is None else (first + second) / 2
                 dcmtk_rate = None if dcmtk is None else len(files) / dcmtk
-                for n, elapsed in cxr.items():
+                for (n, pdu), elapsed in cxr.items():
                     cxr_rate = len(files) / elapsed
                     rows.append(
                         {
@@ -162,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "mb_per_file": round(mb, 2),
                             "associations": k,
                             "listener_processes": n,
+                            "max_pdu": default_pdu if pdu is None else pdu,
                             "copies": len(files),
                             "cxr_img_s": cxr_rate,
                             "dcmtk_img_s": dcmtk_rate,
@@ -169,20 +194,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         }
                     )
             shutil.rmtree(Path(d) / "inputs" / kind, ignore_errors=True)
-    # per process count, the worst input at 4 associations; the goal: the best count
-    at4: dict[int, float] = {}
+    # per (process count, PDU size), the worst input at 4 associations; the goal: the best
+    at4: dict[tuple[int, int], float] = {}
     for r in rows:
         if r["associations"] == 4 and r["ratio"] is not None:
-            n = r["listener_processes"]
-            at4[n] = min(at4.get(n, r["ratio"]), r["ratio"])
+            key = (r["listener_processes"], r["max_pdu"])
+            at4[key] = min(at4.get(key, r["ratio"]), r["ratio"])
     best = max(at4, key=at4.__getitem__) if at4 else None
     summary: dict[str, Any] = {
         "client": client,
         "goal_1_ratio_at_4_associations": None if best is None else at4[best],
     }
-    if len(processes) > 1:
-        summary["goal_1_listener_processes"] = best
-    columns = ["input", "mb_per_file", "associations", "listener_processes", "copies"]
+    if best is not None and len(processes) > 1:
+        summary["goal_1_listener_processes"] = best[0]
+    if best is not None and len(pdus) > 1:
+        summary["goal_1_max_pdu"] = best[1]
+    columns = ["input", "mb_per_file", "associations", "listener_processes", "max_pdu", "copies"]
     return report("ingest", args, rows, [*columns, "cxr_img_s", "dcmtk_img_s", "ratio"], summary)
 
 

@@ -48,7 +48,7 @@ def _scored(engine: Any, sop_instance_uid: str) -> bool:
         ).scalar_one_or_none()
     if status in ("failed", "not_eligible"):
         raise RuntimeError(f"instance {status}")
-    return status == "done"
+    return bool(status == "done")
 
 
 def _wait_count(engine: Any, n: int, timeout_s: float = 7200) -> None:
