@@ -326,7 +326,7 @@ class Bench:
 @contextlib.contextmanager
 def bench_services(folder: Path) -> Iterator[Bench]:
     """A :class:`Bench` on the configured servers (fresh database) or the embedded ones."""
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import create_engine, make_url, text
 
     from cxr_common.settings import normalise_database_url
     from migrations import upgrade_to_head
@@ -348,7 +348,8 @@ def bench_services(folder: Path) -> Iterator[Bench]:
             eng.dispose()
 
         cleanup.append(drop)
-        url = f"{admin_url.rpartition('/')[0]}/{name}"
+        # the URL's database, not its last "/": a socket folder rides in the query
+        url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     else:
         from cxr_triage.embedded import start_embedded
 
