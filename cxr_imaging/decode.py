@@ -130,7 +130,9 @@ def _voi_lut_output_range(item: Dataset) -> tuple[float, float]:
     return float(values.min()), float(values.max())
 
 
-def _apply_voi(modality: npt.NDArray[Any], ds: Dataset, sop: str) -> FloatArray:
+def _elementwise_voi(modality: npt.NDArray[Any], ds: Dataset, sop: str) -> FloatArray | None:
+    """The VOI LUT or the first window, stretched to [0, 1]; None when the file has
+    neither (or only an invalid window): then the image's percentiles decide."""
     voi_seq = ds.get("VOILUTSequence")
     if voi_seq:
         out = apply_voi_lut(modality, ds, index=0, prefer_lut=True)
@@ -142,7 +144,47 @@ def _apply_voi(modality: npt.NDArray[Any], ds: Dataset, sop: str) -> FloatArray:
             logger.warning("ignoring invalid window in %s: %s", sop, exc)
         else:
             return _stretch(out, *_window_output_range(ds))
-    return _percentile_stretch(modality)
+    return None
+
+
+def _apply_voi(modality: npt.NDArray[Any], ds: Dataset, sop: str) -> FloatArray:
+    out = _elementwise_voi(modality, ds, sop)
+    return _percentile_stretch(modality) if out is None else out
+
+
+def _invert(pixels: FloatArray, photometric: str) -> FloatArray:
+    return (1.0 - pixels).astype(np.float32) if photometric == "MONOCHROME1" else pixels
+
+
+#: Integer types whose every value fits a lookup table: (the table's index type, size).
+_TABLE_INDEX: dict[np.dtype[Any], tuple[np.dtype[Any], int]] = {
+    np.dtype(np.uint8): (np.dtype(np.uint8), 1 << 8),
+    np.dtype(np.int8): (np.dtype(np.uint8), 1 << 8),
+    np.dtype(np.uint16): (np.dtype(np.uint16), 1 << 16),
+    np.dtype(np.int16): (np.dtype(np.uint16), 1 << 16),
+}
+
+
+def _grey_display(arr: npt.NDArray[Any], ds: Dataset, sop: str, photometric: str) -> FloatArray:
+    """Stored greyscale values → [0, 1] MONOCHROME2: Modality LUT, VOI, inversion.
+
+    Every step but the percentile stretch is a function of the stored value alone, so
+    for 8- and 16-bit data the steps run once on every possible value (at most 65,536)
+    and the image is a lookup in that table: the same pydicom functions on the same
+    values in the same dtype, so the result is bit-identical to running them on the
+    image (tests/unit/test_imaging_decode.py), and 5-10x faster on a 3.6 MP radiograph."""
+    entry = _TABLE_INDEX.get(arr.dtype)
+    if entry is None or arr.size <= entry[1]:
+        pixels = _apply_voi(apply_modality_lut(arr, ds), ds, sop)
+        return _invert(pixels, photometric)
+    index, size = entry
+    domain = np.arange(size, dtype=index).view(arr.dtype)
+    table = _elementwise_voi(apply_modality_lut(domain, ds), ds, sop)
+    if table is None:  # no (valid) window: the percentiles of this image decide
+        return _invert(_percentile_stretch(apply_modality_lut(arr, ds)), photometric)
+    table = _invert(np.ascontiguousarray(table, dtype=np.float32), photometric)
+    looked_up: FloatArray = table[arr.view(index)]
+    return looked_up
 
 
 def decode_dataset(ds: Dataset) -> DecodedImage:
@@ -179,10 +221,7 @@ def decode_dataset(ds: Dataset) -> DecodedImage:
         depth = float(2 ** (bits_stored or 8) - 1)
         pixels = np.clip(_luminance(arr) / depth, 0.0, 1.0).astype(np.float32)
     else:
-        modality = apply_modality_lut(arr, ds)
-        pixels = _apply_voi(modality, ds, sop)
-        if photometric == "MONOCHROME1":
-            pixels = (1.0 - pixels).astype(np.float32)
+        pixels = _grey_display(arr, ds, sop, photometric)
     rows, columns = int(pixels.shape[0]), int(pixels.shape[1])
     return DecodedImage(
         pixels=np.ascontiguousarray(pixels, dtype=np.float32),

@@ -253,3 +253,70 @@ def test_dataset_without_pixel_data_is_not_an_image() -> None:
 def test_random_bytes_are_not_an_image() -> None:
     with pytest.raises(NotAnImageError):
         load_image(b"this is neither a DICOM file nor a JPEG" * 10)
+
+
+# --- the lookup-table path (8/16-bit images larger than their value range) -----------
+
+
+def _direct(ds: Dataset) -> np.ndarray:
+    """The display pipeline run on every pixel (what the lookup table must equal)."""
+    from pydicom.pixels.processing import apply_modality_lut
+    from pydicom.pixels.utils import pixel_array
+
+    from cxr_imaging.decode import _apply_voi, _invert
+
+    arr = pixel_array(ds, index=0)
+    photometric = str(ds.PhotometricInterpretation).strip().upper()
+    return _invert(_apply_voi(apply_modality_lut(arr, ds), ds, "test"), photometric)
+
+
+def _voi_lut_item(first: int, entries: int) -> Dataset:
+    item = Dataset()
+    item.LUTDescriptor = [entries, first, 12]
+    lut = (np.sqrt(np.linspace(0.0, 1.0, entries)) * 4095).astype("<u2")
+    item.LUTData = [int(v) for v in lut]
+    return item
+
+
+LARGE = np.random.default_rng(7)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "bits", "attrs", "photometric"),
+    [
+        (np.uint16, 12, {"WindowCenter": 1800, "WindowWidth": 1200}, "MONOCHROME2"),
+        (np.uint16, 15, {"WindowCenter": 15000, "WindowWidth": 9000}, "MONOCHROME1"),
+        (
+            np.int16,
+            16,
+            {"RescaleSlope": 2, "RescaleIntercept": -1000, "WindowCenter": 0, "WindowWidth": 900},
+            "MONOCHROME2",
+        ),
+        (np.uint8, 8, {"WindowCenter": 128, "WindowWidth": 100}, "MONOCHROME1"),
+        (np.uint16, 12, {"VOILUTSequence": "lut"}, "MONOCHROME2"),
+        (np.uint16, 12, {"WindowCenter": 100, "WindowWidth": 0}, "MONOCHROME2"),  # invalid
+        (np.uint16, 16, {}, "MONOCHROME1"),  # no window: percentiles of the image
+    ],
+)
+def test_the_lookup_table_equals_the_pipeline_run_on_every_pixel(
+    dtype: type, bits: int, attrs: dict[str, object], photometric: str
+) -> None:
+    info = np.iinfo(dtype)
+    low, high = max(info.min, -(2 ** (bits - 1)) if info.min < 0 else 0), min(info.max, 2**bits - 1)
+    arr = LARGE.integers(low, high + 1, size=(400, 300)).astype(dtype)  # > 65,536 pixels
+    values = dict(attrs)
+    if values.get("VOILUTSequence") == "lut":
+        values["VOILUTSequence"] = [_voi_lut_item(0, 4096)]
+    ds = make_dataset(arr, BitsStored=bits, **values)
+    ds.PhotometricInterpretation = photometric
+    decoded = decode_dataset(ds).pixels
+    assert decoded.dtype == np.float32
+    np.testing.assert_array_equal(decoded, _direct(ds))
+
+
+@pytest.mark.parametrize("path", DECODABLE, ids=lambda p: p.name)
+def test_committed_samples_decode_exactly_as_the_pipeline_on_every_pixel(path: Path) -> None:
+    ds = pydicom.dcmread(path)
+    if ds.get("SamplesPerPixel", 1) != 1 or "PALETTE" in str(ds.PhotometricInterpretation):
+        pytest.skip("colour: not the greyscale pipeline")
+    np.testing.assert_array_equal(decode_dataset(ds).pixels, _direct(ds))
