@@ -46,7 +46,7 @@ SIZES: dict[str, tuple[list[str], list[str], list[str]]] = {
         ["--full"],
     ),
     "ingest": (
-        ["--copies", "40", "--listener-processes", "1,2"],
+        ["--copies", "40", "--listener-processes", "1,2", "--max-pdu", "16382,1048576"],
         ["--copies", "2", "--associations", "2", "--size", "128"],
         ["--copies", "160", "--listener-processes", "1,2,4"],
     ),
