@@ -280,11 +280,6 @@ def peak_rss_bytes(pid: int) -> int:
     return _status_kib(pid, "VmHWM")
 
 
-def current_rss_bytes(pid: int) -> int:
-    """VmRSS of a live process (FileNotFoundError once it is gone)."""
-    return _status_kib(pid, "VmRSS")
-
-
 def worker_children(supervisor: subprocess.Popen[bytes]) -> list[int]:
     """PIDs of the worker processes a ``cxr-triage work`` supervisor runs."""
     import psutil
@@ -293,23 +288,3 @@ def worker_children(supervisor: subprocess.Popen[bytes]) -> list[int]:
         return [c.pid for c in psutil.Process(supervisor.pid).children()]
     except psutil.NoSuchProcess:
         return []
-
-
-def oom_kill_when_grown(pid: int, growth_bytes: int, timeout_s: float) -> bool:
-    """Act as the kernel's OOM killer on ``pid``: SIGKILL it once its resident set
-    (VmRSS, sampled every few milliseconds) has grown by ``growth_bytes``. False when it
-    did not grow that much within ``timeout_s`` or exited first."""
-    try:
-        start = current_rss_bytes(pid)
-    except FileNotFoundError:
-        return False
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if current_rss_bytes(pid) - start >= growth_bytes:
-                os.kill(pid, signal.SIGKILL)
-                return True
-        except (FileNotFoundError, ProcessLookupError):
-            return False
-        time.sleep(0.002)
-    return False

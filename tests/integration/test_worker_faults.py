@@ -35,7 +35,6 @@ from tests.faults import (
     counts,
     held_by,
     listener_settings,
-    oom_kill_when_grown,
     peak_rss_bytes,
     running_listener,
     wait_for,
@@ -119,12 +118,34 @@ def test_kill_9_mid_batch_puts_every_held_job_back_in_work_within_60_s(
     assert pid not in worker_children(sup)  # the supervisor started a new worker
 
 
-@pytest.mark.skipif(
-    os.environ.get("CI") == "true",
-    reason="timing-dependent: on a loaded 2-core machine the file can fail before the test's "
-    "memory watcher kills its worker (seen once in three runs); the full-size poison run in "
-    "scripts/reliability_worker_faults.py covers it",
-)
+def _kill_while_decoding(
+    engine: Engine, instance_id: int, killed: set[int], alive: Callable[[], bool]
+) -> bool:
+    """Act as the OOM killer for ``instance_id``: wait (polling every 5 ms) until a worker
+    not killed yet has claimed it, give its small batch mates 0.3 s to decode (their
+    attempts are given back then), and SIGKILL the worker while the big file is still
+    being decoded (its claim's attempt not given back: seconds for 64 Mpx of RLE).
+    False once the file is failed."""
+    deadline = time.monotonic() + 180
+    while True:
+        status, attempts, owner, _ = _row(engine, instance_id)
+        if status == "failed":
+            return False
+        if status == "processing" and owner and int(owner.rsplit(":", 1)[1]) not in killed:
+            pid = int(owner.rsplit(":", 1)[1])
+            time.sleep(0.3)
+            now = _row(engine, instance_id)
+            assert (now[0], now[1], now[2]) == (status, attempts, owner), (
+                "the big file was decoded within 0.3 s of its claim: make it slower to decode"
+            )
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+            return True
+        assert alive(), "a worker process died while waiting for the big file's claim"
+        assert time.monotonic() < deadline, "the big file was not claimed within 180 s"
+        time.sleep(0.005)
+
+
 def test_a_file_that_kills_its_worker_fails_after_max_attempts_and_its_batch_mates_finish(
     services: Services, engine: Engine, workers: Workers, tmp_path: Path
 ) -> None:
@@ -148,26 +169,10 @@ def test_a_file_that_kills_its_worker_fails_after_max_attempts_and_its_batch_mat
         )
         kills = 0
         killed: set[int] = set()
-        while _row(engine, big_id)[0] != "failed":
-            assert kills < 6, "the big file was never failed"
-            claim: list[int] = []
-
-            def claimed(claim: list[int] = claim) -> bool:
-                status, attempts, lease_owner, _ = _row(engine, big_id)
-                if status == "failed":
-                    return True
-                if status == "processing" and attempts >= 1 and lease_owner:
-                    pid = int(lease_owner.rsplit(":", 1)[1])
-                    if pid not in killed:
-                        claim.append(pid)
-                        return True
-                return False
-
-            wait_for("the big file claimed", claimed, 180, workers.alive)
-            if claim and oom_kill_when_grown(claim[0], 128 << 20, timeout_s=60):
-                kills += 1
-                killed.add(claim[0])
-        assert kills >= 3
+        while _kill_while_decoding(engine, big_id, killed, workers.alive):
+            kills += 1
+            assert kills <= 3, "the big file was claimed again after 3 deaths"
+        assert kills == 3
         wait_for("all final", lambda: all_final(engine, 7), 180, workers.alive)
         status, attempts, _, reason = _row(engine, big_id)
     assert (status, attempts) == ("failed", 3)
