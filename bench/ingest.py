@@ -109,14 +109,17 @@ def run_cxr(
     return elapsed
 
 
-def run_dcmtk(folder: Path, files: list[Path], k: int, kind: str) -> float | None:
+def run_dcmtk(
+    folder: Path, files: list[Path], k: int, kind: str, pdu: int | None = None
+) -> float | None:
     if shutil.which("storescp") is None:
         return None
     out = folder / "storescp-out"
     clear_folder(out)
     port = free_port()
+    tuning = [] if pdu is None else ["-pdu", str(pdu)]
     scp = subprocess.Popen(
-        ["storescp", "--fork", "+xa", "-aet", AE, "-od", str(out), str(port)],
+        ["storescp", "--fork", "+xa", *tuning, "-aet", AE, "-od", str(out), str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -151,6 +154,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="comma-separated Maximum Length values the listener offers "
         "(CXR_DICOM_MAX_PDU_BYTES; default: the setting's default), a row each",
     )
+    parser.add_argument(
+        "--dcmtk-pdu",
+        type=int,
+        default=None,
+        help="storescp's -pdu (its maximum is 131072; default: DCMTK's 16384)",
+    )
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     apply_threads(args.threads)
@@ -169,13 +178,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for k in (int(v) for v in args.associations.split(",")):
                 # side by side: DCMTK, cxr-triage (each process count), DCMTK again (the
                 # mean of the two)
-                first = run_dcmtk(Path(d), files, k, kind)
+                first = run_dcmtk(Path(d), files, k, kind, args.dcmtk_pdu)
                 cxr = {
                     (n, pdu): run_cxr(bench, files, k, kind, n, pdu)
                     for n in processes
                     for pdu in pdus
                 }
-                second = run_dcmtk(Path(d), files, k, kind)
+                second = run_dcmtk(Path(d), files, k, kind, args.dcmtk_pdu)
                 dcmtk = None if first is None or second is None else (first + second) / 2
                 dcmtk_rate = None if dcmtk is None else len(files) / dcmtk
                 for (n, pdu), elapsed in cxr.items():
