@@ -291,7 +291,7 @@ class ListenerSettings(CommonSettings):
         ge=0,
         description="Maximum Length we offer for P-DATA PDUs (0 = unlimited; pynetdicom's "
         "default is 16382). Large PDUs cut the per-PDU work several-fold; a PDU longer than "
-        "twice this closes the connection",
+        "twice this plus 64 kB closes the connection",
     )
     dicom_tls_cert: Path | None = Field(
         default=None, description="PEM certificate (chain): DICOM TLS when set"

@@ -131,8 +131,8 @@ def _kill_while_decoding(
         status, attempts, owner, _ = _row(engine, instance_id)
         if status == "failed":
             return False
-        if status == "processing" and owner and int(owner.rsplit(":", 1)[1]) not in killed:
-            pid = int(owner.rsplit(":", 1)[1])
+        pid = int(owner.rsplit(":", 1)[1]) if owner else None
+        if status == "processing" and pid is not None and pid not in killed:
             time.sleep(0.3)
             now = _row(engine, instance_id)
             assert (now[0], now[1], now[2]) == (status, attempts, owner), (
