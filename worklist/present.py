@@ -5,11 +5,20 @@ reason text and the JSON shape of one study (``GET /api/worklist`` and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
+from urllib.parse import quote, urlencode
 
-from cxr_db.reads import StudyResults, WorklistEntry
+from cxr_db.accounts import UserInfo
+from cxr_db.reads import ReadView, StudyResults, WorklistEntry
+from cxr_db.result_states import ResultState
 from cxr_db.schema_reading import Finding, ReadState
-from cxr_db.statuses import STATUS_LABELS, InstanceStatus, StatusReason
+from cxr_db.statuses import (
+    PENDING_STATUSES,
+    REASON_STATUSES,
+    STATUS_LABELS,
+    InstanceStatus,
+    StatusReason,
+)
 
 NO_REASON = "no reason given"
 
@@ -134,3 +143,77 @@ def population_text(population: str | None, reason: str | None) -> str | None:
         return None
     label = POPULATION_LABELS.get(population, population)
     return f"{label}: {reason}" if reason else label
+
+
+# ---------------------------------------------------------------------------- pages
+# What the Jinja2 templates (``worklist/templates``) call to turn values into text; the
+# templates escape whatever these return.
+
+NO_VALUE = "–"
+
+
+def utc_time(value: datetime | None) -> str:
+    """``2026-01-02 03:04:05`` (UTC), or a dash."""
+    if value is None:
+        return NO_VALUE
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def utc_hhmm(value: datetime | None) -> str:
+    """``03:04 UTC``, or a dash."""
+    return NO_VALUE if value is None else value.astimezone(UTC).strftime("%H:%M UTC")
+
+
+def score_text(value: float | None) -> str:
+    """A probability to three decimals, or a dash."""
+    return NO_VALUE if value is None else f"{value:.3f}"
+
+
+def status_kind(status: InstanceStatus) -> str:
+    """The badge class of a status: every pending status looks the same."""
+    return "pending" if status in PENDING_STATUSES else status.value
+
+
+def status_note(status: InstanceStatus, reasons: Sequence[StatusReason]) -> str | None:
+    """The text beside a status badge, for the statuses that carry reasons."""
+    return badge_note(status, reasons) if status in REASON_STATUSES else None
+
+
+def study_href(study_instance_uid: str) -> str:
+    return "/studies/" + quote(study_instance_uid, safe=".")
+
+
+def uid_path(uid: str) -> str:
+    """A UID as a URL path segment."""
+    return quote(uid, safe=".")
+
+
+def worklist_href(view: ReadView, **params: str) -> str:
+    query = {"view": view.value, **{k: v for k, v in params.items() if v}}
+    return "/?" + urlencode(query)
+
+
+def study_label(accession: str | None, study_instance_uid: str) -> str:
+    """The accession number, or the end of the Study Instance UID without one."""
+    return accession or "…" + study_instance_uid[-16:]
+
+
+def dicom_status(code: int | None) -> str:
+    return NO_VALUE if code is None else f"0x{code:04X}"
+
+
+RESULT_STATE_LABELS = {
+    ResultState.RECEIVING: "receiving images: the result is not final yet",
+    ResultState.COMPLETE: "complete: results not sent (no destination configured, or sending)",
+    ResultState.RESULTS_SENT: "results sent to PACS",
+    ResultState.RESULTS_FAILED: "results could NOT be sent to PACS",
+}
+
+
+def account_status(user: UserInfo, now: datetime | None = None) -> str:
+    """``active``, ``disabled`` or ``locked until <time>``."""
+    if user.disabled:
+        return "disabled"
+    if user.locked_until is not None and user.locked_until > (now or datetime.now(UTC)):
+        return f"locked until {utc_time(user.locked_until)}"
+    return "active"
