@@ -24,7 +24,6 @@ has two accounts):
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
@@ -155,26 +154,6 @@ def authenticate(request: Request, engine: Engine, config: WebConfig) -> Princip
             )
     request.state.principal = principal
     return principal
-
-
-def requirer(engine: Engine, config: WebConfig) -> Callable[..., Callable[[Request], Principal]]:
-    """``require(*roles)``: a FastAPI dependency that returns the principal or refuses."""
-
-    def require(*roles: Role) -> Callable[[Request], Principal]:
-        allowed = frozenset(roles)
-
-        def dependency(request: Request) -> Principal:
-            principal = authenticate(request, engine, config)
-            if principal is None:
-                raise AuthError(401, "sign in, or send 'Authorization: Bearer TOKEN'")
-            if principal.role not in allowed:
-                names = ", ".join(sorted(r.value for r in allowed))
-                raise AuthError(403, f"this needs the role {names}; you are {principal.role}")
-            return principal
-
-        return dependency
-
-    return require
 
 
 def check_csrf(principal: Principal, submitted: str | None) -> None:

@@ -25,7 +25,14 @@ from cxr_common.clinical import DISCLAIMER
 from cxr_db.accounts import TokenInfo, UserInfo
 from cxr_db.audit import AuditRecord
 from cxr_db.reading import AnswerRecord
-from cxr_db.reads import InstanceDetail, ReadView, StudyDetail, StudyResults, UnreadCounts, WorklistEntry
+from cxr_db.reads import (
+    InstanceDetail,
+    ReadView,
+    StudyDetail,
+    StudyResults,
+    UnreadCounts,
+    WorklistEntry,
+)
 from cxr_db.result_states import SendStatus
 from cxr_db.schema_reading import AuditAction, Finding, ReadState, Role
 from worklist import present

@@ -1,0 +1,41 @@
+"""For operations (role ops): ``GET /readyz`` (JSON) and ``GET /ops`` (the same as a page).
+Ready means healthy (database, broker) and the model files a worker would load verify
+(``worklist.health``). ``/metrics`` is ``worklist.metrics_route``."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Response
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from worklist import pages
+from worklist.deps import Ops, State, WebState
+from worklist.health import check_health, check_model_files
+from worklist.responses import html, nav
+
+router = APIRouter()
+
+
+def readiness(state: WebState) -> tuple[bool, dict[str, object]]:
+    cfg = state.config
+    checks = check_health(state.engine, cfg.broker_url, cfg.broker_timeout_s)
+    model = check_model_files(cfg.resolved_model_dir, cfg.resolved_calibration_path)
+    ok = all(c.ok for c in checks) and model.ok
+    body: dict[str, object] = {"status": "ready" if ok else "not ready"}
+    body.update({c.name: c.as_json() for c in checks})
+    body["model"] = model.as_json()
+    return ok, body
+
+
+@router.get("/readyz")
+def readyz(principal: Ops, state: State) -> JSONResponse:
+    ok, body = readiness(state)
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+@router.get("/ops", response_class=HTMLResponse)
+def ops_page(principal: Ops, state: State) -> Response:
+    ok, body = readiness(state)
+    flat = {k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in body.items()}
+    return html(pages.ops_page(flat, nav(principal)), 200 if ok else 503)

@@ -1,0 +1,301 @@
+"""The radiologists' pages: the worklist (``GET /``), study pages with answers and
+release, the radiograph and heatmap PNGs, and the model card.
+
+``GET /studies/{uid}`` claims the study (``in_progress``) and shows it: patient context,
+score against threshold, radiograph and heatmap, answer form. Each view and each image
+fetch is audited.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from markupsafe import Markup
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from cxr_common.errors import CxrTriageError
+from cxr_db import audit, reading, reads
+from cxr_db.audit import AuditEvent
+from cxr_db.errors import (
+    InvalidAnswerError,
+    StudyAlreadyReadError,
+    StudyClaimedError,
+    StudyNotFoundError,
+)
+from cxr_db.reads import InvalidCursorError, ReadView, WorklistQuery
+from cxr_db.schema_reading import AuditAction, ReadState, Role
+from cxr_db.statuses import InstanceStatus
+from worklist import pages
+from worklist.auth import CSRF_FIELD, HOME, AuthError, Principal, check_csrf
+from worklist.deps import Form, MaybePrincipal, Reader, State, WebState
+from worklist.inputs import UID_RULE, parse_view, record_answer, valid_uid
+from worklist.radiograph import Withheld, patient_context
+from worklist.responses import html, html_error, json_error, nav
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+
+_UNSCORED = tuple(reads.UNSCORED_FINAL)
+
+
+def _drift_banner(engine: Engine) -> Markup:
+    """The drift warning for the worklist page; never stops the page (logged instead)."""
+    from cxr_common.drift import PSI_WARN
+    from cxr_db.drift import current_drift
+
+    try:
+        report = current_drift(engine)
+    except SQLAlchemyError as exc:
+        logger.warning("drift could not be measured (%s)", type(exc).__name__)
+        return Markup("")
+    alerts = report.windows[0].alerts(PSI_WARN) if report.windows else []
+    return pages.drift_banner(alerts, PSI_WARN)
+
+
+@router.get("/", response_class=HTMLResponse)
+def worklist_page(
+    state: State,
+    principal: MaybePrincipal,
+    view: str | None = None,
+    q: str = "",
+    after: str | None = None,
+    status: str | None = None,
+    saved: str | None = None,
+) -> Response:
+    """``?view=unread|read|all&q=&after=`` (unread by default, priority first, paged); other
+    roles are sent to their home page."""
+    if principal is None:
+        raise AuthError(401, "sign in")
+    if principal.role is not Role.RADIOLOGIST:
+        return RedirectResponse(HOME[principal.role], status_code=303)
+    engine, cfg = state.engine, state.config
+    read_view = parse_view(view)
+    if read_view is None:
+        return html_error(400, "Unknown view", "view is unread, read or all.", principal)
+    q = q.strip()[:100]
+    only_unscored = status == "unscored"
+    split = read_view is ReadView.UNREAD and not q and not only_unscored
+    query = WorklistQuery(
+        view=read_view,
+        search=q or None,
+        statuses=_UNSCORED if only_unscored else (),
+        exclude_statuses=_UNSCORED if split else (),
+        limit=cfg.page_size,
+        after=after,
+    )
+    try:
+        page = reads.worklist_page(engine, query)
+    except InvalidCursorError as exc:
+        return html_error(400, "Bad page link", str(exc), principal)
+    unscored: list[reads.WorklistEntry] = []
+    unscored_more = False
+    if split and after is None:
+        side = reads.worklist_page(
+            engine,
+            WorklistQuery(view=ReadView.UNREAD, statuses=_UNSCORED, limit=cfg.page_size),
+        )
+        unscored, unscored_more = side.entries, side.next_cursor is not None
+    params = {"view": read_view.value, "q": q, "status": "unscored" if only_unscored else ""}
+    base = {k: v for k, v in params.items() if v}
+    notice = None
+    if saved and valid_uid(saved):
+        notice = f"Answer saved for study {saved}: it has left the unread list."
+    w = pages.WorklistView(
+        view=read_view,
+        entries=page.entries,
+        now=datetime.now(UTC),
+        counts=reads.unread_counts(engine) if read_view is ReadView.UNREAD else None,
+        unscored=unscored,
+        unscored_more=unscored_more,
+        search=q,
+        only_unscored=only_unscored,
+        next_href="/?" + urlencode({**base, "after": page.next_cursor})
+        if page.next_cursor
+        else None,
+        first_href="/?" + urlencode(base) if after else None,
+        notice=notice,
+        banner=_drift_banner(engine),
+    )
+    return html(pages.worklist_page(w, nav(principal)))
+
+
+def _study_view(
+    state: WebState, uid: str, principal: Principal, message: str | None = None
+) -> pages.StudyView | None:
+    engine = state.engine
+    detail = reads.study_detail(engine, uid)
+    if detail is None:
+        return None
+    patient = None
+    problem = None
+    instance_views: list[pages.InstanceView] = []
+    for inst in detail.instances:
+        burned_in = None
+        if inst.storage_uri:
+            try:
+                ctx = patient_context(inst.storage_uri)
+                burned_in = ctx.burned_in_annotation
+                if patient is None:
+                    patient = ctx
+            except CxrTriageError as exc:
+                problem = (
+                    "Patient context unavailable: the stored file could not be read "
+                    f"({type(exc).__name__})."
+                )
+        scored = inst.status is InstanceStatus.DONE
+        withheld = None
+        if scored and burned_in:
+            withheld = "Radiograph withheld: text is burned into its pixels. View it in the PACS."
+        elif scored and burned_in is None:
+            withheld = "Radiograph unavailable: the stored file could not be read."
+        instance_views.append(pages.InstanceView(inst, scored and burned_in is False, withheld))
+    user = principal.user
+    read = detail.study
+    claimed_by_me = (
+        read.read_state is ReadState.IN_PROGRESS
+        and user is not None
+        and read.claimed_by == user.username
+    )
+    can_answer = user is not None and (read.read_state is ReadState.UNREAD or claimed_by_me)
+    threshold = next((i.threshold for i in detail.instances if i.threshold is not None), None)
+    return pages.StudyView(
+        detail=detail,
+        instances=instance_views,
+        patient=patient,
+        patient_problem=problem,
+        answers=reading.answers_for(engine, uid),
+        can_answer=can_answer,
+        claimed_by_me=claimed_by_me,
+        csrf_token=principal.csrf_token,
+        threshold=threshold,
+        message=message,
+    )
+
+
+@router.get("/studies/{study_instance_uid}", response_class=HTMLResponse)
+def study_page(study_instance_uid: str, principal: Reader, state: State) -> Response:
+    uid = valid_uid(study_instance_uid)
+    if uid is None:
+        return html_error(
+            400, "Malformed Study Instance UID", UID_RULE.capitalize() + ".", principal
+        )
+    engine = state.engine
+    if reads.study_detail(engine, uid) is None:
+        return html_error(
+            404,
+            "Study not found",
+            f"No study with Study Instance UID {uid} is on record.",
+            principal,
+        )
+    audit.record(engine, AuditEvent(AuditAction.STUDY_VIEW, principal.actor(), uid))
+    if principal.user is not None:
+        reading.claim_study(
+            engine,
+            uid,
+            principal.user,
+            timeout=state.config.claim_timeout,
+            client_addr=principal.client_addr,
+        )
+    view = _study_view(state, uid, principal)
+    assert view is not None
+    return html(pages.study_page(view, nav(principal)))
+
+
+@router.post("/studies/{study_instance_uid}/answer")
+def answer_form(study_instance_uid: str, principal: Reader, form: Form, state: State) -> Response:
+    check_csrf(principal, form.get(CSRF_FIELD))
+    uid = valid_uid(study_instance_uid)
+    if uid is None:
+        return html_error(
+            400, "Malformed Study Instance UID", UID_RULE.capitalize() + ".", principal
+        )
+    try:
+        record_answer(state.engine, uid, principal, form)
+    except StudyNotFoundError:
+        return html_error(404, "Study not found", f"No study {uid}.", principal)
+    except (StudyClaimedError, StudyAlreadyReadError, InvalidAnswerError) as exc:
+        view = _study_view(state, uid, principal, f"Not saved: {exc}.")
+        if view is None:
+            return html_error(404, "Study not found", f"No study {uid}.", principal)
+        code = 422 if isinstance(exc, InvalidAnswerError) else 409
+        return html(pages.study_page(view, nav(principal)), code)
+    return RedirectResponse("/?" + urlencode({"saved": uid}), status_code=303)
+
+
+@router.post("/studies/{study_instance_uid}/release")
+def release(study_instance_uid: str, principal: Reader, form: Form, state: State) -> Response:
+    check_csrf(principal, form.get(CSRF_FIELD))
+    uid = valid_uid(study_instance_uid)
+    if uid is None or principal.user is None:
+        return html_error(400, "Cannot release", "Not a study you hold.", principal)
+    try:
+        reading.release_study(state.engine, uid, principal.user, client_addr=principal.client_addr)
+    except StudyNotFoundError:
+        return html_error(404, "Study not found", f"No study {uid}.", principal)
+    return RedirectResponse("/", status_code=303)
+
+
+@router.get("/heatmaps/{sop_instance_uid}.png", response_class=Response)
+def heatmap(sop_instance_uid: str, principal: Reader, state: State) -> Response:
+    uid = valid_uid(sop_instance_uid)
+    if uid is None:
+        return json_error(400, f"malformed SOP Instance UID: {UID_RULE}")
+    engine = state.engine
+    png = reads.heatmap_png(engine, uid)
+    found = reads.instance_file(engine, uid) if png is not None else None
+    if png is None or found is None:
+        return json_error(404, f"no heatmap for SOP Instance UID {uid}")
+    audit.record(
+        engine,
+        AuditEvent(
+            AuditAction.HEATMAP_FETCH,
+            principal.actor(),
+            uid,
+            {"study_instance_uid": found.study_instance_uid},
+        ),
+    )
+    return Response(png, media_type="image/png")
+
+
+@router.get("/images/{sop_instance_uid}.png", response_class=Response)
+def radiograph(sop_instance_uid: str, principal: Reader, state: State) -> Response:
+    uid = valid_uid(sop_instance_uid)
+    if uid is None:
+        return json_error(400, f"malformed SOP Instance UID: {UID_RULE}")
+    engine = state.engine
+    found = reads.instance_file(engine, uid)
+    if found is None or found.status is not InstanceStatus.DONE:
+        return json_error(404, f"no scored radiograph for SOP Instance UID {uid}")
+    try:
+        png = state.radiographs.png(found.storage_uri)
+    except Withheld as exc:
+        return json_error(404, str(exc))
+    except CxrTriageError as exc:
+        logger.warning("radiograph %s could not be rendered (%s)", uid, type(exc).__name__)
+        return json_error(404, f"the stored file of {uid} could not be rendered")
+    audit.record(
+        engine,
+        AuditEvent(
+            AuditAction.IMAGE_FETCH,
+            principal.actor(),
+            uid,
+            {"study_instance_uid": found.study_instance_uid},
+        ),
+    )
+    return Response(png, media_type="image/png")
+
+
+@router.get("/model-card", response_class=HTMLResponse)
+def model_card(principal: Reader, state: State) -> Response:
+    path = state.config.resolved_model_dir / "MODEL_CARD.md"
+    try:
+        card = path.read_text(encoding="utf-8")
+    except OSError:
+        return html_error(404, "No model card", "The model has no MODEL_CARD.md.", principal)
+    return html(pages.model_card_page(card, nav(principal)))
