@@ -1,6 +1,7 @@
 """How a worklist entry is shown, for the web app and the CLI alike: the status label, the
 reason text and the JSON shape of one study (``GET /api/worklist`` and
-``cxr-triage worklist --json`` return the same objects, read state included)."""
+``cxr-triage worklist --json`` return the same objects, read state included), and the
+formatting the page templates call (times, scores, links, labels)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,8 @@ from cxr_db import repository as repo
 from cxr_db.schema_reading import Role
 from cxr_triage.worklist_view import DISCLAIMER
 from tests.conftest import REPO, Services
-from tests.db_rows import record
+from tests.db_rows import prediction, record
+from tests.dicom_factory import chest_like, make_dataset, write
 from tests.integration.reading_rows import PASSWORD, audit_after, audit_mark
 from tests.web_server import (
     PATIENT_ID,
@@ -30,6 +31,7 @@ from tests.web_server import (
     add_token,
     add_user,
     csrf_of,
+    heatmap_png,
     reset_accounts,
     seed_worklist,
     serve,
@@ -488,6 +490,44 @@ def test_malformed_uids_are_400_with_a_message(reader: httpx.Client, uid: str) -
     png = reader.get(f"/heatmaps/{uid}.png")
     assert png.status_code == 400
     assert "malformed SOP Instance UID" in png.json()["detail"]
+
+
+def test_markup_in_stored_values_comes_back_escaped_on_every_page(
+    db: Engine, reader: httpx.Client, tmp_path: Path
+) -> None:
+    """Autoescaping in practice: an accession number (a database value), a patient name (a
+    DICOM header value) and a search (a query value) that are markup are shown as text."""
+    study, sop = "1.2.826.0.1.66.1", "1.2.826.0.1.66.1.1"
+    ds = make_dataset(chest_like(64, seed=0), study_uid=study, sop_uid=sop)
+    ds.PatientName = "<script>alert(1)</script>^Eve"
+    path = write(ds, tmp_path / study / f"{sop}.dcm")
+    rec = repo.InstanceRecord(
+        study_instance_uid=study,
+        sop_instance_uid=sop,
+        sop_class_uid=str(ds.SOPClassUID),
+        series_instance_uid=str(ds.SeriesInstanceUID),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        accession_number='"><img src=x>&',
+        modality="CR",
+        body_part="CHEST",
+        view_position="PA",
+        calling_ae_title="TEST",
+        storage_uri=path.as_uri(),
+        size_bytes=path.stat().st_size,
+    )
+    instance_id = repo.record_instance(db, rec).instance_id
+    repo.record_prediction(db, instance_id, prediction(0.9, threshold=0.42, png=heatmap_png(1)))
+    listing = reader.get("/", params={"q": "<u>x</u>"})
+    assert listing.status_code == 200
+    assert 'value="&lt;u&gt;x&lt;/u&gt;"' in listing.text
+    worklist = reader.get("/").text
+    assert "&#34;&gt;&lt;img src=x&gt;&amp;" in worklist
+    assert "<img" not in worklist
+    page = reader.get(f"/studies/{study}").text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&#34;&gt;&lt;img src=x&gt;&amp;" in page
+    assert "<script>alert" not in page
+    assert "<img src=x" not in page
 
 
 def _seed_flagged_in_bulk(db: Engine, n: int) -> None:

@@ -233,3 +233,25 @@ def test_sign_in_page_has_the_form_token_and_no_script() -> None:
     assert 'type="password"' in page
     assert "<script" not in page
     assert DISCLAIMER in page
+
+
+def test_every_page_escapes_what_it_is_given() -> None:
+    """Autoescaping is on for every template, the layout's header included."""
+    hostile = "<script>alert(1)</script>"
+    nav = pages.Nav(hostile, Role.ADMIN, hostile)
+    audit = pages.AuditView([], {"actor": hostile}, "/admin/audit?actor=" + hostile, 0)
+    rendered = {
+        "error": pages.error_page(hostile, hostile, nav),
+        "model card": pages.model_card_page(hostile, nav),
+        "ops": pages.ops_page({hostile: hostile}, nav),
+        "users": pages.users_page([], [], nav),
+        "audit": pages.audit_page(audit, nav),
+        "sign-in": pages.sign_in_page(hostile, hostile, hostile),
+        "worklist": pages.worklist_page(
+            pages.WorklistView(view=ReadView.ALL, entries=[], now=NOW, search=hostile), nav
+        ),
+    }
+    for name, page in rendered.items():
+        assert "<script>" not in page, name
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page, name
+        assert DISCLAIMER in page, name
