@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -56,7 +57,10 @@ NAV_LINKS: Mapping[Role, Sequence[tuple[str, str, str]]] = {
 }
 
 
+@cache
 def _environment() -> Environment:
+    """The templates' environment, built on first use (templates compile once, then are
+    cached; no reload checks)."""
     env = Environment(
         loader=PackageLoader("worklist", "templates"),
         autoescape=True,
@@ -99,17 +103,14 @@ def _environment() -> Environment:
     return env
 
 
-_ENV = _environment()
-
-
 def render(template: str, nav: Nav | None = None, **context: Any) -> str:
     """``template`` rendered with ``context`` (and the header for ``nav``)."""
-    return _ENV.get_template(template).render(nav=nav, **context)
+    return _environment().get_template(template).render(nav=nav, **context)
 
 
 def _macro(name: str, *args: Any) -> Markup:
     """One macro of ``macros.html``, rendered (escaped like any template output)."""
-    macro = getattr(_ENV.get_template("macros.html").module, name)
+    macro = getattr(_environment().get_template("macros.html").module, name)
     return Markup(macro(*args))
 
 
