@@ -230,7 +230,9 @@ def run_results_worker(settings: ResultSettings) -> int:
     stop = threading.Event()
     if settings.result_heartbeat_file is not None:
         threading.Thread(
-            target=_heartbeat, args=(settings.result_heartbeat_file, stop), daemon=True
+            target=_heartbeat,
+            args=(settings.result_heartbeat_file, lambda: True, stop),
+            daemon=True,
         ).start()
     try:
         app.worker_main(argv)
