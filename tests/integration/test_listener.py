@@ -30,7 +30,7 @@ from cxr_common.storage import open_storage
 from cxr_db import make_engine
 from cxr_db import repository as repo
 from cxr_queue import make_celery
-from dicom_listener.reconciler import Reconciler
+from cxr_scheduler.reconciler import Reconciler
 from dicom_listener.server import ListenerHandle, start_listener
 from dicom_listener.statuses import CALLING_AE_REJECTION, EchoStatus, StoreStatus
 from tests.conftest import SAMPLES, Services
