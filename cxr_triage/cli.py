@@ -199,6 +199,7 @@ def _cmd_web(args: argparse.Namespace, settings: WebSettings) -> int:
 
 def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
     from cxr_triage.processes import (
+        ROLES,
         Child,
         RestartPolicy,
         restart_dead_workers,
@@ -222,13 +223,12 @@ def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
             env = services.child_env(dict(os.environ))
             if args.listener_processes is not None:
                 env["CXR_LISTENER_PROCESSES"] = str(settings.listener_processes)
-            children.append(spawn("listener", ["listen"], env))
-            children.append(spawn("scheduler", ["schedule"], env))
-            for i in range(args.workers):
-                children.append(spawn(f"worker-{i + 1}", ["work"], env))
-            children.append(spawn("results", ["send-results"], env))
-            if not args.no_web:
-                children.append(spawn("web", ["web"], env))
+            for role in ROLES:  # the services of docker-compose.yml
+                if role.name == "worker":
+                    for i in range(args.workers):
+                        children.append(spawn(f"worker-{i + 1}", role.command, env))
+                elif role.name != "web" or not args.no_web:
+                    children.append(spawn(role.name, role.command, env))
             host = "127.0.0.1" if settings.dicom_host in ("0.0.0.0", "") else settings.dicom_host
             wait_for_port(host, settings.dicom_port, children)
             web = (
