@@ -75,8 +75,6 @@ def start(services: Services, engine: Engine, tmp_path: Path) -> Iterator[StartL
             "storage_uri": (tmp_path / "instances").as_uri(),
             "dicom_host": "127.0.0.1",
             "dicom_port": 0,
-            "reconcile_interval_s": 3600.0,  # passes are run explicitly in these tests
-            "reconcile_grace_s": 0.0,
         }
         values.update(overrides)
         settings = ListenerSettings(**values)  # type: ignore[arg-type]
