@@ -156,7 +156,8 @@ class ResultsRuntime:
 
     @property
     def uid_root(self) -> str:
-        """Resolved on first use: the listener (which enqueues every job) made it by then."""
+        """Resolved on first use: ``CXR_UID_ROOT``, or the generated root in the data folder
+        shared with the listener (made by whichever starts first; the first writer wins)."""
         if self._uid_root is None:
             self._uid_root = load_or_create_uid_root(self._uid_root_file, self._uid_root_setting)
         return self._uid_root
