@@ -41,7 +41,7 @@ from cxr_common.population import PopulationPolicy, UnknownAge
 #: mid-job). ``cxr_queue.make_celery`` sets it on the broker; every task must finish well
 #: within it (``WorkerSettings.task_time_limit_s``) or a running job is handed to a
 #: second worker. It is the second line: the worker's lease on the row (renewed while it
-#: works, ``lease_ttl_s``) and the listener's reconciler bring a dead worker's jobs back
+#: works, ``lease_ttl_s``) and the scheduler's reconciler bring a dead worker's jobs back
 #: within a minute.
 BROKER_VISIBILITY_TIMEOUT_S = 600
 
@@ -209,29 +209,14 @@ class ListenerSettings(CommonSettings):
         ge=1,
         description="listener processes sharing CXR_DICOM_PORT (SO_REUSEPORT, Linux): the "
         "kernel spreads connections over them; the association, per-peer and connection "
-        "limits apply to each process; one process (child 0) runs the reconciler and the "
-        "completeness monitor; child i serves metrics on CXR_METRICS_PORT + i. Needs a "
+        "limits apply to each process; child i serves metrics on CXR_METRICS_PORT + i. Needs a "
         "fixed port (not 0)",
     )
     listener_process_index: int | None = Field(
         default=None,
         ge=0,
         description="internal: set by the parent of CXR_LISTENER_PROCESSES > 1 for each child "
-        "(binds with SO_REUSEPORT; only child 0 runs the background jobs)",
-    )
-    reconcile_interval_s: float = Field(default=10.0, gt=0)
-    reconcile_grace_s: float = Field(default=15.0, ge=0)
-    stale_processing_s: float = Field(
-        default=1800.0, gt=0, description="re-enqueue instances 'processing' for this long"
-    )
-    study_quiet_s: float = Field(
-        default=30.0,
-        ge=0,
-        description="a study is complete when no instance arrived for this long and none "
-        "is pending; then its results are sent",
-    )
-    completeness_interval_s: float = Field(
-        default=5.0, gt=0, description="how often the listener looks for complete studies"
+        "(binds with SO_REUSEPORT)",
     )
 
     @field_validator("ae_title")
@@ -359,6 +344,30 @@ class ListenerSettings(CommonSettings):
     metrics_host: str = Field(default="127.0.0.1", description="where CXR_METRICS_PORT listens")
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="serve /metrics here; unset = off"
+    )
+
+
+class SchedulerSettings(CommonSettings):
+    """The ``scheduler`` role (``cxr-triage schedule``): the reconciler and the study
+    completeness monitor."""
+
+    reconcile_interval_s: float = Field(default=10.0, gt=0)
+    reconcile_grace_s: float = Field(default=15.0, ge=0)
+    stale_processing_s: float = Field(
+        default=1800.0, gt=0, description="re-enqueue instances 'processing' for this long"
+    )
+    study_quiet_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="a study is complete when no instance arrived for this long and none "
+        "is pending; then its results are sent",
+    )
+    completeness_interval_s: float = Field(
+        default=5.0, gt=0, description="how often the scheduler looks for complete studies"
+    )
+    scheduler_heartbeat_file: Path | None = Field(
+        default=None,
+        description="touched every 10 s while both periodic jobs pass (healthchecks)",
     )
 
 
@@ -599,9 +608,12 @@ class ResultSettings(CommonSettings):
         return value
 
 
-class SupervisorSettings(ListenerSettings, WorkerSettings, WebSettings, ResultSettings):
+class SupervisorSettings(
+    ListenerSettings, SchedulerSettings, WorkerSettings, WebSettings, ResultSettings
+):
     """``cxr-triage up`` and ``demo``: every setting of the children they start (listener,
-    workers, web), checked before any starts, and the addresses they print."""
+    scheduler, workers, results, web), checked before any starts, and the addresses they
+    print."""
 
 
 def normalise_database_url(url: str) -> str:
@@ -624,6 +636,10 @@ def describe_settings_error(exc: ValidationError) -> str:
 
 def listener_settings() -> ListenerSettings:
     return ListenerSettings()
+
+
+def scheduler_settings() -> SchedulerSettings:
+    return SchedulerSettings()
 
 
 def worker_settings() -> WorkerSettings:

@@ -30,6 +30,7 @@ from cxr_common.settings import (
     CommonSettings,
     ListenerSettings,
     ResultSettings,
+    SchedulerSettings,
     SupervisorSettings,
     WebSettings,
     WorkerSettings,
@@ -167,12 +168,18 @@ def _supervise_worker(settings: WorkerSettings) -> int:
         return supervise("worker", cxr_triage_command("work"), env, stop)
 
 
+def _cmd_schedule(args: argparse.Namespace, settings: SchedulerSettings) -> int:
+    from cxr_scheduler.service import run_scheduler
+
+    return _run_with_services(settings, run_scheduler)
+
+
 def _cmd_send_results(args: argparse.Namespace, settings: ResultSettings) -> int:
     from cxr_results import parse_destinations
-    from worker.app import run_results_worker
+    from cxr_sender.service import run_results_sender
 
     parse_destinations(settings.result_destinations)  # a malformed entry: exit 2 at once
-    return _run_with_services(settings, run_results_worker)
+    return _run_with_services(settings, run_results_sender)
 
 
 def _cmd_web(args: argparse.Namespace, settings: WebSettings) -> int:
@@ -192,6 +199,7 @@ def _cmd_web(args: argparse.Namespace, settings: WebSettings) -> int:
 
 def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
     from cxr_triage.processes import (
+        ROLES,
         Child,
         RestartPolicy,
         restart_dead_workers,
@@ -215,12 +223,12 @@ def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
             env = services.child_env(dict(os.environ))
             if args.listener_processes is not None:
                 env["CXR_LISTENER_PROCESSES"] = str(settings.listener_processes)
-            children.append(spawn("listener", ["listen"], env))
-            for i in range(args.workers):
-                children.append(spawn(f"worker-{i + 1}", ["work"], env))
-            children.append(spawn("results", ["send-results"], env))
-            if not args.no_web:
-                children.append(spawn("web", ["web"], env))
+            for role in ROLES:  # the services of docker-compose.yml
+                if role.name == "worker":
+                    for i in range(args.workers):
+                        children.append(spawn(f"worker-{i + 1}", role.command, env))
+                elif role.name != "web" or not args.no_web:
+                    children.append(spawn(role.name, role.command, env))
             host = "127.0.0.1" if settings.dicom_host in ("0.0.0.0", "") else settings.dicom_host
             wait_for_port(host, settings.dicom_port, children)
             web = (
@@ -312,7 +320,7 @@ def _cmd_requeue(args: argparse.Namespace, settings: CommonSettings) -> int:
                     )
                 except Exception as exc:  # noqa: BLE001 - broker errors come in many types
                     print(
-                        f"broker unavailable ({type(exc).__name__}): the listener's reconciler "
+                        f"broker unavailable ({type(exc).__name__}): the scheduler's reconciler "
                         "enqueues the rest once it is back",
                         file=sys.stderr,
                     )
@@ -449,8 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "up",
-        help="run listener, workers and web worklist in the foreground until Ctrl-C/SIGTERM",
-        description="Run the DICOM listener, N workers and the web worklist (embedded "
+        help="run every role (listener, scheduler, workers, results, web) until Ctrl-C/SIGTERM",
+        description="Run the roles compose runs, as child processes: the DICOM listener, the "
+        "scheduler, N workers, the results sender and the web worklist (embedded "
         "Postgres/Redis unless configured) until Ctrl-C or SIGTERM, then stop cleanly.",
     )
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
@@ -509,6 +518,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="maximum batch size (CXR_BATCH_MAX_SIZE)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     p.set_defaults(func=_cmd_work, settings_class=WorkerSettings)
+
+    p = sub.add_parser(
+        "schedule",
+        help="run the scheduler: reconciler + study completeness (periodic jobs)",
+        description="Run the periodic jobs that keep every study moving: the reconciler "
+        "(re-enqueues instances committed but in no worker's hands) and the study "
+        "completeness monitor (marks quiet studies complete, enqueues their results). "
+        "Settings: CXR_RECONCILE_INTERVAL_S, CXR_RECONCILE_GRACE_S, CXR_STALE_PROCESSING_S, "
+        "CXR_STUDY_QUIET_S, CXR_COMPLETENESS_INTERVAL_S, CXR_SCHEDULER_HEARTBEAT_FILE.",
+    )
+    p.set_defaults(func=_cmd_schedule, settings_class=SchedulerSettings)
 
     p = sub.add_parser(
         "send-results",

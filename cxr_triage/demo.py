@@ -1,11 +1,12 @@
 """``cxr-triage demo``: the whole spine on the bundled samples, start to finish.
 
-Starts (or uses) Postgres and Redis, migrates, starts a listener and a worker, sends the
-bundled sample studies over a real DICOM association, waits until each instance is final,
-prints the triaged worklist, writes the heatmaps, stops everything it started.
+Starts (or uses) Postgres and Redis, migrates, starts a listener, the scheduler and a
+worker, sends the bundled sample studies over a real DICOM association, waits until each
+instance is final, prints the triaged worklist, writes the heatmaps, stops everything it
+started.
 
 The demo starts no results sender (``send-results``): nothing goes to PACS, whatever
-``CXR_RESULT_DESTINATIONS`` says. Its listener still completes quiet studies and enqueues
+``CXR_RESULT_DESTINATIONS`` says. Its scheduler still completes quiet studies and enqueues
 their results jobs, on a results queue of the demo's own (:func:`demo_results_queue`), which
 the demo empties when it stops: with a configured broker, a site's running sender never sees
 the demo's sample studies, and nothing is left behind.
@@ -203,6 +204,7 @@ def _run(
             )
             env = dict(os.environ) | settings_env(settings, CHILD_SETTINGS)
             children.append(spawn("listener", ["listen"], env, children_log))
+            children.append(spawn("scheduler", ["schedule"], env, children_log))
             children.append(spawn("worker", ["work"], env, children_log))
             bar.update()
             bar.set_postfix_str("waiting for the listener")

@@ -93,7 +93,7 @@ def model_list(engine: Engine, args: argparse.Namespace, *, stdout: TextIO | Non
 def model_register(
     engine: Engine, args: argparse.Namespace, *, stdout: TextIO | None = None
 ) -> int:
-    from worker.registry import read_model_folder
+    from cxr_registry import read_model_folder
 
     new = read_model_folder(
         Path(args.dir), args.calibration, version=args.version or None, reference=args.reference
@@ -542,7 +542,7 @@ def migrate_registers_model(settings: WorkerSettings, database_url: str) -> Mode
     """What ``cxr-triage migrate`` runs after the schema: the configured model registered and
     active when no model is."""
     from cxr_db import make_engine
-    from worker.registry import ensure_configured_model
+    from cxr_registry import ensure_configured_model
 
     engine = make_engine(database_url, pool_size=1)
     try:

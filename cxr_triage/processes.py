@@ -1,5 +1,5 @@
-"""Start and stop the child processes of ``up`` and ``demo`` (listener, workers), and
-restart a worker that dies (``supervise`` for ``cxr-triage work``, ``RestartPolicy`` for
+"""Start and stop the child processes of ``up`` and ``demo`` (one per role, :data:`ROLES`),
+and restart a worker that dies (``supervise`` for ``cxr-triage work``, ``RestartPolicy`` for
 the workers of ``up``)."""
 
 from __future__ import annotations
@@ -20,6 +20,27 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Role:
+    """One background role: its name (the compose service, the child of ``up``) and the
+    ``cxr-triage`` command that runs it."""
+
+    name: str
+    command: tuple[str, ...]
+    runs: str
+
+
+#: Every long-running role, in start order: ``cxr-triage up`` starts one child each (N
+#: workers), docker-compose.yml one service each (tests/unit/test_deploy.py checks both).
+ROLES: tuple[Role, ...] = (
+    Role("listener", ("listen",), "DICOM C-ECHO/C-STORE in: file, row, scoring job"),
+    Role("scheduler", ("schedule",), "reconciler and study completeness (periodic jobs)"),
+    Role("worker", ("work",), "scoring jobs: decode, score in batches, heatmaps"),
+    Role("results", ("send-results",), "results of complete studies to PACS (C-STORE)"),
+    Role("web", ("web",), "the radiologists' web worklist"),
+)
 
 
 @dataclass

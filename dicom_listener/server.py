@@ -2,9 +2,10 @@
 
 With ``CXR_LISTENER_PROCESSES`` > 1, ``cxr-triage listen`` runs that many children of
 this listener on one port (``cxr_triage.cli``); each is told its index
-(``CXR_LISTENER_PROCESS_INDEX``): it binds with ``SO_REUSEPORT``, only child 0 runs the
-reconciler and the completeness monitor, and child i serves metrics on
-``CXR_METRICS_PORT`` + i. Every child keeps the same durability: a success status still
+(``CXR_LISTENER_PROCESS_INDEX``): it binds with ``SO_REUSEPORT`` and child i serves
+metrics on ``CXR_METRICS_PORT`` + i. The listener only listens: the reconciler and the
+study completeness monitor are the ``scheduler`` role's (``cxr_scheduler``,
+``cxr-triage schedule``). Every child keeps the same durability: a success status still
 means the file is fsynced and its row committed."""
 
 from __future__ import annotations
@@ -39,11 +40,9 @@ from dicom_listener.boundary import (
     spool_to_staging,
     tls_context,
 )
-from dicom_listener.completeness import CompletenessMonitor
 from dicom_listener.handlers import ACCEPTED_SOP_CLASSES, StoreHandler, handle_echo
 from dicom_listener.loopback import LOOPBACK_SOP_CLASSES, LoopbackGuard
 from dicom_listener.pdu import bounded_fast_reads
-from dicom_listener.reconciler import Reconciler
 
 logger = logging.getLogger(__name__)
 
@@ -72,20 +71,14 @@ class ListenerHandle:
     port: int
     ae_title: str
     server: ThreadedAssociationServer
-    reconciler: Reconciler | None
     _stopped: bool = field(default=False, repr=False)
     metrics: MetricsServer | None = None
-    completeness: CompletenessMonitor | None = None
 
     def shutdown(self) -> None:
-        """Stop accepting associations, end the open ones and stop the reconciler."""
+        """Stop accepting associations and end the open ones."""
         if self._stopped:
             return
         self._stopped = True
-        if self.reconciler is not None:
-            self.reconciler.stop()
-        if self.completeness is not None:
-            self.completeness.stop()
         self.server.shutdown()
         if self.metrics is not None:
             self.metrics.close()
@@ -118,7 +111,7 @@ def build_ae(settings: ListenerSettings) -> AE:
 def start_listener(
     settings: ListenerSettings, engine: Engine, celery_app: Celery
 ) -> ListenerHandle:
-    """Start the SCP in background threads plus the reconciler; return at once."""
+    """Start the SCP in background threads; return at once."""
     configure_pynetdicom()
     storage = open_storage(settings.resolved_storage_uri)
     try:
@@ -173,21 +166,6 @@ def start_listener(
     ae._servers.append(server)
     port = int(server.server_address[1])
     index = settings.listener_process_index
-    # one process of several runs the background jobs (they would be safe in all: SKIP
-    # LOCKED; one is enough and spares the database)
-    reconciler: Reconciler | None = None
-    completeness: CompletenessMonitor | None = None
-    if not index:
-        reconciler = Reconciler(
-            engine,
-            celery_app,
-            settings.queue_name,
-            interval_s=settings.reconcile_interval_s,
-            grace_s=settings.reconcile_grace_s,
-            stale_processing_s=settings.stale_processing_s,
-        )
-        reconciler.start()
-        completeness = _start_completeness(settings, engine, celery_app)
     logger.info(
         "listener %s%s on %s:%d (%s, max %d associations, %d per peer; calling AE "
         "allow-list: %s; peer networks: %s; called AE title: %s; storage %s)",
@@ -213,25 +191,8 @@ def start_listener(
         port,
         settings.ae_title,
         server,
-        reconciler,
-        completeness=completeness,
         metrics=metrics,
     )
-
-
-def _start_completeness(
-    settings: ListenerSettings, engine: Engine, celery_app: Celery
-) -> CompletenessMonitor:
-    """The study completeness job beside the reconciler (see ``completeness``)."""
-    monitor = CompletenessMonitor(
-        engine,
-        celery_app,
-        settings.results_queue_name,
-        quiet_s=settings.study_quiet_s,
-        interval_s=settings.completeness_interval_s,
-    )
-    monitor.start()
-    return monitor
 
 
 def _counted(store: StoreHandler) -> Callable[[Event], Dataset]:

@@ -113,7 +113,7 @@ def _summary(
 def run_kill9(base: Path, n: int, kills: int, redis_url: str, db_url: str) -> dict[str, object]:
     engine = make_engine(db_url)
     queue = f"rel-kill9-{uuid.uuid4().hex[:6]}"
-    settings = listener_settings(db_url, redis_url, queue, base / "data", **PRODUCTION_TIMING)
+    settings = listener_settings(db_url, redis_url, queue, base / "data")
     pool = Workers(worker_env(db_url, redis_url, queue, base / "data") | WORKER_ENV, base)
     seen: set[int] = set()
     stop = threading.Event()
@@ -121,7 +121,7 @@ def run_kill9(base: Path, n: int, kills: int, redis_url: str, db_url: str) -> di
     files = _files(base / "in", n, "K")
     sent: list[int] = []
     try:
-        with running_listener(settings, engine) as port:
+        with running_listener(settings, engine, PRODUCTION_TIMING) as port:
             # Sent while the workers run and die, so that there is work to hold at each kill.
             sender = threading.Thread(
                 target=lambda: sent.append(
@@ -196,12 +196,12 @@ def run_postgres(base: Path, n: int, outage_s: float, redis_url: str) -> dict[st
     pg.migrate()
     engine = make_engine(pg.url)
     queue = f"rel-pg-{uuid.uuid4().hex[:6]}"
-    settings = listener_settings(pg.url, redis_url, queue, base / "data", **PRODUCTION_TIMING)
+    settings = listener_settings(pg.url, redis_url, queue, base / "data")
     pool = Workers(worker_env(pg.url, redis_url, queue, base / "data") | WORKER_ENV, base)
     seen: set[int] = set()
     stop = threading.Event()
     try:
-        with running_listener(settings, engine) as port:
+        with running_listener(settings, engine, PRODUCTION_TIMING) as port:
             report = send_paths(_files(base / "in", n, "P"), "127.0.0.1", port, progress=False)
             for _ in range(2):
                 pool.start()
@@ -242,14 +242,14 @@ def run_redis(base: Path, n: int, outage_s: float, db_url: str) -> dict[str, obj
     server.start()
     engine = make_engine(db_url)
     queue = f"rel-redis-{uuid.uuid4().hex[:6]}"
-    settings = listener_settings(db_url, server.url, queue, base / "data", **PRODUCTION_TIMING)
+    settings = listener_settings(db_url, server.url, queue, base / "data")
     pool = Workers(worker_env(db_url, server.url, queue, base / "data") | WORKER_ENV, base)
     seen: set[int] = set()
     stop = threading.Event()
     files = _files(base / "in", n, "R")
     sent: list[int] = []
     try:
-        with running_listener(settings, engine) as port:
+        with running_listener(settings, engine, PRODUCTION_TIMING) as port:
             for _ in range(2):
                 pool.start()
             threading.Thread(target=_pids_seen, args=(pool, seen, stop), daemon=True).start()

@@ -191,23 +191,33 @@ def listener_settings(
         storage_uri=(data_dir / "instances").as_uri(),
         dicom_host="127.0.0.1",
         dicom_port=0,
-        **{**FAST_RECONCILER, **overrides},
+        **overrides,
     )
 
 
 @contextmanager
-def running_listener(settings: ListenerSettings, engine: Engine) -> Iterator[int]:
-    """A real C-STORE listener (with its reconciler) in this process; yields the port."""
+def running_listener(
+    settings: ListenerSettings, engine: Engine, timing: dict[str, float] | None = None
+) -> Iterator[int]:
+    """A real C-STORE listener and the scheduler (its reconciler, on the fast timing) in
+    this process; yields the port. ``timing``: the reconciler's (default FAST_RECONCILER)."""
+    from cxr_common.settings import SchedulerSettings
     from cxr_queue import make_celery
+    from cxr_scheduler.service import start_scheduler
     from dicom_listener.server import start_listener
 
-    handle = start_listener(
-        settings, engine, make_celery(settings.broker_url_value(), settings.queue_name)
+    app = make_celery(settings.broker_url_value(), settings.queue_name)
+    scheduler = start_scheduler(
+        SchedulerSettings.model_validate({**dict(settings), **(timing or FAST_RECONCILER)}),
+        engine,
+        app,
     )
+    handle = start_listener(settings, engine, app)
     try:
         yield handle.port
     finally:
         handle.shutdown()
+        scheduler.shutdown()
 
 
 def held_by(engine: Engine) -> dict[int, list[int]]:

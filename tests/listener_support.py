@@ -35,8 +35,6 @@ def listener_settings(services: Services, folder: Path, **overrides: object) -> 
         "storage_uri": (folder / "instances").as_uri(),
         "dicom_host": "127.0.0.1",
         "dicom_port": 0,
-        "reconcile_interval_s": 3600.0,
-        "reconcile_grace_s": 0.0,
     }
     values.update(overrides)
     return ListenerSettings(**values)  # type: ignore[arg-type]

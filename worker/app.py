@@ -11,7 +11,9 @@ with "Unrecoverable error" when Redis goes away while jobs are being acknowledge
 (kombu's ``restore_unacked`` on a closed connection); the jobs it held come back through
 their lapsed leases, so a restart loses nothing.
 
-The heartbeat file (``heartbeat_file``, for container healthchecks) is touched only while
+The process is run by the shared consumer runner (``cxr_queue.runner``: argv, logging,
+heartbeat, metrics, shutdown). The heartbeat file (``heartbeat_file``, for container
+healthchecks) is touched only while
 the process makes progress (a job or a batch finished within ``STALL_S``) or is idle with
 an empty queue; a process that holds jobs and finishes none leaves it alone.
 """
@@ -20,21 +22,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import socket
-import threading
-import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 from celery import Celery
-from celery.signals import setup_logging
 
-from cxr_common.settings import ResultSettings, WorkerSettings, resolve_batching
+from cxr_common.settings import WorkerSettings, resolve_batching
 from cxr_db import make_engine
 from cxr_imaging.limits import DecodeLimits
 from cxr_queue import make_celery
 from cxr_queue.live import queue_depth
+from cxr_queue.runner import Consumer, run_consumer
 from worker import metrics as worker_metrics
 from worker.leases import Progress
 from worker.pipeline import Reliability, ScoringRuntime
@@ -46,16 +43,12 @@ log = logging.getLogger(__name__)
 STALL_S = 60.0
 
 
-@setup_logging.connect  # type: ignore[untyped-decorator]
-def _keep_our_logging(**_: object) -> None:
-    """Stop Celery from replacing the logging configuration."""
-
-
 def build_runtime(settings: WorkerSettings) -> ScoringRuntime:
     """Open the database engine and load the registry's active and shadow models
     (sha256-verified, each with its registered calibration); an empty registry gets the
     configured model (``CXR_MODEL_DIR``, default the shipped one) registered and active."""
-    from worker.registry import ServedModels, ensure_configured_model
+    from cxr_registry import ensure_configured_model
+    from worker.registry import ServedModels
 
     apply_torch_threads(settings)
     batch, concurrency = resolve_batching(settings, _device_type(settings.device))
@@ -136,6 +129,7 @@ def is_healthy(progress: Progress, depth: Callable[[], int], stall_s: float = ST
     if since < stall_s:
         return True
     if in_flight:
+        log.warning("jobs in flight but none finished in %.0f s", stall_s)
         return False
     try:
         return depth() == 0
@@ -144,97 +138,25 @@ def is_healthy(progress: Progress, depth: Callable[[], int], stall_s: float = ST
         return False
 
 
-def _heartbeat(
-    path: Path, healthy: Callable[[], bool], stop: threading.Event, every_s: float = 10.0
-) -> None:
-    while not stop.is_set():
-        if healthy():
-            path.touch()
-        else:
-            log.warning("heartbeat withheld: jobs in flight but none finished in %.0f s", STALL_S)
-        stop.wait(every_s)
-
-
 def run_worker(settings: WorkerSettings) -> int:
-    """Consume scoring jobs until SIGTERM/SIGINT (Celery's warm shutdown)."""
-    # Containers run as an unprivileged user (deploy/Dockerfile); in a root dev shell the
-    # JSON-only serializer makes Celery's superuser warning moot, so keep the log readable.
-    warnings.filterwarnings("ignore", message=".*superuser privileges.*")
+    """Consume scoring jobs until SIGTERM/SIGINT (Celery's warm shutdown), through the
+    shared consumer runner (``cxr_queue.runner``)."""
     app, runtime = create_app(settings)
-    worker_metrics.install(settings, runtime)
-    argv = [
-        "--quiet",  # no banner: our own log line says what was loaded
-        "worker",
-        "--pool=threads",
-        f"--concurrency={runtime.concurrency}",
-        f"--queues={settings.queue_name}",
-        f"--hostname=cxr-worker-{os.getpid()}@{socket.gethostname()}",
-        f"--loglevel={settings.log_level}",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-    ]
-    stop = threading.Event()
-    if settings.heartbeat_file is not None:
 
-        def healthy() -> bool:
-            return is_healthy(runtime.progress, lambda: queue_depth(app, settings.queue_name))
+    def healthy() -> bool:
+        return is_healthy(runtime.progress, lambda: queue_depth(app, settings.queue_name))
 
-        threading.Thread(
-            target=_heartbeat, args=(settings.heartbeat_file, healthy, stop), daemon=True
-        ).start()
-    try:
-        app.worker_main(argv)
-    finally:
-        stop.set()
-        runtime.close()
-    return 0
-
-
-# ---------------------------------------------------------------- results to PACS
-
-
-def run_results_worker(settings: ResultSettings) -> int:
-    """``cxr-triage send-results``: consume the results queue only (no model is loaded).
-
-    A process of its own, so that C-STOREs waiting on a slow or absent PACS never hold a
-    scoring thread: scoring goes on whatever the PACS does. One thread per job; the jobs
-    are few (one per complete study) and mostly wait on the network."""
-    from cxr_results import parse_destinations
-    from worker.results import ResultsRuntime, register_results_task
-
-    warnings.filterwarnings("ignore", message=".*superuser privileges.*")
-    destinations = parse_destinations(settings.result_destinations)  # fail fast when malformed
-    log.info(
-        "results to %s as %s",
-        ", ".join(map(str, destinations)) or "no destination (nothing is sent)",
-        settings.result_calling_ae_title,
+    consumer = Consumer(
+        role="worker",
+        queues=[settings.queue_name],
+        concurrency=runtime.concurrency,
+        log_level=settings.log_level,
+        heartbeat_file=settings.heartbeat_file,
+        healthy=healthy,
     )
-    app = make_celery(settings.broker_url_value(), settings.results_queue_name)
-    runtime = ResultsRuntime(make_engine(settings.database_url_value(), pool_size=6), settings)
-    register_results_task(
-        app, lambda: runtime, settings.result_max_retries, settings.result_retry_max_backoff_s
+    return run_consumer(
+        app,
+        consumer,
+        install_metrics=lambda: worker_metrics.install(settings, runtime),
+        close=runtime.close,
     )
-    argv = [
-        "--quiet",
-        "worker",
-        "--pool=threads",
-        "--concurrency=4",
-        f"--queues={settings.results_queue_name}",
-        f"--hostname=cxr-results-{os.getpid()}@{socket.gethostname()}",
-        f"--loglevel={settings.log_level}",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-    ]
-    stop = threading.Event()
-    if settings.result_heartbeat_file is not None:
-        threading.Thread(
-            target=_heartbeat, args=(settings.result_heartbeat_file, stop), daemon=True
-        ).start()
-    try:
-        app.worker_main(argv)
-    finally:
-        stop.set()
-        runtime.close()
-    return 0

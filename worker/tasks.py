@@ -1,6 +1,8 @@
 """The Celery task: validate the payload, run the pipeline, retry only what may recover.
 
-Transient errors are retried with exponential backoff (capped); after the last retry, and
+Transient errors are retried with jittered exponential backoff, capped at the reconciler's
+``MAX_RETRY_COUNTDOWN_S`` (``cxr_queue.retries``, shared with the results task); after the
+last retry, and
 for any permanent or unexpected error, the instance is written as ``failed`` with a reason,
 so it stays visible on the worklist instead of vanishing. A database outage never writes
 ``failed``: after the last retry the row stays pending and the listener's reconciler
@@ -20,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from cxr_common.errors import TransientError
 from cxr_db import repository as repo
 from cxr_queue import MAX_RETRY_COUNTDOWN_S, SCORE_TASK, ScoreJob
+from cxr_queue.retries import RetryPolicy, retries_so_far, retry_later
 from worker.outcomes import JobOutcome
 from worker.pipeline import DatabaseUnavailableError, ScoringRuntime
 
@@ -28,13 +31,14 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = MAX_RETRY_COUNTDOWN_S
 
 
-def backoff_seconds(retries: int) -> int:
-    """1, 2, 4, ... seconds, capped at ``MAX_BACKOFF_S``."""
-    return int(min(2**retries, MAX_BACKOFF_S))
+def retry_policy(max_retries: int) -> RetryPolicy:
+    """Scoring retries: 1, 2, 4, ... s (jittered), never longer than the reconciler waits."""
+    return RetryPolicy(max_retries=max_retries, max_backoff_s=MAX_BACKOFF_S)
 
 
 def register_tasks(app: Celery, runtime: Callable[[], ScoringRuntime], max_retries: int) -> Task:
     """Register ``cxr.score_instance`` on ``app``; ``runtime`` returns the loaded runtime."""
+    policy = retry_policy(max_retries)
 
     @app.task(  # type: ignore[untyped-decorator]
         name=SCORE_TASK, bind=True, acks_late=True, max_retries=max_retries
@@ -49,8 +53,8 @@ def register_tasks(app: Celery, runtime: Callable[[], ScoringRuntime], max_retri
         try:
             return rt.process(parsed).status.value
         except TransientError as exc:
-            retries = int(self.request.retries or 0)
-            if retries >= max_retries:
+            retries = retries_so_far(self)
+            if policy.exhausted(retries):
                 if isinstance(exc, DatabaseUnavailableError):
                     log.error(
                         "database unavailable through %d attempts: instance %d stays pending; "
@@ -67,7 +71,7 @@ def register_tasks(app: Celery, runtime: Callable[[], ScoringRuntime], max_retri
                 _record_failed(rt, parsed, reason)
                 return JobOutcome.FAILED.value
             log.warning("transient error, retry %d: %s", retries + 1, exc)
-            raise self.retry(exc=exc, countdown=backoff_seconds(retries)) from exc
+            retry_later(self, exc, policy)
         except Exception as exc:
             log.exception("unexpected error scoring instance %d", parsed.instance_id)
             _record_failed(

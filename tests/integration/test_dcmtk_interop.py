@@ -54,7 +54,6 @@ def listener(services: Services, engine: Engine, tmp_path: Path) -> Iterator[Lis
         dicom_host="127.0.0.1",
         dicom_port=0,
         allowed_calling_ae_titles="DCMTK_SCU",
-        reconcile_interval_s=3600,
     )
     handle = start_listener(settings, engine, make_celery(services.broker_url, services.queue_name))
     yield handle

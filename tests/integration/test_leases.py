@@ -17,7 +17,7 @@ from sqlalchemy import Engine, text
 from cxr_db import repository as repo
 from cxr_db.repository import ClaimState
 from cxr_queue import make_celery
-from dicom_listener.reconciler import Reconciler
+from cxr_scheduler.reconciler import Reconciler
 from tests.conftest import Services
 from tests.dicom_factory import TEST_ROOT
 

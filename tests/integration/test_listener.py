@@ -30,7 +30,7 @@ from cxr_common.storage import open_storage
 from cxr_db import make_engine
 from cxr_db import repository as repo
 from cxr_queue import make_celery
-from dicom_listener.reconciler import Reconciler
+from cxr_scheduler.reconciler import Reconciler
 from dicom_listener.server import ListenerHandle, start_listener
 from dicom_listener.statuses import CALLING_AE_REJECTION, EchoStatus, StoreStatus
 from tests.conftest import SAMPLES, Services
@@ -75,8 +75,6 @@ def start(services: Services, engine: Engine, tmp_path: Path) -> Iterator[StartL
             "storage_uri": (tmp_path / "instances").as_uri(),
             "dicom_host": "127.0.0.1",
             "dicom_port": 0,
-            "reconcile_interval_s": 3600.0,  # passes are run explicitly in these tests
-            "reconcile_grace_s": 0.0,
         }
         values.update(overrides)
         settings = ListenerSettings(**values)  # type: ignore[arg-type]

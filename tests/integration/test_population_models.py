@@ -26,6 +26,7 @@ from cxr_db.audit import Actor
 from cxr_db.reads import WorklistEntry
 from cxr_db.schema_reading import ActorKind
 from cxr_model import WEIGHTS_DIR
+from cxr_registry import ensure_configured_model
 from cxr_triage import models_cli
 from cxr_triage.send import send_paths
 from tests.conftest import SAMPLES
@@ -33,7 +34,6 @@ from tests.db_rows import prediction, record
 from tests.dicom_factory import make_dataset, write
 from tests.integration.conftest import wait_until_final
 from tests.web_server import add_token, add_user, reset_accounts, serve, sign_in, web_config
-from worker.registry import ensure_configured_model
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 from sqlalchemy import Engine, text
 
 from cxr_common.clinical import DISCLAIMER
-from cxr_common.settings import ListenerSettings
+from cxr_common.settings import ListenerSettings, SchedulerSettings
 from cxr_db import reads
 from cxr_queue import ResultsJob, enqueue_results, make_celery
 from cxr_results import Destination, is_our_uid
@@ -54,7 +54,9 @@ def _results_queue(services: Services) -> str:
 
 @pytest.fixture
 def results_listener(services: Services, engine: Engine) -> Iterator[ListenerHandle]:
-    """The real listener with a 1 s quiet period and its completeness job every 0.2 s."""
+    """The real listener, and the scheduler with a 1 s quiet period and its completeness
+    job every 0.2 s."""
+    from cxr_scheduler.service import start_scheduler
     from dicom_listener.server import start_listener
 
     client = redis.Redis.from_url(services.broker_url)
@@ -69,12 +71,19 @@ def results_listener(services: Services, engine: Engine) -> Iterator[ListenerHan
         storage_uri=(services.data_dir / "instances").as_uri(),
         dicom_host="127.0.0.1",
         dicom_port=0,
-        study_quiet_s=QUIET_S,
-        completeness_interval_s=0.2,
     )
-    handle = start_listener(settings, engine, make_celery(services.broker_url))
+    app = make_celery(services.broker_url)
+    scheduler = start_scheduler(
+        SchedulerSettings.model_validate(
+            {**dict(settings), "study_quiet_s": QUIET_S, "completeness_interval_s": 0.2}
+        ),
+        engine,
+        app,
+    )
+    handle = start_listener(settings, engine, app)
     yield handle
     handle.shutdown()
+    scheduler.shutdown()
 
 
 @pytest.fixture

@@ -24,12 +24,12 @@ from cxr_db import results as results_db
 from cxr_queue import ResultsJob
 from cxr_results.render import result_text
 from cxr_results.summary import NOT_USED_FOR_TRIAGE, OUTSIDE_POPULATION
+from cxr_sender.results import ResultsOutcome, ResultsRuntime
 from tests.conftest import Services
 from tests.db_rows import prediction
 from tests.dicom_factory import make_dataset, write
 from tests.integration.results_peers import Received, start_scp
 from tests.results_helpers import UID_ROOT, sr_items, sr_value
-from worker.results import ResultsOutcome, ResultsRuntime
 
 pytestmark = [pytest.mark.integration]
 

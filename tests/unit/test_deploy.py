@@ -22,14 +22,14 @@ def compose() -> dict[str, Any]:
 
 
 def test_every_long_running_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
-    for name in ("postgres", "redis", "listener", "worker", "web"):
+    for name in ("postgres", "redis", "listener", "scheduler", "worker", "results", "web"):
         assert "healthcheck" in compose["services"][name], name
 
 
 def test_start_order_waits_for_health_and_migration(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("listener", "worker", "web"):
+    for name in ("listener", "scheduler", "worker", "results", "web"):
         cond = services[name]["depends_on"]["migrate"]["condition"]
         assert cond == "service_completed_successfully"
 
@@ -91,3 +91,16 @@ def test_docker_compose_validates_the_file() -> None:
     )
     assert missing.returncode != 0
     assert "POSTGRES_PASSWORD" in missing.stderr
+
+
+def test_up_and_compose_start_the_same_roles(compose: dict[str, Any]) -> None:
+    from cxr_triage.processes import ROLES
+
+    ours = {
+        name: tuple(service["command"])
+        for name, service in compose["services"].items()
+        if service.get("image") == "cxr-triage:latest" and service.get("restart") != "no"
+    }
+    assert ours == {role.name: role.command for role in ROLES}
+    for role in ROLES:  # each long-running role says when it is healthy
+        assert "healthcheck" in compose["services"][role.name], role.name

@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 import pytest
 
 from cxr_common.errors import ConfigurationError
-from cxr_common.settings import ListenerSettings, ResultSettings, SupervisorSettings
+from cxr_common.settings import ResultSettings, SchedulerSettings, SupervisorSettings
 from cxr_db.reads import DestinationOutcome, StudyResults
 from cxr_db.result_states import ResultState, SendStatus
+from cxr_sender.results import retry_policy
 from cxr_triage.cli import main
-from worker.results import backoff_seconds
 from worklist.pages import results_block
 from worklist.present import results_json
 
@@ -25,14 +25,14 @@ def test_result_settings_defaults_and_checks(monkeypatch: pytest.MonkeyPatch) ->
     assert settings.results_queue_name == "cxr-results"
     assert settings.uid_root is None
     assert settings.uid_root_file == settings.data_dir / "uid-root"
-    assert ListenerSettings().study_quiet_s == 30
+    assert SchedulerSettings().study_quiet_s == 30
     assert "result_destinations" in SupervisorSettings.model_fields  # `up` checks them too
     with pytest.raises(ConfigurationError, match="CXR_RESULT_CALLING_AE_TITLE"):
         settings.with_overrides(result_calling_ae_title="A\\B")
     with pytest.raises(ConfigurationError, match="CXR_RESULT_CALLING_AE_TITLE"):
         settings.with_overrides(result_calling_ae_title="X" * 17)
     with pytest.raises(ConfigurationError, match="CXR_STUDY_QUIET_S"):
-        ListenerSettings().with_overrides(study_quiet_s=-1)
+        SchedulerSettings().with_overrides(study_quiet_s=-1)
 
 
 def test_send_results_refuses_a_malformed_destination_at_once(
@@ -46,8 +46,10 @@ def test_send_results_refuses_a_malformed_destination_at_once(
 
 
 def test_backoff_doubles_up_to_the_cap() -> None:
-    assert [backoff_seconds(n, 10) for n in range(6)] == [1, 2, 4, 8, 10, 10]
-    assert backoff_seconds(10_000, 300) == 300
+    assert [retry_policy(12, 10).backoff_s(n) for n in range(6)] == [1, 2, 4, 8, 10, 10]
+    assert retry_policy(12, 300).backoff_s(10_000) == 300
+    assert retry_policy(12, 300).exhausted(12)
+    assert not retry_policy(12, 300).exhausted(11)
 
 
 def _results() -> StudyResults:

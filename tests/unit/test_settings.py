@@ -18,6 +18,7 @@ from cxr_common.settings import (
     BROKER_VISIBILITY_TIMEOUT_S,
     CommonSettings,
     ListenerSettings,
+    SchedulerSettings,
     SupervisorSettings,
     WebSettings,
     WorkerSettings,
@@ -137,8 +138,10 @@ def test_child_environment_gives_children_the_same_settings(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     child = ListenerSettings()
-    for name in [*names, "reconcile_interval_s"]:
+    for name in names:
         assert getattr(child, name) == getattr(settings, name), name
+    scheduler = SchedulerSettings()
+    assert scheduler.reconcile_interval_s == settings.reconcile_interval_s == 5.0
 
 
 def test_bad_settings_end_the_command_with_a_clear_message(

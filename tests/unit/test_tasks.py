@@ -6,14 +6,16 @@ import pytest
 from pydantic import ValidationError
 
 from cxr_db.statuses import FINAL_STATUSES, InstanceStatus
-from cxr_queue import SCORE_TASK, ScoreJob, make_celery
+from cxr_queue import MAX_RETRY_COUNTDOWN_S, SCORE_TASK, ScoreJob, make_celery
 from worker.outcomes import JobOutcome
-from worker.tasks import MAX_BACKOFF_S, backoff_seconds, register_tasks
+from worker.tasks import MAX_BACKOFF_S, register_tasks, retry_policy
 
 
-def test_backoff_doubles_and_is_capped() -> None:
-    assert [backoff_seconds(n) for n in range(4)] == [1, 2, 4, 8]
-    assert backoff_seconds(30) == MAX_BACKOFF_S
+def test_backoff_doubles_and_is_capped_within_the_reconcilers_wait() -> None:
+    policy = retry_policy(max_retries=5)
+    assert [policy.backoff_s(n) for n in range(4)] == [1, 2, 4, 8]
+    assert policy.backoff_s(30) == MAX_BACKOFF_S <= MAX_RETRY_COUNTDOWN_S
+    assert max(policy.countdown_s(30) for _ in range(200)) <= MAX_RETRY_COUNTDOWN_S
 
 
 def test_job_payload_is_small_typed_and_strict() -> None:

@@ -1,7 +1,7 @@
 """Put back in work every instance that is pending but that no worker will pick up.
 
 Three sweeps every ``reconcile_interval_s`` (issue 12), each a ``FOR UPDATE SKIP
-LOCKED`` pick that stamps the rows in the same statement, so several listeners (and so
+LOCKED`` pick that stamps the rows in the same statement, so several schedulers (and so
 several reconcilers) never re-enqueue one row twice within a grace period:
 
 * ``received`` for longer than ``grace_s``: committed but never enqueued (the broker was
@@ -29,16 +29,15 @@ from sqlalchemy import Engine
 
 from cxr_db import repository as repo
 from cxr_queue import MAX_RETRY_COUNTDOWN_S, ScoreJob, enqueue_score, live_instance_ids
-from dicom_listener.enqueue import enqueue_instance
-from dicom_listener.periodic import PeriodicJob
+from cxr_scheduler.periodic import PeriodicJob
 
 logger = logging.getLogger(__name__)
 
 
 class Reconciler(PeriodicJob):
-    name = "reconciler"
-
     """A daemon thread running :meth:`run_once` every ``interval_s`` until stopped."""
+
+    name = "reconciler"
 
     def __init__(
         self,
@@ -76,10 +75,14 @@ class Reconciler(PeriodicJob):
                 enqueue_score(self.celery_app, self._job(item), self.queue_name)
                 done += 1
             for item in repo.take_unenqueued(self.engine, older_than_s=self.grace_s):
-                enqueue_instance(self.engine, self.celery_app, self.queue_name, self._job(item))
+                # as the listener does after its commit: publish, then mark the row queued
+                job = self._job(item)
+                enqueue_score(self.celery_app, job, self.queue_name)
+                repo.mark_enqueued(self.engine, job.instance_id)
                 done += 1
         except Exception as exc:  # noqa: BLE001 - broker errors come in many types
             logger.warning("reconciler: cannot enqueue (%s)", type(exc).__name__)
+            self.pass_failed = True
         if done:
             logger.info("reconciler re-enqueued %d instance(s)", done)
         return done

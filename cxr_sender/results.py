@@ -25,9 +25,11 @@ the older one by cxr_results' rule (same series, new SOP Instance UIDs, Instance
 version, the SR names the SR it replaces). A job for a version the study has moved past
 (reopened by a late instance) is skipped: the newer version's job follows.
 
-Any destination not yet stored makes the task retry with backoff through Celery
-(``AssociationError`` is a ``TransientError``); after the last retry the study is
-``results_failed``. When every destination stored both objects it is ``results_sent``.
+Any destination not yet stored makes the task retry with jittered exponential backoff
+(``cxr_queue.retries``, the scoring task's policy with the results cap
+``CXR_RESULT_RETRY_MAX_BACKOFF_S``; ``AssociationError`` is a ``TransientError``); after
+the last retry the study is ``results_failed``. When every destination stored both
+objects it is ``results_sent``.
 Logs name UIDs and destinations, never patient data.
 """
 
@@ -58,6 +60,7 @@ from cxr_db.result_states import ResultState, SendStatus
 from cxr_db.statuses import InstanceStatus
 from cxr_imaging import ImagingError, decode_dataset
 from cxr_queue import RESULTS_TASK, ResultsJob
+from cxr_queue.retries import RetryPolicy, retries_so_far, retry_later
 from cxr_results import (
     AnalysisStatus,
     AssociationError,
@@ -78,7 +81,7 @@ from cxr_results import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ResultsOutcome", "ResultsRuntime", "backoff_seconds", "register_results_task"]
+__all__ = ["ResultsOutcome", "ResultsRuntime", "register_results_task", "retry_policy"]
 
 
 class ResultsOutcome(enum.StrEnum):
@@ -111,9 +114,9 @@ class _Objects:
     sr_sop_instance_uid: str
 
 
-def backoff_seconds(retries: int, cap_s: int) -> int:
-    """1, 2, 4, ... seconds, capped at ``cap_s``."""
-    return int(min(2 ** min(retries, 30), cap_s))
+def retry_policy(max_retries: int, max_backoff_s: float) -> RetryPolicy:
+    """Results retries: 1, 2, 4, ... s (jittered) up to ``max_backoff_s``."""
+    return RetryPolicy(max_retries=max_retries, max_backoff_s=max_backoff_s)
 
 
 def _header(storage_uri: str, *, pixels: bool = False) -> Dataset:
@@ -153,7 +156,8 @@ class ResultsRuntime:
 
     @property
     def uid_root(self) -> str:
-        """Resolved on first use: the listener (which enqueues every job) made it by then."""
+        """Resolved on first use: ``CXR_UID_ROOT``, or the generated root in the data folder
+        shared with the listener (made by whichever starts first; the first writer wins)."""
         if self._uid_root is None:
             self._uid_root = load_or_create_uid_root(self._uid_root_file, self._uid_root_setting)
         return self._uid_root
@@ -339,6 +343,7 @@ def register_results_task(
     max_backoff_s: int,
 ) -> Task:
     """Register ``cxr.send_results`` on ``app``; ``runtime`` returns the loaded runtime."""
+    policy = retry_policy(max_retries, max_backoff_s)
 
     @app.task(  # type: ignore[untyped-decorator]
         name=RESULTS_TASK, bind=True, acks_late=True, max_retries=max_retries
@@ -356,12 +361,12 @@ def register_results_task(
             rt.give_up(parsed, f"result objects cannot be built: {exc}")
             return ResultsOutcome.FAILED.value
         except TransientError as exc:
-            retries = int(self.request.retries or 0)
-            if retries >= max_retries:
+            retries = retries_so_far(self)
+            if policy.exhausted(retries):
                 rt.give_up(parsed, f"gave up after {retries + 1} attempts: {exc}")
                 return ResultsOutcome.FAILED.value
             log.warning("results not sent yet, retry %d: %s", retries + 1, exc)
-            raise self.retry(exc=exc, countdown=backoff_seconds(retries, max_backoff_s)) from exc
+            retry_later(self, exc, policy)
         except Exception as exc:
             log.exception("unexpected error sending the results of study %d", parsed.study_id)
             rt.give_up(parsed, f"internal error ({type(exc).__name__}); see the logs")

@@ -5,7 +5,7 @@ A study is complete when no new instance arrived for ``CXR_STUDY_QUIET_S`` secon
 DICOM-router convention: Orthanc's StableAge, mercure) and none of its instances is still
 pending (received, queued, processing). Postgres decides it
 (:func:`cxr_db.results.complete_quiet_studies`: one ``UPDATE ... FOR UPDATE SKIP LOCKED
-RETURNING``), so several listener processes can run this loop side by side and each study
+RETURNING``), so several scheduler processes can run this loop side by side and each study
 version is completed, and its job enqueued, by exactly one of them.
 
 Each pass, every ``interval_s``:
@@ -29,15 +29,15 @@ from sqlalchemy import Engine
 
 from cxr_db import results as results_db
 from cxr_queue import ResultsJob, enqueue_results
-from dicom_listener.periodic import PeriodicJob
+from cxr_scheduler.periodic import PeriodicJob
 
 logger = logging.getLogger(__name__)
 
 
 class CompletenessMonitor(PeriodicJob):
-    name = "completeness"
-
     """A daemon thread running :meth:`run_once` every ``interval_s`` until stopped."""
+
+    name = "completeness"
 
     def __init__(
         self,
@@ -72,6 +72,7 @@ class CompletenessMonitor(PeriodicJob):
                     study.study_instance_uid,
                     type(exc).__name__,
                 )
+                self.pass_failed = True
                 break
             results_db.mark_results_enqueued(self.engine, study)
             done += 1
