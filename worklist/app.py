@@ -198,7 +198,7 @@ def create_app(engine: Engine, config: WebConfig | None = None) -> FastAPI:
     """Build the worklist app over ``engine`` (the caller owns and disposes of it)."""
     cfg = config or WebConfig()
     require = requirer(engine, cfg)
-    radiographs = RadiographCache()
+    radiographs = RadiographCache(limits=cfg.limits)
     app = FastAPI(
         title="cxr-triage worklist",
         description="Clinical decision support, not a diagnosis.",
@@ -427,7 +427,7 @@ def create_app(engine: Engine, config: WebConfig | None = None) -> FastAPI:
             burned_in = None
             if inst.storage_uri:
                 try:
-                    ctx = patient_context(inst.storage_uri)
+                    ctx = patient_context(inst.storage_uri, cfg.limits)
                     burned_in = ctx.burned_in_annotation
                     if patient is None:
                         patient = ctx

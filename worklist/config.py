@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from cxr_common.limits import DecodeLimits
 from cxr_common.passwords import Passwords
 from cxr_common.settings import WebSettings
 from cxr_db.accounts import SignInPolicy
@@ -45,6 +46,7 @@ class WebConfig:
     trusted_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
     queue_name: str = "cxr-score"
     metrics_token: SecretStr | None = None  # a Prometheus scrape token, besides the ops role
+    limits: DecodeLimits = field(default_factory=DecodeLimits)  # of the radiographs shown
 
     @classmethod
     def from_settings(cls, settings: WebSettings) -> WebConfig:
@@ -64,6 +66,7 @@ class WebConfig:
             trusted_hosts=tuple(settings.trusted_hosts()),
             queue_name=settings.queue_name,
             metrics_token=settings.metrics_token,
+            limits=settings.decode_limits(),
         )
 
     @property
