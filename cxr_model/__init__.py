@@ -36,7 +36,14 @@ Usage::
 """
 
 from cxr_model.calibration import CalibratedScore, Calibration, load_calibration
-from cxr_model.contract import DISCLAIMER, WEIGHTS_DIR, ModelContract, read_contract, sha256_file
+from cxr_model.contract import (
+    DISCLAIMER,
+    WEIGHTS_DIR,
+    ModelContract,
+    read_contract,
+    sha256_file,
+    verify_weights,
+)
 from cxr_model.errors import (
     CalibrationMismatchError,
     ContractError,
@@ -69,4 +76,5 @@ __all__ = [
     "resize_pixels",
     "scale_tensor",
     "sha256_file",
+    "verify_weights",
 ]

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxr_model.errors import ContractError
+from cxr_model.errors import ContractError, ModelIntegrityError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DISCLAIMER = "Clinical decision support, not a diagnosis."
@@ -87,3 +87,25 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def verify_weights(weights_dir: Path, contract: ModelContract) -> Path:
+    """The weights file ``contract`` names in ``weights_dir``, once its sha256 is the one
+    ``model.json`` declares: the one integrity check every loader and registration runs.
+
+    Raises :class:`~cxr_model.errors.ModelIntegrityError` saying what to do."""
+    weights = weights_dir / contract.weights_file
+    if not weights.is_file():
+        raise ModelIntegrityError(
+            f"weights file {weights} is missing: copy the model folder whole "
+            f"(model.json and {contract.weights_file} together)"
+        )
+    actual = sha256_file(weights)
+    if actual != contract.sha256:
+        raise ModelIntegrityError(
+            f"weights file {weights} has sha256 {actual[:12]}..., but model.json declares "
+            f"{contract.sha256[:12]}...: the weights were changed or belong to another "
+            "model; restore the model folder as it was exported (model.json and its weights "
+            "together), or export the model again"
+        )
+    return weights

@@ -24,6 +24,7 @@ from cxr_model import (
     read_contract,
     render_overlay_png,
     sha256_file,
+    verify_weights,
 )
 from training.predict import predict_paths
 
@@ -58,8 +59,14 @@ def test_tampered_weights_are_refused(tmp_path: Path) -> None:
         last = fh.read(1)
         fh.seek(-1, 2)
         fh.write(bytes([last[0] ^ 1]))
-    with pytest.raises(ModelIntegrityError):
+    with pytest.raises(ModelIntegrityError, match="restore the model folder") as info:
         load_model(tmp_path, device="cpu")
+    contract = read_contract(tmp_path)
+    assert f"model.json declares {contract.sha256[:12]}" in str(info.value)
+    (tmp_path / "weights.pt").unlink()
+    with pytest.raises(ModelIntegrityError, match="copy the model folder whole"):
+        verify_weights(tmp_path, contract)
+    assert verify_weights(WEIGHTS_DIR, read_contract(WEIGHTS_DIR)).name == "weights.pt"
 
 
 def test_score_batch_with_and_without_heatmaps(model: ScoringModel) -> None:
