@@ -1,4 +1,5 @@
-"""The clinical-use statement every output of cxr-triage carries."""
+"""The clinical-use statement every output of cxr-triage carries: the one text, used by
+the SR and SC, the CLI, the model's files and plots, and every web page."""
 
 DISCLAIMER = "Clinical decision support, not a diagnosis: a radiologist reads every study."
 

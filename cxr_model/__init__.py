@@ -37,7 +37,6 @@ Usage::
 
 from cxr_model.calibration import CalibratedScore, Calibration, load_calibration
 from cxr_model.contract import (
-    DISCLAIMER,
     WEIGHTS_DIR,
     ModelContract,
     read_contract,
@@ -55,7 +54,6 @@ from cxr_model.preprocess import preprocess, resize_pixels, scale_tensor
 from cxr_model.scoring import ScoreResult, ScoringModel, load_model, load_network
 
 __all__ = [
-    "DISCLAIMER",
     "WEIGHTS_DIR",
     "CalibratedScore",
     "Calibration",

@@ -8,10 +8,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxr_common.clinical import DISCLAIMER
 from cxr_model.errors import ContractError, ModelIntegrityError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DISCLAIMER = "Clinical decision support, not a diagnosis."
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from cxr_common.clinical import DISCLAIMER
 from cxr_common.errors import CxrTriageError
 from cxr_common.storage import sanitise_uid
 from cxr_db import accounts, audit, reading, reads
@@ -201,7 +202,7 @@ def create_app(engine: Engine, config: WebConfig | None = None) -> FastAPI:
     radiographs = RadiographCache(limits=cfg.limits)
     app = FastAPI(
         title="cxr-triage worklist",
-        description="Clinical decision support, not a diagnosis.",
+        description=DISCLAIMER,
         docs_url=None,
         redoc_url=None,
         openapi_url=None,

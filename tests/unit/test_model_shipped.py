@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cxr_common.clinical import DISCLAIMER
 from cxr_imaging import load_image
 from cxr_model import (
     WEIGHTS_DIR,
@@ -46,6 +47,9 @@ def test_sha256_matches_contract_card_and_calibration() -> None:
     assert contract.version in card
     cal = json.loads((WEIGHTS_DIR / "calibration.json").read_text())
     assert cal["model_sha256"] == contract.sha256
+    # one clinical-use statement, the same in every file the model ships with
+    assert cal["disclaimer"] == DISCLAIMER == contract.to_json()["disclaimer"]
+    assert json.loads((WEIGHTS_DIR / "model.json").read_text())["disclaimer"] == DISCLAIMER
     assert (WEIGHTS_DIR / contract.weights_file).stat().st_size < 25 * 2**20
     assert contract.labels == ("NORMAL", "PNEUMONIA")
     assert re.fullmatch(r"[0-9a-f]{64}", contract.sha256)
@@ -119,4 +123,4 @@ def test_predict_orders_positive_above_negative(tmp_path: Path) -> None:
     assert pos["eligible"]
     assert neg["eligible"]
     assert Path(pos["heatmap"]).is_file()
-    assert "not a diagnosis" in pos["disclaimer"]
+    assert pos["disclaimer"] == DISCLAIMER
