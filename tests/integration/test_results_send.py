@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
-from pydicom.uid import (
-    ExplicitVRLittleEndian,
-)
-from pynetdicom import AE
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from cxr_common.clinical import DISCLAIMER
 from cxr_results import (
@@ -26,6 +27,7 @@ from cxr_results import (
     result_uids,
     send_objects,
 )
+from cxr_results.send import MAX_CONTEXTS
 from tests.conftest import SAMPLES
 from tests.integration.results_peers import (
     DCMTK,
@@ -177,3 +179,64 @@ def test_dcmtk_storescp_receives_both_and_dcmtk_reads_them(
     assert f"[{source.StudyInstanceUID}]" in sc_dump.stdout
     assert f"[{source.PatientID}]" in sc_dump.stdout
     assert "E:" not in sc_dump.stderr, sc_dump.stderr
+
+
+# ----------------------------------------------------------------------------- the client
+
+
+@pytest.mark.parametrize("warning", [0xB000, 0xB006, 0xB007])
+def test_a_warning_means_stored_and_keeps_its_status(
+    warning: int, objects: tuple[Dataset, Dataset, Dataset]
+) -> None:
+    received = Received()
+    ae, server, port = _start_scp(received, status_for_sr=warning)
+    try:
+        _, sc, sr = objects
+        outcomes = send_objects(
+            Destination("TEST_PACS", "127.0.0.1", port), [sc, sr], timeouts=QUICK
+        )
+    finally:
+        server.shutdown()  # type: ignore[attr-defined]
+    assert [(o.stored, o.status) for o in outcomes] == [(True, 0), (True, warning)]
+    assert f"warning 0x{warning:04X}" in str(outcomes[1].reason)
+    assert outcomes[0].reason is None
+
+
+def test_more_contexts_than_one_association_takes_are_split_over_associations() -> None:
+    """130 storage SOP classes need 130 contexts (plus Verification): PS3.8 allows 128 per
+    association, so the client opens a second one; every object is stored, in order."""
+    classes = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts[:130]]
+    associations: list[int] = []
+    stored: list[str] = []
+
+    def on_store(event: Event) -> int:
+        associations.append(id(event.assoc))
+        stored.append(str(event.dataset.SOPInstanceUID))
+        return 0x0000
+
+    scp = AE(ae_title="TEST_PACS")
+    for uid in classes:
+        scp.add_supported_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    scp.add_supported_context(Verification)
+    server = scp.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    datasets = []
+    for n, uid in enumerate(classes, start=1):
+        ds = Dataset()
+        ds.SOPClassUID = uid
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.10.1399.999.{n}"
+        ds.PatientID = "SPLIT"
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        datasets.append(ds)
+    try:
+        destination = Destination("TEST_PACS", "127.0.0.1", int(server.server_address[1]))
+        outcomes = send_objects(destination, datasets, timeouts=QUICK)
+    finally:
+        server.shutdown()
+        scp.shutdown()
+    assert [o.stored for o in outcomes] == [True] * 130
+    assert stored == [ds.SOPInstanceUID for ds in datasets]
+    assert len(set(associations)) == 2
+    assert associations.count(associations[0]) == MAX_CONTEXTS - 1
