@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_common.clinical import DISCLAIMER
+from cxr_common.model_files import ModelFinding
 from cxr_model.errors import ContractError, ModelIntegrityError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -29,6 +30,9 @@ class ModelContract:
     val_threshold: float
     weights_file: str
     sha256: str
+    #: What the positive output means: name, display text and code (``model.json``'s
+    #: "finding"; :class:`cxr_common.model_files.ModelFinding`).
+    finding: ModelFinding
     intensity: str = "none"
     extra: dict[str, Any] = field(default_factory=dict)
     #: The population the model was validated on, as stored; typed by
@@ -38,6 +42,7 @@ class ModelContract:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["labels"] = list(self.labels)
+        data["finding"] = self.finding.to_json()
         if not self.population:
             del data["population"]
         data["disclaimer"] = DISCLAIMER
@@ -58,6 +63,7 @@ class ModelContract:
                 val_threshold=float(data["val_threshold"]),
                 weights_file=str(data["weights_file"]),
                 sha256=str(data["sha256"]),
+                finding=ModelFinding.from_json(data["finding"]),
                 intensity=str(data.get("intensity", "none")),
                 extra=dict(data.get("extra", {})),
                 population=dict(data.get("population") or {}),

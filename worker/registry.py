@@ -28,6 +28,7 @@ from sqlalchemy import Engine
 
 from cxr_common.drift import DriftReference
 from cxr_common.errors import ConfigurationError
+from cxr_common.model_files import ModelFinding, read_finding, shipped_model_dir
 from cxr_db import audit
 from cxr_db import models as registry
 from cxr_db.models import ModelEntry, NewModel, ServingState
@@ -95,6 +96,21 @@ def read_model_folder(
         calibration_version=cal.version,
         reference=ref,
     )
+
+
+def model_finding(engine: Engine, version: str) -> ModelFinding:
+    """The finding model ``version`` reports, from its registered folder's ``model.json``
+    (the shipped model's when the registry does not know the version). Reads files only:
+    no model is loaded. Raises ``ConfigurationError`` saying what to do."""
+    entry = registry.get_model(engine, version)
+    folder = Path(entry.uri) if entry is not None else shipped_model_dir()
+    try:
+        return read_finding(folder)
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(
+            f"model {version}: cannot read its finding from {folder / 'model.json'} ({exc}): "
+            "make the model folder readable here, as for the workers"
+        ) from exc
 
 
 def _read_reference(path: Path | None, sha256: str, *, explicit: bool) -> dict[str, Any] | None:

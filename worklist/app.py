@@ -83,7 +83,7 @@ from worklist.auth import (
 from worklist.config import WebConfig
 from worklist.health import check_health, check_model_files
 from worklist.metrics_route import metrics_router, scrape_token_or
-from worklist.present import entry_json
+from worklist.present import entry_json, finding_display
 from worklist.radiograph import RadiographCache, Withheld, patient_context
 
 logger = logging.getLogger(__name__)
@@ -465,6 +465,7 @@ def create_app(engine: Engine, config: WebConfig | None = None) -> FastAPI:
             claimed_by_me=claimed_by_me,
             csrf_token=principal.csrf_token,
             threshold=threshold,
+            finding=finding_display(cfg.resolved_model_dir),
             message=message,
         )
 

@@ -6,7 +6,6 @@ default sign-in policy, no broker check, the shipped model's files.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -14,20 +13,11 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from cxr_common.limits import DecodeLimits
+from cxr_common.model_files import shipped_model_dir
 from cxr_common.passwords import Passwords
 from cxr_common.settings import WebSettings
 from cxr_db.accounts import SignInPolicy
 from cxr_db.reading import DEFAULT_CLAIM_TIMEOUT
-
-
-def shipped_model_dir() -> Path:
-    """The folder of the model shipped in the ``cxr_model`` package, found without importing
-    it: the web app reads the model's files (contract, calibration, card) as data and never
-    loads torch."""
-    spec = importlib.util.find_spec("cxr_model")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the cxr_model package is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "weights"
 
 
 @dataclass(frozen=True)

@@ -485,6 +485,7 @@ class StudyView:
     csrf_token: str | None
     threshold: float | None
     message: str | None = None
+    finding: str | None = None  # what the score is of (model.json), e.g. "Pneumonia"
 
 
 def _meter(score: float | None, threshold: float | None, flagged: bool) -> str:
@@ -685,12 +686,14 @@ def study_page(s: StudyView, nav: Nav | None = None) -> str:
             f'<span class="uid">{escape(study.model_version)}</span> · '
             '<a href="/model-card">model card</a>'
         )
+    score_label = f"{s.finding} score" if s.finding else "Score"
     facts = (
         f"<dt>Accession</dt><dd>{escape(study.accession_number or '–')}</dd>"
         f'<dt>Study Instance UID</dt><dd class="uid">{escape(study.study_instance_uid)}</dd>'
         f"<dt>Priority</dt><dd>{flag}</dd>"
         f"<dt>Status</dt><dd>{_status_html(study.status, study.reasons)}</dd>"
-        f"<dt>Score</dt><dd><strong>{_score_html(study.score, study.shadow_score)}</strong>"
+        f"<dt>{escape(score_label)}</dt>"
+        f"<dd><strong>{_score_html(study.score, study.shadow_score)}</strong>"
         f"{escape(verdict)}{_meter(study.score, s.threshold, study.flagged)}</dd>"
         f"<dt>Population</dt><dd>{escape(_population_fact(study))}</dd>"
         f"<dt>Model</dt><dd>{model}</dd>"

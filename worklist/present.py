@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 
+from cxr_common.model_files import read_finding
 from cxr_db.reads import StudyResults, WorklistEntry
 from cxr_db.schema_reading import Finding, ReadState
 from cxr_db.statuses import STATUS_LABELS, InstanceStatus, StatusReason
@@ -134,3 +136,12 @@ def population_text(population: str | None, reason: str | None) -> str | None:
         return None
     label = POPULATION_LABELS.get(population, population)
     return f"{label}: {reason}" if reason else label
+
+
+def finding_display(model_dir: Path) -> str | None:
+    """What the model in ``model_dir`` reports, as people read it ("Pneumonia", from its
+    ``model.json``); None when its files cannot be read."""
+    try:
+        return read_finding(model_dir).display
+    except (OSError, ValueError):
+        return None
