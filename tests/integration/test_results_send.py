@@ -90,9 +90,20 @@ def test_a_pynetdicom_scp_receives_both_objects(
     assert sr_value(items["Best illustration of finding"])[1] == got_sc.SOPInstanceUID
 
 
-def test_a_refused_object_gets_its_status(objects: tuple[Dataset, Dataset, Dataset]) -> None:
+@pytest.mark.parametrize(
+    ("status", "stored", "said"),
+    [
+        (0xA700, False, "answered 0xA700"),  # refused: out of resources
+        (0xB000, True, "warning 0xB000"),  # the standard's warnings: stored
+        (0xB006, True, "warning 0xB006"),
+        (0xB007, True, "warning 0xB007"),
+    ],
+)
+def test_each_object_gets_its_status_and_only_success_or_a_warning_is_stored(
+    status: int, stored: bool, said: str, objects: tuple[Dataset, Dataset, Dataset]
+) -> None:
     received = Received()
-    ae, server, port = _start_scp(received, status_for_sr=0xA700)
+    ae, server, port = _start_scp(received, status_for_sr=status)
     try:
         _, sc, sr = objects
         outcomes = send_objects(
@@ -100,9 +111,9 @@ def test_a_refused_object_gets_its_status(objects: tuple[Dataset, Dataset, Datas
         )
     finally:
         server.shutdown()  # type: ignore[attr-defined]
-    assert [o.stored for o in outcomes] == [True, False]
-    assert outcomes[1].status == 0xA700
-    assert "0xA700" in str(outcomes[1].reason)
+    assert [(o.stored, o.status, o.reason) for o in outcomes[:1]] == [(True, 0, None)]
+    assert (outcomes[1].stored, outcomes[1].status) == (stored, status)
+    assert said in str(outcomes[1].reason)
 
 
 def test_a_wrong_called_ae_title_is_an_association_error(
@@ -182,24 +193,6 @@ def test_dcmtk_storescp_receives_both_and_dcmtk_reads_them(
 
 
 # ----------------------------------------------------------------------------- the client
-
-
-@pytest.mark.parametrize("warning", [0xB000, 0xB006, 0xB007])
-def test_a_warning_means_stored_and_keeps_its_status(
-    warning: int, objects: tuple[Dataset, Dataset, Dataset]
-) -> None:
-    received = Received()
-    ae, server, port = _start_scp(received, status_for_sr=warning)
-    try:
-        _, sc, sr = objects
-        outcomes = send_objects(
-            Destination("TEST_PACS", "127.0.0.1", port), [sc, sr], timeouts=QUICK
-        )
-    finally:
-        server.shutdown()  # type: ignore[attr-defined]
-    assert [(o.stored, o.status) for o in outcomes] == [(True, 0), (True, warning)]
-    assert f"warning 0x{warning:04X}" in str(outcomes[1].reason)
-    assert outcomes[0].reason is None
 
 
 def test_more_contexts_than_one_association_takes_are_split_over_associations() -> None:
