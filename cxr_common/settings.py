@@ -35,6 +35,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cxr_common.errors import ConfigurationError
+from cxr_common.limits import DecodeLimitSettings
 from cxr_common.population import PopulationPolicy, UnknownAge
 
 #: Seconds after which Redis redelivers a job no worker acknowledged (a worker died
@@ -44,18 +45,6 @@ from cxr_common.population import PopulationPolicy, UnknownAge
 #: works, ``lease_ttl_s``) and the scheduler's reconciler bring a dead worker's jobs back
 #: within a minute.
 BROKER_VISIBILITY_TIMEOUT_S = 600
-
-#: ListenerSettings fields that are ``cxr_imaging.limits.DecodeLimits`` fields of the same
-#: name (``CXR_MAX_PIXELS`` ...): what an instance may declare before anything decodes it.
-DECODE_LIMIT_SETTINGS = (
-    "max_pixels",
-    "max_frames",
-    "max_inflated_bytes",
-    "max_decoded_bytes",
-    "max_rows",
-    "max_columns",
-    "max_header_bytes",
-)
 
 _POSTGRES_URL: TypeAdapter[PostgresDsn] = TypeAdapter(PostgresDsn)
 _REDIS_URL: TypeAdapter[RedisDsn] = TypeAdapter(RedisDsn)
@@ -186,8 +175,8 @@ class CommonSettings(BaseSettings):
         return self.model_copy(update={name: getattr(checked, name) for name in changes})
 
 
-class ListenerSettings(CommonSettings):
-    """The DICOM C-STORE listener."""
+class ListenerSettings(CommonSettings, DecodeLimitSettings):
+    """The DICOM C-STORE listener (decode limits checked before it answers)."""
 
     ae_title: str = Field(default="CXR_TRIAGE", max_length=16)
     dicom_host: str = "0.0.0.0"
@@ -288,19 +277,6 @@ class ListenerSettings(CommonSettings):
         "it signed",
     )
 
-    # --- Decode limits (cxr_imaging.limits.DecodeLimits; checked before answering) ----
-    max_pixels: int = Field(default=64_000_000, ge=1)
-    max_frames: int = Field(default=1, ge=1)
-    max_inflated_bytes: int = Field(default=528 * 1024 * 1024, ge=1)
-    max_decoded_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
-    max_rows: int = Field(default=12_000, ge=1)
-    max_columns: int = Field(default=12_000, ge=1)
-    max_header_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
-
-    def decode_limit_values(self) -> dict[str, int]:
-        """The keyword arguments of ``cxr_imaging.limits.DecodeLimits`` set here."""
-        return {name: int(getattr(self, name)) for name in DECODE_LIMIT_SETTINGS}
-
     @model_validator(mode="after")
     def _trust_boundary_ok(self) -> Self:
         if (
@@ -371,8 +347,8 @@ class SchedulerSettings(CommonSettings):
     )
 
 
-class WorkerSettings(CommonSettings):
-    """A scoring worker process."""
+class WorkerSettings(CommonSettings, DecodeLimitSettings):
+    """A scoring worker process (decode limits checked before any decode)."""
 
     batch_max_size: int | None = Field(
         default=None, ge=1, le=256, description="unset = 4 on CPU, 16 on CUDA (BENCHMARKS.md)"
@@ -426,15 +402,6 @@ class WorkerSettings(CommonSettings):
     restart_on_exit: bool = Field(
         default=True, description="`cxr-triage work` restarts its worker process if it dies"
     )
-    # Decode limits (cxr_imaging.limits.DecodeLimits), checked before any decode
-    max_pixels: int = Field(default=64_000_000, ge=1)
-    max_frames: int = Field(default=1, ge=1)
-    max_inflated_bytes: int = Field(default=528 * 1024 * 1024, ge=1)
-    max_decoded_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
-    max_rows: int = Field(default=12_000, ge=1)
-    max_columns: int = Field(default=12_000, ge=1)
-    max_header_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
-    min_dynamic_range: float = Field(default=0.01, ge=0, lt=1)
 
     @field_validator("lease_renew_s")
     @classmethod
@@ -496,11 +463,12 @@ def _split_hosts(value: object) -> object:
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
-class WebSettings(CommonSettings):
+class WebSettings(CommonSettings, DecodeLimitSettings):
     """The worklist web app: where it listens, TLS, trusted host names, sign-in policy,
-    read claims. ``broker_url`` (from ``CommonSettings``) is what ``/healthz`` pings;
-    ``model_dir`` and ``calibration_path`` name the files ``/readyz`` verifies (the same
-    settings, and defaults, as the workers')."""
+    read claims, the decode limits of the radiographs it shows. ``broker_url`` (from
+    ``CommonSettings``) is what ``/healthz`` pings; ``model_dir`` and ``calibration_path``
+    name the files ``/readyz`` verifies (the same settings, and defaults, as the
+    workers')."""
 
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8080, ge=0, le=65535)

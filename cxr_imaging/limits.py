@@ -2,7 +2,8 @@
 
 Poison files (issue 12, defects 5, 6, 7) are refused from their header, with bounded
 memory, and with a reason staff can act on. Pure: no database, no queue, no settings
-read here; the caller passes a :class:`DecodeLimits` (built from its settings).
+read here; the caller passes a :class:`DecodeLimits` (``settings.decode_limits()``; the
+limits, their defaults and meanings are declared once, in :mod:`cxr_common.limits`).
 
 Which check runs where
 ----------------------
@@ -107,6 +108,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from cxr_common.limits import DecodeLimits, MiB
 from cxr_imaging.errors import ImagingError, UndecodableError
 
 __all__ = [
@@ -134,8 +136,6 @@ __all__ = [
     "read_checked_dataset",
     "read_header",
 ]
-
-MiB: Final = 1024 * 1024
 
 #: C-STORE statuses (PS3.4 Table B.2-1 "Error: Cannot understand", C000-CFFF).
 STATUS_PIXEL_DATA_LENGTH: Final = 0xC220
@@ -167,61 +167,11 @@ _ALLOWED_SAMPLES: Final = (1, 3)
 _BLANK_SAMPLE: Final = 1_000_000  # pixels looked at by the blank check (strided)
 BLANK_PERCENTILES: Final = (0.5, 99.5)
 
+#: The default limits (``cxr_common.limits`` declares them).
+_DEFAULTS: Final = DecodeLimits()
+
 #: What a check reads from: a path, the file's bytes, or a binary file positioned at 0.
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
-
-
-@dataclass(frozen=True)
-class DecodeLimits:
-    """What an instance may declare and contain. Every field is a setting.
-
-    Defaults fit projection radiography with room to spare: a 43 x 43 cm detector at
-    100 um is 4300 x 4300 (18.5 Mpx), a mammogram at 50 um about 4800 x 6000 (29 Mpx),
-    a stitched long-leg DX about 4300 x 12000. The worker's display pipeline
-    (``decode.py``, float64 intermediates) needs about 24 bytes per pixel on top of the
-    stored pixels, so ``max_pixels`` = 64 Mpx keeps a decode under about 1.6 GiB.
-
-    * ``max_rows``, ``max_columns``: per-frame side, pixels.
-    * ``max_pixels``: Rows x Columns of one frame.
-    * ``max_frames``: NumberOfFrames. The CR, DX, SC and CT Image Storage IODs the
-      listener accepts are single-frame (no Multi-frame Module), and the worker scores
-      the first frame only.
-    * ``max_decoded_bytes``: Rows x Columns x NumberOfFrames x SamplesPerPixel x
-      BitsAllocated / 8, the native Pixel Data length (what any decoder must allocate).
-    * ``max_inflated_bytes``: a Deflated data set's inflated length; by default the
-      largest allowed pixels plus ``max_header_bytes``.
-    * ``max_header_bytes``: the data set's bytes before Pixel Data (inflated, when
-      Deflated), all held in memory while the header is parsed. Real headers take
-      kilobytes (a few MB with overlays or private blobs); the listener may parse one
-      per association at once (pynetdicom allows 10 by default), so this bounds the
-      listener's extra memory at about 10 x 3 x 16 MiB.
-    * ``min_dynamic_range``: the decoded frame (float, 0 to 1) must span at least this
-      between its 0.5th and 99.5th percentiles, or it is blank or constant.
-    """
-
-    max_pixels: int = 64_000_000
-    max_frames: int = 1
-    max_inflated_bytes: int = 528 * MiB
-    max_decoded_bytes: int = 512 * MiB
-    max_rows: int = 12_000
-    max_columns: int = 12_000
-    max_header_bytes: int = 16 * MiB
-    min_dynamic_range: float = 0.01
-
-    def __post_init__(self) -> None:
-        for name in (
-            "max_pixels",
-            "max_frames",
-            "max_inflated_bytes",
-            "max_decoded_bytes",
-            "max_rows",
-            "max_columns",
-            "max_header_bytes",
-        ):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"DecodeLimits.{name} must be at least 1")
-        if not 0.0 <= self.min_dynamic_range < 1.0:
-            raise ValueError("DecodeLimits.min_dynamic_range must be in [0, 1)")
 
 
 class InputRefusedError(ImagingError):
@@ -762,7 +712,7 @@ def dynamic_range(pixels: npt.NDArray[np.generic]) -> float:
 
 
 def is_blank_or_constant(
-    pixels: npt.NDArray[np.generic], min_dynamic_range: float = DecodeLimits.min_dynamic_range
+    pixels: npt.NDArray[np.generic], min_dynamic_range: float = _DEFAULTS.min_dynamic_range
 ) -> bool:
     """True when a decoded frame (float, 0 to 1, as ``decode_dataset`` gives it) has
     (near-)zero dynamic range: all one value, or all but under 0.5 % of it."""

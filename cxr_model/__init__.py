@@ -9,6 +9,10 @@ Contract (stored as ``weights/model.json`` next to the weights, with version and
   ``intensity`` is ``"histeq"``; the shipped model uses ``"none"``). Training uses this very
   function.
 * Output: one logit; labels in order ``("NORMAL", "PNEUMONIA")``; the logit is for PNEUMONIA.
+* Finding: what the positive output means, ``model.json``'s ``finding`` (name, display text,
+  code: SNOMED CT 233604007 "Pneumonia" for the shipped model;
+  :class:`cxr_common.model_files.ModelFinding`). The SR, the Secondary Capture, the heatmap
+  note and the worklist take it from there: a model for another finding says so there.
 * Calibration: ``weights/calibration.json`` (a :class:`Calibration`) maps logits to site
   probabilities, ``sigmoid(logit / temperature + bias)``, and holds the operating threshold
   fitted on a labelled sample from the site for a target sensitivity. It is tied to the
@@ -18,8 +22,9 @@ Contract (stored as ``weights/model.json`` next to the weights, with version and
 * Heatmaps (:mod:`cxr_model.heatmaps`): Grad-CAM on the last convolutional block, HxW
   float32 in [0, 1] at input size, rendered over the image in grey, or over a neutral grey
   field when the header says BurnedInAnnotation YES.
-* Integrity: ``load_model`` checks the weights' sha256 against ``model.json`` before
-  ``torch.load(weights_only=True)``; the architecture comes from ``timm`` / ``torchvision``.
+* Integrity: :func:`verify_weights` (run by ``load_model`` before
+  ``torch.load(weights_only=True)`` and by model registration) checks the weights' sha256
+  against ``model.json``; the architecture comes from ``timm`` / ``torchvision``.
 
 Clinical decision support, not a diagnosis.
 
@@ -36,7 +41,13 @@ Usage::
 """
 
 from cxr_model.calibration import CalibratedScore, Calibration, load_calibration
-from cxr_model.contract import DISCLAIMER, WEIGHTS_DIR, ModelContract, read_contract, sha256_file
+from cxr_model.contract import (
+    WEIGHTS_DIR,
+    ModelContract,
+    read_contract,
+    sha256_file,
+    verify_weights,
+)
 from cxr_model.errors import (
     CalibrationMismatchError,
     ContractError,
@@ -48,7 +59,6 @@ from cxr_model.preprocess import preprocess, resize_pixels, scale_tensor
 from cxr_model.scoring import ScoreResult, ScoringModel, load_model, load_network
 
 __all__ = [
-    "DISCLAIMER",
     "WEIGHTS_DIR",
     "CalibratedScore",
     "Calibration",
@@ -69,4 +79,5 @@ __all__ = [
     "resize_pixels",
     "scale_tensor",
     "sha256_file",
+    "verify_weights",
 ]

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxr_model.contract import DISCLAIMER, WEIGHTS_DIR, read_contract
+from cxr_common.clinical import DISCLAIMER
+from cxr_model.contract import WEIGHTS_DIR, read_contract
 from cxr_model.errors import CalibrationMismatchError, ContractError
 
 SCHEMA = "cxr-triage/calibration/1"

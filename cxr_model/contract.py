@@ -8,10 +8,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxr_model.errors import ContractError
+from cxr_common.clinical import DISCLAIMER
+from cxr_common.model_files import ModelFinding
+from cxr_model.errors import ContractError, ModelIntegrityError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DISCLAIMER = "Clinical decision support, not a diagnosis."
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class ModelContract:
     val_threshold: float
     weights_file: str
     sha256: str
+    #: What the positive output means: name, display text and code (``model.json``'s
+    #: "finding"; :class:`cxr_common.model_files.ModelFinding`).
+    finding: ModelFinding
     intensity: str = "none"
     extra: dict[str, Any] = field(default_factory=dict)
     #: The population the model was validated on, as stored; typed by
@@ -38,6 +42,7 @@ class ModelContract:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["labels"] = list(self.labels)
+        data["finding"] = self.finding.to_json()
         if not self.population:
             del data["population"]
         data["disclaimer"] = DISCLAIMER
@@ -58,6 +63,7 @@ class ModelContract:
                 val_threshold=float(data["val_threshold"]),
                 weights_file=str(data["weights_file"]),
                 sha256=str(data["sha256"]),
+                finding=ModelFinding.from_json(data["finding"]),
                 intensity=str(data.get("intensity", "none")),
                 extra=dict(data.get("extra", {})),
                 population=dict(data.get("population") or {}),
@@ -87,3 +93,25 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def verify_weights(weights_dir: Path, contract: ModelContract) -> Path:
+    """The weights file ``contract`` names in ``weights_dir``, once its sha256 is the one
+    ``model.json`` declares: the one integrity check every loader and registration runs.
+
+    Raises :class:`~cxr_model.errors.ModelIntegrityError` saying what to do."""
+    weights = weights_dir / contract.weights_file
+    if not weights.is_file():
+        raise ModelIntegrityError(
+            f"weights file {weights} is missing: copy the model folder whole "
+            f"(model.json and {contract.weights_file} together)"
+        )
+    actual = sha256_file(weights)
+    if actual != contract.sha256:
+        raise ModelIntegrityError(
+            f"weights file {weights} has sha256 {actual[:12]}..., but model.json declares "
+            f"{contract.sha256[:12]}...: the weights were changed or belong to another "
+            "model; restore the model folder as it was exported (model.json and its weights "
+            "together), or export the model again"
+        )
+    return weights

@@ -12,8 +12,7 @@ import torch
 from torch import nn
 
 from cxr_model.architecture import build_network
-from cxr_model.contract import WEIGHTS_DIR, ModelContract, read_contract, sha256_file
-from cxr_model.errors import ModelIntegrityError
+from cxr_model.contract import WEIGHTS_DIR, ModelContract, read_contract, verify_weights
 from cxr_model.heatmaps import class_activation_maps
 from cxr_model.preprocess import preprocess as _preprocess
 from cxr_model.preprocess import scale_tensor
@@ -76,14 +75,7 @@ def _auto_device(device: str | None) -> torch.device:
 def load_network(weights_dir: Path) -> tuple[nn.Module, ModelContract]:
     """Read ``model.json``, verify the weights' sha256, load them (weights_only)."""
     contract = read_contract(weights_dir)
-    weights = weights_dir / contract.weights_file
-    if not weights.is_file():
-        raise ModelIntegrityError(f"weights file {weights} is missing")
-    actual = sha256_file(weights)
-    if actual != contract.sha256:
-        raise ModelIntegrityError(
-            f"weights sha256 {actual[:12]} does not match model.json {contract.sha256[:12]}"
-        )
+    weights = verify_weights(weights_dir, contract)
     state = torch.load(weights, map_location="cpu", weights_only=True)
     net = build_network(contract.architecture)
     net.load_state_dict({k: v.float() for k, v in state.items()})

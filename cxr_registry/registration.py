@@ -53,20 +53,12 @@ def read_model_folder(
     ``calibration`` defaults to ``FOLDER/calibration.json``; ``reference`` to
     ``FOLDER/drift_reference.json`` when present (for the shipped folder, the shipped
     reference). Raises ``ConfigurationError`` saying what is wrong."""
-    from cxr_model import WEIGHTS_DIR, ModelError, load_calibration, read_contract, sha256_file
+    from cxr_model import WEIGHTS_DIR, ModelError, load_calibration, read_contract, verify_weights
 
     folder = folder.resolve()
     try:
         contract = read_contract(folder)
-        weights = folder / contract.weights_file
-        if not weights.is_file():
-            raise ConfigurationError(f"{folder}: weights file {contract.weights_file} is missing")
-        actual = sha256_file(weights)
-        if actual != contract.sha256:
-            raise ConfigurationError(
-                f"{folder}: weights sha256 {actual[:12]} does not match model.json "
-                f"{contract.sha256[:12]}"
-            )
+        verify_weights(folder, contract)
         cal_path = (calibration or folder / "calibration.json").resolve()
         if not cal_path.is_file():
             raise ConfigurationError(

@@ -5,7 +5,8 @@
   our own objects when a PACS forwards them back.
 * :mod:`cxr_results.objects`: the heatmap Secondary Capture and the Comprehensive SR
   (and the short SR for studies that were seen but not analysed), built with highdicom.
-* :mod:`cxr_results.send`: C-STORE of those objects to one destination (pynetdicom).
+* :mod:`cxr_results.send`: the project's one C-STORE client (pynetdicom): these objects
+  to PACS, and files to a listener for ``cxr-triage send``.
 
 Pure: no database, queue or model code (it imports only :mod:`cxr_common` and
 :mod:`cxr_imaging` of the project), so the worker and the listener can both use it.
@@ -27,7 +28,15 @@ from cxr_results.objects import (
     build_structured_report,
     overlay_from_png,
 )
-from cxr_results.send import SendOutcome, Timeouts, send_objects
+from cxr_results.send import (
+    SendOutcome,
+    StoreItem,
+    StoreOutcome,
+    Timeouts,
+    is_stored,
+    send_objects,
+    store,
+)
 from cxr_results.uids import (
     ResultUids,
     derive_uid,
@@ -49,6 +58,8 @@ __all__ = [
     "ResultUids",
     "ResultsError",
     "SendOutcome",
+    "StoreItem",
+    "StoreOutcome",
     "Timeouts",
     "UidRootError",
     "build_not_analysed_report",
@@ -57,6 +68,7 @@ __all__ = [
     "derive_uid",
     "generate_uid_root",
     "is_our_dataset",
+    "is_stored",
     "is_our_uid",
     "load_or_create_uid_root",
     "overlay_from_png",
@@ -64,5 +76,6 @@ __all__ = [
     "parse_destinations",
     "result_uids",
     "send_objects",
+    "store",
     "validate_uid_root",
 ]

@@ -50,7 +50,8 @@ SR content tree (value type, relationship, concept)::
                        OUTSIDE | UNKNOWN                                (when checked)
       CONTAINS  TEXT   99CXR POPULATION_STATEMENT "Population statement" = "OUTSIDE
                        VALIDATED POPULATION: score not used for triage (reason)"  (shadow only)
-      CONTAINS  TEXT   99CXR FINDING "Finding scored" (e.g. "pneumonia")
+      CONTAINS  CODE   99CXR FINDING "Finding scored" = the model's finding as its
+                       model.json codes it (e.g. SCT 233604007 "Pneumonia")
       CONTAINS  TEXT   DCM 111001 Algorithm Name, DCM 111003 Algorithm Version
       CONTAINS  TEXT   99CXR WEIGHTS_SHA256 "Model weights SHA-256"
       CONTAINS  TEXT   99CXR CALIBRATION "Calibration version"
@@ -507,8 +508,17 @@ def build_structured_report(
                 relationship_type=contains,
             )
         )
+    finding = result.finding
     items += [
-        _text(_cxr("FINDING"), result.finding),
+        CodeContentItem(
+            name=_cxr("FINDING"),
+            value=CodedConcept(
+                value=finding.code_value,
+                scheme_designator=finding.code_scheme,
+                meaning=finding.code_meaning,
+            ),
+            relationship_type=contains,
+        ),
         *_model_items(
             result.model_name,
             result.model_version,

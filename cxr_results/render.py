@@ -25,12 +25,11 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
-from cxr_common.clinical import DISCLAIMER
+from cxr_common.clinical import DISCLAIMER, heatmap_note
 from cxr_results.errors import ResultObjectError
 from cxr_results.summary import ResultSummary, population_statement
 
 __all__ = [
-    "HEATMAP_NOTE",
     "NEUTRAL_FIELD_NOTE",
     "NOT_FOR_DIAGNOSTIC_USE",
     "NO_HEATMAP_NOTE",
@@ -42,10 +41,6 @@ __all__ = [
 UInt8Array = npt.NDArray[np.uint8]
 
 NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
-HEATMAP_NOTE = (
-    "Heatmap (Grad-CAM, warmer = more influence): image regions that most influenced the "
-    "score, not a lesion outline."
-)
 NO_HEATMAP_NOTE = "No heatmap was stored for this image."
 NEUTRAL_FIELD_NOTE = (
     "The source image has burned-in text: the heatmap is shown on a neutral grey field."
@@ -150,7 +145,7 @@ def result_text(
         flag_text = "FLAGGED for priority reading" if result.flagged else "not flagged"
         header.append(
             (
-                f"{result.finding.capitalize()} score {result.score:.3f} "
+                f"{result.finding.display} score {result.score:.3f} "
                 f"(threshold {result.threshold:.3f}): {flag_text}",
                 _FLAG if result.flagged else _GREY,
             )
@@ -159,7 +154,7 @@ def result_text(
         header += [
             (statement, _AMBER),
             (
-                f"{result.finding.capitalize()} shadow score {result.score:.3f} "
+                f"{result.finding.display} shadow score {result.score:.3f} "
                 f"(threshold {result.threshold:.3f}): not a triage result; read normally",
                 _GREY,
             ),
@@ -169,7 +164,7 @@ def result_text(
         header.append((NEUTRAL_FIELD_NOTE, _GREY))
     footer: list[Line] = [
         (DISCLAIMER, _AMBER),
-        (HEATMAP_NOTE if overlay else NO_HEATMAP_NOTE, _GREY),
+        (heatmap_note(result.finding.display) if overlay else NO_HEATMAP_NOTE, _GREY),
     ]
     if result.population_note:
         footer.append((result.population_note, _GREY))

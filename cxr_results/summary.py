@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from cxr_common.model_files import ModelFinding
+
 __all__ = [
     "NOT_USED_FOR_TRIAGE",
     "OUTSIDE_POPULATION",
@@ -32,7 +34,8 @@ class ResultSummary:
     """What the model said about a study (no patient data), for the SC and the SR.
 
     ``score`` and ``threshold`` are calibrated probabilities in [0, 1]; ``flagged`` is
-    ``score >= threshold`` as the worker decided it; ``finding`` names what is scored.
+    ``score >= threshold`` as the worker decided it; ``finding`` is what the model reports
+    (from its ``model.json``; the caller reads it, this package never loads a model).
 
     ``population`` and ``population_reason`` are the scored instance's intended-population
     check (``instances.population``: ``in_scope``, ``outside`` or ``unknown``; the reason
@@ -47,9 +50,9 @@ class ResultSummary:
     model_version: str
     weights_sha256: str
     calibration_version: str
+    finding: ModelFinding
     status: AnalysisStatus = AnalysisStatus.SCORED
     reason: str | None = None
-    finding: str = "pneumonia"
     population_note: str | None = None
     population: str | None = None
     population_reason: str | None = None

@@ -52,7 +52,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from cxr_common.errors import StorageError, TransientError
+from cxr_common.errors import ConfigurationError, StorageError, TransientError
 from cxr_common.settings import ResultSettings
 from cxr_common.storage import read_instance
 from cxr_db import results as results_db
@@ -78,6 +78,7 @@ from cxr_results import (
     result_uids,
     send_objects,
 )
+from cxr_sender.finding import model_finding
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,10 @@ class ResultsRuntime:
         uids = result_uids(self.uid_root, inputs.study_instance_uid, inputs.result_version)
         best = inputs.best
         if best is not None:
+            try:
+                finding = model_finding(self.engine, best.model_version)
+            except ConfigurationError as exc:
+                raise _CannotBuild(str(exc)) from exc
             summary = ResultSummary(
                 score=best.probability,
                 threshold=best.threshold,
@@ -179,6 +184,7 @@ class ResultsRuntime:
                 model_version=best.model_version,
                 weights_sha256=best.weights_sha256,
                 calibration_version=best.calibration_version or "none",
+                finding=finding,
                 population=best.population,
                 population_reason=best.population_reason,
                 triage=best.triage,

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from cxr_common.clinical import DISCLAIMER
 from cxr_common.errors import CxrTriageError
 from cxr_common.lifecycle import stop_on_signals
 from cxr_common.logs import configure_logging
@@ -42,11 +43,10 @@ log = logging.getLogger("cxr_triage")
 S = TypeVar("S", bound=CommonSettings)
 Command = Callable[[argparse.Namespace, CommonSettings], int]
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 cxr-triage: batch screening of chest radiographs for likely pneumonia.
 DICOM in (C-STORE listener), batched CNN scoring with Grad-CAM heatmaps in workers,
-a triaged worklist with likely positives first. Clinical decision support, not a
-diagnosis: a radiologist reads every study.
+a triaged worklist with likely positives first. {DISCLAIMER}
 
 Services: set CXR_DATABASE_URL (Postgres) and CXR_BROKER_URL (Redis). When they are
 unset, an embedded Postgres and Redis start in CXR_DATA_DIR (default

@@ -29,7 +29,6 @@ from cxr_common.metrics import MetricsServer
 from cxr_common.settings import ListenerSettings
 from cxr_common.storage import open_storage
 from cxr_imaging import decodable_transfer_syntaxes
-from cxr_imaging.limits import DecodeLimits
 from cxr_results import load_or_create_uid_root
 from dicom_listener import metrics as listener_metrics
 from dicom_listener.boundary import (
@@ -127,7 +126,7 @@ def start_listener(
         storage,
         celery_app,
         settings.queue_name,
-        limits=DecodeLimits(**settings.decode_limit_values()),
+        limits=settings.decode_limits(),
         loopback=LoopbackGuard(uid_root),
     )
     ae = build_ae(settings)

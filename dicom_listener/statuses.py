@@ -116,8 +116,3 @@ CALLED_AE_REJECTION = (
     RejectSource.SERVICE_USER,
     RejectReason.CALLED_AE_TITLE_NOT_RECOGNISED,
 )
-
-
-def is_success(status: int) -> bool:
-    """True for success and warning statuses (the instance was stored)."""
-    return status == 0x0000 or status in (0x0001, 0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pydicom.dataset import Dataset
 
+from cxr_common.model_files import read_finding, shipped_model_dir
 from cxr_imaging import decode_dataset
 from cxr_results import ResultSummary, overlay_from_png
 
@@ -21,6 +22,7 @@ def summary(score: float = 0.8123, flagged: bool = True) -> ResultSummary:
         model_version="1.0.0-lite0-strong-e8",
         weights_sha256=SHA,
         calibration_version="1.0.0-lite0-strong-e8-kermany-test-dev-1",
+        finding=read_finding(shipped_model_dir()),
         population_note="Calibrated on adult PA/AP chest radiographs.",
     )
 

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cxr_model.contract import DISCLAIMER, read_contract
+from cxr_common.clinical import DISCLAIMER
+from cxr_model.contract import read_contract
 
 #: The headline metrics `cxr-triage evaluate` prints; the card records these and more.
 SUMMARY_KEYS = (

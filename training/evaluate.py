@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cxr_common.clinical import DISCLAIMER
 from cxr_model import (
-    DISCLAIMER,
     WEIGHTS_DIR,
     CalibratedScore,
     Calibration,

@@ -8,10 +8,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from cxr_common.model_files import ModelFinding
 from cxr_model.contract import ModelContract, sha256_file, write_contract
 from cxr_model.preprocess import SCALING
 
 WEIGHTS_FILE = "weights.pt"
+#: What this training pipeline learns (labels NORMAL / PNEUMONIA), written into every
+#: exported model.json; at run time the finding is read from model.json only.
+PNEUMONIA = ModelFinding(
+    name="pneumonia",
+    display="Pneumonia",
+    code_value="233604007",
+    code_scheme="SCT",
+    code_meaning="Pneumonia",
+)
 
 
 def export_model(
@@ -48,6 +58,7 @@ def export_model(
         val_threshold=float(val_threshold),
         weights_file=WEIGHTS_FILE,
         sha256=sha256_file(weights),
+        finding=PNEUMONIA,
         intensity=intensity,
         extra=dict(extra or {}),
     )

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from cxr_model.contract import DISCLAIMER
+from cxr_common.clinical import DISCLAIMER
 from training.metrics import reliability_bins
 
 

@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cxr_common.clinical import DISCLAIMER
 from cxr_model import (
-    DISCLAIMER,
     WEIGHTS_DIR,
     Calibration,
     has_burned_in_annotation,

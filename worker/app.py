@@ -20,7 +20,6 @@ an empty queue; a process that holds jobs and finishes none leaves it alone.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -28,7 +27,6 @@ from celery import Celery
 
 from cxr_common.settings import WorkerSettings, resolve_batching
 from cxr_db import make_engine
-from cxr_imaging.limits import DecodeLimits
 from cxr_queue import make_celery
 from cxr_queue.live import queue_depth
 from cxr_queue.runner import Consumer, run_consumer
@@ -89,13 +87,6 @@ def apply_torch_threads(settings: WorkerSettings) -> int:
     return threads
 
 
-def decode_limits(settings: WorkerSettings) -> DecodeLimits:
-    """The decode limits (``CXR_MAX_PIXELS``, ``CXR_MAX_INFLATED_BYTES``, ...)."""
-    return DecodeLimits(
-        **{f.name: getattr(settings, f.name) for f in dataclasses.fields(DecodeLimits)}
-    )
-
-
 def reliability(settings: WorkerSettings) -> Reliability:
     return Reliability(
         lease_ttl_s=settings.lease_ttl_s,
@@ -103,7 +94,7 @@ def reliability(settings: WorkerSettings) -> Reliability:
         max_attempts=settings.max_attempts,
         batch_timeout_s=settings.batch_timeout_s,
         task_time_limit_s=settings.task_time_limit_s,
-        limits=decode_limits(settings),
+        limits=settings.decode_limits(),
     )
 
 

@@ -39,6 +39,7 @@ from fastapi.responses import RedirectResponse
 from sqlalchemy import Engine
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from cxr_common.clinical import DISCLAIMER
 from worklist.auth import OPS, AuthError, FormError, Principal, is_api
 from worklist.config import WebConfig
 from worklist.deps import WebState, require
@@ -109,12 +110,14 @@ def create_app(engine: Engine, config: WebConfig | None = None) -> FastAPI:
     cfg = config or WebConfig()
     app = FastAPI(
         title="cxr-triage worklist",
-        description="Clinical decision support, not a diagnosis.",
+        description=DISCLAIMER,
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
     )
-    app.state.web = WebState(engine=engine, config=cfg, radiographs=RadiographCache())
+    app.state.web = WebState(
+        engine=engine, config=cfg, radiographs=RadiographCache(limits=cfg.limits)
+    )
     app.middleware("http")(_headers_and_access_log)
     # outermost: a request for a host we do not serve gets 400 before anything else
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(cfg.trusted_hosts))

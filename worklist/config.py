@@ -6,27 +6,18 @@ default sign-in policy, no broker check, the shipped model's files.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 from pydantic import SecretStr
 
+from cxr_common.limits import DecodeLimits
+from cxr_common.model_files import shipped_model_dir
 from cxr_common.passwords import Passwords
 from cxr_common.settings import WebSettings
 from cxr_db.accounts import SignInPolicy
 from cxr_db.reading import DEFAULT_CLAIM_TIMEOUT
-
-
-def shipped_model_dir() -> Path:
-    """The folder of the model shipped in the ``cxr_model`` package, found without importing
-    it: the web app reads the model's files (contract, calibration, card) as data and never
-    loads torch."""
-    spec = importlib.util.find_spec("cxr_model")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the cxr_model package is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "weights"
 
 
 @dataclass(frozen=True)
@@ -45,6 +36,7 @@ class WebConfig:
     trusted_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
     queue_name: str = "cxr-score"
     metrics_token: SecretStr | None = None  # a Prometheus scrape token, besides the ops role
+    limits: DecodeLimits = field(default_factory=DecodeLimits)  # of the radiographs shown
 
     @classmethod
     def from_settings(cls, settings: WebSettings) -> WebConfig:
@@ -64,6 +56,7 @@ class WebConfig:
             trusted_hosts=tuple(settings.trusted_hosts()),
             queue_name=settings.queue_name,
             metrics_token=settings.metrics_token,
+            limits=settings.decode_limits(),
         )
 
     @property

@@ -178,6 +178,7 @@ class StudyView:
     csrf_token: str | None
     threshold: float | None
     message: str | None = None
+    finding: str | None = None  # what the score is of (model.json), e.g. "Pneumonia"
 
 
 def study_page(s: StudyView, nav: Nav | None = None) -> str:

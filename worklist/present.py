@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import quote, urlencode
 
+from cxr_common.model_files import read_finding
 from cxr_db.accounts import UserInfo
 from cxr_db.reads import ReadView, StudyResults, WorklistEntry
 from cxr_db.result_states import ResultState
@@ -218,3 +220,12 @@ def account_status(user: UserInfo, now: datetime | None = None) -> str:
     if user.locked_until is not None and user.locked_until > (now or datetime.now(UTC)):
         return f"locked until {utc_time(user.locked_until)}"
     return "active"
+
+
+def finding_display(model_dir: Path) -> str | None:
+    """What the model in ``model_dir`` reports, as people read it ("Pneumonia", from its
+    ``model.json``); None when its files cannot be read."""
+    try:
+        return read_finding(model_dir).display
+    except (OSError, ValueError):
+        return None

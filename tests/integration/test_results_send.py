@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
-from pydicom.uid import (
-    ExplicitVRLittleEndian,
-)
-from pynetdicom import AE
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from cxr_common.clinical import DISCLAIMER
 from cxr_results import (
@@ -26,6 +27,7 @@ from cxr_results import (
     result_uids,
     send_objects,
 )
+from cxr_results.send import MAX_CONTEXTS
 from tests.conftest import SAMPLES
 from tests.integration.results_peers import (
     DCMTK,
@@ -88,9 +90,20 @@ def test_a_pynetdicom_scp_receives_both_objects(
     assert sr_value(items["Best illustration of finding"])[1] == got_sc.SOPInstanceUID
 
 
-def test_a_refused_object_gets_its_status(objects: tuple[Dataset, Dataset, Dataset]) -> None:
+@pytest.mark.parametrize(
+    ("status", "stored", "said"),
+    [
+        (0xA700, False, "answered 0xA700"),  # refused: out of resources
+        (0xB000, True, "warning 0xB000"),  # the standard's warnings: stored
+        (0xB006, True, "warning 0xB006"),
+        (0xB007, True, "warning 0xB007"),
+    ],
+)
+def test_each_object_gets_its_status_and_only_success_or_a_warning_is_stored(
+    status: int, stored: bool, said: str, objects: tuple[Dataset, Dataset, Dataset]
+) -> None:
     received = Received()
-    ae, server, port = _start_scp(received, status_for_sr=0xA700)
+    ae, server, port = _start_scp(received, status_for_sr=status)
     try:
         _, sc, sr = objects
         outcomes = send_objects(
@@ -98,9 +111,9 @@ def test_a_refused_object_gets_its_status(objects: tuple[Dataset, Dataset, Datas
         )
     finally:
         server.shutdown()  # type: ignore[attr-defined]
-    assert [o.stored for o in outcomes] == [True, False]
-    assert outcomes[1].status == 0xA700
-    assert "0xA700" in str(outcomes[1].reason)
+    assert [(o.stored, o.status, o.reason) for o in outcomes[:1]] == [(True, 0, None)]
+    assert (outcomes[1].stored, outcomes[1].status) == (stored, status)
+    assert said in str(outcomes[1].reason)
 
 
 def test_a_wrong_called_ae_title_is_an_association_error(
@@ -177,3 +190,46 @@ def test_dcmtk_storescp_receives_both_and_dcmtk_reads_them(
     assert f"[{source.StudyInstanceUID}]" in sc_dump.stdout
     assert f"[{source.PatientID}]" in sc_dump.stdout
     assert "E:" not in sc_dump.stderr, sc_dump.stderr
+
+
+# ----------------------------------------------------------------------------- the client
+
+
+def test_more_contexts_than_one_association_takes_are_split_over_associations() -> None:
+    """130 storage SOP classes need 130 contexts (plus Verification): PS3.8 allows 128 per
+    association, so the client opens a second one; every object is stored, in order."""
+    classes = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts[:130]]
+    associations: list[int] = []
+    stored: list[str] = []
+
+    def on_store(event: Event) -> int:
+        associations.append(id(event.assoc))
+        stored.append(str(event.dataset.SOPInstanceUID))
+        return 0x0000
+
+    scp = AE(ae_title="TEST_PACS")
+    for uid in classes:
+        scp.add_supported_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    scp.add_supported_context(Verification)
+    server = scp.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    datasets = []
+    for n, uid in enumerate(classes, start=1):
+        ds = Dataset()
+        ds.SOPClassUID = uid
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.10.1399.999.{n}"
+        ds.PatientID = "SPLIT"
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        datasets.append(ds)
+    try:
+        destination = Destination("TEST_PACS", "127.0.0.1", int(server.server_address[1]))
+        outcomes = send_objects(destination, datasets, timeouts=QUICK)
+    finally:
+        server.shutdown()
+        scp.shutdown()
+    assert [o.stored for o in outcomes] == [True] * 130
+    assert stored == [ds.SOPInstanceUID for ds in datasets]
+    assert len(set(associations)) == 2
+    assert associations.count(associations[0]) == MAX_CONTEXTS - 1

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import warnings
-from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +14,14 @@ import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
+from cxr_common.settings import ListenerSettings, WebSettings, WorkerSettings
 from cxr_imaging import ImagingError, UndecodableError, decode_dataset
 from cxr_imaging.limits import (
     STATUS_DECLARED_SIZE,
@@ -46,6 +47,7 @@ from cxr_imaging.limits import (
 )
 from tests import poison
 from tests.dicom_factory import chest_like
+from worklist.config import WebConfig
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((REPO / "cxr_triage" / "samples").rglob("*.dcm"))
@@ -234,7 +236,7 @@ def test_rle_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
     _refused(exc, STATUS_DECLARED_SIZE, "400,000,000 exceeds", "max_pixels")
     roomy = DecodeLimits(max_pixels=400_000_000, max_rows=20000, max_columns=20000)
     with pytest.raises(DeclaredSizeError) as exc:
-        check_instance(path, replace(roomy, max_decoded_bytes=100 * poison.MIB))
+        check_instance(path, roomy.model_copy(update={"max_decoded_bytes": 100 * poison.MIB}))
     _refused(exc, STATUS_DECLARED_SIZE, "decoded size (bytes) 400,000,000", "max_decoded_bytes")
     assert check_instance(path, roomy).pixel_data is not None  # allowed when set so
 
@@ -271,16 +273,37 @@ def test_limits_are_settings_with_defaults() -> None:
     assert LIMITS.max_decoded_bytes == 512 * poison.MIB
     assert LIMITS.max_inflated_bytes == 528 * poison.MIB
     assert LIMITS.max_header_bytes == 16 * poison.MIB
-    with pytest.raises(FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         LIMITS.max_frames = 2  # type: ignore[misc]
     with pytest.raises(ValueError, match="max_frames"):
         DecodeLimits(max_frames=0)
+    with pytest.raises(ValueError, match="max_pixel"):
+        DecodeLimits(max_pixel=1)  # type: ignore[call-arg]
     ds = poison.dx_dataset()
     ds.NumberOfFrames = 4
     ds.PixelData = ds.PixelData * 4
     with pytest.raises(DeclaredSizeError, match="NumberOfFrames 4 exceeds the limit of 1"):
         check_declared_size(ds, LIMITS)
     assert check_declared_size(ds, DecodeLimits(max_frames=4)) == 4 * 64 * 64
+
+
+def test_every_process_converts_its_settings_to_the_same_limits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One declaration: listener, worker and web read the same CXR_* variables and convert
+    them the one way; unset, they are the defaults of ``DecodeLimits()``."""
+    for settings_class in (ListenerSettings, WorkerSettings, WebSettings):
+        assert settings_class().decode_limits() == LIMITS
+    monkeypatch.setenv("CXR_MAX_ROWS", "9000")
+    monkeypatch.setenv("CXR_MIN_DYNAMIC_RANGE", "0.2")
+    for settings_class in (ListenerSettings, WorkerSettings, WebSettings):
+        limits = settings_class().decode_limits()
+        assert (limits.max_rows, limits.min_dynamic_range) == (9000, 0.2)
+        assert limits == LIMITS.model_copy(update={"max_rows": 9000, "min_dynamic_range": 0.2})
+    assert WebConfig.from_settings(WebSettings()).limits.max_rows == 9000
+    monkeypatch.setenv("CXR_MAX_ROWS", "0")
+    with pytest.raises(ValueError, match="max_rows"):
+        WorkerSettings()
 
 
 # ---------------------------------------------------------------------------------------

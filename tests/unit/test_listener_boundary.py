@@ -63,7 +63,7 @@ def test_listener_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("CXR_ENVIRONMENT", "production")
     settings = ListenerSettings()
     assert [str(n) for n in settings.allowed_peer_networks] == ["10.0.0.0/8", "192.168.1.7/32"]
-    assert settings.decode_limit_values()["max_rows"] == 9000
+    assert settings.decode_limits().max_rows == 9000
     assert not settings.accept_any_called_ae_title
     monkeypatch.setenv("CXR_ALLOWED_PEER_NETWORKS", "")
     with pytest.raises(ValueError, match="needs an allow-list"):

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cxr_common.clinical import DISCLAIMER
 from cxr_imaging import load_image
 from cxr_model import (
     WEIGHTS_DIR,
@@ -24,6 +25,7 @@ from cxr_model import (
     read_contract,
     render_overlay_png,
     sha256_file,
+    verify_weights,
 )
 from training.predict import predict_paths
 
@@ -45,6 +47,9 @@ def test_sha256_matches_contract_card_and_calibration() -> None:
     assert contract.version in card
     cal = json.loads((WEIGHTS_DIR / "calibration.json").read_text())
     assert cal["model_sha256"] == contract.sha256
+    # one clinical-use statement, the same in every file the model ships with
+    assert cal["disclaimer"] == DISCLAIMER == contract.to_json()["disclaimer"]
+    assert json.loads((WEIGHTS_DIR / "model.json").read_text())["disclaimer"] == DISCLAIMER
     assert (WEIGHTS_DIR / contract.weights_file).stat().st_size < 25 * 2**20
     assert contract.labels == ("NORMAL", "PNEUMONIA")
     assert re.fullmatch(r"[0-9a-f]{64}", contract.sha256)
@@ -58,8 +63,14 @@ def test_tampered_weights_are_refused(tmp_path: Path) -> None:
         last = fh.read(1)
         fh.seek(-1, 2)
         fh.write(bytes([last[0] ^ 1]))
-    with pytest.raises(ModelIntegrityError):
+    with pytest.raises(ModelIntegrityError, match="restore the model folder") as info:
         load_model(tmp_path, device="cpu")
+    contract = read_contract(tmp_path)
+    assert f"model.json declares {contract.sha256[:12]}" in str(info.value)
+    (tmp_path / "weights.pt").unlink()
+    with pytest.raises(ModelIntegrityError, match="copy the model folder whole"):
+        verify_weights(tmp_path, contract)
+    assert verify_weights(WEIGHTS_DIR, read_contract(WEIGHTS_DIR)).name == "weights.pt"
 
 
 def test_score_batch_with_and_without_heatmaps(model: ScoringModel) -> None:
@@ -112,4 +123,4 @@ def test_predict_orders_positive_above_negative(tmp_path: Path) -> None:
     assert pos["eligible"]
     assert neg["eligible"]
     assert Path(pos["heatmap"]).is_file()
-    assert "not a diagnosis" in pos["disclaimer"]
+    assert pos["disclaimer"] == DISCLAIMER

@@ -139,6 +139,8 @@ def test_structured_report_holds_score_model_and_disclaimer() -> None:
     assert sr_value(items["Triage score"]) == pytest.approx(0.8123)
     assert sr_value(items["Operating threshold"]) == pytest.approx(0.2834)
     assert sr_value(items["Flagged for priority reading"]) == ("373066001", "SCT")
+    assert sr_value(items["Finding scored"]) == ("233604007", "SCT")  # from model.json
+    assert items["Finding scored"].ConceptCodeSequence[0].CodeMeaning == "Pneumonia"
     assert sr_value(items["Algorithm Name"]) == "cxr-pneumonia"
     assert sr_value(items["Algorithm Version"]) == "1.0.0-lite0-strong-e8"
     assert sr_value(items["Model weights SHA-256"]) == SHA

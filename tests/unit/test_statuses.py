@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, VERIFICATION_SERVICE_CLASS_STATUS
 
+from cxr_results.send import StoreWarning, is_stored
 from dicom_listener.statuses import (
     CALLING_AE_REJECTION,
     EchoStatus,
     StoreStatus,
-    is_success,
 )
 
 
@@ -49,10 +49,15 @@ def test_every_status_is_a_known_dicom_status_of_its_service() -> None:
     assert len({int(s) for s in StoreStatus}) == len(StoreStatus)  # no aliases
 
 
-def test_only_success_and_warnings_count_as_stored() -> None:
-    assert is_success(StoreStatus.SUCCESS)
-    assert is_success(0xB000)  # warning: coercion of data elements
-    assert not any(is_success(s) for s in StoreStatus if s != StoreStatus.SUCCESS)
+def test_only_success_and_the_standards_warnings_count_as_stored() -> None:
+    """The one success rule of the C-STORE client (cxr_results.send), for what our own
+    listener answers and for PACS: PS3.4 Table B.2-1's Success and Warnings."""
+    assert is_stored(StoreStatus.SUCCESS)
+    assert [s for s in (0xB000, 0xB006, 0xB007) if is_stored(s)] == list(StoreWarning)
+    for status in StoreWarning:
+        assert STORAGE_SERVICE_CLASS_STATUS[status][0] == "Warning"
+    assert not any(is_stored(s) for s in StoreStatus if s != StoreStatus.SUCCESS)
+    assert not any(is_stored(s) for s in (0xA700, 0xA900, 0xC000, 0x0110, 0xFF00, 0xB001))
 
 
 def test_calling_ae_rejection_is_permanent_by_the_service_user_for_the_calling_ae() -> None:

@@ -34,6 +34,7 @@ from worklist import pages
 from worklist.auth import CSRF_FIELD, HOME, AuthError, Principal, check_csrf
 from worklist.deps import Form, MaybePrincipal, Reader, State, WebState
 from worklist.inputs import UID_RULE, parse_view, record_answer, valid_uid
+from worklist.present import finding_display
 from worklist.radiograph import Withheld, patient_context
 from worklist.responses import html, html_error, json_error, nav
 
@@ -139,7 +140,7 @@ def _study_view(
         burned_in = None
         if inst.storage_uri:
             try:
-                ctx = patient_context(inst.storage_uri)
+                ctx = patient_context(inst.storage_uri, state.config.limits)
                 burned_in = ctx.burned_in_annotation
                 if patient is None:
                     patient = ctx
@@ -174,6 +175,7 @@ def _study_view(
         claimed_by_me=claimed_by_me,
         csrf_token=principal.csrf_token,
         threshold=threshold,
+        finding=finding_display(state.config.resolved_model_dir),
         message=message,
     )
 
