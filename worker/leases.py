@@ -21,7 +21,7 @@ import time
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from cxr_db import repository as repo
+from cxr_db.instances import writes as repo
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from cxr_db.statuses import InstanceStatus
+from cxr_db.instances.statuses import InstanceStatus
 
 
 class JobOutcome(enum.StrEnum):

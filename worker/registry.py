@@ -28,10 +28,10 @@ from sqlalchemy import Engine
 
 from cxr_common.drift import DriftReference
 from cxr_common.errors import ConfigurationError
-from cxr_db import audit
-from cxr_db import models as registry
-from cxr_db.models import ModelEntry, NewModel, ServingState
-from cxr_db.schema_reading import ActorKind
+from cxr_db.audit import store as audit
+from cxr_db.audit.tables import ActorKind
+from cxr_db.registry import store as registry
+from cxr_db.registry.store import ModelEntry, NewModel, ServingState
 
 if TYPE_CHECKING:
     import numpy as np

@@ -44,17 +44,23 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from cxr_common.errors import CxrTriageError
 from cxr_common.storage import sanitise_uid
-from cxr_db import accounts, audit, reading, reads
-from cxr_db.audit import AuditEvent, AuditQuery
+from cxr_db.accounts import store as accounts
+from cxr_db.accounts.tables import Role
+from cxr_db.audit import store as audit
+from cxr_db.audit.store import AuditEvent, AuditQuery
+from cxr_db.audit.tables import AuditAction
 from cxr_db.errors import (
     InvalidAnswerError,
     StudyAlreadyReadError,
     StudyClaimedError,
     StudyNotFoundError,
 )
-from cxr_db.reads import InvalidCursorError, ReadView, WorklistQuery
-from cxr_db.schema_reading import AuditAction, ReadState, Role
-from cxr_db.statuses import InstanceStatus
+from cxr_db.instances import reads as instance_reads
+from cxr_db.instances.statuses import InstanceStatus
+from cxr_db.reading import store as reading
+from cxr_db.reading.tables import ReadState
+from cxr_db.worklist import reads
+from cxr_db.worklist.reads import InvalidCursorError, ReadView, WorklistQuery
 from worklist import pages
 from worklist.assets import VIEWER_JS
 from worklist.auth import (
@@ -549,8 +555,8 @@ def create_app(engine: Engine, config: WebConfig | None = None) -> FastAPI:
         uid = _png_uid(sop_instance_uid)
         if uid is None:
             return _json_error(400, f"malformed SOP Instance UID: {_UID_RULE}")
-        png = reads.heatmap_png(engine, uid)
-        found = reads.instance_file(engine, uid) if png is not None else None
+        png = instance_reads.heatmap_png(engine, uid)
+        found = instance_reads.instance_file(engine, uid) if png is not None else None
         if png is None or found is None:
             return _json_error(404, f"no heatmap for SOP Instance UID {uid}")
         audit.record(
@@ -569,7 +575,7 @@ def create_app(engine: Engine, config: WebConfig | None = None) -> FastAPI:
         uid = _png_uid(sop_instance_uid)
         if uid is None:
             return _json_error(400, f"malformed SOP Instance UID: {_UID_RULE}")
-        found = reads.instance_file(engine, uid)
+        found = instance_reads.instance_file(engine, uid)
         if found is None or found.status is not InstanceStatus.DONE:
             return _json_error(404, f"no scored radiograph for SOP Instance UID {uid}")
         try:

@@ -15,8 +15,8 @@ from pydantic import SecretStr
 
 from cxr_common.passwords import Passwords
 from cxr_common.settings import WebSettings
-from cxr_db.accounts import SignInPolicy
-from cxr_db.reading import DEFAULT_CLAIM_TIMEOUT
+from cxr_db.accounts.store import SignInPolicy
+from cxr_db.reading.store import DEFAULT_CLAIM_TIMEOUT
 
 
 def shipped_model_dir() -> Path:

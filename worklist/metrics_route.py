@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine
 
 from cxr_common.metrics import HISTOGRAM_WINDOW_S
-from cxr_db.metrics import PipelineCollector
+from worklist.metrics_collector import PipelineCollector
 
 Authorize = Callable[[Request], object]
 

@@ -14,20 +14,21 @@ from html import escape
 from urllib.parse import quote, urlencode
 
 from cxr_common.clinical import DISCLAIMER
-from cxr_db.accounts import TokenInfo, UserInfo
-from cxr_db.audit import AuditRecord
-from cxr_db.reading import AnswerRecord
-from cxr_db.reads import (
-    InstanceDetail,
-    ReadView,
-    StudyDetail,
-    StudyResults,
-    UnreadCounts,
-    WorklistEntry,
+from cxr_db.accounts.store import TokenInfo, UserInfo
+from cxr_db.accounts.tables import Role
+from cxr_db.audit.store import AuditRecord
+from cxr_db.audit.tables import AuditAction
+from cxr_db.instances.statuses import (
+    PENDING_STATUSES,
+    REASON_STATUSES,
+    InstanceStatus,
+    StatusReason,
 )
-from cxr_db.result_states import ResultState, SendStatus
-from cxr_db.schema_reading import AuditAction, Finding, ReadState, Role
-from cxr_db.statuses import PENDING_STATUSES, REASON_STATUSES, InstanceStatus, StatusReason
+from cxr_db.reading.store import AnswerRecord
+from cxr_db.reading.tables import Finding, ReadState
+from cxr_db.results.states import ResultState, SendStatus
+from cxr_db.results.store import StudyResults
+from cxr_db.worklist.reads import InstanceDetail, ReadView, StudyDetail, UnreadCounts, WorklistEntry
 from worklist.present import (
     FINDING_LABELS,
     SHADOW_NOTE,

@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from cxr_db.reads import StudyResults, WorklistEntry
-from cxr_db.schema_reading import Finding, ReadState
-from cxr_db.statuses import STATUS_LABELS, InstanceStatus, StatusReason
+from cxr_db.instances.statuses import STATUS_LABELS, InstanceStatus, StatusReason
+from cxr_db.reading.tables import Finding, ReadState
+from cxr_db.results.store import StudyResults
+from cxr_db.worklist.reads import WorklistEntry
 
 NO_REASON = "no reason given"
 
