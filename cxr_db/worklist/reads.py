@@ -52,9 +52,10 @@ from cxr_db.instances.statuses import (
 from cxr_db.instances.tables import Instance, Prediction, Study
 from cxr_db.reading.store import with_read_state
 from cxr_db.reading.tables import Finding, ReadState
+from cxr_db.registry.tables import ModelRole
 from cxr_db.results.store import StudyResults, study_results
 
-ACTIVE_ROLE = "active"
+ACTIVE_ROLE = ModelRole.ACTIVE.value
 """Predictions of shadow models (``model_role = 'shadow'``) are kept out of every read here."""
 
 
