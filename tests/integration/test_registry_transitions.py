@@ -3,53 +3,38 @@ names its reason, every other one moves the model and leaves one audit row."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import Engine, text
 
-from cxr_db.audit.store import Actor
-from cxr_db.audit.tables import ActorKind
 from cxr_db.registry import store as registry
 from cxr_db.registry.store import NewModel, RegistryError
 from cxr_db.registry.tables import ModelState
+from tests.integration.test_population_models import ACTOR, db  # noqa: F401
 
-pytestmark = pytest.mark.integration
-
-ACTOR = Actor("cli:test", ActorKind.CLI)
-
-
-@pytest.fixture
-def db(engine: Engine) -> Iterator[Engine]:
-    def clear() -> None:
-        with engine.begin() as conn:
-            conn.execute(text("TRUNCATE models, population_strata RESTART IDENTITY"))
-
-    clear()
-    yield engine
-    clear()
+# ``db``: a clean registry, the fixture the registry's end-to-end tests use
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("db")]
 
 
-def _register(db: Engine, version: str, *, activate_if_none: bool = False) -> None:
+def _register(engine: Engine, version: str, *, activate_if_none: bool = False) -> None:
     model = NewModel(version, "m", version[0] * 64, f"file:///{version}", "c", "cal-1")
-    registry.register(db, model, ACTOR, activate_if_none=activate_if_none)
+    registry.register(engine, model, ACTOR, activate_if_none=activate_if_none)
 
 
-def _state(db: Engine, version: str) -> ModelState:
-    entry = registry.get_model(db, version)
+def _state(engine: Engine, version: str) -> ModelState:
+    entry = registry.get_model(engine, version)
     assert entry is not None
     return entry.state
 
 
-def _last_audit_id(db: Engine) -> int:
-    with db.connect() as conn:
+def _last_audit_id(engine: Engine) -> int:
+    with engine.connect() as conn:
         return int(conn.execute(text("SELECT coalesce(max(id), 0) FROM audit_log")).scalar_one())
 
 
-def _actions(db: Engine, version: str, after_id: int) -> list[tuple[str, str]]:
+def _actions(engine: Engine, version: str, after_id: int) -> list[tuple[str, str]]:
     """The audited moves of ``version`` since ``after_id`` (the audit log is append-only,
     so earlier tests' rows stay)."""
-    with db.connect() as conn:
+    with engine.connect() as conn:
         rows = conn.execute(
             text(
                 "SELECT action, detail->>'from_state' FROM audit_log WHERE target = :v "
@@ -60,13 +45,13 @@ def _actions(db: Engine, version: str, after_id: int) -> list[tuple[str, str]]:
     return [(r[0], r[1]) for r in rows]
 
 
-def test_refused_moves_name_their_reason_and_change_nothing(db: Engine) -> None:
-    start = _last_audit_id(db)
-    _register(db, "1.0.0", activate_if_none=True)
-    _register(db, "2.0.0")
-    registry.shadow(db, "2.0.0", ACTOR)
-    _register(db, "3.0.0")
-    registry.retire(db, "3.0.0", ACTOR)
+def test_refused_moves_name_their_reason_and_change_nothing(engine: Engine) -> None:
+    start = _last_audit_id(engine)
+    _register(engine, "1.0.0", activate_if_none=True)
+    _register(engine, "2.0.0")
+    registry.shadow(engine, "2.0.0", ACTOR)
+    _register(engine, "3.0.0")
+    registry.retire(engine, "3.0.0", ACTOR)
     refused = [
         (registry.activate, "1.0.0", "model 1.0.0 is already active"),
         (
@@ -85,33 +70,33 @@ def test_refused_moves_name_their_reason_and_change_nothing(db: Engine) -> None:
     ]
     for move, version, reason in refused:
         with pytest.raises(RegistryError) as caught:
-            move(db, version, ACTOR)
+            move(engine, version, ACTOR)
         assert str(caught.value).startswith(reason), (move.__name__, version)
-    assert [_state(db, v) for v in ("1.0.0", "2.0.0", "3.0.0")] == [
+    assert [_state(engine, v) for v in ("1.0.0", "2.0.0", "3.0.0")] == [
         ModelState.ACTIVE,
         ModelState.SHADOW,
         ModelState.RETIRED,
     ]
-    assert _actions(db, "1.0.0", start) == []
+    assert _actions(engine, "1.0.0", start) == []
 
 
-def test_allowed_moves_change_the_state_and_audit_the_state_they_left(db: Engine) -> None:
-    start = _last_audit_id(db)
-    _register(db, "1.0.0", activate_if_none=True)
-    _register(db, "2.0.0")
-    registry.retire(db, "2.0.0", ACTOR)  # registered → retired
-    registry.shadow(db, "2.0.0", ACTOR)  # retired → shadow
-    assert registry.activate(db, "2.0.0", ACTOR) == "1.0.0"  # shadow → active
-    assert _state(db, "1.0.0") is ModelState.RETIRED
-    registry.shadow(db, "1.0.0", ACTOR)  # retired → shadow
-    registry.retire(db, "1.0.0", ACTOR)  # shadow → retired
-    assert registry.activate(db, "1.0.0", ACTOR) == "2.0.0"  # retired → active
-    assert _actions(db, "2.0.0", start) == [
+def test_allowed_moves_change_the_state_and_audit_the_state_they_left(engine: Engine) -> None:
+    start = _last_audit_id(engine)
+    _register(engine, "1.0.0", activate_if_none=True)
+    _register(engine, "2.0.0")
+    registry.retire(engine, "2.0.0", ACTOR)  # registered → retired
+    registry.shadow(engine, "2.0.0", ACTOR)  # retired → shadow
+    assert registry.activate(engine, "2.0.0", ACTOR) == "1.0.0"  # shadow → active
+    assert _state(engine, "1.0.0") is ModelState.RETIRED
+    registry.shadow(engine, "1.0.0", ACTOR)  # retired → shadow
+    registry.retire(engine, "1.0.0", ACTOR)  # shadow → retired
+    assert registry.activate(engine, "1.0.0", ACTOR) == "2.0.0"  # retired → active
+    assert _actions(engine, "2.0.0", start) == [
         ("model_retire", "registered"),
         ("model_shadow", "retired"),
         ("model_activate", "shadow"),
     ]
-    assert _actions(db, "1.0.0", start) == [
+    assert _actions(engine, "1.0.0", start) == [
         ("model_shadow", "retired"),
         ("model_retire", "shadow"),
         ("model_activate", "retired"),
