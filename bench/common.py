@@ -400,13 +400,13 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 1
 
 def wait_until_final(engine: Any, expected: int, timeout_s: float = 3600) -> None:
     """Poll until ``expected`` instances are in a final state (done, not eligible, failed)."""
-    from cxr_db import reads
-    from cxr_db.statuses import FINAL_STATUSES
+    from cxr_db.instances import reads as instance_reads
+    from cxr_db.instances.statuses import FINAL_STATUSES
 
     final = {s.value for s in FINAL_STATUSES}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        statuses = reads.instance_statuses(engine)
+        statuses = instance_reads.instance_statuses(engine)
         done = sum(1 for s in statuses.values() if s in final)
         if done >= expected:
             bad = [s for s in statuses.values() if s != "done"]

@@ -22,7 +22,7 @@ import pydicom
 
 from bench.common import Bench, clear_folder, timings
 from cxr_common.storage import instance_key, open_storage, read_instance
-from cxr_db import repository as repo
+from cxr_db.instances import writes as repo
 from cxr_queue import ScoreJob, make_celery
 
 

@@ -4,7 +4,7 @@ set of reason categories; plus the one way a process serves its own metrics on a
 Three places expose them (README "Metrics"):
 
 * the web app's ``/metrics`` (``worklist.metrics_route``): the pipeline as the database
-  and the broker see it, computed at scrape time (``cxr_db.metrics.PipelineCollector``);
+  and the broker see it, computed at scrape time (``worklist.metrics_collector.PipelineCollector``);
 * the listener's port (``CXR_METRICS_PORT``, ``dicom_listener.metrics``): C-STORE
   outcomes and associations of that process;
 * each worker's port (``CXR_METRICS_PORT``, ``worker.metrics``): batches, batch latency
@@ -238,7 +238,7 @@ def _like_regex(pattern: str) -> re.Pattern[str]:
 
 def reason_category(reason: str | None, patterns: Sequence[tuple[str, str]]) -> str:
     """The category of ``reason`` under ``patterns`` (the SQL ``CASE`` in
-    ``cxr_db.metrics`` computes the same in the database)."""
+    ``cxr_db.instances.stats`` computes the same in the database)."""
     if reason:
         for category, pattern in patterns:
             if _like_regex(pattern).fullmatch(reason):

@@ -16,9 +16,9 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import Float
 
 from cxr_common.drift import PSI_WARN, DriftReference
-from cxr_db.models import ModelEntry, active_model
-from cxr_db.schema import Instance, Prediction
-from cxr_db.statuses import FINAL_STATUSES, InstanceStatus
+from cxr_db.instances.statuses import FINAL_STATUSES, InstanceStatus
+from cxr_db.instances.tables import Instance, Prediction
+from cxr_db.registry.store import ModelEntry, active_model
 
 __all__ = ["DriftDay", "DriftReport", "current_drift", "current_psi", "daily_drift"]
 

@@ -1,200 +1,30 @@
-"""ORM description of the schema (Alembic revisions in ``migrations/`` create it)."""
+"""The one description of the schema: every domain's tables on one ``Base.metadata``.
+
+Each domain keeps its tables next to its writes and reads (``cxr_db.<domain>.tables``);
+importing this module registers all of them, so Alembic (``migrations/env.py``) and the
+test that compares the migrations with the ORM see the whole schema.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import cast
+from cxr_db.accounts import tables as accounts_tables
+from cxr_db.audit import tables as audit_tables
+from cxr_db.base import Base
+from cxr_db.conflicts import tables as conflicts_tables
+from cxr_db.instances import tables as instances_tables
+from cxr_db.reading import tables as reading_tables
+from cxr_db.registry import tables as registry_tables
+from cxr_db.results import tables as results_tables
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    CheckConstraint,
-    DateTime,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    LargeBinary,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
-    func,
-    text,
+DOMAIN_TABLES = (
+    instances_tables,
+    results_tables,
+    conflicts_tables,
+    accounts_tables,
+    audit_tables,
+    reading_tables,
+    registry_tables,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+"""The modules that define tables, one per domain."""
 
-from cxr_db.result_states import (
-    RESULT_STATE_CHECK_SQL,
-    RESULT_STATE_TYPE,
-    SEND_STATUS_CHECK_SQL,
-    SEND_STATUS_TYPE,
-    ResultState,
-    SendStatus,
-)
-from cxr_db.statuses import STATUS_CHECK_SQL, STATUS_TYPE, InstanceStatus
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Study(Base):
-    __tablename__ = "studies"
-
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
-    accession_number: Mapped[str | None] = mapped_column(String(64))
-    flagged: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
-    score: Mapped[float | None] = mapped_column(Float)
-    first_received_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    # Results back to PACS (revision 0005; states in ``result_states``). The ``instances``
-    # insert trigger stamps last_instance_at and reopens a finished study.
-    result_state: Mapped[ResultState] = mapped_column(
-        RESULT_STATE_TYPE, default=ResultState.RECEIVING, server_default=ResultState.RECEIVING.value
-    )
-    result_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
-    last_instance_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
-    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    results_enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-
-
-class Instance(Base):
-    __tablename__ = "instances"
-    __table_args__ = (
-        CheckConstraint(STATUS_CHECK_SQL, name="instances_status_valid"),
-        Index("ix_instances_status_received", "status", "received_at"),
-        Index(
-            "ix_instances_pending_lease",
-            "status",
-            "lease_expires_at",
-            postgresql_where=text("status IN ('received', 'queued', 'processing')"),
-        ),
-    )
-
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
-    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
-    series_instance_uid: Mapped[str | None] = mapped_column(String(64))
-    sop_class_uid: Mapped[str] = mapped_column(String(64))
-    transfer_syntax_uid: Mapped[str | None] = mapped_column(String(64))
-    modality: Mapped[str | None] = mapped_column(String(16))
-    body_part: Mapped[str | None] = mapped_column(String(64))
-    view_position: Mapped[str | None] = mapped_column(String(16))
-    calling_ae_title: Mapped[str | None] = mapped_column(String(16))
-    storage_uri: Mapped[str] = mapped_column(Text)
-    size_bytes: Mapped[int] = mapped_column(BigInteger)
-    status: Mapped[InstanceStatus] = mapped_column(
-        STATUS_TYPE, default=InstanceStatus.RECEIVED, server_default=InstanceStatus.RECEIVED.value
-    )
-    reason: Mapped[str | None] = mapped_column(Text)
-    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    received_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
-    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    # Worker lease (migration 0004): who is scoring the instance, and until when.
-    lease_owner: Mapped[str | None] = mapped_column(String(128))
-    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # revision 0006: the active model's population check (cxr_common.population)
-    population: Mapped[str | None] = mapped_column(String(16))
-    population_reason: Mapped[str | None] = mapped_column(Text)
-    #: sha256 of the received data set (migration 0007; None for older rows).
-    content_sha256: Mapped[str | None] = mapped_column(String(64))
-
-
-class Prediction(Base):
-    __tablename__ = "predictions"
-    __table_args__ = (UniqueConstraint("instance_id", "model_version", name="uq_prediction"),)
-
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    instance_id: Mapped[int] = mapped_column(
-        ForeignKey("instances.id", ondelete="CASCADE"), index=True
-    )
-    model_name: Mapped[str] = mapped_column(String(64))
-    model_version: Mapped[str] = mapped_column(String(64))
-    weights_sha256: Mapped[str] = mapped_column(String(64))
-    calibration_version: Mapped[str | None] = mapped_column(String(64))
-    logit: Mapped[float] = mapped_column(Float)
-    probability: Mapped[float] = mapped_column(Float)
-    threshold: Mapped[float] = mapped_column(Float)
-    flagged: Mapped[bool] = mapped_column(Boolean)
-    heatmap_png: Mapped[bytes | None] = mapped_column(LargeBinary)
-    device: Mapped[str] = mapped_column(String(32))
-    batch_size: Mapped[int] = mapped_column(Integer)
-    decode_ms: Mapped[float] = mapped_column(Float)
-    inference_ms: Mapped[float] = mapped_column(Float)
-    worker_id: Mapped[str | None] = mapped_column(String(128))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    # revision 0006: whether this prediction may set priority (False: shadow, see
-    # cxr_db.models), and the role of the model that made it ("active" or "shadow")
-    triage: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
-    model_role: Mapped[str] = mapped_column(String(8), default="active", server_default="active")
-
-
-# --------------------------------------------------------------------- results (0005)
-
-cast(Table, Study.__table__).append_constraint(
-    CheckConstraint(RESULT_STATE_CHECK_SQL, name="studies_result_state_valid")
-)
-Index("ix_studies_result_state", Study.result_state, Study.last_instance_at)
-
-
-class ResultSend(Base):
-    """One attempt to store one result version's objects on one destination."""
-
-    __tablename__ = "result_sends"
-    __table_args__ = (
-        CheckConstraint(SEND_STATUS_CHECK_SQL, name="result_sends_status_valid"),
-        Index("ix_result_sends_study", "study_id", "result_version", "destination"),
-        # At most one successful send per (study, result version, destination).
-        Index(
-            "uq_result_sends_sent",
-            "study_id",
-            "result_version",
-            "destination",
-            unique=True,
-            postgresql_where=text("status = 'sent'"),
-        ),
-    )
-
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
-    result_version: Mapped[int] = mapped_column(Integer)
-    destination: Mapped[str] = mapped_column(String(300))
-    attempt: Mapped[int] = mapped_column(Integer)
-    status: Mapped[SendStatus] = mapped_column(SEND_STATUS_TYPE)
-    sc_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
-    sr_sop_instance_uid: Mapped[str] = mapped_column(String(64))
-    sc_status: Mapped[int | None] = mapped_column(Integer)
-    sr_status: Mapped[int | None] = mapped_column(Integer)
-    error: Mapped[str | None] = mapped_column(Text)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-
-
-class InstanceConflict(Base):
-    """A C-STORE refused because its SOP Instance UID is already stored with other content
-    (migration 0007): the stored instance stays as it is; this row is the visible event."""
-
-    __tablename__ = "instance_conflicts"
-
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    instance_id: Mapped[int] = mapped_column(
-        ForeignKey("instances.id", ondelete="CASCADE"), index=True
-    )
-    sop_instance_uid: Mapped[str] = mapped_column(String(64))
-    #: The Study Instance UID the refused copy named (may differ from the stored one's).
-    received_study_instance_uid: Mapped[str] = mapped_column(String(64))
-    stored_content_sha256: Mapped[str | None] = mapped_column(String(64))
-    received_content_sha256: Mapped[str] = mapped_column(String(64))
-    calling_ae_title: Mapped[str | None] = mapped_column(String(16))
-    peer_address: Mapped[str | None] = mapped_column(String(64))
-    received_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
+__all__ = ["DOMAIN_TABLES", "Base"]

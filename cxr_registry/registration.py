@@ -3,7 +3,7 @@
 Shared by ``cxr-triage migrate`` (an empty registry gets the configured model), the
 scoring worker's start (the same, for a database migrated by an older version) and
 ``cxr-triage model register``; it needs the model's files (``cxr_model``: contract,
-sha256, calibration) and the registry (``cxr_db.models``), never torch or a queue.
+sha256, calibration) and the registry (``cxr_db.registry.store``), never torch or a queue.
 
 ``read_model_folder`` checks a folder before it is registered: ``model.json`` readable, the
 weights' sha256 equal to the contract's, the calibration fitted for that sha256, and an
@@ -23,10 +23,10 @@ from sqlalchemy import Engine
 
 from cxr_common.drift import DriftReference
 from cxr_common.errors import ConfigurationError
-from cxr_db import audit
-from cxr_db import models as registry
-from cxr_db.models import ModelEntry, NewModel
-from cxr_db.schema_reading import ActorKind
+from cxr_db.audit import store as audit
+from cxr_db.audit.tables import ActorKind
+from cxr_db.registry import store as registry
+from cxr_db.registry.store import ModelEntry, NewModel
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import logging
 from celery import Celery
 from sqlalchemy import Engine
 
-from cxr_db import results as results_db
+from cxr_db.results import store as results_db
 from cxr_queue import ResultsJob, enqueue_results
 from cxr_scheduler.periodic import PeriodicJob
 

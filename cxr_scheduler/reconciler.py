@@ -27,7 +27,7 @@ import logging
 from celery import Celery
 from sqlalchemy import Engine
 
-from cxr_db import repository as repo
+from cxr_db.instances import writes as repo
 from cxr_queue import MAX_RETRY_COUNTDOWN_S, ScoreJob, enqueue_score, live_instance_ids
 from cxr_scheduler.periodic import PeriodicJob
 

@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 
 from cxr_common.errors import ConfigurationError
 from cxr_common.model_files import ModelFinding, read_finding, shipped_model_dir
-from cxr_db import models as registry
+from cxr_db.registry import store as registry
 
 
 def model_finding(engine: Engine, version: str) -> ModelFinding:

@@ -55,9 +55,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from cxr_common.errors import ConfigurationError, StorageError, TransientError
 from cxr_common.settings import ResultSettings
 from cxr_common.storage import read_instance
-from cxr_db import results as results_db
-from cxr_db.result_states import ResultState, SendStatus
-from cxr_db.statuses import InstanceStatus
+from cxr_db.instances.statuses import InstanceStatus
+from cxr_db.results import store as results_db
+from cxr_db.results.states import ResultState, SendStatus
 from cxr_imaging import ImagingError, decode_dataset
 from cxr_queue import RESULTS_TASK, ResultsJob
 from cxr_queue.retries import RetryPolicy, retries_so_far, retry_later

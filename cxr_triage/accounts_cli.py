@@ -34,9 +34,12 @@ from sqlalchemy import Engine
 
 from cxr_common.errors import ConfigurationError
 from cxr_common.passwords import Passwords, WeakPasswordError, check_password_policy
-from cxr_db import accounts, audit, reading
-from cxr_db.audit import Actor, AuditEvent, AuditQuery
-from cxr_db.schema_reading import ActorKind, AuditAction, Role
+from cxr_db.accounts import store as accounts
+from cxr_db.accounts.tables import Role
+from cxr_db.audit import store as audit
+from cxr_db.audit.store import Actor, AuditEvent, AuditQuery
+from cxr_db.audit.tables import ActorKind, AuditAction
+from cxr_db.reading import store as reading
 
 EngineHandler = Callable[[Engine, argparse.Namespace], int]
 Runner = Callable[..., int]

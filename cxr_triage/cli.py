@@ -261,7 +261,8 @@ def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
 
 
 def _cmd_worklist(args: argparse.Namespace, settings: CommonSettings) -> int:
-    from cxr_db import make_engine, reads
+    from cxr_db import make_engine
+    from cxr_db.worklist import reads
     from cxr_triage.worklist_view import as_json, as_table
 
     query = reads.WorklistQuery(
@@ -287,7 +288,7 @@ def _cmd_requeue(args: argparse.Namespace, settings: CommonSettings) -> int:
     """Put failed or stuck instances back in work (issue 12): the operator's way after
     fixing what the reason said. Resets attempts; never touches a scored instance."""
     from cxr_db import make_engine
-    from cxr_db import repository as repo
+    from cxr_db.instances import writes as repo
     from cxr_queue import ScoreJob, enqueue_score, make_celery
 
     if not args.failed and args.study is None:
@@ -386,7 +387,7 @@ def _init_from_registry(argv: list[str]) -> list[str]:
         if not value or Path(value).exists():
             return argv
         from cxr_db import make_engine
-        from cxr_db.models import get_model
+        from cxr_db.registry.store import get_model
         from cxr_triage.services import resolve_services
 
         services = resolve_services(CommonSettings())

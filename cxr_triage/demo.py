@@ -32,8 +32,10 @@ from typing import IO
 from tqdm import tqdm
 
 from cxr_common.settings import SupervisorSettings
-from cxr_db import make_engine, reads
-from cxr_db.statuses import FINAL_STATUSES, InstanceStatus
+from cxr_db import make_engine
+from cxr_db.instances import reads as instance_reads
+from cxr_db.instances.statuses import FINAL_STATUSES, InstanceStatus
+from cxr_db.worklist import reads
 from cxr_triage.embedded import free_port
 from cxr_triage.processes import Child, settings_env, spawn, stop_all, wait_for_port
 from cxr_triage.services import ResolvedServices, resolve_services
@@ -94,7 +96,7 @@ def _wait_until_final(
     statuses: dict[str, InstanceStatus] = {}
     with tqdm(total=expected, desc="scoring", unit="img") as bar:
         while time.monotonic() < deadline:
-            statuses = reads.instance_statuses(engine)
+            statuses = instance_reads.instance_statuses(engine)
             done = sum(1 for s in statuses.values() if s in final)
             bar.update(done - bar.n)
             if len(statuses) >= expected and done >= expected:
@@ -114,7 +116,7 @@ def write_heatmaps(engine_url: str, out_dir: Path) -> int:
     written = 0
     for rank, entry in enumerate(reads.worklist(engine), 1):
         for sop in entry.heatmap_sop_instance_uids:
-            png = reads.heatmap_png(engine, sop)
+            png = instance_reads.heatmap_png(engine, sop)
             if png:
                 tag = hashlib.sha256(sop.encode()).hexdigest()[:8]
                 (out_dir / f"{rank:02d}-{tag}.png").write_bytes(png)

@@ -29,10 +29,10 @@ from cxr_common.drift import PSI_WARN
 from cxr_common.errors import ConfigurationError
 from cxr_common.population import Stratum, Targets
 from cxr_common.settings import CommonSettings, WorkerSettings
-from cxr_db import audit
-from cxr_db import models as registry
-from cxr_db.models import ModelEntry, RegistryError, StratumEvidence
-from cxr_db.schema_reading import ActorKind
+from cxr_db.audit import store as audit
+from cxr_db.audit.tables import ActorKind
+from cxr_db.registry import store as registry
+from cxr_db.registry.store import ModelEntry, RegistryError, StratumEvidence
 
 EngineHandler = Callable[[Engine, argparse.Namespace], int]
 VALIDATION_SCHEMA = "cxr-triage/validation/1"

@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 
 from cxr_common.clinical import DISCLAIMER
-from cxr_db.reads import WorklistEntry
+from cxr_db.worklist.reads import WorklistEntry
 from worklist.present import entry_json, population_text, read_label, reason_text, status_label
 
 __all__ = ["DISCLAIMER", "as_json", "as_table"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 from sqlalchemy import Engine
 
-from cxr_db import repository as repo
+from cxr_db.instances import writes as repo
 from cxr_queue import ScoreJob, enqueue_score
 
 

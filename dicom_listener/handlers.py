@@ -49,8 +49,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cxr_common.errors import CxrTriageError, StorageError
 from cxr_common.storage import Storage, instance_key, read_instance, sanitise_uid
-from cxr_db import conflicts
-from cxr_db import repository as repo
+from cxr_db.conflicts import store as conflicts
+from cxr_db.instances import writes as repo
 from cxr_imaging.errors import ImagingError
 from cxr_imaging.limits import DecodeLimits, InputRefusedError, check_instance
 from cxr_queue import ScoreJob

@@ -290,7 +290,7 @@ def run_poison(base: Path, redis_url: str, db_url: str) -> list[dict[str, object
     from sqlalchemy import text
 
     from cxr_common.storage import instance_key, open_storage
-    from cxr_db import repository as repo
+    from cxr_db.instances import writes as repo
     from cxr_queue import ScoreJob, enqueue_score, make_celery
     from tests import poison
     from tests.faults import peak_rss_bytes

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian
 from sqlalchemy import Engine
 
-from cxr_db import repository as repo
+from cxr_db.instances import writes as repo
 
 
 def record(engine: Engine, study: str, sop: str, accession: str | None = None) -> int:

@@ -24,7 +24,7 @@ from typing import IO, Any
 from sqlalchemy import Engine, text
 
 from cxr_common.settings import ListenerSettings, normalise_database_url
-from cxr_db.statuses import FINAL_STATUSES
+from cxr_db.instances.statuses import FINAL_STATUSES
 
 #: Leases and reconciler passes short enough for a test to watch them work.
 FAST_WORKER_ENV = {

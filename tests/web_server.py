@@ -18,9 +18,9 @@ import uvicorn
 from PIL import Image
 from sqlalchemy import Engine
 
-from cxr_db import accounts
-from cxr_db import repository as repo
-from cxr_db.schema_reading import Role
+from cxr_db.accounts import store as accounts
+from cxr_db.accounts.tables import Role
+from cxr_db.instances import writes as repo
 from tests.db_rows import prediction, record
 from tests.dicom_factory import chest_like, make_dataset, write
 from tests.integration.reading_rows import ADMIN, PASSWORD, cheap_passwords, clean

@@ -1,6 +1,6 @@
 """The leases a worker process holds, renewed by one thread, and what it has achieved.
 
-A job claims its instance (``cxr_db.repository.claim_instance``) and hands the id to
+A job claims its instance (``cxr_db.instances.writes.claim_instance``) and hands the id to
 :class:`LeaseKeeper`; one renewer thread per process extends every held lease every
 ``renew_s`` seconds in a single UPDATE. A job held longer than ``max_hold_s`` (the task
 time limit: the threads pool cannot kill a stuck thread) is no longer renewed, so its
@@ -21,7 +21,7 @@ import time
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from cxr_db import repository as repo
+from cxr_db.instances import writes as repo
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What one scoring job did, named once. ``cxr.score_instance`` returns the value.
 
-The first three are the instance's final status (``cxr_db.statuses.FINAL_STATUSES``) as the
+The first three are the instance's final status (``cxr_db.instances.statuses.FINAL_STATUSES``) as the
 job wrote it; the other three touch no row, so they are no ``InstanceStatus`` and the
 ``instances.status`` column refuses them.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from cxr_db.statuses import InstanceStatus
+from cxr_db.instances.statuses import InstanceStatus
 
 
 class JobOutcome(enum.StrEnum):

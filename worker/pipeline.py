@@ -39,7 +39,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from cxr_common.errors import CxrTriageError, InstanceMissingError, StorageError, TransientError
 from cxr_common.population import PopulationPolicy, UnknownAge
 from cxr_common.storage import read_instance
-from cxr_db import repository as repo
+from cxr_db.instances import writes as repo
 from cxr_imaging import ImagingError, check_eligibility, decode_dataset
 from cxr_imaging.limits import (
     DecodeLimits,

@@ -1,4 +1,4 @@
-"""Models a worker serves, from the registry (``cxr_db.models``), reloaded when it changes.
+"""Models a worker serves, from the registry (``cxr_db.registry.store``), reloaded when it changes.
 
 Registering a model (checking its folder, the configured model on an empty registry) is
 ``cxr_registry``'s, shared with ``cxr-triage migrate`` and ``model register``.
@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 
 from cxr_common.errors import ConfigurationError
-from cxr_db import models as registry
-from cxr_db.models import ModelEntry, ServingState
+from cxr_db.registry import store as registry
+from cxr_db.registry.store import ModelEntry, ServingState
 
 if TYPE_CHECKING:
     import numpy as np

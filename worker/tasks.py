@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from cxr_common.errors import TransientError
-from cxr_db import repository as repo
+from cxr_db.instances import writes as repo
 from cxr_queue import MAX_RETRY_COUNTDOWN_S, SCORE_TASK, ScoreJob
 from cxr_queue.retries import RetryPolicy, retries_so_far, retry_later
 from worker.outcomes import JobOutcome

@@ -30,11 +30,12 @@ from urllib.parse import parse_qsl
 from fastapi import Request
 from sqlalchemy import Engine
 
-from cxr_db import accounts
-from cxr_db.accounts import TokenInfo, UserInfo
-from cxr_db.audit import Actor
-from cxr_db.reading import Reader
-from cxr_db.schema_reading import ActorKind, Role
+from cxr_db.accounts import store as accounts
+from cxr_db.accounts.store import TokenInfo, UserInfo
+from cxr_db.accounts.tables import Role
+from cxr_db.audit.store import Actor
+from cxr_db.audit.tables import ActorKind
+from cxr_db.reading.store import Reader
 from worklist.config import WebConfig
 
 SESSION_COOKIE = "cxr_session"

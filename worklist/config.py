@@ -16,8 +16,8 @@ from cxr_common.limits import DecodeLimits
 from cxr_common.model_files import shipped_model_dir
 from cxr_common.passwords import Passwords
 from cxr_common.settings import WebSettings
-from cxr_db.accounts import SignInPolicy
-from cxr_db.reading import DEFAULT_CLAIM_TIMEOUT
+from cxr_db.accounts.store import SignInPolicy
+from cxr_db.reading.store import DEFAULT_CLAIM_TIMEOUT
 
 
 @dataclass(frozen=True)

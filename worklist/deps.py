@@ -17,7 +17,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 
-from cxr_db.schema_reading import Role
+from cxr_db.accounts.tables import Role
 from worklist.auth import ADMINS, OPS, READERS, AuthError, Principal, authenticate, read_form
 from worklist.config import WebConfig
 from worklist.radiograph import RadiographCache

@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from cxr_db import reads
+from cxr_db.instances import reads as instance_reads
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Check:
 
 def check_database(engine: Engine) -> Check:
     try:
-        reads.database_answers(engine)
+        instance_reads.database_answers(engine)
     except SQLAlchemyError as exc:
         log.warning("health check: database does not answer (%s)", type(exc).__name__)
         return Check("database", False, "database does not answer")

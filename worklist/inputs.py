@@ -11,11 +11,11 @@ from typing import Any
 from sqlalchemy import Engine
 
 from cxr_common.storage import sanitise_uid
-from cxr_db import reading
-from cxr_db.audit import AuditQuery
+from cxr_db.audit.store import AuditQuery
+from cxr_db.audit.tables import AuditAction
 from cxr_db.errors import InvalidAnswerError
-from cxr_db.reads import ReadView
-from cxr_db.schema_reading import AuditAction
+from cxr_db.reading import store as reading
+from cxr_db.worklist.reads import ReadView
 from worklist.auth import Principal
 
 UID_RULE = "a DICOM UID is digits and dots, at most 64 characters"

@@ -1,7 +1,7 @@
 """``GET /metrics``: the pipeline in Prometheus text format, as a self-contained router.
 
 ``metrics_router(engine, broker_url=…, queue_names=…, authorize=…)`` serves its own
-registry: the database- and broker-backed ``cxr_db.metrics.PipelineCollector`` plus this
+registry: the database- and broker-backed ``worklist.metrics_collector.PipelineCollector`` plus this
 web process's process, platform and GC collectors. Nothing is computed until a scrape.
 
 ``authorize(request)`` is a FastAPI dependency supplied by the app: it returns when the
@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine
 
 from cxr_common.metrics import HISTOGRAM_WINDOW_S
-from cxr_db.metrics import PipelineCollector
+from worklist.metrics_collector import PipelineCollector
 
 Authorize = Callable[[Request], object]
 

@@ -23,19 +23,15 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from cxr_common.clinical import DISCLAIMER
-from cxr_db.accounts import TokenInfo, UserInfo
-from cxr_db.audit import AuditRecord
-from cxr_db.reading import AnswerRecord
-from cxr_db.reads import (
-    InstanceDetail,
-    ReadView,
-    StudyDetail,
-    StudyResults,
-    UnreadCounts,
-    WorklistEntry,
-)
-from cxr_db.result_states import SendStatus
-from cxr_db.schema_reading import AuditAction, Finding, ReadState, Role
+from cxr_db.accounts.store import TokenInfo, UserInfo
+from cxr_db.accounts.tables import Role
+from cxr_db.audit.store import AuditRecord
+from cxr_db.audit.tables import AuditAction
+from cxr_db.reading.store import AnswerRecord
+from cxr_db.reading.tables import Finding, ReadState
+from cxr_db.results.states import SendStatus
+from cxr_db.results.store import StudyResults
+from cxr_db.worklist.reads import InstanceDetail, ReadView, StudyDetail, UnreadCounts, WorklistEntry
 from worklist import present
 from worklist.radiograph import PatientContext
 

@@ -11,17 +11,18 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from cxr_common.model_files import read_finding
-from cxr_db.accounts import UserInfo
-from cxr_db.reads import ReadView, StudyResults, WorklistEntry
-from cxr_db.result_states import ResultState
-from cxr_db.schema_reading import Finding, ReadState
-from cxr_db.statuses import (
+from cxr_db.accounts.store import UserInfo
+from cxr_db.instances.statuses import (
     PENDING_STATUSES,
     REASON_STATUSES,
     STATUS_LABELS,
     InstanceStatus,
     StatusReason,
 )
+from cxr_db.reading.tables import Finding, ReadState
+from cxr_db.results.states import ResultState
+from cxr_db.results.store import StudyResults
+from cxr_db.worklist.reads import ReadView, WorklistEntry
 
 NO_REASON = "no reason given"
 

@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import Engine
 
-from cxr_db import reading
-from cxr_db.schema_reading import Role
+from cxr_db.accounts.tables import Role
+from cxr_db.reading import store as reading
 from cxr_triage.worklist_view import DISCLAIMER
 from tests.integration.reading_rows import PASSWORD, db_now
 from tests.web_server import (

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import Engine
 
 from cxr_common.settings import ListenerSettings
-from cxr_db import reads
-from cxr_db.statuses import FINAL_STATUSES, InstanceStatus
+from cxr_db.instances import reads as instance_reads
+from cxr_db.instances.statuses import FINAL_STATUSES, InstanceStatus
 from cxr_queue import make_celery
 from tests.conftest import Services
 
@@ -82,7 +82,7 @@ def wait_until_final(
     deadline = time.monotonic() + timeout_s
     statuses: dict[str, InstanceStatus] = {}
     while time.monotonic() < deadline:
-        statuses = reads.instance_statuses(engine)
+        statuses = instance_reads.instance_statuses(engine)
         if len(statuses) >= expected and all(s in FINAL_STATUSES for s in statuses.values()):
             return statuses
         for proc in procs or []:

@@ -13,10 +13,12 @@ from argon2 import PasswordHasher
 from sqlalchemy import Engine, func, select, text
 
 from cxr_common.passwords import Passwords
-from cxr_db import accounts, audit
-from cxr_db import repository as repo
-from cxr_db.audit import Actor, AuditQuery, AuditRecord
-from cxr_db.schema_reading import ActorKind, AuditEntry, Role
+from cxr_db.accounts import store as accounts
+from cxr_db.accounts.tables import Role
+from cxr_db.audit import store as audit
+from cxr_db.audit.store import Actor, AuditQuery, AuditRecord
+from cxr_db.audit.tables import ActorKind, AuditEntry
+from cxr_db.instances import writes as repo
 from tests.db_rows import prediction
 
 PASSWORD = "correct horse battery staple"

@@ -13,8 +13,10 @@ import pytest
 from sqlalchemy import Engine, select, text
 
 from cxr_common.passwords import WeakPasswordError
-from cxr_db import accounts
-from cxr_db.accounts import SignInOutcome, SignInPolicy
+from cxr_db.accounts import store as accounts
+from cxr_db.accounts.store import SignInOutcome, SignInPolicy
+from cxr_db.accounts.tables import ApiToken, Role, User
+from cxr_db.audit.tables import ActorKind, AuditAction
 from cxr_db.errors import (
     InvalidNameError,
     TokenExistsError,
@@ -22,7 +24,6 @@ from cxr_db.errors import (
     UnknownUserError,
     UserExistsError,
 )
-from cxr_db.schema_reading import ActorKind, ApiToken, AuditAction, Role, User
 from cxr_triage import accounts_cli
 from tests.conftest import Services
 from tests.integration.reading_rows import (
@@ -67,7 +68,6 @@ def test_orm_schema_matches_the_migrations(services: Services) -> None:
     from alembic.migration import MigrationContext
     from sqlalchemy import create_engine
 
-    import cxr_db.schema_reading  # noqa: F401  (registers the reading tables)
     from cxr_db.schema import Base
 
     eng = create_engine(services.database_url)

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from cxr_db import audit
-from cxr_db.audit import Actor, AuditEvent, AuditQuery
-from cxr_db.schema_reading import ActorKind, AuditAction
+from cxr_db.audit import store as audit
+from cxr_db.audit.store import Actor, AuditEvent, AuditQuery
+from cxr_db.audit.tables import ActorKind, AuditAction
 from cxr_triage import accounts_cli
 from tests.integration.reading_rows import audit_after, audit_mark
 

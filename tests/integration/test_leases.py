@@ -14,8 +14,8 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
-from cxr_db import repository as repo
-from cxr_db.repository import ClaimState
+from cxr_db.instances import writes as repo
+from cxr_db.instances.writes import ClaimState
 from cxr_queue import make_celery
 from cxr_scheduler.reconciler import Reconciler
 from tests.conftest import Services

@@ -28,7 +28,7 @@ from sqlalchemy import Engine, text
 from cxr_common.settings import ListenerSettings
 from cxr_common.storage import open_storage
 from cxr_db import make_engine
-from cxr_db import repository as repo
+from cxr_db.instances import writes as repo
 from cxr_queue import make_celery
 from cxr_scheduler.reconciler import Reconciler
 from dicom_listener.server import ListenerHandle, start_listener

@@ -22,8 +22,8 @@ import redis
 from pydicom.dataset import Dataset
 from sqlalchemy import Engine, text
 
-from cxr_db import conflicts
-from cxr_db import repository as repo
+from cxr_db.conflicts import store as conflicts
+from cxr_db.instances import writes as repo
 from dicom_listener.handlers import content_sha256
 from dicom_listener.server import ListenerHandle
 from dicom_listener.statuses import StoreStatus

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from cxr_db.statuses import InstanceStatus
+from cxr_db.instances.statuses import InstanceStatus
 from dicom_listener.statuses import EchoStatus, StoreStatus
 from tests.conftest import Services
 from tests.dicom_factory import chest_like, make_dataset

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import Engine, text
 
-from cxr_db import reads
-from cxr_db.statuses import InstanceStatus
+from cxr_db.instances.statuses import InstanceStatus
+from cxr_db.worklist import reads
 from cxr_queue import ScoreJob, enqueue_score, make_celery
 from cxr_triage.send import send_paths
 from tests.conftest import REPO, SAMPLES, Services

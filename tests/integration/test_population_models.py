@@ -19,12 +19,12 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
-from cxr_db import models as registry
-from cxr_db import reads
-from cxr_db import repository as repo
-from cxr_db.audit import Actor
-from cxr_db.reads import WorklistEntry
-from cxr_db.schema_reading import ActorKind
+from cxr_db.audit.store import Actor
+from cxr_db.audit.tables import ActorKind
+from cxr_db.instances import writes as repo
+from cxr_db.registry import store as registry
+from cxr_db.worklist import reads
+from cxr_db.worklist.reads import WorklistEntry
 from cxr_model import WEIGHTS_DIR
 from cxr_registry import ensure_configured_model
 from cxr_triage import models_cli

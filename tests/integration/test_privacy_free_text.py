@@ -12,7 +12,7 @@ import pytest
 from pydicom.uid import CTImageStorage
 from sqlalchemy import Engine, text
 
-from cxr_db import reads
+from cxr_db.worklist import reads
 from cxr_triage.send import send_paths
 from tests.dicom_factory import make_dataset, write
 from tests.integration.conftest import wait_until_final

@@ -28,13 +28,14 @@ from sqlalchemy import Engine, text
 import cxr_model
 from cxr_common import metrics as m
 from cxr_common.settings import ListenerSettings
-from cxr_db import drift, models
-from cxr_db import repository as repo
-from cxr_db.audit import Actor
-from cxr_db.models import NewModel
-from cxr_db.schema import Instance
-from cxr_db.schema_reading import ActorKind
-from cxr_db.statuses import InstanceStatus
+from cxr_db import drift
+from cxr_db.audit.store import Actor
+from cxr_db.audit.tables import ActorKind
+from cxr_db.instances import writes as repo
+from cxr_db.instances.statuses import InstanceStatus
+from cxr_db.instances.tables import Instance
+from cxr_db.registry import store as models
+from cxr_db.registry.store import NewModel
 from cxr_model import WEIGHTS_DIR
 from cxr_model.contract import read_contract
 from cxr_queue import make_celery

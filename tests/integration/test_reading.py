@@ -11,15 +11,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from cxr_db import accounts, reading
+from cxr_db.accounts import store as accounts
+from cxr_db.accounts.tables import Role
 from cxr_db.errors import (
     InvalidAnswerError,
     StudyAlreadyReadError,
     StudyClaimedError,
     StudyNotFoundError,
 )
-from cxr_db.reading import Reader
-from cxr_db.schema_reading import Answer, Finding, ReadState, Role
+from cxr_db.reading import store as reading
+from cxr_db.reading.store import Reader
+from cxr_db.reading.tables import Answer, Finding, ReadState
 from cxr_triage import accounts_cli
 from tests.integration.reading_rows import (
     ADMIN,
@@ -342,7 +344,7 @@ def test_answers_export_is_a_labels_csv_the_training_loader_reads(
 def test_answers_export_prefers_the_prediction_of_the_version_the_reader_saw(
     db: Engine, two_readers: tuple[accounts.UserInfo, accounts.UserInfo], tmp_path: Path
 ) -> None:
-    from cxr_db import repository as repo
+    from cxr_db.instances import writes as repo
     from tests.db_rows import prediction
 
     ann, _ = two_readers
@@ -356,7 +358,7 @@ def test_answers_export_prefers_the_prediction_of_the_version_the_reader_saw(
 
 def _outside_study(db: Engine, study: str, p: float, uri: str | None = None) -> int:
     """One instance the active model (v1) scored outside the validated population."""
-    from cxr_db import repository as repo
+    from cxr_db.instances import writes as repo
     from tests.db_rows import prediction
 
     rec = repo.InstanceRecord(
@@ -387,7 +389,7 @@ def _outside_study(db: Engine, study: str, p: float, uri: str | None = None) -> 
 def test_what_the_reader_saw_and_the_export_never_take_a_shadow_models_prediction(
     db: Engine, two_readers: tuple[accounts.UserInfo, accounts.UserInfo], tmp_path: Path
 ) -> None:
-    from cxr_db import repository as repo
+    from cxr_db.instances import writes as repo
     from tests.db_rows import prediction
 
     ann, _ = two_readers

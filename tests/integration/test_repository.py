@@ -8,10 +8,11 @@ import pytest
 from sqlalchemy import Engine, text, update
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from cxr_db import reads
-from cxr_db import repository as repo
-from cxr_db.schema import Instance
-from cxr_db.statuses import STUDY_STATUS_PRECEDENCE, InstanceStatus, StatusReason
+from cxr_db.instances import reads as instance_reads
+from cxr_db.instances import writes as repo
+from cxr_db.instances.statuses import STUDY_STATUS_PRECEDENCE, InstanceStatus, StatusReason
+from cxr_db.instances.tables import Instance
+from cxr_db.worklist import reads
 from tests.db_rows import prediction, record
 from worker.outcomes import JobOutcome
 
@@ -97,7 +98,7 @@ def test_a_final_instance_is_not_claimed_again(engine: Engine) -> None:
     repo.record_prediction(engine, inst, _prediction(0.7))
     assert repo.start_processing(engine, inst, "1.5.1.1") is None
     repo.record_failed(engine, inst, "late failure must not overwrite a result")
-    assert reads.instance_statuses(engine) == {"1.5.1.1": InstanceStatus.DONE}
+    assert instance_reads.instance_statuses(engine) == {"1.5.1.1": InstanceStatus.DONE}
 
 
 def test_reasons_are_data_distinct_and_failed_first(engine: Engine) -> None:
@@ -203,4 +204,4 @@ def test_a_job_outcome_that_is_no_instance_status_cannot_be_written(
     raw = text("UPDATE instances SET status = :s WHERE id = :id")  # bypasses the type
     with pytest.raises(IntegrityError, match="instances_status_valid"), engine.begin() as conn:
         conn.execute(raw, {"s": outcome.value, "id": inst})  # and the database refuses it
-    assert reads.instance_statuses(engine) == {"1.9.1.1": InstanceStatus.RECEIVED}
+    assert instance_reads.instance_statuses(engine) == {"1.9.1.1": InstanceStatus.RECEIVED}

@@ -9,10 +9,10 @@ import threading
 import pytest
 from sqlalchemy import Engine, text
 
-from cxr_db import repository as repo
-from cxr_db import results as results_db
-from cxr_db.reads import worklist
-from cxr_db.result_states import ResultState, SendStatus
+from cxr_db.instances import writes as repo
+from cxr_db.results import store as results_db
+from cxr_db.results.states import ResultState, SendStatus
+from cxr_db.worklist.reads import worklist
 from tests.db_rows import prediction, record
 from worklist.present import entry_json
 

@@ -24,7 +24,8 @@ from sqlalchemy import Engine, text
 
 from cxr_common.clinical import DISCLAIMER
 from cxr_common.settings import ListenerSettings, SchedulerSettings
-from cxr_db import reads
+from cxr_db.instances import reads as instance_reads
+from cxr_db.worklist import reads
 from cxr_queue import ResultsJob, enqueue_results, make_celery
 from cxr_results import Destination, is_our_uid
 from cxr_triage.send import send_paths
@@ -435,7 +436,7 @@ def test_our_own_listener_as_destination_causes_no_loop(
             )
         ).one()
     assert tuple(counts) == (1, 1, 1, 1)
-    assert reads.instance_statuses(engine) == {str(chest.SOPInstanceUID): "done"}
+    assert instance_reads.instance_statuses(engine) == {str(chest.SOPInstanceUID): "done"}
 
 
 def test_forwarded_objects_with_new_uids_are_recognised_and_foreign_srs_refused(
@@ -470,5 +471,5 @@ def test_forwarded_objects_with_new_uids_are_recognised_and_foreign_srs_refused(
     listener = Destination("CXR_TRIAGE", "127.0.0.1", results_listener.port)
     outcomes = send_objects(listener, [sc, sr, foreign])
     assert [(o.stored, o.status) for o in outcomes] == [(True, 0), (True, 0), (False, 0x0122)]
-    assert reads.instance_statuses(engine) == {}
+    assert instance_reads.instance_statuses(engine) == {}
     assert not (services.data_dir / "instances" / str(source.StudyInstanceUID)).exists()

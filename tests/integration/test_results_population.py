@@ -19,8 +19,8 @@ from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 from sqlalchemy import Engine
 
 from cxr_common.settings import ResultSettings
-from cxr_db import repository as repo
-from cxr_db import results as results_db
+from cxr_db.instances import writes as repo
+from cxr_db.results import store as results_db
 from cxr_queue import ResultsJob
 from cxr_results.render import result_text
 from cxr_results.summary import NOT_USED_FOR_TRIAGE, OUTSIDE_POPULATION

@@ -16,9 +16,10 @@ import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from cxr_db import reading, reads
-from cxr_db import repository as repo
-from cxr_db.schema_reading import Role
+from cxr_db.accounts.tables import Role
+from cxr_db.instances import writes as repo
+from cxr_db.reading import store as reading
+from cxr_db.worklist import reads
 from cxr_triage.worklist_view import DISCLAIMER
 from tests.conftest import REPO, Services
 from tests.db_rows import prediction, record
@@ -717,7 +718,7 @@ def test_run_web_serves_until_sigterm_and_logs_no_secret_or_patient_data(
 ) -> None:
     seeded = seed_worklist(db, tmp_path / "instances")
     from cxr_common.passwords import Passwords
-    from cxr_db import accounts
+    from cxr_db.accounts import store as accounts
 
     accounts.add_user(db, "ann", PASSWORD, Role.RADIOLOGIST, passwords=Passwords(),
                       actor=accounts.Actor("cli:test", accounts.ActorKind.CLI))  # fmt: skip

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, text
 
 from cxr_common.storage import instance_key, open_storage
 from cxr_db import make_engine
-from cxr_db import repository as repo
+from cxr_db.instances import writes as repo
 from cxr_queue import ScoreJob, enqueue_score, make_celery
 from cxr_triage.send import send_paths
 from tests import poison

@@ -17,9 +17,10 @@ from cxr_common.drift import (
     psi,
 )
 from cxr_common.population import PopulationStatus, Stratum, Targets, age_band
-from cxr_db.models import ModelEntry, ModelState, RegistryError
-from cxr_db.reads import ReadView, WorklistEntry
-from cxr_db.statuses import InstanceStatus
+from cxr_db.instances.statuses import InstanceStatus
+from cxr_db.registry.store import ModelEntry, RegistryError
+from cxr_db.registry.tables import ModelState
+from cxr_db.worklist.reads import ReadView, WorklistEntry
 from cxr_imaging.age import Age, AgeSource
 from cxr_model.population import PopulationFields, assess_population, load_population
 from cxr_triage.models_cli import stratum_evidence

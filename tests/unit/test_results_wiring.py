@@ -9,8 +9,8 @@ import pytest
 
 from cxr_common.errors import ConfigurationError
 from cxr_common.settings import ResultSettings, SchedulerSettings, SupervisorSettings
-from cxr_db.reads import DestinationOutcome, StudyResults
-from cxr_db.result_states import ResultState, SendStatus
+from cxr_db.results.states import ResultState, SendStatus
+from cxr_db.results.store import DestinationOutcome, StudyResults
 from cxr_sender.results import retry_policy
 from cxr_triage.cli import main
 from worklist.pages import results_block

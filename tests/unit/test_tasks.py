@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from cxr_db.statuses import FINAL_STATUSES, InstanceStatus
+from cxr_db.instances.statuses import FINAL_STATUSES, InstanceStatus
 from cxr_queue import MAX_RETRY_COUNTDOWN_S, SCORE_TASK, ScoreJob, make_celery
 from worker.outcomes import JobOutcome
 from worker.tasks import MAX_BACKOFF_S, register_tasks, retry_policy

@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from cxr_db.reads import InstanceDetail, ReadView, StudyDetail, WorklistEntry
-from cxr_db.schema_reading import Finding, ReadState, Role
-from cxr_db.statuses import STATUS_LABELS, InstanceStatus, StatusReason
+from cxr_db.accounts.tables import Role
+from cxr_db.instances.statuses import STATUS_LABELS, InstanceStatus, StatusReason
+from cxr_db.reading.tables import Finding, ReadState
+from cxr_db.worklist.reads import InstanceDetail, ReadView, StudyDetail, WorklistEntry
 from cxr_triage.worklist_view import DISCLAIMER, as_json, as_table
 from worklist import pages, present
 from worklist.radiograph import PatientContext

@@ -8,9 +8,10 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Response
 from fastapi.responses import HTMLResponse
 
-from cxr_db import accounts, audit
-from cxr_db.audit import AuditEvent
-from cxr_db.schema_reading import AuditAction
+from cxr_db.accounts import store as accounts
+from cxr_db.audit import store as audit
+from cxr_db.audit.store import AuditEvent
+from cxr_db.audit.tables import AuditAction
 from worklist import pages
 from worklist.deps import Admin, State
 from worklist.inputs import audit_query

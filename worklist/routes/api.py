@@ -18,16 +18,18 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from cxr_db import audit, reads
-from cxr_db.audit import AuditEvent
+from cxr_db.audit import store as audit
+from cxr_db.audit.store import AuditEvent
+from cxr_db.audit.tables import AuditAction
 from cxr_db.errors import (
     InvalidAnswerError,
     StudyAlreadyReadError,
     StudyClaimedError,
     StudyNotFoundError,
 )
-from cxr_db.reads import InvalidCursorError, WorklistQuery
-from cxr_db.schema_reading import AuditAction, ReadState
+from cxr_db.reading.tables import ReadState
+from cxr_db.worklist import reads
+from cxr_db.worklist.reads import InvalidCursorError, WorklistQuery
 from worklist.auth import CSRF_HEADER, check_csrf
 from worklist.deps import Admin, Reader, State
 from worklist.inputs import UID_RULE, audit_query, parse_view, record_answer, valid_uid

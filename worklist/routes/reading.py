@@ -19,17 +19,22 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from cxr_common.errors import CxrTriageError
-from cxr_db import audit, reading, reads
-from cxr_db.audit import AuditEvent
+from cxr_db.accounts.tables import Role
+from cxr_db.audit import store as audit
+from cxr_db.audit.store import AuditEvent
+from cxr_db.audit.tables import AuditAction
 from cxr_db.errors import (
     InvalidAnswerError,
     StudyAlreadyReadError,
     StudyClaimedError,
     StudyNotFoundError,
 )
-from cxr_db.reads import InvalidCursorError, ReadView, WorklistQuery
-from cxr_db.schema_reading import AuditAction, ReadState, Role
-from cxr_db.statuses import InstanceStatus
+from cxr_db.instances import reads as instance_reads
+from cxr_db.instances.statuses import InstanceStatus
+from cxr_db.reading import store as reading
+from cxr_db.reading.tables import ReadState
+from cxr_db.worklist import reads
+from cxr_db.worklist.reads import InvalidCursorError, ReadView, WorklistQuery
 from worklist import pages
 from worklist.auth import CSRF_FIELD, HOME, AuthError, Principal, check_csrf
 from worklist.deps import Form, MaybePrincipal, Reader, State, WebState
@@ -249,8 +254,8 @@ def heatmap(sop_instance_uid: str, principal: Reader, state: State) -> Response:
     if uid is None:
         return json_error(400, f"malformed SOP Instance UID: {UID_RULE}")
     engine = state.engine
-    png = reads.heatmap_png(engine, uid)
-    found = reads.instance_file(engine, uid) if png is not None else None
+    png = instance_reads.heatmap_png(engine, uid)
+    found = instance_reads.instance_file(engine, uid) if png is not None else None
     if png is None or found is None:
         return json_error(404, f"no heatmap for SOP Instance UID {uid}")
     audit.record(
@@ -271,7 +276,7 @@ def radiograph(sop_instance_uid: str, principal: Reader, state: State) -> Respon
     if uid is None:
         return json_error(400, f"malformed SOP Instance UID: {UID_RULE}")
     engine = state.engine
-    found = reads.instance_file(engine, uid)
+    found = instance_reads.instance_file(engine, uid)
     if found is None or found.status is not InstanceStatus.DONE:
         return json_error(404, f"no scored radiograph for SOP Instance UID {uid}")
     try:

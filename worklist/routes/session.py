@@ -7,7 +7,7 @@ import hmac
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from cxr_db import accounts
+from cxr_db.accounts import store as accounts
 from worklist import pages
 from worklist.auth import (
     CSRF_FIELD,

@@ -4,10 +4,10 @@ Studies are read through one query (``_studies``): the worklist is all of them i
 order, a study page is one of them plus its instances. A study's status is
 ``statuses.study_status_of`` over its instances, and the reasons of its failed and
 not-eligible instances come back as data (``StatusReason``), never as text to parse;
-presentation formats them. Writes live in ``cxr_db.repository``.
+presentation formats them. Writes live in ``cxr_db.instances.writes``.
 
-Each study also carries its read state (``cxr_db.reading.effective_state``: no row or an
-expired claim is unread), who claimed or read it, and the latest answer's finding. The
+Each study also carries its read state (``cxr_db.reading.store.with_read_state``: no row
+or an expired claim is unread), who claimed or read it, and the latest answer's finding. The
 worklist is read a page at a time (``worklist_page``) with a keyset cursor, so however
 many studies wait, every one of them is reachable and a page is as cheap as the first.
 """
@@ -36,54 +36,27 @@ from sqlalchemy import (
     literal,
     or_,
     select,
-    text,
     true,
     tuple_,
 )
-from sqlalchemy.dialects.postgresql import aggregate_order_by, distinct_on
-from sqlalchemy.orm import aliased
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from cxr_common.population import study_population
-from cxr_db.reading import effective_state
-from cxr_db.result_states import ResultState, SendStatus
-from cxr_db.schema import Instance, Prediction, ResultSend, Study
-from cxr_db.schema_reading import Answer, ApiToken, Finding, ReadState, StudyRead, User
-from cxr_db.statuses import (
+from cxr_db.instances.statuses import (
     PENDING_STATUSES,
     REASON_STATUSES,
     InstanceStatus,
     StatusReason,
     study_status_of,
 )
+from cxr_db.instances.tables import Instance, Prediction, Study
+from cxr_db.reading.store import with_read_state
+from cxr_db.reading.tables import Finding, ReadState
+from cxr_db.registry.tables import ModelRole
+from cxr_db.results.store import StudyResults, study_results
 
-ACTIVE_ROLE = "active"
+ACTIVE_ROLE = ModelRole.ACTIVE.value
 """Predictions of shadow models (``model_role = 'shadow'``) are kept out of every read here."""
-
-
-@dataclass(frozen=True)
-class DestinationOutcome:
-    """The newest send attempt of a study's results to one destination."""
-
-    destination: str
-    result_version: int
-    attempt: int
-    status: SendStatus
-    at: datetime
-    error: str | None
-    sc_sop_instance_uid: str | None
-    sr_sop_instance_uid: str
-    sc_status: int | None
-    sr_status: int | None
-
-
-@dataclass(frozen=True)
-class StudyResults:
-    """Where a study's results back to PACS stand (``cxr_db.result_states``)."""
-
-    state: ResultState
-    result_version: int
-    destinations: tuple[DestinationOutcome, ...]
-    """The newest attempt per destination, by destination."""
 
 
 @dataclass(frozen=True)
@@ -271,19 +244,8 @@ def _studies(at: datetime | None = None) -> Select[Any]:
         .group_by(Instance.study_id)
         .subquery("pred")
     )
-    claimer = aliased(User, name="claimer")
-    reader = aliased(User, name="reader")
-    latest_finding = (
-        select(Answer.finding)
-        .where(Answer.study_id == Study.id)
-        .order_by(Answer.created_at.desc(), Answer.id.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    state = effective_state(at)
-    in_progress = state == ReadState.IN_PROGRESS.value
     flag_key, score_key, *_ = _triage_keys()
-    return (
+    stmt = (
         select(
             Study.id,
             Study.study_instance_uid,
@@ -301,23 +263,14 @@ def _studies(at: datetime | None = None) -> Select[Any]:
             agg.c.populations,
             agg.c.population_reasons,
             pred.c.shadow_score,
-            state.label("read_state"),
-            case((in_progress, claimer.username)).label("claimed_by"),
-            case((in_progress, StudyRead.claim_expires_at)).label("claim_expires_at"),
-            latest_finding.label("finding"),
-            func.coalesce(reader.username, ApiToken.name).label("read_by"),
-            StudyRead.read_at,
             flag_key.label("k_flag"),
             score_key.label("k_score"),
         )
         .join(agg, agg.c.study_id == Study.id)
         .outerjoin(pred, pred.c.study_id == Study.id)
-        .outerjoin(StudyRead, StudyRead.study_id == Study.id)
-        .outerjoin(claimer, claimer.id == StudyRead.claimed_by)
-        .outerjoin(reader, reader.id == StudyRead.read_by)
-        .outerjoin(ApiToken, ApiToken.id == StudyRead.read_by_token)
         .order_by(*_triage_keys())
     )
+    return with_read_state(stmt, at)
 
 
 def _reasons(
@@ -542,41 +495,6 @@ def unread_counts(engine: Engine) -> UnreadCounts:
     )
 
 
-def study_results(conn: Connection, study_ids: Sequence[int]) -> dict[int, StudyResults]:
-    """study id → its result state, version and newest attempt per destination."""
-    if not study_ids:
-        return {}
-    states = conn.execute(
-        select(Study.id, Study.result_state, Study.result_version).where(Study.id.in_(study_ids))
-    ).all()
-    attempts = conn.execute(
-        select(ResultSend)
-        .where(ResultSend.study_id.in_(study_ids))
-        .ext(distinct_on(ResultSend.study_id, ResultSend.destination))
-        .order_by(ResultSend.study_id, ResultSend.destination, ResultSend.id.desc())
-    ).all()
-    by_study: dict[int, list[DestinationOutcome]] = {}
-    for a in attempts:
-        by_study.setdefault(a.study_id, []).append(
-            DestinationOutcome(
-                destination=a.destination,
-                result_version=a.result_version,
-                attempt=a.attempt,
-                status=a.status,
-                at=a.at,
-                error=a.error,
-                sc_sop_instance_uid=a.sc_sop_instance_uid,
-                sr_sop_instance_uid=a.sr_sop_instance_uid,
-                sc_status=a.sc_status,
-                sr_status=a.sr_status,
-            )
-        )
-    return {
-        r.id: StudyResults(r.result_state, r.result_version, tuple(by_study.get(r.id, ())))
-        for r in states
-    }
-
-
 def _instances(conn: Connection, study_id: int) -> tuple[InstanceDetail, ...]:
     latest = (
         select(
@@ -647,58 +565,3 @@ def study_detail(engine: Engine, study_instance_uid: str) -> StudyDetail | None:
             return None
         entry = replace(_entry(row), results=study_results(conn, [row.id]).get(row.id))
         return StudyDetail(study=entry, instances=_instances(conn, row.id))
-
-
-def heatmap_png(engine: Engine, sop_instance_uid: str) -> bytes | None:
-    """The newest heatmap PNG of one instance, if it was scored."""
-    with engine.begin() as conn:
-        return conn.execute(
-            select(Prediction.heatmap_png)
-            .join(Instance, Instance.id == Prediction.instance_id)
-            .where(
-                Instance.sop_instance_uid == sop_instance_uid, Prediction.model_role == ACTIVE_ROLE
-            )
-            .order_by(Prediction.created_at.desc())
-            .limit(1)
-        ).scalar_one_or_none()
-
-
-@dataclass(frozen=True)
-class InstanceFile:
-    """Where one instance is stored, and what became of it."""
-
-    sop_instance_uid: str
-    study_instance_uid: str
-    storage_uri: str
-    status: InstanceStatus
-
-
-def instance_file(engine: Engine, sop_instance_uid: str) -> InstanceFile | None:
-    """The stored file of one instance, or None if unknown."""
-    with engine.begin() as conn:
-        row = conn.execute(
-            select(
-                Instance.sop_instance_uid,
-                Study.study_instance_uid,
-                Instance.storage_uri,
-                Instance.status,
-            )
-            .join(Study, Study.id == Instance.study_id)
-            .where(Instance.sop_instance_uid == sop_instance_uid)
-        ).one_or_none()
-    if row is None:
-        return None
-    return InstanceFile(row.sop_instance_uid, row.study_instance_uid, row.storage_uri, row.status)
-
-
-def instance_statuses(engine: Engine) -> dict[str, InstanceStatus]:
-    """sop_instance_uid → status, for tests and progress displays."""
-    with engine.begin() as conn:
-        rows = conn.execute(select(Instance.sop_instance_uid, Instance.status)).all()
-    return {r.sop_instance_uid: r.status for r in rows}
-
-
-def database_answers(engine: Engine) -> None:
-    """Run ``SELECT 1``; raises the driver's error when the database does not answer."""
-    with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))

@@ -1,8 +1,9 @@
-"""The pipeline as Postgres and Redis see it, computed at scrape time: a prometheus-client
-collector for the web app's ``/metrics`` (names and help in ``cxr_common.metrics``).
+"""What a metrics scrape reads from the database, as plain reads (the prometheus-client
+collector that serves them, with the broker's queue depths, is
+``worklist.metrics_collector``; names and help in ``cxr_common.metrics``).
 
 What each scrape costs (README "Metrics"), in one read-only REPEATABLE READ transaction
-with a 5 s statement timeout:
+with a 5 s statement timeout (:func:`read_snapshot`):
 
 * all-time counters: ``count(*) … GROUP BY status`` over ``instances`` (an index-only
   scan of ``ix_instances_status_received``), and, for failed and not-eligible rows only,
@@ -13,31 +14,17 @@ with a 5 s statement timeout:
   aggregated into bucket counts in SQL (``count(*) FILTER (WHERE x <= bound)``). So they
   are *gauge* histograms: read ``histogram_quantile(0.95, cxr_turnaround_seconds_bucket)``
   directly, never through ``rate()``; a study received more than 24 h ago leaves them.
-* the models: the registry's active and shadow models (``models``, a handful of rows), so
-  an activation or a rollback shows at the next scrape, not when a process started;
-* drift: :func:`cxr_db.drift.current_psi` (last 24 hours of predictions against the active
-  model's reference), read after the snapshot in its own statements;
-* queue depth: one Redis ``LLEN`` per queue name, with a 1 s socket timeout.
-
-A database or broker that does not answer gives ``cxr_database_up 0`` or
-``cxr_broker_up 0`` and leaves out what it would have told; the scrape itself succeeds.
+* the models: the registry's active and shadow models
+  (:func:`cxr_db.registry.store.serving_model_labels`, a handful of rows), so an
+  activation or a rollback shows at the next scrape, not when a process started.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeHistogramMetricFamily,
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
 from sqlalchemy import (
     ColumnElement,
     Connection,
@@ -52,20 +39,15 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.exc import SQLAlchemyError
 
 from cxr_common import metrics as m
-from cxr_db import drift
-from cxr_db.models import ModelState, RegisteredModel
-from cxr_db.schema import Instance, Prediction
-from cxr_db.statuses import FINAL_STATUSES, PENDING_STATUSES, InstanceStatus
+from cxr_db.instances.statuses import FINAL_STATUSES, PENDING_STATUSES, InstanceStatus
+from cxr_db.instances.tables import Instance, Prediction
+from cxr_db.registry.store import serving_model_labels
 
-logger = logging.getLogger(__name__)
-
-BROKER_TIMEOUT_S = 1.0
 STATEMENT_TIMEOUT = "5s"
 
-_REASON_PATTERNS: dict[InstanceStatus, tuple[tuple[str, str], ...]] = {
+REASON_PATTERNS: dict[InstanceStatus, tuple[tuple[str, str], ...]] = {
     InstanceStatus.FAILED: m.FAILED_REASON_PATTERNS,
     InstanceStatus.NOT_ELIGIBLE: m.NOT_ELIGIBLE_REASON_PATTERNS,
 }
@@ -136,7 +118,7 @@ def _reason_category() -> ColumnElement[str]:
     """The reason category of a failed or not-eligible row, in SQL (first match wins)."""
     whens = [
         (and_(Instance.status == status, Instance.reason.ilike(pattern)), literal(category))
-        for status, patterns in _REASON_PATTERNS.items()
+        for status, patterns in REASON_PATTERNS.items()
         for category, pattern in patterns
     ]
     return case(*whens, else_=literal(m.OTHER))
@@ -223,7 +205,7 @@ def read_snapshot(engine: Engine, window_s: float = m.HISTOGRAM_WINDOW_S) -> Pip
                 (InstanceStatus(r.status), str(r.category)): int(r.n)
                 for r in conn.execute(
                     select(Instance.status, category, func.count().label("n"))
-                    .where(Instance.status.in_(tuple(_REASON_PATTERNS)))
+                    .where(Instance.status.in_(tuple(REASON_PATTERNS)))
                     .group_by(Instance.status, category)
                 )
             }
@@ -234,16 +216,7 @@ def read_snapshot(engine: Engine, window_s: float = m.HISTOGRAM_WINDOW_S) -> Pip
             ).scalar_one()
             decode, inference = _scoring(conn, window_s)
             turnaround = _turnaround(conn, window_s)
-            models = conn.execute(
-                select(
-                    RegisteredModel.name,
-                    RegisteredModel.version,
-                    RegisteredModel.calibration_version,
-                    RegisteredModel.state,
-                )
-                .where(RegisteredModel.state.in_((ModelState.ACTIVE, ModelState.SHADOW)))
-                .order_by(RegisteredModel.state, RegisteredModel.version)
-            ).all()
+            models = serving_model_labels(conn)
             workers = conn.execute(
                 select(Prediction.worker_id, _age_s(func.max(Prediction.created_at)))
                 .join(Instance, Instance.id == Prediction.instance_id)
@@ -258,137 +231,7 @@ def read_snapshot(engine: Engine, window_s: float = m.HISTOGRAM_WINDOW_S) -> Pip
         decode=decode,
         inference=inference,
         turnaround=turnaround,
-        models=tuple((r.name, r.version, r.calibration_version, str(r.state)) for r in models),
+        models=models,
         worker_prediction_age_s={str(w): max(float(age), 0.0) for w, age in workers},
         worker_claim_age_s=claims,
     )
-
-
-def queue_depths(
-    broker_url: str, queue_names: Sequence[str], timeout_s: float = BROKER_TIMEOUT_S
-) -> dict[str, int]:
-    """``LLEN`` of each queue list (kombu keeps a Redis queue as a list named after it);
-    ``redis.RedisError`` when the broker does not answer within ``timeout_s``."""
-    client = redis.Redis.from_url(
-        broker_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-    )
-    try:
-        pipe = client.pipeline(transaction=False)
-        for name in queue_names:
-            pipe.llen(name)
-        return {name: int(n) for name, n in zip(queue_names, pipe.execute(), strict=True)}
-    finally:
-        client.close()
-
-
-def _counter(spec: m.MetricSpec, value: float) -> CounterMetricFamily:
-    return CounterMetricFamily(spec.name, spec.help, value=value)
-
-
-def _gauge(spec: m.MetricSpec, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(spec.name, spec.help, value=value)
-
-
-def _gauge_histogram(spec: m.MetricSpec, hist: Histogram) -> GaugeHistogramMetricFamily:
-    return GaugeHistogramMetricFamily(
-        spec.name, spec.help, buckets=hist.buckets(), gsum_value=hist.sum
-    )
-
-
-def drift_metric(psi: Mapping[str, float | None]) -> GaugeMetricFamily:
-    """``cxr_drift_psi{kind}`` for each kind that could be measured."""
-    family = GaugeMetricFamily(m.DRIFT_PSI.name, m.DRIFT_PSI.help, labels=m.DRIFT_PSI.labels)
-    for kind, value in sorted(psi.items()):
-        if value is not None:
-            family.add_metric([kind], value)
-    return family
-
-
-def snapshot_metrics(snap: PipelineSnapshot) -> Iterator[Metric]:
-    """The metric families of one snapshot."""
-    yield _counter(m.INSTANCES_RECEIVED, sum(snap.by_status.values()))
-    yield _counter(m.INSTANCES_SCORED, snap.by_status.get(InstanceStatus.DONE, 0))
-    for status, spec in (
-        (InstanceStatus.FAILED, m.INSTANCES_FAILED),
-        (InstanceStatus.NOT_ELIGIBLE, m.INSTANCES_NOT_ELIGIBLE),
-    ):
-        family = CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
-        for category in m.reason_categories(_REASON_PATTERNS[status]):
-            family.add_metric([category], snap.reasons.get((status, category), 0))
-        yield family
-    by_status = GaugeMetricFamily(
-        m.INSTANCES_BY_STATUS.name, m.INSTANCES_BY_STATUS.help, labels=m.INSTANCES_BY_STATUS.labels
-    )
-    for status in InstanceStatus:
-        by_status.add_metric([status.value], snap.by_status.get(status, 0))
-    yield by_status
-    yield _gauge(m.JOBS_IN_FLIGHT, snap.by_status.get(InstanceStatus.PROCESSING, 0))
-    yield _gauge(m.OLDEST_PENDING_AGE, snap.oldest_pending_age_s)
-    yield _gauge_histogram(m.SCORING_DECODE, snap.decode)
-    yield _gauge_histogram(m.SCORING_INFERENCE, snap.inference)
-    yield _gauge_histogram(m.TURNAROUND, snap.turnaround)
-    if snap.models:
-        info = InfoMetricFamily(m.MODEL.name, m.MODEL.help, labels=())
-        for model in snap.models:
-            info.add_metric([], dict(zip(m.MODEL.labels, model, strict=True)))
-        yield info
-    for spec, ages in (
-        (m.WORKER_LAST_PREDICTION_AGE, snap.worker_prediction_age_s),
-        (m.WORKER_LAST_CLAIM_AGE, snap.worker_claim_age_s),
-    ):
-        heartbeats = GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
-        for worker, age in sorted(ages.items()):
-            heartbeats.add_metric([worker], age)
-        yield heartbeats
-
-
-class PipelineCollector:
-    """A prometheus-client collector: at each scrape, the database snapshot and the queue
-    depth of ``queue_names`` on ``broker_url`` (None: no broker metrics)."""
-
-    def __init__(
-        self,
-        engine: Engine,
-        broker_url: str | None,
-        queue_names: Sequence[str],
-        window_s: float = m.HISTOGRAM_WINDOW_S,
-    ) -> None:
-        self.engine = engine
-        self.broker_url = broker_url
-        self.queue_names = tuple(dict.fromkeys(queue_names))
-        self.window_s = window_s
-
-    def describe(self) -> Iterable[Metric]:
-        """Nothing: registering the collector must not query the database."""
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        try:
-            snap = read_snapshot(self.engine, self.window_s)
-        except SQLAlchemyError as exc:
-            logger.warning("metrics: the database did not answer (%s)", type(exc).__name__)
-            yield _gauge(m.DATABASE_UP, 0)
-        else:
-            yield _gauge(m.DATABASE_UP, 1)
-            yield from snapshot_metrics(snap)
-            try:
-                psi = drift.current_psi(self.engine)
-            except SQLAlchemyError as exc:
-                logger.warning("metrics: drift could not be read (%s)", type(exc).__name__)
-            else:
-                yield drift_metric(psi)
-        if self.broker_url is None:
-            return
-        try:
-            depths = queue_depths(self.broker_url, self.queue_names)
-        except redis.RedisError as exc:
-            logger.warning("metrics: the broker did not answer (%s)", type(exc).__name__)
-            yield _gauge(m.BROKER_UP, 0)
-            return
-        yield _gauge(m.BROKER_UP, 1)
-        family = GaugeMetricFamily(
-            m.QUEUE_DEPTH.name, m.QUEUE_DEPTH.help, labels=m.QUEUE_DEPTH.labels
-        )
-        for name, depth in depths.items():
-            family.add_metric([name], depth)
-        yield family

@@ -28,8 +28,10 @@ from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, up
 from sqlalchemy.exc import IntegrityError
 
 from cxr_common.passwords import Passwords, check_password_policy
-from cxr_db import audit
-from cxr_db.audit import Actor, AuditEvent
+from cxr_db.accounts.tables import ApiToken, Role, User, WebSession
+from cxr_db.audit import store as audit
+from cxr_db.audit.store import Actor, AuditEvent
+from cxr_db.audit.tables import ActorKind, AuditAction
 from cxr_db.errors import (
     InvalidNameError,
     TokenExistsError,
@@ -37,16 +39,7 @@ from cxr_db.errors import (
     UnknownUserError,
     UserExistsError,
 )
-from cxr_db.schema_reading import (
-    ActorKind,
-    ApiToken,
-    AuditAction,
-    ReadState,
-    Role,
-    StudyRead,
-    User,
-    WebSession,
-)
+from cxr_db.reading.tables import ReadState, StudyRead
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,8 @@ import enum
 
 from sqlalchemy import Enum
 
+from cxr_db.base import check_in, enum_values
+
 
 class ResultState(enum.StrEnum):
     RECEIVING = "receiving"
@@ -36,18 +38,10 @@ class SendStatus(enum.StrEnum):
     """No association, or at least one object not stored (``error`` says why)."""
 
 
-def _values(enum_cls: type[enum.Enum]) -> list[str]:
-    return [str(member.value) for member in enum_cls]
-
-
-def _check(column: str, enum_cls: type[enum.Enum]) -> str:
-    return f"{column} IN (" + ", ".join(f"'{v}'" for v in _values(enum_cls)) + ")"
-
-
 RESULT_STATE_TYPE: Enum = Enum(
     ResultState,
     native_enum=False,
-    values_callable=_values,
+    values_callable=enum_values,
     length=16,
     create_constraint=False,  # the named check constraint (Alembic 0005)
     validate_strings=True,
@@ -56,11 +50,11 @@ RESULT_STATE_TYPE: Enum = Enum(
 SEND_STATUS_TYPE: Enum = Enum(
     SendStatus,
     native_enum=False,
-    values_callable=_values,
+    values_callable=enum_values,
     length=16,
     create_constraint=False,
     validate_strings=True,
     name="send_status",
 )
-RESULT_STATE_CHECK_SQL = _check("result_state", ResultState)
-SEND_STATUS_CHECK_SQL = _check("status", SendStatus)
+RESULT_STATE_CHECK_SQL = check_in("result_state", ResultState)
+SEND_STATUS_CHECK_SQL = check_in("status", SendStatus)

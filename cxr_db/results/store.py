@@ -1,6 +1,6 @@
 """Results back to PACS in the database: study completeness, what a result is made of, and
 every send attempt. Small functions over an Engine (or a Connection where the caller holds
-a lock); states in :mod:`cxr_db.result_states`.
+a lock); states in :mod:`cxr_db.results.states`, the table in :mod:`cxr_db.results.tables`.
 
 Completeness is decided here, by Postgres: :func:`complete_quiet_studies` moves studies
 that had no new instance for the quiet period and have no pending instance from
@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -32,11 +33,13 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import distinct_on
 
-from cxr_db.models import ModelRole
-from cxr_db.result_states import ResultState, SendStatus
-from cxr_db.schema import Instance, Prediction, ResultSend, Study
-from cxr_db.statuses import PENDING_STATUSES, InstanceStatus
+from cxr_db.instances.statuses import PENDING_STATUSES, InstanceStatus
+from cxr_db.instances.tables import Instance, Prediction, Study
+from cxr_db.registry.tables import ModelRole
+from cxr_db.results.states import ResultState, SendStatus
+from cxr_db.results.tables import ResultSend
 
 __all__ = [
     "Attempt",
@@ -44,6 +47,8 @@ __all__ = [
     "ResultInputs",
     "ScoredInstance",
     "SeenInstance",
+    "DestinationOutcome",
+    "StudyResults",
     "already_sent",
     "complete_quiet_studies",
     "last_sent_version",
@@ -53,6 +58,7 @@ __all__ = [
     "send_lock",
     "set_result_state",
     "sent_destinations",
+    "study_results",
     "unenqueued_complete_studies",
 ]
 
@@ -394,3 +400,67 @@ def set_result_state(
             .returning(Study.id)
         ).one_or_none()
     return done is not None
+
+
+# ------------------------------------------------------------------ as pages show them
+
+
+@dataclass(frozen=True)
+class DestinationOutcome:
+    """The newest send attempt of a study's results to one destination."""
+
+    destination: str
+    result_version: int
+    attempt: int
+    status: SendStatus
+    at: datetime
+    error: str | None
+    sc_sop_instance_uid: str | None
+    sr_sop_instance_uid: str
+    sc_status: int | None
+    sr_status: int | None
+
+
+@dataclass(frozen=True)
+class StudyResults:
+    """Where a study's results back to PACS stand (``cxr_db.results.states``)."""
+
+    state: ResultState
+    result_version: int
+    destinations: tuple[DestinationOutcome, ...]
+    """The newest attempt per destination, by destination."""
+
+
+def study_results(conn: Connection, study_ids: Sequence[int]) -> dict[int, StudyResults]:
+    """study id → its result state, version and newest attempt per destination."""
+    if not study_ids:
+        return {}
+    states = conn.execute(
+        select(Study.id, Study.result_state, Study.result_version).where(Study.id.in_(study_ids))
+    ).all()
+    attempts = conn.execute(
+        select(ResultSend)
+        .where(ResultSend.study_id.in_(study_ids))
+        .ext(distinct_on(ResultSend.study_id, ResultSend.destination))
+        .order_by(ResultSend.study_id, ResultSend.destination, ResultSend.id.desc())
+    ).all()
+    by_study: dict[int, list[DestinationOutcome]] = {}
+    for a in attempts:
+        by_study.setdefault(a.study_id, []).append(
+            DestinationOutcome(
+                destination=a.destination,
+                result_version=a.result_version,
+                attempt=a.attempt,
+                status=a.status,
+                at=a.at,
+                error=a.error,
+                sc_sop_instance_uid=a.sc_sop_instance_uid,
+                sr_sop_instance_uid=a.sr_sop_instance_uid,
+                sc_status=a.sc_status,
+                sr_status=a.sr_status,
+            )
+        )
+    return {
+        r.id: StudyResults(r.result_state, r.result_version, tuple(by_study.get(r.id, ())))
+        for r in states
+    }

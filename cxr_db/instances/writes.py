@@ -2,7 +2,8 @@
 claimed for processing and made final (done, not eligible or failed).
 
 Each function is one transaction. Writes are idempotent so that a redelivered job or a
-resent instance never creates a second row. Reads live in ``cxr_db.reads``.
+resent instance never creates a second row. Reads live in ``cxr_db.instances.reads`` (one
+instance) and ``cxr_db.worklist.reads`` (studies).
 
 Leases (the second half of this module): a worker claims an instance
 (:func:`claim_instance`) and holds a lease on it that it renews while it works
@@ -23,8 +24,8 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, Connection, Engine, and_, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
-from cxr_db.schema import Instance, Prediction, Study
-from cxr_db.statuses import FINAL_STATUSES, PENDING_STATUSES, InstanceStatus
+from cxr_db.instances.statuses import FINAL_STATUSES, PENDING_STATUSES, InstanceStatus
+from cxr_db.instances.tables import Instance, Prediction, Study
 
 
 @dataclass(frozen=True)

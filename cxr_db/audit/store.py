@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, Select, func, insert, select
 
-from cxr_db.schema_reading import ActorKind, AuditAction, AuditEntry
+from cxr_db.audit.tables import ActorKind, AuditAction, AuditEntry
 
 Scalar = str | int | float | bool | None
 MAX_DETAIL_STRING = 200

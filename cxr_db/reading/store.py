@@ -22,6 +22,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Select,
     and_,
     case,
     func,
@@ -34,26 +35,19 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import aliased
 
-from cxr_db import audit
-from cxr_db.accounts import TokenInfo, UserInfo
-from cxr_db.audit import Actor, AuditEvent
+from cxr_db.accounts.store import TokenInfo, UserInfo
+from cxr_db.accounts.tables import ApiToken, User
+from cxr_db.audit import store as audit
+from cxr_db.audit.store import Actor, AuditEvent
+from cxr_db.audit.tables import ActorKind, AuditAction
 from cxr_db.errors import (
     InvalidAnswerError,
     StudyAlreadyReadError,
     StudyClaimedError,
     StudyNotFoundError,
 )
-from cxr_db.schema import Study
-from cxr_db.schema_reading import (
-    ActorKind,
-    Answer,
-    ApiToken,
-    AuditAction,
-    Finding,
-    ReadState,
-    StudyRead,
-    User,
-)
+from cxr_db.instances.tables import Study
+from cxr_db.reading.tables import Answer, Finding, ReadState, StudyRead
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +159,14 @@ def _lock_read_row(conn: Connection, study_instance_uid: str) -> int:
     return int(study_id)
 
 
-def _reads_stmt(at: datetime) -> Any:
-    claimer = aliased(User)
-    reader = aliased(User)
+def with_read_state(stmt: Select[Any], at: ColumnElement[Any] | datetime | None) -> Select[Any]:
+    """``stmt``, a select over ``studies``, with each study's read state: ``read_state``
+    (:func:`effective_state` at ``at``), ``claimed_by`` and ``claim_expires_at`` (while in
+    progress), ``read_by`` (the user or token name), ``read_at`` and ``finding`` (the latest
+    answer's). The one read-state query: the worklist's reads use it, and so does this
+    module."""
+    claimer = aliased(User, name="claimer")
+    reader = aliased(User, name="reader")
     latest_finding = (
         select(Answer.finding)
         .where(Answer.study_id == Study.id)
@@ -176,19 +175,16 @@ def _reads_stmt(at: datetime) -> Any:
         .scalar_subquery()
     )
     state = effective_state(at)
+    in_progress = state == ReadState.IN_PROGRESS.value
     return (
-        select(
-            Study.study_instance_uid,
-            state.label("state"),
-            case((state == ReadState.IN_PROGRESS.value, claimer.username)).label("claimed_by"),
-            case((state == ReadState.IN_PROGRESS.value, StudyRead.claim_expires_at)).label(
-                "claim_expires_at"
-            ),
+        stmt.add_columns(
+            state.label("read_state"),
+            case((in_progress, claimer.username)).label("claimed_by"),
+            case((in_progress, StudyRead.claim_expires_at)).label("claim_expires_at"),
             func.coalesce(reader.username, ApiToken.name).label("read_by"),
             StudyRead.read_at,
             latest_finding.label("finding"),
         )
-        .select_from(Study)
         .outerjoin(StudyRead, StudyRead.study_id == Study.id)
         .outerjoin(claimer, claimer.id == StudyRead.claimed_by)
         .outerjoin(reader, reader.id == StudyRead.read_by)
@@ -196,10 +192,14 @@ def _reads_stmt(at: datetime) -> Any:
     )
 
 
+def _reads_stmt(at: datetime) -> Select[Any]:
+    return with_read_state(select(Study.study_instance_uid).select_from(Study), at)
+
+
 def _read_info(row: Any) -> ReadInfo:
     return ReadInfo(
         study_instance_uid=row.study_instance_uid,
-        state=ReadState(row.state),
+        state=ReadState(row.read_state),
         claimed_by=row.claimed_by,
         claim_expires_at=row.claim_expires_at,
         read_by=row.read_by,
@@ -647,4 +647,5 @@ __all__ = [
     "record_answer",
     "release_study",
     "storage_path",
+    "with_read_state",
 ]

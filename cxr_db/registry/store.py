@@ -1,4 +1,5 @@
-"""The model registry and the strata a site enabled (revision 0006).
+"""The model registry and the strata a site enabled (revision 0006; tables in
+``cxr_db.registry.tables``).
 
 ``models`` holds every registered model by version: its name, weights sha256, folder,
 calibration (path and version) and state::
@@ -11,7 +12,9 @@ Exactly one model is ``active`` (a partial unique index allows no second; the fi
 registration on an empty registry activates itself); ``shadow`` models score the same
 instances in the same batch, their predictions stored under their version with
 ``model_role = 'shadow'`` and never used for priority. ``rollback`` activates the model whose
-activation is the latest before the current one's.
+activation is the latest before the current one's. ``activate``, ``shadow`` and ``retire``
+move a model from any state unless ``_REFUSED`` names the (from, to) pair, with the reason
+the operator reads.
 
 ``population_strata`` holds the strata a site enabled from its own validation record, each
 tied to the model sha256 and calibration version it was validated for: the worker widens the
@@ -23,38 +26,20 @@ Nothing here imports the model code; ``worker.registry`` reads model folders.
 
 from __future__ import annotations
 
-import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    CheckConstraint,
-    Connection,
-    DateTime,
-    Engine,
-    Float,
-    Index,
-    Integer,
-    Row,
-    String,
-    Text,
-    func,
-    select,
-    text,
-    update,
-)
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy import Connection, Engine, Row, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, mapped_column
 
 from cxr_common.errors import CxrTriageError
 from cxr_common.population import Stratum
-from cxr_db import audit
-from cxr_db.schema import Base, Prediction
-from cxr_db.schema_reading import AuditAction, check_in
+from cxr_db.audit import store as audit
+from cxr_db.audit.tables import AuditAction
+from cxr_db.registry.tables import ModelRole, ModelState, PopulationStratumRow, RegisteredModel
 
 __all__ = [
     "ModelEntry",
@@ -75,6 +60,7 @@ __all__ = [
     "register",
     "retire",
     "rollback",
+    "serving_model_labels",
     "serving_state",
     "shadow",
 ]
@@ -82,71 +68,6 @@ __all__ = [
 
 class RegistryError(CxrTriageError):
     """A registry or population change was refused (the message says why)."""
-
-
-class ModelState(enum.StrEnum):
-    REGISTERED = "registered"  # known, scores nothing
-    SHADOW = "shadow"  # scores every instance, never sets priority
-    ACTIVE = "active"  # the one model whose scores triage
-    RETIRED = "retired"  # was active or shadow, scores nothing now
-
-
-class ModelRole(enum.StrEnum):
-    """``predictions.model_role``: the role of the model when it made the prediction."""
-
-    ACTIVE = "active"
-    SHADOW = "shadow"
-
-
-class RegisteredModel(Base):
-    __tablename__ = "models"
-    __table_args__ = (
-        CheckConstraint(check_in("state", ModelState), name="models_state_valid"),
-        Index(
-            "uq_models_one_active",
-            "state",
-            unique=True,
-            postgresql_where=text("state = 'active'"),
-        ),
-    )
-
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    version: Mapped[str] = mapped_column(String(64), unique=True)
-    name: Mapped[str] = mapped_column(String(64))
-    sha256: Mapped[str] = mapped_column(String(64))
-    uri: Mapped[str] = mapped_column(Text)
-    calibration_uri: Mapped[str] = mapped_column(Text)
-    calibration_version: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16))
-    registered_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
-    registered_by: Mapped[str] = mapped_column(String(128))
-    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    reference: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
-
-
-# revision 0006: drift reads predictions by day
-Index("ix_predictions_created_at", Prediction.created_at)
-
-
-class PopulationStratumRow(Base):
-    __tablename__ = "population_strata"
-
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    stratum: Mapped[str] = mapped_column(String(64), unique=True)
-    dimension: Mapped[str] = mapped_column(String(16))
-    value: Mapped[str] = mapped_column(String(32))
-    enabled: Mapped[bool] = mapped_column(Boolean)
-    model_sha256: Mapped[str] = mapped_column(String(64))
-    calibration_version: Mapped[str] = mapped_column(String(64))
-    validation_sha256: Mapped[str] = mapped_column(String(64))
-    data_hash: Mapped[str | None] = mapped_column(String(64))
-    positives: Mapped[int] = mapped_column(Integer)
-    sensitivity_lower: Mapped[float] = mapped_column(Float)
-    changed_by: Mapped[str] = mapped_column(String(128))
-    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 @dataclass(frozen=True)
@@ -329,6 +250,22 @@ def serving_state(engine: Engine) -> ServingState:
     return ServingState(tuple(_entry(r) for r in models), tuple(_stratum(r) for r in strata))
 
 
+def serving_model_labels(conn: Connection) -> tuple[tuple[str, str, str, str], ...]:
+    """(name, version, calibration version, state) of the active and shadow models, by
+    state then version, read on the caller's connection (a metrics scrape's snapshot)."""
+    rows = conn.execute(
+        select(
+            RegisteredModel.name,
+            RegisteredModel.version,
+            RegisteredModel.calibration_version,
+            RegisteredModel.state,
+        )
+        .where(RegisteredModel.state.in_((ModelState.ACTIVE, ModelState.SHADOW)))
+        .order_by(RegisteredModel.state, RegisteredModel.version)
+    ).all()
+    return tuple((r.name, r.version, r.calibration_version, str(r.state)) for r in rows)
+
+
 def _lock(conn: Connection) -> None:
     """Serialise registry changes (two operators activating at once)."""
     conn.execute(text("LOCK TABLE models IN SHARE ROW EXCLUSIVE MODE"))
@@ -405,13 +342,41 @@ def _set_state(conn: Connection, version: str, state: ModelState) -> None:
     conn.execute(update(RegisteredModel).where(RegisteredModel.version == version).values(values))
 
 
+_REFUSED: Mapping[tuple[ModelState, ModelState], str] = {
+    (ModelState.ACTIVE, ModelState.ACTIVE): "model {version} is already active",
+    (ModelState.ACTIVE, ModelState.SHADOW): (
+        "model {version} is the active model; activate another (or rollback) first"
+    ),
+    (ModelState.SHADOW, ModelState.SHADOW): "model {version} is already in shadow",
+    (ModelState.ACTIVE, ModelState.RETIRED): (
+        "model {version} is the active model; activate another (or rollback) instead"
+    ),
+    (ModelState.RETIRED, ModelState.RETIRED): "model {version} is already retired",
+}
+"""The one table of refused transitions (from, to) → why; every other one is allowed. The
+active model leaves ``active`` only when another is activated (or by rollback)."""
+
+_AUDIT_ACTION: Mapping[ModelState, AuditAction] = {
+    ModelState.ACTIVE: AuditAction.MODEL_ACTIVATE,
+    ModelState.SHADOW: AuditAction.MODEL_SHADOW,
+    ModelState.RETIRED: AuditAction.MODEL_RETIRE,
+}
+
+
+def _transition(conn: Connection, version: str, to: ModelState) -> ModelEntry:
+    """The registered ``version``, checked against ``_REFUSED`` for a move to ``to``."""
+    target = _state_of(conn, version)
+    refused = _REFUSED.get((target.state, to))
+    if refused is not None:
+        raise RegistryError(refused.format(version=version))
+    return target
+
+
 def _activate(conn: Connection, target: ModelEntry) -> str | None:
     """Make ``target`` the active model; the one it replaces is retired. Returns that one."""
     current = conn.execute(
         select(RegisteredModel.version).where(RegisteredModel.state == ModelState.ACTIVE.value)
     ).scalar_one_or_none()
-    if current == target.version:
-        raise RegistryError(f"model {target.version} is already active")
     if current is not None:
         _set_state(conn, current, ModelState.RETIRED)
     _set_state(conn, target.version, ModelState.ACTIVE)
@@ -423,11 +388,11 @@ def activate(engine: Engine, version: str, actor: audit.Actor) -> str | None:
     try:
         with engine.begin() as conn:
             _lock(conn)
-            target = _state_of(conn, version)
+            target = _transition(conn, version, ModelState.ACTIVE)
             previous = _activate(conn, target)
             _audit(
                 conn,
-                AuditAction.MODEL_ACTIVATE,
+                _AUDIT_ACTION[ModelState.ACTIVE],
                 actor,
                 version,
                 {"previous": previous, "sha256": target.sha256, "from_state": target.state.value},
@@ -437,46 +402,29 @@ def activate(engine: Engine, version: str, actor: audit.Actor) -> str | None:
         raise RegistryError("another activation ran at the same time; try again") from exc
 
 
-def shadow(engine: Engine, version: str, actor: audit.Actor) -> None:
-    """Score with ``version`` in shadow (its predictions never set priority)."""
+def _move(engine: Engine, version: str, to: ModelState, actor: audit.Actor) -> None:
+    """Move ``version`` to ``to`` (shadow or retired) and audit it, in one transaction."""
     with engine.begin() as conn:
         _lock(conn)
-        target = _state_of(conn, version)
-        if target.state is ModelState.ACTIVE:
-            raise RegistryError(
-                f"model {version} is the active model; activate another (or rollback) first"
-            )
-        if target.state is ModelState.SHADOW:
-            raise RegistryError(f"model {version} is already in shadow")
-        _set_state(conn, version, ModelState.SHADOW)
+        target = _transition(conn, version, to)
+        _set_state(conn, version, to)
         _audit(
             conn,
-            AuditAction.MODEL_SHADOW,
+            _AUDIT_ACTION[to],
             actor,
             version,
             {"sha256": target.sha256, "from_state": target.state.value},
         )
+
+
+def shadow(engine: Engine, version: str, actor: audit.Actor) -> None:
+    """Score with ``version`` in shadow (its predictions never set priority)."""
+    _move(engine, version, ModelState.SHADOW, actor)
 
 
 def retire(engine: Engine, version: str, actor: audit.Actor) -> None:
     """Stop scoring with a shadow (or registered) model; the active one cannot be retired."""
-    with engine.begin() as conn:
-        _lock(conn)
-        target = _state_of(conn, version)
-        if target.state is ModelState.ACTIVE:
-            raise RegistryError(
-                f"model {version} is the active model; activate another (or rollback) instead"
-            )
-        if target.state is ModelState.RETIRED:
-            raise RegistryError(f"model {version} is already retired")
-        _set_state(conn, version, ModelState.RETIRED)
-        _audit(
-            conn,
-            AuditAction.MODEL_RETIRE,
-            actor,
-            version,
-            {"sha256": target.sha256, "from_state": target.state.value},
-        )
+    _move(engine, version, ModelState.RETIRED, actor)
 
 
 def rollback(engine: Engine, actor: audit.Actor) -> tuple[str, str]:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, Enum, SQLColumnExpression, case, func, literal, type_coerce
 
+from cxr_db.base import check_in, enum_values
+
 
 class InstanceStatus(enum.StrEnum):
     RECEIVED = "received"
@@ -52,23 +54,19 @@ STATUS_LABELS: Mapping[InstanceStatus, str] = {
 """What a person reads for each status, on the web page and in the CLI table alike."""
 
 
-def _values(enum_cls: type[enum.Enum]) -> list[str]:
-    return [str(member.value) for member in enum_cls]
-
-
 STATUS_TYPE: Enum = Enum(
     InstanceStatus,
     native_enum=False,
-    values_callable=_values,
+    values_callable=enum_values,
     length=16,
-    create_constraint=False,  # the named check constraint in ``schema`` (and Alembic 0001)
+    create_constraint=False,  # the named check constraint in ``tables`` (and Alembic 0001)
     validate_strings=True,
     name="instance_status",
 )
 """The column type: varchar(16) in the database, ``InstanceStatus`` in Python; a value
 outside the enum is refused before it reaches the database."""
 
-STATUS_CHECK_SQL = "status IN (" + ", ".join(f"'{s.value}'" for s in InstanceStatus) + ")"
+STATUS_CHECK_SQL = check_in("status", InstanceStatus)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, insert, select
 
-from cxr_db.schema import InstanceConflict
+from cxr_db.conflicts.tables import InstanceConflict
 
 
 @dataclass(frozen=True)

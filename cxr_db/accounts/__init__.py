@@ -1,0 +1,1 @@
+"""Accounts: users, sign-in, browser sessions and API tokens (tables, store)."""

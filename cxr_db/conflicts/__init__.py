@@ -1,0 +1,1 @@
+"""Conflicts: a SOP Instance UID received again with other content (tables, store)."""

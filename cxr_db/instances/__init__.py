@@ -1,0 +1,1 @@
+"""Instances: studies, instances and predictions (tables, statuses, writes, reads, stats)."""

@@ -1,0 +1,1 @@
+"""Reading: read state and answers (tables, store)."""

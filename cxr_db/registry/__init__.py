@@ -1,0 +1,1 @@
+"""The model registry and the enabled population strata (tables, store)."""

@@ -1,0 +1,1 @@
+"""Results back to PACS: result states, send attempts (states, tables, store)."""

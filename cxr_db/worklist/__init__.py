@@ -1,0 +1,1 @@
+"""The worklist: every read the worklist page, the CLI and the JSON API make of studies."""
