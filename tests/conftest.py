@@ -114,3 +114,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason="needs CUDA; none on this machine")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from tests.peers import MARK
+
+    config.addinivalue_line(
+        "markers", f"{MARK}(*names): needs real peers (tests/peers.py: skip locally, fail in CI)"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``requires_peer(...)`` skips locally, or fails under ``CI=true``, when
+    a peer is missing (``tests/peers.py``)."""
+    from tests.peers import MARK, require_peer
+
+    for mark in item.iter_markers(MARK):
+        require_peer(*mark.args)

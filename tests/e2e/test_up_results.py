@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,17 +20,12 @@ from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 from cxr_triage.embedded import free_port
 from tests.conftest import SAMPLES
 from tests.integration.results_peers import run_tool, running_storescp
+from tests.peers import requires_peer
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        any(
-            shutil.which(t) is None
-            for t in ("storescu", "echoscu", "storescp", "dsrdump", "dcmdump")
-        ),
-        reason="DCMTK not installed",
-    ),
+    requires_peer("dcmtk"),
 ]
 
 QUIET_S = 3

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,11 +18,12 @@ import pytest
 
 from cxr_triage.embedded import free_port
 from tests.conftest import SAMPLES
+from tests.peers import requires_peer
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK storescu not installed"),
+    requires_peer("dcmtk"),
 ]
 
 

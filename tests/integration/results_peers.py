@@ -3,7 +3,6 @@ on loopback, both started on free ports and stopped afterwards."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import threading
@@ -13,7 +12,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     ComprehensiveSRStorage,
@@ -26,11 +24,9 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 
 from cxr_results import Destination
+from tests.peers import requires_peer
 
-DCMTK = pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in ("storescp", "dsrdump", "dcmdump")),
-    reason="DCMTK's storescp/dsrdump/dcmdump are not on PATH (Debian: apt-get install dcmtk)",
-)
+DCMTK = requires_peer("dcmtk")
 
 
 @dataclass

@@ -6,7 +6,6 @@ PDUs, aborted transfers (no temp file left anywhere), DICOM TLS (pynetdicom and 
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import socket
 import ssl
 import subprocess
@@ -43,6 +42,7 @@ from tests.listener_support import (
     start_test_listener,
     store_files,
 )
+from tests.peers import requires_peer
 
 pytestmark = pytest.mark.integration
 
@@ -469,7 +469,7 @@ def test_tls_settings_are_checked(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> 
     assert ListenerSettings().dicom_tls_cert is None
 
 
-@pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK storescu is not on PATH")
+@requires_peer("dcmtk")
 def test_dcmtk_storescu_over_tls(start: Start, pki: Pki, engine: Engine, tmp_path: Path) -> None:
     handle = start(
         dicom_tls_cert=pki.server_cert,

@@ -23,6 +23,7 @@ from cxr_triage.worklist_view import DISCLAIMER
 from tests.conftest import REPO, Services
 from tests.db_rows import record
 from tests.integration.reading_rows import PASSWORD, audit_after, audit_mark
+from tests.peers import requires_peer
 from tests.web_server import (
     PATIENT_ID,
     PATIENT_NAME_SHOWN,
@@ -714,7 +715,7 @@ def test_run_web_serves_until_sigterm_and_logs_no_secret_or_patient_data(
             assert secret not in line, f"{secret!r} leaked into the log: {line}"
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl for a test cert")
+@requires_peer("openssl")
 def test_run_web_serves_https_with_a_secure_cookie(
     db: Engine, services: Services, tmp_path: Path
 ) -> None:
