@@ -49,6 +49,7 @@ from tests.fuzz.strategies import (
     raw_streams,
 )
 from tests.listener_support import echo, read_pdu, record_seeds, start_test_listener
+from tests.support import wait_until
 
 pytestmark = [
     pytest.mark.integration,
@@ -161,11 +162,12 @@ def _progress(stats: Stats, every: int = 500) -> None:
 
 def _finish(h: Harness, stats: Stats) -> None:
     """The invariants every run ends with; the counts go to stdout and the report."""
-    deadline = time.monotonic() + 60
     staging = h.root / ".staging"
-    while staging.exists() and any(staging.iterdir()):
-        assert time.monotonic() < deadline, f"staging not empty: {list(staging.iterdir())}"
-        time.sleep(0.1)
+    wait_until(
+        lambda: not (staging.exists() and any(staging.iterdir())),
+        60,
+        lambda: f"staging empty (holds {list(staging.iterdir())})",
+    )
     assert list(h.private_tmp.rglob("*")) == [], "written outside the storage folder"
     with h.engine.begin() as conn:
         uris = [u for (u,) in conn.execute(text("SELECT storage_uri FROM instances"))]

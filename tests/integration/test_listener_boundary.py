@@ -13,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from cxr_common.settings import ListenerSettings
 from dicom_listener.boundary import holds_connection
 from dicom_listener.server import ListenerHandle
 from dicom_listener.statuses import CALLED_AE_REJECTION, EchoStatus, StoreStatus
-from tests.conftest import Services
+from tests.conftest import Services, StartListener
 from tests.dicom_factory import chest_like, make_dataset, write
 from tests.listener_support import (
     close_refused,
@@ -39,10 +39,10 @@ from tests.listener_support import (
     raw_connection,
     read_pdu,
     record_seeds,
-    start_test_listener,
     store_files,
 )
 from tests.peers import requires_peer
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -50,17 +50,9 @@ Start = Callable[..., ListenerHandle]
 
 
 @pytest.fixture
-def start(services: Services, engine: Engine, tmp_path: Path) -> Iterator[Start]:
-    handles: list[ListenerHandle] = []
-
-    def _start(**overrides: object) -> ListenerHandle:
-        handle = start_test_listener(services, engine, tmp_path, **overrides)
-        handles.append(handle)
-        return handle
-
-    yield _start
-    for handle in handles:
-        handle.shutdown()
+def start(start_listener: StartListener) -> StartListener:
+    """In-process listeners on free ports (tests/conftest.py's ``start_listener``)."""
+    return start_listener
 
 
 @pytest.fixture
@@ -70,13 +62,6 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
     return folder
-
-
-def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _receive_files(tmp_path: Path) -> list[Path]:
@@ -196,7 +181,7 @@ def test_silent_connections_from_the_sender_own_address_use_no_association_slot(
     )
     silent = [raw_connection(handle.port) for _ in range(20)]
     try:
-        _wait_for(
+        wait_until(
             lambda: len(handle.server.active_associations) >= 20, 30, "the silent connections"
         )
         assert echo(handle.port) == EchoStatus.SUCCESS
@@ -211,7 +196,7 @@ def test_a_peer_that_stalls_mid_pdu_is_closed_after_the_network_timeout(start: S
     try:
         sock.settimeout(30)
         assert sock.recv(1024) in (b"", b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x00")
-        _wait_for(lambda: not handle.server.active_associations, 30, "the thread to end")
+        wait_until(lambda: not handle.server.active_associations, 30, "the thread to end")
     finally:
         sock.close()
 
@@ -246,7 +231,7 @@ def test_a_pdu_longer_than_offered_closes_the_connection_without_buffering_it(
         except ConnectionResetError:
             pass
         assert time.monotonic() - started < 5  # well before any timeout: the length did it
-        _wait_for(lambda: not handle.server.active_associations, 40, "the thread to end")
+        wait_until(lambda: not handle.server.active_associations, 40, "the thread to end")
     finally:
         sock.close()
     assert echo(handle.port) == EchoStatus.SUCCESS
@@ -296,7 +281,7 @@ def test_an_aborted_transfer_leaves_no_partial_file(
     sender.start()
     try:
         assert first_pdus_sent.wait(30)
-        _wait_for(lambda: bool(_receive_files(tmp_path)), 30, "the receive file")
+        wait_until(lambda: bool(_receive_files(tmp_path)), 30, "the receive file")
         # The modality dies mid-transfer: its connection is gone.
         raw = assoc.dul.socket.socket  # type: ignore[union-attr]
         assert raw is not None
@@ -304,7 +289,7 @@ def test_an_aborted_transfer_leaves_no_partial_file(
     finally:
         resume.set()
     sender.join(30)
-    _wait_for(lambda: not _receive_files(tmp_path), 30, "the partial file to be removed")
+    wait_until(lambda: not _receive_files(tmp_path), 30, "the partial file to be removed")
     assert files_under(private_tmp) == []
     assert instance_count(engine) == 0
     assert echo(handle.port) == EchoStatus.SUCCESS
@@ -525,8 +510,8 @@ def test_p_data_for_a_context_never_accepted_aborts_cleanly(
         while pdu := read_pdu(sock):
             answers.append(pdu[:1])
     assert answers[:1] == [b"\x07"]  # A-ABORT, then the listener closed
-    _wait_for(lambda: not _receive_files(tmp_path), 30, "the partial file to be removed")
-    _wait_for(
+    wait_until(lambda: not _receive_files(tmp_path), 30, "the partial file to be removed")
+    wait_until(
         lambda: not any(holds_connection(a) for a in handle.server.active_associations),
         30,
         "the association to end",
