@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,8 +134,9 @@ def test_production_mode_refuses_to_start_without_an_allow_list(
 def test_200_garbage_and_half_open_connections_do_not_lock_out_a_legitimate_sender(
     start: Start, engine: Engine
 ) -> None:
-    # Timeouts longer than the test: the sender gets in because the flood is contained,
-    # not because the flood timed out.
+    # The listener's timeouts (120 s) are longer than the sender's own (echo 30 s, store
+    # 60 s): the sender can only succeed because the flood is contained, never because
+    # the flood timed out first.
     handle = start(acse_timeout_s=120, network_timeout_s=120)
     garbage = [
         b"",  # connect and say nothing
@@ -152,21 +152,16 @@ def test_200_garbage_and_half_open_connections_do_not_lock_out_a_legitimate_send
                 flood.append(raw_connection(handle.port, "127.0.0.2", garbage[i % len(garbage)]))
             except OSError:
                 pass  # closed by the listener while connecting: that is the point
-        t0 = time.monotonic()
         assert echo(handle.port) == EchoStatus.SUCCESS
         answers = store_files(handle.port, [make_dataset(accession="FLOOD001")])
-        elapsed = time.monotonic() - t0
     finally:
         for sock in flood:
             sock.close()
     refused = handle.server.refused_connections  # type: ignore[attr-defined]
-    print(
-        f"\nflood: {len(flood)} connected, {refused} closed at accept; echo + store {elapsed:.2f} s"
-    )
+    print(f"\nflood: {len(flood)} connected, {refused} closed at accept")
     assert answers[0] is not None
     assert answers[0].status == StoreStatus.SUCCESS
     assert instance_count(engine) == 1
-    assert elapsed < 60, f"legitimate sender took {elapsed:.1f} s"
     # At most max_associations_per_peer (4) of the 200 were let in.
     assert handle.server.refused_connections >= 196  # type: ignore[attr-defined]
 
@@ -217,20 +212,19 @@ def test_the_listener_offers_its_maximum_pdu_length(start: Start) -> None:
 def test_a_pdu_longer_than_offered_closes_the_connection_without_buffering_it(
     start: Start,
 ) -> None:
-    # the ACSE timeout (10 s) ends the association thread afterwards, as for any peer
-    # that never completes an A-ASSOCIATE-RQ; the connection itself is closed at once
-    handle = start(dicom_max_pdu_bytes=16382, network_timeout_s=60, acse_timeout_s=10)
+    # the ACSE timeout (15 s) ends the association thread afterwards, as for any peer
+    # that never completes an A-ASSOCIATE-RQ; the connection itself is closed at once:
+    # the client waits 10 s, less than either timeout, so only the length can close it
+    handle = start(dicom_max_pdu_bytes=16382, network_timeout_s=60, acse_timeout_s=15)
     claimed = 100_000_000  # a 100 MB "A-ASSOCIATE-RQ"; the bound is 2 x 16382 + 64 KiB
     sock = raw_connection(handle.port, payload=b"\x01\x00" + claimed.to_bytes(4, "big"))
     try:
-        sock.settimeout(20)
-        started = time.monotonic()
+        sock.settimeout(10)  # a TimeoutError here: the listener waited for the 100 MB
         try:
             while sock.recv(65536):  # an A-ABORT, maybe, then the close
                 pass
         except ConnectionResetError:
             pass
-        assert time.monotonic() - started < 5  # well before any timeout: the length did it
         wait_until(lambda: not handle.server.active_associations, 40, "the thread to end")
     finally:
         sock.close()
@@ -289,6 +283,7 @@ def test_an_aborted_transfer_leaves_no_partial_file(
     finally:
         resume.set()
     sender.join(30)
+    raw.close()  # pynetdicom leaves a socket shut down under it open (a ResourceWarning later)
     wait_until(lambda: not _receive_files(tmp_path), 30, "the partial file to be removed")
     assert files_under(private_tmp) == []
     assert instance_count(engine) == 0

@@ -30,7 +30,6 @@ from cxr_db import drift, models
 from cxr_db import repository as repo
 from cxr_db.audit import Actor
 from cxr_db.models import NewModel
-from cxr_db.schema import Instance
 from cxr_db.schema_reading import ActorKind
 from cxr_db.statuses import InstanceStatus
 from cxr_model import WEIGHTS_DIR
@@ -297,7 +296,6 @@ def _patterns(status: InstanceStatus) -> tuple[tuple[str, str], ...]:
     return m.NOT_ELIGIBLE_REASON_PATTERNS
 
 
-@pytest.mark.skipif(not hasattr(Instance, "lease_owner"), reason="schema without worker leases")
 def test_collector_reports_claims_per_lease_owner(engine: Engine, services: Services) -> None:
     instance_id = record(engine, f"{TEST_ROOT}78.1", f"{TEST_ROOT}78.1.1")
     with engine.begin() as conn:
