@@ -9,16 +9,23 @@ exactly as on a user's fresh machine.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from cxr_common.settings import normalise_database_url
 from cxr_db import make_engine
+from tests.support import UpProcess, free_port
+
+if TYPE_CHECKING:
+    from dicom_listener.server import ListenerHandle
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "cxr_triage" / "samples"
@@ -102,6 +109,81 @@ def engine(services: Services) -> Iterator[Engine]:
     eng.dispose()
 
 
+StartListener = Callable[..., "ListenerHandle"]
+
+
+@pytest.fixture
+def start_listener(services: Services, engine: Engine, tmp_path: Path) -> Iterator[StartListener]:
+    """Start in-process C-STORE listeners on free loopback ports; each is shut down after
+    the test. Settings: :func:`tests.listener_support.listener_settings` (files under
+    ``folder``, default the test's tmp folder; the reconciler only when a test asks) with
+    ``overrides``; ``engine_``/``broker_url`` replace the session's database or broker."""
+    from cxr_queue import make_celery
+    from dicom_listener.server import start_listener as start
+    from tests.listener_support import listener_settings
+
+    handles: list[ListenerHandle] = []
+
+    def _start(
+        *,
+        folder: Path | None = None,
+        engine_: Engine | None = None,
+        broker_url: str | None = None,
+        **overrides: object,
+    ) -> ListenerHandle:
+        settings = listener_settings(services, folder or tmp_path, **overrides)
+        app = make_celery(broker_url or services.broker_url, settings.queue_name)
+        handle = start(settings, engine_ or engine, app)
+        handles.append(handle)
+        return handle
+
+    yield _start
+    for handle in reversed(handles):
+        handle.shutdown()
+
+
+StartUp = Callable[..., UpProcess]
+
+
+@pytest.fixture
+def start_up(tmp_path: Path) -> Iterator[StartUp]:
+    """Start ``cxr-triage up`` (``args`` after ``up``) as a user would on a fresh machine:
+    no ``CXR_*`` from this environment, its own data folder, free DICOM and web ports,
+    ``env`` on top; stopped (SIGTERM, then SIGKILL) after the test unless it stopped."""
+    started: list[UpProcess] = []
+
+    def _start(*args: str, **env: str) -> UpProcess:
+        data = tmp_path / "data"
+        dicom_port, web_port = free_port(), free_port()
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
+        child_env.update(
+            CXR_DATA_DIR=str(data),
+            CXR_DICOM_PORT=str(dicom_port),
+            CXR_WEB_PORT=str(web_port),
+            PYTHONUNBUFFERED="1",
+        )
+        child_env.update(env)
+        log = tmp_path / f"up-{len(started)}.log" if started else tmp_path / "up.log"
+        with log.open("wb") as out:  # the child keeps its own copy
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "cxr_triage", "up", *args],
+                env=child_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        up = UpProcess(proc, child_env, data, dicom_port, web_port, log)
+        started.append(up)
+        return up
+
+    yield _start
+    for up in started:
+        if up.proc.poll() is None:
+            try:
+                up.stop(timeout=120)
+            except subprocess.TimeoutExpired:
+                up.kill()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """``gpu`` tests skip cleanly where CUDA is absent (CI never has a GPU)."""
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
@@ -114,3 +196,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason="needs CUDA; none on this machine")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from tests.peers import MARK
+
+    config.addinivalue_line(
+        "markers", f"{MARK}(*names): needs real peers (tests/peers.py: skip locally, fail in CI)"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``requires_peer(...)`` skips locally, or fails under ``CI=true``, when
+    a peer is missing (``tests/peers.py``)."""
+    from tests.peers import MARK, require_peer
+
+    for mark in item.iter_markers(MARK):
+        require_peer(*mark.args)

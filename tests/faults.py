@@ -25,6 +25,7 @@ from sqlalchemy import Engine, text
 
 from cxr_common.settings import ListenerSettings, normalise_database_url
 from cxr_db.instances.statuses import FINAL_STATUSES
+from tests.support import free_port, running, wait_until
 
 #: Leases and reconciler passes short enough for a test to watch them work.
 FAST_WORKER_ENV = {
@@ -33,12 +34,6 @@ FAST_WORKER_ENV = {
     "CXR_MAX_RETRIES": "10",
 }
 FAST_RECONCILER = {"reconcile_interval_s": 1.0, "reconcile_grace_s": 2.0}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _redis_ping(port: int) -> bool:
@@ -85,11 +80,13 @@ class OwnRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 30
-        while not _redis_ping(self.port):
-            assert self.proc.poll() is None, "redis-server exited at start"
-            assert time.monotonic() < deadline, "redis-server did not answer PING"
-            time.sleep(0.05)
+        wait_until(
+            lambda: _redis_ping(self.port),
+            30,
+            "redis-server answering PING",
+            alive=running([self.proc]),
+            interval=0.05,
+        )
 
     def kill(self) -> None:
         """SIGKILL: whatever it held is gone."""
@@ -257,12 +254,12 @@ def wait_for(
 ) -> float:
     """Poll ``check`` until it holds; returns the seconds it took (fails after
     ``timeout_s``, or at once when ``alive`` says a process this depends on died)."""
+
+    def still_alive() -> None:
+        assert alive is None or alive(), f"a process died while waiting for {what}"
+
     t0 = time.monotonic()
-    while not check():
-        if alive is not None:
-            assert alive(), f"a process died while waiting for {what}"
-        assert time.monotonic() - t0 < timeout_s, f"not {what} after {timeout_s:.0f} s"
-        time.sleep(0.1)
+    wait_until(check, timeout_s, what, alive=still_alive)
     return time.monotonic() - t0
 
 

@@ -31,6 +31,7 @@ def listener_settings(services: Services, folder: Path, **overrides: object) -> 
         "database_url": services.database_url,
         "broker_url": services.broker_url,
         "queue_name": services.queue_name,
+        "results_queue_name": f"{services.queue_name}-results",
         "data_dir": folder,
         "storage_uri": (folder / "instances").as_uri(),
         "dicom_host": "127.0.0.1",
@@ -43,6 +44,8 @@ def listener_settings(services: Services, folder: Path, **overrides: object) -> 
 def start_test_listener(
     services: Services, engine: Engine, folder: Path, **overrides: object
 ) -> ListenerHandle:
+    """A listener outside a test's fixtures (the fuzz harness); tests use the
+    ``start_listener`` fixture (tests/conftest.py), which shuts it down after them."""
     settings = listener_settings(services, folder, **overrides)
     return start_listener(settings, engine, make_celery(services.broker_url, services.queue_name))
 

@@ -3,13 +3,14 @@ samples up by name and labels."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+
+from tests.support import wait_until
 
 
 @dataclass(frozen=True)
@@ -61,16 +62,20 @@ def poll(
 ) -> Scrape:
     """Scrape ``url`` until ``until`` holds (a process that is still starting answers
     nothing yet): for counters a process updates after the work it counts."""
-    deadline = time.monotonic() + timeout_s
-    last: Scrape | None = None
-    error: Exception | None = None
-    while time.monotonic() < deadline:
+    seen: list[Scrape | Exception] = []
+
+    def matched() -> Scrape | None:
         try:
             last = fetch(url)
         except httpx.TransportError as exc:
-            error = exc
-        else:
-            if until(last):
-                return last
-        time.sleep(0.2)
-    raise AssertionError(f"{what} at {url} never matched: {error or last}")
+            seen.append(exc)
+            return None
+        seen.append(last)
+        return last if until(last) else None
+
+    return wait_until(
+        matched,
+        timeout_s,
+        lambda: f"{what} at {url} matched (last seen: {seen[-1] if seen else None})",
+        interval=0.2,
+    )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import re
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from cxr_db.instances import writes as repo
 from tests.db_rows import prediction, record
 from tests.dicom_factory import chest_like, make_dataset, write
 from tests.integration.reading_rows import ADMIN, PASSWORD, cheap_passwords, clean
+from tests.support import thread_running, wait_until
 from worklist.app import create_app
 from worklist.config import WebConfig
 
@@ -54,13 +54,18 @@ def serve(
     server = uvicorn.Server(config_)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
-    deadline = time.monotonic() + timeout_s
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            thread.join(timeout_s)
-            raise AssertionError("uvicorn did not start")
-        time.sleep(0.01)
+    try:
+        wait_until(
+            lambda: server.started,
+            timeout_s,
+            "uvicorn started",
+            alive=thread_running(thread),
+            interval=0.01,
+        )
+    except AssertionError:
+        server.should_exit = True
+        thread.join(timeout_s)
+        raise
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}"

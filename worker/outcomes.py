@@ -1,6 +1,7 @@
 """What one scoring job did, named once. ``cxr.score_instance`` returns the value.
 
-The first three are the instance's final status (``cxr_db.instances.statuses.FINAL_STATUSES``) as the
+The first three are the instance's final status
+(``cxr_db.instances.statuses.FINAL_STATUSES``) as the
 job wrote it; the other three touch no row, so they are no ``InstanceStatus`` and the
 ``instances.status`` column refuses them.
 """

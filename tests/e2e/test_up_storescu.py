@@ -6,24 +6,20 @@ SIGTERM stops everything cleanly."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from cxr_triage.embedded import free_port
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, StartUp
+from tests.peers import requires_peer
+from tests.support import wait_until
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK storescu not installed"),
+    requires_peer("dcmtk"),
 ]
 
 
@@ -41,30 +37,22 @@ def _worklist(env: dict[str, str]) -> list[dict[str, object]]:
     return data
 
 
-def test_storescu_to_up_then_worklist_shows_scored_studies(tmp_path: Path) -> None:
-    port = free_port()
-    web_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
-    env.update(
-        CXR_DATA_DIR=str(tmp_path / "data"), CXR_DICOM_PORT=str(port), CXR_WEB_PORT=str(web_port)
-    )
-    log = open(tmp_path / "up.log", "wb")  # closed below
-    up = subprocess.Popen(
-        [sys.executable, "-m", "cxr_triage", "up"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+def _echo(port: int) -> int:
+    return subprocess.run(
+        ["echoscu", "-aec", "CXR_TRIAGE", "127.0.0.1", str(port)], capture_output=True, check=False
+    ).returncode
+
+
+def _all_done(entries: list[dict[str, object]], expected: int) -> list[dict[str, object]] | None:
+    done = len(entries) == expected and all(e["status"] == "done" for e in entries)
+    return entries if done else None
+
+
+def test_storescu_to_up_then_worklist_shows_scored_studies(start_up: StartUp) -> None:
+    up = start_up()
+    port, web_port, env = up.dicom_port, up.web_port, up.env
     try:
-        deadline = time.monotonic() + 120
-        while (
-            subprocess.run(
-                ["echoscu", "-aec", "CXR_TRIAGE", "127.0.0.1", str(port)],
-                capture_output=True,
-                check=False,
-            ).returncode
-            != 0
-        ):
-            assert up.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "listener did not answer C-ECHO"
-            time.sleep(0.5)
+        wait_until(lambda: _echo(port) == 0, 120, "C-ECHO answered", alive=up.alive, interval=0.5)
         files = [SAMPLES / "nih-nofinding-1.dcm", *sorted((SAMPLES / "derived").glob("*.dcm"))]
         sent = subprocess.run(
             [
@@ -82,13 +70,13 @@ def test_storescu_to_up_then_worklist_shows_scored_studies(tmp_path: Path) -> No
             check=False,
         )
         assert sent.returncode == 0, sent.stderr
-        deadline = time.monotonic() + 240
-        while True:
-            entries = _worklist(env)
-            if len(entries) == len(files) and all(e["status"] == "done" for e in entries):
-                break
-            assert time.monotonic() < deadline, entries
-            time.sleep(1)
+        entries = wait_until(
+            lambda: _all_done(_worklist(env), len(files)),
+            240,
+            "every study scored",
+            alive=up.alive,
+            interval=1,
+        )
         # in the validated population a score ranks the study; outside it (the NIH adult) the
         # score is kept as a shadow score that never ranks it
         for e in entries:
@@ -119,8 +107,6 @@ def test_storescu_to_up_then_worklist_shows_scored_studies(tmp_path: Path) -> No
             e["study_instance_uid"] for e in entries
         ]
     finally:
-        up.send_signal(signal.SIGTERM)
-        code = up.wait(timeout=120)
-        log.close()
-    assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
-    assert not (tmp_path / "data" / "embedded" / "services.json").exists()
+        code = up.stop()
+    assert code == 0, up.tail()
+    assert not (up.data_dir / "embedded" / "services.json").exists()

@@ -20,12 +20,14 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 from sqlalchemy import Engine
 
 from cxr_db.accounts.tables import Role
 from cxr_db.reading import store as reading
 from cxr_triage.worklist_view import DISCLAIMER
 from tests.integration.reading_rows import PASSWORD, db_now
+from tests.peers import requires_peer
 from tests.web_server import (
     PATIENT_NAME_SHOWN,
     add_user,
@@ -34,16 +36,10 @@ from tests.web_server import (
     serve,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, requires_peer("chromium")]
 
 CHROMIUM = Path("/usr/bin/chromium")
 VIEWPORT = {"width": 1360, "height": 900}
-
-pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
-if not CHROMIUM.exists():
-    pytest.skip("needs /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
-
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
 
 
 @pytest.fixture

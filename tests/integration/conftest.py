@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,31 +13,23 @@ import pytest
 from sqlalchemy import Engine
 
 from cxr_common.settings import ListenerSettings
-from cxr_db.instances import reads as instance_reads
 from cxr_db.instances.statuses import FINAL_STATUSES, InstanceStatus
-from cxr_queue import make_celery
-from tests.conftest import Services
+from cxr_db.worklist import reads as reads
+from tests.conftest import Services, StartListener
+from tests.support import running, wait_until
 
 
 @pytest.fixture
-def listener(services: Services, engine: Engine) -> Iterator[int]:
-    """A real C-STORE listener on a free loopback port; yields the port."""
-    from dicom_listener.server import start_listener
-
-    settings = ListenerSettings(
-        database_url=services.database_url,
-        broker_url=services.broker_url,
-        queue_name=services.queue_name,
-        results_queue_name=f"{services.queue_name}-results",
-        data_dir=services.data_dir,
-        storage_uri=(services.data_dir / "instances").as_uri(),
-        dicom_host="127.0.0.1",
-        dicom_port=0,
+def listener(services: Services, start_listener: StartListener) -> int:
+    """A real C-STORE listener on a free loopback port, storing where the workers read
+    (the session's data folder), its reconciler at the product's defaults; the port."""
+    defaults = ListenerSettings.model_fields
+    handle = start_listener(
+        folder=services.data_dir,
+        reconcile_interval_s=defaults["reconcile_interval_s"].default,
+        reconcile_grace_s=defaults["reconcile_grace_s"].default,
     )
-    app = make_celery(services.broker_url, services.queue_name)
-    handle = start_listener(settings, engine, app)
-    yield handle.port
-    handle.shutdown()
+    return handle.port
 
 
 @pytest.fixture
@@ -79,16 +70,18 @@ def wait_until_final(
     procs: list[subprocess.Popen[bytes]] | None = None,
 ) -> dict[str, InstanceStatus]:
     """Poll Postgres until ``expected`` instances are in a final state (or fail)."""
-    deadline = time.monotonic() + timeout_s
-    statuses: dict[str, InstanceStatus] = {}
-    while time.monotonic() < deadline:
-        statuses = instance_reads.instance_statuses(engine)
-        if len(statuses) >= expected and all(s in FINAL_STATUSES for s in statuses.values()):
-            return statuses
-        for proc in procs or []:
-            assert proc.poll() is None, f"worker exited with {proc.returncode}"
-        time.sleep(0.2)
-    raise AssertionError(f"not final after {timeout_s} s: {statuses}")
+
+    def final() -> dict[str, InstanceStatus] | None:
+        statuses = reads.instance_statuses(engine)
+        done = len(statuses) >= expected and all(s in FINAL_STATUSES for s in statuses.values())
+        return statuses if done else None
+
+    return wait_until(
+        final,
+        timeout_s,
+        lambda: f"{expected} instances final (now {reads.instance_statuses(engine)})",
+        alive=running(procs or []),
+    )
 
 
 def wait_until_queue_drained(services: Services, timeout_s: float = 60) -> None:
@@ -96,15 +89,14 @@ def wait_until_queue_drained(services: Services, timeout_s: float = 60) -> None:
     import redis
 
     client = redis.Redis.from_url(services.broker_url)
-    deadline = time.monotonic() + timeout_s
     try:
-        while time.monotonic() < deadline:
-            if client.llen(services.queue_name) == 0 and not _unacked_for(client, services):
-                return
-            time.sleep(0.1)
+        wait_until(
+            lambda: client.llen(services.queue_name) == 0 and not _unacked_for(client, services),
+            timeout_s,
+            f"queue {services.queue_name} drained",
+        )
     finally:
         client.close()
-    raise AssertionError(f"queue {services.queue_name} not drained after {timeout_s} s")
 
 
 def _unacked_for(client: Any, services: Services) -> int:

@@ -3,17 +3,13 @@ on loopback, both started on free ports and stopped afterwards."""
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     ComprehensiveSRStorage,
@@ -26,11 +22,10 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 
 from cxr_results import Destination
+from tests.peers import requires_peer
+from tests.support import free_port, running, wait_until
 
-DCMTK = pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in ("storescp", "dsrdump", "dcmdump")),
-    reason="DCMTK's storescp/dsrdump/dcmdump are not on PATH (Debian: apt-get install dcmtk)",
-)
+DCMTK = requires_peer("dcmtk")
 
 
 @dataclass
@@ -45,12 +40,6 @@ class Received:
     def sop_instance_uids(self) -> list[str]:
         with self.lock:
             return [str(ds.SOPInstanceUID) for ds in self.datasets]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_scp(
@@ -101,11 +90,9 @@ def running_storescp(out: Path, ae_title: str = "STORESCP") -> Iterator[Destinat
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not _echo(port, ae_title):
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "storescp did not start"
-            time.sleep(0.1)
+        wait_until(
+            lambda: _echo(port, ae_title), 30, "storescp answering C-ECHO", alive=running([proc])
+        )
         yield Destination(ae_title, "127.0.0.1", port)
     finally:
         proc.terminate()

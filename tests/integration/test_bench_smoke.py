@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, Services
+from tests.peers import have_peer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -69,7 +69,7 @@ def test_every_benchmark_runs_on_a_tiny_input_and_writes_its_json(
     assert all(0 < r["p50_s"] <= r["p95_s"] <= r["max_s"] for r in turn["rows"])
     ingest = json.loads((out / "ingest.json").read_text())
     assert {r["input"] for r in ingest["rows"]} == {"uncompressed", "j2k"}
-    dcmtk = shutil.which("storescp") is not None and shutil.which("storescu") is not None
+    dcmtk = have_peer("dcmtk")
     assert all((r["dcmtk_img_s"] is not None) == dcmtk for r in ingest["rows"])
     goals = json.loads((out / "goals.json").read_text())
     assert {"goal_2_cost_after_fast_cam", "goal_3_ratio", "goal_4_idle_p95_s"} <= goals.keys()

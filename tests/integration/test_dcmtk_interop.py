@@ -4,7 +4,6 @@ talk to the listener over a real association; the instances end up stored and qu
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from collections import defaultdict
 from collections.abc import Iterator
@@ -31,13 +30,11 @@ from cxr_common.settings import ListenerSettings
 from cxr_queue import make_celery
 from dicom_listener.server import ListenerHandle, start_listener
 from tests.conftest import SAMPLES, Services
+from tests.peers import requires_peer
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(
-        shutil.which("storescu") is None or shutil.which("echoscu") is None,
-        reason="DCMTK's storescu/echoscu are not on PATH (Debian: apt-get install dcmtk)",
-    ),
+    requires_peer("dcmtk"),
 ]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -25,20 +25,17 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import Engine, text
 
-from cxr_common.settings import ListenerSettings
 from cxr_common.storage import open_storage
 from cxr_db import make_engine
 from cxr_db.instances import writes as repo
 from cxr_queue import make_celery
 from cxr_scheduler.reconciler import Reconciler
-from dicom_listener.server import ListenerHandle, start_listener
 from dicom_listener.statuses import CALLING_AE_REJECTION, EchoStatus, StoreStatus
-from tests.conftest import SAMPLES, Services
+from tests.conftest import SAMPLES, Services, StartListener
 from tests.dicom_factory import TEST_ROOT, make_dataset, write
+from tests.support import running, wait_until
 
 pytestmark = pytest.mark.integration
-
-StartListener = Callable[..., ListenerHandle]
 
 
 def _free_closed_port() -> int:
@@ -60,32 +57,9 @@ def queue(services: Services) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def start(services: Services, engine: Engine, tmp_path: Path) -> Iterator[StartListener]:
-    """Start listeners (free port, loopback) with overridable settings; stop them after."""
-    handles: list[ListenerHandle] = []
-
-    def _start(
-        *, engine_: Engine | None = None, broker_url: str | None = None, **overrides: object
-    ) -> ListenerHandle:
-        values: dict[str, object] = {
-            "database_url": services.database_url,
-            "broker_url": services.broker_url,
-            "queue_name": services.queue_name,
-            "data_dir": tmp_path,
-            "storage_uri": (tmp_path / "instances").as_uri(),
-            "dicom_host": "127.0.0.1",
-            "dicom_port": 0,
-        }
-        values.update(overrides)
-        settings = ListenerSettings(**values)  # type: ignore[arg-type]
-        app = make_celery(broker_url or services.broker_url, services.queue_name)
-        handle = start_listener(settings, engine_ or engine, app)
-        handles.append(handle)
-        return handle
-
-    yield _start
-    for handle in handles:
-        handle.shutdown()
+def start(start_listener: StartListener) -> StartListener:
+    """In-process listeners on free ports (tests/conftest.py's ``start_listener``)."""
+    return start_listener
 
 
 def _store(
@@ -436,7 +410,6 @@ def test_run_listener_serves_until_sigterm_then_exits_cleanly(
     import signal
     import subprocess
     import sys
-    import time
 
     port = _free_closed_port()
     env = dict(os.environ)
@@ -457,14 +430,14 @@ def test_run_listener_serves_until_sigterm_then_exits_cleanly(
     try:
         ae = AE(ae_title="TEST_SCU")
         ae.add_requested_context(Verification)
-        deadline = time.monotonic() + 60
-        while True:  # poll until it answers (no fixed sleep)
-            assert proc.poll() is None, "listener exited early"
-            assoc = ae.associate("127.0.0.1", port, ae_title="CXR_TRIAGE")
-            if assoc.is_established:
-                break
-            assert time.monotonic() < deadline, "listener did not start"
-            time.sleep(0.1)
+        assoc = wait_until(
+            lambda: (
+                (a := ae.associate("127.0.0.1", port, ae_title="CXR_TRIAGE")).is_established and a
+            ),
+            60,
+            "the listener accepting an association",
+            alive=running([proc]),
+        )
         assert int(assoc.send_c_echo().Status) == EchoStatus.SUCCESS
         assoc.release()
         proc.send_signal(signal.SIGTERM)

@@ -6,15 +6,13 @@ PDUs, aborted transfers (no temp file left anywhere), DICOM TLS (pynetdicom and 
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +28,7 @@ from cxr_common.settings import ListenerSettings
 from dicom_listener.boundary import holds_connection
 from dicom_listener.server import ListenerHandle
 from dicom_listener.statuses import CALLED_AE_REJECTION, EchoStatus, StoreStatus
-from tests.conftest import Services
+from tests.conftest import Services, StartListener
 from tests.dicom_factory import chest_like, make_dataset, write
 from tests.listener_support import (
     close_refused,
@@ -40,9 +38,10 @@ from tests.listener_support import (
     raw_connection,
     read_pdu,
     record_seeds,
-    start_test_listener,
     store_files,
 )
+from tests.peers import requires_peer
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -50,17 +49,9 @@ Start = Callable[..., ListenerHandle]
 
 
 @pytest.fixture
-def start(services: Services, engine: Engine, tmp_path: Path) -> Iterator[Start]:
-    handles: list[ListenerHandle] = []
-
-    def _start(**overrides: object) -> ListenerHandle:
-        handle = start_test_listener(services, engine, tmp_path, **overrides)
-        handles.append(handle)
-        return handle
-
-    yield _start
-    for handle in handles:
-        handle.shutdown()
+def start(start_listener: StartListener) -> StartListener:
+    """In-process listeners on free ports (tests/conftest.py's ``start_listener``)."""
+    return start_listener
 
 
 @pytest.fixture
@@ -70,13 +61,6 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
     return folder
-
-
-def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _receive_files(tmp_path: Path) -> list[Path]:
@@ -150,8 +134,9 @@ def test_production_mode_refuses_to_start_without_an_allow_list(
 def test_200_garbage_and_half_open_connections_do_not_lock_out_a_legitimate_sender(
     start: Start, engine: Engine
 ) -> None:
-    # Timeouts longer than the test: the sender gets in because the flood is contained,
-    # not because the flood timed out.
+    # The listener's timeouts (120 s) are longer than the sender's own (echo 30 s, store
+    # 60 s): the sender can only succeed because the flood is contained, never because
+    # the flood timed out first.
     handle = start(acse_timeout_s=120, network_timeout_s=120)
     garbage = [
         b"",  # connect and say nothing
@@ -167,21 +152,16 @@ def test_200_garbage_and_half_open_connections_do_not_lock_out_a_legitimate_send
                 flood.append(raw_connection(handle.port, "127.0.0.2", garbage[i % len(garbage)]))
             except OSError:
                 pass  # closed by the listener while connecting: that is the point
-        t0 = time.monotonic()
         assert echo(handle.port) == EchoStatus.SUCCESS
         answers = store_files(handle.port, [make_dataset(accession="FLOOD001")])
-        elapsed = time.monotonic() - t0
     finally:
         for sock in flood:
             sock.close()
     refused = handle.server.refused_connections  # type: ignore[attr-defined]
-    print(
-        f"\nflood: {len(flood)} connected, {refused} closed at accept; echo + store {elapsed:.2f} s"
-    )
+    print(f"\nflood: {len(flood)} connected, {refused} closed at accept")
     assert answers[0] is not None
     assert answers[0].status == StoreStatus.SUCCESS
     assert instance_count(engine) == 1
-    assert elapsed < 60, f"legitimate sender took {elapsed:.1f} s"
     # At most max_associations_per_peer (4) of the 200 were let in.
     assert handle.server.refused_connections >= 196  # type: ignore[attr-defined]
 
@@ -196,7 +176,7 @@ def test_silent_connections_from_the_sender_own_address_use_no_association_slot(
     )
     silent = [raw_connection(handle.port) for _ in range(20)]
     try:
-        _wait_for(
+        wait_until(
             lambda: len(handle.server.active_associations) >= 20, 30, "the silent connections"
         )
         assert echo(handle.port) == EchoStatus.SUCCESS
@@ -211,7 +191,7 @@ def test_a_peer_that_stalls_mid_pdu_is_closed_after_the_network_timeout(start: S
     try:
         sock.settimeout(30)
         assert sock.recv(1024) in (b"", b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x00")
-        _wait_for(lambda: not handle.server.active_associations, 30, "the thread to end")
+        wait_until(lambda: not handle.server.active_associations, 30, "the thread to end")
     finally:
         sock.close()
 
@@ -232,21 +212,20 @@ def test_the_listener_offers_its_maximum_pdu_length(start: Start) -> None:
 def test_a_pdu_longer_than_offered_closes_the_connection_without_buffering_it(
     start: Start,
 ) -> None:
-    # the ACSE timeout (10 s) ends the association thread afterwards, as for any peer
-    # that never completes an A-ASSOCIATE-RQ; the connection itself is closed at once
-    handle = start(dicom_max_pdu_bytes=16382, network_timeout_s=60, acse_timeout_s=10)
+    # the ACSE timeout (15 s) ends the association thread afterwards, as for any peer
+    # that never completes an A-ASSOCIATE-RQ; the connection itself is closed at once:
+    # the client waits 10 s, less than either timeout, so only the length can close it
+    handle = start(dicom_max_pdu_bytes=16382, network_timeout_s=60, acse_timeout_s=15)
     claimed = 100_000_000  # a 100 MB "A-ASSOCIATE-RQ"; the bound is 2 x 16382 + 64 KiB
     sock = raw_connection(handle.port, payload=b"\x01\x00" + claimed.to_bytes(4, "big"))
     try:
-        sock.settimeout(20)
-        started = time.monotonic()
+        sock.settimeout(10)  # a TimeoutError here: the listener waited for the 100 MB
         try:
             while sock.recv(65536):  # an A-ABORT, maybe, then the close
                 pass
         except ConnectionResetError:
             pass
-        assert time.monotonic() - started < 5  # well before any timeout: the length did it
-        _wait_for(lambda: not handle.server.active_associations, 40, "the thread to end")
+        wait_until(lambda: not handle.server.active_associations, 40, "the thread to end")
     finally:
         sock.close()
     assert echo(handle.port) == EchoStatus.SUCCESS
@@ -296,7 +275,7 @@ def test_an_aborted_transfer_leaves_no_partial_file(
     sender.start()
     try:
         assert first_pdus_sent.wait(30)
-        _wait_for(lambda: bool(_receive_files(tmp_path)), 30, "the receive file")
+        wait_until(lambda: bool(_receive_files(tmp_path)), 30, "the receive file")
         # The modality dies mid-transfer: its connection is gone.
         raw = assoc.dul.socket.socket  # type: ignore[union-attr]
         assert raw is not None
@@ -304,7 +283,8 @@ def test_an_aborted_transfer_leaves_no_partial_file(
     finally:
         resume.set()
     sender.join(30)
-    _wait_for(lambda: not _receive_files(tmp_path), 30, "the partial file to be removed")
+    raw.close()  # pynetdicom leaves a socket shut down under it open (a ResourceWarning later)
+    wait_until(lambda: not _receive_files(tmp_path), 30, "the partial file to be removed")
     assert files_under(private_tmp) == []
     assert instance_count(engine) == 0
     assert echo(handle.port) == EchoStatus.SUCCESS
@@ -469,7 +449,7 @@ def test_tls_settings_are_checked(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> 
     assert ListenerSettings().dicom_tls_cert is None
 
 
-@pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK storescu is not on PATH")
+@requires_peer("dcmtk")
 def test_dcmtk_storescu_over_tls(start: Start, pki: Pki, engine: Engine, tmp_path: Path) -> None:
     handle = start(
         dicom_tls_cert=pki.server_cert,
@@ -525,8 +505,8 @@ def test_p_data_for_a_context_never_accepted_aborts_cleanly(
         while pdu := read_pdu(sock):
             answers.append(pdu[:1])
     assert answers[:1] == [b"\x07"]  # A-ABORT, then the listener closed
-    _wait_for(lambda: not _receive_files(tmp_path), 30, "the partial file to be removed")
-    _wait_for(
+    wait_until(lambda: not _receive_files(tmp_path), 30, "the partial file to be removed")
+    wait_until(
         lambda: not any(holds_connection(a) for a in handle.server.active_associations),
         30,
         "the association to end",

@@ -27,12 +27,11 @@ from cxr_db.instances import writes as repo
 from dicom_listener.handlers import content_sha256
 from dicom_listener.server import ListenerHandle
 from dicom_listener.statuses import StoreStatus
-from tests.conftest import Services
+from tests.conftest import Services, StartListener
 from tests.dicom_factory import TEST_ROOT, chest_like, make_dataset
 from tests.listener_support import (
     files_under,
     instance_count,
-    start_test_listener,
     store_files,
     study_count,
 )
@@ -43,19 +42,9 @@ DIFFERENT = "SOP Instance UID already stored with different content"
 
 
 @pytest.fixture
-def start(
-    services: Services, engine: Engine, tmp_path: Path
-) -> Iterator[Callable[..., ListenerHandle]]:
-    handles: list[ListenerHandle] = []
-
-    def _start(**overrides: object) -> ListenerHandle:
-        handle = start_test_listener(services, engine, tmp_path, **overrides)
-        handles.append(handle)
-        return handle
-
-    yield _start
-    for handle in handles:
-        handle.shutdown()
+def start(start_listener: StartListener) -> StartListener:
+    """In-process listeners on free ports (tests/conftest.py's ``start_listener``)."""
+    return start_listener
 
 
 @pytest.fixture

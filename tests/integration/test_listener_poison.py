@@ -9,9 +9,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,14 @@ from sqlalchemy import Engine, text
 from dicom_listener.server import ListenerHandle
 from dicom_listener.statuses import EchoStatus, StoreStatus
 from tests import poison
-from tests.conftest import Services
+from tests.conftest import Services, StartListener
 from tests.listener_support import (
     echo,
     files_under,
     instance_count,
-    start_test_listener,
     store_files,
 )
+from tests.support import running, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -88,19 +87,9 @@ POISONS: dict[str, tuple[Callable[[Path], Path], StoreStatus, str]] = {
 
 
 @pytest.fixture
-def start(
-    services: Services, engine: Engine, tmp_path: Path
-) -> Iterator[Callable[..., ListenerHandle]]:
-    handles: list[ListenerHandle] = []
-
-    def _start(**overrides: object) -> ListenerHandle:
-        handle = start_test_listener(services, engine, tmp_path, **overrides)
-        handles.append(handle)
-        return handle
-
-    yield _start
-    for handle in handles:
-        handle.shutdown()
+def start(start_listener: StartListener) -> StartListener:
+    """In-process listeners on free ports (tests/conftest.py's ``start_listener``)."""
+    return start_listener
 
 
 @pytest.mark.parametrize("name", sorted(POISONS))
@@ -179,11 +168,12 @@ def test_listener_process_stays_under_1_gib_refusing_1_gib_bombs(
     )
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
     try:
-        deadline = time.monotonic() + 120
-        while not port_file.exists() or not port_file.read_text():
-            assert proc.poll() is None, "listener exited early"
-            assert time.monotonic() < deadline, "listener did not start"
-            time.sleep(0.1)
+        wait_until(
+            lambda: port_file.exists() and port_file.read_text(),
+            120,
+            "the listener's port written",
+            alive=running([proc]),
+        )
         port = int(port_file.read_text())
         baseline = _vm_hwm_kib(proc.pid)
         answers = store_files(port, paths * 2)  # every bomb twice, one association

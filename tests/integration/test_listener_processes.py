@@ -9,8 +9,7 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,8 +20,8 @@ from cxr_db.instances.statuses import InstanceStatus
 from dicom_listener.statuses import EchoStatus, StoreStatus
 from tests.conftest import Services
 from tests.dicom_factory import chest_like, make_dataset
-from tests.faults import free_port
 from tests.listener_support import echo, store_files
+from tests.support import free_port, running, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -40,14 +39,9 @@ def _alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
-def _wait_for(condition: object, what: str, parent: subprocess.Popen[bytes]) -> None:
-    """Poll ``condition`` (a callable) until it holds; fail if the parent exits first."""
-    assert callable(condition)
-    deadline = time.monotonic() + 120
-    while not condition():
-        assert parent.poll() is None, f"the listener exited with code {parent.returncode}"
-        assert time.monotonic() < deadline, f"no {what} within 120 s"
-        time.sleep(0.1)
+def _wait_for(condition: Callable[[], object], what: str, parent: subprocess.Popen[bytes]) -> None:
+    """Poll ``condition`` until it holds; fail if the parent exits first."""
+    wait_until(condition, 120, what, alive=running([parent]))
 
 
 @pytest.fixture

@@ -7,9 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -33,7 +31,6 @@ from cxr_db.audit.store import Actor
 from cxr_db.audit.tables import ActorKind
 from cxr_db.instances import writes as repo
 from cxr_db.instances.statuses import InstanceStatus
-from cxr_db.instances.tables import Instance
 from cxr_db.registry import store as models
 from cxr_db.registry.store import NewModel
 from cxr_model import WEIGHTS_DIR
@@ -45,6 +42,7 @@ from tests.db_rows import prediction, record
 from tests.dicom_factory import TEST_ROOT, make_dataset
 from tests.integration.conftest import wait_until_final
 from tests.metrics_scrape import Scrape, fetch, parse, poll
+from tests.support import free_port, thread_running, wait_until
 from worklist.metrics_route import metrics_registry, metrics_router, scrape_token, scrape_token_or
 
 pytestmark = pytest.mark.integration
@@ -59,12 +57,6 @@ REASONS = {
     *m.reason_categories(m.NOT_ELIGIBLE_REASON_PATTERNS),
 }
 STATUSES = {s.value for s in InstanceStatus}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _scrape(engine: Engine, services: Services, broker_url: str | None = None) -> Scrape:
@@ -305,7 +297,6 @@ def _patterns(status: InstanceStatus) -> tuple[tuple[str, str], ...]:
     return m.NOT_ELIGIBLE_REASON_PATTERNS
 
 
-@pytest.mark.skipif(not hasattr(Instance, "lease_owner"), reason="schema without worker leases")
 def test_collector_reports_claims_per_lease_owner(engine: Engine, services: Services) -> None:
     instance_id = record(engine, f"{TEST_ROOT}78.1", f"{TEST_ROOT}78.1.1")
     with engine.begin() as conn:
@@ -338,7 +329,7 @@ def test_queue_depth_is_the_length_of_the_redis_list_and_a_dead_broker_reads_dow
     assert scrape.value("cxr_queue_depth", queue=services.queue_name) == 3
     assert scrape.value("cxr_instances_received_total") == 0
 
-    dead = _scrape(engine, services, broker_url=f"redis://127.0.0.1:{_free_port()}/0")
+    dead = _scrape(engine, services, broker_url=f"redis://127.0.0.1:{free_port()}/0")
     assert dead.value("cxr_broker_up") == 0
     assert dead.named("cxr_queue_depth") == []
     assert dead.value("cxr_database_up") == 1  # the rest of the scrape still answers
@@ -352,11 +343,9 @@ def _serve(app: FastAPI) -> Iterator[str]:
     )
     thread = threading.Thread(target=server.run, name="uvicorn-metrics", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "uvicorn did not start"
-        assert time.monotonic() < deadline, "uvicorn did not start in time"
-        time.sleep(0.01)
+    wait_until(
+        lambda: server.started, 30, "uvicorn started", alive=thread_running(thread), interval=0.01
+    )
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}"
@@ -494,7 +483,7 @@ def test_worker_port_reports_its_batches_jobs_and_model(
     start_worker: Callable[..., object],
     tmp_path: Path,
 ) -> None:
-    port = _free_port()
+    port = free_port()
     ds = make_dataset(accession=ACCESSION)
     assoc = _associate(listener, "TEST_SCU").associate("127.0.0.1", listener, ae_title="CXR_TRIAGE")
     assert assoc.is_established

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -36,12 +35,12 @@ from tests.integration.conftest import wait_until_final
 from tests.integration.results_peers import (
     DCMTK,
     Received,
-    free_port,
     run_tool,
     running_storescp,
     start_scp,
 )
 from tests.results_helpers import sr_items, sr_value
+from tests.support import free_port, running, wait_until
 from worklist.present import entry_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -138,12 +137,7 @@ def _results(engine: Engine) -> dict[str, dict[str, object]]:
 def _wait_for(
     what: str, check: Callable[[], bool], procs: list[subprocess.Popen[bytes]], timeout_s: float
 ) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        for proc in procs:
-            assert proc.poll() is None, f"a process exited with {proc.returncode}"
-        assert time.monotonic() < deadline, f"not {what} after {timeout_s} s"
-        time.sleep(0.2)
+    wait_until(check, timeout_s, what, alive=running(procs))
 
 
 def _wait_results_state(

@@ -32,12 +32,12 @@ from tests.conftest import SAMPLES
 from tests.integration.results_peers import (
     DCMTK,
     Received,
-    free_port,
     run_tool,
     running_storescp,
     start_scp,
 )
 from tests.results_helpers import UID_ROOT, overlay, sr_items, sr_value, summary
+from tests.support import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +23,8 @@ from tests.conftest import REPO, Services
 from tests.db_rows import prediction, record
 from tests.dicom_factory import chest_like, make_dataset, write
 from tests.integration.reading_rows import PASSWORD, audit_after, audit_mark
+from tests.peers import requires_peer
+from tests.support import free_port, running, wait_until
 from tests.web_server import (
     PATIENT_ID,
     PATIENT_NAME_SHOWN,
@@ -672,27 +672,20 @@ def test_readyz_and_metrics_for_ops(db: Engine, base_url: str, tmp_path: Path) -
 # ------------------------------------------------------------------ the real process
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _wait_for(url: str, proc: subprocess.Popen[bytes], log: Path, **kw: object) -> httpx.Response:
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, log.read_text()
+    def answer() -> httpx.Response | None:
         try:
             return httpx.get(url, timeout=5, **kw)  # type: ignore[arg-type]
         except httpx.TransportError:
-            assert time.monotonic() < deadline, "web worklist did not start"
-            time.sleep(0.1)
+            return None
+
+    return wait_until(answer, 60, "the web worklist answering", alive=running([proc], log))
 
 
 def _start_web(
     services: Services, tmp_path: Path, extra: dict[str, str]
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
-    port = _free_port()
+    port = free_port()
     env = services.env() | {"CXR_WEB_HOST": "127.0.0.1", "CXR_WEB_PORT": str(port)} | extra
     log = tmp_path / "web.log"
     out = open(log, "wb")
@@ -755,7 +748,7 @@ def test_run_web_serves_until_sigterm_and_logs_no_secret_or_patient_data(
             assert secret not in line, f"{secret!r} leaked into the log: {line}"
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl for a test cert")
+@requires_peer("openssl")
 def test_run_web_serves_https_with_a_secure_cookie(
     db: Engine, services: Services, tmp_path: Path
 ) -> None:

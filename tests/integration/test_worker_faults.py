@@ -110,11 +110,10 @@ def test_kill_9_mid_batch_puts_every_held_job_back_in_work_within_60_s(
                     return False
             return True
 
-        recovered_s = wait_for("every held job back in work", back_in_work, 60, workers.alive)
+        wait_for("every held job back in work", back_in_work, 60, workers.alive)
         wait_for("all final", lambda: all_final(engine, 16), 180, workers.alive)
     c = counts(engine)
     assert (c.get("done"), c["predictions"], c["predicted"]) == (16, 16, 16), c
-    assert recovered_s <= 60
     assert pid not in worker_children(sup)  # the supervisor started a new worker
 
 

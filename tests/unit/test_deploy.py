@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.peers import requires_peer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,7 +69,7 @@ def test_results_service_reads_instances_and_shares_the_uid_root(
     assert "CXR_RESULT_DESTINATIONS" in results["environment"]
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+@requires_peer("docker-compose")
 def test_docker_compose_validates_the_file() -> None:
     env = dict(os.environ, POSTGRES_PASSWORD="test-only")
     ok = subprocess.run(
