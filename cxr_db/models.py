@@ -13,6 +13,15 @@ instances in the same batch, their predictions stored under their version with
 ``model_role = 'shadow'`` and never used for priority. ``rollback`` activates the model whose
 activation is the latest before the current one's.
 
+Recalibration before promotion (revision 0010): a new version can shift the score scale, so
+``activate`` refuses a model whose calibration was not fitted for it on this site's own
+answers (``calibration_source = 'site'``: ``set_site_calibration``, what ``cxr-triage
+calibrate --from-shadow`` stores from ``shadow_sample``, the model's shadow scores against
+the radiologists' answers), unless the caller accepts the shipped calibration
+(``accept_shipped_calibration``, recorded in the audit row). Exempt: the first registration
+on an empty registry (the validated shipped model activates itself) and a model that was
+active here before (rollback, or activating it again).
+
 ``population_strata`` holds the strata a site enabled from its own validation record, each
 tied to the model sha256 and calibration version it was validated for: the worker widens the
 active model's population only with the strata validated for that very model and
@@ -53,10 +62,19 @@ from sqlalchemy.orm import Mapped, mapped_column
 from cxr_common.errors import CxrTriageError
 from cxr_common.population import Stratum
 from cxr_db import audit
-from cxr_db.schema import Base, Prediction
-from cxr_db.schema_reading import AuditAction, check_in
+from cxr_db.schema import Base, Instance, Prediction
+from cxr_db.schema_reading import (
+    Answer,
+    AuditAction,
+    Finding,
+    ReadState,
+    StudyRead,
+    check_in,
+)
+from cxr_db.statuses import InstanceStatus
 
 __all__ = [
+    "CalibrationSource",
     "ModelEntry",
     "ModelRole",
     "ModelState",
@@ -76,7 +94,9 @@ __all__ = [
     "retire",
     "rollback",
     "serving_state",
+    "set_site_calibration",
     "shadow",
+    "shadow_sample",
 ]
 
 
@@ -91,6 +111,14 @@ class ModelState(enum.StrEnum):
     RETIRED = "retired"  # was active or shadow, scores nothing now
 
 
+class CalibrationSource(enum.StrEnum):
+    """``models.calibration_source`` (revision 0010): where the registered calibration
+    came from."""
+
+    SHIPPED = "shipped"  # the file given with the model folder (fitted elsewhere)
+    SITE = "site"  # fitted for this version on this site's answers (calibrate --from-shadow)
+
+
 class ModelRole(enum.StrEnum):
     """``predictions.model_role``: the role of the model when it made the prediction."""
 
@@ -102,6 +130,10 @@ class RegisteredModel(Base):
     __tablename__ = "models"
     __table_args__ = (
         CheckConstraint(check_in("state", ModelState), name="models_state_valid"),
+        CheckConstraint(
+            check_in("calibration_source", CalibrationSource),
+            name="models_calibration_source_valid",
+        ),
         Index(
             "uq_models_one_active",
             "state",
@@ -125,6 +157,11 @@ class RegisteredModel(Base):
     activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     reference: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # revision 0010: where the calibration came from, and its sample size when fitted here
+    calibration_source: Mapped[str] = mapped_column(
+        String(16), default=CalibrationSource.SHIPPED.value, server_default="shipped"
+    )
+    calibration_n: Mapped[int | None] = mapped_column(Integer)
 
 
 # revision 0006: drift reads predictions by day
@@ -176,6 +213,9 @@ class ModelEntry:
     activated_at: datetime | None
     changed_at: datetime
     reference: dict[str, Any] | None
+    calibration_source: CalibrationSource = CalibrationSource.SHIPPED
+    calibration_n: int | None = None
+    """Answered studies the site calibration was fitted on (None: shipped)."""
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -185,6 +225,8 @@ class ModelEntry:
             "uri": self.uri,
             "calibration_uri": self.calibration_uri,
             "calibration_version": self.calibration_version,
+            "calibration_source": self.calibration_source.value,
+            "calibration_n": self.calibration_n,
             "state": self.state.value,
             "registered_at": self.registered_at.isoformat(),
             "registered_by": self.registered_by,
@@ -261,6 +303,8 @@ def _entry(r: Row[Any]) -> ModelEntry:
         activated_at=r.activated_at,
         changed_at=r.changed_at,
         reference=r.reference,
+        calibration_source=CalibrationSource(r.calibration_source),
+        calibration_n=r.calibration_n,
     )
 
 
@@ -418,19 +462,45 @@ def _activate(conn: Connection, target: ModelEntry) -> str | None:
     return current
 
 
-def activate(engine: Engine, version: str, actor: audit.Actor) -> str | None:
-    """Activate ``version``; returns the version it replaced (now retired), if any."""
+def activate(
+    engine: Engine,
+    version: str,
+    actor: audit.Actor,
+    *,
+    accept_shipped_calibration: bool = False,
+) -> str | None:
+    """Activate ``version``; returns the version it replaced (now retired), if any.
+
+    Refused when its calibration was not fitted for it on this site's answers and it was
+    never active here, unless ``accept_shipped_calibration`` (written to the audit row)."""
     try:
         with engine.begin() as conn:
             _lock(conn)
             target = _state_of(conn, version)
+            site_fitted = target.calibration_source is CalibrationSource.SITE
+            if not site_fitted and target.activated_at is None and not accept_shipped_calibration:
+                raise RegistryError(
+                    f"model {version}'s calibration {target.calibration_version} was not fitted "
+                    "for it on this site's answers, and a new version can shift the score "
+                    f"scale: run it in shadow (cxr-triage model shadow {version}), let the "
+                    f"radiologists answer, fit it with cxr-triage calibrate --from-shadow "
+                    f"{version} --out FILE, then activate it; or activate it with "
+                    "--accept-shipped-calibration (audited)"
+                )
             previous = _activate(conn, target)
             _audit(
                 conn,
                 AuditAction.MODEL_ACTIVATE,
                 actor,
                 version,
-                {"previous": previous, "sha256": target.sha256, "from_state": target.state.value},
+                {
+                    "previous": previous,
+                    "sha256": target.sha256,
+                    "from_state": target.state.value,
+                    "calibration_version": target.calibration_version,
+                    "calibration_source": target.calibration_source.value,
+                    "accept_shipped_calibration": accept_shipped_calibration and not site_fitted,
+                },
             )
             return previous
     except IntegrityError as exc:  # a concurrent activation won the partial unique index
@@ -569,3 +639,110 @@ def disable_stratum(engine: Engine, key: str, actor: audit.Actor) -> None:
         if done is None:
             raise RegistryError(f"stratum {key} is not enabled (cxr-triage population show)")
         _audit(conn, AuditAction.POPULATION_DISABLE, actor, key, {})
+
+
+# ---------------------------------------------------------------- recalibration (0010)
+
+
+@dataclass(frozen=True)
+class ShadowSample:
+    """A model's shadow scores against the radiologists' answers, one row per study.
+
+    ``logits[i]`` is the highest shadow logit of study ``i``'s scored instances (the study's
+    score, as the worklist rolls it up) and ``labels[i]`` its latest answer (1 pneumonia,
+    0 no pneumonia). Studies answered ``other`` have no 0/1 label and are left out
+    (``studies_other``), as are instances outside the validated population."""
+
+    version: str
+    logits: tuple[float, ...]
+    labels: tuple[int, ...]
+    studies_other: int
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+    @property
+    def positives(self) -> int:
+        return sum(self.labels)
+
+
+def shadow_sample(engine: Engine, version: str) -> ShadowSample:
+    """The shadow predictions of ``version`` joined to the latest answer of each read study."""
+    latest = (
+        select(Answer.study_id, Answer.finding)
+        .join(
+            StudyRead,
+            (StudyRead.study_id == Answer.study_id) & (StudyRead.state == ReadState.READ.value),
+        )
+        .distinct(Answer.study_id)
+        .order_by(Answer.study_id, Answer.created_at.desc(), Answer.id.desc())
+        .subquery("latest")
+    )
+    query = (
+        select(latest.c.finding, func.max(Prediction.logit).label("logit"))
+        .join(Instance, Instance.study_id == latest.c.study_id)
+        .join(Prediction, Prediction.instance_id == Instance.id)
+        .where(
+            Prediction.model_version == version,
+            Prediction.model_role == ModelRole.SHADOW.value,
+            Instance.status == InstanceStatus.DONE,
+            Instance.population.is_distinct_from("outside"),
+        )
+        .group_by(latest.c.study_id, latest.c.finding)
+        .order_by(latest.c.study_id)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    labels = {Finding.PNEUMONIA.value: 1, Finding.NO_PNEUMONIA.value: 0}
+    labelled = [(float(r.logit), labels[r.finding]) for r in rows if r.finding in labels]
+    return ShadowSample(
+        version=version,
+        logits=tuple(z for z, _ in labelled),
+        labels=tuple(y for _, y in labelled),
+        studies_other=len(rows) - len(labelled),
+    )
+
+
+def set_site_calibration(
+    engine: Engine,
+    version: str,
+    *,
+    calibration_uri: str,
+    calibration_version: str,
+    n: int,
+    positives: int,
+    actor: audit.Actor,
+) -> ModelEntry:
+    """Register a calibration fitted for ``version`` on this site's answers (``n`` studies):
+    ``activate`` accepts the model without the shipped-calibration override from then on.
+    Workers serving it reload after their current batch."""
+    with engine.begin() as conn:
+        _lock(conn)
+        target = _state_of(conn, version)
+        conn.execute(
+            update(RegisteredModel)
+            .where(RegisteredModel.version == version)
+            .values(
+                calibration_uri=calibration_uri,
+                calibration_version=calibration_version,
+                calibration_source=CalibrationSource.SITE.value,
+                calibration_n=n,
+                changed_at=func.now(),
+            )
+        )
+        _audit(
+            conn,
+            AuditAction.MODEL_CALIBRATE,
+            actor,
+            version,
+            {
+                "sha256": target.sha256,
+                "calibration_version": calibration_version,
+                "previous_calibration_version": target.calibration_version,
+                "studies": n,
+                "positives": positives,
+                "uri": calibration_uri,
+            },
+        )
+        return _state_of(conn, version)

@@ -35,7 +35,7 @@ Usage::
         )
 """
 
-from cxr_model.calibration import CalibratedScore, Calibration, load_calibration
+from cxr_model.calibration import CalibratedScore, Calibration, ScoreInterval, load_calibration
 from cxr_model.contract import DISCLAIMER, WEIGHTS_DIR, ModelContract, read_contract, sha256_file
 from cxr_model.errors import (
     CalibrationMismatchError,
@@ -57,6 +57,7 @@ __all__ = [
     "ModelContract",
     "ModelError",
     "ModelIntegrityError",
+    "ScoreInterval",
     "ScoreResult",
     "ScoringModel",
     "has_burned_in_annotation",
