@@ -34,6 +34,7 @@ from worklist.present import (
     badge_note,
     population_text,
     read_label,
+    score_text,
     status_label,
 )
 from worklist.radiograph import PatientContext
@@ -81,7 +82,7 @@ button.secondary { background:#fff; color:#0b57a4; }
 table { width:100%; border-collapse:collapse; background:#fff; border:1px solid var(--line); }
 table.worklist { table-layout:fixed; }
 table.worklist col.rank { width:44px; } table.worklist col.flag { width:150px; }
-table.worklist col.study { width:17%; } table.worklist col.score { width:72px; }
+table.worklist col.study { width:17%; } table.worklist col.score { width:120px; }
 table.worklist col.read { width:190px; } table.worklist col.model { width:120px; }
 table.worklist col.time { width:168px; }
 table.worklist td { overflow-wrap:anywhere; }
@@ -223,11 +224,18 @@ def population_html(population: str | None, reason: str | None) -> str:
     return f'<span class="population {escape(population)}">{escape(text)}</span>'
 
 
-def _score_html(score: float | None, shadow: float | None) -> str:
-    """The triaging score, or a greyed shadow score that does not triage."""
+def _score_html(
+    score: float | None,
+    shadow: float | None,
+    lower: float | None = None,
+    upper: float | None = None,
+) -> str:
+    """The triaging score, or a greyed shadow score that does not triage; with its
+    uncertainty when it has an interval ("0.310 ± 0.143")."""
     if score is None and shadow is not None:
-        return f'<span class="shadow" title="{escape(SHADOW_NOTE)}">({shadow:.3f})</span>'
-    return _score(score)
+        text = escape(score_text(shadow, lower, upper))
+        return f'<span class="shadow" title="{escape(SHADOW_NOTE)}">({text})</span>'
+    return "–" if score is None else escape(score_text(score, lower, upper))
 
 
 def drift_banner(alerts: Sequence[str], threshold: float) -> str:
@@ -367,7 +375,8 @@ def _rows(entries: Sequence[WorklistEntry], start: int = 1) -> str:
             f'<br><span class="uid">{e.instances} image{"s" if e.instances != 1 else ""}</span>'
             f"</td><td>{_status_html(e.status, e.reasons)}"
             f"{population_html(e.population, e.population_reason)}</td>"
-            f'<td class="num score">{_score_html(e.score, e.shadow_score)}</td>'
+            '<td class="num score">'
+            f"{_score_html(e.score, e.shadow_score, e.score_lower, e.score_upper)}</td>"
             f"<td>{_read_html(e)}</td>"
             f'<td class="uid model">{escape(e.model_version or "–")}</td>'
             f'<td class="time">{_time(e.received_at)}</td>'
@@ -567,8 +576,9 @@ def _instance_score_html(d: InstanceDetail) -> str:
     """The probability with its meter, or greyed without one when it does not triage."""
     note = population_html(d.population, d.population_reason)
     if d.triage is False and d.probability is not None:
-        return _score_html(None, d.probability) + note
-    return f"{_score(d.probability)} {_meter(d.probability, d.threshold, bool(d.flagged))}{note}"
+        return _score_html(None, d.probability, d.score_lower, d.score_upper) + note
+    score = _score_html(d.probability, None, d.score_lower, d.score_upper)
+    return f"{score} {_meter(d.probability, d.threshold, bool(d.flagged))}{note}"
 
 
 def _instance_card(i: InstanceView, n: int) -> str:
