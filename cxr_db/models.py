@@ -669,14 +669,16 @@ class ShadowSample:
 
 def shadow_sample(engine: Engine, version: str) -> ShadowSample:
     """The shadow predictions of ``version`` joined to the latest answer of each read study."""
+    finding = (
+        select(Answer.finding)
+        .where(Answer.study_id == StudyRead.study_id)
+        .order_by(Answer.created_at.desc(), Answer.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
     latest = (
-        select(Answer.study_id, Answer.finding)
-        .join(
-            StudyRead,
-            (StudyRead.study_id == Answer.study_id) & (StudyRead.state == ReadState.READ.value),
-        )
-        .distinct(Answer.study_id)
-        .order_by(Answer.study_id, Answer.created_at.desc(), Answer.id.desc())
+        select(StudyRead.study_id, finding.label("finding"))
+        .where(StudyRead.state == ReadState.READ.value)
         .subquery("latest")
     )
     query = (
