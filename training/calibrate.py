@@ -163,6 +163,8 @@ def fit_calibration(
             "model_version": model_version,
         }
     )
+    if interval is not None:
+        info["interval"] = {"method": "bootstrap", "resamples": n_boot, "seed": BOOT_SEED}
     cal = Calibration(
         version=version or f"{model_version}-site-{now:%Y%m%dT%H%M%SZ}",
         model_sha256=model_sha256,
