@@ -23,8 +23,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from cxr_model.contract import DISCLAIMER, WEIGHTS_DIR, read_contract
 from cxr_model.errors import CalibrationMismatchError, ContractError
@@ -61,16 +65,21 @@ class ScoreInterval:
     confidence: float = 0.95
     method: str = "bootstrap"
 
+    @cached_property
+    def _replicates(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        return (
+            1.0 / np.asarray(self.temperatures, dtype=np.float64),
+            np.asarray(self.biases, dtype=np.float64),
+        )
+
     def bounds(self, logit: float, probability: float) -> tuple[float, float]:
         """The central ``confidence`` range of the replicates' probabilities for ``logit``,
         widened to include ``probability`` (the record's own fit)."""
-        z = float(logit)
-        values = sorted(
-            _sigmoid(z / t + b) for t, b in zip(self.temperatures, self.biases, strict=True)
-        )
+        inverse, biases = self._replicates
+        u = np.clip(float(logit) * inverse + biases, -700.0, 700.0)  # exp stays finite
+        values = np.sort(1.0 / (1.0 + np.exp(-u)))
         tail = (1.0 - self.confidence) / 2.0
-        lower = _quantile(values, tail)
-        upper = _quantile(values, 1.0 - tail)
+        lower, upper = _quantile(values, tail), _quantile(values, 1.0 - tail)
         return min(lower, probability), max(upper, probability)
 
     @classmethod
@@ -87,12 +96,12 @@ class ScoreInterval:
         return cls(temperatures, biases, confidence, str(data.get("method", "bootstrap")))
 
 
-def _quantile(values: list[float], q: float) -> float:
+def _quantile(values: npt.NDArray[np.float64], q: float) -> float:
     """Linear-interpolation quantile of sorted ``values`` (numpy's default rule)."""
     pos = q * (len(values) - 1)
-    low = math.floor(pos)
+    low = int(pos)
     high = min(low + 1, len(values) - 1)
-    return values[low] + (values[high] - values[low]) * (pos - low)
+    return float(values[low] + (values[high] - values[low]) * (pos - low))
 
 
 @dataclass(frozen=True)
