@@ -104,7 +104,8 @@ def model_register(
     print(
         f"registered model {entry.version} ({entry.sha256[:12]}, calibration "
         f"{entry.calibration_version}) as {entry.state.value}; next: cxr-triage model shadow "
-        f"{entry.version}, validate, then model activate {entry.version}",
+        f"{entry.version}, let the radiologists answer, cxr-triage calibrate --from-shadow "
+        f"{entry.version} --out FILE, then model activate {entry.version}",
         file=_out(stdout),
     )
     return 0
