@@ -183,6 +183,11 @@ def fit_calibration(
     return Calibration(**{**cal.__dict__, "threshold": cal.probability(choice.logit_threshold)})
 
 
+def _expit(u: np.ndarray) -> np.ndarray:
+    """sigmoid(u), clipped so that exp never overflows."""
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(u, -700.0, 700.0))))
+
+
 #: Score bands the interval's coverage is reported in (calibrated probability).
 COVERAGE_BANDS = (0.0, 0.1, 0.3, 0.7, 0.9, 1.0)
 
@@ -217,7 +222,7 @@ def interval_coverage(
     hi = np.array([s.upper for s in scores], dtype=np.float64)
     temps = np.asarray(iv.temperatures)[:, None]
     biases = np.asarray(iv.biases)[:, None]
-    rep = 1.0 / (1.0 + np.exp(-(z[None, :] / temps + biases)))  # replicates x studies
+    rep = _expit(z[None, :] / temps + biases)  # replicates x studies
     rng = np.random.default_rng(seed)
     tail = (1.0 - iv.confidence) / 2.0
     bands = []
@@ -256,7 +261,7 @@ def interval_coverage(
     }
     if len(np.unique(y)) == 2:
         t, b = fit_temperature(y, z)
-        own = 1.0 / (1.0 + np.exp(-(z / t + b)))
+        own = _expit(z / t + b)
         out["own_fit"] = {"temperature": t, "bias": b}
         out["share_holding_own_fit"] = float(np.mean((own >= lo) & (own <= hi)))
     return out
