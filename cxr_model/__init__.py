@@ -40,7 +40,7 @@ Usage::
         )
 """
 
-from cxr_model.calibration import CalibratedScore, Calibration, load_calibration
+from cxr_model.calibration import CalibratedScore, Calibration, ScoreInterval, load_calibration
 from cxr_model.contract import (
     WEIGHTS_DIR,
     ModelContract,
@@ -67,6 +67,7 @@ __all__ = [
     "ModelContract",
     "ModelError",
     "ModelIntegrityError",
+    "ScoreInterval",
     "ScoreResult",
     "ScoringModel",
     "has_burned_in_annotation",

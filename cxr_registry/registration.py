@@ -136,7 +136,8 @@ def ensure_configured_model(
             "and no model is active: cxr-triage model list, then model activate VERSION"
         )
     try:
-        registry.activate(engine, known.version, actor)
+        # the configured model, brought back when none is active (audited as such)
+        registry.activate(engine, known.version, actor, accept_shipped_calibration=True)
     except registry.RegistryError:
         pass  # another worker activated a model at the same moment
     active = registry.active_model(engine)

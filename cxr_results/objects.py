@@ -43,6 +43,9 @@ SR content tree (value type, relationship, concept)::
       CONTAINS  NUM    99CXR SCORE "Triage score" (UCUM "1")        (scored SR, triaged)
       CONTAINS  NUM    99CXR SHADOW_SCORE "Shadow score, not used for triage" (instead of
                        SCORE when the instance is outside the validated population)
+      CONTAINS  NUM    99CXR SCORE_LOWER "Score interval, lower end" (UCUM "1")
+      CONTAINS  NUM    99CXR SCORE_UPPER "Score interval, upper end" (UCUM "1")
+                       (when the score has an interval: 95%, from the calibration sample)
       CONTAINS  NUM    99CXR THRESHOLD "Operating threshold" (UCUM "1")
       CONTAINS  CODE   99CXR FLAG "Flagged for priority reading" = SCT 373066001 Yes | 373067005 No
                        (only for a score that triaged: a shadow score has no flag)
@@ -162,6 +165,8 @@ CXR_CODES: dict[str, str] = {
     "UNKNOWN": "Population unknown",
     "POPULATION_STATEMENT": "Population statement",
     "SEEN": "Instance seen, not analysed",
+    "SCORE_LOWER": "Score interval, lower end",
+    "SCORE_UPPER": "Score interval, upper end",
 }
 
 
@@ -492,6 +497,16 @@ def build_structured_report(
             relationship_type=contains,
         )
     )
+    if result.score_interval is not None:
+        items += [
+            NumContentItem(
+                name=_cxr(code),
+                value=round(float(v), 6),
+                unit=_NO_UNITS,
+                relationship_type=contains,
+            )
+            for code, v in zip(("SCORE_LOWER", "SCORE_UPPER"), result.score_interval, strict=True)
+        ]
     items.append(
         NumContentItem(
             name=_cxr("THRESHOLD"),

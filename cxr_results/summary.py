@@ -57,6 +57,9 @@ class ResultSummary:
     population: str | None = None
     population_reason: str | None = None
     triage: bool = True
+    score_interval: tuple[float, float] | None = None
+    """``(lower, upper)`` of the score's interval from the site calibration sample (95%;
+    None: the calibration has none)."""
 
 
 def population_statement(result: ResultSummary) -> str | None:

@@ -188,6 +188,9 @@ class ResultsRuntime:
                 population=best.population,
                 population_reason=best.population_reason,
                 triage=best.triage,
+                score_interval=None
+                if best.score_lower is None or best.score_upper is None
+                else (best.score_lower, best.score_upper),
             )
             picture: npt.NDArray[np.generic]
             if best.heatmap_png is not None:

@@ -1,7 +1,8 @@
 """``cxr-triage model ...``, ``population ...`` and ``drift``: the model registry, the
 validated population and drift at the command line.
 
-    model list | register DIR | activate VERSION | shadow VERSION | retire VERSION | rollback
+    model list | register DIR | activate VERSION [--accept-shipped-calibration] |
+          shadow VERSION | retire VERSION | rollback
     population show | enable STRATUM --validation FILE | disable STRATUM
     drift [--days N]
 
@@ -79,7 +80,8 @@ def model_list(engine: Engine, args: argparse.Namespace, *, stdout: TextIO | Non
             e.version,
             e.state.value.upper() if e.state is registry.ModelState.ACTIVE else e.state.value,
             e.sha256[:12],
-            e.calibration_version,
+            e.calibration_version
+            + (f" (site, n={e.calibration_n})" if e.calibration_source.value == "site" else ""),
             _when(e.registered_at),
             e.registered_by,
             _when(e.activated_at),
@@ -102,7 +104,8 @@ def model_register(
     print(
         f"registered model {entry.version} ({entry.sha256[:12]}, calibration "
         f"{entry.calibration_version}) as {entry.state.value}; next: cxr-triage model shadow "
-        f"{entry.version}, validate, then model activate {entry.version}",
+        f"{entry.version}, let the radiologists answer, cxr-triage calibrate --from-shadow "
+        f"{entry.version} --out FILE, then model activate {entry.version}",
         file=_out(stdout),
     )
     return 0
@@ -111,13 +114,26 @@ def model_register(
 def model_activate(
     engine: Engine, args: argparse.Namespace, *, stdout: TextIO | None = None
 ) -> int:
-    previous = registry.activate(engine, args.version, actor_of(args))
+    accept = bool(getattr(args, "accept_shipped_calibration", False))
+    previous = registry.activate(
+        engine, args.version, actor_of(args), accept_shipped_calibration=accept
+    )
+    entry = registry.get_model(engine, args.version)
     was = f" (was {previous}, now retired; cxr-triage model rollback restores it)"
+    out = _out(stdout)
     print(
         f"model {args.version} is active{was if previous else ''}; workers switch after "
         "their current batch",
-        file=_out(stdout),
+        file=out,
     )
+    if entry is not None and entry.calibration_source is not registry.CalibrationSource.SITE:
+        print(
+            f"calibration {entry.calibration_version} was not fitted on this site's answers"
+            + (" (--accept-shipped-calibration, audited)" if accept else "")
+            + f": fit it with cxr-triage calibrate --from-shadow {args.version} when its "
+            "shadow period has answers",
+            file=out,
+        )
     return 0
 
 
@@ -476,8 +492,24 @@ def add_arguments(subparsers: Any) -> None:
     )
     _actor_arg(p)
     p.set_defaults(func=_bind(model_register), settings_class=CommonSettings)
+    p = sub.add_parser(
+        "activate",
+        help="make VERSION the active model (the current one retires)",
+        description="Refused for a model never active here whose calibration was not fitted "
+        "for it on this site's answers (a new version can shift the score scale): run it in "
+        "shadow, then cxr-triage calibrate --from-shadow VERSION --out FILE. "
+        "--accept-shipped-calibration activates it with the calibration it was registered "
+        "with, and the audit row says so.",
+    )
+    p.add_argument("version")
+    p.add_argument(
+        "--accept-shipped-calibration",
+        action="store_true",
+        help="activate without a site calibration (audited)",
+    )
+    _actor_arg(p)
+    p.set_defaults(func=_bind(model_activate), settings_class=CommonSettings)
     for name, handler, help_line in (
-        ("activate", model_activate, "make VERSION the active model (the current one retires)"),
         ("shadow", model_shadow, "score with VERSION in shadow (never sets priority)"),
         ("retire", model_retire, "stop scoring with a shadow VERSION"),
     ):

@@ -11,7 +11,14 @@ from collections.abc import Sequence
 
 from cxr_common.clinical import DISCLAIMER
 from cxr_db.worklist.reads import WorklistEntry
-from worklist.present import entry_json, population_text, read_label, reason_text, status_label
+from worklist.present import (
+    entry_json,
+    population_text,
+    read_label,
+    reason_text,
+    score_text,
+    status_label,
+)
 
 __all__ = ["DISCLAIMER", "as_json", "as_table"]
 
@@ -26,9 +33,9 @@ def _fmt_time(entry: WorklistEntry) -> str:
 
 def _score(e: WorklistEntry) -> str:
     if e.score is not None:
-        return f"{e.score:.3f}"
-    if e.shadow_score is not None:
-        return f"({e.shadow_score:.3f})"  # shadow: shown, does not triage
+        return score_text(e.score, e.score_lower, e.score_upper)
+    if e.shadow_score is not None:  # shadow: shown, does not triage
+        return f"({score_text(e.shadow_score, e.score_lower, e.score_upper)})"
     return "-"
 
 

@@ -11,9 +11,12 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from cxr_common.clinical import DISCLAIMER
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 DATA_HELP = (
     "a folder <root>/<split>/<NORMAL|PNEUMONIA>/* or <root>/<NORMAL|PNEUMONIA>/*, a labels.csv "
@@ -151,9 +154,32 @@ def register(subparsers: Any) -> None:
         "lower bound on sensitivity reaches the target, so the target should hold on unseen "
         f"studies. Writes a versioned record tied to the model's sha256. {DISCLAIMER}",
     )
-    p.add_argument("--data", required=True, help=DATA_HELP)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help=DATA_HELP)
+    source.add_argument(
+        "--from-shadow",
+        metavar="VERSION",
+        default=None,
+        help="fit for registered model VERSION from the database: its shadow scores against "
+        "the radiologists' answers (latest answer per read study, 'other' left out); "
+        "stores the record at --out and registers it for VERSION, so 'model activate "
+        "VERSION' accepts it (audited)",
+    )
     p.add_argument("--filter", default=None, help=FILTER_HELP)
     p.add_argument("--model", type=Path, default=None, help="weights folder (default: shipped)")
+    p.add_argument(
+        "--min-studies",
+        type=int,
+        default=50,
+        help="--from-shadow: fewest answered studies to fit on",
+    )
+    p.add_argument(
+        "--min-per-class",
+        type=int,
+        default=10,
+        help="--from-shadow: fewest pneumonia and no-pneumonia answers to fit on",
+    )
+    p.add_argument("--actor", help="--from-shadow: who fits it (default: cli:<OS login>)")
     p.add_argument("--target-sensitivity", type=float, default=0.95)
     p.add_argument(
         "--confidence",
@@ -163,7 +189,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--no-bias", action="store_true", help="temperature only (no bias term)")
     p.add_argument("--version", default=None, help="record version (default: model+timestamp)")
-    p.add_argument("--out", required=True, type=Path, help="calibration.json to write")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="calibration.json to write (--from-shadow: where every worker can read it)",
+    )
     _add_common(p)
     p.set_defaults(func=cmd_calibrate)
 
@@ -346,6 +377,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     _logging(args)
+    if args.from_shadow:
+        from cxr_common.settings import CommonSettings
+        from cxr_triage.models_cli import run_with_engine
+
+        return run_with_engine(calibrate_from_shadow, args, CommonSettings())
     from cxr_model import WEIGHTS_DIR, load_model
     from training.calibrate import fit_calibration
     from training.data import load_resized, load_samples
@@ -378,6 +414,74 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             f"target even when flagging every positive; collect more site positives",
             file=sys.stderr,
         )
+    return 0
+
+
+def calibrate_from_shadow(
+    engine: Engine, args: argparse.Namespace, *, stdout: TextIO | None = None
+) -> int:
+    """``calibrate --from-shadow VERSION --out FILE``: fit VERSION's calibration on its
+    shadow scores against the answers, write it and register it for VERSION (audited)."""
+    import numpy as np
+
+    from cxr_db.registry import store as registry
+    from cxr_triage.models_cli import actor_of
+    from training.calibrate import ShadowSampleError, fit_from_shadow
+
+    out = stdout or sys.stdout
+    version = str(args.from_shadow)
+    entry = registry.get_model(engine, version)
+    if entry is None:
+        raise registry.RegistryError(
+            f"no model version {version!r} is registered (cxr-triage model list)"
+        )
+    sample = registry.shadow_sample(engine, version)
+    try:
+        cal = fit_from_shadow(
+            np.array(sample.logits),
+            np.array(sample.labels),
+            model_sha256=entry.sha256,
+            model_version=version,
+            studies_other=sample.studies_other,
+            min_studies=args.min_studies,
+            min_per_class=args.min_per_class,
+            target_sensitivity=args.target_sensitivity,
+            confidence=args.confidence,
+            with_bias=not args.no_bias,
+        )
+    except ShadowSampleError as exc:
+        print(f"calibrate: {exc}", file=sys.stderr)
+        return 2
+    path = Path(args.out).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cal.save(path)
+    registry.set_site_calibration(
+        engine,
+        version,
+        calibration_uri=str(path),
+        calibration_version=cal.version,
+        n=sample.n,
+        positives=sample.positives,
+        actor=actor_of(args),
+    )
+    print(
+        f"calibration {cal.version} fitted for model {version} on {sample.n} answered studies "
+        f"({sample.positives} pneumonia, {sample.n - sample.positives} no pneumonia"
+        + (f"; {sample.studies_other} answered 'other' left out" if sample.studies_other else "")
+        + f"): threshold {cal.threshold:.3f}, sample sensitivity "
+        f"{cal.fitted_on['sample_sensitivity']:.3f} (lower bound "
+        f"{cal.fitted_on['sensitivity_lcb']:.3f}), specificity "
+        f"{cal.fitted_on['sample_specificity']:.3f}; written to {path} and registered for "
+        f"{version}: cxr-triage model activate {version} accepts it now",
+        file=out,
+    )
+    if not cal.fitted_on.get("target_attainable", True):
+        print(
+            f"warning: sensitivity lower bound {cal.fitted_on['sensitivity_lcb']:.3f} < target "
+            "even when flagging every positive; keep the model in shadow for more positives",
+            file=out,
+        )
+    print(DISCLAIMER, file=out)
     return 0
 
 

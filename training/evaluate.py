@@ -26,6 +26,7 @@ from cxr_model import (
 )
 from training import plots
 from training.attention import summarise
+from training.calibrate import interval_coverage
 from training.data import Sample, load_resized, load_samples
 from training.metrics import binary_metrics, expected_calibration_error
 from training.predict import dicom_header
@@ -222,6 +223,9 @@ def evaluate(
                 "logit_threshold": cal.logit_threshold,
             },
             "threshold_source": "calibration" if cal is not None else "model val_threshold",
+            "score_interval": None
+            if cal is None or cal.interval is None
+            else interval_coverage(cal, y, logits),
             "disclaimer": DISCLAIMER,
         }
     )

@@ -103,6 +103,9 @@ def predict_paths(
             {
                 "logit": score.logit,
                 "probability": score.probability,
+                "score_interval": None
+                if score.lower is None or score.upper is None
+                else [score.lower, score.upper],
                 "threshold": score.threshold,
                 "flagged": score.flagged,
                 "eligible": eligible,

@@ -293,6 +293,8 @@ class ScoringRuntime:
                 decode_ms=decode_ms,
                 inference_ms=info.run_ms,
                 worker_id=self.worker_id,
+                score_lower=score.lower,
+                score_upper=score.upper,
             )
 
         active = result.models.active

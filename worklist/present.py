@@ -49,6 +49,23 @@ def badge_note(status: InstanceStatus, reasons: Sequence[StatusReason]) -> str |
     return reason_text(reasons)
 
 
+def score_text(score: float | None, lower: float | None = None, upper: float | None = None) -> str:
+    """``"0.310 ± 0.143"``: the score and its uncertainty, the larger distance from the score
+    to an end of its interval (``cxr_model.calibration.ScoreInterval``, 95%), so a symmetric
+    reading never understates it; ``"0.310"`` when the score has no interval; a dash for no
+    score."""
+    if score is None:
+        return NO_VALUE
+    if lower is None or upper is None:
+        return f"{score:.3f}"
+    return f"{score:.3f} ± {max(score - lower, upper - score, 0.0):.3f}"
+
+
+def interval_json(lower: float | None, upper: float | None) -> list[float] | None:
+    """``[lower, upper]`` of a score's interval, or None without one."""
+    return None if lower is None or upper is None else [lower, upper]
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
@@ -61,6 +78,7 @@ def entry_json(entry: WorklistEntry) -> dict[str, object]:
         "status": entry.status.value,
         "reason": reason_text(entry.reasons),
         "score": entry.score,
+        "score_interval": interval_json(entry.score_lower, entry.score_upper),
         "flagged": entry.flagged,
         "model_version": entry.model_version,
         "received_at": entry.received_at.isoformat(),
@@ -166,11 +184,6 @@ def utc_time(value: datetime | None) -> str:
 def utc_hhmm(value: datetime | None) -> str:
     """``03:04 UTC``, or a dash."""
     return NO_VALUE if value is None else value.astimezone(UTC).strftime("%H:%M UTC")
-
-
-def score_text(value: float | None) -> str:
-    """A probability to three decimals, or a dash."""
-    return NO_VALUE if value is None else f"{value:.3f}"
 
 
 def status_kind(status: InstanceStatus) -> str:

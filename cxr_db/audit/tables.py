@@ -47,6 +47,7 @@ class AuditAction(enum.StrEnum):
     MODEL_SHADOW = "model_shadow"
     MODEL_RETIRE = "model_retire"
     MODEL_ROLLBACK = "model_rollback"
+    MODEL_CALIBRATE = "model_calibrate"  # site calibration from shadow answers (revision 0010)
     POPULATION_ENABLE = "population_enable"
     POPULATION_DISABLE = "population_disable"
 

@@ -126,6 +126,10 @@ class Prediction(Base):
     # cxr_db.registry), and the role of the model that made it ("active" or "shadow")
     triage: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
     model_role: Mapped[str] = mapped_column(String(8), default="active", server_default="active")
+    # revision 0010: the score's interval from the calibration (None: the calibration has
+    # none), see cxr_model.calibration.ScoreInterval
+    score_lower: Mapped[float | None] = mapped_column(Float)
+    score_upper: Mapped[float | None] = mapped_column(Float)
 
 
 # revision 0006: drift reads predictions by day

@@ -79,6 +79,9 @@ class PredictionRecord:
     decode_ms: float
     inference_ms: float
     worker_id: str | None
+    score_lower: float | None = None
+    """The score's interval (revision 0010; None: the calibration has none)."""
+    score_upper: float | None = None
 
 
 def record_instance(engine: Engine, rec: InstanceRecord) -> RecordResult:
@@ -262,6 +265,8 @@ def _prediction_upsert(
         "decode_ms": pred.decode_ms,
         "inference_ms": pred.inference_ms,
         "worker_id": pred.worker_id,
+        "score_lower": pred.score_lower,
+        "score_upper": pred.score_upper,
         "triage": triage,
         "model_role": model_role,
     }

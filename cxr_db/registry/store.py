@@ -16,6 +16,15 @@ activation is the latest before the current one's. ``activate``, ``shadow`` and 
 move a model from any state unless ``_REFUSED`` names the (from, to) pair, with the reason
 the operator reads.
 
+Recalibration before promotion (revision 0010): a new version can shift the score scale, so
+``activate`` refuses a model whose calibration was not fitted for it on this site's own
+answers (``calibration_source = 'site'``: ``set_site_calibration``, what ``cxr-triage
+calibrate --from-shadow`` stores from ``shadow_sample``, the model's shadow scores against
+the radiologists' answers), unless the caller accepts the shipped calibration
+(``accept_shipped_calibration``, recorded in the audit row). Exempt: the first registration
+on an empty registry (the validated shipped model activates itself) and a model that was
+active here before (rollback, or activating it again).
+
 ``population_strata`` holds the strata a site enabled from its own validation record, each
 tied to the model sha256 and calibration version it was validated for: the worker widens the
 active model's population only with the strata validated for that very model and
@@ -39,9 +48,19 @@ from cxr_common.errors import CxrTriageError
 from cxr_common.population import Stratum
 from cxr_db.audit import store as audit
 from cxr_db.audit.tables import AuditAction
-from cxr_db.registry.tables import ModelRole, ModelState, PopulationStratumRow, RegisteredModel
+from cxr_db.instances.statuses import InstanceStatus
+from cxr_db.instances.tables import Instance, Prediction
+from cxr_db.reading.tables import Answer, Finding, ReadState, StudyRead
+from cxr_db.registry.tables import (
+    CalibrationSource,
+    ModelRole,
+    ModelState,
+    PopulationStratumRow,
+    RegisteredModel,
+)
 
 __all__ = [
+    "CalibrationSource",
     "ModelEntry",
     "ModelRole",
     "ModelState",
@@ -62,7 +81,9 @@ __all__ = [
     "rollback",
     "serving_model_labels",
     "serving_state",
+    "set_site_calibration",
     "shadow",
+    "shadow_sample",
 ]
 
 
@@ -97,6 +118,9 @@ class ModelEntry:
     activated_at: datetime | None
     changed_at: datetime
     reference: dict[str, Any] | None
+    calibration_source: CalibrationSource = CalibrationSource.SHIPPED
+    calibration_n: int | None = None
+    """Answered studies the site calibration was fitted on (None: shipped)."""
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -106,6 +130,8 @@ class ModelEntry:
             "uri": self.uri,
             "calibration_uri": self.calibration_uri,
             "calibration_version": self.calibration_version,
+            "calibration_source": self.calibration_source.value,
+            "calibration_n": self.calibration_n,
             "state": self.state.value,
             "registered_at": self.registered_at.isoformat(),
             "registered_by": self.registered_by,
@@ -182,6 +208,8 @@ def _entry(r: Row[Any]) -> ModelEntry:
         activated_at=r.activated_at,
         changed_at=r.changed_at,
         reference=r.reference,
+        calibration_source=CalibrationSource(r.calibration_source),
+        calibration_n=r.calibration_n,
     )
 
 
@@ -383,19 +411,45 @@ def _activate(conn: Connection, target: ModelEntry) -> str | None:
     return current
 
 
-def activate(engine: Engine, version: str, actor: audit.Actor) -> str | None:
-    """Activate ``version``; returns the version it replaced (now retired), if any."""
+def activate(
+    engine: Engine,
+    version: str,
+    actor: audit.Actor,
+    *,
+    accept_shipped_calibration: bool = False,
+) -> str | None:
+    """Activate ``version``; returns the version it replaced (now retired), if any.
+
+    Refused when its calibration was not fitted for it on this site's answers and it was
+    never active here, unless ``accept_shipped_calibration`` (written to the audit row)."""
     try:
         with engine.begin() as conn:
             _lock(conn)
             target = _transition(conn, version, ModelState.ACTIVE)
+            site_fitted = target.calibration_source is CalibrationSource.SITE
+            if not site_fitted and target.activated_at is None and not accept_shipped_calibration:
+                raise RegistryError(
+                    f"model {version}'s calibration {target.calibration_version} was not fitted "
+                    "for it on this site's answers, and a new version can shift the score "
+                    f"scale: run it in shadow (cxr-triage model shadow {version}), let the "
+                    f"radiologists answer, fit it with cxr-triage calibrate --from-shadow "
+                    f"{version} --out FILE, then activate it; or activate it with "
+                    "--accept-shipped-calibration (audited)"
+                )
             previous = _activate(conn, target)
             _audit(
                 conn,
                 _AUDIT_ACTION[ModelState.ACTIVE],
                 actor,
                 version,
-                {"previous": previous, "sha256": target.sha256, "from_state": target.state.value},
+                {
+                    "previous": previous,
+                    "sha256": target.sha256,
+                    "from_state": target.state.value,
+                    "calibration_version": target.calibration_version,
+                    "calibration_source": target.calibration_source.value,
+                    "accept_shipped_calibration": accept_shipped_calibration and not site_fitted,
+                },
             )
             return previous
     except IntegrityError as exc:  # a concurrent activation won the partial unique index
@@ -517,3 +571,112 @@ def disable_stratum(engine: Engine, key: str, actor: audit.Actor) -> None:
         if done is None:
             raise RegistryError(f"stratum {key} is not enabled (cxr-triage population show)")
         _audit(conn, AuditAction.POPULATION_DISABLE, actor, key, {})
+
+
+# ---------------------------------------------------------------- recalibration (0010)
+
+
+@dataclass(frozen=True)
+class ShadowSample:
+    """A model's shadow scores against the radiologists' answers, one row per study.
+
+    ``logits[i]`` is the highest shadow logit of study ``i``'s scored instances (the study's
+    score, as the worklist rolls it up) and ``labels[i]`` its latest answer (1 pneumonia,
+    0 no pneumonia). Studies answered ``other`` have no 0/1 label and are left out
+    (``studies_other``), as are instances outside the validated population."""
+
+    version: str
+    logits: tuple[float, ...]
+    labels: tuple[int, ...]
+    studies_other: int
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+    @property
+    def positives(self) -> int:
+        return sum(self.labels)
+
+
+def shadow_sample(engine: Engine, version: str) -> ShadowSample:
+    """The shadow predictions of ``version`` joined to the latest answer of each read study."""
+    finding = (
+        select(Answer.finding)
+        .where(Answer.study_id == StudyRead.study_id)
+        .order_by(Answer.created_at.desc(), Answer.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    latest = (
+        select(StudyRead.study_id, finding.label("finding"))
+        .where(StudyRead.state == ReadState.READ.value)
+        .subquery("latest")
+    )
+    query = (
+        select(latest.c.finding, func.max(Prediction.logit).label("logit"))
+        .join(Instance, Instance.study_id == latest.c.study_id)
+        .join(Prediction, Prediction.instance_id == Instance.id)
+        .where(
+            Prediction.model_version == version,
+            Prediction.model_role == ModelRole.SHADOW.value,
+            Instance.status == InstanceStatus.DONE,
+            Instance.population.is_distinct_from("outside"),
+        )
+        .group_by(latest.c.study_id, latest.c.finding)
+        .order_by(latest.c.study_id)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    labels = {Finding.PNEUMONIA.value: 1, Finding.NO_PNEUMONIA.value: 0}
+    labelled = [(float(r.logit), labels[r.finding]) for r in rows if r.finding in labels]
+    return ShadowSample(
+        version=version,
+        logits=tuple(z for z, _ in labelled),
+        labels=tuple(y for _, y in labelled),
+        studies_other=len(rows) - len(labelled),
+    )
+
+
+def set_site_calibration(
+    engine: Engine,
+    version: str,
+    *,
+    calibration_uri: str,
+    calibration_version: str,
+    n: int,
+    positives: int,
+    actor: audit.Actor,
+) -> ModelEntry:
+    """Register a calibration fitted for ``version`` on this site's answers (``n`` studies):
+    ``activate`` accepts the model without the shipped-calibration override from then on.
+    Workers serving it reload after their current batch."""
+    with engine.begin() as conn:
+        _lock(conn)
+        target = _state_of(conn, version)
+        conn.execute(
+            update(RegisteredModel)
+            .where(RegisteredModel.version == version)
+            .values(
+                calibration_uri=calibration_uri,
+                calibration_version=calibration_version,
+                calibration_source=CalibrationSource.SITE.value,
+                calibration_n=n,
+                changed_at=func.now(),
+            )
+        )
+        _audit(
+            conn,
+            AuditAction.MODEL_CALIBRATE,
+            actor,
+            version,
+            {
+                "sha256": target.sha256,
+                "calibration_version": calibration_version,
+                "previous_calibration_version": target.calibration_version,
+                "studies": n,
+                "positives": positives,
+                "uri": calibration_uri,
+            },
+        )
+        return _state_of(conn, version)

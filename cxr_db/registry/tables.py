@@ -33,6 +33,14 @@ class ModelState(enum.StrEnum):
     RETIRED = "retired"  # was active or shadow, scores nothing now
 
 
+class CalibrationSource(enum.StrEnum):
+    """``models.calibration_source`` (revision 0010): where the registered calibration
+    came from."""
+
+    SHIPPED = "shipped"  # the file given with the model folder (fitted elsewhere)
+    SITE = "site"  # fitted for this version on this site's answers (calibrate --from-shadow)
+
+
 class ModelRole(enum.StrEnum):
     """``predictions.model_role``: the role of the model when it made the prediction."""
 
@@ -44,6 +52,10 @@ class RegisteredModel(Base):
     __tablename__ = "models"
     __table_args__ = (
         CheckConstraint(check_in("state", ModelState), name="models_state_valid"),
+        CheckConstraint(
+            check_in("calibration_source", CalibrationSource),
+            name="models_calibration_source_valid",
+        ),
         Index(
             "uq_models_one_active",
             "state",
@@ -67,6 +79,11 @@ class RegisteredModel(Base):
     activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     reference: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # revision 0010: where the calibration came from, and its sample size when fitted here
+    calibration_source: Mapped[str] = mapped_column(
+        String(16), default=CalibrationSource.SHIPPED.value, server_default="shipped"
+    )
+    calibration_n: Mapped[int | None] = mapped_column(Integer)
 
 
 class PopulationStratumRow(Base):

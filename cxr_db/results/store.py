@@ -169,6 +169,8 @@ class ScoredInstance:
     triage: bool = True
     population: str | None = None
     population_reason: str | None = None
+    score_lower: float | None = None
+    score_upper: float | None = None
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,8 @@ def result_inputs(engine: Engine, study_id: int) -> ResultInputs | None:
                 newest.c.triage,
                 Instance.population,
                 Instance.population_reason,
+                newest.c.score_lower,
+                newest.c.score_upper,
             )
             .join(newest, Instance.id == newest.c.instance_id)
             .where(Instance.study_id == study_id, Instance.status == InstanceStatus.DONE)

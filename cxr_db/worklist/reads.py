@@ -83,6 +83,11 @@ class WorklistEntry:
     shadow_score: float | None = None
     """Highest score of the active model that may not triage (outside the population):
     shown greyed, never used for order or flag."""
+    score_lower: float | None = None
+    """The interval of the score shown (``score``, else ``shadow_score``): that of the
+    highest triaging prediction, else of the highest shadow one (revision 0010; None:
+    its calibration had none)."""
+    score_upper: float | None = None
     read_state: ReadState = ReadState.UNREAD
     claimed_by: str | None = None
     """The user reading it, while ``in_progress``."""
@@ -172,6 +177,9 @@ class InstanceDetail:
     """False: the score is shown in shadow (outside the validated population)."""
     storage_uri: str | None = None
     """Where the stored file is (for the study page's header read; never shown)."""
+    score_lower: float | None = None
+    """The probability's interval (revision 0010; None: its calibration had none)."""
+    score_upper: float | None = None
 
     @property
     def reasons(self) -> tuple[StatusReason, ...]:
@@ -238,6 +246,14 @@ def _studies(at: datetime | None = None) -> Select[Any]:
             func.max(Prediction.probability)
             .filter(Prediction.triage.is_(False))
             .label("shadow_score"),
+            *(
+                func.array_agg(
+                    aggregate_order_by(
+                        bound, Prediction.triage.desc(), Prediction.probability.desc()
+                    )
+                )[1].label(bound.key)
+                for bound in (Prediction.score_lower, Prediction.score_upper)
+            ),
         )
         .join(Instance, Instance.id == Prediction.instance_id)
         .where(Prediction.model_role == ACTIVE_ROLE)
@@ -263,6 +279,8 @@ def _studies(at: datetime | None = None) -> Select[Any]:
             agg.c.populations,
             agg.c.population_reasons,
             pred.c.shadow_score,
+            pred.c.score_lower,
+            pred.c.score_upper,
             flag_key.label("k_flag"),
             score_key.label("k_score"),
         )
@@ -320,6 +338,8 @@ def _entry(r: Row[Any]) -> WorklistEntry:
         population=population,
         population_reason=population_reason,
         shadow_score=r.shadow_score,
+        score_lower=r.score_lower,
+        score_upper=r.score_upper,
         read_state=ReadState(r.read_state),
         claimed_by=r.claimed_by,
         claim_expires_at=r.claim_expires_at,
@@ -505,6 +525,8 @@ def _instances(conn: Connection, study_id: int) -> tuple[InstanceDetail, ...]:
             Prediction.created_at,
             Prediction.heatmap_png.is_not(None).label("has_heatmap"),
             Prediction.triage,
+            Prediction.score_lower,
+            Prediction.score_upper,
         )
         .where(Prediction.instance_id == Instance.id, Prediction.model_role == ACTIVE_ROLE)
         .order_by(Prediction.created_at.desc())
@@ -528,6 +550,8 @@ def _instances(conn: Connection, study_id: int) -> tuple[InstanceDetail, ...]:
             Instance.population,
             Instance.population_reason,
             latest.c.triage,
+            latest.c.score_lower,
+            latest.c.score_upper,
         )
         .outerjoin(latest, true())
         .where(Instance.study_id == study_id)
@@ -550,6 +574,8 @@ def _instances(conn: Connection, study_id: int) -> tuple[InstanceDetail, ...]:
             population_reason=r.population_reason,
             triage=r.triage,
             storage_uri=r.storage_uri,
+            score_lower=r.score_lower,
+            score_upper=r.score_upper,
         )
         for r in rows
     )

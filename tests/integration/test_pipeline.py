@@ -76,13 +76,15 @@ def test_samples_are_scored_in_batches_with_heatmaps_and_ineligible_ones_are_lis
         preds = conn.execute(
             text(
                 "SELECT probability, threshold, flagged, triage, batch_size, heatmap_png, "
-                "model_version, weights_sha256 FROM predictions"
+                "model_version, weights_sha256, score_lower, score_upper FROM predictions"
             )
         ).all()
     assert len(preds) == len(scored)
     assert max(p.batch_size for p in preds) > 1  # scored together, not one by one
     for p in preds:
         assert 0.0 <= p.probability <= 1.0
+        # every score carries its interval from the shipped calibration (issue 21)
+        assert 0.0 <= p.score_lower <= p.probability <= p.score_upper <= 1.0
         # a score outside the validated population (the adult films) never flags
         assert p.flagged == (p.triage and p.probability >= p.threshold)
         assert len(p.weights_sha256) == 64
@@ -100,6 +102,14 @@ def test_samples_are_scored_in_batches_with_heatmaps_and_ineligible_ones_are_lis
     assert any(
         e.status is InstanceStatus.NOT_ELIGIBLE and e.reasons and e.reasons[0].reason for e in wl
     )
+    shown = [e for e in wl if e.score is not None or e.shadow_score is not None]
+    assert shown
+    for e in shown:
+        score = e.score if e.score is not None else e.shadow_score
+        assert score is not None
+        assert e.score_lower is not None
+        assert e.score_upper is not None
+        assert e.score_lower <= score <= e.score_upper
 
 
 def test_undecodable_pixels_end_as_a_visible_failed_study(

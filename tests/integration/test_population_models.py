@@ -246,7 +246,9 @@ def test_shadow_model_scores_beside_the_active_one_then_activation_and_rollback_
     assert entry.score == pytest.approx(active_p.probability)
 
     # activation: the running worker switches after its batch, no restart
-    models_cli.model_activate(db, _args(version="2.0.0-site"), stdout=_null())
+    models_cli.model_activate(
+        db, _args(version="2.0.0-site", accept_shipped_calibration=True), stdout=_null()
+    )
     _send([_copy(SAMPLES / "derived/kermany-normal-1.dcm", tmp_path, "TWO", age="003Y")], listener)
     wait_until_final(db, 2)
     two = [p for p in _predictions(db) if p.acc == "TWO"]

@@ -6,6 +6,7 @@ with pydicom, checked attribute by attribute (no services needed)."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pydicom
@@ -153,6 +154,18 @@ def test_structured_report_holds_score_model_and_disclaimer() -> None:
     )
     schemes = {item.CodingSchemeDesignator for item in sr.CodingSchemeIdentificationSequence}
     assert "99CXR" in schemes
+
+
+def test_structured_report_holds_the_score_interval_when_there_is_one() -> None:
+    source = _source()
+    uids = result_uids(UID_ROOT, source.StudyInstanceUID, 1)
+    with_interval = replace(summary(), score_interval=(0.71, 0.88))
+    items = sr_items(_round_trip(build_structured_report(source, with_interval, uids)))
+    assert sr_value(items["Triage score"]) == pytest.approx(0.8123)
+    assert sr_value(items["Score interval, lower end"]) == pytest.approx(0.71)
+    assert sr_value(items["Score interval, upper end"]) == pytest.approx(0.88)
+    plain = sr_items(_round_trip(build_structured_report(source, summary(), uids)))
+    assert "Score interval, lower end" not in plain
 
 
 def test_not_flagged_result_says_no() -> None:

@@ -108,6 +108,7 @@ def test_json_entry_keeps_its_keys_and_formats_reasons_once() -> None:
         "status": "failed",
         "reason": "failed: truncated stream; not eligible: no reason given",
         "score": 0.91234,
+        "score_interval": None,
         "flagged": True,
         "model_version": "v1",
         "received_at": "2026-01-02T03:04:05+00:00",
@@ -256,3 +257,26 @@ def test_every_page_escapes_what_it_is_given() -> None:
         assert "<script>" not in page, name
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page, name
         assert DISCLAIMER in page, name
+
+
+def test_a_score_shows_its_interval_on_the_page_in_the_cli_and_in_json() -> None:
+    wide = _entry(score=0.31, score_lower=0.165, score_upper=0.448)
+    narrow = _entry(
+        study_instance_uid="1.2.3.5", score=0.31, score_lower=0.30, score_upper=0.33, flagged=False
+    )
+    assert present.score_text(0.31, 0.165, 0.448) == "0.310 ± 0.145"  # the larger side
+    assert present.score_text(0.31) == "0.310"
+    page = _page([wide, narrow], NOW)
+    assert "0.310 ± 0.145" in page
+    assert "0.310 ± 0.020" in page
+    table = as_table([wide, narrow])
+    assert "0.310 ± 0.145" in table
+    assert "0.310 ± 0.020" in table
+    objs = json.loads(as_json([wide, narrow]))
+    assert [o["score_interval"] for o in objs] == [[0.165, 0.448], [0.30, 0.33]]
+
+
+def test_a_shadow_score_keeps_its_interval_greyed() -> None:
+    entry = _entry(score=None, shadow_score=0.5, score_lower=0.33, score_upper=0.73, flagged=False)
+    assert "(0.500 ± 0.230)" in _page([entry], NOW)
+    assert "(0.500 ± 0.230)" in as_table([entry])
