@@ -6,8 +6,9 @@ in the same forward pass that gives the logit (:func:`capture_pooled`, a forward
 no other network runs. :class:`DistributionCheck` turns them into one distance:
 
 * ``mahalanobis`` (Lee et al., NeurIPS 2018, class-conditional means with one shared
-  covariance), stored compactly as probabilistic PCA: the top ``k`` principal directions of
-  the within-class covariance (whitened by their variances) plus the residual outside them,
+  covariance), on the L2-normalised features (``normalise``; raw features are supported),
+  stored compactly as probabilistic PCA: the top ``k`` principal directions of the
+  within-class covariance (whitened by their variances) plus the residual outside them,
   scaled by the mean residual variance::
 
       d(f) = min_c  || (V_k^T (f - mu_c)) / sqrt(l_k) ||^2 + || r_c ||^2 / sigma_r^2
@@ -34,7 +35,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -169,7 +170,7 @@ class DistributionCheck:
         """Write ``ood.npz`` and ``ood.json`` (which records the arrays' sha256)."""
         arrays_path = folder / OOD_ARRAYS
         with arrays_path.open("wb") as fh:
-            np.savez_compressed(fh, **self.arrays)
+            np.savez_compressed(fh, **cast(dict[str, Any], self.arrays))
         meta = {
             "schema": DISTRIBUTION_SCHEMA,
             "method": self.method,
@@ -188,6 +189,8 @@ class DistributionCheck:
 
 
 def _mahalanobis(f: np.ndarray, a: dict[str, np.ndarray]) -> np.ndarray:
+    if "normalise" in a and int(a["normalise"]):
+        f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     means = a["means"].astype(np.float64)  # (C, D)
     comps = a["components"].astype(np.float64)  # (D, k), orthonormal columns
     scales = a["scales"].astype(np.float64)  # (k,) standard deviations along them

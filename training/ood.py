@@ -30,17 +30,19 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-#: Adult chest radiographs in ``shared/data/dicom`` (``labels.csv`` rows that are chest CR/DX
-#: of adults; ``Fake_MONOHR1`` is the SIIM film with an inverted photometric header).
+#: Adult chest radiographs in ``shared/data/dicom`` (headers: 54, 81, 62, 62, 64, 64 years;
+#: four distinct films: ``Fake_MONOHR1`` is the SIIM film with its photometric header
+#: rewritten, so it decodes inverted, and ``RG1_UNCR`` is ``RG1_J2KI`` uncompressed).
 ADULT_CHEST_FILES = (
     "rsna/009eb222-eabc-4150-8121-d5a6d06b8ebf.dcm",
-    "rsna/00aecb01-a116-45a2-956c-08d2fa55433f.dcm",
     "nih/1.3.6.1.4.1.11129.5.5.110503645592756492463169821050252582267888.dcm",
     "robustness/siim_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm",
     "robustness/Fake_MONOHR1.dcm",
     "robustness/RG1_J2KI.dcm",
     "robustness/RG1_UNCR.dcm",
 )
+#: The RSNA opacity film is a 6-year-old's (header PatientAge 006Y): a child just outside 1-5.
+CHILD_FILES = ("rsna/00aecb01-a116-45a2-956c-08d2fa55433f.dcm",)
 #: Other radiographs there that are not chest films (eligibility refuses them by header).
 OTHER_FILES = (
     "robustness/RG3_J2KI.dcm",
@@ -139,12 +141,19 @@ def cached_features(
 
 
 def fit_mahalanobis(
-    features: np.ndarray, labels: np.ndarray, components: int = 128, shrinkage: float = 1e-3
+    features: np.ndarray,
+    labels: np.ndarray,
+    components: int = 128,
+    shrinkage: float = 1e-3,
+    normalise: bool = False,
 ) -> dict[str, np.ndarray]:
     """Class means and the shared within-class covariance, kept as its top ``components``
     principal directions (with their standard deviations) plus the mean variance of the rest
-    (probabilistic PCA); :class:`cxr_model.distribution.DistributionCheck` reads them."""
+    (probabilistic PCA); :class:`cxr_model.distribution.DistributionCheck` reads them.
+    ``normalise``: fit (and later measure) on L2-normalised features."""
     f = np.asarray(features, dtype=np.float64)
+    if normalise:
+        f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     y = np.asarray(labels)
     classes = sorted({int(c) for c in y})
     means = np.stack([f[y == c].mean(axis=0) for c in classes])
@@ -160,6 +169,7 @@ def fit_mahalanobis(
         "components": vectors[:, :k].astype(np.float32),
         "scales": np.sqrt(values[:k]).astype(np.float32),
         "residual_var": np.asarray(values[k:].mean(), dtype=np.float64),
+        "normalise": np.asarray(int(normalise)),
     }
 
 
@@ -378,12 +388,14 @@ def _perspective_coeffs(
 
 #: The candidate checks compared in the card: (name, method, parameters).
 CANDIDATES: tuple[tuple[str, str, dict[str, int]], ...] = (
-    ("mahalanobis, 64 components", "mahalanobis", {"components": 64}),
-    ("mahalanobis, 128 components", "mahalanobis", {"components": 128}),
-    ("mahalanobis, 256 components", "mahalanobis", {"components": 256}),
-    ("mahalanobis, full covariance", "mahalanobis", {"components": 1279}),
-    ("knn, k=1", "knn", {"k": 1}),
-    ("knn, k=10", "knn", {"k": 10}),
+    ("Mahalanobis, raw, 64 comp.", "mahalanobis", {"components": 64, "normalise": 0}),
+    ("Mahalanobis, raw, full cov.", "mahalanobis", {"components": 1279, "normalise": 0}),
+    ("Mahalanobis, L2-norm., 32 comp.", "mahalanobis", {"components": 32, "normalise": 1}),
+    ("Mahalanobis, L2-norm., 64 comp.", "mahalanobis", {"components": 64, "normalise": 1}),
+    ("Mahalanobis, L2-norm., 128 comp.", "mahalanobis", {"components": 128, "normalise": 1}),
+    ("kNN, k=1", "knn", {"k": 1}),
+    ("kNN, k=10", "knn", {"k": 10}),
+    ("kNN, k=50", "knn", {"k": 50}),
     ("energy (logit only)", "energy", {}),
 )
 
@@ -487,6 +499,9 @@ def load_image_sets(
         sets["report:adult chest films"] = _files(
             model, dicom_dir, ADULT_CHEST_FILES, "adult", cache
         )
+        sets["report:RSNA opacity film of a 6-year-old"] = _files(
+            model, dicom_dir, CHILD_FILES, "child6", cache
+        )
         sets["report:other radiographs (not chest)"] = _files(
             model, dicom_dir, OTHER_FILES, "other", cache
         )
@@ -511,7 +526,12 @@ def fit_candidate(method: str, params: dict[str, int], train: Features) -> dict[
     if method == "mahalanobis":
         if train.labels is None:
             raise ValueError("mahalanobis needs the training labels")
-        return fit_mahalanobis(train.features, train.labels, params.get("components", 128))
+        return fit_mahalanobis(
+            train.features,
+            train.labels,
+            params.get("components", 64),
+            normalise=bool(params.get("normalise", 1)),
+        )
     if method == "knn":
         return fit_knn(train.features, params.get("k", 10))
     return {}
@@ -667,7 +687,11 @@ def main_fit(args: Any) -> int:
     from cxr_model import WEIGHTS_DIR, load_model
 
     model = load_model(args.model or WEIGHTS_DIR, args.device)
-    params = {"components": args.components} if args.method == "mahalanobis" else {"k": args.k}
+    params = (
+        {"components": args.components, "normalise": int(not args.raw)}
+        if args.method == "mahalanobis"
+        else {"k": args.k}
+    )
     path = fit(
         model,
         args.data,
@@ -738,7 +762,12 @@ def register(subparsers: Any, fmt: Any, disclaimer: str) -> None:
     )
     common(p)
     p.add_argument("--method", choices=["mahalanobis", "knn"], default="mahalanobis")
-    p.add_argument("--components", type=int, default=128, help="mahalanobis: PCA components")
+    p.add_argument("--components", type=int, default=64, help="mahalanobis: PCA components")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="mahalanobis: raw features (default: L2-normalised, as compared in the card)",
+    )
     p.add_argument("--k", type=int, default=10, help="knn: which neighbour")
     p.add_argument("--out", type=Path, default=None, help="folder (default: the model's)")
     p.set_defaults(func=main_fit)
