@@ -40,7 +40,8 @@ def kermany_pixels(index: int = 0) -> np.ndarray:
 
     films = sorted(KERMANY_FIXTURES.rglob("*.jpeg"))
     with Image.open(films[index % len(films)]) as img:
-        return np.asarray(img.convert("L"), dtype=np.uint8)
+        pixels: np.ndarray = np.asarray(img.convert("L"), dtype=np.uint8)
+    return pixels
 
 
 def make_dataset(
