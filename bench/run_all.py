@@ -19,6 +19,7 @@ from typing import Any
 from bench import (
     batch_sweep,
     decode,
+    distribution_cost,
     heatmap_cost,
     ingest,
     turnaround,
@@ -28,6 +29,7 @@ from bench import (
 
 BENCHMARKS: dict[str, Callable[[list[str]], dict[str, Any]]] = {
     "heatmap_cost": heatmap_cost.main,
+    "distribution_cost": distribution_cost.main,
     "worker_efficiency": worker_efficiency.main,
     "turnaround": turnaround.main,
     "ingest": ingest.main,
@@ -39,6 +41,7 @@ BENCHMARKS: dict[str, Callable[[list[str]], dict[str, Any]]] = {
 #: Arguments per benchmark: (default run, --tiny, --full).
 SIZES: dict[str, tuple[list[str], list[str], list[str]]] = {
     "heatmap_cost": ([], ["--images", "4", "--repeats", "1", "--batch", "2"], []),
+    "distribution_cost": ([], ["--images", "4", "--repeats", "1", "--batch", "2"], []),
     "worker_efficiency": ([], ["--images", "2", "--batch", "2", "--size", "128"], []),
     "turnaround": (
         ["--backlog", "200"],

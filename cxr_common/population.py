@@ -12,6 +12,11 @@ derived from the header). What that means for triage is a site policy:
   under ``enforce``: ``in_scope`` (default: it triages) or ``outside`` (shadow). Its
   population stays ``unknown`` either way, so the worklist says so.
 
+Two checks decide: the **header** (age, view, modality against the population block) and the
+**image** (``cxr_model.distribution``: the model's own pooled features against its training
+distribution). An image over the distribution threshold is ``outside`` whatever the header
+says, with :data:`IMAGE_REASON`; :class:`PopulationCheck` records which check decided.
+
 The rules themselves live in ``cxr_model.population``; this module holds only the words, so
 that the web worklist (which may not import the model) can use them too.
 
@@ -31,9 +36,11 @@ from typing import Any
 
 __all__ = [
     "AGE_BANDS",
+    "IMAGE_REASON",
     "POPULATION_POLICY_ENV",
     "UNKNOWN_AGE_ENV",
     "WIDENING_DIMENSIONS",
+    "PopulationCheck",
     "PopulationPolicy",
     "PopulationStatus",
     "Stratum",
@@ -55,6 +62,22 @@ class PopulationStatus(StrEnum):
     IN_SCOPE = "in_scope"
     OUTSIDE = "outside"
     UNKNOWN = "unknown"
+
+
+class PopulationCheck(StrEnum):
+    """Which check decided an instance's population.
+
+    For ``outside``: the check(s) that found it outside. For ``in_scope`` and ``unknown``:
+    ``header`` when only the header was checked (the model ships no distribution check),
+    ``both`` when the image was checked too and lies within the training distribution."""
+
+    HEADER = "header"
+    IMAGE = "image"
+    BOTH = "both"
+
+
+#: The staff-readable reason when the image decides (the start of the population reason).
+IMAGE_REASON = "image unlike the validated population"
 
 
 class PopulationPolicy(StrEnum):

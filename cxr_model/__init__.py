@@ -22,6 +22,11 @@ Contract (stored as ``weights/model.json`` next to the weights, with version and
 * Heatmaps (:mod:`cxr_model.heatmaps`): Grad-CAM on the last convolutional block, HxW
   float32 in [0, 1] at input size, rendered over the image in grey, or over a neutral grey
   field when the header says BurnedInAnnotation YES.
+* Distribution check (:mod:`cxr_model.distribution`): the pooled features of the same
+  forward pass, their distance from the training distribution (``weights/ood.json`` +
+  ``ood.npz``, tied to the weights' sha256) in ``ScoreResult.distance``; over the threshold
+  the image is outside the validated population whatever its header says
+  (:func:`cxr_model.population.assess_population`).
 * Integrity: :func:`verify_weights` (run by ``load_model`` before
   ``torch.load(weights_only=True)`` and by model registration) checks the weights' sha256
   against ``model.json``; the architecture comes from ``timm`` / ``torchvision``.

@@ -20,6 +20,14 @@ films often omit ViewPosition; eligibility has already refused what is not a che
 scored in shadow, and an unknown one follows ``CXR_UNKNOWN_AGE``. Reasons are for staff and
 name no patient data except the age itself.
 
+The image is checked too when the caller passes its distance from the training distribution
+(:class:`cxr_model.distribution.ImageDistance`, from the same forward pass as the score): an
+image over the threshold is ``outside`` **whatever the header says** (an adult film without
+an age, a rotated, inverted or photographed film, an image without anatomy), with the reason
+:data:`~cxr_common.population.IMAGE_REASON`. Under ``CXR_POPULATION_POLICY=off`` it still
+reads ``outside`` with that reason (a warning) while the score triages.
+``PopulationAssessment.check`` says which check decided (header, image, both).
+
 A site widens the population with strata its own validation passed
 (:meth:`Population.widened`: an age band adds an age range, a view or modality adds itself);
 the worker checks against the widened population (``cxr-triage population show``).
@@ -35,6 +43,7 @@ from typing import Any
 from cxr_common.population import (
     POPULATION_POLICY_ENV,
     UNKNOWN_AGE_ENV,
+    PopulationCheck,
     PopulationPolicy,
     PopulationStatus,
     Stratum,
@@ -43,11 +52,13 @@ from cxr_common.population import (
 )
 from cxr_imaging.age import Age, AgeSource, HeaderSource, derive_age
 from cxr_model.contract import WEIGHTS_DIR, ModelContract, read_contract
+from cxr_model.distribution import ImageDistance
 from cxr_model.errors import ContractError
 
 __all__ = [
     "POPULATION_SCHEMA",
     "Evidence",
+    "ImageDistance",
     "Population",
     "PopulationAssessment",
     "PopulationFields",
@@ -219,7 +230,9 @@ def _code(header: HeaderSource, keyword: str) -> str | None:
 class PopulationAssessment:
     """The outcome of :func:`assess_population`.
 
-    ``triage`` is False when the score must not set or lower priority (shadow scoring)."""
+    ``triage`` is False when the score must not set or lower priority (shadow scoring).
+    ``check`` says which check decided (:class:`PopulationCheck`); ``image`` is the image's
+    distance when it was checked."""
 
     population: PopulationStatus
     reason: str
@@ -227,6 +240,14 @@ class PopulationAssessment:
     age_years: float | None = None
     age_source: AgeSource = AgeSource.UNKNOWN
     age_note: str | None = None
+    check: PopulationCheck = PopulationCheck.HEADER
+    image: ImageDistance | None = None
+
+    @property
+    def outside_by_image(self) -> bool:
+        return self.check in (PopulationCheck.IMAGE, PopulationCheck.BOTH) and (
+            self.population is PopulationStatus.OUTSIDE
+        )
 
 
 def _slash(values: frozenset[str], order: tuple[str, ...]) -> str:
@@ -239,19 +260,29 @@ def assess_population(
     population: Population | None,
     policy: PopulationPolicy | str = PopulationPolicy.ENFORCE,
     unknown_age: UnknownAge | str = UnknownAge.IN_SCOPE,
+    image: ImageDistance | None = None,
 ) -> PopulationAssessment:
     """Is this instance within the model's validated population, and may its score triage?
 
     ``source`` is a dataset (a header read is enough), a mapping of DICOM keywords, or
-    :class:`PopulationFields`. Pure: reads nothing but its arguments; never raises for bad
-    header values.
+    :class:`PopulationFields`; ``image`` is the image's distance from the model's training
+    distribution (None: the model ships no distribution check). An image over its
+    threshold is outside whatever the header says. Pure: reads nothing but its arguments;
+    never raises for bad header values.
     """
     policy = PopulationPolicy(policy)
     unknown_age = UnknownAge(unknown_age)
     fields = _fields(source)
     age = fields.age
+    image_outside = image is not None and image.outside
+    within = PopulationCheck.BOTH if image is not None else PopulationCheck.HEADER
 
-    def result(status: PopulationStatus, facts: str, triage: bool) -> PopulationAssessment:
+    def result(
+        status: PopulationStatus,
+        facts: str,
+        triage: bool,
+        check: PopulationCheck = within,
+    ) -> PopulationAssessment:
         if policy is PopulationPolicy.OFF:
             tail = (
                 f"population check off at this site ({POPULATION_POLICY_ENV}=off): "
@@ -275,9 +306,14 @@ def assess_population(
             age_years=age.years,
             age_source=age.source,
             age_note=age.note,
+            check=check,
+            image=image,
         )
 
+    image_facts = image.facts if image is not None and image_outside else ""
     if population is None:
+        if image_outside:
+            return result(PopulationStatus.OUTSIDE, image_facts, False, PopulationCheck.IMAGE)
         return result(
             PopulationStatus.UNKNOWN,
             "model declares no validated population (no population block in model.json)",
@@ -297,7 +333,18 @@ def assess_population(
         validated.append(f"modalities {_slash(population.modalities, ('CR', 'DX'))}")
     if found:
         facts = f"{', '.join(found)}; model validated for {', '.join(validated)}"
-        return result(PopulationStatus.OUTSIDE, facts, False)
+        if image_outside:
+            facts = f"{image_facts}; {facts}"
+        check = PopulationCheck.BOTH if image_outside else PopulationCheck.HEADER
+        return result(PopulationStatus.OUTSIDE, facts, False, check)
+    if image_outside:
+        header = (
+            f"age {age.label}"
+            if age.years is not None
+            else "age unknown" + (f" ({age.note})" if age.note else "")
+        )
+        facts = f"{image_facts}; header {header}, model validated for {population.age_label}"
+        return result(PopulationStatus.OUTSIDE, facts, False, PopulationCheck.IMAGE)
     if age.years is None:
         why = "age unknown" + (f" ({age.note})" if age.note else "")
         facts = f"{why}; model validated for {population.age_label}"

@@ -13,6 +13,12 @@ from torch import nn
 
 from cxr_model.architecture import build_network
 from cxr_model.contract import WEIGHTS_DIR, ModelContract, read_contract, verify_weights
+from cxr_model.distribution import (
+    DistributionCheck,
+    capture_pooled,
+    load_distribution_check,
+    pooled_features,
+)
 from cxr_model.heatmaps import class_activation_maps
 from cxr_model.preprocess import preprocess as _preprocess
 from cxr_model.preprocess import scale_tensor
@@ -22,19 +28,33 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ScoreResult:
-    """Raw network output for one image; ``cam`` is HxW float32 in [0, 1] or None."""
+    """Raw network output for one image; ``cam`` is HxW float32 in [0, 1] or None.
+
+    ``features`` are the pooled features of the same forward pass (the final linear
+    layer's input); ``distance`` is their distance from the training distribution when the
+    model has a :class:`DistributionCheck` (``ood.json``), else None."""
 
     logit: float
     cam: np.ndarray | None
+    features: np.ndarray | None = None
+    distance: float | None = None
 
 
 class ScoringModel:
     """A loaded, verified network plus its contract. Call from one thread at a time."""
 
-    def __init__(self, net: nn.Module, contract: ModelContract, device: torch.device) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        contract: ModelContract,
+        device: torch.device,
+        distribution: DistributionCheck | None = None,
+    ) -> None:
         self.net = net
         self.contract = contract
         self.device = device
+        #: The training-distribution statistics for these weights (``ood.json``), if any.
+        self.distribution = distribution
         self._lock = threading.Lock()
 
     def preprocess(self, pixels01: np.ndarray) -> torch.Tensor:
@@ -55,15 +75,30 @@ class ScoringModel:
 
     def score_batch(self, batch: torch.Tensor, with_heatmaps: bool = True) -> list[ScoreResult]:
         """Score a (N, C, H, W) batch in one forward (plus one backward only where the head
-        is not global average pooling + linear, see :mod:`cxr_model.heatmaps`)."""
+        is not global average pooling + linear, see :mod:`cxr_model.heatmaps`), with the
+        pooled features of that forward and their distance from the training distribution."""
         if batch.ndim == 3:
             batch = batch.unsqueeze(0)
-        if not with_heatmaps:
-            return [ScoreResult(float(v), None) for v in self.logits(batch)]
+        n = int(batch.shape[0])
         x = batch.to(self.device, torch.float32)
-        with self._lock:
-            logits, cams = class_activation_maps(self.net, self.contract.architecture, x)
-        return [ScoreResult(float(lg), c) for lg, c in zip(logits, cams, strict=True)]
+        cams: list[np.ndarray | None] | np.ndarray
+        with self._lock, capture_pooled(self.net) as captured:
+            if with_heatmaps:
+                logits, cams = class_activation_maps(self.net, self.contract.architecture, x)
+            else:
+                with torch.inference_mode():
+                    out = self.net(x)
+                logits = out.reshape(-1).float().cpu().numpy()
+                cams = [None] * n
+            feats = pooled_features(captured, n)
+        dists: list[float | None] = [None] * n
+        if feats is not None and self.distribution is not None:
+            dists = [float(d) for d in self.distribution.distances(feats)]
+        rows: list[np.ndarray | None] = list(feats) if feats is not None else [None] * n
+        return [
+            ScoreResult(float(lg), c, f, d)
+            for lg, c, f, d in zip(logits, cams, rows, dists, strict=True)
+        ]
 
 
 def _auto_device(device: str | None) -> torch.device:
@@ -85,10 +120,17 @@ def load_network(weights_dir: Path) -> tuple[nn.Module, ModelContract]:
 
 def load_model(weights_dir: Path | None = None, device: str | None = None) -> ScoringModel:
     """Load the model (default: the shipped weights), sha256-verified, in eval mode."""
-    net, contract = load_network(Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR)
+    folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    net, contract = load_network(folder)
+    distribution = load_distribution_check(folder, contract.sha256)
     dev = _auto_device(device)
     net.to(dev)
     logger.info(
-        "loaded model %s %s (%s) on %s", contract.name, contract.version, contract.sha256[:12], dev
+        "loaded model %s %s (%s) on %s%s",
+        contract.name,
+        contract.version,
+        contract.sha256[:12],
+        dev,
+        f", distribution check {distribution.method}" if distribution else "",
     )
-    return ScoringModel(net, contract, dev)
+    return ScoringModel(net, contract, dev, distribution)

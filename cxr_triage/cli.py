@@ -62,6 +62,8 @@ TRAINING_COMMANDS = {
     "predict": "score DICOM / image files offline",
     "validate": "site validation by stratum (age, sex, view, manufacturer, modality) from labels",
     "groups": "acquisition-group audit: ImageNet-feature clusters, class balance, errors per group",
+    "ood-fit": "fit the image-based distribution check (ood.json next to the weights)",
+    "ood-evaluate": "compare distribution checks on check images, adult films, shifts",
 }
 
 

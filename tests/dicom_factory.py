@@ -29,6 +29,21 @@ def chest_like(size: int = 256, seed: int = 0) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
+KERMANY_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kermany"
+
+
+def kermany_pixels(index: int = 0) -> np.ndarray:
+    """A real paediatric chest film (``tests/fixtures/kermany``, CC BY 4.0) as 8-bit pixels,
+    for tests whose score must triage: :func:`chest_like` has no anatomy, so the model's
+    distribution check (issue 21) puts it outside the validated population (shadow)."""
+    from PIL import Image
+
+    films = sorted(KERMANY_FIXTURES.rglob("*.jpeg"))
+    with Image.open(films[index % len(films)]) as img:
+        pixels: np.ndarray = np.asarray(img.convert("L"), dtype=np.uint8)
+    return pixels
+
+
 def make_dataset(
     pixels: np.ndarray | None = None,
     *,

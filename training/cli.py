@@ -234,6 +234,18 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--heatmap-dir", type=Path, default=None, help="write Grad-CAM overlay PNGs")
+    p.add_argument(
+        "--population-policy",
+        choices=["enforce", "off"],
+        default=None,
+        help="as the worker's CXR_POPULATION_POLICY (default: that variable, else enforce)",
+    )
+    p.add_argument(
+        "--unknown-age",
+        choices=["in_scope", "outside"],
+        default=None,
+        help="as the worker's CXR_UNKNOWN_AGE (default: that variable, else in_scope)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if present)")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     p.set_defaults(func=cmd_predict)
@@ -276,6 +288,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for AUC CIs")
     _add_common(p)
     p.set_defaults(func=cmd_validate)
+
+    from training import ood
+
+    ood.register(subparsers, fmt, DISCLAIMER)
 
 
 def _logging(args: argparse.Namespace) -> None:
@@ -489,7 +505,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _logging(args)
     from training.predict import predict_paths
 
-    results = predict_paths(args.paths, args.model, args.calibration, args.heatmap_dir, args.device)
+    results = predict_paths(
+        args.paths,
+        args.model,
+        args.calibration,
+        args.heatmap_dir,
+        args.device,
+        args.population_policy,
+        args.unknown_age,
+    )
     if args.json:
         print(json.dumps({"results": results, "disclaimer": DISCLAIMER}, indent=2))
     else:
@@ -500,7 +524,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             elig = "eligible" if r["eligible"] else "NOT eligible (" + "; ".join(r["reasons"]) + ")"
             print(
                 f"{r['path']}: P(pneumonia)={r['probability']:.3f} "
-                f"{'FLAG' if r['flagged'] else 'no flag'} (t={r['threshold']:.3f}) {elig}"
+                f"{'FLAG' if r['flagged'] else 'no flag'} (t={r['threshold']:.3f}) {elig}; "
+                f"population {r['population']} by {r['population_check']}"
+                f"{'' if r['triage'] else ' (shadow)'}: {r['population_reason']}"
                 + (f" heatmap={r['heatmap']}" if r.get("heatmap") else "")
             )
         print(DISCLAIMER)
@@ -546,6 +572,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 "specificity_ci": overall["specificity_ci"],
                 "reasons": overall["reasons"],
                 "strata_passing": [s["key"] for s in record["strata"] if s["result"] == "pass"],
+                "outside_by_image": (record.get("distribution") or {}).get("outside_by_image"),
+                "share_outside_by_image": (record.get("distribution") or {}).get(
+                    "share_outside_by_image"
+                ),
                 "record": str(args.out / "validation.json"),
                 "report": str(args.out / "validation.html"),
                 "disclaimer": DISCLAIMER,

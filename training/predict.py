@@ -1,13 +1,29 @@
-"""``predict``: offline scoring of DICOM / image files with the shipped (or given) model."""
+"""``predict``: offline scoring of DICOM / image files with the shipped (or given) model.
+
+Each result carries the population check with the worker's rules
+(:func:`cxr_model.population.assess_population`: the header and the image's distance from
+the model's training distribution, from the same forward pass), under the policy of
+``CXR_POPULATION_POLICY`` / ``CXR_UNKNOWN_AGE`` (or ``--population-policy`` /
+``--unknown-age``). Offline there is no registry, so strata a site enabled do not widen
+the population here. A score outside the population is marked ``triage: false`` (shadow)
+and is never flagged, as in the worker.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxr_common.clinical import DISCLAIMER
+from cxr_common.population import (
+    POPULATION_POLICY_ENV,
+    UNKNOWN_AGE_ENV,
+    PopulationPolicy,
+    UnknownAge,
+)
 from cxr_model import (
     WEIGHTS_DIR,
     Calibration,
@@ -16,6 +32,7 @@ from cxr_model import (
     load_model,
     render_overlay_png,
 )
+from cxr_model.population import PopulationFields, assess_population, population_of
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -64,15 +81,25 @@ def predict_paths(
     calibration: Path | None = None,
     heatmap_dir: Path | None = None,
     device: str | None = None,
+    population_policy: PopulationPolicy | str | None = None,
+    unknown_age: UnknownAge | str | None = None,
 ) -> list[dict[str, Any]]:
-    """Score each file: calibrated probability, flag, eligibility, optional heatmap PNG.
+    """Score each file: calibrated probability, flag, eligibility, population, optional
+    heatmap PNG.
 
-    The flag and the heatmap follow the worker's rules (:meth:`Calibration.score`,
+    The flag, the population and the heatmap follow the worker's rules
+    (:meth:`Calibration.score`, :func:`cxr_model.population.assess_population`,
     :mod:`cxr_model.heatmaps`); without a calibration record (a model given by ``--model``
     alone) the probability is the plain sigmoid at the model's validation threshold."""
     from cxr_imaging import load_image
+    from cxr_imaging.age import Age, AgeSource
 
+    policy = PopulationPolicy(
+        population_policy or os.environ.get(POPULATION_POLICY_ENV) or PopulationPolicy.ENFORCE
+    )
+    unknown = UnknownAge(unknown_age or os.environ.get(UNKNOWN_AGE_ENV) or UnknownAge.IN_SCOPE)
     model = load_model(model_dir or WEIGHTS_DIR, device)
+    population = population_of(model.contract)
     cal: Calibration | None = None
     if calibration is not None or model_dir is None:
         cal = load_calibration(calibration, model.contract.sha256)
@@ -99,6 +126,14 @@ def predict_paths(
             results.append(rec)
             continue
         score = rule.score(res.logit, eligible=eligible)
+        check = model.distribution
+        image = (
+            check.verdict(res.distance) if check is not None and res.distance is not None else None
+        )
+        source: Any = header
+        if header is None:  # an ordinary image file: nothing in a header, age unknown
+            source = PopulationFields(Age(None, AgeSource.UNKNOWN, "not DICOM"))
+        assessed = assess_population(source, population, policy, unknown, image=image)
         rec.update(
             {
                 "logit": score.logit,
@@ -107,9 +142,15 @@ def predict_paths(
                 if score.lower is None or score.upper is None
                 else [score.lower, score.upper],
                 "threshold": score.threshold,
-                "flagged": score.flagged,
+                "flagged": score.flagged and assessed.triage,
                 "eligible": eligible,
                 "reasons": reasons,
+                "population": assessed.population.value,
+                "population_check": assessed.check.value,
+                "population_reason": assessed.reason,
+                "triage": assessed.triage,
+                "image_distance": res.distance,
+                "image_threshold": check.threshold if check is not None else None,
                 "disclaimer": DISCLAIMER,
             }
         )

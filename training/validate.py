@@ -7,9 +7,13 @@ the row points at a DICOM file (PatientAge/PatientBirthDate via
 :func:`cxr_imaging.age.derive_age`, PatientSex, ViewPosition, Manufacturer, Modality), else
 from the optional columns ``age_years, sex, view, manufacturer, modality``, else
 ``unknown``. ``population`` is the model's own check
-(:func:`cxr_model.population.assess_population`).
+(:func:`cxr_model.population.assess_population`), by header and by image: when the model
+ships a distribution check (``ood.json``) each image's distance from the training
+distribution comes from the scoring forward pass, and the record's ``distribution`` block
+gives the share of the site's answers **outside by image** (what the model will not triage
+whatever the header says).
 
-Scoring is :func:`training.evaluate.model_logits` (the ``evaluate`` path) and the
+Scoring is :func:`logits_and_distances` (the worker's forward pass, no TTA) and the
 calibration's probability and threshold. For each stratum and overall: n, positives, AUC with
 a bootstrap 95% CI (:func:`training.metrics.binary_metrics`), sensitivity and specificity at the
 threshold with two-sided Clopper-Pearson intervals, and pass/fail against :class:`Targets`
@@ -43,9 +47,14 @@ from cxr_common.drift import make_reference
 from cxr_common.population import AGE_BANDS, PopulationPolicy, Targets, age_band
 from cxr_imaging.age import Age, AgeSource, derive_age
 from cxr_model import WEIGHTS_DIR, load_calibration, load_model, sha256_file
-from cxr_model.population import Population, PopulationFields, assess_population, population_of
+from cxr_model.population import (
+    ImageDistance,
+    Population,
+    PopulationFields,
+    assess_population,
+    population_of,
+)
 from training.data import Sample, load_resized, load_samples
-from training.evaluate import model_logits
 from training.metrics import binary_metrics
 
 logger = logging.getLogger(__name__)
@@ -95,6 +104,7 @@ class RowStrata:
     modality: str
     population: str
     source: str  # "dicom", "labels" or "none"
+    outside_by_image: bool = False
 
     def value(self, dimension: str) -> str:
         return str(getattr(self, dimension))
@@ -150,8 +160,14 @@ def _recorded_age(text: str) -> Age | None:
     return Age(years, AgeSource.RECORDED, "from the labels file")
 
 
-def row_strata(path: Path, row: dict[str, str], population: Population | None) -> RowStrata:
-    """Stratum values for one row: DICOM header first, then the labels columns, else unknown."""
+def row_strata(
+    path: Path,
+    row: dict[str, str],
+    population: Population | None,
+    image: ImageDistance | None = None,
+) -> RowStrata:
+    """Stratum values for one row: DICOM header first, then the labels columns, else unknown;
+    the population by header and (given ``image``) by image."""
     header = _header(path) or {}
     row = {k.strip().lower(): _clean(v) for k, v in row.items() if k}
     age: Age | None = header.get("age")
@@ -170,7 +186,7 @@ def row_strata(path: Path, row: dict[str, str], population: Population | None) -
         view=view or None,
         modality=modality or None,
     )
-    assessed = assess_population(fields, population, PopulationPolicy.ENFORCE)
+    assessed = assess_population(fields, population, PopulationPolicy.ENFORCE, image=image)
     if header:
         source = "dicom"
     elif any(row.get(c) for c in ("age_years", "sex", "view", "manufacturer", "modality")):
@@ -186,6 +202,7 @@ def row_strata(path: Path, row: dict[str, str], population: Population | None) -
         modality=modality or UNKNOWN,
         population=assessed.population.value,
         source=source,
+        outside_by_image=assessed.outside_by_image,
     )
 
 
@@ -309,9 +326,16 @@ def validate(
     population = population_of(model.contract)
 
     rows = _csv_rows(labels)
-    strata = [row_strata(s.path, rows.get(s.path.resolve(), {}), population) for s in samples]
     images = load_resized(samples, model.contract.input_size, cache_dir)
-    logits = model_logits(model, images)
+    logits, distances = logits_and_distances(model, images)
+    check = model.distribution
+    verdicts = [
+        check.verdict(d) if check is not None and d is not None else None for d in distances
+    ]
+    strata = [
+        row_strata(s.path, rows.get(s.path.resolve(), {}), population, v)
+        for s, v in zip(samples, verdicts, strict=True)
+    ]
     prob = np.array([cal.probability(float(z)) for z in logits], dtype=np.float64)
     y = np.array([s.label for s in samples], dtype=np.int64)
 
@@ -333,6 +357,13 @@ def validate(
         notes.append(
             f"{sources['none']} of {len(samples)} rows are not DICOM and have no "
             "age_years/sex/view/manufacturer/modality columns: their strata are 'unknown'."
+        )
+    n_image = sum(r.outside_by_image for r in strata)
+    if check is not None and n_image:
+        notes.append(
+            f"{n_image} of {len(samples)} images ({n_image / len(samples):.1%}) are outside by "
+            "image (unlike the validated population): the model will not triage them, "
+            "whatever their headers say."
         )
     record: dict[str, Any] = {
         "schema": SCHEMA,
@@ -366,6 +397,15 @@ def validate(
             "hash_method": DATA_HASH_METHOD,
             "strata_source": dict(sorted(sources.items())),
         },
+        "distribution": None
+        if check is None
+        else {
+            "method": check.method,
+            "threshold": check.threshold,
+            "n": len(samples),
+            "outside_by_image": n_image,
+            "share_outside_by_image": n_image / len(samples) if samples else 0.0,
+        },
         "targets": asdict(targets),
         "interval": f"two-sided Clopper-Pearson {targets.confidence:.0%} for sensitivity and "
         f"specificity; percentile bootstrap 95% for AUC ({n_boot} resamples within class)",
@@ -391,6 +431,23 @@ def validate(
     (out / "validation.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     (out / "validation.html").write_text(render_html(record), encoding="utf-8")
     return record
+
+
+def logits_and_distances(
+    model: Any, images: np.ndarray, batch_size: int = 64
+) -> tuple[np.ndarray, list[float | None]]:
+    """Raw logits and distances from the training distribution (None without a
+    distribution check) of resized [0, 1] images, one forward pass per batch."""
+    import torch
+
+    logits: list[float] = []
+    distances: list[float | None] = []
+    for i in range(0, len(images), batch_size):
+        x = model.to_input(torch.from_numpy(images[i : i + batch_size]))
+        for r in model.score_batch(x, with_heatmaps=False):
+            logits.append(r.logit)
+            distances.append(r.distance)
+    return np.asarray(logits, dtype=np.float32), distances
 
 
 def _order(dimension: str, value: str) -> tuple[int, str]:

@@ -5,6 +5,10 @@ burned-in annotation rule) are :mod:`cxr_model`'s, shared with ``predict``.
 The models come from the registry (``worker.registry``): the active model's score triages
 unless the instance is outside its validated population (``CXR_POPULATION_POLICY``), and
 shadow models score the same batch, stored under their version, never used for priority.
+The population is decided by the header and by the image: the same forward pass that gives
+the score gives the pooled features, whose distance from the model's training distribution
+(``cxr_model.distribution``, shipped as ``ood.json``) puts an image unlike the validated
+population outside whatever its header says; the instance row records which check decided.
 
 Errors are sorted at this boundary: ``TransientError`` (database or storage briefly
 unavailable) is retried by the task; anything about the file itself is permanent and
@@ -307,8 +311,11 @@ class ScoringRuntime:
             )
         for shadow in result.models.shadows:  # stored first: "done" means all are there
             repo.record_shadow_prediction(self.engine, job.instance_id, prediction(shadow, None))
+        distance = result.results[active.entry.version].distance
+        check = active.model.distribution
+        image = check.verdict(distance) if check is not None and distance is not None else None
         assessed = assess_population(
-            ds, active.population, self.population_policy, self.unknown_age
+            ds, active.population, self.population_policy, self.unknown_age, image=image
         )
         pred = prediction(active, png)
         repo.record_prediction(
@@ -316,13 +323,19 @@ class ScoringRuntime:
             job.instance_id,
             pred,
             triage=assessed.triage,
-            population=repo.PopulationNote(assessed.population.value, assessed.reason),
+            population=repo.PopulationNote(
+                assessed.population.value,
+                assessed.reason,
+                check=assessed.check.value,
+                image_distance=distance,
+            ),
         )
         log.info(
-            "scored p=%.3f flagged=%s population=%s triage=%s batch=%d",
+            "scored p=%.3f flagged=%s population=%s (%s) triage=%s batch=%d",
             pred.probability,
             pred.flagged and assessed.triage,
             assessed.population.value,
+            assessed.check.value,
             assessed.triage,
             info.size,
             extra={"sop_instance_uid": job.sop_instance_uid},

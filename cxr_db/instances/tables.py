@@ -95,6 +95,10 @@ class Instance(Base):
     # revision 0006: the active model's population check (cxr_common.population)
     population: Mapped[str | None] = mapped_column(String(16))
     population_reason: Mapped[str | None] = mapped_column(Text)
+    #: revision 0009: which check decided the population (header, image, both) and the
+    #: image's distance from the model's training distribution
+    population_check: Mapped[str | None] = mapped_column(String(8))
+    image_distance: Mapped[float | None] = mapped_column(Float)
     #: sha256 of the received data set (migration 0007; None for older rows).
     content_sha256: Mapped[str | None] = mapped_column(String(64))
 

@@ -243,6 +243,10 @@ class PopulationNote:
 
     population: str
     reason: str
+    #: Which check decided (``cxr_common.population.PopulationCheck``), None: not recorded.
+    check: str | None = None
+    #: The image's distance from the model's training distribution (None: not checked).
+    image_distance: float | None = None
 
 
 def _prediction_upsert(
@@ -308,6 +312,8 @@ def record_prediction(
         instance_values |= {
             "population": population.population,
             "population_reason": population.reason[:2000],
+            "population_check": population.check,
+            "image_distance": population.image_distance,
         }
     with engine.begin() as conn:
         conn.execute(_prediction_upsert(instance_id, pred, triage=triage, model_role="active"))

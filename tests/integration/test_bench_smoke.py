@@ -20,6 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EXPECTED_ROWS = {
     "heatmap_cost": {"mode", "batch", "img_s", "ms_per_batch", "cost_vs_forward"},
+    "distribution_cost": {"mode", "batch", "img_s", "ms_per_image", "cost_vs_before"},
     "worker_efficiency": {"stage", "ms_per_img"},
     "turnaround": {"phase", "n", "p50_s", "p95_s", "max_s"},
     "ingest": {"input", "associations", "copies", "cxr_img_s", "dcmtk_img_s", "ratio"},
@@ -73,4 +74,5 @@ def test_every_benchmark_runs_on_a_tiny_input_and_writes_its_json(
     assert all((r["dcmtk_img_s"] is not None) == dcmtk for r in ingest["rows"])
     goals = json.loads((out / "goals.json").read_text())
     assert {"goal_2_cost_after_fast_cam", "goal_3_ratio", "goal_4_idle_p95_s"} <= goals.keys()
+    assert goals["goal_21_distribution_check_cost"] > 0
     assert "goal_1_ratio_at_4_associations" in goals

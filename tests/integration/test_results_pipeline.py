@@ -30,7 +30,7 @@ from cxr_results import Destination, is_our_uid
 from cxr_triage.send import send_paths
 from dicom_listener.server import ListenerHandle
 from tests.conftest import SAMPLES, Services
-from tests.dicom_factory import chest_like, make_dataset, write
+from tests.dicom_factory import chest_like, kermany_pixels, make_dataset, write
 from tests.integration.conftest import wait_until_final
 from tests.integration.results_peers import (
     DCMTK,
@@ -171,8 +171,9 @@ def _sends(engine: Engine) -> list[tuple[str, int, str, int]]:
 
 def _study_files(tmp_path: Path) -> tuple[list[Path], Dataset, Dataset]:
     """A two-image chest study (made in code) and a CT study that is not eligible."""
-    a = make_dataset(chest_like(seed=1), accession="RES0001")
-    b = make_dataset(chest_like(seed=2), study_uid=a.StudyInstanceUID, accession="RES0001")
+    # real films: a synthetic one is outside by image (shadow) and sends no triage score
+    a = make_dataset(kermany_pixels(1), accession="RES0001")
+    b = make_dataset(kermany_pixels(2), study_uid=a.StudyInstanceUID, accession="RES0001")
     files = [write(a, tmp_path / "a.dcm"), write(b, tmp_path / "b.dcm"), SAMPLES / "ct-small.dcm"]
     return files, a, pydicom.dcmread(SAMPLES / "ct-small.dcm", stop_before_pixels=True)
 
@@ -364,14 +365,14 @@ def test_a_late_instance_supersedes_the_first_result(
             start_worker(batch_size=2, wait_ms=200),
             start_results_worker(f"TEST_PACS@127.0.0.1:{port}"),
         ]
-        first = make_dataset(chest_like(seed=4), accession="LATE0001")
+        first = make_dataset(kermany_pixels(4), accession="LATE0001")
         send_paths(
             [write(first, tmp_path / "1.dcm")], "127.0.0.1", results_listener.port, progress=False
         )
         study = str(first.StudyInstanceUID)
         _wait_results_state(engine, {study}, "results_sent", procs, 1)
         (entry_v1,) = reads.worklist(engine)
-        late = make_dataset(chest_like(seed=5), study_uid=study, accession="LATE0001")
+        late = make_dataset(kermany_pixels(5), study_uid=study, accession="LATE0001")
         send_paths(
             [write(late, tmp_path / "2.dcm")], "127.0.0.1", results_listener.port, progress=False
         )

@@ -1,0 +1,94 @@
+"""Issue 21: the image decides too. An adult chest film with no age in its header (so the
+header check says only ``unknown``, which triages by default) goes through a real listener
+and worker and is stored as a shadow score, outside by image, with the image reason; a
+paediatric film with an age in range stays in scope, checked by both header and image."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import Engine, text
+
+from cxr_common.population import IMAGE_REASON
+from cxr_db.worklist import reads as reads
+from cxr_triage.send import send_paths
+from tests.conftest import SAMPLES
+from tests.integration.conftest import wait_until_final
+
+pytestmark = pytest.mark.integration
+
+Worker = Callable[..., subprocess.Popen[bytes]]
+
+
+def _copy(src: Path, tmp: Path, name: str, *, age: str | None) -> Path:
+    """A sample as its own study; ``age=None`` removes every element an age comes from."""
+    ds = pydicom.dcmread(src)
+    ds.StudyInstanceUID = pydicom.uid.generate_uid()
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.AccessionNumber = name
+    for keyword in ("PatientAge", "PatientBirthDate"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    if age is not None:
+        ds.PatientAge = age
+    path = tmp / f"{name}.dcm"
+    ds.save_as(path)
+    return path
+
+
+def _rows(engine: Engine) -> dict[str, dict[str, object]]:
+    with engine.begin() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT s.accession_number AS acc, p.triage, p.flagged, p.probability, "
+                "i.population, i.population_reason, i.population_check, i.image_distance "
+                "FROM predictions p JOIN instances i ON i.id = p.instance_id "
+                "JOIN studies s ON s.id = i.study_id"
+            )
+        ).mappings()
+        return {str(r["acc"]): dict(r) for r in rows}
+
+
+@pytest.mark.parametrize("policy", ["enforce", "off"])
+def test_an_adult_film_without_age_is_outside_by_image_and_scored_in_shadow(
+    engine: Engine, listener: int, start_worker: Worker, tmp_path: Path, policy: str
+) -> None:
+    # SIIM chest CR of a 62-year-old (Apache-2.0, see cxr_triage/samples/README.md)
+    adult = _copy(SAMPLES / "siim-chest-1.dcm", tmp_path, "ADULT-NO-AGE", age=None)
+    assert "PatientAge" not in pydicom.dcmread(adult, stop_before_pixels=True)
+    child = _copy(SAMPLES / "derived/kermany-normal-1.dcm", tmp_path, "CHILD", age="003Y")
+    report = send_paths([adult, child], "127.0.0.1", listener, progress=False)
+    assert (report.sent, report.failed) == (2, 0)
+    start_worker(batch_size=2, wait_ms=200, extra_env={"CXR_POPULATION_POLICY": policy})
+    wait_until_final(engine, 2)
+
+    rows = _rows(engine)
+    out, inside = rows["ADULT-NO-AGE"], rows["CHILD"]
+    assert out["population"] == "outside"
+    assert out["population_check"] == "image"
+    reason = str(out["population_reason"])
+    assert reason.startswith(IMAGE_REASON)
+    assert "age unknown" in reason
+    assert isinstance(out["image_distance"], float)
+    assert (inside["population"], inside["population_check"]) == ("in_scope", "both")
+    assert isinstance(inside["image_distance"], float)
+    assert inside["image_distance"] < out["image_distance"]
+    assert inside["triage"] is True
+    wl = {e.accession_number: e for e in reads.worklist(engine)}
+    if policy == "enforce":
+        # shadow: stored and shown, never triages (no study score, never flagged)
+        assert (out["triage"], out["flagged"]) == (False, False)
+        assert wl["ADULT-NO-AGE"].score is None
+        assert wl["ADULT-NO-AGE"].shadow_score == pytest.approx(out["probability"])
+    else:
+        # the site turned the check off: the score triages, the reason still warns
+        assert out["triage"] is True
+        assert "CXR_POPULATION_POLICY=off" in reason
+        assert wl["ADULT-NO-AGE"].score == pytest.approx(out["probability"])
+    assert wl["ADULT-NO-AGE"].population == "outside"
+    assert IMAGE_REASON in str(wl["ADULT-NO-AGE"].population_reason)

@@ -1,0 +1,787 @@
+"""Fit and evaluate the image-based distribution check (``cxr-triage ood-fit`` / ``ood-evaluate``).
+
+* :func:`extract` runs the shipped model over images and keeps, per image, the pooled
+  features and the logit of one forward pass (:func:`cxr_model.distribution.capture_pooled`),
+  cached in ``--cache`` (outside the repository) keyed by the model and the image set.
+* :func:`fit_mahalanobis` / :func:`fit_knn` fit the statistics on ``split=train``;
+  :func:`energy` is the logit-only comparison (no statistics).
+* :func:`choose_threshold`: the smallest distance at or below which at least ``pass_share``
+  of the site's in-distribution sample (``site_fold=dev``) lies.
+* :func:`evaluation_sets` builds what the card reports: ``site_fold=check`` (should pass),
+  adult chest films (DICOM, age removed: the check reads no header), images without anatomy
+  (gradients, noise, test patterns) and synthetic shifts of the check images (90 degree
+  rotations, inverted greyscale, heavy text overlays, a photograph of a screen simulated by
+  perspective + moire + gamma). Every random choice comes from ``--seed``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Adult chest radiographs in ``shared/data/dicom`` (headers: 54, 81, 62, 62, 64, 64 years;
+#: four distinct films: ``Fake_MONOHR1`` is the SIIM film with its photometric header
+#: rewritten, so it decodes inverted, and ``RG1_UNCR`` is ``RG1_J2KI`` uncompressed).
+ADULT_CHEST_FILES = (
+    "rsna/009eb222-eabc-4150-8121-d5a6d06b8ebf.dcm",
+    "nih/1.3.6.1.4.1.11129.5.5.110503645592756492463169821050252582267888.dcm",
+    "robustness/siim_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm",
+    "robustness/Fake_MONOHR1.dcm",
+    "robustness/RG1_J2KI.dcm",
+    "robustness/RG1_UNCR.dcm",
+)
+#: The RSNA opacity film is a 6-year-old's (header PatientAge 006Y): a child just outside 1-5.
+CHILD_FILES = ("rsna/00aecb01-a116-45a2-956c-08d2fa55433f.dcm",)
+#: Other radiographs there that are not chest films (eligibility refuses them by header).
+OTHER_FILES = (
+    "robustness/RG3_J2KI.dcm",
+    "robustness/nhsx_sample_abdomen_OT.dcm",
+    "robustness/CT_small.dcm",
+)
+
+
+@dataclass(frozen=True)
+class Features:
+    """Pooled features (N, D) and logits (N,) of one image set, with the images' names."""
+
+    names: tuple[str, ...]
+    features: np.ndarray
+    logits: np.ndarray
+    labels: np.ndarray | None = None
+
+
+def _progress(done: int, total: int, t0: float, label: str) -> None:
+    rate = done / max(time.perf_counter() - t0, 1e-9)
+    width = 30
+    filled = int(width * done / max(total, 1))
+    eta = (total - done) / rate if rate > 0 else math.inf
+    sys.stderr.write(
+        f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+        f"{rate:.1f} img/s, eta {eta:.0f} s"
+    )
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def extract(
+    model: Any,
+    images: Iterable[np.ndarray],
+    total: int,
+    *,
+    batch_size: int = 32,
+    label: str = "features",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features (N, D) and logits (N,) of [0, 1] images, one forward pass each batch
+    (the worker's own :meth:`ScoringModel.score_batch`, without heatmaps)."""
+    import torch
+
+    feats: list[np.ndarray] = []
+    logits: list[float] = []
+    batch: list[torch.Tensor] = []
+    t0 = time.perf_counter()
+
+    def flush() -> None:
+        for r in model.score_batch(torch.stack(batch), with_heatmaps=False):
+            if r.features is None:
+                raise RuntimeError("the model did not expose pooled features")
+            feats.append(r.features)
+            logits.append(r.logit)
+        batch.clear()
+        _progress(len(logits), total, t0, label)
+
+    for pixels in images:
+        batch.append(model.preprocess(pixels))
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    return np.stack(feats).astype(np.float32), np.asarray(logits, dtype=np.float32)
+
+
+def cached_features(
+    model: Any,
+    name: str,
+    names: Sequence[str],
+    images: Callable[[], Iterable[np.ndarray]],
+    cache: Path | None,
+    labels: np.ndarray | None = None,
+) -> Features:
+    """:func:`extract`, cached as ``cache/<name>-<key>.npz`` (key: model sha256 + names)."""
+    digest = hashlib.sha256(model.contract.sha256.encode())
+    for n in names:
+        digest.update(n.encode() + b"\n")
+    path = None
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        path = cache / f"{name}-{digest.hexdigest()[:16]}.npz"
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as npz:
+                return Features(tuple(names), npz["features"], npz["logits"], labels)
+    feats, logits = extract(model, images(), len(names), label=name)
+    if path is not None:
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, features=feats, logits=logits)
+        tmp.replace(path)
+    return Features(tuple(names), feats, logits, labels)
+
+
+# --- Fitting -------------------------------------------------------------------------------
+
+
+def fit_mahalanobis(
+    features: np.ndarray,
+    labels: np.ndarray,
+    components: int = 128,
+    shrinkage: float = 1e-3,
+    normalise: bool = False,
+) -> dict[str, np.ndarray]:
+    """Class means and the shared within-class covariance, kept as its top ``components``
+    principal directions (with their standard deviations) plus the mean variance of the rest
+    (probabilistic PCA); :class:`cxr_model.distribution.DistributionCheck` reads them.
+    ``normalise``: fit (and later measure) on L2-normalised features."""
+    f = np.asarray(features, dtype=np.float64)
+    if normalise:
+        f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    y = np.asarray(labels)
+    classes = sorted({int(c) for c in y})
+    means = np.stack([f[y == c].mean(axis=0) for c in classes])
+    centred = f - means[np.searchsorted(classes, y)]
+    cov = centred.T @ centred / max(len(f) - len(classes), 1)
+    cov += shrinkage * np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0])
+    values, vectors = np.linalg.eigh(cov)
+    order = np.argsort(values)[::-1]
+    values, vectors = values[order], vectors[:, order]
+    k = max(1, min(components, len(values) - 1))
+    return {
+        "means": means.astype(np.float32),
+        "components": vectors[:, :k].astype(np.float32),
+        "scales": np.sqrt(values[:k]).astype(np.float32),
+        "residual_var": np.asarray(values[k:].mean(), dtype=np.float64),
+        "normalise": np.asarray(int(normalise)),
+    }
+
+
+def fit_knn(
+    features: np.ndarray, k: int = 10, bank_size: int | None = None, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """The L2-normalised training features (optionally a seeded subsample) and ``k``."""
+    f = np.asarray(features, dtype=np.float32)
+    if bank_size is not None and bank_size < len(f):
+        idx = np.random.default_rng(seed).choice(len(f), bank_size, replace=False)
+        f = f[np.sort(idx)]
+    bank = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    return {"bank": bank.astype(np.float16), "k": np.asarray(k)}
+
+
+def energy(logits: np.ndarray) -> np.ndarray:
+    """Energy score of the single logit read as two classes (0, z), as a distance: the
+    negative free energy ``logsumexp(0, z)`` is high in distribution, so its negative is
+    the distance."""
+    z = np.asarray(logits, dtype=np.float64)
+    return -np.logaddexp(0.0, z)
+
+
+def choose_threshold(distances: np.ndarray, pass_share: float = 0.99) -> float:
+    """The smallest threshold that lets at least ``pass_share`` of ``distances`` pass
+    (an image passes when its distance is at or below the threshold)."""
+    d = np.sort(np.asarray(distances, dtype=np.float64))
+    if d.size == 0:
+        raise ValueError("no in-distribution distances to choose a threshold from")
+    index = max(0, math.ceil(pass_share * d.size) - 1)
+    return float(d[index])
+
+
+# --- Images for the evaluation ------------------------------------------------------------
+
+
+def no_anatomy_images(seed: int, n_each: int = 8) -> list[tuple[str, np.ndarray]]:
+    """Gradients, noise and test patterns, [0, 1] float32, named by kind."""
+    rng = np.random.default_rng(seed)
+    out: list[tuple[str, np.ndarray]] = []
+    for _i in range(n_each):
+        size = int(rng.choice([64, 224, 512]))
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
+        angle = rng.uniform(0, 2 * math.pi)
+        lin = (np.cos(angle) * xx + np.sin(angle) * yy).astype(np.float32)
+        out.append(("gradient", _unit(lin)))
+        cx, cy = rng.uniform(0.2, 0.8, 2)
+        out.append(("gradient", _unit(-np.hypot(xx - cx, yy - cy))))
+    for _i in range(n_each):
+        size = int(rng.choice([128, 224, 512]))
+        out.append(("noise", rng.uniform(0, 1, (size, size)).astype(np.float32)))
+        g = rng.normal(rng.uniform(0.3, 0.7), rng.uniform(0.05, 0.25), (size, size))
+        out.append(("noise", np.clip(g, 0, 1).astype(np.float32)))
+        blobs = _blur(rng.normal(0, 1, (size, size)), int(rng.integers(2, 12)))
+        out.append(("noise", _unit(blobs)))
+    for _i in range(n_each):
+        size = 256
+        yy, xx = np.mgrid[0:size, 0:size]
+        sq = int(rng.choice([8, 16, 32, 64]))
+        out.append(("test pattern", (((xx // sq) + (yy // sq)) % 2).astype(np.float32)))
+        bars = np.linspace(0, 1, int(rng.integers(5, 12)))
+        rng.shuffle(bars)
+        out.append(("test pattern", bars[(xx * len(bars)) // size].astype(np.float32)))
+        period = int(rng.integers(6, 24))
+        r = np.hypot(xx - size / 2, yy - size / 2)
+        out.append(("test pattern", (0.5 + 0.5 * np.sin(2 * math.pi * r / period)).astype("f4")))
+        grid = np.full((size, size), 0.2, np.float32)
+        step = int(rng.integers(12, 40))
+        grid[::step, :] = 1.0
+        grid[:, ::step] = 1.0
+        out.append(("test pattern", grid))
+    return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    lo, hi = float(x.min()), float(x.max())
+    return ((x - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
+
+
+def _blur(x: np.ndarray, radius: int) -> np.ndarray:
+    from PIL import Image, ImageFilter
+
+    img = Image.fromarray((_unit(x) * 255).astype(np.uint8))
+    blurred = np.asarray(img.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32)
+    return blurred / 255.0
+
+
+SHIFTS = (
+    "rotated 90",
+    "rotated 270",
+    "rotated 180",
+    "inverted greyscale",
+    "heavy text overlay",
+    "photo of a screen",
+)
+
+
+def shift_image(pixels: np.ndarray, shift: str, rng: np.random.Generator) -> np.ndarray:
+    """One synthetic shift of a [0, 1] radiograph (:data:`SHIFTS`)."""
+    x = np.asarray(pixels, dtype=np.float32)
+    if shift == "rotated 90":
+        return np.ascontiguousarray(np.rot90(x, 1))
+    if shift == "rotated 270":
+        return np.ascontiguousarray(np.rot90(x, 3))
+    if shift == "rotated 180":
+        return np.ascontiguousarray(np.rot90(x, 2))
+    if shift == "inverted greyscale":
+        return (1.0 - x).astype(np.float32)
+    if shift == "heavy text overlay":
+        return text_overlay(x, rng)
+    if shift == "photo of a screen":
+        return screen_photo(x, rng)
+    raise ValueError(f"unknown shift {shift!r}; known: {SHIFTS}")
+
+
+_WORDS = (
+    "PORTABLE",
+    "SUPINE",
+    "AP",
+    "L",
+    "R",
+    "ICU BED 12",
+    "STAT",
+    "ERECT",
+    "WARD 4B",
+    "DR SMITH",
+    "kVp 90 mAs 2.5",
+    "ID 0048213",
+    "12/03/2024 14:22",
+    "CHEST",
+    "FOLLOW-UP",
+    "NG TUBE",
+    "LINE TIP",
+    "COMPARE PRIOR",
+)
+
+
+def text_overlay(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Heavy burned-in annotation: blocks of white (or black) text in every corner, a large
+    side marker and a line of text across the middle (upscaled to at least 512 px first)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8))
+    if max(img.size) < 512:
+        scale = 512 / max(img.size)
+        img = img.resize((round(img.width * scale), round(img.height * scale)))
+    w, h = img.size
+    draw = ImageDraw.Draw(img)
+    size = max(12, int(h * rng.uniform(0.045, 0.065)))
+    font = ImageFont.load_default(size=size)
+    ink = 255 if rng.random() < 0.8 else 0
+    for cx, cy in ((0.02, 0.02), (0.6, 0.02), (0.02, 0.72), (0.6, 0.72)):
+        for line in range(4):
+            text = " ".join(rng.choice(_WORDS, size=2))
+            draw.text((cx * w, cy * h + line * size * 1.1), text, fill=ink, font=font)
+    big = ImageFont.load_default(size=int(h * 0.15))
+    draw.text(
+        (w * rng.uniform(0.05, 0.8), h * 0.35), str(rng.choice(["L", "R"])), fill=ink, font=big
+    )
+    draw.text((w * 0.1, h * 0.5), " ".join(rng.choice(_WORDS, size=3)), fill=ink, font=font)
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def screen_photo(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A phone photograph of a monitor showing the film: shown with a display gamma in a
+    dark bezel, photographed at an angle (perspective), with the screen's pixel grid beating
+    against the camera's (moire), a glare gradient, blur and sensor noise."""
+    from PIL import Image, ImageFilter
+
+    size = 512
+    screen = Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8)).resize((400, 400))
+    canvas = Image.new("L", (size, size), int(rng.integers(10, 40)))
+    canvas.paste(screen, (56, 56))
+    # perspective: the screen's corners land at four random points inside the photo
+    m = rng.uniform(0.02, 0.16, 8) * size
+    quad = [(m[0], m[1]), (size - m[2], m[3]), (size - m[4], size - m[5]), (m[6], size - m[7])]
+    full = [(0.0, 0.0), (float(size), 0.0), (float(size), float(size)), (0.0, float(size))]
+    coeffs = _perspective_coeffs(quad, full)
+    warped = canvas.transform((size, size), Image.Transform.PERSPECTIVE, coeffs, fill=20)
+    x = np.asarray(warped, dtype=np.float32) / 255.0
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    # moire: the screen's pixel grid times the camera's, two gratings of nearly equal
+    # frequency and angle; their product beats at the difference (broad visible fringes)
+    f1, a1 = rng.uniform(0.3, 0.45), rng.uniform(0, math.pi)
+    f2, a2 = f1 * rng.uniform(0.93, 0.98), a1 + rng.uniform(-0.06, 0.06)
+    g1 = np.sin(2 * math.pi * f1 * (np.cos(a1) * xx + np.sin(a1) * yy))
+    g2 = np.sin(2 * math.pi * f2 * (np.cos(a2) * xx + np.sin(a2) * yy))
+    x = np.clip(x * (1.0 + rng.uniform(0.3, 0.5) * g1 * g2), 0, 1)
+    gamma = rng.uniform(0.45, 0.7) if rng.random() < 0.5 else rng.uniform(1.5, 2.2)
+    x = x**gamma
+    glare = rng.uniform(0.05, 0.2) * np.exp(
+        -((xx - rng.uniform(0, size)) ** 2 + (yy - rng.uniform(0, size)) ** 2)
+        / (2 * (size / 3) ** 2)
+    )
+    x = np.clip(x + glare + rng.normal(0, 0.02, x.shape), 0, 1)
+    img = Image.fromarray((x * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.8))
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def _perspective_coeffs(
+    dst: Sequence[tuple[float, float]], src: Sequence[tuple[float, float]]
+) -> tuple[float, ...]:
+    """PIL PERSPECTIVE coefficients mapping output points ``dst`` to input points ``src``."""
+    rows = []
+    rhs = []
+    for (x, y), (u, v) in zip(dst, src, strict=True):
+        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+        rhs += [u, v]
+    sol = np.linalg.solve(np.asarray(rows, dtype=np.float64), np.asarray(rhs, dtype=np.float64))
+    return tuple(float(c) for c in sol)
+
+
+# --- Evaluation ---------------------------------------------------------------------------
+
+#: The candidate checks compared in the card: (name, method, parameters).
+CANDIDATES: tuple[tuple[str, str, dict[str, int]], ...] = (
+    ("Mahalanobis, raw, 64 comp.", "mahalanobis", {"components": 64, "normalise": 0}),
+    ("Mahalanobis, raw, full cov.", "mahalanobis", {"components": 1279, "normalise": 0}),
+    ("Mahalanobis, L2-norm., 32 comp.", "mahalanobis", {"components": 32, "normalise": 1}),
+    ("Mahalanobis, L2-norm., 64 comp.", "mahalanobis", {"components": 64, "normalise": 1}),
+    ("Mahalanobis, L2-norm., 128 comp.", "mahalanobis", {"components": 128, "normalise": 1}),
+    ("kNN, k=1", "knn", {"k": 1}),
+    ("kNN, k=10", "knn", {"k": 10}),
+    ("kNN, k=50", "knn", {"k": 50}),
+    ("energy (logit only)", "energy", {}),
+)
+
+
+@dataclass
+class ImageSets:
+    """Every image set the evaluation reads, as features."""
+
+    train: Features
+    dev: Features
+    sets: dict[str, Features]  # name -> features; names say what the set is and its role
+
+
+def _load_kermany(
+    model: Any,
+    data: Path,
+    flt: str,
+    name: str,
+    cache: Path | None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> Features:
+    from training.data import decode_pixels, load_samples
+
+    samples = load_samples(data, flt)
+    if limit is not None and limit < len(samples):
+        keep = np.random.default_rng(seed).choice(len(samples), limit, replace=False)
+        samples = [samples[i] for i in sorted(keep)]
+    names = [str(s.path) for s in samples]
+    labels = np.asarray([s.label for s in samples])
+    return cached_features(
+        model, name, names, lambda: (decode_pixels(s.path) for s in samples), cache, labels
+    )
+
+
+def _shifted(
+    model: Any,
+    data: Path,
+    flt: str,
+    shift: str,
+    seed: int,
+    name: str,
+    cache: Path | None,
+    limit: int | None = None,
+) -> Features:
+    from training.data import decode_pixels, load_samples
+
+    samples = load_samples(data, flt)
+    if limit is not None and limit < len(samples):
+        keep = np.random.default_rng(seed).choice(len(samples), limit, replace=False)
+        samples = [samples[i] for i in sorted(keep)]
+    names = [f"{shift}|{seed}|{s.path}" for s in samples]
+
+    def images() -> Iterable[np.ndarray]:
+        rng = np.random.default_rng([seed, SHIFTS.index(shift)])
+        for s in samples:
+            yield shift_image(decode_pixels(s.path), shift, rng)
+
+    return cached_features(model, name, names, images, cache)
+
+
+def _synthetic(model: Any, seed: int, kind: str, name: str, cache: Path | None) -> Features:
+    images = [img for k, img in no_anatomy_images(seed) if k == kind]
+    names = [f"{kind}|{seed}|{i}" for i in range(len(images))]
+    return cached_features(model, name, names, lambda: iter(images), cache)
+
+
+def _files(model: Any, root: Path, files: Sequence[str], name: str, cache: Path | None) -> Features:
+    from cxr_imaging import load_image
+
+    present = [f for f in files if (root / f).is_file()]
+    return cached_features(
+        model,
+        name,
+        present,
+        lambda: (np.asarray(load_image(root / f).pixels, np.float32) for f in present),
+        cache,
+    )
+
+
+def load_image_sets(
+    model: Any,
+    data: Path,
+    dicom_dir: Path | None,
+    seed: int,
+    cache: Path | None,
+    train_filter: str = "split=train",
+    train_limit: int | None = None,
+) -> ImageSets:
+    """Features of every set (cached): train, dev, and the named evaluation sets.
+
+    Sets whose name starts with ``select:`` are built from dev images (50 per shift) and
+    another seed and are the ones the method is chosen on; ``report:`` sets are the card's
+    table."""
+    dev = _load_kermany(model, data, "split=test,site_fold=dev", "dev", cache)
+    sets: dict[str, Features] = {}
+    sets["report:check (in distribution)"] = _load_kermany(
+        model, data, "split=test,site_fold=check", "check", cache
+    )
+    if dicom_dir is not None:
+        sets["report:adult chest films"] = _files(
+            model, dicom_dir, ADULT_CHEST_FILES, "adult", cache
+        )
+        sets["report:RSNA opacity film of a 6-year-old"] = _files(
+            model, dicom_dir, CHILD_FILES, "child6", cache
+        )
+        sets["report:other radiographs (not chest)"] = _files(
+            model, dicom_dir, OTHER_FILES, "other", cache
+        )
+    for kind in ("gradient", "noise", "test pattern"):
+        sets[f"report:{kind}"] = _synthetic(model, seed, kind, kind.replace(" ", "-"), cache)
+        sets[f"select:{kind}"] = _synthetic(
+            model, seed + 1, kind, "sel-" + kind.replace(" ", "-"), cache
+        )
+    for shift in SHIFTS:
+        slug = shift.replace(" ", "-")
+        sets[f"report:check, {shift}"] = _shifted(
+            model, data, "split=test,site_fold=check", shift, seed, f"check-{slug}", cache
+        )
+        sets[f"select:dev, {shift}"] = _shifted(
+            model, data, "split=test,site_fold=dev", shift, seed + 1, f"dev-{slug}", cache, 50
+        )
+    train = _load_kermany(model, data, train_filter, "train", cache, train_limit, seed)
+    return ImageSets(train, dev, sets)
+
+
+def fit_candidate(method: str, params: dict[str, int], train: Features) -> dict[str, np.ndarray]:
+    if method == "mahalanobis":
+        if train.labels is None:
+            raise ValueError("mahalanobis needs the training labels")
+        return fit_mahalanobis(
+            train.features,
+            train.labels,
+            params.get("components", 64),
+            normalise=bool(params.get("normalise", 1)),
+        )
+    if method == "knn":
+        return fit_knn(train.features, params.get("k", 10))
+    return {}
+
+
+def candidate_distances(method: str, arrays: dict[str, np.ndarray], feats: Features) -> np.ndarray:
+    from cxr_model.distribution import DistributionCheck
+
+    if method == "energy":
+        return energy(feats.logits)
+    check = DistributionCheck(method, "", "", math.inf, arrays)
+    return check.distances(feats.features)
+
+
+def compare(images: ImageSets, pass_share: float = 0.99) -> list[dict[str, Any]]:
+    """Every candidate: threshold on dev, then share passing (in distribution) or caught
+    (every other set) per set."""
+    rows: list[dict[str, Any]] = []
+    for name, method, params in CANDIDATES:
+        arrays = fit_candidate(method, params, images.train)
+        dev_d = candidate_distances(method, arrays, images.dev)
+        threshold = choose_threshold(dev_d, pass_share)
+        row: dict[str, Any] = {
+            "name": name,
+            "method": method,
+            "params": params,
+            "threshold": threshold,
+            "dev_pass": float(np.mean(dev_d <= threshold)),
+            "sets": {},
+        }
+        for set_name, feats in images.sets.items():
+            d = candidate_distances(method, arrays, feats)
+            in_dist = "in distribution" in set_name
+            share = float(np.mean(d <= threshold)) if in_dist else float(np.mean(d > threshold))
+            row["sets"][set_name] = {"n": len(d), "share": share, "passing": in_dist}
+        selection = [v["share"] for k, v in row["sets"].items() if k.startswith("select:")]
+        row["selection_min_caught"] = min(selection) if selection else None
+        rows.append(row)
+    return rows
+
+
+def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The candidate with the highest worst-case share caught over the ``select:`` sets
+    (dev images, another seed); ties go to the earlier (smaller) candidate."""
+    shipped = [r for r in rows if r["method"] != "energy"]
+    return max(shipped, key=lambda r: (round(r["selection_min_caught"], 3), -rows.index(r)))
+
+
+def markdown_table(rows: list[dict[str, Any]], prefix: str = "report:") -> str:
+    """Share passing (check) or caught (every other set) per candidate and set."""
+    names = [k for k in rows[0]["sets"] if k.startswith(prefix)]
+    head = "| set | n | " + " | ".join(r["name"] for r in rows) + " |"
+    lines = [head, "|---|---|" + "---|" * len(rows)]
+    for k in names:
+        n = rows[0]["sets"][k]["n"]
+        verb = "passing" if rows[0]["sets"][k]["passing"] else "caught"
+        cells = [f"{100 * r['sets'][k]['share']:.1f} %" for r in rows]
+        lines.append(f"| {k.removeprefix(prefix)} ({verb}) | {n} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| threshold (dev: >= 99 % pass) | | "
+        + " | ".join(f"{r['threshold']:.4g}" for r in rows)
+        + " |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+# --- Commands -----------------------------------------------------------------------------
+
+
+def fit(
+    model: Any,
+    data: Path,
+    out: Path,
+    *,
+    method: str = "mahalanobis",
+    params: dict[str, int] | None = None,
+    pass_share: float = 0.99,
+    cache: Path | None = None,
+    seed: int = 20261206,
+    train_limit: int | None = None,
+    command: str = "",
+) -> Path:
+    """Fit ``method`` on ``split=train``, choose its threshold on ``site_fold=dev`` and write
+    ``ood.json`` + ``ood.npz`` into ``out`` (the model's weights folder)."""
+    from cxr_model.distribution import DistributionCheck
+
+    params = dict(params or {})
+    dev = _load_kermany(model, data, "split=test,site_fold=dev", "dev", cache)
+    train = _load_kermany(model, data, "split=train", "train", cache, train_limit, seed)
+    arrays = fit_candidate(method, params, train)
+    dev_d = candidate_distances(method, arrays, dev)
+    threshold = choose_threshold(dev_d, pass_share)
+    check = DistributionCheck(
+        method=method,
+        model_sha256=model.contract.sha256,
+        model_version=model.contract.version,
+        threshold=threshold,
+        arrays=arrays,
+        fitted_on={
+            "data": str(data),
+            "fit_filter": "split=train",
+            "n_fit": len(train.names),
+            "train_limit": train_limit,
+            "seed": seed,
+            "threshold_filter": "split=test,site_fold=dev",
+            "n_threshold": len(dev.names),
+            "features": "pooled features of the final linear layer's input "
+            f"({train.features.shape[1]} numbers), same forward pass as the score",
+            "params": params,
+            "command": command,
+        },
+        threshold_rule=f"smallest distance with >= {pass_share:.0%} of site_fold=dev at or below",
+        extra={"dev_pass": float(np.mean(dev_d <= threshold))},
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    return check.save(out)
+
+
+def evaluate_all(
+    model: Any,
+    data: Path,
+    dicom_dir: Path | None,
+    *,
+    pass_share: float = 0.99,
+    cache: Path | None = None,
+    seed: int = 20261206,
+    train_limit: int | None = None,
+) -> dict[str, Any]:
+    """Compare :data:`CANDIDATES` on every set; the record the card's table comes from."""
+    images = load_image_sets(model, data, dicom_dir, seed, cache, train_limit=train_limit)
+    rows = compare(images, pass_share)
+    chosen = choose(rows)
+    return {
+        "model_version": model.contract.version,
+        "model_sha256": model.contract.sha256,
+        "n_train": len(images.train.names),
+        "n_dev": len(images.dev.names),
+        "seed": seed,
+        "pass_share": pass_share,
+        "candidates": rows,
+        "chosen": chosen["name"],
+        "selection_rule": "highest worst-case share caught over the select: sets (50 dev "
+        "images per synthetic shift and no-anatomy images, seed + 1); never the report sets",
+        "report_table": markdown_table(rows),
+        "selection_table": markdown_table(rows, "select:"),
+    }
+
+
+def main_fit(args: Any) -> int:
+    import json
+    import shlex
+
+    from cxr_model import WEIGHTS_DIR, load_model
+
+    model = load_model(args.model or WEIGHTS_DIR, args.device)
+    params = (
+        {"components": args.components, "normalise": int(not args.raw)}
+        if args.method == "mahalanobis"
+        else {"k": args.k}
+    )
+    path = fit(
+        model,
+        args.data,
+        args.out or args.model or WEIGHTS_DIR,
+        method=args.method,
+        params=params,
+        pass_share=args.pass_share,
+        cache=args.cache,
+        seed=args.seed,
+        train_limit=args.train_limit,
+        command=shlex.join(["cxr-triage", *sys.argv[1:]]),
+    )
+    print(json.dumps({"written": str(path), **json.loads(path.read_text())}, indent=2))
+    return 0
+
+
+def main_evaluate(args: Any) -> int:
+    import json
+
+    from cxr_model import WEIGHTS_DIR, load_model
+
+    model = load_model(args.model or WEIGHTS_DIR, args.device)
+    record = evaluate_all(
+        model,
+        args.data,
+        args.dicom_dir,
+        pass_share=args.pass_share,
+        cache=args.cache,
+        seed=args.seed,
+        train_limit=args.train_limit,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ood_evaluation.json").write_text(json.dumps(record, indent=2) + "\n")
+    (args.out / "ood_evaluation.md").write_text(
+        f"Chosen: {record['chosen']}\n\n" + record["report_table"]
+    )
+    print(record["report_table"])
+    print(f"chosen: {record['chosen']} ({record['selection_rule']})")
+    return 0
+
+
+def register(subparsers: Any, fmt: Any, disclaimer: str) -> None:
+    """``ood-fit`` and ``ood-evaluate`` (called from :func:`training.cli.register`)."""
+
+    def common(p: Any) -> None:
+        p.add_argument("--data", type=Path, required=True, help="Kermany labels.csv")
+        p.add_argument("--model", type=Path, default=None, help="weights folder (default: shipped)")
+        p.add_argument("--pass-share", type=float, default=0.99, help="dev share that must pass")
+        p.add_argument("--seed", type=int, default=20261206, help="every random choice")
+        p.add_argument(
+            "--train-limit", type=int, default=None, help="fit on a seeded subsample of train"
+        )
+        p.add_argument(
+            "--cache",
+            type=Path,
+            default=Path("/tmp/cxr-ood-cache"),
+            help="feature cache folder (outside the repository)",
+        )
+        p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if present)")
+
+    p = subparsers.add_parser(
+        "ood-fit",
+        formatter_class=fmt,
+        help="fit the image-based distribution check (ood.json next to the weights)",
+        description="Fit the distance from the training distribution on the model's pooled "
+        "features of split=train, choose its threshold so that --pass-share of "
+        f"split=test,site_fold=dev passes, and write OUT/ood.json + ood.npz. {disclaimer}",
+    )
+    common(p)
+    p.add_argument("--method", choices=["mahalanobis", "knn"], default="mahalanobis")
+    p.add_argument("--components", type=int, default=64, help="mahalanobis: PCA components")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="mahalanobis: raw features (default: L2-normalised, as compared in the card)",
+    )
+    p.add_argument("--k", type=int, default=10, help="knn: which neighbour")
+    p.add_argument("--out", type=Path, default=None, help="folder (default: the model's)")
+    p.set_defaults(func=main_fit)
+
+    p = subparsers.add_parser(
+        "ood-evaluate",
+        formatter_class=fmt,
+        help="compare distribution checks on check images, adult films, shifts",
+        description="Compare Mahalanobis, kNN and energy on site_fold=check (share passing), "
+        "adult chest films, images without anatomy and synthetic shifts of check images "
+        "(share caught); writes OUT/ood_evaluation.json and .md (the card's table). "
+        f"{disclaimer}",
+    )
+    common(p)
+    p.add_argument("--dicom-dir", type=Path, default=None, help="shared/data/dicom folder")
+    p.add_argument("--out", type=Path, default=Path("ood-evaluation"), help="output folder")
+    p.set_defaults(func=main_evaluate)
