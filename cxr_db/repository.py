@@ -29,7 +29,8 @@ from cxr_db.statuses import FINAL_STATUSES, PENDING_STATUSES, InstanceStatus
 
 @dataclass(frozen=True)
 class InstanceRecord:
-    """What the listener knows about a stored instance (no patient data)."""
+    """What the listener knows about a stored instance (patient data only in
+    ``patient_context``)."""
 
     study_instance_uid: str
     sop_instance_uid: str
@@ -46,6 +47,9 @@ class InstanceRecord:
     #: sha256 of the received data set (see ``dicom_listener.handlers.content_sha256``);
     #: None for rows recorded before it was kept.
     content_sha256: str | None = None
+    #: The patient context the study page shows (``cxr_ingest.header.patient_context``):
+    #: patient data, kept on the row for the signed-in page only; never logged.
+    patient_context: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,7 @@ def _insert_instance(conn: Connection, rec: InstanceRecord) -> RecordResult:
             size_bytes=rec.size_bytes,
             status=InstanceStatus.RECEIVED,
             content_sha256=rec.content_sha256,
+            patient_context=rec.patient_context,
         )
         .on_conflict_do_nothing(index_elements=[Instance.sop_instance_uid])
         .returning(Instance.id)

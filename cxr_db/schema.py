@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -22,6 +22,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from cxr_db.result_states import (
@@ -107,6 +108,9 @@ class Instance(Base):
     population_reason: Mapped[str | None] = mapped_column(Text)
     #: sha256 of the received data set (migration 0007; None for older rows).
     content_sha256: Mapped[str | None] = mapped_column(String(64))
+    #: The patient context the study page shows, from the header read at ingest
+    #: (migration 0008; None for older rows): ``cxr_ingest.header.patient_context``.
+    patient_context: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
 class Prediction(Base):

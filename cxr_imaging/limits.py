@@ -695,8 +695,14 @@ def check_uncompressed_length(ds_header: Dataset, pixel_data_length: int | None)
 # Listener and worker entry points
 
 
-def check_instance(source: Source, limits: DecodeLimits) -> Header:
+def check_instance(
+    source: Source, limits: DecodeLimits, *, exempt: Callable[[Dataset], bool] | None = None
+) -> Header:
     """Every pre-decode check, in order, with bounded memory; returns the header.
+
+    ``exempt`` (the listener's own result objects coming back) is called with the header
+    before step 2; when it returns True the checks of steps 2 to 4 are skipped (the
+    header is still read within the limits of step 1). It must not raise.
 
     1. :func:`read_header` (Deflated: header only, at most ``max_header_bytes``);
     2. :func:`check_declared_size`, before any further inflating;
@@ -708,12 +714,19 @@ def check_instance(source: Source, limits: DecodeLimits) -> Header:
     that is not DICOM Part 10.
     """
 
+    skipped: list[bool] = []
+
     def declared(ds: Dataset, has_pixel_data: bool) -> None:
+        if exempt is not None and exempt(ds):
+            skipped.append(True)
+            return
         if not has_pixel_data:
             check_uncompressed_length(ds, None)
         check_declared_size(ds, limits)
 
     header = _read_header(source, limits, declared)
+    if skipped:
+        return header
     present = header.pixel_data.present_length if header.pixel_data is not None else None
     check_uncompressed_length(header.dataset, present)
     return header
