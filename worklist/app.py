@@ -427,7 +427,7 @@ def create_app(engine: Engine, config: WebConfig | None = None) -> FastAPI:
             burned_in = None
             if inst.storage_uri:
                 try:
-                    ctx = patient_context(inst.storage_uri)
+                    ctx = patient_context(inst.storage_uri, engine, inst.sop_instance_uid)
                     burned_in = ctx.burned_in_annotation
                     if patient is None:
                         patient = ctx
