@@ -44,7 +44,7 @@ class InstanceRecord:
     calling_ae_title: str | None
     storage_uri: str
     size_bytes: int
-    #: sha256 of the received data set (see ``dicom_listener.handlers.content_sha256``);
+    #: sha256 of the received data set (see ``cxr_ingest.content.content_sha256``);
     #: None for rows recorded before it was kept.
     content_sha256: str | None = None
     #: The patient context the study page shows (``cxr_ingest.header.patient_context``):

@@ -51,14 +51,13 @@ transfer is not that: the modality's copy is fine and a resend of it succeeds.
 for a bomb means forever. Any failure (not success, not a warning) leaves the instance
 unsent in the modality's queue, so it is resent or shown to its operator (defect 7).
 
-Wiring (as of main 12c9391)
----------------------------
-``dicom_listener/handlers.py`` ``_read_header``::
+Wiring
+------
+``cxr_ingest/header.py`` ``read_received`` (the one parse of a received file)::
 
-    try:
-        header = check_instance(path, limits)      # replaces dcmread(path, stop_before_...)
-    except InputRefusedError as exc:               # before the generic except (0xC210)
-        raise _Refused(<StoreStatus member = exc.store_status>, exc.reason) from exc
+    header = check_instance(path, limits, exempt=is_our_own_object)
+    # InputRefusedError -> a RefusalCode by exc.store_status (cxr_ingest.core._read);
+    # the C-STORE handler answers its status with exc.error_comment
     ds = header.dataset                            # everything before Pixel Data + file_meta
 
 ``worker/pipeline.py`` ``ScoringRuntime._score``::
