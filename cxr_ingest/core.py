@@ -259,8 +259,13 @@ def _read(rules: Ingest, staged: Path, source: Source) -> ReceivedHeader:
     )
 
     def exempt(ds: Dataset) -> bool:
-        # our own object, or a class only received for that check: no limit applies
-        return outside or _is_own_dataset(rules, ds, source)
+        # our own object, or a class we do not store (announced, or the header's when
+        # nothing was announced): no limit applies, the class decides
+        return (
+            outside
+            or _is_own_dataset(rules, ds, source)
+            or (source.announced_sop_class_uid is None and _unstored_class(rules, ds) is not None)
+        )
 
     try:
         return read_received(staged, rules.limits, exempt)
@@ -275,6 +280,15 @@ def _read(rules: Ingest, staged: Path, source: Source) -> ReceivedHeader:
             f"data set cannot be decoded ({type(exc).__name__})",
             _UNDECODABLE_COMMENT,
         )
+
+
+def _unstored_class(rules: Ingest, ds: Dataset) -> str | None:
+    """The header's SOP Class UID when it is present and not one we store."""
+    try:
+        raw = ds.get("SOPClassUID")
+    except Exception:  # noqa: BLE001 - a corrupt element: the UID checks answer for it
+        return None
+    return None if raw is None or str(raw) in rules.stored_sop_classes else str(raw)
 
 
 def _is_own_dataset(rules: Ingest, ds: Dataset, source: Source) -> bool:
@@ -366,7 +380,8 @@ def _ingest_staged(
     if header.exempt:
         if _is_own_dataset(rules, header.dataset, source):
             return _own_object(source.announced_sop_instance_uid, source.announced_sop_class_uid)
-        _refuse_class(str(source.announced_sop_class_uid), source.announced_sop_instance_uid)
+        unstored = source.announced_sop_class_uid or _unstored_class(rules, header.dataset)
+        _refuse_class(str(unstored), source.announced_sop_instance_uid)
     record = _record(rules, header, staged, digest, source)
     checked = _place_and_record(rules, record, staged)
     if checked.match is repo.ContentMatch.UNKNOWN:

@@ -143,6 +143,18 @@ def test_an_sr_that_is_not_ours_is_refused_as_a_class_we_do_not_store(
     assert _refusal(_run(rules, path, _dicom(path))) is RefusalCode.SOP_CLASS_NOT_STORED
 
 
+def test_an_sr_that_is_not_ours_sent_without_an_announcement_is_refused_by_its_class(
+    tmp_path: Path, unreachable_engine: Engine
+) -> None:
+    rules = _rules(tmp_path, unreachable_engine)
+    ds = make_dataset(sop_class=ComprehensiveSRStorage, modality="SR")
+    del ds.PixelData  # no limit check runs on a class we do not store
+    path = write(ds, tmp_path / "sr.dcm")
+    outcome = ingest(rules, Received(data=path.read_bytes()), Source(Transport.STOW, "client"))
+    assert _refusal(outcome) is RefusalCode.SOP_CLASS_NOT_STORED
+    assert outcome.reason == f"SOP class {ComprehensiveSRStorage} not stored"
+
+
 def test_our_own_object_is_acknowledged_by_its_announced_uid_without_a_read(
     tmp_path: Path, unreachable_engine: Engine
 ) -> None:
