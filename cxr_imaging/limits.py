@@ -52,14 +52,13 @@ transfer is not that: the modality's copy is fine and a resend of it succeeds.
 for a bomb means forever. Any failure (not success, not a warning) leaves the instance
 unsent in the modality's queue, so it is resent or shown to its operator (defect 7).
 
-Wiring (as of main 12c9391)
----------------------------
-``dicom_listener/handlers.py`` ``_read_header``::
+Wiring
+------
+``cxr_ingest/header.py`` ``read_received`` (the one parse of a received file)::
 
-    try:
-        header = check_instance(path, limits)      # replaces dcmread(path, stop_before_...)
-    except InputRefusedError as exc:               # before the generic except (0xC210)
-        raise _Refused(<StoreStatus member = exc.store_status>, exc.reason) from exc
+    header = check_instance(path, limits, exempt=is_our_own_object)
+    # InputRefusedError -> a RefusalCode by exc.store_status (cxr_ingest.core._read);
+    # the C-STORE handler answers its status with exc.error_comment
     ds = header.dataset                            # everything before Pixel Data + file_meta
 
 ``worker/pipeline.py`` ``ScoringRuntime._score``::
@@ -645,8 +644,14 @@ def check_uncompressed_length(ds_header: Dataset, pixel_data_length: int | None)
 # Listener and worker entry points
 
 
-def check_instance(source: Source, limits: DecodeLimits) -> Header:
+def check_instance(
+    source: Source, limits: DecodeLimits, *, exempt: Callable[[Dataset], bool] | None = None
+) -> Header:
     """Every pre-decode check, in order, with bounded memory; returns the header.
+
+    ``exempt`` (the listener's own result objects coming back) is called with the header
+    before step 2; when it returns True the checks of steps 2 to 4 are skipped (the
+    header is still read within the limits of step 1). It must not raise.
 
     1. :func:`read_header` (Deflated: header only, at most ``max_header_bytes``);
     2. :func:`check_declared_size`, before any further inflating;
@@ -658,12 +663,19 @@ def check_instance(source: Source, limits: DecodeLimits) -> Header:
     that is not DICOM Part 10.
     """
 
+    skipped: list[bool] = []
+
     def declared(ds: Dataset, has_pixel_data: bool) -> None:
+        if exempt is not None and exempt(ds):
+            skipped.append(True)
+            return
         if not has_pixel_data:
             check_uncompressed_length(ds, None)
         check_declared_size(ds, limits)
 
     header = _read_header(source, limits, declared)
+    if skipped:
+        return header
     present = header.pixel_data.present_length if header.pixel_data is not None else None
     check_uncompressed_length(header.dataset, present)
     return header

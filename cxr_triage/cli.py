@@ -109,7 +109,7 @@ def _cmd_listen(args: argparse.Namespace, settings: ListenerSettings) -> int:
 
     if args.processes is not None:
         settings = settings.with_overrides(listener_processes=args.processes)
-    if settings.listener_processes > 1:
+    if settings.resolved_listener_processes > 1:
         return _run_with_services(settings, _supervise_listeners)
     return _run_with_services(settings, run_listener)
 
@@ -121,7 +121,7 @@ def _supervise_listeners(settings: ListenerSettings) -> int:
     at start (then the others are stopped too)."""
     from cxr_triage.processes import cxr_triage_command, settings_env, supervise
 
-    count = settings.listener_processes
+    count = settings.resolved_listener_processes
     base = dict(os.environ)
     base.update(settings_env(settings, type(settings).model_fields))
     base["CXR_LISTENER_PROCESSES"] = "1"
@@ -472,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="listener processes sharing the DICOM port (overrides CXR_LISTENER_PROCESSES, "
-        "default 1; see 'listen --processes')",
+        "default one per CPU core, at most 8; see 'listen --processes')",
     )
     p.add_argument("--no-web", action="store_true", help="do not start the web worklist")
     p.set_defaults(func=_cmd_up, settings_class=SupervisorSettings)
@@ -506,8 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="listener processes sharing the port (SO_REUSEPORT, Linux; overrides "
-        "CXR_LISTENER_PROCESSES, default 1). Each child is restarted when it dies; the "
-        "association and per-peer limits apply per process; needs a fixed CXR_DICOM_PORT",
+        "CXR_LISTENER_PROCESSES, default one per CPU core, at most 8). Each child is "
+        "restarted when it dies; the association and per-peer limits apply per process; "
+        "needs a fixed CXR_DICOM_PORT",
     )
     p.set_defaults(func=_cmd_listen, settings_class=ListenerSettings)
 

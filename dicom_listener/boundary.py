@@ -24,8 +24,10 @@ called AE title and leaves the temp files of aborted transfers in the system tem
   local accept in Sta13 (awaiting close) and its DUL thread dies (found by the fuzz).
   Our own late primitives are dropped in Sta13 instead, as PS3.8 9.2 intends.
 * :func:`spool_to_staging` makes pynetdicom write received data sets into the storage's
-  staging folder (never the system temp folder); :class:`ReceiveSpool` removes the file
-  of a transfer that was cut off when its connection closes.
+  staging folder (never the system temp folder), hashed as they are written
+  (:class:`cxr_ingest.ContentHasher`: :func:`received_digest` gives the C-STORE handler
+  the content hash, so ingest never reads the file to hash it); :class:`ReceiveSpool`
+  removes the file of a transfer that was cut off when its connection closes.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.fsm import TRANSITION_TABLE, InvalidEventError, StateMachine
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+from cxr_ingest import ContentDigest, ContentHasher
 
 logger = logging.getLogger(__name__)
 
@@ -278,6 +282,43 @@ def tls_context(
 # Where received data sets are spooled
 
 
+class HashingFile:
+    """A receive file that hashes what is written to it (:class:`ContentHasher`).
+
+    pynetdicom writes the preamble, the File Meta and then each P-DATA fragment with
+    ``write`` and flushes ``file``; everything else is the wrapped temp file's."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+        self._hasher = ContentHasher()
+        self.name = handle.name
+
+    def write(self, data: bytes) -> int:
+        written = self._handle.write(data)
+        self._hasher.update(data)
+        return written
+
+    def digest(self) -> ContentDigest | None:
+        return self._hasher.digest()
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+
+#: Receive files being written or handled, by path: :func:`received_digest`.
+_HASHING: weakref.WeakValueDictionary[str, HashingFile] = weakref.WeakValueDictionary()
+
+
+def received_digest(path: Path) -> ContentDigest | None:
+    """The content hash of a receive file this process wrote (None: not ours, or not
+    hashable while written: ingest then reads it once to hash it)."""
+    handle = _HASHING.get(str(path))
+    return handle.digest() if handle is not None else None
+
+
 @dataclass
 class ReceiveSpool:
     """Receive files of one server: in the folder ``staging_dir()`` returns (the
@@ -301,10 +342,12 @@ class ReceiveSpool:
             # Storage unavailable: the handler answers 0xA701; the file goes where it can
             # and is still removed when the connection closes.
             handle = _ORIGINAL_TEMPFILE(prefix=RECEIVE_PREFIX, **kwargs)
+        hashing = HashingFile(handle)
+        _HASHING[str(hashing.name)] = hashing
         if assoc is not None:
             with self._lock:
-                self._open.setdefault(assoc, []).append(handle)
-        return handle
+                self._open.setdefault(assoc, []).append(hashing)  # type: ignore[arg-type]
+        return hashing  # type: ignore[return-value]
 
     def _remove(self, assoc: Association, handles: list[IO[bytes]]) -> None:
         removed = 0

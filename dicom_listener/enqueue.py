@@ -1,19 +1,8 @@
-"""Enqueue the scoring job of a committed instance: the handler's and the reconciler's way."""
+"""Enqueue the scoring job of a committed instance (the reconciler's import; the rule
+lives in :mod:`cxr_ingest.enqueue`)."""
 
 from __future__ import annotations
 
-from celery import Celery
-from sqlalchemy import Engine
+from cxr_ingest.enqueue import enqueue_instance
 
-from cxr_db.instances import writes as repo
-from cxr_queue import ScoreJob, enqueue_score
-
-
-def enqueue_instance(engine: Engine, celery_app: Celery, queue_name: str, job: ScoreJob) -> None:
-    """Publish ``job`` (after the instance's row is committed), then mark the row queued.
-
-    Raises whatever the broker or the database raises: the caller decides whether the
-    reconciler picks it up later (the handler) or the pass stops here (the reconciler).
-    A job published twice is harmless: the worker's writes are idempotent."""
-    enqueue_score(celery_app, job, queue_name)
-    repo.mark_enqueued(engine, job.instance_id)
+__all__ = ["enqueue_instance"]

@@ -1,13 +1,13 @@
-"""What the study page shows from the stored DICOM files: the patient context (read from
-the header on each view, never stored in the database or logged) and the plain radiograph
-as a downscaled PNG.
+"""What the study page shows from a stored instance: the patient context and the plain
+radiograph as a downscaled PNG.
 
-Why from the stored file and not from new database columns: the database, its backups
-and every export (audit, answers, worklist JSON) stay free of patient names and IDs; the
-listener needs no change; and instances received before this feature have their context
-too. The cost is one bounded header read per study view (``cxr_imaging.limits``, the
-same checks the worker applies before any decode) and a decode per radiograph, which is
-cached in memory.
+The patient context is read once, at ingest, from the header the listener parses anyway
+(``cxr_ingest.header.patient_context``), and kept on the instance row (migration 0008):
+a study view reads it from there and never opens the stored file for it. Rows received
+before that revision have none; their header is read from the stored file, bounded
+(``cxr_imaging.limits``, the same checks the worker applies before any decode). The
+context is patient data: it is shown to signed-in radiologists only, never logged, and
+no export (audit, answers, worklist JSON) selects it.
 
 The radiograph is rendered the way the worker renders the heatmap's base image (grey,
 longest side at most 512 px, bilinear), so the two line up exactly when overlaid. When
@@ -22,14 +22,20 @@ import io
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
+from sqlalchemy import Engine
 
 from cxr_common.errors import CxrTriageError
 from cxr_common.storage import read_instance
+from cxr_db.instances.reads import stored_patient_context
 from cxr_imaging import decode_dataset
 from cxr_imaging.age import derive_age, format_age
 from cxr_imaging.limits import DecodeLimits, check_instance, read_checked_dataset
@@ -54,7 +60,11 @@ class PatientContext:
     burned_in_annotation: bool
 
 
-def _text(ds: Dataset, keyword: str) -> str | None:
+#: A header, or the patient context stored with the instance (DICOM keywords as keys).
+HeaderValues = Dataset | Mapping[str, Any]
+
+
+def _text(ds: HeaderValues, keyword: str) -> str | None:
     value = ds.get(keyword)
     if value is None:
         return None
@@ -62,7 +72,7 @@ def _text(ds: Dataset, keyword: str) -> str | None:
     return out or None
 
 
-def _person_name(ds: Dataset) -> str | None:
+def _person_name(ds: HeaderValues) -> str | None:
     """``Family^Given^Middle^Prefix^Suffix`` as ``Family, Given Middle``."""
     raw = _text(ds, "PatientName")
     if raw is None:
@@ -80,25 +90,52 @@ def _date(value: str | None) -> str | None:
     return value
 
 
-def has_burned_in_annotation(ds: Dataset) -> bool:
+def has_burned_in_annotation(ds: HeaderValues) -> bool:
     """The worker's rule (``cxr_model.heatmaps.has_burned_in_annotation``)."""
     return str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES"
 
 
-def patient_context(storage_uri: str, limits: DecodeLimits | None = None) -> PatientContext:
-    """The patient context from one stored instance's header (bounded read). Raises a
-    ``CxrTriageError`` when the file is missing or unreadable (the message has no values)."""
-    header = check_instance(read_instance(storage_uri), limits or DecodeLimits()).dataset
+def patient_context(
+    storage_uri: str,
+    engine: Engine | None = None,
+    sop_instance_uid: str | None = None,
+    *,
+    limits: DecodeLimits | None = None,
+) -> PatientContext:
+    """The patient context of one stored instance: as recorded at ingest (given the
+    ``engine`` and the instance's ``sop_instance_uid``), else from its header (bounded
+    read). Raises a ``CxrTriageError`` when the file must be read and is missing or
+    unreadable (the message has no values)."""
+    if engine is not None and sop_instance_uid is not None:
+        stored = stored_patient_context(engine, sop_instance_uid)
+        if stored is not None:
+            return _context(stored, stored.get("age_years"))
+    header = check_instance(_header_source(storage_uri), limits or DecodeLimits()).dataset
     age = derive_age(header)
+    return _context(header, age.years if age.known else None)
+
+
+def _header_source(storage_uri: str) -> Path | bytes:
+    """A stored file's path (its header is read with bounded reads), or its bytes."""
+    parsed = urlparse(storage_uri)
+    if parsed.scheme == "file":
+        path = Path(unquote(parsed.path))
+        if path.is_file():
+            return path
+    return read_instance(storage_uri)
+
+
+def _context(values: HeaderValues, age_years: Any) -> PatientContext:
+    years = float(age_years) if isinstance(age_years, int | float) else None
     return PatientContext(
-        name=_person_name(header),
-        patient_id=_text(header, "PatientID"),
-        age=format_age(age.years) if age.known else None,
-        sex=_text(header, "PatientSex"),
-        study_date=_date(_text(header, "StudyDate")),
-        body_part=_text(header, "BodyPartExamined"),
-        view=_text(header, "ViewPosition"),
-        burned_in_annotation=has_burned_in_annotation(header),
+        name=_person_name(values),
+        patient_id=_text(values, "PatientID"),
+        age=format_age(years) if years is not None else None,
+        sex=_text(values, "PatientSex"),
+        study_date=_date(_text(values, "StudyDate")),
+        body_part=_text(values, "BodyPartExamined"),
+        view=_text(values, "ViewPosition"),
+        burned_in_annotation=has_burned_in_annotation(values),
     )
 
 

@@ -5,6 +5,7 @@ database answers at all. The worklist's reads of whole studies are in ``cxr_db.w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine, select, text
 
@@ -67,3 +68,13 @@ def database_answers(engine: Engine) -> None:
     """Run ``SELECT 1``; raises the driver's error when the database does not answer."""
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+def stored_patient_context(engine: Engine, sop_instance_uid: str) -> dict[str, Any] | None:
+    """The patient context recorded with one instance (``cxr_ingest.header``), or None
+    (unknown instance, or recorded before ingest kept it)."""
+    with engine.begin() as conn:
+        value = conn.execute(
+            select(Instance.patient_context).where(Instance.sop_instance_uid == sop_instance_uid)
+        ).scalar_one_or_none()
+    return dict(value) if isinstance(value, dict) else None

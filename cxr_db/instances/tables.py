@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cxr_db.base import Base
@@ -101,6 +103,9 @@ class Instance(Base):
     image_distance: Mapped[float | None] = mapped_column(Float)
     #: sha256 of the received data set (migration 0007; None for older rows).
     content_sha256: Mapped[str | None] = mapped_column(String(64))
+    #: The patient context the study page shows, from the header read at ingest
+    #: (migration 0008; None for older rows): ``cxr_ingest.header.patient_context``.
+    patient_context: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
 class Prediction(Base):

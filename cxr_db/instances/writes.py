@@ -30,7 +30,8 @@ from cxr_db.instances.tables import Instance, Prediction, Study
 
 @dataclass(frozen=True)
 class InstanceRecord:
-    """What the listener knows about a stored instance (no patient data)."""
+    """What the listener knows about a stored instance (patient data only in
+    ``patient_context``)."""
 
     study_instance_uid: str
     sop_instance_uid: str
@@ -44,9 +45,12 @@ class InstanceRecord:
     calling_ae_title: str | None
     storage_uri: str
     size_bytes: int
-    #: sha256 of the received data set (see ``dicom_listener.handlers.content_sha256``);
+    #: sha256 of the received data set (see ``cxr_ingest.content.content_sha256``);
     #: None for rows recorded before it was kept.
     content_sha256: str | None = None
+    #: The patient context the study page shows (``cxr_ingest.header.patient_context``):
+    #: patient data, kept on the row for the signed-in page only; never logged.
+    patient_context: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,7 @@ def _insert_instance(conn: Connection, rec: InstanceRecord) -> RecordResult:
             size_bytes=rec.size_bytes,
             status=InstanceStatus.RECEIVED,
             content_sha256=rec.content_sha256,
+            patient_context=rec.patient_context,
         )
         .on_conflict_do_nothing(index_elements=[Instance.sop_instance_uid])
         .returning(Instance.id)

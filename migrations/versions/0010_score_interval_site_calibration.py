@@ -9,7 +9,7 @@ fitted on. Models registered before keep ``shipped``: ``model activate`` asks a 
 was never active here for a site calibration or ``--accept-shipped-calibration``.
 
 Revision ID: 0010
-Revises: 0007
+Revises: 0009
 Create Date: 2026-12-06
 """
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0007"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -22,6 +22,7 @@ from cxr_common.settings import (
     SupervisorSettings,
     WebSettings,
     WorkerSettings,
+    default_listener_processes,
 )
 from cxr_queue import make_celery
 from cxr_triage.cli import main
@@ -166,7 +167,9 @@ def test_a_bad_command_line_override_is_refused(
 def test_several_listener_processes_need_a_fixed_port(
     restore_logging: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert ListenerSettings().listener_processes == 1
+    assert ListenerSettings().listener_processes is None  # unset: one per core
+    assert ListenerSettings().resolved_listener_processes == default_listener_processes()
+    assert ListenerSettings(dicom_port=0).resolved_listener_processes == 1
     assert ListenerSettings(listener_processes=4, dicom_port=11112).listener_processes == 4
     with pytest.raises(ValidationError, match="needs a fixed CXR_DICOM_PORT"):
         ListenerSettings(listener_processes=2, dicom_port=0)

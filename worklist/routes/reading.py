@@ -145,7 +145,12 @@ def _study_view(
         burned_in = None
         if inst.storage_uri:
             try:
-                ctx = patient_context(inst.storage_uri, state.config.limits)
+                ctx = patient_context(
+                    inst.storage_uri,
+                    state.engine,
+                    inst.sop_instance_uid,
+                    limits=state.config.limits,
+                )
                 burned_in = ctx.burned_in_annotation
                 if patient is None:
                     patient = ctx
