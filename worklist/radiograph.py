@@ -244,9 +244,10 @@ def encode_full(image: FullImage) -> bytes:
     return gzip.compress(body, compresslevel=1, mtime=0)
 
 
-def decode_full(gzipped: bytes) -> tuple[dict[str, Any], npt.NDArray[np.uint16]]:
-    """The header and pixels of an ``encode_full`` body (for tests and tools)."""
-    body = gzip.decompress(gzipped)
+def decode_full(data: bytes) -> tuple[dict[str, Any], npt.NDArray[np.uint16]]:
+    """The header and pixels of an ``encode_full`` body, gzipped or not (for tests and
+    tools)."""
+    body = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
     if not body.startswith(FULL_MAGIC):
         raise ValueError("not a full-resolution radiograph body")
     at = len(FULL_MAGIC)

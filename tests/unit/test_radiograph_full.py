@@ -60,7 +60,8 @@ def test_the_body_round_trips_with_aligned_pixels() -> None:
     image = full_resolution(ds)
     body = encode_full(image)
     header, stored = decode_full(body)
-    assert header["rows"] == 33 and header["columns"] == 17
+    assert header["rows"] == 33
+    assert header["columns"] == 17
     assert header["window"] == {"center": image.window_center, "width": image.window_width}
     assert (header["min"], header["max"]) == (int(stored.min()), int(stored.max()))
     np.testing.assert_array_equal(stored, image.stored)
