@@ -198,13 +198,30 @@ def _header_window(ds: Dataset) -> tuple[float, float] | None:
 def _to_stored(values: npt.NDArray[Any]) -> tuple[npt.NDArray[np.uint16], float, float]:
     """``values`` as uint16 with (slope, intercept): exact when they are integers spanning
     at most 65,536 values (every CR/DX/CT image), else a linear quantisation."""
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo <= _U16_MAX and values.dtype.kind in "iu":
+        return (values - int(lo)).astype(np.uint16), 1.0, lo
     m = np.asarray(values, dtype=np.float64)
-    lo, hi = float(m.min()), float(m.max())
     if hi - lo <= _U16_MAX and bool(np.all(m == np.round(m))):
         return (m - lo).astype(np.uint16), 1.0, lo
     slope = (hi - lo) / _U16_MAX if hi > lo else 1.0
     stored = np.clip(np.round((m - lo) / slope), 0, _U16_MAX).astype(np.uint16)
     return stored, slope, lo
+
+
+def _modality(arr: npt.NDArray[Any], ds: Dataset) -> npt.NDArray[Any]:
+    """The modality values; in integers when the rescale is integral (most CR/DX/CT),
+    which keeps them exact and skips a float pass over the image."""
+    slope, intercept = _first(ds.get("RescaleSlope")), _first(ds.get("RescaleIntercept"))
+    slope, intercept = (1.0 if slope is None else slope), (0.0 if intercept is None else intercept)
+    if (
+        "ModalityLUTSequence" not in ds
+        and arr.dtype.kind in "iu"
+        and slope.is_integer()
+        and intercept.is_integer()
+    ):
+        return arr.astype(np.int64) * int(slope) + int(intercept)
+    return np.asarray(apply_modality_lut(arr, ds))
 
 
 def full_resolution(ds: Dataset) -> FullImage:
@@ -220,7 +237,7 @@ def full_resolution(ds: Dataset) -> FullImage:
             raise UndecodableError(f"cannot decode pixel data of {sop}") from exc
         if arr.ndim != 2 or arr.size == 0:
             raise UndecodableError(f"unexpected pixel array shape {arr.shape} in {sop}")
-        modality = np.asarray(apply_modality_lut(arr, ds))
+        modality = _modality(arr, ds)
         stored, slope, intercept = _to_stored(modality)
         window = _header_window(ds)
         if window is None:

@@ -75,6 +75,12 @@ def test_full_resolution_is_the_stored_modality_values(
         assert f'data-full="/images/{seeded.flagged_top_sop}.u16"' in page.text
         assert f'<img src="/images/{seeded.flagged_top_sop}.png"' in page.text, "first paint"
         resp = http.get(f"/images/{seeded.flagged_top_sop}.u16")
+        plain = http.get(
+            f"/images/{seeded.flagged_top_sop}.u16", headers={"Accept-Encoding": "identity"}
+        )
+    assert plain.status_code == 200
+    assert "content-encoding" not in plain.headers
+    assert plain.content == resp.content, "the same body, served from the cache, not gzipped"
     assert resp.status_code == 200, resp.text
     assert resp.headers["content-type"] == FULL_MEDIA_TYPE
     assert resp.headers["content-encoding"] == "gzip"
@@ -89,7 +95,7 @@ def test_full_resolution_is_the_stored_modality_values(
     fetches = [e for e in audit_after(db, mark) if e.action == "image_fetch"]
     assert [(e.target, e.actor, e.detail.get("full_resolution")) for e in fetches] == [
         (seeded.flagged_top_sop, "ann", True)
-    ]
+    ] * 2
 
 
 def test_full_resolution_needs_a_radiologist(db: Engine, seeded: Seeded, base_url: str) -> None:
