@@ -5,9 +5,9 @@ A radiologist opens a study whose radiograph is a 12-bit 1200 x 960 CR image: th
 paints the 512 px PNG, then the viewer loads the full-resolution modality values
 (``/images/{sop}.u16``) into a canvas at the DICOM's Rows x Columns. A drag changes the
 window (the canvas pixels change, read back with ``getImageData``), the wheel zooms around
-the cursor, ``r`` restores the default window and scale (and does nothing while typing in
-the note), ``i`` inverts. A screenshot of the page with a changed window is written to
-``/tmp/viewer-wl.png`` (and the test's tmp folder, and ``CXR_TEST_ARTEFACTS`` when set).
+the cursor (the heatmap beside it zooms along), a right-drag pans, ``r`` restores the
+default window and scale (and does nothing while typing in the note), ``i`` inverts. A
+screenshot of the page with a changed window is written to ``/tmp/viewer-wl.png`` (and the test's tmp folder, and ``CXR_TEST_ARTEFACTS`` when set).
 """
 
 from __future__ import annotations
@@ -144,6 +144,22 @@ def test_window_level_zoom_and_reset_in_chromium(
         assert zoomed > 1.5
         assert canvas.evaluate(SAMPLE) != windowed_pixels
 
+        heat = page.locator(".heat img").first
+        heat_scale = heat.evaluate("i => new DOMMatrix(getComputedStyle(i).transform).a")
+        assert heat_scale == pytest.approx(zoomed, rel=1e-4), "the heatmap zooms along"
+
+        # right-drag pans (the window stays)
+        before = _state(figure)
+        page.mouse.move(cx, cy)
+        page.mouse.down(button="right")
+        page.mouse.move(cx + 40, cy + 30, steps=4)
+        page.mouse.up(button="right")
+        _wait_for(page, figure, "panX", before["panX"])
+        panned = _state(figure)
+        assert float(panned["panX"]) == pytest.approx(float(before["panX"]) + 40)
+        assert float(panned["panY"]) == pytest.approx(float(before["panY"]) + 30)
+        assert (panned["center"], panned["width"]) == (before["center"], before["width"])
+
         # typing "r" in the note does not reset the viewer
         page.fill("#note", "")
         page.locator("#note").press("r")
@@ -156,7 +172,7 @@ def test_window_level_zoom_and_reset_in_chromium(
         _wait_for(page, figure, "zoom", str(zoomed))
         reset = _state(figure)
         assert (float(reset["center"]), float(reset["width"])) == WINDOW
-        assert reset["zoom"] == "1"
+        assert (reset["zoom"], reset["panX"], reset["panY"]) == ("1", "0", "0")
         assert canvas.evaluate(SAMPLE) == default_pixels
         expect(readout).to_have_text(f"W {WINDOW[1]:.0f} L {WINDOW[0]:.0f} · zoom 100%")
 

@@ -172,6 +172,8 @@
     d.center = String(this.center);
     d.width = String(this.width);
     d.zoom = String(this.zoom);
+    d.panX = String(this.panX);
+    d.panY = String(this.panY);
     d.invert = String(this.invert);
     this.readout.textContent = "W " + Math.round(this.width) + " L " + Math.round(this.center) +
       " · zoom " + Math.round(this.zoom * 100) + "%" + (this.invert ? " · inverted" : "");
