@@ -7,7 +7,8 @@ paints the 512 px PNG, then the viewer loads the full-resolution modality values
 window (the canvas pixels change, read back with ``getImageData``), the wheel zooms around
 the cursor (the heatmap beside it zooms along), a right-drag pans, ``r`` restores the
 default window and scale (and does nothing while typing in the note), ``i`` inverts. A
-screenshot of the page with a changed window is written to ``/tmp/viewer-wl.png`` (and the test's tmp folder, and ``CXR_TEST_ARTEFACTS`` when set).
+screenshot of the page with a changed window is written to ``/tmp/viewer-wl.png`` (and the
+test's tmp folder, and ``CXR_TEST_ARTEFACTS`` when set).
 """
 
 from __future__ import annotations
