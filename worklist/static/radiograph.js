@@ -230,7 +230,11 @@
     }, { passive: false });
     canvas.addEventListener("dblclick", function () { self.reset(); });
     canvas.addEventListener("pointerenter", function () { active = self; });
-    window.addEventListener("resize", function () { self.draw(); });
+    if (window.ResizeObserver) { // side by side <-> overlay changes the figure's width
+      new ResizeObserver(function () { self.draw(); }).observe(this.figure);
+    } else {
+      window.addEventListener("resize", function () { self.draw(); });
+    }
   };
 
   function typing(target) {
