@@ -17,6 +17,8 @@ checked):
   form. ``POST …/answer`` and ``POST …/release`` (CSRF).
 - ``GET /images/{sop_instance_uid}.png``, ``GET /heatmaps/{sop_instance_uid}.png``
   (radiologist): the radiograph and the heatmap; each fetch is audited.
+  ``GET /images/{sop_instance_uid}.u16`` (radiologist): the radiograph at full resolution
+  for the viewer's window/level (``worklist.radiograph.encode_full``).
 - ``GET /model-card`` (radiologist): the shipped model's card as text.
 - ``GET /admin/audit``, ``GET /admin/users`` (admin).
 - ``GET /api/worklist`` (radiologist): JSON, paged with ``Link: <…>; rel="next"``.
@@ -53,6 +55,7 @@ access_log = logging.getLogger("worklist.access")
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src 'self'; "
+        "connect-src 'self'; "
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",

@@ -1,11 +1,14 @@
 """The one script the pages use, served same-origin as ``/static/viewer.js`` (the CSP
-allows ``script-src 'self'`` and no inline script). It only switches the study page's
-image viewer between side by side and overlay, shows or hides the heatmap and sets its
-opacity; without it the page shows both images side by side."""
+allows ``script-src 'self'`` and no inline script). It switches the study page's image
+viewer between side by side and overlay, shows or hides the heatmap and sets its opacity;
+without it the page shows both images side by side. Then ``static/radiograph.js``: the
+radiograph's window/level, zoom and pan at full resolution (without it, the 512 px PNG)."""
 
 from __future__ import annotations
 
-VIEWER_JS = """\
+from importlib.resources import files
+
+HEATMAP_JS = """\
 "use strict";
 (function () {
   function setup(viewer) {
@@ -36,3 +39,7 @@ VIEWER_JS = """\
   for (var i = 0; i < viewers.length; i++) { setup(viewers[i]); }
 })();
 """
+
+RADIOGRAPH_JS = (files("worklist") / "static" / "radiograph.js").read_text(encoding="utf-8")
+
+VIEWER_JS = HEATMAP_JS + RADIOGRAPH_JS

@@ -126,7 +126,8 @@ def test_reading_workflow_in_chromium(engine: Engine, tmp_path: Path, browser: B
         _artefact(ann, tmp_path, "study-side-by-side.png")
         controls.locator("input.mode[value=overlay]").check()
         expect(viewer).to_have_class("viewer overlay")
-        plain_box = viewer.locator(".plain img").bounding_box()
+        expect(viewer.locator(".plain")).to_have_attribute("data-state", "ready")
+        plain_box = viewer.locator(".plain canvas.radiograph").bounding_box()  # full res
         heat_box = heat.locator("img").bounding_box()
         assert plain_box is not None
         assert heat_box is not None

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from cxr_common.settings import ListenerSettings
 from cxr_db.instances.statuses import FINAL_STATUSES, InstanceStatus
 from cxr_db.worklist import reads as reads
 from tests.conftest import Services, StartListener
@@ -22,14 +21,9 @@ from tests.support import running, wait_until
 @pytest.fixture
 def listener(services: Services, start_listener: StartListener) -> int:
     """A real C-STORE listener on a free loopback port, storing where the workers read
-    (the session's data folder), its reconciler at the product's defaults; the port."""
-    defaults = ListenerSettings.model_fields
-    handle = start_listener(
-        folder=services.data_dir,
-        reconcile_interval_s=defaults["reconcile_interval_s"].default,
-        reconcile_grace_s=defaults["reconcile_grace_s"].default,
-    )
-    return handle.port
+    (the session's data folder); the port. The listener only listens: a test that needs
+    re-enqueueing or study completion starts the scheduler (``cxr_scheduler``)."""
+    return start_listener(folder=services.data_dir).port
 
 
 @pytest.fixture

@@ -8,11 +8,12 @@ fetch is audited.
 
 from __future__ import annotations
 
+import gzip
 import logging
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from markupsafe import Markup
 from sqlalchemy import Engine
@@ -35,12 +36,13 @@ from cxr_db.reading import store as reading
 from cxr_db.reading.tables import ReadState
 from cxr_db.worklist import reads
 from cxr_db.worklist.reads import InvalidCursorError, ReadView, WorklistQuery
+from cxr_imaging.limits import InputRefusedError
 from worklist import pages
 from worklist.auth import CSRF_FIELD, HOME, AuthError, Principal, check_csrf
 from worklist.deps import Form, MaybePrincipal, Reader, State, WebState
 from worklist.inputs import UID_RULE, parse_view, record_answer, valid_uid
 from worklist.present import finding_display
-from worklist.radiograph import Withheld, patient_context
+from worklist.radiograph import FULL_MEDIA_TYPE, Withheld, patient_context
 from worklist.responses import html, html_error, json_error, nav
 
 logger = logging.getLogger(__name__)
@@ -275,13 +277,22 @@ def heatmap(sop_instance_uid: str, principal: Reader, state: State) -> Response:
     return Response(png, media_type="image/png")
 
 
+def _image_fetch(
+    state: WebState, principal: Principal, uid: str, study_uid: str, full: bool = False
+) -> None:
+    detail: dict[str, str | bool] = {"study_instance_uid": study_uid}
+    if full:
+        detail["full_resolution"] = True
+    audit.record(state.engine, AuditEvent(AuditAction.IMAGE_FETCH, principal.actor(), uid, detail))
+
+
 @router.get("/images/{sop_instance_uid}.png", response_class=Response)
 def radiograph(sop_instance_uid: str, principal: Reader, state: State) -> Response:
+    """The radiograph as a grey PNG, longest side 512 px (the page's first paint)."""
     uid = valid_uid(sop_instance_uid)
     if uid is None:
         return json_error(400, f"malformed SOP Instance UID: {UID_RULE}")
-    engine = state.engine
-    found = instance_reads.instance_file(engine, uid)
+    found = instance_reads.instance_file(state.engine, uid)
     if found is None or found.status is not InstanceStatus.DONE:
         return json_error(404, f"no scored radiograph for SOP Instance UID {uid}")
     try:
@@ -291,16 +302,38 @@ def radiograph(sop_instance_uid: str, principal: Reader, state: State) -> Respon
     except CxrTriageError as exc:
         logger.warning("radiograph %s could not be rendered (%s)", uid, type(exc).__name__)
         return json_error(404, f"the stored file of {uid} could not be rendered")
-    audit.record(
-        engine,
-        AuditEvent(
-            AuditAction.IMAGE_FETCH,
-            principal.actor(),
-            uid,
-            {"study_instance_uid": found.study_instance_uid},
-        ),
-    )
+    _image_fetch(state, principal, uid, found.study_instance_uid)
     return Response(png, media_type="image/png")
+
+
+@router.get("/images/{sop_instance_uid}.u16", response_class=Response)
+def radiograph_full(
+    sop_instance_uid: str, principal: Reader, state: State, request: Request
+) -> Response:
+    """The radiograph at full resolution and modality values for the viewer
+    (``worklist.radiograph.encode_full``), gzip-encoded. The same rules as the PNG: only
+    scored instances, withheld when text is burned in, the decode limits (a file over
+    them is refused with 422 and the reason), audited as an image fetch."""
+    uid = valid_uid(sop_instance_uid)
+    if uid is None:
+        return json_error(400, f"malformed SOP Instance UID: {UID_RULE}")
+    found = instance_reads.instance_file(state.engine, uid)
+    if found is None or found.status is not InstanceStatus.DONE:
+        return json_error(404, f"no scored radiograph for SOP Instance UID {uid}")
+    try:
+        body = state.radiographs.full(found.storage_uri)
+    except Withheld as exc:
+        return json_error(404, str(exc))
+    except InputRefusedError as exc:
+        logger.warning("radiograph %s refused by the decode limits", uid)
+        return json_error(422, f"not shown at full resolution: {exc.reason}")
+    except CxrTriageError as exc:
+        logger.warning("radiograph %s could not be rendered (%s)", uid, type(exc).__name__)
+        return json_error(404, f"the stored file of {uid} could not be rendered")
+    _image_fetch(state, principal, uid, found.study_instance_uid, full=True)
+    if "gzip" in request.headers.get("accept-encoding", "").lower():
+        return Response(body, media_type=FULL_MEDIA_TYPE, headers={"Content-Encoding": "gzip"})
+    return Response(gzip.decompress(body), media_type=FULL_MEDIA_TYPE)
 
 
 @router.get("/model-card", response_class=HTMLResponse)
