@@ -20,6 +20,7 @@ class ActorKind(enum.StrEnum):
     TOKEN = "token"  # an API token, by its name
     CLI = "cli"  # an operator at the command line
     ANONYMOUS = "anonymous"  # a failed sign-in for an unknown user name
+    SYSTEM = "system"  # a role acting on its own: the scheduler, the results sender (0012)
 
 
 class AuditAction(enum.StrEnum):
@@ -49,6 +50,9 @@ class AuditAction(enum.StrEnum):
     MODEL_ROLLBACK = "model_rollback"
     POPULATION_ENABLE = "population_enable"
     POPULATION_DISABLE = "population_disable"
+    # escalation of flagged studies left unread (cxr_db.escalations, revision 0012)
+    ESCALATION = "escalation"
+    ESCALATION_DELIVERY = "escalation_delivery"
 
 
 class AuditEntry(Base):
