@@ -415,13 +415,14 @@ def escalation_marks(
     if not ids:
         return {}
     at = _now(conn, now)
-    counts = dict(
-        conn.execute(
+    counts: dict[int, int] = {
+        int(study_id): int(n)
+        for study_id, n in conn.execute(
             select(Escalation.study_id, func.count())
             .where(Escalation.study_id.in_(ids))
             .group_by(Escalation.study_id)
-        ).tuples()
-    )
+        )
+    }
     if not counts:
         return {}
     clock = _clock(at).where(Study.id.in_(list(counts))).subquery("clock")
@@ -483,10 +484,10 @@ def open_escalations(
         deliveries: dict[int, list[DeliveryInfo]] = {}
         if rows:
             for d in conn.execute(
-                select(EscalationDelivery)
+                select(EscalationDelivery.__table__)
                 .where(EscalationDelivery.escalation_id.in_([r.escalation_id for r in rows]))
                 .order_by(EscalationDelivery.id)
-            ).scalars():
+            ):
                 pending = d.state == DeliveryState.PENDING.value
                 deliveries.setdefault(d.escalation_id, []).append(
                     DeliveryInfo(
