@@ -27,6 +27,7 @@ from cxr_db.audit.tables import AuditAction
 from cxr_db.escalations import store
 from cxr_db.escalations.tables import DeliveryState, EscalationAttempt, EscalationDelivery
 from cxr_db.reading import store as reading
+from cxr_db.reading.tables import Finding
 from cxr_db.worklist import reads
 from cxr_db.worklist.reads import ReadView, WorklistQuery
 from cxr_queue import make_celery
@@ -182,7 +183,7 @@ def test_an_expired_claim_restarts_the_clock_and_an_answered_study_is_never_esca
     assert _escalate(db, expired + timedelta(seconds=AFTER_S + 5)) == [f"{FLAGGED}#1"]
     reading.claim_study(db, FLAGGED, user, now=expired + timedelta(hours=1))
     reading.record_answer(
-        db, FLAGGED, reading.Reader.from_user(user), reading.Finding.PNEUMONIA,
+        db, FLAGGED, reading.Reader.from_user(user), Finding.PNEUMONIA,
         now=expired + timedelta(hours=1, seconds=5),
     )  # fmt: skip
     assert _escalate(db, expired + timedelta(days=3)) == []
@@ -307,7 +308,7 @@ def test_scheduler_and_sender_deliver_to_a_local_receiver_until_the_study_is_ope
     the results sender's delivery thread, escalate after 1 s and repeat every 1 s."""
     scored_study(db, FLAGGED, [0.9])
     scored_study(db, ROUTINE, [0.1])
-    common = {
+    common: dict[str, Any] = {
         "database_url": services.database_url,
         "broker_url": services.broker_url,
         "queue_name": services.queue_name,
