@@ -534,6 +534,44 @@ def failing_deliveries(engine: Engine) -> int:
         )
 
 
+#: Delivery outcomes of an escalation, as ``cxr_escalations_total{outcome}`` counts them.
+OUTCOMES = ("delivered", "failed", "pending", "none")
+
+
+@dataclass(frozen=True)
+class MetricCounts:
+    by_outcome: dict[str, int]
+    """Every outcome of :data:`OUTCOMES`, zero included."""
+    open: int
+
+
+def metric_counts(engine: Engine) -> MetricCounts:
+    """Escalations by delivery outcome (all time) and the open ones, for ``/metrics``."""
+    states = EscalationDelivery.state
+    outcome = case(
+        (func.count(EscalationDelivery.id) == 0, "none"),
+        (func.bool_or(states == DeliveryState.FAILED.value), "failed"),
+        (func.bool_and(states == DeliveryState.DELIVERED.value), "delivered"),
+        else_="pending",
+    )
+    per = (
+        select(outcome.label("outcome"))
+        .select_from(Escalation)
+        .outerjoin(EscalationDelivery, EscalationDelivery.escalation_id == Escalation.id)
+        .group_by(Escalation.id)
+        .subquery()
+    )
+    with engine.connect() as conn:
+        counts = dict.fromkeys(OUTCOMES, 0)
+        for name, n in conn.execute(select(per.c.outcome, func.count()).group_by(per.c.outcome)):
+            counts[str(name)] = int(n)
+        clock = _clock(_now(conn, None)).subquery("clock")
+        open_now = conn.execute(
+            select(func.count()).select_from(clock).where(_open(clock))
+        ).scalar_one()
+    return MetricCounts(counts, int(open_now))
+
+
 __all__ = [
     "DueDelivery",
     "DueStudy",
@@ -543,6 +581,7 @@ __all__ = [
     "escalate_due",
     "escalation_marks",
     "failing_deliveries",
+    "metric_counts",
     "open_escalations",
     "record_attempt",
     "take_due_deliveries",

@@ -299,6 +299,9 @@ def test_a_webhook_that_keeps_failing_is_given_up_and_shown(db: Engine, receiver
     assert shown.deliveries[0].last_error == "HTTP 500"
     assert shown.deliveries[1].last_status is None
     assert store.failing_deliveries(db) == 2
+    counts = store.metric_counts(db)
+    assert counts.by_outcome == {"delivered": 0, "failed": 1, "pending": 0, "none": 0}
+    assert counts.open == 1
 
 
 def test_scheduler_and_sender_deliver_to_a_local_receiver_until_the_study_is_opened(

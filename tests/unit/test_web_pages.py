@@ -124,6 +124,8 @@ def test_json_entry_keeps_its_keys_and_formats_reasons_once() -> None:
         "read_by": None,
         "read_at": None,
         "results": None,
+        "escalated": False,
+        "escalations": 0,
     }
     assert present.entry_json(_entry())["reason"] is None
     read = present.entry_json(
@@ -256,3 +258,11 @@ def test_every_page_escapes_what_it_is_given() -> None:
         assert "<script>" not in page, name
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page, name
         assert DISCLAIMER in page, name
+
+
+def test_an_open_escalation_shows_a_badge_in_its_row_only() -> None:
+    escalated = _entry(escalated=True, escalations=2)
+    page = _page([escalated, _entry(study_instance_uid="1.2.3.5")], NOW)
+    assert page.count("ESCALATED</span>") == 1
+    assert "escalated 2 times" in page
+    assert present.entry_json(escalated)["escalated"] is True
