@@ -208,7 +208,8 @@ ESCALATIONS = MetricSpec(
     "cxr_escalations",
     "Escalations of flagged studies left unread, all time, by delivery outcome: delivered "
     "(every webhook answered 2xx), failed (a webhook was given up), pending (still being "
-    "delivered or retried), none (no webhook configured).",
+    "delivered or retried), cancelled (the study was opened first), none (no webhook "
+    "configured).",
     ("outcome",),
 )
 ESCALATIONS_OPEN = MetricSpec(

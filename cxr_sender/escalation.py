@@ -9,7 +9,8 @@ anything else (an error status, a refused connection, a timeout) is retried afte
 ``cxr_queue.retries.RetryPolicy``'s backoff with jitter, up to
 ``CXR_ESCALATION_MAX_ATTEMPTS`` POSTs, then the row is ``failed``. The ops page shows
 every open escalation with its deliveries. Redirects are not followed: a webhook is
-configured with its final URL.
+configured with its final URL. A delivery still pending when its study is opened is
+cancelled, never sent late.
 
 The loop runs beside the results consumer, never in the scoring path: a webhook that
 hangs holds at most this thread, for ``CXR_ESCALATION_TIMEOUT_S`` per POST.
@@ -116,6 +117,9 @@ class EscalationDelivery:
     def run_once(self) -> int:
         """Deliver what is due now; returns how many attempts were made."""
         lease_s = self.timeout_s * 2 + 30.0
+        cancelled = store.cancel_stale_deliveries(self.engine)
+        if cancelled:
+            logger.info("%d escalation delivery(ies) cancelled: their study was opened", cancelled)
         done = 0
         while not self._stop.is_set():
             batch = store.take_due_deliveries(self.engine, lease_s=lease_s)

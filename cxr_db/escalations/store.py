@@ -332,6 +332,61 @@ def take_due_deliveries(
     ]
 
 
+def cancel_stale_deliveries(engine: Engine, *, now: datetime | None = None) -> int:
+    """Cancel the pending deliveries whose study was opened (or answered) after its
+    escalation: nobody is paged for a study already in a reader's hands. Audited; returns
+    how many."""
+    with engine.begin() as conn:
+        at = _now(conn, now)
+        clock = _clock(at).subquery("clock")
+        stale = (
+            select(EscalationDelivery.id)
+            .join(Escalation, Escalation.id == EscalationDelivery.escalation_id)
+            .outerjoin(clock, clock.c.study_id == Escalation.study_id)
+            .where(
+                EscalationDelivery.state == DeliveryState.PENDING.value,
+                or_(
+                    clock.c.study_id.is_(None),  # no longer flagged
+                    ~clock.c.unread,
+                    clock.c.clock_started_at > Escalation.escalated_at,  # released since
+                ),
+            )
+        )
+        rows = conn.execute(
+            update(EscalationDelivery)
+            .where(
+                EscalationDelivery.id.in_(stale.scalar_subquery()),
+                EscalationDelivery.state == DeliveryState.PENDING.value,
+                Escalation.id == EscalationDelivery.escalation_id,
+                Study.id == Escalation.study_id,
+            )
+            .values(state=DeliveryState.CANCELLED.value)
+            .returning(
+                Study.study_instance_uid,
+                Escalation.number,
+                EscalationDelivery.webhook,
+                EscalationDelivery.attempts,
+            )
+        ).all()
+        for r in rows:
+            audit.append(
+                conn,
+                AuditEvent(
+                    AuditAction.ESCALATION_DELIVERY,
+                    SENDER,
+                    r.study_instance_uid,
+                    {
+                        "escalation": r.number,
+                        "webhook": webhook_label(r.webhook),
+                        "attempt": r.attempts,
+                        "outcome": DeliveryState.CANCELLED.value,
+                        "http_status": None,
+                    },
+                ),
+            )
+    return len(rows)
+
+
 def record_attempt(
     engine: Engine,
     delivery: DueDelivery,
@@ -535,7 +590,7 @@ def failing_deliveries(engine: Engine) -> int:
 
 
 #: Delivery outcomes of an escalation, as ``cxr_escalations_total{outcome}`` counts them.
-OUTCOMES = ("delivered", "failed", "pending", "none")
+OUTCOMES = ("delivered", "failed", "pending", "cancelled", "none")
 
 
 @dataclass(frozen=True)
@@ -552,6 +607,12 @@ def metric_counts(engine: Engine) -> MetricCounts:
         (func.count(EscalationDelivery.id) == 0, "none"),
         (func.bool_or(states == DeliveryState.FAILED.value), "failed"),
         (func.bool_and(states == DeliveryState.DELIVERED.value), "delivered"),
+        (
+            func.bool_and(
+                states.in_([DeliveryState.DELIVERED.value, DeliveryState.CANCELLED.value])
+            ),
+            "cancelled",
+        ),
         else_="pending",
     )
     per = (
@@ -578,6 +639,7 @@ __all__ = [
     "EscalationMark",
     "EscalationRecord",
     "OpenEscalation",
+    "cancel_stale_deliveries",
     "escalate_due",
     "escalation_marks",
     "failing_deliveries",

@@ -39,6 +39,7 @@ class DeliveryState(enum.StrEnum):
     PENDING = "pending"  # due at next_attempt_at (first try or a retry)
     DELIVERED = "delivered"  # the webhook answered 2xx
     FAILED = "failed"  # every attempt failed: given up
+    CANCELLED = "cancelled"  # the study was opened before it was delivered: not sent
 
 
 class Escalation(Base):

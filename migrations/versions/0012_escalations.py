@@ -21,7 +21,7 @@ branch_labels = None
 depends_on = None
 
 # Frozen copies of the vocabularies as of this revision.
-DELIVERY_STATES = ("pending", "delivered", "failed")
+DELIVERY_STATES = ("pending", "delivered", "failed", "cancelled")
 ACTOR_KINDS_BEFORE = ("user", "token", "cli", "anonymous")
 ACTOR_KINDS = (*ACTOR_KINDS_BEFORE, "system")
 

@@ -152,11 +152,15 @@ def test_opening_stops_escalation_and_a_release_restarts_the_clock(db: Engine) -
     scored_study(db, FLAGGED, [0.9])
     user = add_user(db, "ann")
     t0 = db_now(db)
-    assert _escalate(db, t0 + timedelta(seconds=AFTER_S + 1)) == [f"{FLAGGED}#1"]
+    hook = ["http://127.0.0.1:9/never-posted"]
+    assert _escalate(db, t0 + timedelta(seconds=AFTER_S + 1), hook) == [f"{FLAGGED}#1"]
     opened = t0 + timedelta(seconds=AFTER_S + 60)
     claim = timedelta(hours=2)
     assert reading.claim_study(db, FLAGGED, user, now=opened, timeout=claim).claimed
     assert store.open_escalations(db, now=opened + timedelta(seconds=1)) == []
+    # its undelivered webhook is cancelled: nobody is paged for a study being read
+    assert store.cancel_stale_deliveries(db, now=opened + timedelta(seconds=1)) == 1
+    assert store.take_due_deliveries(db, lease_s=60, now=opened + timedelta(days=1)) == []
     assert _escalate(db, opened + timedelta(seconds=REPEAT_S * 3)) == []  # still claimed
     released = opened + timedelta(seconds=REPEAT_S * 3 + 10)
     assert reading.release_study(db, FLAGGED, user, now=released)
@@ -300,7 +304,7 @@ def test_a_webhook_that_keeps_failing_is_given_up_and_shown(db: Engine, receiver
     assert shown.deliveries[1].last_status is None
     assert store.failing_deliveries(db) == 2
     counts = store.metric_counts(db)
-    assert counts.by_outcome == {"delivered": 0, "failed": 1, "pending": 0, "none": 0}
+    assert counts.by_outcome == dict.fromkeys(store.OUTCOMES, 0) | {"failed": 1}
     assert counts.open == 1
 
 
