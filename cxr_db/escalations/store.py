@@ -107,9 +107,10 @@ def _now(conn: Connection, now: datetime | None) -> datetime:
 
 
 def _clock(at: datetime) -> Select[Any]:
-    """Flagged studies with their clock, over ``studies LEFT JOIN study_reads`` at ``at``:
-    ``unread`` (effective read state), ``flagged_at``, ``clock_started_at`` and the newest
-    escalation (``last_at``, ``last_number``)."""
+    """Flagged studies unread at ``at`` with their clock, over ``studies LEFT JOIN
+    study_reads``: ``flagged_at``, ``clock_started_at`` and the newest escalation
+    (``last_at``, ``last_number``). A flagged study that is not
+    listed is being read or was answered."""
     flagged_at = (
         select(func.min(Prediction.created_at))
         .join(Instance, Instance.id == Prediction.instance_id)
@@ -151,7 +152,6 @@ def _clock(at: datetime) -> Select[Any]:
             Study.study_instance_uid,
             Study.accession_number,
             Study.score,
-            (effective_state(at) == ReadState.UNREAD.value).label("unread"),
             flagged_since.label("flagged_at"),
             func.greatest(flagged_since, released_at).label("clock_started_at"),
             model_version.label("model_version"),
@@ -160,13 +160,16 @@ def _clock(at: datetime) -> Select[Any]:
         )
         .select_from(Study)
         .outerjoin(StudyRead, StudyRead.study_id == Study.id)
-        .where(Study.flagged)
+        # only the unread ones: the backlog, not every flagged study ever read
+        .where(Study.flagged, effective_state(at) == ReadState.UNREAD.value)
     )
 
 
 def _open(clock: Any) -> ColumnElement[bool]:
-    """An escalation is open while its study is still unread in the same clock period."""
-    return and_(clock.c.unread, clock.c.last_at >= clock.c.clock_started_at)
+    """An escalation is open while its study is still unread (listed in ``_clock``) in the
+    same clock period."""
+    is_open: ColumnElement[bool] = clock.c.last_at >= clock.c.clock_started_at
+    return is_open
 
 
 def escalate_due(
@@ -197,7 +200,7 @@ def escalate_due(
         )
         rows = conn.execute(
             select(clock)
-            .where(clock.c.unread, or_(first_due, repeat_due))
+            .where(or_(first_due, repeat_due))
             .order_by(clock.c.clock_started_at, clock.c.study_id)
             .limit(limit)
         ).all()
@@ -346,8 +349,7 @@ def cancel_stale_deliveries(engine: Engine, *, now: datetime | None = None) -> i
             .where(
                 EscalationDelivery.state == DeliveryState.PENDING.value,
                 or_(
-                    clock.c.study_id.is_(None),  # no longer flagged
-                    ~clock.c.unread,
+                    clock.c.study_id.is_(None),  # opened or answered
                     clock.c.clock_started_at > Escalation.escalated_at,  # released since
                 ),
             )
