@@ -200,6 +200,23 @@ WORKER_MODEL = MetricSpec(
     ("model_name", "model_version", "calibration_version", "device"),
 )
 
+# ------------------------------------------------ escalation (issue 19; web /metrics, DB-backed)
+# Read with cxr_db.escalations.store.metric_counts; the collector exposes ESCALATIONS as a
+# counter (cxr_escalations_total{outcome}) and ESCALATIONS_OPEN as a gauge.
+
+ESCALATIONS = MetricSpec(
+    "cxr_escalations",
+    "Escalations of flagged studies left unread, all time, by delivery outcome: delivered "
+    "(every webhook answered 2xx), failed (a webhook was given up), pending (still being "
+    "delivered or retried), cancelled (the study was opened first), none (no webhook "
+    "configured).",
+    ("outcome",),
+)
+ESCALATIONS_OPEN = MetricSpec(
+    "cxr_escalations_open",
+    "Flagged studies escalated and still unread (open escalations, as the ops page lists).",
+)
+
 # --------------------------------------------------------------------------- reasons
 
 OTHER = "other"

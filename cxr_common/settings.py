@@ -107,6 +107,11 @@ def default_data_dir() -> Path:
     return Path(base) / "cxr-triage"
 
 
+def webhook_urls(value: str) -> list[str]:
+    """The URLs of a comma-separated list, stripped, empty items left out."""
+    return [u.strip() for u in value.split(",") if u.strip()]
+
+
 class CommonSettings(BaseSettings):
     """Settings every process shares."""
 
@@ -373,6 +378,40 @@ class SchedulerSettings(CommonSettings):
         description="touched every 10 s while both periodic jobs pass (healthchecks)",
     )
 
+    # escalation of flagged studies left unread (cxr_scheduler.escalation, issue 19)
+    escalate_after_s: float = Field(
+        default=900.0, gt=0, description="escalate a flagged study unread this long"
+    )
+    escalate_repeat_s: float = Field(
+        default=900.0, gt=0, description="escalate it again this often until it is opened"
+    )
+    escalation_webhooks: str = Field(
+        default="",
+        description="http(s) URLs, comma-separated, that get each escalation as a JSON "
+        "POST; empty = escalations are recorded and shown, nothing is posted",
+    )
+    web_base_url: str = Field(
+        default="",
+        description="the worklist's address as readers reach it, e.g. https://cxr.example; "
+        "escalations link to <this>/studies/<uid> (empty: a relative link)",
+    )
+    escalation_interval_s: float = Field(
+        default=10.0, gt=0, description="how often the scheduler looks for studies to escalate"
+    )
+
+    @field_validator("escalation_webhooks")
+    @classmethod
+    def _webhooks_ok(cls, value: str) -> str:
+        for url in webhook_urls(value):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("each escalation webhook is an http:// or https:// URL")
+        return value
+
+    @property
+    def escalation_webhook_urls(self) -> list[str]:
+        return webhook_urls(self.escalation_webhooks)
+
 
 class WorkerSettings(CommonSettings, DecodeLimitSettings):
     """A scoring worker process (decode limits checked before any decode)."""
@@ -592,6 +631,19 @@ class ResultSettings(CommonSettings):
     )
     result_heartbeat_file: Path | None = Field(
         default=None, description="touched every 10 s while send-results runs (healthchecks)"
+    )
+    # escalation webhooks (the outbox the scheduler writes; cxr_sender.escalation)
+    escalation_timeout_s: float = Field(
+        default=10.0, gt=0, description="connect and answer timeout of one webhook POST"
+    )
+    escalation_max_attempts: int = Field(
+        default=8, ge=1, description="POSTs per escalation and webhook before it is failed"
+    )
+    escalation_retry_max_backoff_s: float = Field(
+        default=300.0, gt=0, description="longest wait between webhook retries (1, 2, 4 ... s)"
+    )
+    escalation_poll_s: float = Field(
+        default=2.0, gt=0, description="how often the results sender looks for due webhooks"
     )
 
     @field_validator("result_calling_ae_title")

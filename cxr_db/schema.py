@@ -11,6 +11,7 @@ from cxr_db.accounts import tables as accounts_tables
 from cxr_db.audit import tables as audit_tables
 from cxr_db.base import Base
 from cxr_db.conflicts import tables as conflicts_tables
+from cxr_db.escalations import tables as escalations_tables
 from cxr_db.instances import tables as instances_tables
 from cxr_db.reading import tables as reading_tables
 from cxr_db.registry import tables as registry_tables
@@ -24,6 +25,7 @@ DOMAIN_TABLES = (
     audit_tables,
     reading_tables,
     registry_tables,
+    escalations_tables,
 )
 """The modules that define tables, one per domain."""
 

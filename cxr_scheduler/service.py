@@ -12,6 +12,7 @@ from cxr_common.lifecycle import stop_on_signals
 from cxr_common.settings import SchedulerSettings
 from cxr_queue.runner import start_heartbeat
 from cxr_scheduler.completeness import CompletenessMonitor
+from cxr_scheduler.escalation import EscalationMonitor
 from cxr_scheduler.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
@@ -23,21 +24,25 @@ class SchedulerHandle:
 
     reconciler: Reconciler
     completeness: CompletenessMonitor
+    escalation: EscalationMonitor
 
     def healthy(self) -> bool:
-        """Both jobs run and passed recently."""
-        return self.reconciler.healthy() and self.completeness.healthy()
+        """Every job runs and passed recently."""
+        return (
+            self.reconciler.healthy() and self.completeness.healthy() and self.escalation.healthy()
+        )
 
     def shutdown(self) -> None:
         self.reconciler.stop()
         self.completeness.stop()
+        self.escalation.stop()
 
 
 def start_scheduler(
     settings: SchedulerSettings, engine: Engine, celery_app: Celery
 ) -> SchedulerHandle:
-    """Start the reconciler (scoring queue) and the completeness monitor (results queue)
-    in daemon threads; return at once."""
+    """Start the reconciler (scoring queue), the completeness monitor (results queue) and
+    the escalation monitor (webhook outbox) in daemon threads; return at once."""
     reconciler = Reconciler(
         engine,
         celery_app,
@@ -53,8 +58,17 @@ def start_scheduler(
         quiet_s=settings.study_quiet_s,
         interval_s=settings.completeness_interval_s,
     )
+    escalation = EscalationMonitor(
+        engine,
+        after_s=settings.escalate_after_s,
+        repeat_s=settings.escalate_repeat_s,
+        webhooks=settings.escalation_webhook_urls,
+        base_url=settings.web_base_url,
+        interval_s=settings.escalation_interval_s,
+    )
     reconciler.start()
     completeness.start()
+    escalation.start()
     log.info(
         "scheduler: reconciler every %.0f s (grace %.0f s), completeness every %.0f s "
         "(quiet %.0f s)",
@@ -63,7 +77,14 @@ def start_scheduler(
         settings.completeness_interval_s,
         settings.study_quiet_s,
     )
-    return SchedulerHandle(reconciler, completeness)
+    log.info(
+        "scheduler: escalation every %.0f s (after %.0f s unread, repeat %.0f s, %d webhook(s))",
+        settings.escalation_interval_s,
+        settings.escalate_after_s,
+        settings.escalate_repeat_s,
+        len(settings.escalation_webhook_urls),
+    )
+    return SchedulerHandle(reconciler, completeness, escalation)
 
 
 def run_scheduler(settings: SchedulerSettings) -> int:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import Engine
+
 from cxr_common.settings import ResultSettings
 from cxr_db import make_engine
 from cxr_queue import make_celery
 from cxr_queue.runner import Consumer, broker_reachable, run_consumer
+from cxr_sender.escalation import EscalationDelivery
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ def run_results_sender(settings: ResultSettings) -> int:
     register_results_task(
         app, lambda: runtime, settings.result_max_retries, settings.result_retry_max_backoff_s
     )
+    escalations = start_escalation_delivery(settings, runtime.engine)
     consumer = Consumer(
         role="results",
         queues=[settings.results_queue_name],
@@ -45,4 +49,28 @@ def run_results_sender(settings: ResultSettings) -> int:
         heartbeat_file=settings.result_heartbeat_file,
         healthy=broker_reachable(app, settings.results_queue_name),
     )
-    return run_consumer(app, consumer, close=runtime.close)
+
+    def close() -> None:
+        escalations.stop()
+        runtime.close()
+
+    return run_consumer(app, consumer, close=close)
+
+
+def start_escalation_delivery(settings: ResultSettings, engine: Engine) -> EscalationDelivery:
+    """Deliver the escalation outbox in a daemon thread of this process (see
+    ``cxr_sender.escalation``); stop it with ``.stop()``."""
+    delivery = EscalationDelivery(
+        engine,
+        timeout_s=settings.escalation_timeout_s,
+        max_attempts=settings.escalation_max_attempts,
+        max_backoff_s=settings.escalation_retry_max_backoff_s,
+        poll_s=settings.escalation_poll_s,
+    )
+    delivery.start()
+    log.info(
+        "escalation webhooks: polled every %.0f s, up to %d attempt(s)",
+        settings.escalation_poll_s,
+        settings.escalation_max_attempts,
+    )
+    return delivery

@@ -27,6 +27,7 @@ from cxr_db.accounts.store import TokenInfo, UserInfo
 from cxr_db.accounts.tables import Role
 from cxr_db.audit.store import AuditRecord
 from cxr_db.audit.tables import AuditAction
+from cxr_db.escalations.store import OpenEscalation
 from cxr_db.reading.store import AnswerRecord
 from cxr_db.reading.tables import Finding, ReadState
 from cxr_db.results.states import SendStatus
@@ -82,7 +83,10 @@ def _environment() -> Environment:
         RESULT_STATE_LABELS=present.RESULT_STATE_LABELS,
         SHADOW_NOTE=present.SHADOW_NOTE,
         account_status=present.account_status,
+        delivery_text=present.delivery_text,
         dicom_status=present.dicom_status,
+        duration_text=present.duration_text,
+        escalation_title=present.escalation_title,
         population_text=present.population_text,
         read_label=present.read_label,
         score_text=present.score_text,
@@ -215,8 +219,13 @@ def model_card_page(card: str, nav: Nav | None = None) -> str:
     return render("model_card.html", nav, card=card)
 
 
-def ops_page(health: Mapping[str, object], nav: Nav | None = None) -> str:
-    return render("ops.html", nav, health=health)
+def ops_page(
+    health: Mapping[str, object],
+    nav: Nav | None = None,
+    escalations: Sequence[OpenEscalation] | None = (),
+) -> str:
+    """Health checks, then the open escalations (None: they could not be read)."""
+    return render("ops.html", nav, health=health, escalations=escalations)
 
 
 def error_page(title: str, message: str, nav: Nav | None = None) -> str:

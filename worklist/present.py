@@ -12,6 +12,7 @@ from urllib.parse import quote, urlencode
 
 from cxr_common.model_files import read_finding
 from cxr_db.accounts.store import UserInfo
+from cxr_db.escalations.store import DeliveryInfo
 from cxr_db.instances.statuses import (
     PENDING_STATUSES,
     REASON_STATUSES,
@@ -92,6 +93,8 @@ def entry_json(entry: WorklistEntry) -> dict[str, object]:
         "read_by": entry.read_by,
         "read_at": _iso(entry.read_at),
         "results": results_json(entry.results),
+        "escalated": entry.escalated,
+        "escalations": entry.escalations,
     } | population_json(entry)
 
 
@@ -243,3 +246,32 @@ def finding_display(model_dir: Path) -> str | None:
         return read_finding(model_dir).display
     except (OSError, ValueError):
         return None
+
+
+def escalation_title(entry: WorklistEntry) -> str:
+    """The hover text of a worklist row's escalation badge."""
+    times = "once" if entry.escalations == 1 else f"{entry.escalations} times"
+    return f"Flagged and unread: escalated {times}; open it to stop the escalation."
+
+
+def delivery_text(delivery: DeliveryInfo) -> str:
+    """One webhook delivery on the ops page: state, attempts, last answer."""
+    attempts = f"{delivery.attempts} attempt{'s' if delivery.attempts != 1 else ''}"
+    text = f"{delivery.state.value} ({attempts})"
+    if delivery.last_error:
+        text += f", last: {delivery.last_error}"
+    if delivery.next_attempt_at is not None and delivery.attempts:
+        text += f", next {utc_time(delivery.next_attempt_at)} UTC"
+    return text
+
+
+def duration_text(seconds: float) -> str:
+    """``95`` -> ``1 min 35 s``; ``7300`` -> ``2 h 1 min``."""
+    total = int(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min {secs} s"
+    return f"{secs} s"

@@ -20,6 +20,7 @@ class ActorKind(enum.StrEnum):
     TOKEN = "token"  # an API token, by its name
     CLI = "cli"  # an operator at the command line
     ANONYMOUS = "anonymous"  # a failed sign-in for an unknown user name
+    SYSTEM = "system"  # a role acting on its own: the scheduler, the results sender (0012)
 
 
 class AuditAction(enum.StrEnum):
@@ -50,6 +51,9 @@ class AuditAction(enum.StrEnum):
     MODEL_CALIBRATE = "model_calibrate"  # site calibration from shadow answers (revision 0010)
     POPULATION_ENABLE = "population_enable"
     POPULATION_DISABLE = "population_disable"
+    # escalation of flagged studies left unread (cxr_db.escalations, revision 0012)
+    ESCALATION = "escalation"
+    ESCALATION_DELIVERY = "escalation_delivery"
 
 
 class AuditEntry(Base):

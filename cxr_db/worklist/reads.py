@@ -42,6 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from cxr_common.population import study_population
+from cxr_db.escalations.store import EscalationMark, escalation_marks
 from cxr_db.instances.statuses import (
     PENDING_STATUSES,
     REASON_STATUSES,
@@ -100,6 +101,11 @@ class WorklistEntry:
 
     results: StudyResults | None = None
     """Results back to PACS (``study_results``)."""
+
+    escalated: bool = False
+    """An escalation is open: flagged, still unread since it was escalated."""
+    escalations: int = 0
+    """Escalations so far (``cxr_db.escalations``)."""
 
 
 class ReadView(enum.StrEnum):
@@ -406,6 +412,12 @@ def _like(text_value: str) -> str:
     return f"%{escaped}%"
 
 
+def _with_escalation(entry: WorklistEntry, mark: EscalationMark | None) -> WorklistEntry:
+    if mark is None:
+        return entry
+    return replace(entry, escalated=mark.open, escalations=mark.count)
+
+
 def worklist_page(engine: Engine, query: WorklistQuery) -> WorklistPage:
     """One page of the worklist (see ``WorklistQuery``); raises ``InvalidCursorError``."""
     limit = max(1, query.limit)
@@ -463,6 +475,7 @@ def worklist_page(engine: Engine, query: WorklistQuery) -> WorklistPage:
     with engine.begin() as conn:
         rows = conn.execute(stmt).all()
         results = study_results(conn, [r.id for r in rows[:limit]])
+        marks = escalation_marks(conn, [r.id for r in rows[:limit]])
     more = len(rows) > limit
     rows = rows[:limit]
     cursor = None
@@ -474,7 +487,10 @@ def worklist_page(engine: Engine, query: WorklistQuery) -> WorklistPage:
             cursor = _encode_cursor(
                 query.view, [last.k_flag, last.k_score, last.received_at, last.id]
             )
-    entries = [replace(_entry(r), results=results.get(r.id)) for r in rows]
+    entries = [
+        _with_escalation(replace(_entry(r), results=results.get(r.id)), marks.get(r.id))
+        for r in rows
+    ]
     return WorklistPage(entries, cursor)
 
 
@@ -590,4 +606,5 @@ def study_detail(engine: Engine, study_instance_uid: str) -> StudyDetail | None:
         if row is None:
             return None
         entry = replace(_entry(row), results=study_results(conn, [row.id]).get(row.id))
+        entry = _with_escalation(entry, escalation_marks(conn, [row.id]).get(row.id))
         return StudyDetail(study=entry, instances=_instances(conn, row.id))

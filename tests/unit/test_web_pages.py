@@ -125,6 +125,8 @@ def test_json_entry_keeps_its_keys_and_formats_reasons_once() -> None:
         "read_by": None,
         "read_at": None,
         "results": None,
+        "escalated": False,
+        "escalations": 0,
     }
     assert present.entry_json(_entry())["reason"] is None
     read = present.entry_json(
@@ -280,3 +282,11 @@ def test_a_shadow_score_keeps_its_interval_greyed() -> None:
     entry = _entry(score=None, shadow_score=0.5, score_lower=0.33, score_upper=0.73, flagged=False)
     assert "(0.500 ± 0.230)" in _page([entry], NOW)
     assert "(0.500 ± 0.230)" in as_table([entry])
+
+
+def test_an_open_escalation_shows_a_badge_in_its_row_only() -> None:
+    escalated = _entry(escalated=True, escalations=2)
+    page = _page([escalated, _entry(study_instance_uid="1.2.3.5")], NOW)
+    assert page.count("ESCALATED</span>") == 1
+    assert "escalated 2 times" in page
+    assert present.entry_json(escalated)["escalated"] is True

@@ -1,18 +1,24 @@
-"""For operations (role ops): ``GET /readyz`` (JSON) and ``GET /ops`` (the same as a page).
+"""For operations (role ops): ``GET /readyz`` (JSON) and ``GET /ops`` (the same as a
+page, with the open escalations and their webhook deliveries).
 Ready means healthy (database, broker) and the model files a worker would load verify
 (``worklist.health``). ``/metrics`` is ``worklist.metrics_route``."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 from fastapi import APIRouter, Response
 from fastapi.responses import HTMLResponse, JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 
+from cxr_db.escalations import store as escalations
 from worklist import pages
 from worklist.deps import Ops, State, WebState
 from worklist.health import check_health, check_model_files
 from worklist.responses import html, nav
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter()
 
@@ -34,8 +40,19 @@ def readyz(principal: Ops, state: State) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
+def _open_escalations(state: WebState) -> list[escalations.OpenEscalation] | None:
+    """The open escalations, or None when the database cannot say (the page still shows
+    the health checks that explain why)."""
+    try:
+        return escalations.open_escalations(state.engine)
+    except SQLAlchemyError as exc:
+        logger.warning("open escalations unavailable (%s)", type(exc).__name__)
+        return None
+
+
 @router.get("/ops", response_class=HTMLResponse)
 def ops_page(principal: Ops, state: State) -> Response:
     ok, body = readiness(state)
     flat = {k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in body.items()}
-    return html(pages.ops_page(flat, nav(principal)), 200 if ok else 503)
+    page = pages.ops_page(flat, nav(principal), _open_escalations(state))
+    return html(page, 200 if ok else 503)

@@ -1,0 +1,1 @@
+"""Escalation of flagged studies left unread: the decisions and their webhook outbox."""
