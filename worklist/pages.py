@@ -27,6 +27,7 @@ from cxr_db.accounts.store import TokenInfo, UserInfo
 from cxr_db.accounts.tables import Role
 from cxr_db.audit.store import AuditRecord
 from cxr_db.audit.tables import AuditAction
+from cxr_db.reading.stats import WindowStats
 from cxr_db.reading.store import AnswerRecord
 from cxr_db.reading.tables import Finding, ReadState
 from cxr_db.results.states import SendStatus
@@ -215,8 +216,13 @@ def model_card_page(card: str, nav: Nav | None = None) -> str:
     return render("model_card.html", nav, card=card)
 
 
-def ops_page(health: Mapping[str, object], nav: Nav | None = None) -> str:
-    return render("ops.html", nav, health=health)
+def ops_page(
+    health: Mapping[str, object],
+    nav: Nav | None = None,
+    read_stats: Sequence[WindowStats] | None = None,
+    read_header: Sequence[str] = (),
+) -> str:
+    return render("ops.html", nav, health=health, read_stats=read_stats, read_header=read_header)
 
 
 def error_page(title: str, message: str, nav: Nav | None = None) -> str:

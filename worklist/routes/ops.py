@@ -1,19 +1,24 @@
 """For operations (role ops): ``GET /readyz`` (JSON) and ``GET /ops`` (the same as a page).
 Ready means healthy (database, broker) and the model files a worker would load verify
-(``worklist.health``). ``/metrics`` is ``worklist.metrics_route``."""
+(``worklist.health``). The page also shows time to read and time to score
+(``cxr_db.reading.stats``). ``/metrics`` is ``worklist.metrics_route``."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 from fastapi import APIRouter, Response
 from fastapi.responses import HTMLResponse, JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 
+from cxr_db.reading import stats
 from worklist import pages
 from worklist.deps import Ops, State, WebState
 from worklist.health import check_health, check_model_files
 from worklist.responses import html, nav
 
+logger = logging.getLogger(__name__)
 router = APIRouter()
 
 
@@ -38,4 +43,10 @@ def readyz(principal: Ops, state: State) -> JSONResponse:
 def ops_page(principal: Ops, state: State) -> Response:
     ok, body = readiness(state)
     flat = {k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in body.items()}
-    return html(pages.ops_page(flat, nav(principal)), 200 if ok else 503)
+    try:
+        windows = stats.read_stats(state.engine, target_s=state.config.read_target_s)
+    except SQLAlchemyError as exc:  # the health table above already says why
+        logger.warning("ops page: time to read could not be read (%s)", type(exc).__name__)
+        windows = None
+    page = pages.ops_page(flat, nav(principal), windows, stats.TABLE_HEADER)
+    return html(page, 200 if ok else 503)
