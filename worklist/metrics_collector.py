@@ -134,11 +134,10 @@ def snapshot_metrics(snap: PipelineSnapshot) -> Iterator[Metric]:
     yield _counter(m.SIGN_IN_FAILURES, snap.sign_in_failures)
     yield _counter(m.LOCKOUTS, snap.lockouts)
     yield _gauge(m.ACCOUNTS_LOCKED, snap.accounts_locked)
-    if snap.models:
-        info = InfoMetricFamily(m.MODEL.name, m.MODEL.help, labels=())
-        for model in snap.models:
-            info.add_metric([], dict(zip(m.MODEL.labels, model, strict=True)))
-        yield info
+    info = InfoMetricFamily(m.MODEL.name, m.MODEL.help, labels=())
+    for model in snap.models:  # none yet: the family without samples
+        info.add_metric([], dict(zip(m.MODEL.labels, model, strict=True)))
+    yield info
     for spec, ages in (
         (m.WORKER_LAST_PREDICTION_AGE, snap.worker_prediction_age_s),
         (m.WORKER_LAST_CLAIM_AGE, snap.worker_claim_age_s),
