@@ -163,14 +163,21 @@ def _recently_scored(window_s: float) -> ColumnElement[bool]:
 
 
 def _scoring(conn: Connection) -> tuple[Histogram, Histogram]:
-    decode = Prediction.decode_ms / 1000.0
-    inference = Prediction.inference_ms / 1000.0
-    bounds = m.SCORING_BUCKETS_S
-    row = conn.execute(
-        select(*histogram_columns(decode, bounds), *histogram_columns(inference, bounds))
-        .select_from(Prediction)
+    rows = (
+        select(
+            (Prediction.decode_ms / 1000.0).label("decode"),
+            (Prediction.inference_ms / 1000.0).label("inference"),
+        )
         .join(Instance, Instance.id == Prediction.instance_id)
         .where(Instance.status == InstanceStatus.DONE)
+        .offset(0)  # each value once per row, not once per bucket filter
+        .subquery("scored")
+    )
+    bounds = m.SCORING_BUCKETS_S
+    row = conn.execute(
+        select(
+            *histogram_columns(rows.c.decode, bounds), *histogram_columns(rows.c.inference, bounds)
+        )
     ).one()
     return histogram_from_row(row, 0, bounds), histogram_from_row(row, len(bounds) + 2, bounds)
 
@@ -188,15 +195,19 @@ def _turnaround(conn: Connection) -> Histogram:
         .subquery("per_study")
     )
     # A study whose last instance arrived after its score was written waits 0 s.
-    seconds = func.greatest(
-        cast(extract("epoch", per_study.c.scored_at - per_study.c.last_received), Float), 0.0
+    waits = (
+        select(
+            func.greatest(
+                cast(extract("epoch", per_study.c.scored_at - per_study.c.last_received), Float),
+                0.0,
+            ).label("seconds")
+        )
+        .where(per_study.c.all_final, per_study.c.scored_at.is_not(None))
+        .offset(0)
+        .subquery("waits")
     )
     bounds = m.TURNAROUND_BUCKETS_S
-    row = conn.execute(
-        select(*histogram_columns(seconds, bounds)).where(
-            per_study.c.all_final, per_study.c.scored_at.is_not(None)
-        )
-    ).one()
+    row = conn.execute(select(*histogram_columns(waits.c.seconds, bounds))).one()
     return histogram_from_row(row, 0, bounds)
 
 
@@ -206,9 +217,7 @@ def _time_to_read(conn: Connection) -> dict[bool, Histogram]:
     rows = {
         bool(r[0]): r
         for r in conn.execute(
-            select(times.c.flagged, *histogram_columns(seconds, bounds))
-            .where(times.c.answered_at.is_not(None))
-            .group_by(times.c.flagged)
+            select(times.c.flagged, *histogram_columns(seconds, bounds)).group_by(times.c.flagged)
         )
     }
     empty = Histogram(bounds, tuple(0 for _ in bounds), 0, 0.0)

@@ -54,7 +54,7 @@ DEFAULT_WINDOWS: tuple[tuple[str, float], ...] = (("24h", 24 * 3600.0), ("7d", 7
 OPEN_ACTIONS = (AuditAction.STUDY_VIEW.value, AuditAction.STUDY_CLAIM.value)
 
 
-def _seconds(later: ColumnElement[Any], earlier: ColumnElement[Any]) -> ColumnElement[float]:
+def _seconds(later: Any, earlier: Any) -> ColumnElement[float]:
     return cast(extract("epoch", later - earlier), Float)
 
 
@@ -62,43 +62,52 @@ def _seconds_ago(seconds: float) -> ColumnElement[Any]:
     return func.now() - func.make_interval(0, 0, 0, 0, 0, 0, float(seconds))
 
 
+def _answered(studies: Subquery | None = None) -> Subquery:
+    stmt = select(Answer.study_id, func.min(Answer.created_at).label("at"))
+    if studies is not None:
+        stmt = stmt.where(Answer.study_id.in_(select(studies.c.id)))
+    return stmt.group_by(Answer.study_id).subquery("answered")
+
+
 def study_times(since_s: float | None = None) -> Subquery:
     """One row per study (arrived in the last ``since_s`` seconds; None = all): study_id,
-    flagged, arrival, scored_at, opened_at, answered_at (NULL where it has not happened)."""
+    flagged, arrival, scored_at, opened_at, answered_at (NULL where it has not happened).
+    Each part is aggregated over the window's studies only."""
+    arrived = select(Study.id, Study.study_instance_uid, Study.flagged, Study.first_received_at)
+    if since_s is not None:
+        arrived = arrived.where(Study.first_received_at >= _seconds_ago(since_s))
+    studies = arrived.subquery("arrived")
     scored = (
         select(Instance.study_id, func.min(Prediction.created_at).label("at"))
         .join(Prediction, Prediction.instance_id == Instance.id)
-        .where(Prediction.model_role == "active")
+        .where(Prediction.model_role == "active", Instance.study_id.in_(select(studies.c.id)))
         .group_by(Instance.study_id)
         .subquery("scored")
     )
     opened = (
         select(AuditEntry.target, func.min(AuditEntry.at).label("at"))
-        .where(AuditEntry.action.in_(OPEN_ACTIONS), AuditEntry.target.is_not(None))
+        .where(
+            AuditEntry.action.in_(OPEN_ACTIONS),
+            AuditEntry.target.in_(select(studies.c.study_instance_uid)),
+        )
         .group_by(AuditEntry.target)
         .subquery("opened")
     )
-    answered = (
-        select(Answer.study_id, func.min(Answer.created_at).label("at"))
-        .group_by(Answer.study_id)
-        .subquery("answered")
-    )
-    stmt = (
+    answered = _answered(studies)
+    return (
         select(
-            Study.id.label("study_id"),
-            Study.flagged,
-            Study.first_received_at.label("arrival"),
+            studies.c.id.label("study_id"),
+            studies.c.flagged,
+            studies.c.first_received_at.label("arrival"),
             scored.c.at.label("scored_at"),
             opened.c.at.label("opened_at"),
             answered.c.at.label("answered_at"),
         )
-        .outerjoin(scored, scored.c.study_id == Study.id)
-        .outerjoin(opened, opened.c.target == Study.study_instance_uid)
-        .outerjoin(answered, answered.c.study_id == Study.id)
+        .outerjoin(scored, scored.c.study_id == studies.c.id)
+        .outerjoin(opened, opened.c.target == studies.c.study_instance_uid)
+        .outerjoin(answered, answered.c.study_id == studies.c.id)
+        .subquery("study_times")
     )
-    if since_s is not None:
-        stmt = stmt.where(Study.first_received_at >= _seconds_ago(since_s))
-    return stmt.subquery("study_times")
 
 
 @dataclass(frozen=True)
@@ -184,9 +193,17 @@ def _opt(value: Any) -> float | None:
 
 
 def _window(conn: Connection, label: str, window_s: float, target_s: float) -> WindowStats:
-    t = study_times(window_s)
-    to_read = _seconds(t.c.answered_at, t.c.arrival)
-    to_score = _seconds(t.c.scored_at, t.c.arrival)
+    times = study_times(window_s)
+    t = (
+        select(
+            times,
+            _seconds(times.c.answered_at, times.c.arrival).label("to_read"),
+            _seconds(times.c.scored_at, times.c.arrival).label("to_score"),
+        )
+        .offset(0)  # each duration once per row, not once per aggregate
+        .subquery("durations")
+    )
+    to_read, to_score = t.c.to_read, t.c.to_score
     rows = conn.execute(
         select(
             t.c.flagged,
@@ -246,10 +263,20 @@ def read_stats(
 
 
 def time_to_read_seconds() -> tuple[Subquery, ColumnElement[float]]:
-    """All-time answered studies (a cumulative histogram never drops a study) and their
-    time to read: the subquery with ``flagged`` and the seconds column."""
-    t = study_times()
-    return t, _seconds(t.c.answered_at, t.c.arrival)
+    """Every answered study (a cumulative histogram never drops one) with ``flagged`` and
+    its time to read in ``seconds`` (computed once per row: ``OFFSET 0`` keeps Postgres
+    from inlining the expression into each bucket's filter)."""
+    answered = _answered()
+    t = (
+        select(
+            Study.flagged,
+            _seconds(answered.c.at, Study.first_received_at).label("seconds"),
+        )
+        .join(answered, answered.c.study_id == Study.id)
+        .offset(0)
+        .subquery("answered_studies")
+    )
+    return t, t.c.seconds
 
 
 def _age_s(ts: ColumnElement[Any]) -> ColumnElement[float]:
