@@ -68,7 +68,23 @@ SCORING_BUCKETS_S: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 #: Images per batch (the worker's largest batch is 256).
 BATCH_SIZE_BUCKETS: Final = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
 
-#: The database-backed histograms cover instances received in this window (README "Metrics").
+#: Time to read (a study's first instance received → its first answer), in seconds.
+TIME_TO_READ_BUCKETS_S: Final = (
+    60.0,
+    300.0,
+    600.0,
+    900.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    14400.0,
+    28800.0,
+    86400.0,
+    259200.0,
+)
+
+#: The database-backed worker heartbeats cover instances received in this window (README
+#: "Metrics"); the histograms are cumulative over every row.
 HISTOGRAM_WINDOW_S: Final = 24 * 3600
 
 # --------------------------------------------------------------------------- web /metrics
@@ -114,21 +130,18 @@ JOBS_IN_FLIGHT = MetricSpec(
 )
 SCORING_DECODE = MetricSpec(
     "cxr_scoring_decode_seconds",
-    "Read + decode + preprocess time per scored instance (predictions.decode_ms), over "
-    "instances received in the last 24 h: a gauge histogram, use histogram_quantile() "
-    "on it directly, not on rate().",
+    "Read + decode + preprocess time per scored instance (predictions.decode_ms), every "
+    "scored instance (cumulative: histogram_quantile() over rate()).",
 )
 SCORING_INFERENCE = MetricSpec(
     "cxr_scoring_inference_seconds",
     "Model run time of the batch each instance was scored in (predictions.inference_ms), "
-    "over instances received in the last 24 h: a gauge histogram, use histogram_quantile() "
-    "on it directly, not on rate().",
+    "every scored instance (cumulative: histogram_quantile() over rate()).",
 )
 TURNAROUND = MetricSpec(
     "cxr_turnaround_seconds",
     "Per study: last instance received to its last score written, for studies with every "
-    "instance final, one scored, and the last received in the last 24 h: a gauge "
-    "histogram, use histogram_quantile() on it directly, not on rate().",
+    "instance final and one scored (cumulative: histogram_quantile() over rate()).",
 )
 MODEL = MetricSpec(
     "cxr_model",
@@ -158,6 +171,51 @@ WORKER_LAST_CLAIM_AGE = MetricSpec(
     "no lease owner.",
     ("worker",),
 )
+TIME_TO_READ = MetricSpec(
+    "cxr_time_to_read_seconds",
+    "Per answered study: first instance received to first answer, by whether the model "
+    "flagged it (cumulative: histogram_quantile() over rate()).",
+    ("flagged",),
+)
+FLAGGED_UNREAD_OLDEST = MetricSpec(
+    "cxr_flagged_unread_oldest_seconds",
+    "Seconds since the oldest flagged, still unread study arrived (0 when none).",
+)
+UNSCORED_OLDEST = MetricSpec(
+    "cxr_unscored_oldest_seconds",
+    "Seconds since the oldest study with an instance pending and no score yet arrived "
+    "(0 when none).",
+)
+RESULT_SENDS = MetricSpec(
+    "cxr_result_sends",
+    "Attempts to store a study's result objects (SC + SR) on a PACS/RIS destination, all "
+    "time, by outcome: sent or failed.",
+    ("outcome",),
+)
+RESULT_STUDIES = MetricSpec(
+    "cxr_result_studies",
+    "Studies now in each result state: receiving, complete, results_sent, results_failed.",
+    ("state",),
+)
+RESULTS_UNSENT = MetricSpec(
+    "cxr_results_unsent",
+    "Complete studies whose results job was enqueued and not yet sent or failed (the "
+    "results queue as the database sees it).",
+)
+RESULTS_OLDEST_UNSENT = MetricSpec(
+    "cxr_results_oldest_unsent_seconds",
+    "Seconds since the oldest enqueued, not yet sent study completed (0 when none).",
+)
+SIGN_IN_FAILURES = MetricSpec(
+    "cxr_sign_in_failures",
+    "Failed sign-ins, all time (audit log sign_in_failed: wrong password, unknown user, "
+    "locked or disabled account).",
+)
+LOCKOUTS = MetricSpec(
+    "cxr_account_lockouts",
+    "Accounts locked after too many wrong passwords, all time (audit log account_locked).",
+)
+ACCOUNTS_LOCKED = MetricSpec("cxr_accounts_locked", "Accounts locked now.")
 DATABASE_UP = MetricSpec(
     "cxr_database_up", "1 when Postgres answered this scrape's queries, else 0."
 )

@@ -134,6 +134,12 @@ class CommonSettings(BaseSettings):
     results_queue_name: str = Field(
         default="cxr-results", description="Celery queue of the results-to-PACS jobs"
     )
+    read_target_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Target time to read a flagged study, seconds (ops page, 'stats': the "
+        "share of flagged studies read within it)",
+    )
     uid_root: str | None = Field(
         default=None,
         description="UID root of the objects we create (SC, SR); unset = a 2.25 UUID root "

@@ -286,6 +286,52 @@ def _cmd_worklist(args: argparse.Namespace, settings: CommonSettings) -> int:
     return _run_with_services(settings, show)
 
 
+def _since_window(value: str) -> tuple[str, float]:
+    """``--since``: a duration (``90m``, ``24h``, ``7d``, ``3600s``) or an ISO time."""
+    import re
+    from datetime import UTC, datetime
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value.strip())
+    if match:
+        return value, float(match[1]) * units[match[2]]
+    try:
+        since = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: give a duration like 24h, 7d, 90m or an ISO time"
+        ) from None
+    since = since if since.tzinfo else since.replace(tzinfo=UTC)
+    return f"since {since.isoformat()}", (datetime.now(UTC) - since).total_seconds()
+
+
+def _cmd_stats(args: argparse.Namespace, settings: CommonSettings) -> int:
+    import json
+
+    from cxr_db import make_engine
+    from cxr_db.reading import stats
+
+    windows = [args.since] if args.since else list(stats.DEFAULT_WINDOWS)
+
+    def show(s: CommonSettings) -> int:
+        engine = make_engine(s.database_url_value(), pool_size=1)
+        try:
+            found = stats.read_stats(engine, windows, s.read_target_s)
+        finally:
+            engine.dispose()
+        if args.json:
+            print(json.dumps([w.as_json() for w in found], indent=2))
+            return 0
+        rows = [list(stats.TABLE_HEADER), *(r for w in found for r in w.table_rows())]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        print(f"time to read: first instance to first answer; target {s.read_target_s:.0f} s")
+        return 0
+
+    return _run_with_services(settings, show)
+
+
 def _cmd_requeue(args: argparse.Namespace, settings: CommonSettings) -> int:
     """Put failed or stuck instances back in work (issue 12): the operator's way after
     fixing what the reason said. Resets attempts; never touches a scored instance."""
@@ -570,6 +616,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=None, help="at most this many studies (default: all)"
     )
     p.set_defaults(func=_cmd_worklist, settings_class=CommonSettings)
+
+    p = sub.add_parser(
+        "stats",
+        help="time to read and time to score, flagged vs not flagged (table or --json)",
+        description="p50/p95 time to read (first instance received to first answer) and "
+        "time to score, flagged vs not flagged studies, by arrival over 24 h and 7 days, "
+        "with counts and the share of flagged studies read within CXR_READ_TARGET_S.",
+    )
+    p.add_argument(
+        "--since",
+        type=_since_window,
+        default=None,
+        help="one window instead: a duration (90m, 24h, 7d) or an ISO time",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_stats, settings_class=CommonSettings)
 
     from cxr_triage import accounts_cli
 

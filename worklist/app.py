@@ -132,7 +132,7 @@ def create_app(engine: Engine, config: WebConfig | None = None) -> FastAPI:
         metrics_router(
             engine,
             broker_url=cfg.broker_url,
-            queue_names=(cfg.queue_name,),
+            queue_names=(cfg.queue_name, cfg.results_queue_name),
             authorize=scrape_token_or(cfg.metrics_token, require(*OPS)),
         )
     )

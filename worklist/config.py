@@ -35,6 +35,8 @@ class WebConfig:
     calibration_path: Path | None = None  # None: model_dir/calibration.json
     trusted_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
     queue_name: str = "cxr-score"
+    results_queue_name: str = "cxr-results"
+    read_target_s: float = 3600.0  # time to read target of flagged studies (ops page)
     metrics_token: SecretStr | None = None  # a Prometheus scrape token, besides the ops role
     limits: DecodeLimits = field(default_factory=DecodeLimits)  # of the radiographs shown
 
@@ -55,6 +57,8 @@ class WebConfig:
             calibration_path=settings.calibration_path,
             trusted_hosts=tuple(settings.trusted_hosts()),
             queue_name=settings.queue_name,
+            results_queue_name=settings.results_queue_name,
+            read_target_s=settings.read_target_s,
             metrics_token=settings.metrics_token,
             limits=settings.decode_limits(),
         )

@@ -20,8 +20,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import redis
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
-    GaugeHistogramMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
@@ -30,8 +30,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cxr_common import metrics as m
 from cxr_db import drift
-from cxr_db.instances.stats import REASON_PATTERNS, Histogram, PipelineSnapshot, read_snapshot
+from cxr_db.escalations import store as escalations
+from cxr_db.instances.stats import (
+    REASON_PATTERNS,
+    Histogram,
+    PipelineSnapshot,
+    ResultsSnapshot,
+    read_snapshot,
+)
 from cxr_db.instances.statuses import InstanceStatus
+from cxr_db.results.states import ResultState, SendStatus
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +71,29 @@ def _gauge(spec: m.MetricSpec, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(spec.name, spec.help, value=value)
 
 
-def _gauge_histogram(spec: m.MetricSpec, hist: Histogram) -> GaugeHistogramMetricFamily:
-    return GaugeHistogramMetricFamily(
-        spec.name, spec.help, buckets=hist.buckets(), gsum_value=hist.sum
-    )
+def _histogram(spec: m.MetricSpec, hist: Histogram) -> HistogramMetricFamily:
+    return HistogramMetricFamily(spec.name, spec.help, buckets=hist.buckets(), sum_value=hist.sum)
+
+
+def time_to_read_metric(hists: Mapping[bool, Histogram]) -> HistogramMetricFamily:
+    spec = m.TIME_TO_READ
+    family = HistogramMetricFamily(spec.name, spec.help, labels=spec.labels)
+    for flagged, hist in sorted(hists.items(), reverse=True):
+        family.add_metric([str(flagged).lower()], hist.buckets(), hist.sum)
+    return family
+
+
+def results_metrics(res: ResultsSnapshot) -> Iterator[Metric]:
+    sends = CounterMetricFamily(m.RESULT_SENDS.name, m.RESULT_SENDS.help, labels=["outcome"])
+    for outcome in SendStatus:
+        sends.add_metric([outcome.value], res.sends.get(outcome, 0))
+    yield sends
+    studies = GaugeMetricFamily(m.RESULT_STUDIES.name, m.RESULT_STUDIES.help, labels=["state"])
+    for state in ResultState:
+        studies.add_metric([state.value], res.studies.get(state, 0))
+    yield studies
+    yield _gauge(m.RESULTS_UNSENT, res.unsent)
+    yield _gauge(m.RESULTS_OLDEST_UNSENT, res.oldest_unsent_s)
 
 
 def drift_metric(psi: Mapping[str, float | None]) -> GaugeMetricFamily:
@@ -98,14 +125,20 @@ def snapshot_metrics(snap: PipelineSnapshot) -> Iterator[Metric]:
     yield by_status
     yield _gauge(m.JOBS_IN_FLIGHT, snap.by_status.get(InstanceStatus.PROCESSING, 0))
     yield _gauge(m.OLDEST_PENDING_AGE, snap.oldest_pending_age_s)
-    yield _gauge_histogram(m.SCORING_DECODE, snap.decode)
-    yield _gauge_histogram(m.SCORING_INFERENCE, snap.inference)
-    yield _gauge_histogram(m.TURNAROUND, snap.turnaround)
-    if snap.models:
-        info = InfoMetricFamily(m.MODEL.name, m.MODEL.help, labels=())
-        for model in snap.models:
-            info.add_metric([], dict(zip(m.MODEL.labels, model, strict=True)))
-        yield info
+    yield _histogram(m.SCORING_DECODE, snap.decode)
+    yield _histogram(m.SCORING_INFERENCE, snap.inference)
+    yield _histogram(m.TURNAROUND, snap.turnaround)
+    yield time_to_read_metric(snap.time_to_read)
+    yield _gauge(m.FLAGGED_UNREAD_OLDEST, snap.flagged_unread_oldest_s)
+    yield _gauge(m.UNSCORED_OLDEST, snap.unscored_oldest_s)
+    yield from results_metrics(snap.results)
+    yield _counter(m.SIGN_IN_FAILURES, snap.sign_in_failures)
+    yield _counter(m.LOCKOUTS, snap.lockouts)
+    yield _gauge(m.ACCOUNTS_LOCKED, snap.accounts_locked)
+    info = InfoMetricFamily(m.MODEL.name, m.MODEL.help, labels=())
+    for model in snap.models:  # none yet: the family without samples
+        info.add_metric([], dict(zip(m.MODEL.labels, model, strict=True)))
+    yield info
     for spec, ages in (
         (m.WORKER_LAST_PREDICTION_AGE, snap.worker_prediction_age_s),
         (m.WORKER_LAST_CLAIM_AGE, snap.worker_claim_age_s),
@@ -114,6 +147,15 @@ def snapshot_metrics(snap: PipelineSnapshot) -> Iterator[Metric]:
         for worker, age in sorted(ages.items()):
             heartbeats.add_metric([worker], age)
         yield heartbeats
+
+
+def escalation_metrics(counts: escalations.MetricCounts) -> Iterator[Metric]:
+    """``cxr_escalations_total{outcome}`` and ``cxr_escalations_open``."""
+    family = CounterMetricFamily(m.ESCALATIONS.name, m.ESCALATIONS.help, labels=["outcome"])
+    for outcome, n in sorted(counts.by_outcome.items()):
+        family.add_metric([outcome], n)
+    yield family
+    yield _gauge(m.ESCALATIONS_OPEN, counts.open)
 
 
 class PipelineCollector:
@@ -145,6 +187,10 @@ class PipelineCollector:
         else:
             yield _gauge(m.DATABASE_UP, 1)
             yield from snapshot_metrics(snap)
+            try:
+                yield from escalation_metrics(escalations.metric_counts(self.engine))
+            except SQLAlchemyError as exc:
+                logger.warning("metrics: escalations could not be read (%s)", type(exc).__name__)
             try:
                 psi = drift.current_psi(self.engine)
             except SQLAlchemyError as exc:

@@ -28,6 +28,7 @@ from cxr_db.accounts.tables import Role
 from cxr_db.audit.store import AuditRecord
 from cxr_db.audit.tables import AuditAction
 from cxr_db.escalations.store import OpenEscalation
+from cxr_db.reading.stats import WindowStats
 from cxr_db.reading.store import AnswerRecord
 from cxr_db.reading.tables import Finding, ReadState
 from cxr_db.results.states import SendStatus
@@ -223,9 +224,18 @@ def ops_page(
     health: Mapping[str, object],
     nav: Nav | None = None,
     escalations: Sequence[OpenEscalation] | None = (),
+    read_stats: Sequence[WindowStats] | None = None,
+    read_header: Sequence[str] = (),
 ) -> str:
-    """Health checks, then the open escalations (None: they could not be read)."""
-    return render("ops.html", nav, health=health, escalations=escalations)
+    """Health checks, time to read, then the open escalations (None: could not be read)."""
+    return render(
+        "ops.html",
+        nav,
+        health=health,
+        escalations=escalations,
+        read_stats=read_stats,
+        read_header=read_header,
+    )
 
 
 def error_page(title: str, message: str, nav: Nav | None = None) -> str:

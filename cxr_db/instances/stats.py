@@ -8,12 +8,18 @@ with a 5 s statement timeout (:func:`read_snapshot`):
 * all-time counters: ``count(*) … GROUP BY status`` over ``instances`` (an index-only
   scan of ``ix_instances_status_received``), and, for failed and not-eligible rows only,
   a ``CASE`` that maps each reason to its category in SQL;
-* histograms (decode, inference, turnaround) and worker heartbeats: a window, not a
-  running aggregate: instances received in the last 24 h, found through the same index
-  (``status = 'done' AND received_at >= now() - 24 h``), joined to their predictions and
-  aggregated into bucket counts in SQL (``count(*) FILTER (WHERE x <= bound)``). So they
-  are *gauge* histograms: read ``histogram_quantile(0.95, cxr_turnaround_seconds_bucket)``
-  directly, never through ``rate()``; a study received more than 24 h ago leaves them.
+* histograms (decode, inference, turnaround, time to read): ordinary cumulative
+  histograms over every row, aggregated into bucket counts in SQL (``count(*) FILTER
+  (WHERE x <= bound)``), so ``histogram_quantile(0.95, rate(..._bucket[1h]))`` works;
+  each scrape scans the scored instances' predictions (and the answered studies) once,
+  which grows with the table: a few hundred ms per million predictions. A requeued
+  instance's prediction leaving reads as a counter reset, which ``rate()`` tolerates.
+* worker heartbeats: instances received in the last 24 h (``ix_instances_status_received``).
+* time to read (``cxr_db.reading.stats``): the oldest flagged unread and unscored study;
+* results to PACS: sends by outcome (``result_sends``), studies by result state, the
+  ones enqueued and not yet sent and the age of the oldest;
+* sign-in failures and lock-outs: ``count(*)`` of their audit actions
+  (``ix_audit_log_action_at``), and the accounts locked now.
 * the models: the registry's active and shadow models
   (:func:`cxr_db.registry.store.serving_model_labels`, a handful of rows), so an
   activation or a rollback shows at the next scrape, not when a process started.
@@ -41,9 +47,14 @@ from sqlalchemy import (
 )
 
 from cxr_common import metrics as m
+from cxr_db.accounts.tables import User
+from cxr_db.audit.tables import AuditAction, AuditEntry
 from cxr_db.instances.statuses import FINAL_STATUSES, PENDING_STATUSES, InstanceStatus
-from cxr_db.instances.tables import Instance, Prediction
+from cxr_db.instances.tables import Instance, Prediction, Study
+from cxr_db.reading import stats as reading_stats
 from cxr_db.registry.store import serving_model_labels
+from cxr_db.results.states import ResultState, SendStatus
+from cxr_db.results.tables import ResultSend
 
 STATEMENT_TIMEOUT = "5s"
 
@@ -90,6 +101,26 @@ class PipelineSnapshot:
     """(name, version, calibration version, role) of the active and shadow models."""
     worker_prediction_age_s: dict[str, float]
     worker_claim_age_s: dict[str, float]
+    time_to_read: dict[bool, Histogram]
+    """Answered studies by flagged, arrival → first answer."""
+    flagged_unread_oldest_s: float
+    unscored_oldest_s: float
+    results: ResultsSnapshot
+    sign_in_failures: int
+    lockouts: int
+    accounts_locked: int
+
+
+@dataclass(frozen=True)
+class ResultsSnapshot:
+    """Results to PACS/RIS: send attempts by outcome, studies by result state, the studies
+    enqueued and not yet sent (the results queue as the database sees it) and the age of
+    the oldest of them since it completed."""
+
+    sends: dict[SendStatus, int]
+    studies: dict[ResultState, int]
+    unsent: int
+    oldest_unsent_s: float
 
 
 def _seconds_ago(seconds: float) -> ColumnElement[Any]:
@@ -100,7 +131,7 @@ def _age_s(ts: ColumnElement[Any]) -> ColumnElement[float]:
     return cast(extract("epoch", func.now() - ts), Float)
 
 
-def _histogram_columns(value: ColumnElement[Any], bounds: Sequence[float]) -> list[Any]:
+def histogram_columns(value: ColumnElement[Any], bounds: Sequence[float]) -> list[Any]:
     """Aggregate columns: one cumulative count per bound, then count and sum."""
     columns: list[Any] = [func.count().filter(value <= bound) for bound in bounds]
     columns.append(func.count(value))
@@ -108,7 +139,7 @@ def _histogram_columns(value: ColumnElement[Any], bounds: Sequence[float]) -> li
     return columns
 
 
-def _histogram(row: Sequence[Any], start: int, bounds: tuple[float, ...]) -> Histogram:
+def histogram_from_row(row: Sequence[Any], start: int, bounds: tuple[float, ...]) -> Histogram:
     n = len(bounds)
     cumulative = tuple(int(v) for v in row[start : start + n])
     return Histogram(bounds, cumulative, int(row[start + n]), float(row[start + n + 1]))
@@ -131,23 +162,27 @@ def _recently_scored(window_s: float) -> ColumnElement[bool]:
     )
 
 
-def _scoring(conn: Connection, window_s: float) -> tuple[Histogram, Histogram]:
-    decode = Prediction.decode_ms / 1000.0
-    inference = Prediction.inference_ms / 1000.0
+def _scoring(conn: Connection) -> tuple[Histogram, Histogram]:
+    rows = (
+        select(
+            (Prediction.decode_ms / 1000.0).label("decode"),
+            (Prediction.inference_ms / 1000.0).label("inference"),
+        )
+        .join(Instance, Instance.id == Prediction.instance_id)
+        .where(Instance.status == InstanceStatus.DONE)
+        .offset(0)  # each value once per row, not once per bucket filter
+        .subquery("scored")
+    )
     bounds = m.SCORING_BUCKETS_S
     row = conn.execute(
-        select(*_histogram_columns(decode, bounds), *_histogram_columns(inference, bounds))
-        .select_from(Prediction)
-        .join(Instance, Instance.id == Prediction.instance_id)
-        .where(_recently_scored(window_s))
+        select(
+            *histogram_columns(rows.c.decode, bounds), *histogram_columns(rows.c.inference, bounds)
+        )
     ).one()
-    return _histogram(row, 0, bounds), _histogram(row, len(bounds) + 2, bounds)
+    return histogram_from_row(row, 0, bounds), histogram_from_row(row, len(bounds) + 2, bounds)
 
 
-def _turnaround(conn: Connection, window_s: float) -> Histogram:
-    recent = (
-        select(Instance.study_id).where(_recently_scored(window_s)).distinct().subquery("recent")
-    )
+def _turnaround(conn: Connection) -> Histogram:
     per_study = (
         select(
             func.max(Instance.received_at).label("last_received"),
@@ -155,24 +190,66 @@ def _turnaround(conn: Connection, window_s: float) -> Histogram:
             func.bool_and(Instance.status.in_(FINAL_STATUSES)).label("all_final"),
         )
         .select_from(Instance)
-        .join(recent, recent.c.study_id == Instance.study_id)
         .outerjoin(Prediction, Prediction.instance_id == Instance.id)
         .group_by(Instance.study_id)
         .subquery("per_study")
     )
     # A study whose last instance arrived after its score was written waits 0 s.
-    seconds = func.greatest(
-        cast(extract("epoch", per_study.c.scored_at - per_study.c.last_received), Float), 0.0
+    waits = (
+        select(
+            func.greatest(
+                cast(extract("epoch", per_study.c.scored_at - per_study.c.last_received), Float),
+                0.0,
+            ).label("seconds")
+        )
+        .where(per_study.c.all_final, per_study.c.scored_at.is_not(None))
+        .offset(0)
+        .subquery("waits")
     )
     bounds = m.TURNAROUND_BUCKETS_S
-    row = conn.execute(
-        select(*_histogram_columns(seconds, bounds)).where(
-            per_study.c.all_final,
-            per_study.c.scored_at.is_not(None),
-            per_study.c.last_received >= _seconds_ago(window_s),
+    row = conn.execute(select(*histogram_columns(waits.c.seconds, bounds))).one()
+    return histogram_from_row(row, 0, bounds)
+
+
+def _time_to_read(conn: Connection) -> dict[bool, Histogram]:
+    times, seconds = reading_stats.time_to_read_seconds()
+    bounds = m.TIME_TO_READ_BUCKETS_S
+    rows = {
+        bool(r[0]): r
+        for r in conn.execute(
+            select(times.c.flagged, *histogram_columns(seconds, bounds)).group_by(times.c.flagged)
+        )
+    }
+    empty = Histogram(bounds, tuple(0 for _ in bounds), 0, 0.0)
+    return {
+        flagged: histogram_from_row(rows[flagged], 1, bounds) if flagged in rows else empty
+        for flagged in (True, False)
+    }
+
+
+def _results(conn: Connection) -> ResultsSnapshot:
+    sends = {
+        SendStatus(r[0]): int(r[1])
+        for r in conn.execute(select(ResultSend.status, func.count()).group_by(ResultSend.status))
+    }
+    studies = {
+        ResultState(r[0]): int(r[1])
+        for r in conn.execute(select(Study.result_state, func.count()).group_by(Study.result_state))
+    }
+    unsent, oldest = conn.execute(
+        select(func.count(), _age_s(func.min(Study.completed_at))).where(
+            Study.result_state == ResultState.COMPLETE, Study.results_enqueued_at.is_not(None)
         )
     ).one()
-    return _histogram(row, 0, bounds)
+    return ResultsSnapshot(sends, studies, int(unsent), max(float(oldest or 0.0), 0.0))
+
+
+def _audit_count(conn: Connection, action: AuditAction) -> int:
+    return int(
+        conn.execute(
+            select(func.count()).select_from(AuditEntry).where(AuditEntry.action == action.value)
+        ).scalar_one()
+    )
 
 
 def _worker_claim_ages(conn: Connection) -> dict[str, float]:
@@ -214,8 +291,16 @@ def read_snapshot(engine: Engine, window_s: float = m.HISTOGRAM_WINDOW_S) -> Pip
                     Instance.status.in_(PENDING_STATUSES)
                 )
             ).scalar_one()
-            decode, inference = _scoring(conn, window_s)
-            turnaround = _turnaround(conn, window_s)
+            decode, inference = _scoring(conn)
+            turnaround = _turnaround(conn)
+            time_to_read = _time_to_read(conn)
+            flagged_unread, unscored = reading_stats.oldest_waiting(conn)
+            results = _results(conn)
+            failures = _audit_count(conn, AuditAction.SIGN_IN_FAILED)
+            lockouts = _audit_count(conn, AuditAction.ACCOUNT_LOCKED)
+            locked = conn.execute(
+                select(func.count()).select_from(User).where(User.locked_until > func.now())
+            ).scalar_one()
             models = serving_model_labels(conn)
             workers = conn.execute(
                 select(Prediction.worker_id, _age_s(func.max(Prediction.created_at)))
@@ -234,4 +319,11 @@ def read_snapshot(engine: Engine, window_s: float = m.HISTOGRAM_WINDOW_S) -> Pip
         models=models,
         worker_prediction_age_s={str(w): max(float(age), 0.0) for w, age in workers},
         worker_claim_age_s=claims,
+        time_to_read=time_to_read,
+        flagged_unread_oldest_s=flagged_unread,
+        unscored_oldest_s=unscored,
+        results=results,
+        sign_in_failures=failures,
+        lockouts=lockouts,
+        accounts_locked=int(locked),
     )

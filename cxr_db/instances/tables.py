@@ -143,3 +143,5 @@ class Prediction(Base):
 
 # revision 0006: drift reads predictions by day
 Index("ix_predictions_created_at", Prediction.created_at)
+# Time to read windows by arrival (revision 0011, cxr_db.reading.stats).
+Index("ix_studies_first_received_at", Study.first_received_at)

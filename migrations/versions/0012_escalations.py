@@ -7,7 +7,7 @@ written in the scheduler's transaction and delivered by the results sender;
 (the scheduler and the results sender record escalations and deliveries).
 
 Revision ID: 0012
-Revises: 0010 (the integrator re-chains)
+Revises: 0011
 Create Date: 2026-12-06
 """
 
@@ -16,7 +16,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "0012"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

@@ -121,7 +121,7 @@ def test_collector_counts_statuses_reason_categories_and_turnaround_buckets(
     repo.record_prediction(engine, pending_done, scored)
     queued = record(engine, f"{uid}.3", f"{uid}.3.2")
     repo.mark_enqueued(engine, queued)
-    # Study 4: received two days ago: outside the 24 h window, still counted as scored.
+    # Study 4: received two days ago: outside the heartbeats' 24 h window, in the histograms.
     old = record(engine, f"{uid}.4", f"{uid}.4.1")
     repo.record_prediction(engine, old, scored)
     _set_times(engine, old, now - timedelta(days=2))
@@ -177,22 +177,26 @@ def test_collector_counts_statuses_reason_categories_and_turnaround_buckets(
     assert scrape.value("cxr_oldest_pending_age_seconds") >= 0
 
     # Turnaround: 45 s (last received → last scored) lands in le=60 not le=30; 0.2 s in
-    # le=0.5; the pending study and the old one are not in it.
-    # a gauge histogram: "histogram" in the text format, its sum and count as gauges
+    # le=0.5; the old study (received two days ago, scored now) in +Inf only; the pending
+    # study is not in it. Ordinary cumulative histograms (every row, not a 24 h window):
+    # _bucket, _sum and _count, which histogram_quantile() over rate() can use.
     assert scrape.types["cxr_turnaround_seconds"] == "histogram"
-    assert scrape.types["cxr_turnaround_seconds_gsum"] == "gauge"
-    assert scrape.value("cxr_turnaround_seconds_gcount") == 2
+    assert "cxr_turnaround_seconds_gsum" not in scrape.types
+    assert not scrape.named("cxr_turnaround_seconds_gcount")
+    assert scrape.value("cxr_turnaround_seconds_count") == 3
     assert scrape.value("cxr_turnaround_seconds_bucket", le="0.5") == 1
     assert scrape.value("cxr_turnaround_seconds_bucket", le="30.0") == 1
     assert scrape.value("cxr_turnaround_seconds_bucket", le="60.0") == 2
-    assert scrape.value("cxr_turnaround_seconds_bucket", le="+Inf") == 2
-    assert scrape.value("cxr_turnaround_seconds_gsum") == pytest.approx(45.2, abs=0.01)
-    # Scoring latency over the four scored instances received in the window.
+    assert scrape.value("cxr_turnaround_seconds_bucket", le="3600.0") == 2
+    assert scrape.value("cxr_turnaround_seconds_bucket", le="+Inf") == 3
+    assert scrape.value("cxr_turnaround_seconds_sum") > 45.2 + 2 * 86400 - 60
+    # Scoring latency over the five scored instances, the old one included.
     assert scrape.value("cxr_scoring_decode_seconds_bucket", le="0.025") == 0
-    assert scrape.value("cxr_scoring_decode_seconds_bucket", le="0.05") == 4
+    assert scrape.value("cxr_scoring_decode_seconds_bucket", le="0.05") == 5
     assert scrape.value("cxr_scoring_inference_seconds_bucket", le="0.5") == 0
-    assert scrape.value("cxr_scoring_inference_seconds_bucket", le="1.0") == 4
-    assert scrape.value("cxr_scoring_inference_seconds_gsum") == pytest.approx(2.8)
+    assert scrape.value("cxr_scoring_inference_seconds_bucket", le="1.0") == 5
+    assert scrape.value("cxr_scoring_inference_seconds_sum") == pytest.approx(3.5)
+    assert scrape.value("cxr_scoring_inference_seconds_count") == 5
 
     # the model info is the registry's, not the predictions' (test_model_info_... below)
     assert "v1" not in {s.labels["model_version"] for s in scrape.named("cxr_model_info")}

@@ -8,14 +8,20 @@ import os
 import socket
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from cxr_common import metrics as m
 from cxr_common.errors import ConfigurationError
 from cxr_common.settings import ListenerSettings, WebSettings, WorkerSettings
+from cxr_db.instances.stats import Histogram, PipelineSnapshot, ResultsSnapshot
+from cxr_db.instances.statuses import InstanceStatus
+from cxr_db.results.states import SendStatus
 from dicom_listener.metrics import status_label
+from tests.metrics_scrape import parse
 from worker.metrics import outcome_label
 from worker.outcomes import JobOutcome
+from worklist.metrics_collector import snapshot_metrics
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +87,12 @@ def test_categories_are_few_snake_case_and_end_with_other() -> None:
 
 
 def test_buckets_are_increasing_and_turnaround_spans_half_a_second_to_an_hour() -> None:
-    for buckets in (m.TURNAROUND_BUCKETS_S, m.SCORING_BUCKETS_S, m.BATCH_SIZE_BUCKETS):
+    for buckets in (
+        m.TURNAROUND_BUCKETS_S,
+        m.SCORING_BUCKETS_S,
+        m.BATCH_SIZE_BUCKETS,
+        m.TIME_TO_READ_BUCKETS_S,
+    ):
         assert list(buckets) == sorted(set(buckets))
     assert (m.TURNAROUND_BUCKETS_S[0], m.TURNAROUND_BUCKETS_S[-1]) == (0.5, 3600.0)
 
@@ -151,3 +162,70 @@ def test_a_metrics_port_serves_its_registry_and_closes() -> None:
     assert "cxr_test_things_total 3.0" in body
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=2)
+
+
+def _hist(bounds: tuple[float, ...], values: list[float]) -> Histogram:
+    cumulative = tuple(sum(v <= b for v in values) for b in bounds)
+    return Histogram(bounds, cumulative, len(values), float(sum(values)))
+
+
+def test_snapshot_histograms_are_cumulative_prometheus_histograms() -> None:
+    """``_bucket``/``_sum``/``_count`` (what ``histogram_quantile`` over ``rate()`` needs),
+    never the gauge histogram's ``_gcount``/``_gsum``; time to read by flagged."""
+    scoring, turnaround = m.SCORING_BUCKETS_S, m.TURNAROUND_BUCKETS_S
+    snap = PipelineSnapshot(
+        by_status={InstanceStatus.DONE: 3},
+        reasons={},
+        oldest_pending_age_s=0.0,
+        decode=_hist(scoring, [0.02, 0.04, 0.3]),
+        inference=_hist(scoring, [0.7, 0.7, 0.7]),
+        turnaround=_hist(turnaround, [0.2, 45.0]),
+        models=(),
+        worker_prediction_age_s={},
+        worker_claim_age_s={},
+        time_to_read={
+            True: _hist(m.TIME_TO_READ_BUCKETS_S, [600.0, 1800.0]),
+            False: _hist(m.TIME_TO_READ_BUCKETS_S, [7200.0]),
+        },
+        flagged_unread_oldest_s=120.0,
+        unscored_oldest_s=0.0,
+        results=ResultsSnapshot({SendStatus.FAILED: 2}, {}, 1, 60.0),
+        sign_in_failures=3,
+        lockouts=1,
+        accounts_locked=1,
+    )
+    registry = CollectorRegistry()
+
+    class _Fixed:
+        def collect(self) -> list[Metric]:
+            return list(snapshot_metrics(snap))
+
+    registry.register(_Fixed())
+    scrape = parse(generate_latest(registry).decode())
+    for name in (
+        "cxr_scoring_decode_seconds",
+        "cxr_turnaround_seconds",
+        "cxr_time_to_read_seconds",
+    ):
+        assert scrape.types[name] == "histogram"
+        assert not scrape.named(f"{name}_gcount")
+        assert not scrape.named(f"{name}_gsum")
+    assert scrape.value("cxr_scoring_decode_seconds_count") == 3
+    assert scrape.value("cxr_scoring_decode_seconds_bucket", le="0.05") == 2
+    assert scrape.value("cxr_turnaround_seconds_sum") == pytest.approx(45.2)
+    assert scrape.value("cxr_time_to_read_seconds_bucket", flagged="true", le="600.0") == 1
+    assert scrape.value("cxr_time_to_read_seconds_count", flagged="true") == 2
+    assert scrape.value("cxr_time_to_read_seconds_count", flagged="false") == 1
+    assert scrape.value("cxr_flagged_unread_oldest_seconds") == 120
+    assert scrape.value("cxr_result_sends_total", outcome="failed") == 2
+    assert scrape.value("cxr_result_sends_total", outcome="sent") == 0
+    assert scrape.value("cxr_result_studies", state="results_sent") == 0
+    assert scrape.value("cxr_sign_in_failures_total") == 3
+    assert scrape.value("cxr_account_lockouts_total") == 1
+
+
+def test_metric_names_are_unique_and_prefixed() -> None:
+    specs = [v for v in vars(m).values() if isinstance(v, m.MetricSpec)]
+    names = [s.name for s in specs]
+    assert len(names) == len(set(names))
+    assert all(n.startswith("cxr_") for n in names)

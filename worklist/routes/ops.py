@@ -1,7 +1,8 @@
 """For operations (role ops): ``GET /readyz`` (JSON) and ``GET /ops`` (the same as a
 page, with the open escalations and their webhook deliveries).
 Ready means healthy (database, broker) and the model files a worker would load verify
-(``worklist.health``). ``/metrics`` is ``worklist.metrics_route``."""
+(``worklist.health``). The page also shows time to read and time to score
+(``cxr_db.reading.stats``). ``/metrics`` is ``worklist.metrics_route``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from cxr_db.escalations import store as escalations
+from cxr_db.reading import stats
 from worklist import pages
 from worklist.deps import Ops, State, WebState
 from worklist.health import check_health, check_model_files
@@ -54,5 +56,12 @@ def _open_escalations(state: WebState) -> list[escalations.OpenEscalation] | Non
 def ops_page(principal: Ops, state: State) -> Response:
     ok, body = readiness(state)
     flat = {k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in body.items()}
-    page = pages.ops_page(flat, nav(principal), _open_escalations(state))
+    try:
+        windows = stats.read_stats(state.engine, target_s=state.config.read_target_s)
+    except SQLAlchemyError as exc:  # the health table above already says why
+        logger.warning("ops page: time to read could not be read (%s)", type(exc).__name__)
+        windows = None
+    page = pages.ops_page(
+        flat, nav(principal), _open_escalations(state), windows, stats.TABLE_HEADER
+    )
     return html(page, 200 if ok else 503)
