@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from cxr_ingest import Disposition, Outcome, RefusalCode
 from cxr_ingest.outcome import refused
+from cxr_results.send import is_stored
 from dicom_listener.handlers import STATUS_FOR_REFUSAL, status_dataset, store_status
-from dicom_listener.statuses import StoreStatus, is_success
+from dicom_listener.statuses import StoreStatus
 
 
 def test_every_refusal_code_has_a_failure_status() -> None:
     assert set(STATUS_FOR_REFUSAL) == set(RefusalCode)
     for code, status in STATUS_FOR_REFUSAL.items():
-        assert not is_success(status), code
+        assert not is_stored(status), code
 
 
 def test_the_statuses_are_the_ones_the_listener_always_answered() -> None:
