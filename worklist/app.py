@@ -24,7 +24,8 @@ checked):
 - ``GET /api/audit`` (admin): JSON, filtered and paged.
 - ``GET /readyz``, ``GET /metrics``, ``GET /ops`` (ops).
 
-Every response carries a strict CSP (no inline script; ``script-src 'self'``), no-store
+Every response carries a strict CSP (no inline script; ``script-src 'self'``;
+``connect-src 'self'`` for the worklist's own refresh), no-store
 caching and no referrer. Host headers are checked (DNS rebinding). Access is logged by
 method, path (never the query string: a search may hold anything) and status.
 """
@@ -40,7 +41,7 @@ from sqlalchemy import Engine
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from cxr_common.clinical import DISCLAIMER
-from worklist.auth import OPS, AuthError, FormError, Principal, is_api
+from worklist.auth import OPS, AuthError, FormError, Principal, is_api, return_path
 from worklist.config import WebConfig
 from worklist.deps import WebState, require
 from worklist.metrics_route import metrics_router, scrape_token_or
@@ -53,6 +54,7 @@ access_log = logging.getLogger("worklist.access")
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src 'self'; "
+        "connect-src 'self'; "
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
@@ -83,15 +85,14 @@ async def _headers_and_access_log(
 
 async def _auth_error(request: Request, exc: Exception) -> Response:
     """401: JSON with a Bearer challenge for the API, else a redirect to sign-in (back here
-    afterwards for a GET); 403: JSON or an error page."""
+    afterwards for a GET, to the study page for its answer or release); 403: JSON or an
+    error page."""
     assert isinstance(exc, AuthError)
     if is_api(request.url.path):
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
         return json_error(exc.status_code, exc.message, **headers)
     if exc.status_code == 401:
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        if request.method != "GET":
-            target = "/"
+        target = return_path(request.method, request.url.path, request.url.query)
         return RedirectResponse("/sign-in?" + urlencode({"next": target}), status_code=303)
     principal = getattr(request.state, "principal", None)
     p = principal if isinstance(principal, Principal) else None

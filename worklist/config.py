@@ -37,6 +37,7 @@ class WebConfig:
     queue_name: str = "cxr-score"
     metrics_token: SecretStr | None = None  # a Prometheus scrape token, besides the ops role
     limits: DecodeLimits = field(default_factory=DecodeLimits)  # of the radiographs shown
+    refresh_s: float = 30.0  # the worklist page refreshes itself this often (not activity)
 
     @classmethod
     def from_settings(cls, settings: WebSettings) -> WebConfig:
@@ -57,6 +58,7 @@ class WebConfig:
             queue_name=settings.queue_name,
             metrics_token=settings.metrics_token,
             limits=settings.decode_limits(),
+            refresh_s=float(settings.web_refresh_s),
         )
 
     @property
