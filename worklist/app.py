@@ -10,11 +10,14 @@ checked):
 - ``GET /healthz`` (none): database and broker answer → 200, else 503.
 - ``GET|POST /sign-in`` (none), ``POST /sign-out`` (session + CSRF).
 - ``GET /static/viewer.js`` (none): the study page's viewer script.
+- ``GET /static/reading.js`` (none): shortcuts, the worklist's own refresh, answer drafts.
 - ``GET /`` (radiologist; others are sent to their home page): the worklist,
   ``?view=unread|read|all&q=&after=`` (unread by default, priority first, paged).
 - ``GET /studies/{study_instance_uid}`` (radiologist): claims the study (``in_progress``)
   and shows it: patient context, score against threshold, radiograph and heatmap, answer
-  form. ``POST …/answer`` and ``POST …/release`` (CSRF).
+  form. ``POST …/answer`` (CSRF) opens the next unread study (``?saved=UID``), or the
+  worklist when none is left; ``POST …/release`` (CSRF).
+- ``GET /next-unread?skip=UID`` (radiologist): the next unread study in worklist order.
 - ``GET /images/{sop_instance_uid}.png``, ``GET /heatmaps/{sop_instance_uid}.png``
   (radiologist): the radiograph and the heatmap; each fetch is audited.
 - ``GET /model-card`` (radiologist): the shipped model's card as text.

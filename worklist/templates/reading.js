@@ -97,6 +97,7 @@
       }
       if (d.note && note && !note.value) { note.value = d.note; restored = true; }
       if (restored && status) {
+        status.classList.add("notice", "warn");
         status.textContent = "Your unsaved answer was restored: check it, then save.";
       }
     }
@@ -196,6 +197,7 @@
       count += added.length;
       document.title = "(" + count + ") " + baseTitle;
       if (live) {
+        live.classList.add("notice");
         live.textContent = (added.length === 1 ? "New likely positive study: " :
           added.length + " new likely positive studies: ") + added.join(", ");
       }
