@@ -200,14 +200,14 @@ def test_worklist_rows_show_age_and_time_since_arrival(
         expect(header).to_contain_text("Waiting")
         adult = page.locator('tr[data-study="1.2.826.0.1.9.1"]')
         expect(adult.locator("td.age")).to_have_text("54 y")
-        expect(adult.locator("td.waiting")).to_have_text("12 min")
+        expect(adult.locator(".waiting")).to_have_text("12 min")
         infant = page.locator('tr[data-study="1.2.826.0.1.9.2"]')
         expect(infant.locator("td.age")).to_have_text("6 mo")
-        expect(infant.locator("td.waiting")).to_have_text("3 h")
+        expect(infant.locator(".waiting")).to_have_text("3 h")
         # just arrived, no population check stored: a dash for the age
         fresh = page.locator('tr[data-study="1.2.826.0.1.7.2"]')
         expect(fresh.locator("td.age")).to_have_text("–")
-        expect(fresh.locator("td.waiting")).to_have_text(re.compile(r"^(< 1 min|\d+ min)$"))
+        expect(fresh.locator(".waiting")).to_have_text(re.compile(r"^(< 1 min|\d+ min)$"))
         path = tmp_path / "worklist-rows.png"
         page.screenshot(path=str(path), full_page=True)
         target = os.environ.get("CXR_TEST_ARTEFACTS")
