@@ -171,6 +171,7 @@ def test_worklist_rows_show_age_and_time_since_arrival(
         "1.2.826.0.1.9.1": ("ACC-2001", "age 54 y; within the validated population (18-64 y)"),
         "1.2.826.0.1.9.2": ("ACC-2002", "age 6 mo, view AP; model validated for 18-64 y"),
     }
+    tail = {"in_scope": "the score triages", "outside": "read normally, this score does not triage"}
     for study, (accession, reason) in aged.items():
         iid = record(db, study, study + ".1", accession)
         population = "in_scope" if "within" in reason else "outside"
@@ -179,7 +180,7 @@ def test_worklist_rows_show_age_and_time_since_arrival(
             iid,
             prediction(0.8, threshold=0.42),
             triage=population == "in_scope",
-            population=repo.PopulationNote(population, reason + ": the score triages"),
+            population=repo.PopulationNote(population, reason + ": " + tail[population]),
         )
     waits = {
         "1.2.826.0.1.9.1": timedelta(minutes=12, seconds=5),
