@@ -566,6 +566,9 @@ class WebSettings(CommonSettings, DecodeLimitSettings):
         default=900, ge=30, description="an opened study is 'in progress' for this long"
     )
     web_page_size: int = Field(default=50, ge=5, le=500, description="studies per page")
+    web_refresh_s: int = Field(
+        default=30, ge=5, le=3600, description="the worklist refreshes itself this often"
+    )
     model_dir: Path | None = Field(default=None, description="unset = the shipped model")
     calibration_path: Path | None = Field(default=None, description="unset = shipped calibration")
 

@@ -10,11 +10,14 @@ checked):
 - ``GET /healthz`` (none): database and broker answer → 200, else 503.
 - ``GET|POST /sign-in`` (none), ``POST /sign-out`` (session + CSRF).
 - ``GET /static/viewer.js`` (none): the study page's viewer script.
+- ``GET /static/reading.js`` (none): shortcuts, the worklist's own refresh, answer drafts.
 - ``GET /`` (radiologist; others are sent to their home page): the worklist,
   ``?view=unread|read|all&q=&after=`` (unread by default, priority first, paged).
 - ``GET /studies/{study_instance_uid}`` (radiologist): claims the study (``in_progress``)
   and shows it: patient context, score against threshold, radiograph and heatmap, answer
-  form. ``POST …/answer`` and ``POST …/release`` (CSRF).
+  form. ``POST …/answer`` (CSRF) opens the next unread study (``?saved=UID``), or the
+  worklist when none is left; ``POST …/release`` (CSRF).
+- ``GET /next-unread?skip=UID`` (radiologist): the next unread study in worklist order.
 - ``GET /images/{sop_instance_uid}.png``, ``GET /heatmaps/{sop_instance_uid}.png``
   (radiologist): the radiograph and the heatmap; each fetch is audited.
   ``GET /images/{sop_instance_uid}.u16`` (radiologist): the radiograph at full resolution
@@ -26,7 +29,8 @@ checked):
 - ``GET /api/audit`` (admin): JSON, filtered and paged.
 - ``GET /readyz``, ``GET /metrics``, ``GET /ops`` (ops).
 
-Every response carries a strict CSP (no inline script; ``script-src 'self'``), no-store
+Every response carries a strict CSP (no inline script; ``script-src 'self'``;
+``connect-src 'self'`` for the worklist's own refresh), no-store
 caching and no referrer. Host headers are checked (DNS rebinding). Access is logged by
 method, path (never the query string: a search may hold anything) and status.
 """
@@ -42,7 +46,7 @@ from sqlalchemy import Engine
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from cxr_common.clinical import DISCLAIMER
-from worklist.auth import OPS, AuthError, FormError, Principal, is_api
+from worklist.auth import OPS, AuthError, FormError, Principal, is_api, return_path
 from worklist.config import WebConfig
 from worklist.deps import WebState, require
 from worklist.metrics_route import metrics_router, scrape_token_or
@@ -86,15 +90,14 @@ async def _headers_and_access_log(
 
 async def _auth_error(request: Request, exc: Exception) -> Response:
     """401: JSON with a Bearer challenge for the API, else a redirect to sign-in (back here
-    afterwards for a GET); 403: JSON or an error page."""
+    afterwards for a GET, to the study page for its answer or release); 403: JSON or an
+    error page."""
     assert isinstance(exc, AuthError)
     if is_api(request.url.path):
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
         return json_error(exc.status_code, exc.message, **headers)
     if exc.status_code == 401:
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        if request.method != "GET":
-            target = "/"
+        target = return_path(request.method, request.url.path, request.url.query)
         return RedirectResponse("/sign-in?" + urlencode({"next": target}), status_code=303)
     principal = getattr(request.state, "principal", None)
     p = principal if isinstance(principal, Principal) else None

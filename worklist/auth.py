@@ -9,6 +9,11 @@ Credentials, in order:
    SameSite=Strict, ``Secure`` over TLS. Every state-changing request it authorises must
    carry the session's CSRF token (form field ``csrf_token`` or header ``X-CSRF-Token``).
 
+A page's own background refresh (the worklist polling itself) sends
+``X-CXR-Background: refresh``; on a ``GET`` of one of :data:`BACKGROUND_PATHS` the session
+is then checked without counting as activity, so a worklist left open still signs out
+after the idle timeout. The header does nothing on any other request.
+
 Without valid credentials a browser page answers 303 to ``/sign-in`` and the JSON API
 (``/api/*``, ``/readyz``, ``/metrics``) 401; with the wrong role, 403.
 
@@ -23,6 +28,7 @@ has two accounts):
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
@@ -45,6 +51,11 @@ CSRF_HEADER = "x-csrf-token"
 MAX_FORM_BYTES = 64 * 1024
 API_PREFIXES = ("/api/",)
 API_PATHS = ("/readyz", "/metrics")
+BACKGROUND_HEADER = "x-cxr-background"
+BACKGROUND_VALUE = "refresh"
+#: The only GETs a background refresh may make without touching the session.
+BACKGROUND_PATHS = ("/", "/api/worklist")
+_STUDY_ACTION = re.compile(r"(/studies/[0-9.]{1,64})/(?:answer|release)")
 
 READERS = (Role.RADIOLOGIST,)
 ADMINS = (Role.ADMIN,)
@@ -118,6 +129,25 @@ def safe_next(value: str | None) -> str:
     return value
 
 
+def is_background(request: Request) -> bool:
+    """A page's background refresh: not activity for the idle timeout (see above)."""
+    return (
+        request.method == "GET"
+        and request.url.path in BACKGROUND_PATHS
+        and request.headers.get(BACKGROUND_HEADER) == BACKGROUND_VALUE
+    )
+
+
+def return_path(method: str, path: str, query: str = "") -> str:
+    """Where to go after signing in, for a request refused for want of a session: the same
+    page for a GET; the study page for an answer or a release (the form cannot be replayed,
+    but the page keeps the typed answer as a draft); else the worklist."""
+    if method == "GET":
+        return path + (f"?{query}" if query else "")
+    match = _STUDY_ACTION.fullmatch(path)
+    return match.group(1) if match else "/"
+
+
 def new_signin_token() -> str:
     return secrets.token_urlsafe(32)
 
@@ -142,7 +172,13 @@ def authenticate(request: Request, engine: Engine, config: WebConfig) -> Princip
         principal = Principal(token.name, token.role, ActorKind.TOKEN, addr, token=token)
     else:
         secret = request.cookies.get(SESSION_COOKIE)
-        session = accounts.get_session(engine, secret, policy=config.policy) if secret else None
+        session = (
+            accounts.get_session(
+                engine, secret, policy=config.policy, touch=not is_background(request)
+            )
+            if secret
+            else None
+        )
         if session is not None:
             principal = Principal(
                 session.user.username,

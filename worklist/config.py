@@ -39,6 +39,7 @@ class WebConfig:
     read_target_s: float = 3600.0  # time to read target of flagged studies (ops page)
     metrics_token: SecretStr | None = None  # a Prometheus scrape token, besides the ops role
     limits: DecodeLimits = field(default_factory=DecodeLimits)  # of the radiographs shown
+    refresh_s: float = 30.0  # the worklist page refreshes itself this often (not activity)
 
     @classmethod
     def from_settings(cls, settings: WebSettings) -> WebConfig:
@@ -61,6 +62,7 @@ class WebConfig:
             read_target_s=settings.read_target_s,
             metrics_token=settings.metrics_token,
             limits=settings.decode_limits(),
+            refresh_s=float(settings.web_refresh_s),
         )
 
     @property

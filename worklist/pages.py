@@ -2,10 +2,12 @@
 
 Autoescaping is on for every template: a value from the database or a DICOM header is
 escaped wherever a template shows it, and nothing here marks text as safe except what a
-template rendered. No inline script, no external asset: the only script is
-``/static/viewer.js`` (same origin) for the study page's image viewer, and every page
-works without it. ``base.html`` carries the disclaimer (``cxr_common.clinical``) on each
-page and, for a signed-in user, their name, role and a sign-out form with the CSRF token.
+template rendered. No inline script, no external asset: the scripts are
+``/static/viewer.js`` (same origin) for the study page's image viewer and
+``/static/reading.js`` for the reading tools (keyboard shortcuts, the worklist's own
+refresh and announcements, answer drafts), and every page works without them.
+``base.html`` carries the disclaimer (``cxr_common.clinical``) on each page
+and, for a signed-in user, their name, role and a sign-out form with the CSRF token.
 
 Each page has a view (a dataclass of what it shows) and a function that renders it; the
 templates format values with ``worklist.present``.
@@ -85,6 +87,7 @@ def _environment() -> Environment:
         SHADOW_NOTE=present.SHADOW_NOTE,
         account_status=present.account_status,
         delivery_text=present.delivery_text,
+        age_text=present.age_text,
         dicom_status=present.dicom_status,
         duration_text=present.duration_text,
         escalation_title=present.escalation_title,
@@ -99,6 +102,7 @@ def _environment() -> Environment:
         uid_path=present.uid_path,
         utc_hhmm=present.utc_hhmm,
         utc_time=present.utc_time,
+        waiting_text=present.waiting_text,
         worklist_href=present.worklist_href,
     )
     return env
@@ -145,6 +149,8 @@ class WorklistView:
     tabs: dict[str, str] = field(default_factory=dict)
     banner: Markup = Markup("")
     """A drift warning (``drift_banner``), shown above the list."""
+    refresh_s: float = 30.0
+    """The page fetches itself this often (``/static/reading.js``), not as activity."""
 
 
 def drift_banner(alerts: Sequence[str], threshold: float) -> Markup:
@@ -180,6 +186,7 @@ class StudyView:
     threshold: float | None
     message: str | None = None
     finding: str | None = None  # what the score is of (model.json), e.g. "Pneumonia"
+    saved: str | None = None  # the study whose answer was just saved (this is the next)
 
 
 def study_page(s: StudyView, nav: Nav | None = None) -> str:

@@ -5,6 +5,7 @@ formatting the page templates call (times, scores, links, labels)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -275,3 +276,30 @@ def duration_text(seconds: float) -> str:
     if minutes:
         return f"{minutes} min {secs} s"
     return f"{secs} s"
+
+
+# ---------------------------------------------------------------------------- worklist rows
+
+#: The age as the population check wrote it into its reason (``cxr_model.population``:
+#: ``"age 54 y; within the validated population ..."``, ``Age.label`` units y/mo/wk/d).
+_REASON_AGE = re.compile(r"(?:^|[\s;,(])age (\d{1,3} (?:y|mo|wk|d))\b")
+
+
+def age_text(entry: WorklistEntry) -> str:
+    """The patient's age at the study (``54 y``, ``6 mo``), from the population check the
+    worker stored for its scored instances; a dash when it was not derived (not scored yet,
+    no age in the header, or a model without a population block)."""
+    match = _REASON_AGE.search(entry.population_reason or "")
+    return match.group(1) if match else NO_VALUE
+
+
+def waiting_text(since: datetime, now: datetime) -> str:
+    """How long ago ``since`` was, coarsely: ``< 1 min``, ``12 min``, ``3 h``, ``2 d``."""
+    seconds = max(0.0, (now - since).total_seconds())
+    if seconds < 60:
+        return "< 1 min"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min"
+    if seconds < 48 * 3600:
+        return f"{int(seconds // 3600)} h"
+    return f"{int(seconds // 86400)} d"

@@ -420,8 +420,12 @@ def get_session(
     *,
     policy: SignInPolicy,
     now: datetime | None = None,
+    touch: bool = True,
 ) -> SessionInfo | None:
     """The live session for a cookie's secret, touched; None when there is none.
+
+    ``touch=False`` reads it without counting as activity (a page's background refresh):
+    its idle timeout runs on from the last real request.
 
     A session idle for ``policy.idle_timeout``, past its absolute expiry, or whose user
     was disabled is deleted here (and audited as expired): it cannot come back.
@@ -464,16 +468,17 @@ def get_session(
                 ),
             )
             return None
-        conn.execute(
-            update(WebSession)
-            .where(WebSession.id == wanted, WebSession.last_seen_at < at)
-            .values(last_seen_at=at)
-        )
+        if touch:
+            conn.execute(
+                update(WebSession)
+                .where(WebSession.id == wanted, WebSession.last_seen_at < at)
+                .values(last_seen_at=at)
+            )
     return SessionInfo(
         user=_user(row),
         csrf_token=csrf_token_for(secret),
         created_at=row.session_created_at,
-        last_seen_at=max(at, row.last_seen_at),
+        last_seen_at=max(at, row.last_seen_at) if touch else row.last_seen_at,
         expires_at=row.expires_at,
         client_addr=row.client_addr,
     )

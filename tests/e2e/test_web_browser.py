@@ -155,8 +155,10 @@ def test_reading_workflow_in_chromium(engine: Engine, tmp_path: Path, browser: B
         ann.check("input[name=finding][value=pneumonia]")
         ann.fill("#note", "right lower lobe consolidation")
         ann.click("button[form=answer-form]")
-        expect(ann).to_have_url(f"{base_url}/?saved={seeded.flagged_top}")
-        expect(ann.locator(".notice").first).to_contain_text("Answer saved")
+        # the next unread study opens (worklist order), saying the answer was saved
+        expect(ann).to_have_url(f"{base_url}/studies/{seeded.order[1]}?saved={seeded.flagged_top}")
+        expect(ann.locator("[data-saved]")).to_contain_text("Answer saved")
+        ann.click("a.back")
         expect(ann.locator(f'tr[data-study="{seeded.flagged_top}"]')).to_have_count(0)
         first = ann.locator("table").first.locator("tbody tr").nth(0)
         expect(first).to_have_attribute("data-study", seeded.order[1])

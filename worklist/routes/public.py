@@ -1,6 +1,9 @@
-"""What needs no credentials: ``GET /healthz`` and the viewer script."""
+"""What needs no credentials: ``GET /healthz`` and the pages' scripts."""
 
 from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -27,6 +30,21 @@ def healthz(state: State) -> JSONResponse:
 def viewer_js() -> Response:
     return Response(
         VIEWER_JS,
+        media_type="text/javascript",
+        headers={"Cache-Control": "public, max-age=3600"},
+    )
+
+
+@cache
+def _reading_js() -> str:
+    """``worklist/templates/reading.js``: shortcuts, the worklist's refresh, drafts."""
+    return files("worklist").joinpath("templates/reading.js").read_text(encoding="utf-8")
+
+
+@router.get("/static/reading.js")
+def reading_js() -> Response:
+    return Response(
+        _reading_js(),
         media_type="text/javascript",
         headers={"Cache-Control": "public, max-age=3600"},
     )

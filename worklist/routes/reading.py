@@ -3,13 +3,15 @@ release, the radiograph and heatmap PNGs, and the model card.
 
 ``GET /studies/{uid}`` claims the study (``in_progress``) and shows it: patient context,
 score against threshold, radiograph and heatmap, answer form. Each view and each image
-fetch is audited.
+fetch is audited. Saving an answer opens the next unread study in worklist order
+(``next_unread``; the worklist when none is left), and so does ``GET /next-unread``.
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
@@ -31,7 +33,7 @@ from cxr_db.errors import (
     StudyNotFoundError,
 )
 from cxr_db.instances import reads as instance_reads
-from cxr_db.instances.statuses import InstanceStatus
+from cxr_db.instances.statuses import PENDING_STATUSES, InstanceStatus
 from cxr_db.reading import store as reading
 from cxr_db.reading.tables import ReadState
 from cxr_db.worklist import reads
@@ -41,7 +43,7 @@ from worklist import pages
 from worklist.auth import CSRF_FIELD, HOME, AuthError, Principal, check_csrf
 from worklist.deps import Form, MaybePrincipal, Reader, State, WebState
 from worklist.inputs import UID_RULE, parse_view, record_answer, valid_uid
-from worklist.present import finding_display
+from worklist.present import finding_display, study_href
 from worklist.radiograph import FULL_MEDIA_TYPE, Withheld, patient_context
 from worklist.responses import html, html_error, json_error, nav
 
@@ -64,6 +66,36 @@ def _drift_banner(engine: Engine) -> Markup:
         return Markup("")
     alerts = report.windows[0].alerts(PSI_WARN) if report.windows else []
     return pages.drift_banner(alerts, PSI_WARN)
+
+
+def next_unread(engine: Engine, skip: str | None = None) -> str | None:
+    """The study a reader should open next: the first in worklist order (flagged first,
+    then unscored, then by score; ``cxr_db.worklist.reads``) that is unread, not held by
+    anyone, not ``skip``, and has its images scored or failed (a study still being scored
+    has nothing to show yet, unless an image of it already flagged it). None when no
+    study is left."""
+    flagged_query = WorklistQuery(view=ReadView.UNREAD, limit=50)
+    while True:  # the flagged studies lead the order: partly scored ones too
+        page = reads.worklist_page(engine, flagged_query)
+        for e in page.entries:
+            if not e.flagged:
+                break
+            if e.read_state is ReadState.UNREAD and e.study_instance_uid != skip:
+                return e.study_instance_uid
+        else:
+            if page.next_cursor is not None:
+                flagged_query = replace(flagged_query, after=page.next_cursor)
+                continue
+        break
+    query = WorklistQuery(view=ReadView.UNREAD, exclude_statuses=PENDING_STATUSES, limit=50)
+    while True:
+        page = reads.worklist_page(engine, query)
+        for e in page.entries:
+            if not e.flagged and e.read_state is ReadState.UNREAD and e.study_instance_uid != skip:
+                return e.study_instance_uid
+        if page.next_cursor is None:
+            return None
+        query = replace(query, after=page.next_cursor)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -129,12 +161,17 @@ def worklist_page(
         first_href="/?" + urlencode(base) if after else None,
         notice=notice,
         banner=_drift_banner(engine),
+        refresh_s=cfg.refresh_s,
     )
     return html(pages.worklist_page(w, nav(principal)))
 
 
 def _study_view(
-    state: WebState, uid: str, principal: Principal, message: str | None = None
+    state: WebState,
+    uid: str,
+    principal: Principal,
+    message: str | None = None,
+    saved: str | None = None,
 ) -> pages.StudyView | None:
     engine = state.engine
     detail = reads.study_detail(engine, uid)
@@ -189,11 +226,23 @@ def _study_view(
         threshold=threshold,
         finding=finding_display(state.config.resolved_model_dir),
         message=message,
+        saved=saved,
     )
 
 
+@router.get("/next-unread")
+def open_next_unread(principal: Reader, state: State, skip: str | None = None) -> Response:
+    """The next unread study (``next_unread``, passing over ``skip``), or the worklist
+    when none is left."""
+    uid = next_unread(state.engine, valid_uid(skip) if skip else None)
+    return RedirectResponse(study_href(uid) if uid else "/", status_code=303)
+
+
 @router.get("/studies/{study_instance_uid}", response_class=HTMLResponse)
-def study_page(study_instance_uid: str, principal: Reader, state: State) -> Response:
+def study_page(
+    study_instance_uid: str, principal: Reader, state: State, saved: str | None = None
+) -> Response:
+    """``?saved=UID``: the answer on study UID was just saved and this study is the next."""
     uid = valid_uid(study_instance_uid)
     if uid is None:
         return html_error(
@@ -216,7 +265,7 @@ def study_page(study_instance_uid: str, principal: Reader, state: State) -> Resp
             timeout=state.config.claim_timeout,
             client_addr=principal.client_addr,
         )
-    view = _study_view(state, uid, principal)
+    view = _study_view(state, uid, principal, saved=valid_uid(saved) if saved else None)
     assert view is not None
     return html(pages.study_page(view, nav(principal)))
 
@@ -239,7 +288,9 @@ def answer_form(study_instance_uid: str, principal: Reader, form: Form, state: S
             return html_error(404, "Study not found", f"No study {uid}.", principal)
         code = 422 if isinstance(exc, InvalidAnswerError) else 409
         return html(pages.study_page(view, nav(principal)), code)
-    return RedirectResponse("/?" + urlencode({"saved": uid}), status_code=303)
+    following = next_unread(state.engine, skip=uid)
+    target = study_href(following) if following else "/"
+    return RedirectResponse(target + "?" + urlencode({"saved": uid}), status_code=303)
 
 
 @router.post("/studies/{study_instance_uid}/release")
