@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
+from cxr_db.instances import reads as instance_reads
 from cxr_db.instances.statuses import FINAL_STATUSES, InstanceStatus
-from cxr_db.worklist import reads as reads
 from tests.conftest import Services, StartListener
 from tests.support import running, wait_until
 
@@ -66,14 +66,14 @@ def wait_until_final(
     """Poll Postgres until ``expected`` instances are in a final state (or fail)."""
 
     def final() -> dict[str, InstanceStatus] | None:
-        statuses = reads.instance_statuses(engine)
+        statuses = instance_reads.instance_statuses(engine)
         done = len(statuses) >= expected and all(s in FINAL_STATUSES for s in statuses.values())
         return statuses if done else None
 
     return wait_until(
         final,
         timeout_s,
-        lambda: f"{expected} instances final (now {reads.instance_statuses(engine)})",
+        lambda: f"{expected} instances final (now {instance_reads.instance_statuses(engine)})",
         alive=running(procs or []),
     )
 
