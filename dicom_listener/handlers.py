@@ -30,6 +30,7 @@ import os
 import shutil
 import struct
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -53,7 +54,7 @@ from cxr_db.conflicts import store as conflicts
 from cxr_db.instances import writes as repo
 from cxr_imaging.errors import ImagingError
 from cxr_imaging.limits import DecodeLimits, InputRefusedError, check_instance
-from cxr_queue import ScoreJob
+from cxr_queue import ScoreJob, choose_lane, header_asks_urgent
 from dicom_listener.enqueue import enqueue_instance
 from dicom_listener.loopback import LoopbackGuard
 from dicom_listener.statuses import EchoStatus, StoreStatus
@@ -163,6 +164,7 @@ def _read_instance_record(
     calling_ae_title: str | None,
     storage: Storage,
     limits: DecodeLimits,
+    urgent_ae_titles: Collection[str] = (),
 ) -> repo.InstanceRecord:
     """Check the staged file against ``limits`` and parse its header into the row the
     listener records (pixel data is left to the worker). The instance's URI is where
@@ -197,6 +199,7 @@ def _read_instance_record(
         body_part = _text(ds, "BodyPartExamined", 64)
         view = _text(ds, "ViewPosition", 16)
         series = _optional_uid(ds, "SeriesInstanceUID")
+        header_urgent = header_asks_urgent(ds)
     except Exception as exc:  # pydicom raises many types on bad input
         raise _Refused(
             StoreStatus.UNDECODABLE_DATASET,
@@ -240,6 +243,7 @@ def _read_instance_record(
         storage_uri=storage.uri(instance_key(study, sop_instance)),
         size_bytes=path.stat().st_size,
         content_sha256=content_sha256(path, str(meta_ts) if meta_ts else None),
+        lane=choose_lane(calling_ae_title, header_urgent, urgent_ae_titles),
     )
 
 
@@ -255,6 +259,7 @@ class StoreHandler:
         accepted_sop_classes: tuple[str, ...] = ACCEPTED_SOP_CLASSES,
         limits: DecodeLimits | None = None,
         loopback: LoopbackGuard | None = None,
+        urgent_ae_titles: Collection[str] = (),
     ) -> None:
         self.engine = engine
         self.storage = storage
@@ -263,6 +268,7 @@ class StoreHandler:
         self.accepted_sop_classes = frozenset(accepted_sop_classes)
         self.limits = limits or DecodeLimits()
         self.loopback = loopback
+        self.urgent_ae_titles = frozenset(urgent_ae_titles)
 
     def __call__(self, event: Event) -> Dataset:
         """Handle one C-STORE request; returns the status (never raises)."""
@@ -340,7 +346,13 @@ class StoreHandler:
         staged = self._stage(event)
         try:
             record = _read_instance_record(
-                staged, affected_class, affected_instance, calling_ae, self.storage, self.limits
+                staged,
+                affected_class,
+                affected_instance,
+                calling_ae,
+                self.storage,
+                self.limits,
+                self.urgent_ae_titles,
             )
             checked = self._record(record, staged)
         finally:
@@ -459,7 +471,7 @@ class StoreHandler:
                 sop_instance_uid=record.sop_instance_uid,
                 storage_uri=record.storage_uri,
             )
-            enqueue_instance(self.engine, self.celery_app, self.queue_name, job)
+            enqueue_instance(self.engine, self.celery_app, self.queue_name, job, record.lane)
         except Exception as exc:  # noqa: BLE001 - broker errors come in many types
             logger.warning(
                 "enqueue failed for sop_instance_uid=%s instance_id=%d (%s): "

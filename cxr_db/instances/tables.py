@@ -97,6 +97,9 @@ class Instance(Base):
     population_reason: Mapped[str | None] = mapped_column(Text)
     #: sha256 of the received data set (migration 0007; None for older rows).
     content_sha256: Mapped[str | None] = mapped_column(String(64))
+    #: The scoring lane chosen when the instance was recorded (``cxr_queue.lanes``):
+    #: ``urgent`` (scored first) or ``normal``; the reconciler re-enqueues into it.
+    lane: Mapped[str] = mapped_column(String(8), default="normal", server_default="normal")
 
 
 class Prediction(Base):

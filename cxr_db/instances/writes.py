@@ -47,6 +47,8 @@ class InstanceRecord:
     #: sha256 of the received data set (see ``dicom_listener.handlers.content_sha256``);
     #: None for rows recorded before it was kept.
     content_sha256: str | None = None
+    #: The scoring lane (``cxr_queue.lanes.Lane`` value): ``urgent`` or ``normal``.
+    lane: str = "normal"
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class PendingJob:
     instance_id: int
     sop_instance_uid: str
     storage_uri: str
+    #: The scoring lane the row was recorded with (``cxr_queue.lanes.Lane`` value).
+    lane: str = "normal"
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,7 @@ def _insert_instance(conn: Connection, rec: InstanceRecord) -> RecordResult:
             size_bytes=rec.size_bytes,
             status=InstanceStatus.RECEIVED,
             content_sha256=rec.content_sha256,
+            lane=rec.lane,
         )
         .on_conflict_do_nothing(index_elements=[Instance.sop_instance_uid])
         .returning(Instance.id)
@@ -510,9 +515,9 @@ def _take(
                 )
             )
             .values(**values)
-            .returning(Instance.id, Instance.sop_instance_uid, Instance.storage_uri)
+            .returning(Instance.id, Instance.sop_instance_uid, Instance.storage_uri, Instance.lane)
         ).all()
-    return [PendingJob(r.id, r.sop_instance_uid, r.storage_uri) for r in rows]
+    return [PendingJob(r.id, r.sop_instance_uid, r.storage_uri, r.lane) for r in rows]
 
 
 def take_unenqueued(engine: Engine, older_than_s: float, limit: int = 500) -> list[PendingJob]:
@@ -659,9 +664,9 @@ def reset_for_requeue(engine: Engine, instance_ids: Collection[int]) -> list[Pen
                 updated_at=func.now(),
                 **_NO_LEASE,
             )
-            .returning(Instance.id, Instance.sop_instance_uid, Instance.storage_uri)
+            .returning(Instance.id, Instance.sop_instance_uid, Instance.storage_uri, Instance.lane)
         ).all()
-    return [PendingJob(r.id, r.sop_instance_uid, r.storage_uri) for r in rows]
+    return [PendingJob(r.id, r.sop_instance_uid, r.storage_uri, r.lane) for r in rows]
 
 
 # ---------------------------------------------------------------------------------------
