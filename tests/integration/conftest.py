@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from cxr_common.settings import ListenerSettings
 from cxr_db.instances import reads as instance_reads
 from cxr_db.instances.statuses import FINAL_STATUSES, InstanceStatus
-from cxr_queue import make_celery
+from cxr_queue import lane_queues, make_celery
 from tests.conftest import Services
 
 
@@ -92,14 +92,16 @@ def wait_until_final(
 
 
 def wait_until_queue_drained(services: Services, timeout_s: float = 60) -> None:
-    """Poll Redis until the session's queue has no waiting or unacknowledged jobs."""
+    """Poll Redis until the session's queue (both lanes) has no waiting or unacknowledged
+    jobs."""
     import redis
 
     client = redis.Redis.from_url(services.broker_url)
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
-            if client.llen(services.queue_name) == 0 and not _unacked_for(client, services):
+            waiting = sum(int(client.llen(q)) for q in lane_queues(services.queue_name))
+            if waiting == 0 and not _unacked_for(client, services):
                 return
             time.sleep(0.1)
     finally:
