@@ -130,7 +130,10 @@ def _lane_timings(engine: Any) -> list[tuple[bool, float, float]]:
     with engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT i.calling_ae_title = :ae, extract(epoch FROM i.enqueued_at), "
+                "SELECT i.calling_ae_title = :ae, "
+                # a job scored before the listener marked its row queued keeps no
+                # enqueued_at: its received_at (a few ms earlier) stands in, as in timings()
+                "extract(epoch FROM coalesce(i.enqueued_at, i.received_at)), "
                 "extract(epoch FROM p.created_at) "
                 "FROM instances i JOIN predictions p ON p.instance_id = i.id"
             ),
