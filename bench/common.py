@@ -312,7 +312,7 @@ class Bench:
             conn.execute(text("TRUNCATE predictions, instances, studies RESTART IDENTITY CASCADE"))
         engine.dispose()
         client = redis.Redis.from_url(self.broker_url)
-        client.delete(self.queue)
+        client.delete(self.queue, f"{self.queue}-urgent")  # both lanes (cxr_queue.lanes)
         client.close()
 
     def close(self) -> None:

@@ -213,6 +213,13 @@ class ListenerSettings(CommonSettings, DecodeLimitSettings):
             "environment); empty = accept any",
         )
     )
+    urgent_calling_ae_titles: Annotated[list[str], NoDecode, BeforeValidator(_split_ae_titles)] = (
+        Field(
+            default_factory=list,
+            description="calling AE titles whose instances are scored first (the urgent "
+            "lane: emergency department, ICU; comma-separated in the environment)",
+        )
+    )
     max_associations: int = Field(
         default=10,
         ge=1,

@@ -72,7 +72,7 @@ from cxr_ingest.header import (
 )
 from cxr_ingest.outcome import Disposition, Outcome, RefusalCode, Source, refused
 from cxr_ingest.own_objects import OWN_OBJECT_SOP_CLASSES, is_own_object
-from cxr_queue import ScoreJob
+from cxr_queue import ScoreJob, choose_lane, header_asks_urgent
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,8 @@ class Ingest:
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     uid_root: str | None = None
     stored_sop_classes: frozenset[str] = frozenset(STORED_SOP_CLASSES)
+    #: Calling AE titles whose instances go to the urgent lane (``cxr_queue.lanes``).
+    urgent_ae_titles: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -370,6 +372,9 @@ def _record(
         size_bytes=staged.stat().st_size,
         content_sha256=sha256,
         patient_context=context,
+        lane=choose_lane(
+            source.calling_ae_title, header_asks_urgent(header.dataset), rules.urgent_ae_titles
+        ),
     )
 
 
@@ -523,7 +528,7 @@ def _enqueue(rules: Ingest, instance_id: int, record: repo.InstanceRecord) -> bo
             sop_instance_uid=record.sop_instance_uid,
             storage_uri=record.storage_uri,
         )
-        enqueue_instance(rules.engine, rules.celery_app, rules.queue_name, job)
+        enqueue_instance(rules.engine, rules.celery_app, rules.queue_name, job, record.lane)
     except Exception as exc:  # noqa: BLE001 - broker errors come in many types
         logger.warning(
             "enqueue failed for sop_instance_uid=%s instance_id=%d (%s): "

@@ -16,6 +16,7 @@ from cxr_queue.contract import (
     enqueue_score,
     make_celery,
 )
+from cxr_queue.lanes import Lane, choose_lane, header_asks_urgent, lane_queue, lane_queues
 from cxr_queue.live import LiveJobs, live_instance_ids
 
 __all__ = [
@@ -23,11 +24,16 @@ __all__ = [
     "RESULTS_QUEUE",
     "RESULTS_TASK",
     "SCORE_TASK",
+    "Lane",
     "LiveJobs",
     "ResultsJob",
     "ScoreJob",
+    "choose_lane",
     "enqueue_results",
     "enqueue_score",
+    "header_asks_urgent",
+    "lane_queue",
+    "lane_queues",
     "live_instance_ids",
     "make_celery",
 ]

@@ -6,6 +6,7 @@ from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field
 
 from cxr_common.settings import BROKER_VISIBILITY_TIMEOUT_S as VISIBILITY_TIMEOUT_S
+from cxr_queue.lanes import QUEUE_ORDER_STRATEGY, Lane, lane_queue
 
 SCORE_TASK = "cxr.score_instance"
 
@@ -50,6 +51,8 @@ def make_celery(broker_url: str, queue_name: str = "cxr-score", name: str = "cxr
             "socket_keepalive": True,
             "health_check_interval": 10,
             "retry_on_timeout": True,
+            # Urgent lanes first in every BRPOP, with a starvation bound (cxr_queue.lanes).
+            "queue_order_strategy": QUEUE_ORDER_STRATEGY,
         },
         broker_connection_timeout=BROKER_CONNECT_TIMEOUT_S,
         broker_connection_retry_on_startup=True,
@@ -71,9 +74,14 @@ def make_celery(broker_url: str, queue_name: str = "cxr-score", name: str = "cxr
     return app
 
 
-def enqueue_score(app: Celery, job: ScoreJob, queue_name: str = "cxr-score") -> None:
-    """Publish one scoring job (by task name; the producer needs no worker code)."""
-    app.send_task(SCORE_TASK, kwargs={"job": job.model_dump()}, queue=queue_name)
+def enqueue_score(
+    app: Celery, job: ScoreJob, queue_name: str = "cxr-score", lane: str = Lane.NORMAL
+) -> None:
+    """Publish one scoring job into ``lane``'s queue of the scoring queue ``queue_name``
+    (by task name; the producer needs no worker code)."""
+    app.send_task(
+        SCORE_TASK, kwargs={"job": job.model_dump()}, queue=lane_queue(queue_name, Lane(lane))
+    )
 
 
 # ------------------------------------------------------------- results back to PACS

@@ -58,34 +58,37 @@ class LiveJobs:
     only after the visibility timeout)."""
 
 
-def live_instance_ids(app: Celery, queue_name: str) -> LiveJobs:
-    """Instance ids of every scoring job waiting in ``queue_name`` or delivered from it
-    and not yet acknowledged. Raises the broker's errors (the caller skips its sweep)."""
+def live_instance_ids(app: Celery, *queue_names: str) -> LiveJobs:
+    """Instance ids of every scoring job waiting in one of ``queue_names`` (e.g. every
+    lane's queue) or delivered from one and not yet acknowledged. Raises the broker's
+    errors (the caller skips its sweep)."""
     waiting: set[int] = set()
     unacked: set[int] = set()
     with app.connection_for_read() as conn:
         client = conn.default_channel.client
-        for priority in _PRIORITY_STEPS:
-            key = queue_name if priority == 0 else f"{queue_name}{_PRIORITY_SEP}{priority}"
-            start = 0
-            while chunk := client.lrange(key, start, start + _CHUNK - 1):
-                waiting |= _ids(json.loads(raw) for raw in chunk)
-                start += _CHUNK
+        for queue_name in queue_names:
+            for priority in _PRIORITY_STEPS:
+                key = queue_name if priority == 0 else f"{queue_name}{_PRIORITY_SEP}{priority}"
+                start = 0
+                while chunk := client.lrange(key, start, start + _CHUNK - 1):
+                    waiting |= _ids(json.loads(raw) for raw in chunk)
+                    start += _CHUNK
         for _tag, raw in client.hscan_iter(_UNACKED_KEY, count=_CHUNK):
             try:
                 message, _exchange, routing_key = json.loads(raw)
             except (TypeError, ValueError):
                 continue
-            if routing_key == queue_name:
+            if routing_key in queue_names:
                 unacked |= _ids([message])
     return LiveJobs(frozenset(waiting), frozenset(unacked))
 
 
-def queue_depth(app: Celery, queue_name: str) -> int:
-    """Jobs waiting in ``queue_name`` (all priorities). Raises the broker's errors."""
+def queue_depth(app: Celery, *queue_names: str) -> int:
+    """Jobs waiting in ``queue_names`` (all priorities). Raises the broker's errors."""
     with app.connection_for_read() as conn:
         client = conn.default_channel.client
         return sum(
-            int(client.llen(queue_name if p == 0 else f"{queue_name}{_PRIORITY_SEP}{p}"))
+            int(client.llen(q if p == 0 else f"{q}{_PRIORITY_SEP}{p}"))
+            for q in queue_names
             for p in _PRIORITY_STEPS
         )

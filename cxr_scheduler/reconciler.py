@@ -15,6 +15,9 @@ several reconcilers) never re-enqueue one row twice within a grace period:
   database while holding it (defect 3); with no lease at all (a row claimed before
   leases existed) after ``stale_processing_s``.
 
+Each job goes back into the lane the row was recorded with (``instances.lane``, see
+``cxr_queue.lanes``); the broker snapshot covers every lane's queue.
+
 The job is published after the commit. A duplicate is harmless: only one claim can hold
 a row's lease, and predictions are upserted. If the broker cannot be reached the row
 stays stamped and pending, and a later pass tries again.
@@ -28,7 +31,13 @@ from celery import Celery
 from sqlalchemy import Engine
 
 from cxr_db.instances import writes as repo
-from cxr_queue import MAX_RETRY_COUNTDOWN_S, ScoreJob, enqueue_score, live_instance_ids
+from cxr_queue import (
+    MAX_RETRY_COUNTDOWN_S,
+    ScoreJob,
+    enqueue_score,
+    lane_queues,
+    live_instance_ids,
+)
 from cxr_scheduler.periodic import PeriodicJob
 
 logger = logging.getLogger(__name__)
@@ -62,7 +71,7 @@ class Reconciler(PeriodicJob):
         try:
             # The broker snapshot first: a row this pass re-enqueues is then never taken
             # for an orphan by the same pass.
-            live = live_instance_ids(self.celery_app, self.queue_name)
+            live = live_instance_ids(self.celery_app, *lane_queues(self.queue_name))
             orphaned = repo.take_orphaned_queued(
                 self.engine,
                 self.grace_s,
@@ -72,12 +81,12 @@ class Reconciler(PeriodicJob):
             )
             expired = repo.take_expired_leases(self.engine, self.stale_processing_s)
             for item in [*orphaned, *expired]:
-                enqueue_score(self.celery_app, self._job(item), self.queue_name)
+                enqueue_score(self.celery_app, self._job(item), self.queue_name, item.lane)
                 done += 1
             for item in repo.take_unenqueued(self.engine, older_than_s=self.grace_s):
                 # as the listener does after its commit: publish, then mark the row queued
                 job = self._job(item)
-                enqueue_score(self.celery_app, job, self.queue_name)
+                enqueue_score(self.celery_app, job, self.queue_name, item.lane)
                 repo.mark_enqueued(self.engine, job.instance_id)
                 done += 1
         except Exception as exc:  # noqa: BLE001 - broker errors come in many types
@@ -89,4 +98,8 @@ class Reconciler(PeriodicJob):
 
     @staticmethod
     def _job(item: repo.PendingJob) -> ScoreJob:
-        return ScoreJob.model_validate(item, from_attributes=True)
+        return ScoreJob(
+            instance_id=item.instance_id,
+            sop_instance_uid=item.sop_instance_uid,
+            storage_uri=item.storage_uri,
+        )

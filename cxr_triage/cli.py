@@ -365,7 +365,10 @@ def _cmd_requeue(args: argparse.Namespace, settings: CommonSettings) -> int:
             for job in jobs:
                 try:
                     enqueue_score(
-                        app, ScoreJob.model_validate(job, from_attributes=True), s.queue_name
+                        app,
+                        ScoreJob.model_validate(job, from_attributes=True),
+                        s.queue_name,
+                        job.lane,
                     )
                 except Exception as exc:  # noqa: BLE001 - broker errors come in many types
                     print(

@@ -17,6 +17,7 @@ can show.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from celery import Celery
@@ -146,6 +147,7 @@ class StoreHandler:
         accepted_sop_classes: tuple[str, ...] = ACCEPTED_SOP_CLASSES,
         limits: DecodeLimits | None = None,
         loopback: LoopbackGuard | None = None,
+        urgent_ae_titles: Collection[str] = (),
     ) -> None:
         self.rules = Ingest(
             engine,
@@ -155,6 +157,7 @@ class StoreHandler:
             limits=limits or DecodeLimits(),
             uid_root=loopback.uid_root if loopback is not None else None,
             stored_sop_classes=frozenset(accepted_sop_classes),
+            urgent_ae_titles=frozenset(urgent_ae_titles),
         )
 
     def __call__(self, event: Event) -> Dataset:

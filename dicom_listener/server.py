@@ -128,6 +128,7 @@ def start_listener(
         settings.queue_name,
         limits=settings.decode_limits(),
         loopback=LoopbackGuard(uid_root),
+        urgent_ae_titles=settings.urgent_calling_ae_titles,
     )
     ae = build_ae(settings)
     handlers: list[evt.EventHandlerType] = [

@@ -27,7 +27,7 @@ from celery import Celery
 
 from cxr_common.settings import WorkerSettings, resolve_batching
 from cxr_db import make_engine
-from cxr_queue import make_celery
+from cxr_queue import lane_queues, make_celery
 from cxr_queue.live import queue_depth
 from cxr_queue.runner import Consumer, run_consumer
 from worker import metrics as worker_metrics
@@ -135,11 +135,13 @@ def run_worker(settings: WorkerSettings) -> int:
     app, runtime = create_app(settings)
 
     def healthy() -> bool:
-        return is_healthy(runtime.progress, lambda: queue_depth(app, settings.queue_name))
+        return is_healthy(runtime.progress, lambda: queue_depth(app, *queues))
 
+    # urgent first: cxr_queue.lanes.LaneCycle (make_celery) orders every BRPOP
+    queues = lane_queues(settings.queue_name)
     consumer = Consumer(
         role="worker",
-        queues=[settings.queue_name],
+        queues=queues,
         concurrency=runtime.concurrency,
         log_level=settings.log_level,
         heartbeat_file=settings.heartbeat_file,

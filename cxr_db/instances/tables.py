@@ -106,6 +106,9 @@ class Instance(Base):
     #: The patient context the study page shows, from the header read at ingest
     #: (migration 0008; None for older rows): ``cxr_ingest.header.patient_context``.
     patient_context: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    #: The scoring lane chosen when the instance was recorded (``cxr_queue.lanes``):
+    #: ``urgent`` (scored first) or ``normal``; the reconciler re-enqueues into it.
+    lane: Mapped[str] = mapped_column(String(8), default="normal", server_default="normal")
 
 
 class Prediction(Base):

@@ -51,6 +51,8 @@ class InstanceRecord:
     #: The patient context the study page shows (``cxr_ingest.header.patient_context``):
     #: patient data, kept on the row for the signed-in page only; never logged.
     patient_context: dict[str, Any] | None = None
+    #: The scoring lane (``cxr_queue.lanes.Lane`` value): ``urgent`` or ``normal``.
+    lane: str = "normal"
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class PendingJob:
     instance_id: int
     sop_instance_uid: str
     storage_uri: str
+    #: The scoring lane the row was recorded with (``cxr_queue.lanes.Lane`` value).
+    lane: str = "normal"
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,7 @@ def _insert_instance(conn: Connection, rec: InstanceRecord) -> RecordResult:
             status=InstanceStatus.RECEIVED,
             content_sha256=rec.content_sha256,
             patient_context=rec.patient_context,
+            lane=rec.lane,
         )
         .on_conflict_do_nothing(index_elements=[Instance.sop_instance_uid])
         .returning(Instance.id)
@@ -526,9 +531,9 @@ def _take(
                 )
             )
             .values(**values)
-            .returning(Instance.id, Instance.sop_instance_uid, Instance.storage_uri)
+            .returning(Instance.id, Instance.sop_instance_uid, Instance.storage_uri, Instance.lane)
         ).all()
-    return [PendingJob(r.id, r.sop_instance_uid, r.storage_uri) for r in rows]
+    return [PendingJob(r.id, r.sop_instance_uid, r.storage_uri, r.lane) for r in rows]
 
 
 def take_unenqueued(engine: Engine, older_than_s: float, limit: int = 500) -> list[PendingJob]:
@@ -675,9 +680,9 @@ def reset_for_requeue(engine: Engine, instance_ids: Collection[int]) -> list[Pen
                 updated_at=func.now(),
                 **_NO_LEASE,
             )
-            .returning(Instance.id, Instance.sop_instance_uid, Instance.storage_uri)
+            .returning(Instance.id, Instance.sop_instance_uid, Instance.storage_uri, Instance.lane)
         ).all()
-    return [PendingJob(r.id, r.sop_instance_uid, r.storage_uri) for r in rows]
+    return [PendingJob(r.id, r.sop_instance_uid, r.storage_uri, r.lane) for r in rows]
 
 
 # ---------------------------------------------------------------------------------------

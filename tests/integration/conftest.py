@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from cxr_db.instances import reads as instance_reads
 from cxr_db.instances.statuses import FINAL_STATUSES, InstanceStatus
+from cxr_queue import lane_queues
 from tests.conftest import Services, StartListener
 from tests.support import running, wait_until
 
@@ -79,15 +80,19 @@ def wait_until_final(
 
 
 def wait_until_queue_drained(services: Services, timeout_s: float = 60) -> None:
-    """Poll Redis until the session's queue has no waiting or unacknowledged jobs."""
+    """Poll Redis until the session's queue (both lanes) has no waiting or unacknowledged
+    jobs."""
     import redis
 
     client = redis.Redis.from_url(services.broker_url)
     try:
         wait_until(
-            lambda: client.llen(services.queue_name) == 0 and not _unacked_for(client, services),
+            lambda: (
+                sum(int(client.llen(q)) for q in lane_queues(services.queue_name)) == 0
+                and not _unacked_for(client, services)
+            ),
             timeout_s,
-            f"queue {services.queue_name} drained",
+            f"queue {services.queue_name} drained (both lanes)",
         )
     finally:
         client.close()
