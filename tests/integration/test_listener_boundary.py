@@ -154,16 +154,33 @@ def test_200_garbage_and_half_open_connections_do_not_lock_out_a_legitimate_send
                 pass  # closed by the listener while connecting: that is the point
         assert echo(handle.port) == EchoStatus.SUCCESS
         answers = store_files(handle.port, [make_dataset(accession="FLOOD001")])
+        still_open = sum(_open_on_our_side(sock) for sock in flood)
     finally:
         for sock in flood:
             sock.close()
     refused = handle.server.refused_connections  # type: ignore[attr-defined]
-    print(f"\nflood: {len(flood)} connected, {refused} closed at accept")
+    print(f"\nflood: {len(flood)} connected, {refused} closed at accept, {still_open} held")
     assert answers[0] is not None
     assert answers[0].status == StoreStatus.SUCCESS
     assert instance_count(engine) == 1
-    # At most max_associations_per_peer (4) of the 200 were let in.
-    assert handle.server.refused_connections >= 196  # type: ignore[attr-defined]
+    # The listener holds at most max_associations_per_peer (4) of the flood at once. A slot
+    # it frees by closing garbage (a PDU too long, an unknown PDU type) may take another
+    # flood connection, so the count closed at accept is 196 or a few less.
+    assert still_open <= 4
+    assert refused >= 200 - 4 - len(garbage) * 2
+
+
+def _open_on_our_side(sock: socket.socket) -> bool:
+    """Whether the listener still holds ``sock`` open (it neither closed nor reset it)."""
+    sock.setblocking(False)
+    try:
+        while sock.recv(65536):
+            pass  # an answer (e.g. an abort) may come before the close
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def test_silent_connections_from_the_sender_own_address_use_no_association_slot(
