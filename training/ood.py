@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -631,7 +632,7 @@ def fit(
         threshold=threshold,
         arrays=arrays,
         fitted_on={
-            "data": str(data),
+            "data": os.path.relpath(data),  # no machine path in the shipped file
             "fit_filter": "split=train",
             "n_fit": len(train.names),
             "train_limit": train_limit,
