@@ -31,6 +31,7 @@ from celery import Celery
 from sqlalchemy import Engine
 
 from cxr_db.instances import writes as repo
+from cxr_ingest.enqueue import enqueue_instance
 from cxr_queue import (
     MAX_RETRY_COUNTDOWN_S,
     ScoreJob,
@@ -85,9 +86,9 @@ class Reconciler(PeriodicJob):
                 done += 1
             for item in repo.take_unenqueued(self.engine, older_than_s=self.grace_s):
                 # as the listener does after its commit: publish, then mark the row queued
-                job = self._job(item)
-                enqueue_score(self.celery_app, job, self.queue_name, item.lane)
-                repo.mark_enqueued(self.engine, job.instance_id)
+                enqueue_instance(
+                    self.engine, self.celery_app, self.queue_name, self._job(item), item.lane
+                )
                 done += 1
         except Exception as exc:  # noqa: BLE001 - broker errors come in many types
             logger.warning("reconciler: cannot enqueue (%s)", type(exc).__name__)
