@@ -237,7 +237,7 @@ class Hl7Sender:
     def deliver(self, inputs: ResultInputs) -> list[str]:
         """Deliver ``inputs``' result version to every receiver that has not accepted it;
         returns the receivers still without it (retry later). Raises ``Hl7MessageError``
-        when the message cannot be built (recorded on each receiver first)."""
+        when the message cannot be built (recorded as the first receiver's attempt)."""
         if not self.destinations:
             return []
         if is_not_chest(inputs) and not self.send_not_chest:
@@ -282,32 +282,26 @@ class Hl7Sender:
             )
             ack_code: str | None = None
             error: str | None
+            cannot_build: Hl7MessageError | None = None
             try:
                 result = dataclasses.replace(build(), corrects_earlier=corrects)
                 message = build_oru(result, self.header, control_id)
-            except Hl7MessageError as exc:
-                hl7_db.record_attempt(
-                    conn,
-                    hl7_db.Hl7Attempt(
-                        inputs.study_id,
-                        version,
-                        name,
-                        Hl7SendStatus.FAILED,
-                        control_id,
-                        None,
-                        f"message cannot be built: {exc}",
-                    ),
-                )
-                raise
-            try:
-                ack = parse_ack(exchange(destination, message, self.timeout_s), control_id)
-            except Hl7DeliveryError as exc:
-                accepted, error = False, exc.reason
-            except AckError as exc:
-                accepted, error = False, f"answer is not an ACK of this message: {exc}"
+            except Hl7MessageError as exc:  # recorded, then raised once the row is committed
+                cannot_build = exc
+                accepted, error = False, f"message cannot be built: {exc}"
             else:
-                accepted, ack_code = ack.accepted, ack.code.value
-                error = None if accepted else f"{ack.code.value}: {ack.text or 'no reason given'}"
+                try:
+                    answer = exchange(destination, message, self.timeout_s)
+                    ack = parse_ack(answer, control_id)
+                except Hl7DeliveryError as exc:
+                    accepted, error = False, exc.reason
+                except AckError as exc:
+                    accepted, error = False, f"answer is not an ACK of this message: {exc}"
+                else:
+                    accepted, ack_code = ack.accepted, ack.code.value
+                    error = (
+                        None if accepted else f"{ack.code.value}: {ack.text or 'no reason given'}"
+                    )
             attempt = hl7_db.record_attempt(
                 conn,
                 hl7_db.Hl7Attempt(
@@ -330,4 +324,6 @@ class Hl7Sender:
             attempt,
             "accepted" if accepted else f"not accepted ({ack_code or error})",
         )
+        if cannot_build is not None:
+            raise cannot_build
         return accepted

@@ -405,3 +405,42 @@ def test_rejects_garbage_silence_and_no_listener_are_recorded_and_fail_visibly(
     assert isinstance(hl7_json, list)
     assert {(h["status"], h["attempt"]) for h in hl7_json} == {("failed", 3)}
     assert "gave up after 3 attempts" in log.read_text(errors="replace")
+
+
+def test_a_message_that_cannot_be_built_is_recorded_and_fails_the_job(
+    engine: Engine, services: Services, tmp_path: Path
+) -> None:
+    """Every stored file of the study is gone: no header, no message. The attempt says so
+    on each receiver, nothing reaches the RIS, and the task gives up (results_failed)."""
+    from cxr_common.settings import ResultSettings
+    from cxr_hl7 import Hl7Error
+    from cxr_sender.results import ResultsRuntime
+
+    with running_receiver("ok") as ok:
+        instance_id, ds = _instance(engine, tmp_path, accession="HL7-G")
+        (tmp_path / f"{ds.SOPInstanceUID}.dcm").unlink()
+        repo.record_failed(engine, instance_id, "stored DICOM file not found")
+        (study,) = results_db.complete_quiet_studies(engine, 0.0)
+        settings = ResultSettings(
+            database_url=services.database_url,
+            broker_url=services.broker_url,
+            data_dir=services.data_dir,
+            hl7_destinations=ok.destination,
+            hl7_timeout_s=3,
+        )
+        runtime = ResultsRuntime(engine, settings)
+        job = ResultsJob(
+            study_id=study.study_id,
+            study_instance_uid=study.study_instance_uid,
+            result_version=study.result_version,
+        )
+        with pytest.raises(Hl7Error, match="no instance of the study has a readable header"):
+            runtime.process(job)
+        runtime.give_up(job, "result objects cannot be built")  # what the task does next
+    assert ok.messages == []
+    ((uid, version, destination, attempt, status, ack, error, _),) = _sends(engine)
+    assert (uid, version, destination, attempt, status, ack) == (
+        str(ds.StudyInstanceUID), 1, ok.destination, 1, "failed", None,
+    )  # fmt: skip
+    assert error == "message cannot be built: no instance of the study has a readable header"
+    assert _results(engine)[str(ds.StudyInstanceUID)]["state"] == "results_failed"
