@@ -405,6 +405,10 @@ def test_rejects_garbage_silence_and_no_listener_are_recorded_and_fail_visibly(
     assert isinstance(hl7_json, list)
     assert {(h["status"], h["attempt"]) for h in hl7_json} == {("failed", 3)}
     assert "gave up after 3 attempts" in log.read_text(errors="replace")
+    # and counted for /metrics (cxr_hl7_sends_total{outcome})
+    from cxr_db.instances.stats import read_snapshot
+
+    assert read_snapshot(engine).results.hl7_sends == {"failed": 12}
 
 
 def test_a_message_that_cannot_be_built_is_recorded_and_fails_the_job(

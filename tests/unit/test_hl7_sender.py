@@ -133,3 +133,19 @@ def test_only_studies_with_no_chest_radiograph_at_all_get_nothing() -> None:
     )
     assert not is_not_chest(_inputs(_best(), _seen(InstanceStatus.NOT_ELIGIBLE, CT)))
     assert not is_not_chest(_inputs(None))
+
+
+def test_hl7_sends_are_exported_by_outcome() -> None:
+    from cxr_db.instances.stats import ResultsSnapshot
+    from worklist.metrics_collector import results_metrics
+
+    snap = ResultsSnapshot({}, {}, 0, 0.0, {"accepted": 3, "failed": 2})
+    (family,) = [f for f in results_metrics(snap) if f.name == "cxr_hl7_sends"]
+    assert family.type == "counter"
+    assert {s.labels["outcome"]: s.value for s in family.samples if s.name.endswith("_total")} == {
+        "accepted": 3,
+        "failed": 2,
+    }
+    empty = ResultsSnapshot({}, {}, 0, 0.0)
+    (family,) = [f for f in results_metrics(empty) if f.name == "cxr_hl7_sends"]
+    assert {s.value for s in family.samples} == {0}
