@@ -192,6 +192,12 @@ RESULT_SENDS = MetricSpec(
     "time, by outcome: sent or failed.",
     ("outcome",),
 )
+HL7_SENDS = MetricSpec(
+    "cxr_hl7_sends",
+    "Attempts to deliver a study's HL7 ORU^R01 to a RIS (MLLP receiver), all time, by "
+    "outcome: accepted (AA) or failed (AE, AR, no or unusable ACK).",
+    ("outcome",),
+)
 RESULT_STUDIES = MetricSpec(
     "cxr_result_studies",
     "Studies now in each result state: receiving, complete, results_sent, results_failed.",

@@ -145,6 +145,12 @@ class CommonSettings(BaseSettings):
         description="UID root of the objects we create (SC, SR); unset = a 2.25 UUID root "
         "generated once and kept in CXR_DATA_DIR/uid-root",
     )
+    web_base_url: str = Field(
+        default="",
+        description="the worklist's address as readers reach it, e.g. https://cxr.example; "
+        "escalations and HL7 results link to <this>/studies/<uid> (empty: escalations "
+        "carry a relative link, HL7 results none)",
+    )
 
     @property
     def uid_root_file(self) -> Path:
@@ -403,11 +409,6 @@ class SchedulerSettings(CommonSettings):
         description="http(s) URLs, comma-separated, that get each escalation as a JSON "
         "POST; empty = escalations are recorded and shown, nothing is posted",
     )
-    web_base_url: str = Field(
-        default="",
-        description="the worklist's address as readers reach it, e.g. https://cxr.example; "
-        "escalations link to <this>/studies/<uid> (empty: a relative link)",
-    )
     escalation_interval_s: float = Field(
         default=10.0, gt=0, description="how often the scheduler looks for studies to escalate"
     )
@@ -661,6 +662,36 @@ class ResultSettings(CommonSettings):
     escalation_poll_s: float = Field(
         default=2.0, gt=0, description="how often the results sender looks for due webhooks"
     )
+
+    # HL7 v2 results to the RIS (ORU^R01 over MLLP; cxr_hl7, cxr_sender.hl7)
+    hl7_destinations: str = Field(
+        default="",
+        description="host:port[,...] of MLLP receivers; empty = no HL7 is sent (checked at "
+        "start by cxr_hl7.parse_hl7_destinations); retried as the results job is "
+        "(CXR_RESULT_MAX_RETRIES, CXR_RESULT_RETRY_MAX_BACKOFF_S)",
+    )
+    hl7_sending_application: str = Field(default="CXR_TRIAGE", description="MSH-3")
+    hl7_sending_facility: str = Field(default="", description="MSH-4")
+    hl7_receiving_application: str = Field(default="", description="MSH-5")
+    hl7_receiving_facility: str = Field(default="", description="MSH-6")
+    hl7_timeout_s: float = Field(
+        default=30.0, gt=0, le=300, description="connect, send and wait-for-ACK timeout"
+    )
+
+    @field_validator(
+        "hl7_sending_application",
+        "hl7_sending_facility",
+        "hl7_receiving_application",
+        "hl7_receiving_facility",
+    )
+    @classmethod
+    def _hd_ok(cls, value: str) -> str:
+        value = value.strip()
+        if len(value) > 20:
+            raise ValueError("an MSH application or facility is at most 20 characters")
+        if not value.isascii() or not value.isprintable() or any(c in value for c in "|^~\\&"):
+            raise ValueError("an MSH application or facility is printable ASCII without | ^ ~ \\ &")
+        return value
 
     @field_validator("result_calling_ae_title")
     @classmethod

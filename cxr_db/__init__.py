@@ -16,6 +16,8 @@ one package per domain: each keeps its tables (``tables``) next to its writes an
                 transitions, the enabled strata)
     results     result_sends and the studies' result state: ``states``, ``tables``,
                 ``store`` (completeness, what is sent, every attempt)
+    hl7         hl7_sends: ``tables``; ``store`` (the send lock, every attempt of an ORU^R01
+                to the RIS, the newest per receiver for the pages)
     conflicts   instance_conflicts: ``tables``; ``store``
     drift       reads only: the active model's drift against its reference
 

@@ -12,6 +12,7 @@ from cxr_db.audit import tables as audit_tables
 from cxr_db.base import Base
 from cxr_db.conflicts import tables as conflicts_tables
 from cxr_db.escalations import tables as escalations_tables
+from cxr_db.hl7 import tables as hl7_tables
 from cxr_db.instances import tables as instances_tables
 from cxr_db.reading import tables as reading_tables
 from cxr_db.registry import tables as registry_tables
@@ -26,6 +27,7 @@ DOMAIN_TABLES = (
     reading_tables,
     registry_tables,
     escalations_tables,
+    hl7_tables,
 )
 """The modules that define tables, one per domain."""
 

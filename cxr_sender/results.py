@@ -58,6 +58,7 @@ from cxr_common.storage import read_instance
 from cxr_db.instances.statuses import InstanceStatus
 from cxr_db.results import store as results_db
 from cxr_db.results.states import ResultState, SendStatus
+from cxr_hl7 import Hl7Error
 from cxr_imaging import ImagingError, decode_dataset
 from cxr_queue import RESULTS_TASK, ResultsJob
 from cxr_queue.retries import RetryPolicy, retries_so_far, retry_later
@@ -79,6 +80,7 @@ from cxr_results import (
     send_objects,
 )
 from cxr_sender.finding import model_finding
+from cxr_sender.hl7 import Hl7Sender
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +156,7 @@ class ResultsRuntime:
         self._uid_root_file = settings.uid_root_file
         self._uid_root_setting = settings.uid_root
         self._uid_root: str | None = None
+        self.hl7 = Hl7Sender(engine, settings)  # HL7 to the RIS, beside PACS (cxr_sender.hl7)
 
     @property
     def uid_root(self) -> str:
@@ -312,7 +315,7 @@ class ResultsRuntime:
                 job.result_version,
             )
             return ResultsOutcome.SUPERSEDED
-        if not self.destinations:
+        if not self.destinations and not self.hl7.destinations:
             log.info(
                 "study %s v%d complete; no result destination configured: nothing sent",
                 job.study_instance_uid,
@@ -326,7 +329,8 @@ class ResultsRuntime:
                 built[supersedes] = self._build(inputs, supersedes)
             return built[supersedes]
 
-        missing = [d for d in self.destinations if not self._send_one(inputs, d, build)]
+        missing: list[object] = list(self.hl7.deliver(inputs))
+        missing += [d for d in self.destinations if not self._send_one(inputs, d, build)]
         if missing:
             raise _NotDone(
                 f"results of {job.study_instance_uid} v{job.result_version} not stored on "
@@ -366,7 +370,7 @@ def register_results_task(
         rt = runtime()
         try:
             return rt.process(parsed).value
-        except (_CannotBuild, ResultObjectError) as exc:
+        except (_CannotBuild, ResultObjectError, Hl7Error) as exc:
             rt.give_up(parsed, f"result objects cannot be built: {exc}")
             return ResultsOutcome.FAILED.value
         except TransientError as exc:

@@ -33,6 +33,10 @@ def run_results_sender(settings: ResultSettings) -> int:
         ", ".join(map(str, destinations)) or "no destination (nothing is sent)",
         settings.result_calling_ae_title,
     )
+    from cxr_hl7 import parse_hl7_destinations
+
+    hl7 = parse_hl7_destinations(settings.hl7_destinations)  # fail fast when malformed
+    log.info("HL7 results to %s", ", ".join(map(str, hl7)) or "no receiver (no HL7 is sent)")
     app = make_celery(settings.broker_url_value(), settings.results_queue_name)
     runtime = ResultsRuntime(
         make_engine(settings.database_url_value(), pool_size=CONCURRENCY + 2), settings

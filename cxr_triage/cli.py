@@ -177,10 +177,12 @@ def _cmd_schedule(args: argparse.Namespace, settings: SchedulerSettings) -> int:
 
 
 def _cmd_send_results(args: argparse.Namespace, settings: ResultSettings) -> int:
+    from cxr_hl7 import parse_hl7_destinations
     from cxr_results import parse_destinations
     from cxr_sender.service import run_results_sender
 
     parse_destinations(settings.result_destinations)  # a malformed entry: exit 2 at once
+    parse_hl7_destinations(settings.hl7_destinations)  # likewise
     return _run_with_services(settings, run_results_sender)
 
 
@@ -589,7 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Consume the results queue: for each complete study, build the heatmap "
         "Secondary Capture and the Comprehensive SR (or a not-analysed SR) and C-STORE them to "
         "every destination. Settings: CXR_RESULT_DESTINATIONS (AE@host:port,...; empty = "
-        "nothing is sent), CXR_RESULT_CALLING_AE_TITLE, CXR_UID_ROOT, CXR_RESULT_MAX_RETRIES.",
+        "nothing is sent), CXR_RESULT_CALLING_AE_TITLE, CXR_UID_ROOT, CXR_RESULT_MAX_RETRIES; "
+        "and an HL7 ORU^R01 to each of CXR_HL7_DESTINATIONS (host:port,...; the RIS).",
     )
     p.set_defaults(func=_cmd_send_results, settings_class=ResultSettings)
 

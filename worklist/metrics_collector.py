@@ -31,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cxr_common import metrics as m
 from cxr_db import drift
 from cxr_db.escalations import store as escalations
+from cxr_db.hl7.tables import Hl7SendStatus
 from cxr_db.instances.stats import (
     REASON_PATTERNS,
     Histogram,
@@ -88,6 +89,10 @@ def results_metrics(res: ResultsSnapshot) -> Iterator[Metric]:
     for outcome in SendStatus:
         sends.add_metric([outcome.value], res.sends.get(outcome, 0))
     yield sends
+    hl7 = CounterMetricFamily(m.HL7_SENDS.name, m.HL7_SENDS.help, labels=["outcome"])
+    for hl7_outcome in Hl7SendStatus:
+        hl7.add_metric([hl7_outcome.value], res.hl7_sends.get(hl7_outcome.value, 0))
+    yield hl7
     studies = GaugeMetricFamily(m.RESULT_STUDIES.name, m.RESULT_STUDIES.help, labels=["state"])
     for state in ResultState:
         studies.add_metric([state.value], res.studies.get(state, 0))

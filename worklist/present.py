@@ -100,8 +100,9 @@ def entry_json(entry: WorklistEntry) -> dict[str, object]:
 
 
 def results_json(results: StudyResults | None) -> dict[str, object] | None:
-    """A study's results back to PACS: state, version and the newest attempt per
-    destination (statuses as DICOM hex, e.g. "0x0000")."""
+    """A study's results back to PACS and the RIS: state, version, the newest attempt per
+    DICOM destination (statuses as DICOM hex, e.g. "0x0000") and per HL7 receiver (ACK
+    code: AA, AE, AR; None when no ACK came)."""
     if results is None:
         return None
 
@@ -125,6 +126,19 @@ def results_json(results: StudyResults | None) -> dict[str, object] | None:
                 "sr_status": _hex(d.sr_status),
             }
             for d in results.destinations
+        ],
+        "hl7": [
+            {
+                "destination": h.destination,
+                "result_version": h.result_version,
+                "attempt": h.attempt,
+                "status": h.status.value,
+                "ack_code": h.ack_code,
+                "message_control_id": h.message_control_id,
+                "at": h.at.isoformat(),
+                "error": h.error,
+            }
+            for h in results.hl7
         ],
     }
 

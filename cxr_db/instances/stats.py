@@ -28,7 +28,7 @@ with a 5 s statement timeout (:func:`read_snapshot`):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
@@ -49,6 +49,7 @@ from sqlalchemy import (
 from cxr_common import metrics as m
 from cxr_db.accounts.tables import User
 from cxr_db.audit.tables import AuditAction, AuditEntry
+from cxr_db.hl7.tables import Hl7Send
 from cxr_db.instances.statuses import FINAL_STATUSES, PENDING_STATUSES, InstanceStatus
 from cxr_db.instances.tables import Instance, Prediction, Study
 from cxr_db.reading import stats as reading_stats
@@ -121,6 +122,8 @@ class ResultsSnapshot:
     studies: dict[ResultState, int]
     unsent: int
     oldest_unsent_s: float
+    hl7_sends: dict[str, int] = field(default_factory=dict)
+    """HL7 delivery attempts by status (``cxr_db.hl7.tables.Hl7SendStatus`` values)."""
 
 
 def _seconds_ago(seconds: float) -> ColumnElement[Any]:
@@ -241,7 +244,11 @@ def _results(conn: Connection) -> ResultsSnapshot:
             Study.result_state == ResultState.COMPLETE, Study.results_enqueued_at.is_not(None)
         )
     ).one()
-    return ResultsSnapshot(sends, studies, int(unsent), max(float(oldest or 0.0), 0.0))
+    hl7_sends = {
+        str(r[0]): int(r[1])
+        for r in conn.execute(select(Hl7Send.status, func.count()).group_by(Hl7Send.status))
+    }
+    return ResultsSnapshot(sends, studies, int(unsent), max(float(oldest or 0.0), 0.0), hl7_sends)
 
 
 def _audit_count(conn: Connection, action: AuditAction) -> int:

@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import distinct_on
 
+from cxr_db.hl7.store import Hl7Outcome, newest_attempts
 from cxr_db.instances.statuses import PENDING_STATUSES, InstanceStatus
 from cxr_db.instances.tables import Instance, Prediction, Study
 from cxr_db.registry.tables import ModelRole
@@ -433,10 +434,13 @@ class StudyResults:
     result_version: int
     destinations: tuple[DestinationOutcome, ...]
     """The newest attempt per destination, by destination."""
+    hl7: tuple[Hl7Outcome, ...] = ()
+    """The newest HL7 attempt per receiver (``cxr_db.hl7``), by receiver."""
 
 
 def study_results(conn: Connection, study_ids: Sequence[int]) -> dict[int, StudyResults]:
-    """study id → its result state, version and newest attempt per destination."""
+    """study id → its result state, version and newest attempt per destination (DICOM
+    and HL7)."""
     if not study_ids:
         return {}
     states = conn.execute(
@@ -464,7 +468,13 @@ def study_results(conn: Connection, study_ids: Sequence[int]) -> dict[int, Study
                 sr_status=a.sr_status,
             )
         )
+    hl7 = newest_attempts(conn, study_ids)
     return {
-        r.id: StudyResults(r.result_state, r.result_version, tuple(by_study.get(r.id, ())))
+        r.id: StudyResults(
+            r.result_state,
+            r.result_version,
+            tuple(by_study.get(r.id, ())),
+            tuple(hl7.get(r.id, ())),
+        )
         for r in states
     }

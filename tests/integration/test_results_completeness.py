@@ -172,6 +172,7 @@ def test_sends_are_numbered_locked_and_sent_once(engine: Engine) -> None:
                 "sr_status": "0x0000",
             }
         ],
+        "hl7": [],
     }
 
 
