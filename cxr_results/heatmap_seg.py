@@ -106,7 +106,10 @@ def build_heatmap_segmentation(
     pixels = _at_source_size(heat, rows, columns)
     header = _reference_header(source)
     header.Rows, header.Columns = rows, columns
-    for keyword in ("PatientOrientation", "ImagerPixelSpacing", "PixelSpacing", "Modality"):
+    # No pixel spacing is passed on: the map is placed on its image by the Derivation Image
+    # functional group (same Rows x Columns), and a Pixel Measures group without a slice
+    # thickness is one highdicom cannot read back.
+    for keyword in ("PatientOrientation", "Modality"):
         if keyword in source:
             header[keyword] = copy.deepcopy(source[keyword])
     finding = result.finding.display
