@@ -153,7 +153,8 @@ def test_superseding_keeps_the_series_and_changes_the_instances() -> None:
         len({v1.sc_series_instance_uid, v1.sr_series_instance_uid, v1.seg_series_instance_uid}) == 3
     )
     assert v1.seg_sop_instance_uid not in (v1.sc_sop_instance_uid, v1.sr_sop_instance_uid)
-    assert is_our_uid(v1.seg_sop_instance_uid, ROOT) and len(v1.seg_sop_instance_uid) <= 64
+    assert is_our_uid(v1.seg_sop_instance_uid, ROOT)
+    assert len(v1.seg_sop_instance_uid) <= 64
     assert (v1.instance_number, v2.instance_number) == (1, 2)
     other_study = result_uids(ROOT, "1.2.3.5", 1)
     assert other_study.sc_series_instance_uid != v1.sc_series_instance_uid

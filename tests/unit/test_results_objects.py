@@ -177,7 +177,8 @@ def test_structured_report_holds_score_model_and_disclaimer() -> None:
     assert sr_value(group["Comment"]) == DISCLAIMER
     assert sr_value(group["Tracking Identifier"]) == "Pneumonia image 1"
     tracking = sr_value(group["Tracking Unique Identifier"])
-    assert isinstance(tracking, str) and is_our_uid(tracking, UID_ROOT)
+    assert isinstance(tracking, str)
+    assert is_our_uid(tracking, UID_ROOT)
     assert sr_value(group["Analysis status"]) == ("SCORED", "99CXR")
     assert sr_value(group["Triage score"]) == pytest.approx(0.8123)
     assert sr_value(group["Operating threshold"]) == pytest.approx(0.2834)
