@@ -1,7 +1,8 @@
 """Done-when of results back to PACS: `cxr-triage up` with CXR_RESULT_DESTINATIONS pointing
 at DCMTK storescp; a study sent with DCMTK storescu leaves an SC, a heatmap SEG and a TID
 1500 SR in storescp's folder once it is scored and quiet; DCMTK reads them and dciodvfy
-finds no error; `cxr-triage worklist --json` shows them as sent. (How soon after the quiet period they land is measured in bench/, not here.)"""
+finds no error; `cxr-triage worklist --json` shows them as sent. (How soon after the quiet
+period they land is measured in bench/, not here.)"""
 
 from __future__ import annotations
 
