@@ -26,7 +26,7 @@ from pydicom.uid import (
 
 from cxr_common.clinical import DISCLAIMER
 from cxr_imaging import decode_dataset
-from cxr_imaging.overlay import heat_from_overlay
+from cxr_imaging.overlay import has_burned_in_annotation, heat_from_overlay
 from cxr_results import (
     AnalysedImage,
     AnalysisStatus,
@@ -502,7 +502,7 @@ def _every_object(source: Dataset) -> dict[str, Dataset]:
     uids = result_uids(UID_ROOT, source.StudyInstanceUID, 2)
     stored = overlay(source)
     picture = overlay_at_source_resolution(
-        decode_dataset(source).pixels, stored, neutral_field=False
+        decode_dataset(source).pixels, stored, neutral_field=has_burned_in_annotation(source)
     )
     sc = build_secondary_capture(source, picture, summary(), uids)
     seg = build_heatmap_segmentation(source, heat_from_overlay(stored), summary(), uids)
