@@ -232,7 +232,8 @@ class ResultsRuntime:
         SR needs, for a study with a scored instance."""
         uids = result_uids(self.uid_root, inputs.study_instance_uid, inputs.result_version)
         best = inputs.best
-        assert best is not None
+        if best is None:
+            raise _CannotBuild("no scored instance")
         findings: dict[str, ModelFinding] = {}
         summary = self._summary(best, findings)
         source = _header(best.storage_uri, pixels=True)
@@ -258,9 +259,10 @@ class ResultsRuntime:
                 else overlay_at_source_resolution(pixels, overlay, neutral_field=neutral)
             )
             seg = build_heatmap_segmentation(source, heat_from_overlay(overlay), summary, uids)
-        else:  # heatmaps switched off: the radiograph itself
-            assert pixels is not None
+        elif pixels is not None:  # heatmaps switched off: the radiograph itself
             picture = pixels
+        else:  # unreachable: without an overlay a decode error was raised above
+            raise _CannotBuild("scored image cannot be decoded again")
         sc = build_secondary_capture(source, picture, summary, uids)
         others: list[AnalysedImage] = []
         for scored in inputs.scored:
