@@ -5,9 +5,12 @@ Why a Segmentation and not a Parametric Map
     and with it the Plane Position (Patient) and Plane Orientation (Patient) functional
     groups. A projection radiograph (CR, DX, or a Secondary Capture of one) has no Frame
     of Reference and no patient coordinates, so a Parametric Map of it either fails
-    dciodvfy (highdicom 0.28.2 cannot even finish building one: it raises "Unexpected
-    mismatch between dimension index values ...") or has to invent a patient coordinate
-    system the image never had. The Segmentation IOD needs the Frame of Reference only
+    dciodvfy or has to invent a patient coordinate system the image never had. Tried:
+    highdicom 0.28.2 cannot finish building one (its own read-back raises "Unexpected
+    mismatch between dimension index values ...": with no plane positions it writes an
+    empty Dimension Index Values); the object it writes before that check fails dciodvfy
+    with FrameOfReferenceUID (type 1) and the Pixel Measures, Plane Position and Plane
+    Orientation functional groups missing. The Segmentation IOD needs the Frame of Reference only
     when the source images have one: derived from a projection image it is placed by the
     Derivation Image functional group (Source Image Sequence, Spatial Locations Preserved
     YES) at the source's own Rows x Columns, which is exactly how a viewer lays a
