@@ -188,7 +188,7 @@ UNSCORED_OLDEST = MetricSpec(
 )
 RESULT_SENDS = MetricSpec(
     "cxr_result_sends",
-    "Attempts to store a study's result objects (SC + SR) on a PACS/RIS destination, all "
+    "Attempts to store a study's result objects (SC, SR, SEG) on a PACS/RIS destination, all "
     "time, by outcome: sent or failed.",
     ("outcome",),
 )

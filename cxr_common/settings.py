@@ -631,7 +631,13 @@ class ResultSettings(CommonSettings):
     result_destinations: str = Field(
         default="",
         description="AE_TITLE@host:port[,...]; empty = nothing is sent (checked at start "
-        "by cxr_results.parse_destinations)",
+        "by cxr_results.parse_destinations); a suffix [sc+sr+seg] picks the objects one "
+        "destination gets (default: all)",
+    )
+    result_not_eligible_report: bool = Field(
+        default=False,
+        description="also file a not-analysed report for studies that are not chest "
+        "radiographs (another modality or body part); off: they get nothing",
     )
     result_calling_ae_title: str = Field(default="CXR_TRIAGE", max_length=16)
     result_max_retries: int = Field(

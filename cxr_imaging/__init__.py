@@ -6,7 +6,7 @@ listener, the worker and training all share it.
 """
 
 from cxr_imaging.decode import DecodedImage, decode_dataset, load_image
-from cxr_imaging.eligibility import Eligibility, check_eligibility
+from cxr_imaging.eligibility import Eligibility, check_eligibility, is_chest_radiograph
 from cxr_imaging.errors import ImagingError, NotAnImageError, UndecodableError
 from cxr_imaging.transfer_syntaxes import decodable_transfer_syntaxes
 
@@ -19,5 +19,6 @@ __all__ = [
     "check_eligibility",
     "decodable_transfer_syntaxes",
     "decode_dataset",
+    "is_chest_radiograph",
     "load_image",
 ]

@@ -37,7 +37,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-__all__ = ["MIN_SIZE_PX", "Eligibility", "check_eligibility"]
+__all__ = ["MIN_SIZE_PX", "Eligibility", "check_eligibility", "is_chest_radiograph"]
 
 #: Smallest Rows/Columns accepted.
 MIN_SIZE_PX = 64
@@ -148,6 +148,17 @@ def _view_reason(ds: Dataset) -> str | None:
                 f"lateral view ({keyword} names a lateral view) is not scored; frontal PA/AP only"
             )
     return None
+
+
+def is_chest_radiograph(ds: Dataset) -> bool:
+    """True when rules 1 and 2 pass (a radiograph of the chest by modality and body part),
+    whatever the view or size: such a study gets a not-analysed result when nothing in it
+    could be scored; anything else (a CT, an abdomen film) is none of our business."""
+    modality = _text(ds, "Modality")
+    body_part = _text(ds, "BodyPartExamined")
+    if _modality_reason(ds, modality, body_part) is not None:
+        return False
+    return not body_part or body_part in CHEST_BODY_PARTS
 
 
 def check_eligibility(ds: Dataset) -> Eligibility:

@@ -8,21 +8,26 @@ Series Instance UID lies under our UID root (``CXR_UID_ROOT``), or it carries ou
 Manufacturer plus SeriesDescription marker (a PACS that assigns new UIDs on import).
 
 The announced SOP Instance UID is checked first, without reading the file; the header
-(the one parse of ingest) next. The Comprehensive SR class is received for this reason
-alone (:data:`OWN_OBJECT_SOP_CLASSES`): an SR that is not ours is refused as a class we do
-not store.
+(the one parse of ingest) next. The SR classes (Comprehensive 3D SR, and Comprehensive SR
+of results filed before TID 1500) and the Segmentation class (the heatmap as data) are
+received for this reason alone (:data:`OWN_OBJECT_SOP_CLASSES`): one that is not ours is
+refused as a class we do not store.
 """
 
 from __future__ import annotations
 
 from pydicom.dataset import Dataset
-from pydicom.uid import ComprehensiveSRStorage
+from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage, SegmentationStorage
 
 from cxr_ingest.outcome import Source
 from cxr_results.uids import is_our_dataset, is_our_uid
 
 #: SOP classes received only so that our own forwarded objects are acknowledged.
-OWN_OBJECT_SOP_CLASSES: tuple[str, ...] = (ComprehensiveSRStorage,)
+OWN_OBJECT_SOP_CLASSES: tuple[str, ...] = (
+    Comprehensive3DSRStorage,
+    SegmentationStorage,
+    ComprehensiveSRStorage,
+)
 
 
 def is_own_object(uid_root: str, source: Source, header: Dataset | None = None) -> bool:

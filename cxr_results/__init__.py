@@ -3,8 +3,9 @@
 * :mod:`cxr_results.destinations`: ``CXR_RESULT_DESTINATIONS`` parsed into destinations.
 * :mod:`cxr_results.uids`: our UID root, stable UIDs per result version, recognising
   our own objects when a PACS forwards them back.
-* :mod:`cxr_results.objects`: the heatmap Secondary Capture and the Comprehensive SR
-  (and the short SR for studies that were seen but not analysed), built with highdicom.
+* :mod:`cxr_results.objects`: the heatmap Secondary Capture and the TID 1500
+  Comprehensive 3D SR (also for studies that were seen but not analysed), built with
+  highdicom; :mod:`cxr_results.heatmap_seg`: the heatmap as a FRACTIONAL Segmentation.
 * :mod:`cxr_results.send`: the project's one C-STORE client (pynetdicom): these objects
   to PACS, and files to a listener for ``cxr-triage send``.
 
@@ -12,7 +13,13 @@ Pure: no database, queue or model code (it imports only :mod:`cxr_common` and
 :mod:`cxr_imaging` of the project), so the worker and the listener can both use it.
 """
 
-from cxr_results.destinations import Destination, parse_destination, parse_destinations
+from cxr_results.destinations import (
+    ALL_OBJECTS,
+    Destination,
+    ResultObject,
+    parse_destination,
+    parse_destinations,
+)
 from cxr_results.errors import (
     AssociationError,
     DestinationConfigError,
@@ -20,7 +27,9 @@ from cxr_results.errors import (
     ResultsError,
     UidRootError,
 )
+from cxr_results.heatmap_seg import build_heatmap_segmentation
 from cxr_results.objects import (
+    AnalysedImage,
     AnalysisStatus,
     ResultSummary,
     build_not_analysed_report,
@@ -28,6 +37,7 @@ from cxr_results.objects import (
     build_structured_report,
     overlay_from_png,
 )
+from cxr_results.render import overlay_at_source_resolution
 from cxr_results.send import (
     SendOutcome,
     StoreItem,
@@ -49,10 +59,13 @@ from cxr_results.uids import (
 )
 
 __all__ = [
+    "ALL_OBJECTS",
+    "AnalysedImage",
     "AnalysisStatus",
     "AssociationError",
     "Destination",
     "DestinationConfigError",
+    "ResultObject",
     "ResultObjectError",
     "ResultSummary",
     "ResultUids",
@@ -62,6 +75,7 @@ __all__ = [
     "StoreOutcome",
     "Timeouts",
     "UidRootError",
+    "build_heatmap_segmentation",
     "build_not_analysed_report",
     "build_secondary_capture",
     "build_structured_report",
@@ -71,6 +85,7 @@ __all__ = [
     "is_stored",
     "is_our_uid",
     "load_or_create_uid_root",
+    "overlay_at_source_resolution",
     "overlay_from_png",
     "parse_destination",
     "parse_destinations",

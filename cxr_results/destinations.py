@@ -12,17 +12,31 @@ Rules checked, each with its own message naming the offending entry:
 * host: a DNS name or IPv4 address, or an IPv6 address in brackets; no spaces.
 * port: a decimal integer 1 to 65535.
 * the same AE title, host and port may not be listed twice.
+
+Which result objects a destination gets (:class:`ResultObject`): all of them by default;
+a suffix in brackets picks some, joined with ``+``: ``VIEWER@10.0.0.9:104[sr+seg]``.
+``sc`` is the burned-in Secondary Capture (the human-readable fallback), ``sr`` the TID
+1500 structured report, ``seg`` the heatmap as a FRACTIONAL Segmentation. Unknown or
+repeated names and an empty selection are refused, naming the entry.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 
 from cxr_results.errors import DestinationConfigError
 
-__all__ = ["Destination", "parse_destination", "parse_destinations"]
+__all__ = [
+    "ALL_OBJECTS",
+    "Destination",
+    "ResultObject",
+    "parse_destination",
+    "parse_destinations",
+    "split_objects",
+]
 
 _HOST_NAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -31,17 +45,72 @@ _HOST_NAME = re.compile(
 AE_TITLE_MAX = 16
 
 
+class ResultObject(StrEnum):
+    """A kind of result object a destination may receive (the names of the setting)."""
+
+    SC = "sc"
+    SR = "sr"
+    SEG = "seg"
+
+
+#: The default selection: every object.
+ALL_OBJECTS: frozenset[ResultObject] = frozenset(ResultObject)
+
+
 @dataclass(frozen=True)
 class Destination:
-    """One C-STORE SCP to send results to."""
+    """One C-STORE SCP to send results to, and which result objects it gets."""
 
     ae_title: str
     host: str
     port: int
+    objects: frozenset[ResultObject] = field(default=ALL_OBJECTS, compare=False)
 
     def __str__(self) -> str:
+        """``AE@host:port``: also the key its sends are recorded under (the selection is
+        not part of it, so changing it does not resend what was stored)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.ae_title}@{host}:{self.port}"
+
+    def wants(self, kind: ResultObject) -> bool:
+        return kind in self.objects
+
+
+def split_objects(entry: str) -> tuple[str, frozenset[ResultObject]]:
+    """``(address, objects)`` of an entry with an optional ``[sc+sr+seg]`` suffix; without
+    one, ``(entry, ALL_OBJECTS)``. The list is the last ``[`` after the last ``:`` (object
+    names have no colon, so an IPv6 host in brackets is never taken for one)."""
+    text = entry.strip()
+    start = text.rfind("[")
+    if start < 0 or start < text.rfind(":"):
+        return text, ALL_OBJECTS
+    if not text.endswith("]"):
+        raise DestinationConfigError(
+            f"result destination {text!r}: unclosed '[' in the object list "
+            "(write e.g. PACS@host:104[sr+seg])"
+        )
+    address, names = text[:start], text[start + 1 : -1]
+    chosen: list[ResultObject] = []
+    for raw in names.split("+"):
+        name = raw.strip().lower()
+        if not name:
+            raise DestinationConfigError(
+                f"result destination {text!r}: empty object name in [{names}] "
+                f"(choose from {', '.join(o.value for o in ResultObject)}, joined with '+')"
+            )
+        try:
+            kind = ResultObject(name)
+        except ValueError:
+            raise DestinationConfigError(
+                f"result destination {text!r}: unknown result object {raw.strip()!r} "
+                f"(choose from {', '.join(o.value for o in ResultObject)}, joined with '+')"
+            ) from None
+        if kind in chosen:
+            raise DestinationConfigError(
+                f"result destination {text!r}: result object {name!r} is listed twice"
+            )
+        chosen.append(kind)
+    return address.strip(), frozenset(chosen)
 
 
 def _check_ae_title(title: str, entry: str) -> str:
@@ -106,8 +175,8 @@ def _check_port(port: str, entry: str) -> int:
 
 
 def parse_destination(entry: str) -> Destination:
-    """Parse one ``AE_TITLE@host:port`` entry (see the module docstring for the rules)."""
-    text = entry.strip()
+    """Parse one ``AE_TITLE@host:port[objects]`` entry (rules in the module docstring)."""
+    text, objects = split_objects(entry)
     title, at, address = text.rpartition("@")
     if not at:
         raise DestinationConfigError(
@@ -122,6 +191,7 @@ def parse_destination(entry: str) -> Destination:
         ae_title=_check_ae_title(title, text),
         host=_check_host(host.strip(), text),
         port=_check_port(port.strip(), text),
+        objects=objects,
     )
 
 

@@ -1,22 +1,23 @@
-"""The DICOM objects cxr-triage files into the study it scored.
+"""The DICOM objects cxr-triage files into the study it scored (IHE AI Results).
 
 For each result version of a study (see :mod:`cxr_results.uids`):
 
 * a **Secondary Capture** image (:func:`build_secondary_capture`, highdicom ``SCImage``,
-  RGB, Explicit VR Little Endian): the heatmap overlay the worker stored for the scored
-  instance (:mod:`cxr_model.heatmaps` draws it: one heatmap rule, no second model run),
-  with a dark band above it with "NOT FOR DIAGNOSTIC USE", the score, the threshold, the
-  flag and the model, and a band below with the clinical-support statement. The text
-  never holds patient data. When the source says its pixels carry burned-in annotation
-  (``BurnedInAnnotation YES``) the overlay was drawn on a neutral grey field, and without
-  an overlay the radiograph is replaced by grey here (the product's privacy rule; the text
-  burned into the source may name the patient). The picture is drawn by
-  :mod:`cxr_results.render`.
-* a **Comprehensive SR** (:func:`build_structured_report`) with the score, threshold, flag,
-  analysis status, model name/version/sha256 and calibration version, referencing the
-  scored instance and the Secondary Capture, led by the clinical-support statement.
-* for a study that was seen but not analysed (not eligible, or failed), a short
-  Comprehensive SR (:func:`build_not_analysed_report`) that says so and why.
+  RGB, Explicit VR Little Endian), the human-readable fallback: the heatmap drawn over the
+  scored radiograph at the radiograph's own resolution (up to 2048 px on the longer side,
+  :mod:`cxr_results.render`), with a dark band above it with "NOT FOR DIAGNOSTIC USE", the
+  score, the threshold, the flag and the model, and a band below with the clinical-support
+  statement. The text never holds patient data. When the source may carry burned-in text
+  (:func:`cxr_imaging.overlay.has_burned_in_annotation`: BurnedInAnnotation YES, a
+  Secondary Capture, or a conversion) the heatmap is drawn on a neutral grey field, and
+  the Derivation Description says which of the two it is.
+* a **Comprehensive 3D SR** following TID 1500 "Imaging Measurement Report"
+  (:func:`build_structured_report`, highdicom ``MeasurementReport``), one TID 1501
+  measurement group per analysed image (tree below);
+* the heatmap as data (:mod:`cxr_results.heatmap_seg`): a FRACTIONAL Segmentation.
+* for a chest radiograph study that was seen but not analysed (failed, not frontal), the
+  same TID 1500 report with one group per instance saying so and why
+  (:func:`build_not_analysed_report`).
 
 Patient and study attributes are copied verbatim from the source (PatientName, PatientID,
 IssuerOfPatientID, PatientBirthDate, PatientSex, StudyInstanceUID, StudyDate, StudyTime,
@@ -24,48 +25,50 @@ AccessionNumber, ReferringPhysicianName, StudyID, SpecificCharacterSet) so the P
 the objects with the original; nothing else about the patient is copied.
 
 Superseding rule
-    A result version ``n`` (1, 2, ...) reuses the study's two result series (same
+    A result version ``n`` (1, 2, ...) reuses the study's result series (same
     SeriesInstanceUID for every version), gets new SOP Instance UIDs and
     ``InstanceNumber = n``, so the newest result sorts last in each series and the older
     ones stay for audit. The SR of version ``n`` may also list the SR of the version it
     replaces in PredecessorDocumentsSequence (``supersedes_version``; pass the version
     whose SR was actually sent). Rebuilding the same version gives the same UIDs.
 
-SR content tree (value type, relationship, concept)::
+SR content tree (TID 1500; value type, relationship, concept)::
 
-    CONTAINER  LN 18748-4 "Diagnostic Imaging Report" (SEPARATE)
+    CONTAINER  DCM 126000 "Imaging Measurement Report" (TID 1500)
       HAS CONCEPT MOD  CODE  DCM 121049 Language = RFC5646 en-US
-      HAS OBS CONTEXT  DCM 121005 Observer Type = DCM 121007 Device, DCM 121012 Device
-                       Observer UID, 121013 Name, 121014 Manufacturer, 121015 Model Name
-      CONTAINS  TEXT   DCM 121106 "Comment" = the clinical-support statement
-      CONTAINS  CODE   99CXR STATUS "Analysis status" = 99CXR SCORED | NOT_ELIGIBLE | FAILED
-      CONTAINS  TEXT   99CXR REASON "Reason not analysed"         (not-analysed SR only)
-      CONTAINS  NUM    99CXR SCORE "Triage score" (UCUM "1")        (scored SR, triaged)
-      CONTAINS  NUM    99CXR SHADOW_SCORE "Shadow score, not used for triage" (instead of
-                       SCORE when the instance is outside the validated population)
-      CONTAINS  NUM    99CXR SCORE_LOWER "Score interval, lower end" (UCUM "1")
-      CONTAINS  NUM    99CXR SCORE_UPPER "Score interval, upper end" (UCUM "1")
-                       (when the score has an interval: 95%, from the calibration sample)
-      CONTAINS  NUM    99CXR THRESHOLD "Operating threshold" (UCUM "1")
-      CONTAINS  CODE   99CXR FLAG "Flagged for priority reading" = SCT 373066001 Yes | 373067005 No
-                       (only for a score that triaged: a shadow score has no flag)
-      CONTAINS  CODE   99CXR POPULATION_STATUS "Validated population" = 99CXR IN_SCOPE |
-                       OUTSIDE | UNKNOWN                                (when checked)
-      CONTAINS  TEXT   99CXR POPULATION_STATEMENT "Population statement" = "OUTSIDE
-                       VALIDATED POPULATION: score not used for triage (reason)"  (shadow only)
-      CONTAINS  CODE   99CXR FINDING "Finding scored" = the model's finding as its
-                       model.json codes it (e.g. SCT 233604007 "Pneumonia")
-      CONTAINS  TEXT   DCM 111001 Algorithm Name, DCM 111003 Algorithm Version
-      CONTAINS  TEXT   99CXR WEIGHTS_SHA256 "Model weights SHA-256"
-      CONTAINS  TEXT   99CXR CALIBRATION "Calibration version"
-      CONTAINS  TEXT   99CXR POPULATION "Population note"           (when given)
-      CONTAINS  IMAGE  DCM 121112 "Source of Measurement" -> the scored instance
-      CONTAINS  IMAGE  99CXR SEEN "Instance seen, not analysed" -> each instance (not-analysed SR)
-      CONTAINS  IMAGE  DCM 121080 "Best illustration of finding" -> the Secondary Capture
+      HAS OBS CONTEXT  DCM 121005 Observer Type = Device (UID, name, manufacturer, model)
+      HAS CONCEPT MOD  CODE  DCM 121058 Procedure reported = SCT 399208008 Plain X-ray of chest
+      CONTAINS  CONTAINER  DCM 126010 Imaging Measurements
+        CONTAINS  CONTAINER  DCM 125007 Measurement Group (TID 1501), one per image:
+          HAS OBS CONTEXT  TEXT  DCM 112039 Tracking Identifier = "<finding> image <n>"
+          HAS OBS CONTEXT  UIDREF DCM 112040 Tracking Unique Identifier (per study + image)
+          CONTAINS  CODE   DCM 121071 Finding = the model's finding as its model.json
+                           codes it (SCT 233604007 "Pneumonia" for the shipped model)
+          HAS CONCEPT MOD  TEXT DCM 111001 Algorithm Name, 111003 Algorithm Version,
+                           111002 Algorithm Parameters (threshold, calibration, weights
+                           SHA-256) (TID 4019)
+          CONTAINS  IMAGE  DCM 121112 Source of Measurement (the analysed image)
+          CONTAINS  NUM    99CXR SCORE "Triage score" (UCUM 1, the calibrated probability)
+                           or 99CXR SHADOW_SCORE "Shadow score, not used for triage"
+          CONTAINS  NUM    99CXR SCORE_LOWER / SCORE_UPPER (the score's 95% interval, when
+                           the calibration gives one)
+          CONTAINS  NUM    99CXR THRESHOLD "Operating threshold" (UCUM 1)
+          CONTAINS  CODE   99CXR STATUS "Analysis status" = SCORED | SHADOW (outside the
+                           validated population: not analysed for triage) | NOT_ELIGIBLE |
+                           FAILED
+          CONTAINS  CODE   99CXR FLAG "Flagged for priority reading" = SCT Yes | No
+                           (only a score that triaged)
+          CONTAINS  CODE   99CXR POPULATION_STATUS = IN_SCOPE | OUTSIDE | UNKNOWN
+          CONTAINS  TEXT   DCM 121106 Comment = the clinical-support statement
+          CONTAINS  TEXT   99CXR POPULATION_STATEMENT, POPULATION (population note),
+                           REASON "Reason not analysed"            (when they apply)
+          CONTAINS  IMAGE  DCM 121080 "Best illustration of finding" -> the Secondary Capture
+          CONTAINS  IMAGE  99CXR HEATMAP "Heatmap (fractional segmentation)" -> the SEG
 
 ``99CXR`` is our private coding scheme (PS3.3 8.2: designators starting "99" are local);
 it is declared in each SR's CodingSchemeIdentificationSequence, and its codes are listed
-in :data:`CXR_CODES`.
+in :data:`CXR_CODES`. The measurement groups only contain what TID 1501 lists plus
+CONTAINS TEXT/IMAGE items (the template is extensible).
 """
 
 from __future__ import annotations
@@ -73,34 +76,45 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import (
-    CodeContentItem,
+    AlgorithmIdentification,
     CodedConcept,
-    ComprehensiveSR,
-    ContainerContentItem,
-    ContentItem,
-    ContentSequence,
+    Comprehensive3DSR,
     DeviceObserverIdentifyingAttributes,
     ImageContentItem,
     LanguageOfContentItemAndDescendants,
-    NumContentItem,
+    Measurement,
+    MeasurementReport,
+    MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
+    QualitativeEvaluation,
     RelationshipTypeValues,
+    SourceImageForMeasurementGroup,
     TextContentItem,
+    TrackingIdentifier,
 )
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian
+from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian
 
 from cxr_common.clinical import DISCLAIMER
+from cxr_common.model_files import ModelFinding
+from cxr_imaging.overlay import has_burned_in_annotation
 from cxr_results.errors import ResultObjectError
-from cxr_results.render import NOT_FOR_DIAGNOSTIC_USE, overlay_from_png, render_result_image
+from cxr_results.render import (
+    NOT_FOR_DIAGNOSTIC_USE,
+    SC_MAX_SIDE,
+    font_safe,
+    overlay_from_png,
+    render_result_image,
+)
 from cxr_results.summary import AnalysisStatus, ResultSummary, population_statement
 from cxr_results.uids import MANUFACTURER, SERIES_DESCRIPTION_PREFIX, ResultUids, result_uids
 
@@ -108,8 +122,10 @@ __all__ = [
     "CODING_SCHEME",
     "CXR_CODES",
     "NOT_FOR_DIAGNOSTIC_USE",
+    "SC_MAX_SIDE",
     "SC_SERIES_NUMBER",
     "SR_SERIES_NUMBER",
+    "AnalysedImage",
     "AnalysisStatus",
     "ResultSummary",
     "build_not_analysed_report",
@@ -126,6 +142,7 @@ SC_SERIES_NUMBER = 9901
 SR_SERIES_NUMBER = 9902
 CODING_SCHEME = "99CXR"
 PATIENT_ORIENTATION = 0x00200020
+LATERALITY = 0x00200060
 
 #: Patient and study attributes copied verbatim from the source.
 COPIED_ATTRIBUTES = (
@@ -157,6 +174,9 @@ CXR_CODES: dict[str, str] = {
     "FINDING": "Finding scored",
     "WEIGHTS_SHA256": "Model weights SHA-256",
     "CALIBRATION": "Calibration version",
+    "SHADOW": "Not analysed for triage: outside the validated population",
+    "HEATMAP": "Heatmap (fractional segmentation)",
+    "SALIENCY": "Model saliency (Grad-CAM), not a lesion outline",
     "POPULATION": "Population note",
     "SHADOW_SCORE": "Shadow score, not used for triage",
     "POPULATION_STATUS": "Validated population",
@@ -185,6 +205,9 @@ _ENGLISH = CodedConcept(
     value="en-US", scheme_designator="RFC5646", meaning="English (United States)"
 )
 _SOURCE_IMAGE_PURPOSE = CodedConcept.from_code(codes.DCM.SourceImageForImageProcessingOperation)
+_CHEST_XRAY = CodedConcept(
+    value="399208008", scheme_designator="SCT", meaning="Plain X-ray of chest"
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -198,10 +221,6 @@ def _lo(text: str) -> str:
 def _lo_text(text: str) -> str:
     """A value that fits VR ST (1024 characters)."""
     return text[:1024]
-
-
-def _burned_in(ds: Dataset) -> bool:
-    return str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES"
 
 
 def _require_uid(ds: Dataset, keyword: str) -> str:
@@ -266,18 +285,19 @@ def build_secondary_capture(
     result: ResultSummary,
     uids: ResultUids,
     *,
-    max_side: int = 1024,
+    max_side: int = SC_MAX_SIDE,
 ) -> hd.sc.SCImage:
     """The heatmap Secondary Capture of one result version (see the module docstring).
 
     ``source`` is the scored instance (its header is enough); ``picture`` the heatmap
-    overlay stored for it (:func:`cxr_results.render.overlay_from_png`) or, without one,
-    its decoded pixels (float [0, 1], MONOCHROME2, as :func:`cxr_imaging.decode_dataset`
-    gives them)."""
+    overlay (:func:`cxr_results.render.overlay_at_source_resolution`, or the stored overlay
+    itself from :func:`cxr_results.render.overlay_from_png` when the radiograph cannot be
+    decoded again) or, without one, its decoded pixels (float [0, 1], MONOCHROME2, as
+    :func:`cxr_imaging.decode_dataset` gives them)."""
     if result.status is not AnalysisStatus.SCORED:
         raise ResultObjectError("a Secondary Capture is made only for a scored study")
     _check_study(source, uids)
-    neutral = _burned_in(source)
+    neutral = has_burned_in_annotation(source)
     rgb = render_result_image(picture, result, neutral_field=neutral, max_side=max_side)
     header = _reference_header(source)
     try:
@@ -305,23 +325,35 @@ def build_secondary_capture(
     _copy_patient_and_study(source, sc)
     # Type 2: unknown for a composite picture with bands of text; never guessed.
     sc.add_new(PATIENT_ORIENTATION, "CS", None)
+    # Type 2C (General Series): a chest is not a paired structure; empty, never guessed,
+    # unless the source states one.
+    if "Laterality" in source:
+        sc.Laterality = copy.deepcopy(source.Laterality).value
+    else:
+        sc.add_new(LATERALITY, "CS", None)
     sc.ConversionType = "WSD"  # made on a workstation
     sc.BurnedInAnnotation = "YES"
     sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
-    shown = "a neutral grey field" if neutral else "the scored image"
+    rows = int(rgb.shape[0])
+    shown = (
+        "a neutral grey field (the source may carry burned-in text)"
+        if neutral
+        else "the scored image"
+    )
     what = (
         f"Heatmap of model {result.model_name} {result.model_version} over {shown}"
         if np.asarray(picture).ndim == 3
-        else f"{shown.capitalize()} without heatmap, model {result.model_name} "
+        else f"{shown[0].upper()}{shown[1:]} without heatmap, model {result.model_name} "
         f"{result.model_version}"
     )
+    what += f", {rgb.shape[1]} x {rows} px with text bands"
     statement = population_statement(result)
     scored = (
         f"score {result.score:.3f}, threshold {result.threshold:.3f}"
         if statement is None
         else f"{statement}; shadow score {result.score:.3f}, threshold {result.threshold:.3f}"
     )
-    sc.DerivationDescription = _lo_text(f"{what}; {scored}. {NOT_FOR_DIAGNOSTIC_USE}.")
+    sc.DerivationDescription = _lo_text(font_safe(f"{what}; {scored}. {NOT_FOR_DIAGNOSTIC_USE}."))
     sc.ImageComments = f"{NOT_FOR_DIAGNOSTIC_USE}. {DISCLAIMER}"
     if str(source.get("LossyImageCompression", "")) == "01" or _lossy_syntax(source):
         sc.LossyImageCompression = "01"
@@ -354,7 +386,16 @@ def _lossy_syntax(ds: Dataset) -> bool:
     return str(syntax or "") in _LOSSY_SYNTAXES
 
 
-# --------------------------------------------------------------------------- SR
+# --------------------------------------------------------------------------- SR (TID 1500)
+
+
+@dataclass(frozen=True)
+class AnalysedImage:
+    """One more analysed image of the study for the SR (besides the one the SC shows):
+    its header and what the model said about it."""
+
+    source: Dataset
+    result: ResultSummary
 
 
 def _text(name: CodedConcept, value: str) -> TextContentItem:
@@ -363,53 +404,123 @@ def _text(name: CodedConcept, value: str) -> TextContentItem:
     )
 
 
-def _model_items(
-    model_name: str, model_version: str, weights_sha256: str | None, calibration: str | None
-) -> list[TextContentItem]:
-    items = [
-        _text(CodedConcept.from_code(codes.DCM.AlgorithmName), model_name),
-        _text(CodedConcept.from_code(codes.DCM.AlgorithmVersion), model_version),
-    ]
-    if weights_sha256:
-        items.append(_text(_cxr("WEIGHTS_SHA256"), weights_sha256))
-    if calibration:
-        items.append(_text(_cxr("CALIBRATION"), calibration))
-    return items
-
-
-def _report(items: Sequence[ContentItem]) -> ContainerContentItem:
-    """The document's root container holding ``items``."""
-    root = ContainerContentItem(
-        name=CodedConcept.from_code(codes.LN.DiagnosticImagingReport),
-        is_content_continuous=False,
+def _algorithm(
+    model_name: str,
+    model_version: str,
+    parameters: Sequence[str] = (),
+) -> AlgorithmIdentification:
+    """TID 4019: name, version, parameters."""
+    return AlgorithmIdentification(
+        name=_lo(model_name),
+        version=_lo(model_version),
+        parameters=[p[:1000] for p in parameters] or None,
     )
-    root.ContentSequence = ContentSequence(items)
-    return root
 
 
-def _common_items(
-    uids: ResultUids, model_name: str | None, status: AnalysisStatus
-) -> list[ContentItem]:
-    """Language, observer (our device), the clinical-support statement, the status."""
-    device = ObserverContext(
-        observer_type=CodedConcept.from_code(codes.DCM.Device),
-        observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
-            uid=uids.device_uid,
-            name=MANUFACTURER,
-            manufacturer_name=MANUFACTURER,
-            model_name=_lo(model_name) if model_name else None,
-        ),
+def _parameters(result: ResultSummary) -> list[str]:
+    params = [f"operating threshold {round(float(result.threshold), 6)}"]
+    if result.calibration_version:
+        params.append(f"calibration {result.calibration_version}")
+    if result.weights_sha256:
+        params.append(f"weights sha256 {result.weights_sha256}")
+    return params
+
+
+def _device(uids: ResultUids, model_name: str | None) -> ObservationContext:
+    return ObservationContext(
+        observer_device_context=ObserverContext(
+            observer_type=CodedConcept.from_code(codes.DCM.Device),
+            observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+                uid=uids.device_uid,
+                name=MANUFACTURER,
+                manufacturer_name=MANUFACTURER,
+                model_name=_lo(model_name) if model_name else None,
+            ),
+        )
     )
-    return [
-        *LanguageOfContentItemAndDescendants(language=_ENGLISH),
-        *ObservationContext(observer_device_context=device),
-        _text(CodedConcept.from_code(codes.DCM.Comment), DISCLAIMER),
-        CodeContentItem(
-            name=_cxr("STATUS"),
-            value=_cxr(_STATUS_CODE[status]),
-            relationship_type=RelationshipTypeValues.CONTAINS,
-        ),
+
+
+def _finding_code(finding: ModelFinding) -> CodedConcept:
+    return CodedConcept(
+        value=finding.code_value,
+        scheme_designator=finding.code_scheme,
+        meaning=finding.code_meaning,
+    )
+
+
+def _tracking(uids: ResultUids, header: Dataset, label: str, number: int) -> TrackingIdentifier:
+    return TrackingIdentifier(
+        uid=uids.tracking_uid(header.SOPInstanceUID),
+        identifier=_lo(f"{label} image {number}"),
+    )
+
+
+def _image_item(name: CodedConcept, ref: Dataset) -> ImageContentItem:
+    return ImageContentItem(
+        name=name,
+        referenced_sop_class_uid=ref.SOPClassUID,
+        referenced_sop_instance_uid=ref.SOPInstanceUID,
+        relationship_type=RelationshipTypeValues.CONTAINS,
+    )
+
+
+def _num(code: str, value: float) -> Measurement:
+    """A TID 300 measurement without units (the group names the algorithm once)."""
+    return Measurement(name=_cxr(code), value=round(float(value), 6), unit=_NO_UNITS)
+
+
+def _scored_group(
+    header: Dataset,
+    result: ResultSummary,
+    uids: ResultUids,
+    number: int,
+    illustrations: Sequence[tuple[CodedConcept, Dataset]] = (),
+) -> MeasurementsAndQualitativeEvaluations:
+    """One TID 1501 group: what the model said about one analysed image."""
+    statement = population_statement(result)
+    algorithm = _algorithm(result.model_name, result.model_version, _parameters(result))
+    measurements = [_num("SCORE" if statement is None else "SHADOW_SCORE", result.score)]
+    if result.score_interval is not None:
+        measurements += [
+            _num(code, v)
+            for code, v in zip(("SCORE_LOWER", "SCORE_UPPER"), result.score_interval, strict=True)
+        ]
+    measurements.append(_num("THRESHOLD", result.threshold))
+    evaluations = [
+        QualitativeEvaluation(
+            name=_cxr("STATUS"), value=_cxr("SCORED" if statement is None else "SHADOW")
+        )
     ]
+    if statement is None:  # a shadow score set no priority: it has no flag to report
+        evaluations.append(
+            QualitativeEvaluation(
+                name=_cxr("FLAG"),
+                value=CodedConcept.from_code(codes.SCT.Yes if result.flagged else codes.SCT.No),
+            )
+        )
+    population = _POPULATION_CODE.get(result.population or "")
+    if population is not None:
+        evaluations.append(
+            QualitativeEvaluation(name=_cxr("POPULATION_STATUS"), value=_cxr(population))
+        )
+    group = MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(uids, header, result.finding.display, number),
+        finding_type=_finding_code(result.finding),
+        algorithm_id=algorithm,
+        measurements=measurements,
+        qualitative_evaluations=evaluations,
+        source_images=[SourceImageForMeasurementGroup.from_source_image(header)],
+    )
+    extra: list[TextContentItem | ImageContentItem] = [
+        _text(CodedConcept.from_code(codes.DCM.Comment), DISCLAIMER)
+    ]
+    if statement is not None:
+        extra.append(_text(_cxr("POPULATION_STATEMENT"), statement))
+    if result.population_note:
+        extra.append(_text(_cxr("POPULATION"), result.population_note))
+    extra += [_image_item(name, ref) for name, ref in illustrations]
+    group[0].ContentSequence.extend(extra)
+    return group
 
 
 def _coding_schemes() -> list[CodingSchemeIdentificationItem]:
@@ -433,7 +544,7 @@ def _predecessors(uids: ResultUids, supersedes_version: int | None) -> list[Data
     previous = Dataset()
     previous.StudyInstanceUID = uids.study_instance_uid
     previous.SeriesInstanceUID = uids.sr_series_instance_uid
-    previous.SOPClassUID = ComprehensiveSRStorage
+    previous.SOPClassUID = Comprehensive3DSRStorage
     previous.SOPInstanceUID = result_uids(
         uids.root, uids.study_instance_uid, supersedes_version
     ).sr_sop_instance_uid
@@ -442,16 +553,26 @@ def _predecessors(uids: ResultUids, supersedes_version: int | None) -> list[Data
 
 def _make_sr(
     evidence: Sequence[Dataset],
-    content: ContainerContentItem,
+    groups: Sequence[MeasurementsAndQualitativeEvaluations],
     uids: ResultUids,
     source: Dataset,
+    model_name: str | None,
     series_description: str,
     supersedes_version: int | None,
-) -> ComprehensiveSR:
+) -> Comprehensive3DSR:
     try:
-        sr = ComprehensiveSR(
+        report = MeasurementReport(
+            observation_context=_device(uids, model_name),
+            procedure_reported=_CHEST_XRAY,
+            imaging_measurements=groups,
+            title=codes.cid7021.ImagingMeasurementReport,
+            language_of_content_item_and_descendants=LanguageOfContentItemAndDescendants(
+                language=_ENGLISH
+            ),
+        )
+        sr = Comprehensive3DSR(
             evidence=evidence,
-            content=content,
+            content=report[0],
             series_instance_uid=uids.sr_series_instance_uid,
             series_number=SR_SERIES_NUMBER,
             sop_instance_uid=uids.sr_sop_instance_uid,
@@ -464,10 +585,19 @@ def _make_sr(
             series_description=_lo(series_description),
             coding_schemes=_coding_schemes(),
         )
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:
         raise ResultObjectError(f"cannot build the Structured Report: {exc}") from exc
     _copy_patient_and_study(source, sr)
     return sr
+
+
+def _library_header(ds: Dataset) -> Dataset:
+    """What the SR's evidence and Image Library need of a referenced image."""
+    header = _reference_header(ds)
+    for keyword in ("Modality", "Rows", "Columns", "ImageType", "PatientOrientation"):
+        if keyword in ds:
+            header[keyword] = copy.deepcopy(ds[keyword])
+    return header
 
 
 def build_structured_report(
@@ -476,112 +606,50 @@ def build_structured_report(
     uids: ResultUids,
     secondary_capture: Dataset | None = None,
     *,
+    segmentation: Dataset | None = None,
+    others: Sequence[AnalysedImage] = (),
     supersedes_version: int | None = None,
-) -> ComprehensiveSR:
-    """The Comprehensive SR of one scored result version (tree in the module docstring).
+) -> Comprehensive3DSR:
+    """The TID 1500 report of one scored result version (tree in the module docstring).
 
-    It references ``source`` (the scored instance) and, when given, ``secondary_capture``."""
+    One measurement group for ``source`` (the image the SC shows; it references
+    ``secondary_capture`` and ``segmentation`` when given) and one for each of ``others``
+    (further analysed images of the study)."""
     if result.status is not AnalysisStatus.SCORED:
         raise ResultObjectError(
             "a scored report needs a scored result; use build_not_analysed_report"
         )
     _check_study(source, uids)
-    contains = RelationshipTypeValues.CONTAINS
-    items = _common_items(uids, result.model_name, AnalysisStatus.SCORED)
-    statement = population_statement(result)
-    items.append(
-        NumContentItem(
-            name=_cxr("SCORE" if statement is None else "SHADOW_SCORE"),
-            value=round(float(result.score), 6),
-            unit=_NO_UNITS,
-            relationship_type=contains,
-        )
-    )
-    if result.score_interval is not None:
-        items += [
-            NumContentItem(
-                name=_cxr(code),
-                value=round(float(v), 6),
-                unit=_NO_UNITS,
-                relationship_type=contains,
-            )
-            for code, v in zip(("SCORE_LOWER", "SCORE_UPPER"), result.score_interval, strict=True)
-        ]
-    items.append(
-        NumContentItem(
-            name=_cxr("THRESHOLD"),
-            value=round(float(result.threshold), 6),
-            unit=_NO_UNITS,
-            relationship_type=contains,
-        )
-    )
-    if statement is None:  # a shadow score set no priority: it has no flag to report
-        items.append(
-            CodeContentItem(
-                name=_cxr("FLAG"),
-                value=CodedConcept.from_code(codes.SCT.Yes if result.flagged else codes.SCT.No),
-                relationship_type=contains,
-            )
-        )
-    finding = result.finding
-    items += [
-        CodeContentItem(
-            name=_cxr("FINDING"),
-            value=CodedConcept(
-                value=finding.code_value,
-                scheme_designator=finding.code_scheme,
-                meaning=finding.code_meaning,
-            ),
-            relationship_type=contains,
-        ),
-        *_model_items(
-            result.model_name,
-            result.model_version,
-            result.weights_sha256,
-            result.calibration_version,
-        ),
-    ]
-    population = _POPULATION_CODE.get(result.population or "")
-    if population is not None:
-        items.append(
-            CodeContentItem(
-                name=_cxr("POPULATION_STATUS"),
-                value=_cxr(population),
-                relationship_type=contains,
-            )
-        )
-    if statement is not None:
-        items.append(_text(_cxr("POPULATION_STATEMENT"), statement))
-    if result.population_note:
-        items.append(_text(_cxr("POPULATION"), result.population_note))
-    header = _reference_header(source)
+    header = _library_header(source)
     evidence: list[Dataset] = [header]
-    items.append(
-        ImageContentItem(
-            name=CodedConcept.from_code(codes.DCM.SourceOfMeasurement),
-            referenced_sop_class_uid=header.SOPClassUID,
-            referenced_sop_instance_uid=header.SOPInstanceUID,
-            relationship_type=contains,
-        )
-    )
-    if secondary_capture is not None:
-        sc_header = _reference_header(secondary_capture)
-        if sc_header.StudyInstanceUID != header.StudyInstanceUID:
-            raise ResultObjectError("the Secondary Capture belongs to another study")
-        evidence.append(sc_header)
-        items.append(
-            ImageContentItem(
-                name=CodedConcept.from_code(codes.DCM.BestIllustrationOfFinding),
-                referenced_sop_class_uid=sc_header.SOPClassUID,
-                referenced_sop_instance_uid=sc_header.SOPInstanceUID,
-                relationship_type=contains,
-            )
-        )
+    illustrations: list[tuple[CodedConcept, Dataset]] = []
+    for name, obj, what in (
+        (CodedConcept.from_code(codes.DCM.BestIllustrationOfFinding), secondary_capture, "SC"),
+        (_cxr("HEATMAP"), segmentation, "heatmap"),
+    ):
+        if obj is None:
+            continue
+        ref = _library_header(obj)
+        if ref.StudyInstanceUID != header.StudyInstanceUID:
+            raise ResultObjectError(f"the {what} object belongs to another study")
+        evidence.append(ref)
+        illustrations.append((name, ref))
+    groups = [_scored_group(header, result, uids, 1, illustrations)]
+    seen = {header.SOPInstanceUID}
+    for other in others:
+        _check_study(other.source, uids)
+        other_header = _library_header(other.source)
+        if other_header.SOPInstanceUID in seen:
+            continue
+        seen.add(other_header.SOPInstanceUID)
+        evidence.append(other_header)
+        groups.append(_scored_group(other_header, other.result, uids, len(groups) + 1))
     return _make_sr(
         evidence,
-        _report(items),
+        groups,
         uids,
         source,
+        result.model_name,
         f"{SERIES_DESCRIPTION_PREFIX} result {result.model_name} {result.model_version}",
         supersedes_version,
     )
@@ -595,11 +663,13 @@ def build_not_analysed_report(
     *,
     model_name: str | None = None,
     model_version: str | None = None,
+    finding: ModelFinding | None = None,
     supersedes_version: int | None = None,
-) -> ComprehensiveSR:
-    """A short SR saying the study was seen but not analysed (``NOT_ELIGIBLE`` or
-    ``FAILED``) and why; it references every instance in ``sources`` (headers suffice).
-    ``reason`` must not hold patient data (eligibility and error reasons do not)."""
+) -> Comprehensive3DSR:
+    """The TID 1500 report of a study that was seen but not analysed (``NOT_ELIGIBLE`` or
+    ``FAILED``): one group per instance of ``sources`` (headers suffice) with the status,
+    the reason and the clinical-support statement. ``reason`` must not hold patient data
+    (eligibility and error reasons do not)."""
     if status is AnalysisStatus.SCORED:
         raise ResultObjectError("a scored study gets build_structured_report")
     if not sources:
@@ -608,33 +678,38 @@ def build_not_analysed_report(
         raise ResultObjectError("a not-analysed report needs a reason")
     for source in sources:
         _check_study(source, uids)
-    contains = RelationshipTypeValues.CONTAINS
-    items = _common_items(uids, model_name, status)
-    items.append(_text(_cxr("REASON"), reason.strip()))
-    if model_name and model_version:
-        items += _model_items(model_name, model_version, None, None)
+    algorithm = _algorithm(model_name, model_version) if model_name and model_version else None
+    label = finding.display if finding is not None else "chest radiograph"
     evidence: list[Dataset] = []
-    seen: set[str] = set()
+    groups: list[MeasurementsAndQualitativeEvaluations] = []
     for source in sources:
-        header = _reference_header(source)
-        if header.SOPInstanceUID in seen:
+        header = _library_header(source)
+        if any(e.SOPInstanceUID == header.SOPInstanceUID for e in evidence):
             continue
-        seen.add(header.SOPInstanceUID)
         evidence.append(header)
-        items.append(
-            ImageContentItem(
-                name=_cxr("SEEN"),
-                referenced_sop_class_uid=header.SOPClassUID,
-                referenced_sop_instance_uid=header.SOPInstanceUID,
-                relationship_type=contains,
-            )
+        group = MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=_tracking(uids, header, label, len(groups) + 1),
+            finding_type=_finding_code(finding) if finding is not None else None,
+            algorithm_id=algorithm,
+            qualitative_evaluations=[
+                QualitativeEvaluation(name=_cxr("STATUS"), value=_cxr(_STATUS_CODE[status]))
+            ],
+            source_images=[SourceImageForMeasurementGroup.from_source_image(header)],
         )
-    label = "not eligible" if status is AnalysisStatus.NOT_ELIGIBLE else "failed"
+        group[0].ContentSequence.extend(
+            [
+                _text(CodedConcept.from_code(codes.DCM.Comment), DISCLAIMER),
+                _text(_cxr("REASON"), reason.strip()),
+            ]
+        )
+        groups.append(group)
+    kind = "not eligible" if status is AnalysisStatus.NOT_ELIGIBLE else "failed"
     return _make_sr(
         evidence,
-        _report(items),
+        groups,
         uids,
         sources[0],
-        f"{SERIES_DESCRIPTION_PREFIX} not analysed ({label})",
+        model_name,
+        f"{SERIES_DESCRIPTION_PREFIX} not analysed ({kind})",
         supersedes_version,
     )

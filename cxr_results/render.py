@@ -7,12 +7,21 @@ burned-in rule are decided in one place and the results task never runs the mode
 Without a stored overlay (heatmaps switched off) the decoded radiograph is shown in grey,
 or a neutral grey field when the source says its pixels carry burned-in annotation.
 
+Resolution: the stored overlay is at most 512 px (the worker keeps it small), so for the
+Secondary Capture the heatmap is read back out of it
+(:func:`cxr_imaging.overlay.heat_from_overlay`), scaled up and drawn again, with the
+same colouring rule, over the decoded radiograph at its own resolution
+(:func:`overlay_at_source_resolution`), up to :data:`SC_MAX_SIDE` px on the
+longer side (2048: a 43 x 35 cm film at 0.2 mm is about 2150 x 1750 px, so a chest film
+keeps about its detector resolution; larger ones are scaled down, never up).
+
 Layout, top to bottom: a dark band with "NOT FOR DIAGNOSTIC USE - clinical decision
 support", the score against the threshold with the flag, and the model; the picture (longer
 side at most ``max_side`` pixels); a band with the clinical-support statement and what the
 heatmap means. Text goes in bands around the picture, never over the anatomy, and names the
 model and the result only, never the patient. Pillow's bundled font is used, so no system
-font is needed.
+font is needed; it has no glyph for typographic dashes or other non-ASCII characters, so
+the text is reduced to ASCII first (:func:`font_safe`: an en dash becomes "-").
 """
 
 from __future__ import annotations
@@ -26,13 +35,17 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from cxr_common.clinical import DISCLAIMER, heatmap_note
+from cxr_imaging.overlay import blend, heat_from_overlay
 from cxr_results.errors import ResultObjectError
 from cxr_results.summary import ResultSummary, population_statement
 
 __all__ = [
+    "SC_MAX_SIDE",
     "NEUTRAL_FIELD_NOTE",
     "NOT_FOR_DIAGNOSTIC_USE",
     "NO_HEATMAP_NOTE",
+    "font_safe",
+    "overlay_at_source_resolution",
     "overlay_from_png",
     "render_result_image",
     "result_text",
@@ -47,6 +60,36 @@ NEUTRAL_FIELD_NOTE = (
 )
 #: The grey shown instead of the pixels of a source with burned-in text (no heatmap case).
 NEUTRAL_GREY = 0.5
+#: The Secondary Capture's picture is at most this many pixels on its longer side.
+SC_MAX_SIDE = 2048
+
+_ASCII = str.maketrans(
+    {
+        "\u2010": "-",
+        "\u2011": "-",
+        "\u2012": "-",
+        "\u2013": "-",
+        "\u2014": "-",
+        "\u2212": "-",
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u2026": "...",
+        "\u2264": "<=",
+        "\u2265": ">=",
+        "\u00b1": "+/-",
+        "\u00d7": "x",
+        "\u00a0": " ",
+    }
+)
+
+
+def font_safe(text: str) -> str:
+    """``text`` in printable ASCII, which the bundled font draws: typographic dashes and
+    quotes become their ASCII forms, anything else without a glyph becomes "?"."""
+    plain = text.translate(_ASCII)
+    return "".join(c if " " <= c <= "~" else "?" for c in plain)
 
 
 @cache
@@ -58,7 +101,7 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 def _wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> list[str]:
     lines: list[str] = []
     current = ""
-    for word in text.split():
+    for word in font_safe(text).split():
         candidate = f"{current} {word}".strip()
         if current and font.getlength(candidate) > width:
             lines.append(current)
@@ -83,7 +126,7 @@ def _text_band(
     band = Image.new("RGB", (width, 2 * margin + line_h * len(wrapped)), (16, 16, 16))
     draw = ImageDraw.Draw(band)
     for i, (text, colour) in enumerate(wrapped):
-        draw.text((margin, margin + i * line_h), text, fill=colour, font=font)
+        draw.text((margin, margin + i * line_h), font_safe(text), fill=colour, font=font)
     return band
 
 
@@ -96,6 +139,35 @@ def overlay_from_png(png: bytes) -> UInt8Array:
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ResultObjectError(f"the stored heatmap overlay is not a readable PNG: {exc}") from exc
     return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+def overlay_at_source_resolution(
+    pixels01: npt.NDArray[np.generic],
+    overlay: UInt8Array,
+    *,
+    neutral_field: bool,
+    max_side: int = SC_MAX_SIDE,
+) -> UInt8Array:
+    """The heatmap of the stored ``overlay`` drawn again over the decoded radiograph
+    ``pixels01`` (2-D float in [0, 1]) at the radiograph's resolution (longer side at most
+    ``max_side``), by the worker's colouring rule; over a neutral grey field of that size
+    when ``neutral_field`` (the source may carry burned-in text)."""
+    grey = np.clip(np.nan_to_num(np.asarray(pixels01, dtype=np.float32)), 0.0, 1.0)
+    if grey.ndim != 2 or not grey.size:
+        raise ResultObjectError(f"expected a 2-D radiograph, got shape {grey.shape}")
+    heat = heat_from_overlay(np.asarray(overlay, dtype=np.uint8))
+    rows, columns = grey.shape
+    scale = min(1.0, max_side / max(rows, columns))
+    size = (max(1, round(columns * scale)), max(1, round(rows * scale)))
+    if neutral_field:
+        base = np.full((size[1], size[0]), NEUTRAL_GREY * 255.0, dtype=np.float32)
+    else:
+        image = Image.fromarray((grey * 255.0 + 0.5).astype(np.uint8), mode="L")
+        base = np.asarray(image.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+    heat_image = Image.fromarray(heat, mode="F").resize(size, Image.Resampling.BILINEAR)
+    shown = np.clip(np.asarray(heat_image, dtype=np.float32), 0.0, 1.0)
+    rgb = np.repeat(base[..., None], 3, axis=2)
+    return blend(rgb, shown)
 
 
 def _picture(
@@ -176,7 +248,7 @@ def render_result_image(
     result: ResultSummary,
     *,
     neutral_field: bool = False,
-    max_side: int = 1024,
+    max_side: int = SC_MAX_SIDE,
 ) -> UInt8Array:
     """The Secondary Capture's RGB pixels (H x W x 3, uint8).
 

@@ -18,7 +18,8 @@ Derived UIDs
 
 Superseding (see :func:`result_uids`)
     Series Instance UIDs depend on the study only: every result version of a study files
-    its Secondary Capture into one series and its SR into another. SOP Instance UIDs depend
+    its Secondary Capture into one series, its SR into another and its heatmap
+    Segmentation into a third. SOP Instance UIDs depend
     on the version too, and ``InstanceNumber`` is the result version, so a newer result
     sorts after the older one in the same series and both stay auditable.
 
@@ -78,6 +79,9 @@ class ObjectKind(StrEnum):
     SR_SERIES = "sr-series"
     SC_INSTANCE = "sc-instance"
     SR_INSTANCE = "sr-instance"
+    SEG_SERIES = "seg-series"
+    SEG_INSTANCE = "seg-instance"
+    TRACKING = "tracking"
     DEVICE = "device"
 
 
@@ -142,11 +146,19 @@ class ResultUids:
     sr_series_instance_uid: str
     sr_sop_instance_uid: str
     device_uid: str
+    seg_series_instance_uid: str = ""
+    seg_sop_instance_uid: str = ""
 
     @property
     def instance_number(self) -> int:
-        """InstanceNumber of both objects: the result version (1, 2, ...)."""
+        """InstanceNumber of every object: the result version (1, 2, ...)."""
         return self.result_version
+
+    def tracking_uid(self, sop_instance_uid: str) -> str:
+        """The SR's Tracking UID of the analysed image ``sop_instance_uid``: the same in
+        every result version of the study, so a viewer follows one image's finding across
+        superseding reports."""
+        return derive_uid(self.root, self.study_instance_uid, ObjectKind.TRACKING, sop_instance_uid)
 
 
 def result_uids(root: str, study_instance_uid: str, result_version: int) -> ResultUids:
@@ -164,6 +176,8 @@ def result_uids(root: str, study_instance_uid: str, result_version: int) -> Resu
         sr_series_instance_uid=derive_uid(root, study_instance_uid, ObjectKind.SR_SERIES),
         sr_sop_instance_uid=derive_uid(root, study_instance_uid, version, ObjectKind.SR_INSTANCE),
         device_uid=derive_uid(root, ObjectKind.DEVICE),
+        seg_series_instance_uid=derive_uid(root, study_instance_uid, ObjectKind.SEG_SERIES),
+        seg_sop_instance_uid=derive_uid(root, study_instance_uid, version, ObjectKind.SEG_INSTANCE),
     )
 
 

@@ -4,17 +4,24 @@ For one (study, result version) job from the results queue (enqueued by the list
 completeness job):
 
 * a study with at least one scored instance gets the heatmap **Secondary Capture** of its
-  highest-scoring instance (the overlay the worker stored with the prediction: the model
-  never runs here) and a **Comprehensive SR** (score, threshold, flag, model and
-  calibration, population, references, disclaimer). Only the active model's predictions
-  count, never a shadow model's; an instance whose score triaged comes before one outside
-  the validated population, whose shadow score the objects then head "OUTSIDE VALIDATED
-  POPULATION: score not used for triage" with the reason, and show with no flag;
-* a study with no scored instance (not eligible, or failed) gets a short **not-analysed
-  SR** that says so and why;
+  highest-scoring instance (the heatmap read back from the overlay the worker stored,
+  drawn again over the radiograph at its own resolution up to 2048 px: the model never
+  runs here), the heatmap as data (a FRACTIONAL **Segmentation** at the source's Rows x
+  Columns) and a TID 1500 **Comprehensive 3D SR** with one measurement group per scored
+  instance (score, threshold, flag, model and calibration, population, references,
+  disclaimer). Only the active model's predictions count, never a shadow model's; an
+  instance whose score triaged comes before one outside the validated population, whose
+  shadow score the objects then head "OUTSIDE VALIDATED POPULATION: score not used for
+  triage" with the reason, and show with no flag;
+* a chest radiograph study with no scored instance (failed, or not eligible: a lateral
+  view, too small) gets the same TID 1500 SR saying it was **not analysed** and why;
+* a study with no chest radiograph at all (a CT, an abdomen film) gets nothing, unless
+  ``CXR_RESULT_NOT_ELIGIBLE_REPORT`` asks for the not-analysed SR;
 
-and both go to every destination of ``CXR_RESULT_DESTINATIONS`` (none configured: nothing
-is sent and the study stays ``complete``), from our calling AE title.
+and they go to every destination of ``CXR_RESULT_DESTINATIONS`` (none configured: nothing
+is sent and the study stays ``complete``), from our calling AE title, each destination
+getting its selection (``[sc+sr+seg]``, default all; the SR references only what that
+destination gets).
 
 Idempotent per (study, result version, destination): under an advisory lock the task
 checks whether it was stored already, sends, and records the attempt (status codes, error)
@@ -28,7 +35,7 @@ version, the SR names the SR it replaces). A job for a version the study has mov
 Any destination not yet stored makes the task retry with jittered exponential backoff
 (``cxr_queue.retries``, the scoring task's policy with the results cap
 ``CXR_RESULT_RETRY_MAX_BACKOFF_S``; ``AssociationError`` is a ``TransientError``); after
-the last retry the study is ``results_failed``. When every destination stored both
+the last retry the study is ``results_failed``. When every destination stored its
 objects it is ``results_sent``.
 Logs name UIDs and destinations, never patient data.
 """
@@ -53,27 +60,34 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from cxr_common.errors import ConfigurationError, StorageError, TransientError
+from cxr_common.model_files import ModelFinding
 from cxr_common.settings import ResultSettings
 from cxr_common.storage import read_instance
 from cxr_db.instances.statuses import InstanceStatus
 from cxr_db.results import store as results_db
 from cxr_db.results.states import ResultState, SendStatus
 from cxr_hl7 import Hl7Error
-from cxr_imaging import ImagingError, decode_dataset
+from cxr_imaging import ImagingError, decode_dataset, is_chest_radiograph
+from cxr_imaging.overlay import has_burned_in_annotation, heat_from_overlay
 from cxr_queue import RESULTS_TASK, ResultsJob
 from cxr_queue.retries import RetryPolicy, retries_so_far, retry_later
 from cxr_results import (
+    AnalysedImage,
     AnalysisStatus,
     AssociationError,
     Destination,
+    ResultObject,
     ResultObjectError,
     ResultSummary,
+    ResultUids,
     SendOutcome,
     Timeouts,
+    build_heatmap_segmentation,
     build_not_analysed_report,
     build_secondary_capture,
     build_structured_report,
     load_or_create_uid_root,
+    overlay_at_source_resolution,
     overlay_from_png,
     parse_destinations,
     result_uids,
@@ -100,6 +114,10 @@ class ResultsOutcome(enum.StrEnum):
     """Retries exhausted or the objects cannot be built: the study is results_failed."""
     INVALID = "invalid"
     """The payload did not validate; the job was dropped."""
+    NOT_CHEST = "not_chest"
+    """No instance is a chest radiograph (e.g. a CT): nothing is sent unless
+    ``CXR_RESULT_NOT_ELIGIBLE_REPORT`` asks for a not-analysed report; the study stays
+    complete."""
 
 
 class _NotDone(TransientError):
@@ -112,9 +130,24 @@ class _CannotBuild(Exception):
 
 @dataclass(frozen=True)
 class _Objects:
+    """What one destination gets of one result version (its selection applied)."""
+
     datasets: tuple[Dataset, ...]
     sc_sop_instance_uid: str | None
     sr_sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """The parts of a scored result built once per job; the SR is built per destination
+    (it references only the objects that destination gets)."""
+
+    uids: ResultUids
+    source: Dataset
+    summary: ResultSummary
+    sc: Dataset
+    seg: Dataset | None
+    others: tuple[AnalysedImage, ...]
 
 
 def retry_policy(max_retries: int, max_backoff_s: float) -> RetryPolicy:
@@ -147,6 +180,7 @@ class ResultsRuntime:
             settings.result_destinations
         )
         self.calling_ae_title = settings.result_calling_ae_title
+        self.not_eligible_report = settings.result_not_eligible_report
         self.timeouts = Timeouts(
             connection_s=settings.result_timeout_s,
             acse_s=settings.result_timeout_s,
@@ -156,7 +190,8 @@ class ResultsRuntime:
         self._uid_root_file = settings.uid_root_file
         self._uid_root_setting = settings.uid_root
         self._uid_root: str | None = None
-        self.hl7 = Hl7Sender(engine, settings)  # HL7 to the RIS, beside PACS (cxr_sender.hl7)
+        # HL7 to the RIS, beside PACS (cxr_sender.hl7); non-chest studies follow the same rule.
+        self.hl7 = Hl7Sender(engine, settings, send_not_chest=settings.result_not_eligible_report)
 
     @property
     def uid_root(self) -> str:
@@ -171,55 +206,119 @@ class ResultsRuntime:
 
     # ------------------------------------------------------------------ objects
 
-    def _build(self, inputs: results_db.ResultInputs, supersedes: int | None) -> _Objects:
-        uids = result_uids(self.uid_root, inputs.study_instance_uid, inputs.result_version)
-        best = inputs.best
-        if best is not None:
+    def _summary(
+        self, scored: results_db.ScoredInstance, findings: dict[str, ModelFinding]
+    ) -> ResultSummary:
+        if scored.model_version not in findings:
             try:
-                finding = model_finding(self.engine, best.model_version)
+                findings[scored.model_version] = model_finding(self.engine, scored.model_version)
             except ConfigurationError as exc:
                 raise _CannotBuild(str(exc)) from exc
-            summary = ResultSummary(
-                score=best.probability,
-                threshold=best.threshold,
-                flagged=best.flagged,
-                model_name=best.model_name,
-                model_version=best.model_version,
-                weights_sha256=best.weights_sha256,
-                calibration_version=best.calibration_version or "none",
-                finding=finding,
-                population=best.population,
-                population_reason=best.population_reason,
-                triage=best.triage,
-                score_interval=None
-                if best.score_lower is None or best.score_upper is None
-                else (best.score_lower, best.score_upper),
+        return ResultSummary(
+            score=scored.probability,
+            threshold=scored.threshold,
+            flagged=scored.flagged,
+            model_name=scored.model_name,
+            model_version=scored.model_version,
+            weights_sha256=scored.weights_sha256,
+            calibration_version=scored.calibration_version or "none",
+            finding=findings[scored.model_version],
+            population=scored.population,
+            population_reason=scored.population_reason,
+            triage=scored.triage,
+            score_interval=None
+            if scored.score_lower is None or scored.score_upper is None
+            else (scored.score_lower, scored.score_upper),
+        )
+
+    def _build_scored(self, inputs: results_db.ResultInputs) -> _Scored:
+        """The SC (at the radiograph's resolution), the heatmap Segmentation and what the
+        SR needs, for a study with a scored instance."""
+        uids = result_uids(self.uid_root, inputs.study_instance_uid, inputs.result_version)
+        best = inputs.best
+        if best is None:
+            raise _CannotBuild("no scored instance")
+        findings: dict[str, ModelFinding] = {}
+        summary = self._summary(best, findings)
+        source = _header(best.storage_uri, pixels=True)
+        neutral = has_burned_in_annotation(source)
+        pixels: npt.NDArray[np.generic] | None = None
+        try:
+            pixels = decode_dataset(source).pixels
+        except ImagingError as exc:
+            if best.heatmap_png is None:
+                raise _CannotBuild(f"scored image cannot be decoded again: {exc}") from exc
+            log.warning(
+                "scored image %s cannot be decoded again (%s): the SC shows the stored overlay",
+                best.sop_instance_uid,
+                exc,
             )
-            picture: npt.NDArray[np.generic]
-            if best.heatmap_png is not None:
-                source = _header(best.storage_uri)
-                picture = overlay_from_png(best.heatmap_png)
-            else:  # heatmaps switched off: the radiograph itself, decoded again
-                source = _header(best.storage_uri, pixels=True)
-                try:
-                    picture = decode_dataset(source).pixels
-                except ImagingError as exc:
-                    raise _CannotBuild(f"scored image cannot be decoded again: {exc}") from exc
-            sc = build_secondary_capture(source, picture, summary, uids)
-            sr = build_structured_report(source, summary, uids, sc, supersedes_version=supersedes)
-            return _Objects((sc, sr), str(sc.SOPInstanceUID), str(sr.SOPInstanceUID))
+        picture: npt.NDArray[np.generic]
+        seg: Dataset | None = None
+        if best.heatmap_png is not None:
+            overlay = overlay_from_png(best.heatmap_png)
+            picture = (
+                overlay
+                if pixels is None
+                else overlay_at_source_resolution(pixels, overlay, neutral_field=neutral)
+            )
+            seg = build_heatmap_segmentation(source, heat_from_overlay(overlay), summary, uids)
+        elif pixels is not None:  # heatmaps switched off: the radiograph itself
+            picture = pixels
+        else:  # unreachable: without an overlay a decode error was raised above
+            raise _CannotBuild("scored image cannot be decoded again")
+        sc = build_secondary_capture(source, picture, summary, uids)
+        others: list[AnalysedImage] = []
+        for scored in inputs.scored:
+            if scored.sop_instance_uid == best.sop_instance_uid:
+                continue
+            try:
+                others.append(
+                    AnalysedImage(_header(scored.storage_uri), self._summary(scored, findings))
+                )
+            except _CannotBuild:
+                log.warning("scored instance %s left out of the SR", scored.sop_instance_uid)
+        return _Scored(uids, source, summary, sc, seg, tuple(others))
+
+    def _build(
+        self,
+        inputs: results_db.ResultInputs,
+        supersedes: int | None,
+        wanted: frozenset[ResultObject],
+        scored: Callable[[], _Scored],
+    ) -> _Objects:
+        """The objects of ``wanted`` for one destination (the SR references only those)."""
+        if inputs.best is not None:
+            parts = scored()
+            sc = parts.sc if ResultObject.SC in wanted else None
+            seg = parts.seg if ResultObject.SEG in wanted else None
+            sr = build_structured_report(
+                parts.source,
+                parts.summary,
+                parts.uids,
+                sc,
+                segmentation=seg,
+                others=parts.others,
+                supersedes_version=supersedes,
+            )
+            datasets = [d for d in (sc, seg) if d is not None]
+            if ResultObject.SR in wanted:
+                datasets.append(sr)
+            return _Objects(
+                tuple(datasets),
+                str(sc.SOPInstanceUID) if sc is not None else None,
+                str(sr.SOPInstanceUID),
+            )
+        uids = result_uids(self.uid_root, inputs.study_instance_uid, inputs.result_version)
+        if ResultObject.SR not in wanted:  # a not-analysed result is an SR only
+            return _Objects((), None, uids.sr_sop_instance_uid)
         failed = [i for i in inputs.instances if i.status is InstanceStatus.FAILED]
         status = AnalysisStatus.FAILED if failed else AnalysisStatus.NOT_ELIGIBLE
         reason = _reason(
             inputs.instances,
             InstanceStatus.FAILED if failed else InstanceStatus.NOT_ELIGIBLE,
         )
-        headers = []
-        for seen in inputs.instances:
-            try:
-                headers.append(_header(seen.storage_uri))
-            except _CannotBuild:
-                continue  # e.g. the unreadable file that failed: listed by the others
+        headers = self._readable_headers(inputs)
         if not headers:
             raise _CannotBuild("no instance of the study has a readable header")
         sr = build_not_analysed_report(
@@ -227,13 +326,31 @@ class ResultsRuntime:
         )
         return _Objects((sr,), None, str(sr.SOPInstanceUID))
 
+    @staticmethod
+    def _readable_headers(inputs: results_db.ResultInputs) -> list[Dataset]:
+        headers = []
+        for seen in inputs.instances:
+            try:
+                headers.append(_header(seen.storage_uri))
+            except _CannotBuild:
+                continue  # e.g. the unreadable file that failed: listed by the others
+        return headers
+
+    def _not_a_chest_study(self, inputs: results_db.ResultInputs) -> bool:
+        """True when nothing was scored and no readable instance is a chest radiograph
+        (by modality and body part) and the setting does not ask for a report anyway."""
+        if inputs.best is not None or self.not_eligible_report:
+            return False
+        headers = self._readable_headers(inputs)
+        return bool(headers) and not any(is_chest_radiograph(h) for h in headers)
+
     # ------------------------------------------------------------------ sending
 
     def _send_one(
         self,
         inputs: results_db.ResultInputs,
         destination: Destination,
-        build: Callable[[int | None], _Objects],
+        build: Callable[[int | None, frozenset[ResultObject]], _Objects],
     ) -> bool:
         """Store the objects on ``destination`` unless already there; True when stored."""
         name = str(destination)
@@ -253,7 +370,16 @@ class ResultsRuntime:
             supersedes = results_db.last_sent_version(
                 conn, inputs.study_id, name, inputs.result_version
             )
-            objects = build(supersedes)
+            objects = build(supersedes, destination.objects)
+            if not objects.datasets:
+                log.info(
+                    "results of %s v%d: nothing for %s (it takes %s)",
+                    inputs.study_instance_uid,
+                    inputs.result_version,
+                    name,
+                    "+".join(sorted(destination.objects)),
+                )
+                return True
             error: str | None
             try:
                 outcomes = send_objects(
@@ -322,12 +448,27 @@ class ResultsRuntime:
                 job.result_version,
             )
             return ResultsOutcome.NO_DESTINATION
-        built: dict[int | None, _Objects] = {}
+        if self._not_a_chest_study(inputs):
+            log.info(
+                "study %s v%d has no chest radiograph: no result sent "
+                "(CXR_RESULT_NOT_ELIGIBLE_REPORT=true files a not-analysed report)",
+                job.study_instance_uid,
+                job.result_version,
+            )
+            return ResultsOutcome.NOT_CHEST
+        built: dict[tuple[int | None, frozenset[ResultObject]], _Objects] = {}
+        parts: list[_Scored] = []
 
-        def build(supersedes: int | None) -> _Objects:
-            if supersedes not in built:
-                built[supersedes] = self._build(inputs, supersedes)
-            return built[supersedes]
+        def scored() -> _Scored:
+            if not parts:
+                parts.append(self._build_scored(inputs))
+            return parts[0]
+
+        def build(supersedes: int | None, wanted: frozenset[ResultObject]) -> _Objects:
+            key = (supersedes, wanted)
+            if key not in built:
+                built[key] = self._build(inputs, supersedes, wanted, scored)
+            return built[key]
 
         missing: list[object] = list(self.hl7.deliver(inputs))
         missing += [d for d in self.destinations if not self._send_one(inputs, d, build)]

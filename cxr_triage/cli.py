@@ -587,12 +587,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "send-results",
-        help="run the results sender: SC + SR of each complete study to PACS (C-STORE)",
+        help="run the results sender: SC, SR and heatmap SEG of each complete study to PACS",
         description="Consume the results queue: for each complete study, build the heatmap "
-        "Secondary Capture and the Comprehensive SR (or a not-analysed SR) and C-STORE them to "
-        "every destination. Settings: CXR_RESULT_DESTINATIONS (AE@host:port,...; empty = "
-        "nothing is sent), CXR_RESULT_CALLING_AE_TITLE, CXR_UID_ROOT, CXR_RESULT_MAX_RETRIES; "
-        "and an HL7 ORU^R01 to each of CXR_HL7_DESTINATIONS (host:port,...; the RIS).",
+        "Secondary Capture, the TID 1500 SR (or a not-analysed SR) and the heatmap "
+        "Segmentation and C-STORE them to every destination, and send an HL7 ORU^R01 to "
+        "each RIS. Settings: CXR_RESULT_DESTINATIONS (AE@host:port[sc+sr+seg],...; empty = "
+        "nothing is sent), CXR_RESULT_NOT_ELIGIBLE_REPORT, CXR_RESULT_CALLING_AE_TITLE, "
+        "CXR_UID_ROOT, CXR_RESULT_MAX_RETRIES, CXR_HL7_DESTINATIONS (host:port,...).",
     )
     p.set_defaults(func=_cmd_send_results, settings_class=ResultSettings)
 

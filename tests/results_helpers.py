@@ -33,9 +33,39 @@ def heatmap(size: int = 14) -> np.ndarray:
     return np.exp(-(((xx - 0.3) / 0.15) ** 2 + ((yy - 0.5) / 0.2) ** 2)).astype(np.float32)
 
 
+def _walk(items: object) -> list[Dataset]:
+    found: list[Dataset] = []
+    for item in items or []:  # type: ignore[attr-defined]
+        found.append(item)
+        found += _walk(item.get("ContentSequence"))
+    return found
+
+
 def sr_items(ds: Dataset) -> dict[str, Dataset]:
-    """Content items directly under the SR root, keyed by concept name meaning."""
-    return {item.ConceptNameCodeSequence[0].CodeMeaning: item for item in ds.ContentSequence}
+    """Every content item of the SR (depth first), keyed by concept name meaning; the first
+    of a meaning wins (for a one-image report: that image's group)."""
+    items: dict[str, Dataset] = {}
+    for item in _walk(ds.ContentSequence):
+        items.setdefault(str(item.ConceptNameCodeSequence[0].CodeMeaning), item)
+    return items
+
+
+def sr_groups(ds: Dataset) -> list[dict[str, Dataset]]:
+    """The TID 1501 measurement groups of a TID 1500 report, each as :func:`sr_items`
+    (plus the group container itself under "Measurement Group")."""
+    groups = [
+        item
+        for item in _walk(ds.ContentSequence)
+        if item.ValueType == "CONTAINER"
+        and item.ConceptNameCodeSequence[0].CodeValue == "125007"  # Measurement Group
+    ]
+    out = []
+    for group in groups:
+        items: dict[str, Dataset] = {"Measurement Group": group}
+        for item in _walk(group.ContentSequence):
+            items.setdefault(str(item.ConceptNameCodeSequence[0].CodeMeaning), item)
+        out.append(items)
+    return out
 
 
 def sr_value(item: Dataset) -> object:
@@ -43,6 +73,8 @@ def sr_value(item: Dataset) -> object:
     kind = item.ValueType
     if kind == "TEXT":
         return str(item.TextValue)
+    if kind == "UIDREF":
+        return str(item.UID)
     if kind == "NUM":
         return float(item.MeasuredValueSequence[0].NumericValue)
     if kind == "CODE":

@@ -197,11 +197,13 @@ class ResultInputs:
     study_flagged: bool
     best: ScoredInstance | None
     instances: tuple[SeenInstance, ...]
+    scored: tuple[ScoredInstance, ...] = ()
+    """Every scored instance, ``best`` first (one SR measurement group each)."""
 
 
 def result_inputs(engine: Engine, study_id: int) -> ResultInputs | None:
-    """The study, its best scored instance and all its instances; None when the study is
-    unknown.
+    """The study, its best scored instance, every scored instance and all its instances;
+    None when the study is unknown.
 
     Only the **active** model's predictions count (``predictions.model_role = 'active'``):
     a shadow model's score never reaches PACS. Of each instance its newest such prediction;
@@ -252,8 +254,7 @@ def result_inputs(engine: Engine, study_id: int) -> ResultInputs | None:
             .join(newest, Instance.id == newest.c.instance_id)
             .where(Instance.study_id == study_id, Instance.status == InstanceStatus.DONE)
             .order_by(newest.c.triage.desc(), newest.c.probability.desc(), Instance.id)
-            .limit(1)
-        ).one_or_none()
+        ).all()
         seen = conn.execute(
             select(
                 Instance.sop_instance_uid, Instance.storage_uri, Instance.status, Instance.reason
@@ -268,8 +269,9 @@ def result_inputs(engine: Engine, study_id: int) -> ResultInputs | None:
         result_version=study.result_version,
         study_score=study.score,
         study_flagged=study.flagged,
-        best=None if best is None else ScoredInstance(**best._asdict()),
+        best=ScoredInstance(**best[0]._asdict()) if best else None,
         instances=tuple(SeenInstance(**r._asdict()) for r in seen),
+        scored=tuple(ScoredInstance(**r._asdict()) for r in best),
     )
 
 

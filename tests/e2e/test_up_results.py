@@ -1,7 +1,8 @@
 """Done-when of results back to PACS: `cxr-triage up` with CXR_RESULT_DESTINATIONS pointing
-at DCMTK storescp; a study sent with DCMTK storescu leaves an SC and an SR in storescp's
-folder once it is scored and quiet; DCMTK reads them; `cxr-triage worklist --json` shows
-them as sent. (How soon after the quiet period they land is measured in bench/, not here.)"""
+at DCMTK storescp; a study sent with DCMTK storescu leaves an SC, a heatmap SEG and a TID
+1500 SR in storescp's folder once it is scored and quiet; DCMTK reads them and dciodvfy
+finds no error; `cxr-triage worklist --json` shows them as sent. (How soon after the quiet
+period they land is measured in bench/, not here.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
 
 from tests.conftest import SAMPLES, StartUp
 from tests.integration.results_peers import run_tool, running_storescp
@@ -22,7 +27,7 @@ from tests.support import wait_until
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
-    requires_peer("dcmtk"),
+    requires_peer("dcmtk", "dicom3tools"),
 ]
 
 QUIET_S = 3
@@ -84,11 +89,11 @@ def test_up_files_sc_and_sr_into_storescp(start_up: StartUp, tmp_path: Path) -> 
                 alive=up.alive,
                 interval=0.5,
             )
-            # both objects land once the study has been quiet for QUIET_S
+            # the three objects land once the study has been quiet for QUIET_S
             wait_until(
-                lambda: len(list(out.iterdir())) >= 2,
+                lambda: len(list(out.iterdir())) >= 3,
                 120,
-                "the SC and the SR in storescp's folder",
+                "the SC, the heatmap SEG and the SR in storescp's folder",
                 alive=up.alive,
                 interval=0.2,
             )
@@ -111,13 +116,24 @@ def test_up_files_sc_and_sr_into_storescp(start_up: StartUp, tmp_path: Path) -> 
         "0x0000",
     )
     files = {pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID: p for p in out.iterdir()}
-    assert set(files) == {SecondaryCaptureImageStorage, ComprehensiveSRStorage}
-    sr_dump = run_tool(["dsrdump", str(files[ComprehensiveSRStorage])])
+    assert set(files) == {
+        SecondaryCaptureImageStorage,
+        SegmentationStorage,
+        Comprehensive3DSRStorage,
+    }
+    sr_dump = run_tool(["dsrdump", str(files[Comprehensive3DSRStorage])])
     assert sr_dump.returncode == 0, sr_dump.stderr
     assert "E:" not in sr_dump.stderr, sr_dump.stderr
     # the NIH sample is an adult: outside the validated population, its score is a shadow score
     assert '"Shadow score, not used for triage")' in sr_dump.stdout
     assert "OUTSIDE" in sr_dump.stdout.upper()
+    assert "Imaging Measurement Report" in sr_dump.stdout
+    for path in files.values():
+        verified = run_tool(["dciodvfy", str(path)])
+        errors = [
+            line for line in (verified.stdout + verified.stderr).splitlines() if "Error" in line
+        ]
+        assert errors == [], path.name
     sc_dump = run_tool(
         [
             "dcmdump",

@@ -12,10 +12,12 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    Comprehensive3DSRStorage,
     ComprehensiveSRStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     SecondaryCaptureImageStorage,
+    SegmentationStorage,
 )
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
@@ -26,6 +28,8 @@ from tests.peers import requires_peer
 from tests.support import free_port, running, wait_until
 
 DCMTK = requires_peer("dcmtk")
+DICOM3TOOLS = requires_peer("dicom3tools")
+SR_CLASSES = (Comprehensive3DSRStorage, ComprehensiveSRStorage)
 
 
 @dataclass
@@ -45,7 +49,9 @@ class Received:
 def start_scp(
     received: Received, status_for_sr: int = 0x0000, port: int = 0, ae_title: str = "TEST_PACS"
 ) -> tuple[AE, object, int]:
-    """A pynetdicom Storage SCP for SC and Comprehensive SR; (ae, server, port)."""
+    """A pynetdicom Storage SCP for the result objects (SC, Segmentation, Comprehensive
+    3D SR and, for older results, Comprehensive SR); (ae, server, port). Every SR is
+    answered ``status_for_sr``."""
 
     def on_store(event: Event) -> int:
         ds = event.dataset
@@ -54,11 +60,11 @@ def start_scp(
             received.datasets.append(ds)
             received.syntaxes.append(str(event.context.transfer_syntax))
             received.calling_ae_titles.append(event.assoc.requestor.ae_title)
-        return status_for_sr if ds.SOPClassUID == ComprehensiveSRStorage else 0x0000
+        return status_for_sr if ds.SOPClassUID in SR_CLASSES else 0x0000
 
     ae = AE(ae_title=ae_title)
     ae.require_called_aet = True
-    for sop_class in (SecondaryCaptureImageStorage, ComprehensiveSRStorage):
+    for sop_class in (SecondaryCaptureImageStorage, SegmentationStorage, *SR_CLASSES):
         ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     server = ae.start_server(
         ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
@@ -103,3 +109,9 @@ def running_storescp(out: Path, ae_title: str = "STORESCP") -> Iterator[Destinat
 
 def run_tool(args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """dciodvfy's error lines for ``path`` (warnings are not errors)."""
+    done = run_tool(["dciodvfy", str(path)])
+    return [line for line in (done.stdout + done.stderr).splitlines() if "Error" in line]

@@ -18,7 +18,11 @@ import pydicom
 import pytest
 import redis
 from pydicom.dataset import Dataset
-from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
 from sqlalchemy import Engine, text
 
 from cxr_common.clinical import DISCLAIMER
@@ -34,12 +38,14 @@ from tests.dicom_factory import chest_like, kermany_pixels, make_dataset, write
 from tests.integration.conftest import wait_until_final
 from tests.integration.results_peers import (
     DCMTK,
+    DICOM3TOOLS,
     Received,
+    dciodvfy_errors,
     run_tool,
     running_storescp,
     start_scp,
 )
-from tests.results_helpers import sr_items, sr_value
+from tests.results_helpers import sr_groups, sr_items, sr_value
 from tests.support import free_port, running, wait_until
 from worklist.present import entry_json
 
@@ -169,13 +175,20 @@ def _sends(engine: Engine) -> list[tuple[str, int, str, int]]:
     return [(r.destination, r.result_version, r.status, r.attempt) for r in rows]
 
 
-def _study_files(tmp_path: Path) -> tuple[list[Path], Dataset, Dataset]:
-    """A two-image chest study (made in code) and a CT study that is not eligible."""
+def _study_files(tmp_path: Path) -> tuple[list[Path], Dataset, Dataset, Dataset]:
+    """A two-image chest study (made in code), a lateral chest film (a chest radiograph
+    that is not eligible) and a CT study (not a chest radiograph at all)."""
     # real films: a synthetic one is outside by image (shadow) and sends no triage score
     a = make_dataset(kermany_pixels(1), accession="RES0001")
     b = make_dataset(kermany_pixels(2), study_uid=a.StudyInstanceUID, accession="RES0001")
-    files = [write(a, tmp_path / "a.dcm"), write(b, tmp_path / "b.dcm"), SAMPLES / "ct-small.dcm"]
-    return files, a, pydicom.dcmread(SAMPLES / "ct-small.dcm", stop_before_pixels=True)
+    lateral = make_dataset(kermany_pixels(3), view="LL", accession="RES0002")
+    files = [
+        write(a, tmp_path / "a.dcm"),
+        write(b, tmp_path / "b.dcm"),
+        write(lateral, tmp_path / "lat.dcm"),
+        SAMPLES / "ct-small.dcm",
+    ]
+    return files, a, lateral, pydicom.dcmread(SAMPLES / "ct-small.dcm", stop_before_pixels=True)
 
 
 def _best_instance(engine: Engine, study: str) -> str:
@@ -193,6 +206,7 @@ def _best_instance(engine: Engine, study: str) -> str:
 
 
 @DCMTK
+@DICOM3TOOLS
 def test_complete_studies_reach_a_pynetdicom_scp_and_dcmtk_storescp(
     services: Services,
     engine: Engine,
@@ -201,6 +215,8 @@ def test_complete_studies_reach_a_pynetdicom_scp_and_dcmtk_storescp(
     start_results_worker: Callable[[str], subprocess.Popen[bytes]],
     tmp_path: Path,
 ) -> None:
+    """The PACS takes every object (default), storescp only ``[sr+seg]``; the lateral
+    chest film gets the not-analysed report, the CT nothing (the default)."""
     received = Received()
     _, scp, scp_port = start_scp(received)
     out = tmp_path / "storescp"
@@ -209,14 +225,13 @@ def test_complete_studies_reach_a_pynetdicom_scp_and_dcmtk_storescp(
             pacs = Destination("TEST_PACS", "127.0.0.1", scp_port)
             procs = [
                 start_worker(batch_size=2, wait_ms=200),
-                start_results_worker(f"{pacs},{storescp}"),
+                start_results_worker(f"{pacs},{storescp}[sr+seg]"),
             ]
-            files, chest, ct = _study_files(tmp_path)
+            files, chest, lateral, ct = _study_files(tmp_path)
             report = send_paths(files, "127.0.0.1", results_listener.port, progress=False)
-            assert report.sent == 3
-            studies = {str(chest.StudyInstanceUID), str(ct.StudyInstanceUID)}
+            assert report.sent == 4
+            studies = {str(chest.StudyInstanceUID), str(lateral.StudyInstanceUID)}
             results = _wait_results_state(engine, studies, "results_sent", procs)
-            stored = sorted(out.iterdir())
             # A redelivered job (or a second listener's) sends nothing again.
             app = make_celery(services.broker_url)
             with engine.begin() as conn:
@@ -249,10 +264,11 @@ def test_complete_studies_reach_a_pynetdicom_scp_and_dcmtk_storescp(
             )
             client.close()
             assert _sends(engine) == sends_before
+            stored = sorted(out.iterdir())
     finally:
         scp.shutdown()  # type: ignore[attr-defined]
 
-    # each destination got SC + SR for the scored study and one SR for the CT study
+    # each destination got its objects for the scored study and one SR for the lateral one
     for destination in (str(pacs), str(storescp)):
         for uid in studies:
             (outcome,) = [
@@ -265,14 +281,19 @@ def test_complete_studies_reach_a_pynetdicom_scp_and_dcmtk_storescp(
                 1,
                 "0x0000",
             )
-    assert len(received.datasets) == 3
+    # the CT study: not a chest radiograph, nothing sent, still complete
+    ct_results = _results(engine)[str(ct.StudyInstanceUID)]
+    assert (ct_results["state"], ct_results["destinations"]) == ("complete", [])
+    assert len(received.datasets) == 4
     assert set(received.calling_ae_titles) == {"CXR_RESULTS"}
     by_class: dict[str, list[Dataset]] = {}
     for ds in received.datasets:
         by_class.setdefault(str(ds.SOPClassUID), []).append(ds)
     (sc,) = by_class[SecondaryCaptureImageStorage]
+    (seg,) = by_class[SegmentationStorage]
     sr, not_analysed = sorted(
-        by_class[ComprehensiveSRStorage], key=lambda d: d.StudyInstanceUID != chest.StudyInstanceUID
+        by_class[Comprehensive3DSRStorage],
+        key=lambda d: d.StudyInstanceUID != chest.StudyInstanceUID,
     )
     best = _best_instance(engine, str(chest.StudyInstanceUID))
     assert (sc.StudyInstanceUID, sc.PatientID) == (chest.StudyInstanceUID, chest.PatientID)
@@ -281,30 +302,56 @@ def test_complete_studies_reach_a_pynetdicom_scp_and_dcmtk_storescp(
     assert sc.SeriesDescription.startswith("cxr-triage heatmap")
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == best
     assert sc.ReferencedImageSequence[0].ReferencedSOPInstanceUID == best
+    assert sc.Columns == chest.Columns  # the radiograph's resolution, not the 512 px overlay
     assert is_our_uid(sc.SOPInstanceUID, (services.data_dir / "uid-root").read_text().strip())
-    items = sr_items(sr)
+    assert (seg.StudyInstanceUID, seg.Rows, seg.Columns) == (
+        chest.StudyInstanceUID,
+        chest.Rows,
+        chest.Columns,
+    )
+    derived = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
+    assert derived.SourceImageSequence[0].ReferencedSOPInstanceUID == best
+    groups = sr_groups(sr)
+    assert len(groups) == 2  # one per scored image, the best first
+    items = groups[0]
     assert sr_value(items["Comment"]) == DISCLAIMER
     assert sr_value(items["Source of Measurement"])[1] == best  # type: ignore[index]
     assert sr_value(items["Best illustration of finding"])[1] == sc.SOPInstanceUID  # type: ignore[index]
+    assert sr_value(items["Heatmap (fractional segmentation)"])[1] == seg.SOPInstanceUID  # type: ignore[index]
     assert 0.0 <= float(sr_value(items["Triage score"])) <= 1.0  # type: ignore[arg-type]
-    assert sr_value(items["Calibration version"])
-    assert len(str(sr_value(items["Model weights SHA-256"]))) == 64
-    assert not_analysed.StudyInstanceUID == ct.StudyInstanceUID
-    assert not_analysed.PatientID == ct.PatientID
+    parameters = [
+        str(i.TextValue)
+        for i in items["Measurement Group"].ContentSequence
+        if i.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Parameters"
+    ]
+    assert any(p.startswith("calibration ") for p in parameters)
+    assert any(len(p) == len("weights sha256 ") + 64 for p in parameters)
+    sources = [str(sr_value(g["Source of Measurement"])[1]) for g in groups]  # type: ignore[index]
+    assert sources[0] == best
+    assert len(set(sources)) == 2
+    assert not_analysed.StudyInstanceUID == lateral.StudyInstanceUID
+    assert not_analysed.PatientID == lateral.PatientID
     ni = sr_items(not_analysed)
     assert sr_value(ni["Analysis status"]) == ("NOT_ELIGIBLE", "99CXR")
-    assert "CT" in str(sr_value(ni["Reason not analysed"]))
+    assert "lateral" in str(sr_value(ni["Reason not analysed"]))
 
-    # DCMTK reads what storescp stored: the SRs parse, the SC is filed with the source
+    # what storescp stored ([sr+seg]): no SC; dciodvfy finds no error, dsrdump parses
+    # the SRs, and the SR references only what that destination got
     assert len(stored) == 3
     headers = {p: pydicom.dcmread(p, stop_before_pixels=True) for p in stored}
+    assert SecondaryCaptureImageStorage not in {str(h.SOPClassUID) for h in headers.values()}
     for path, ds in headers.items():
-        if ds.SOPClassUID == ComprehensiveSRStorage:
+        assert dciodvfy_errors(path) == [], path.name
+        if ds.SOPClassUID == Comprehensive3DSRStorage:
             dump = run_tool(["dsrdump", str(path)])
             assert dump.returncode == 0, dump.stderr
             assert "E:" not in dump.stderr, dump.stderr
-            assert "Comprehensive SR Document" in dump.stdout
+            assert "Imaging Measurement Report" in dump.stdout
+            if ds.StudyInstanceUID == chest.StudyInstanceUID:
+                assert "Best illustration of finding" not in dump.stdout
+                assert "Heatmap (fractional segmentation)" in dump.stdout
         else:
+            assert ds.SOPClassUID == SegmentationStorage
             dump = run_tool(["dcmdump", "+P", "StudyInstanceUID", "+P", "PatientID", str(path)])
             assert dump.returncode == 0, dump.stderr
             assert f"[{chest.StudyInstanceUID}]" in dump.stdout
@@ -344,7 +391,9 @@ def test_a_destination_that_is_down_gets_the_results_when_it_is_back(
     finally:
         scp.shutdown()  # type: ignore[attr-defined]
     uids = received.sop_instance_uids()
-    assert len(uids) == 2 == len(set(uids))  # SC + SR, once
+    assert len(uids) == len(set(uids))  # each object once
+    classes = {str(ds.SOPClassUID) for ds in received.datasets}
+    assert {SecondaryCaptureImageStorage, Comprehensive3DSRStorage} <= classes
     sends = _sends(engine)
     assert [s[2] for s in sends].count("sent") == 1
     assert sends[-1][2] == "sent"
@@ -384,16 +433,20 @@ def test_a_late_instance_supersedes_the_first_result(
     assert entry_v1.score is not None
     assert entry_v2.score >= entry_v1.score  # priority never goes down
     assert entry_v2.flagged >= entry_v1.flagged
-    assert len(received.datasets) == 4
-    sc1, sr1, sc2, sr2 = received.datasets
-    assert (sc1.SOPClassUID, sr1.SOPClassUID) == (
-        SecondaryCaptureImageStorage,
-        ComprehensiveSRStorage,
-    )
+    assert len(received.datasets) == 6
+    by_class: dict[str, list[Dataset]] = {}
+    for ds in received.datasets:  # in the order sent: version 1 first
+        by_class.setdefault(str(ds.SOPClassUID), []).append(ds)
+    sc1, sc2 = by_class[SecondaryCaptureImageStorage]
+    sr1, sr2 = by_class[Comprehensive3DSRStorage]
+    seg1, seg2 = by_class[SegmentationStorage]
     assert sc2.SeriesInstanceUID == sc1.SeriesInstanceUID
     assert sr2.SeriesInstanceUID == sr1.SeriesInstanceUID
+    assert seg2.SeriesInstanceUID == seg1.SeriesInstanceUID
     assert (sc1.InstanceNumber, sc2.InstanceNumber, sr2.InstanceNumber) == (1, 2, 2)
+    assert (seg1.InstanceNumber, seg2.InstanceNumber) == (1, 2)
     assert sc2.SOPInstanceUID != sc1.SOPInstanceUID
+    assert seg2.SOPInstanceUID != seg1.SOPInstanceUID
     predecessor = sr2.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
     assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == sr1.SOPInstanceUID
 

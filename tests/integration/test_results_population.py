@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 from sqlalchemy import Engine
 
 from cxr_common.settings import ResultSettings
@@ -29,7 +29,7 @@ from tests.conftest import Services
 from tests.db_rows import prediction
 from tests.dicom_factory import make_dataset, write
 from tests.integration.results_peers import Received, start_scp
-from tests.results_helpers import UID_ROOT, sr_items, sr_value
+from tests.results_helpers import UID_ROOT, sr_groups, sr_items, sr_value
 
 pytestmark = [pytest.mark.integration]
 
@@ -87,7 +87,7 @@ def _send(engine: Engine, services: Services, port: int) -> None:
 
 def _objects(received: Received) -> tuple[Dataset, Dataset]:
     by_class = {str(ds.SOPClassUID): ds for ds in received.datasets}
-    return by_class[SecondaryCaptureImageStorage], by_class[ComprehensiveSRStorage]
+    return by_class[SecondaryCaptureImageStorage], by_class[Comprehensive3DSRStorage]
 
 
 def test_an_outside_population_study_goes_to_pacs_as_a_shadow_score_with_the_reason(
@@ -161,7 +161,8 @@ def test_an_in_scope_score_triages_and_a_shadow_models_higher_score_is_never_sen
     _send(engine, services, port)
 
     sc, sr = _objects(received)
-    items = sr_items(sr)
+    # one measurement group per scored image, the one that triaged first
+    items, outside = sr_groups(sr)
     assert sr_value(items["Triage score"]) == pytest.approx(0.62)
     assert sr_value(items["Flagged for priority reading"]) == ("373066001", "SCT")
     assert sr_value(items["Validated population"]) == ("IN_SCOPE", "99CXR")
@@ -170,6 +171,16 @@ def test_an_in_scope_score_triages_and_a_shadow_models_higher_score_is_never_sen
     assert sr_value(items["Algorithm Version"]) == "v1"
     assert sr_value(items["Source of Measurement"])[1] == str(child_ds.SOPInstanceUID)
     assert OUTSIDE_POPULATION not in str(sc.DerivationDescription)
+    # the outside image: its active model's shadow score, never the shadow model's 0.99
+    assert sr_value(outside["Analysis status"]) == ("SHADOW", "99CXR")
+    assert sr_value(outside["Shadow score, not used for triage"]) == pytest.approx(0.9)
+    assert "Flagged for priority reading" not in outside
+    assert sr_value(outside["Algorithm Version"]) == "v1"
+    assert not any(
+        item.ValueType == "NUM" and float(item.MeasuredValueSequence[0].NumericValue) > 0.95
+        for group in (items, outside)
+        for item in group.values()
+    )
 
 
 def test_the_secondary_capture_text_heads_a_shadow_score_with_the_population_statement() -> None:

@@ -1,6 +1,7 @@
 """Result objects over real associations: an in-process pynetdicom SCP and DCMTK storescp
-receive the Secondary Capture and the SR; DCMTK reads what they stored; a destination that
-is down or silent gives AssociationError within the configured timeouts."""
+receive the Secondary Capture, the heatmap Segmentation and the SR; DCMTK and dciodvfy read
+what they stored; a destination that is down or silent gives AssociationError within the
+configured timeouts."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from cxr_common.clinical import DISCLAIMER
+from cxr_imaging.overlay import heat_from_overlay
 from cxr_results import (
     AssociationError,
     Destination,
     Timeouts,
+    build_heatmap_segmentation,
     build_secondary_capture,
     build_structured_report,
     result_uids,
@@ -31,7 +34,9 @@ from cxr_results.send import MAX_CONTEXTS
 from tests.conftest import SAMPLES
 from tests.integration.results_peers import (
     DCMTK,
+    DICOM3TOOLS,
     Received,
+    dciodvfy_errors,
     run_tool,
     running_storescp,
     start_scp,
@@ -45,13 +50,16 @@ QUICK = Timeouts(connection_s=5, acse_s=2, dimse_s=10, network_s=10)
 
 
 @pytest.fixture(scope="module")
-def objects() -> tuple[Dataset, Dataset, Dataset]:
-    """(source, Secondary Capture, SR) for the committed sample rsna-opacity-1.dcm."""
+def objects() -> tuple[Dataset, Dataset, Dataset, Dataset]:
+    """(source, Secondary Capture, SR, heatmap Segmentation) for the committed sample
+    rsna-opacity-1.dcm."""
     source = pydicom.dcmread(SAMPLES / "rsna-opacity-1.dcm")
     uids = result_uids(UID_ROOT, source.StudyInstanceUID, 1)
-    sc = build_secondary_capture(source, overlay(source), summary(), uids, max_side=512)
-    sr = build_structured_report(source, summary(), uids, sc)
-    return source, sc, sr
+    stored = overlay(source)
+    sc = build_secondary_capture(source, stored, summary(), uids, max_side=512)
+    seg = build_heatmap_segmentation(source, heat_from_overlay(stored), summary(), uids)
+    sr = build_structured_report(source, summary(), uids, sc, segmentation=seg)
+    return source, sc, sr, seg
 
 
 def _start_scp(received: Received, status_for_sr: int = 0x0000) -> tuple[AE, object, int]:
@@ -66,20 +74,25 @@ def pynetdicom_scp() -> Iterator[tuple[Destination, Received]]:
     server.shutdown()  # type: ignore[attr-defined]
 
 
-def test_a_pynetdicom_scp_receives_both_objects(
-    pynetdicom_scp: tuple[Destination, Received], objects: tuple[Dataset, Dataset, Dataset]
+def test_a_pynetdicom_scp_receives_every_object(
+    pynetdicom_scp: tuple[Destination, Received], objects: tuple[Dataset, Dataset, Dataset, Dataset]
 ) -> None:
     destination, received = pynetdicom_scp
-    source, sc, sr = objects
-    outcomes = send_objects(destination, [sc, sr], calling_ae_title="CXR_RESULTS", timeouts=QUICK)
+    source, sc, sr, seg = objects
+    outcomes = send_objects(
+        destination, [sc, seg, sr], calling_ae_title="CXR_RESULTS", timeouts=QUICK
+    )
     assert [(o.sop_instance_uid, o.stored, o.status) for o in outcomes] == [
         (sc.SOPInstanceUID, True, 0),
+        (seg.SOPInstanceUID, True, 0),
         (sr.SOPInstanceUID, True, 0),
     ]
-    assert received.syntaxes == [ExplicitVRLittleEndian, ExplicitVRLittleEndian]
-    assert received.calling_ae_titles == ["CXR_RESULTS", "CXR_RESULTS"]
-    got_sc, got_sr = received.datasets
-    for got in (got_sc, got_sr):
+    assert received.syntaxes == [ExplicitVRLittleEndian] * 3
+    assert received.calling_ae_titles == ["CXR_RESULTS"] * 3
+    got_sc, got_seg, got_sr = received.datasets
+    assert got_seg.SegmentationType == "FRACTIONAL"
+    assert got_seg.pixel_array.shape == (source.Rows, source.Columns)
+    for got in (got_sc, got_seg, got_sr):
         assert got.StudyInstanceUID == source.StudyInstanceUID
         assert got.PatientID == source.PatientID
     assert got_sc.BurnedInAnnotation == "YES"
@@ -100,12 +113,12 @@ def test_a_pynetdicom_scp_receives_both_objects(
     ],
 )
 def test_each_object_gets_its_status_and_only_success_or_a_warning_is_stored(
-    status: int, stored: bool, said: str, objects: tuple[Dataset, Dataset, Dataset]
+    status: int, stored: bool, said: str, objects: tuple[Dataset, Dataset, Dataset, Dataset]
 ) -> None:
     received = Received()
     ae, server, port = _start_scp(received, status_for_sr=status)
     try:
-        _, sc, sr = objects
+        _, sc, sr, _ = objects
         outcomes = send_objects(
             Destination("TEST_PACS", "127.0.0.1", port), [sc, sr], timeouts=QUICK
         )
@@ -117,7 +130,7 @@ def test_each_object_gets_its_status_and_only_success_or_a_warning_is_stored(
 
 
 def test_a_wrong_called_ae_title_is_an_association_error(
-    pynetdicom_scp: tuple[Destination, Received], objects: tuple[Dataset, Dataset, Dataset]
+    pynetdicom_scp: tuple[Destination, Received], objects: tuple[Dataset, Dataset, Dataset, Dataset]
 ) -> None:
     destination, received = pynetdicom_scp
     wrong = Destination("NOT_THE_PACS", destination.host, destination.port)
@@ -128,7 +141,7 @@ def test_a_wrong_called_ae_title_is_an_association_error(
 
 
 def test_a_destination_that_is_down_raises_quickly(
-    objects: tuple[Dataset, Dataset, Dataset],
+    objects: tuple[Dataset, Dataset, Dataset, Dataset],
 ) -> None:
     port = free_port()  # nothing listens there
     with pytest.raises(AssociationError, match="no answer"):
@@ -136,7 +149,7 @@ def test_a_destination_that_is_down_raises_quickly(
 
 
 def test_a_silent_destination_is_bounded_by_the_acse_timeout(
-    objects: tuple[Dataset, Dataset, Dataset],
+    objects: tuple[Dataset, Dataset, Dataset, Dataset],
 ) -> None:
     """TCP connects (the kernel's backlog) but no A-ASSOCIATE answer ever comes."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -165,21 +178,25 @@ _run = run_tool
 
 
 @DCMTK
-def test_dcmtk_storescp_receives_both_and_dcmtk_reads_them(
-    storescp: tuple[Destination, Path], objects: tuple[Dataset, Dataset, Dataset]
+@DICOM3TOOLS
+def test_dcmtk_storescp_receives_every_object_and_dcmtk_and_dciodvfy_read_them(
+    storescp: tuple[Destination, Path], objects: tuple[Dataset, Dataset, Dataset, Dataset]
 ) -> None:
     destination, out = storescp
-    source, sc, sr = objects
-    outcomes = send_objects(destination, [sc, sr], timeouts=QUICK)
+    source, sc, sr, seg = objects
+    outcomes = send_objects(destination, [sc, seg, sr], timeouts=QUICK)
     assert all(o.stored for o in outcomes), outcomes
     stored = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in out.iterdir()}
-    assert set(stored) == {sc.SOPInstanceUID, sr.SOPInstanceUID}
+    assert set(stored) == {sc.SOPInstanceUID, sr.SOPInstanceUID, seg.SOPInstanceUID}
+    for path in stored.values():
+        assert dciodvfy_errors(path) == [], path.name
 
     sr_dump = _run(["dsrdump", str(stored[sr.SOPInstanceUID])])
     assert sr_dump.returncode == 0, sr_dump.stderr
     assert "E:" not in sr_dump.stderr, sr_dump.stderr
     assert "W:" not in sr_dump.stderr, sr_dump.stderr
-    assert "Comprehensive SR Document" in sr_dump.stdout
+    assert "Comprehensive 3D SR Document" in sr_dump.stdout
+    assert "Imaging Measurement Report" in sr_dump.stdout
     assert '"Triage score")="0.8123"' in sr_dump.stdout
     assert "1.0.0-lite0-strong-e8" in sr_dump.stdout
 

@@ -16,7 +16,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-from cxr_imaging import Eligibility, check_eligibility
+from cxr_imaging import Eligibility, check_eligibility, is_chest_radiograph
 
 SAMPLES = Path(__file__).resolve().parents[2] / "cxr_triage" / "samples"
 
@@ -222,4 +222,20 @@ def test_lateral_view_code_is_named_by_its_code_not_its_meaning() -> None:
     result = check_eligibility(chest(ViewPosition=None, ViewCodeSequence=Sequence([code])))
     assert result.reason == (
         "lateral view (ViewCodeSequence code SRT R-10236) is not scored; frontal PA/AP only"
+    )
+
+
+def test_a_chest_radiograph_is_told_apart_from_other_studies() -> None:
+    """Results: a lateral or tiny chest film still gets a not-analysed report; a CT or an
+    abdomen film gets none (is_chest_radiograph looks at modality and body part only)."""
+    assert is_chest_radiograph(chest())
+    assert is_chest_radiograph(chest(ViewPosition="LL"))
+    assert is_chest_radiograph(chest(Rows=32, Columns=32))
+    assert not is_chest_radiograph(chest(Modality="CT"))
+    assert not is_chest_radiograph(chest(BodyPartExamined="ABDOMEN"))
+    assert not is_chest_radiograph(
+        pydicom.dcmread(SAMPLES / "ot-abdomen.dcm", stop_before_pixels=True)
+    )
+    assert not is_chest_radiograph(
+        pydicom.dcmread(SAMPLES / "ct-small.dcm", stop_before_pixels=True)
     )

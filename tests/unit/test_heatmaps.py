@@ -117,3 +117,27 @@ def test_a_confident_negative_shows_no_hot_spot_and_only_flagged_studies_show_re
     near = _rgb(render_overlay_png(pixels, cam, burned_in=False, score=near_miss))[32, 32]
     assert centre[0] > centre[2] + 40  # red at the peak when flagged
     assert near[0] < centre[0]
+
+
+@pytest.mark.parametrize("burned_in", [False, True])
+@pytest.mark.parametrize("score", [FLAGGED, CalibratedScore(0.0, 0.2, 0.3, False)])
+def test_the_stored_overlay_gives_back_the_heat_it_shows(
+    burned_in: bool, score: CalibratedScore
+) -> None:
+    """cxr_imaging.overlay.heat_from_overlay inverts the worker's overlay (the results
+    sender turns it into the SC at full size and the Segmentation's values): within 3/255
+    of the shown heat (the map times the score's strength) on any base."""
+    from cxr_imaging.overlay import heat_from_overlay
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:300, 0:240] / 300
+    cam = np.exp(-((xx - 0.4) ** 2 + (yy - 0.5) ** 2) / 0.02).astype(np.float32)
+    pixels = rng.random((300, 240)).astype(np.float32)
+    png = render_overlay_png(pixels, cam, burned_in=burned_in, score=score)
+    heat = heat_from_overlay(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")))
+    shown = cam * np.float32(heatmap_strength(score))
+    expected = np.asarray(Image.fromarray((shown * 255 + 0.5).astype(np.uint8)), np.float32) / 255
+    assert heat.shape == expected.shape
+    assert np.abs(heat - expected).max() <= 3 / 255 + 1e-6
+    with pytest.raises(ValueError, match="H x W x 3 uint8"):
+        heat_from_overlay(np.zeros((4, 4), np.uint8))

@@ -58,7 +58,7 @@ def test_a_second_finding_is_configuration(tmp_path: Path) -> None:
     source = pydicom.dcmread(SAMPLES / "rsna-opacity-1.dcm", stop_before_pixels=True)
     uids = result_uids(UID_ROOT, source.StudyInstanceUID, 1)
     sr = build_structured_report(source, result, uids)
-    assert sr_value(sr_items(sr)["Finding scored"]) == ("36118008", "SCT")
+    assert sr_value(sr_items(sr)["Finding"]) == ("36118008", "SCT")
     header, footer = result_text(result)
     assert header[1][0].startswith("Pneumothorax score 0.812")
     assert footer[1][0] == heatmap_note("Pneumothorax")

@@ -12,8 +12,10 @@ from pydicom.dataset import Dataset
 
 from cxr_common.errors import ConfigurationError
 from cxr_results import (
+    ALL_OBJECTS,
     Destination,
     DestinationConfigError,
+    ResultObject,
     UidRootError,
     derive_uid,
     generate_uid_root,
@@ -143,6 +145,16 @@ def test_superseding_keeps_the_series_and_changes_the_instances() -> None:
     assert v2.sr_series_instance_uid == v1.sr_series_instance_uid
     assert v2.sc_sop_instance_uid != v1.sc_sop_instance_uid
     assert v2.sr_sop_instance_uid != v1.sr_sop_instance_uid
+    # the heatmap Segmentation follows the same rule, in its own series
+    assert v2.seg_series_instance_uid == v1.seg_series_instance_uid
+    assert v2.seg_sop_instance_uid != v1.seg_sop_instance_uid
+    assert v1.seg_sop_instance_uid == result_uids(ROOT, "1.2.3.4", 1).seg_sop_instance_uid
+    assert (
+        len({v1.sc_series_instance_uid, v1.sr_series_instance_uid, v1.seg_series_instance_uid}) == 3
+    )
+    assert v1.seg_sop_instance_uid not in (v1.sc_sop_instance_uid, v1.sr_sop_instance_uid)
+    assert is_our_uid(v1.seg_sop_instance_uid, ROOT)
+    assert len(v1.seg_sop_instance_uid) <= 64
     assert (v1.instance_number, v2.instance_number) == (1, 2)
     other_study = result_uids(ROOT, "1.2.3.5", 1)
     assert other_study.sc_series_instance_uid != v1.sc_series_instance_uid
@@ -183,3 +195,47 @@ def test_default_root_is_created_once_and_kept(tmp_path: Path) -> None:
     assert load_or_create_uid_root(path) == first
     assert load_or_create_uid_root(path, configured=" 1.2.3 ") == "1.2.3"
     assert [p.name for p in path.parent.iterdir()] == ["uid-root"]
+
+
+# ----------------------------------------------------------------- which objects go where
+
+
+def test_every_object_goes_to_a_destination_by_default() -> None:
+    (pacs,) = parse_destinations("PACS@pacs.example.org:104")
+    assert pacs.objects == ALL_OBJECTS == {ResultObject.SC, ResultObject.SR, ResultObject.SEG}
+
+
+def test_a_destination_can_pick_its_objects() -> None:
+    pacs, viewer, v6 = parse_destinations(
+        "PACS@pacs:104, VIEWER@10.0.0.9:104[sr+seg], OLD@[fd00::7]:11112[ SC ]"
+    )
+    assert pacs.objects == ALL_OBJECTS
+    assert viewer.objects == {ResultObject.SR, ResultObject.SEG}
+    assert (str(viewer), viewer.wants(ResultObject.SC)) == ("VIEWER@10.0.0.9:104", False)
+    assert (v6.host, v6.port, v6.objects) == ("fd00::7", 11112, {ResultObject.SC})
+    # the selection is not part of the destination's identity (its sends' key)
+    assert viewer == Destination("VIEWER", "10.0.0.9", 104)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("V@h:104[pm]", "unknown result object 'pm'"),
+        ("V@h:104[sr+x]", "unknown result object 'x'"),
+        ("V@h:104[]", "empty object name"),
+        ("V@h:104[sr+]", "empty object name"),
+        ("V@h:104[sr+sr]", "'sr' is listed twice"),
+        ("V@h:104[sr", "unclosed '\\[' in the object list"),
+        ("V@h:[sr]", "port '' is not a number"),
+        ("V@[fd00::7:104", "expected AE_TITLE@host:port"),
+    ],
+)
+def test_bad_object_lists_are_named_in_a_clear_error(entry: str, message: str) -> None:
+    with pytest.raises(DestinationConfigError, match=message) as caught:
+        parse_destinations(f"PACS@pacs:104,{entry}")
+    assert isinstance(caught.value, ConfigurationError)
+
+
+def test_the_same_destination_with_two_selections_is_listed_twice() -> None:
+    with pytest.raises(DestinationConfigError, match="listed twice"):
+        parse_destinations("PACS@pacs:104[sr],PACS@pacs:104[sc]")
