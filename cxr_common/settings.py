@@ -578,6 +578,16 @@ class WebSettings(CommonSettings, DecodeLimitSettings):
     )
     model_dir: Path | None = Field(default=None, description="unset = the shipped model")
     calibration_path: Path | None = Field(default=None, description="unset = shipped calibration")
+    # STOW-RS in (POST /dicomweb/studies, a token of the sender role)
+    web_stow_max_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1024,
+        description="largest STOW-RS request body, bytes (413 above it: Content-Length is "
+        "checked before reading, the stream while reading)",
+    )
+    web_stow_max_instances: int = Field(
+        default=1000, ge=1, le=100_000, description="most instances in one STOW-RS request"
+    )
 
     @field_validator("web_tls_cert", "web_tls_key", mode="before")
     @classmethod
