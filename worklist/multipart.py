@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -30,6 +30,8 @@ __all__ = ["MultipartError", "Part", "media_type", "read_parts"]
 MAX_HEADER_BYTES = 16 * 1024
 #: RFC 2046: a boundary is 1 to 70 characters.
 MAX_BOUNDARY = 70
+#: How many leading bytes of each part ``head`` sees (a Part 10 preamble and 'DICM').
+HEAD_BYTES = 132
 
 
 class MultipartError(Exception):
@@ -111,8 +113,17 @@ def _headers(block: bytes) -> dict[str, str]:
 class _Reader:
     """The state machine of :func:`read_parts`."""
 
-    def __init__(self, boundary: bytes, folder: Path, max_parts: int, max_header_bytes: int):
+    def __init__(
+        self,
+        boundary: bytes,
+        folder: Path,
+        max_parts: int,
+        max_header_bytes: int,
+        head: Callable[[bytes], bytes] | None,
+    ):
         self.delimiter = b"\r\n--" + boundary
+        self.head = head
+        self.pending: bytearray | None = None  # a part's first bytes, until HEAD_BYTES
         self.folder = folder
         self.max_parts = max_parts
         self.max_header_bytes = max_header_bytes
@@ -188,6 +199,7 @@ class _Reader:
                 return False
             self._write(buf[:at])
             del buf[: at + len(self.delimiter)]
+            self._flush_head()
             self.handle.close()
             self.handle = None
             self.state = "delimiter"
@@ -201,8 +213,24 @@ class _Reader:
         self.handle = os.fdopen(fd, "wb")
         self.current = Part(Path(name), headers)
         self.parts.append(self.current)
+        self.pending = bytearray() if self.head is not None else None
 
     def _write(self, data: bytearray) -> None:
+        assert self.handle is not None
+        assert self.current is not None
+        if self.pending is not None:
+            self.pending += data
+            if len(self.pending) >= HEAD_BYTES:
+                self._flush_head()
+            return
+        self.handle.write(data)
+        self.current.size += len(data)
+
+    def _flush_head(self) -> None:
+        """Write a part's first bytes, as ``head`` returns them."""
+        if self.pending is None or self.head is None:
+            return
+        data, self.pending = self.head(bytes(self.pending)), None
         assert self.handle is not None
         assert self.current is not None
         self.handle.write(data)
@@ -224,13 +252,16 @@ async def read_parts(
     max_bytes: int,
     max_parts: int,
     max_header_bytes: int = MAX_HEADER_BYTES,
+    head: Callable[[bytes], bytes] | None = None,
 ) -> list[Part]:
     """Every part of the body, each in its own file in ``folder`` (the caller removes
-    them). Raises :class:`MultipartError` (the files are then removed) or ``OSError``
-    when ``folder`` is not writable."""
+    them). ``head`` is given each part's first :data:`HEAD_BYTES` bytes (fewer for a
+    shorter part) and returns what to write in their place. Raises
+    :class:`MultipartError` (the files are then removed) or ``OSError`` when ``folder``
+    is not writable."""
     if not 1 <= len(boundary) <= MAX_BOUNDARY or not boundary.isascii():
         raise MultipartError(400, "the boundary parameter must be 1 to 70 ASCII characters")
-    reader = _Reader(boundary.encode("ascii"), folder, max_parts, max_header_bytes)
+    reader = _Reader(boundary.encode("ascii"), folder, max_parts, max_header_bytes, head)
     total = 0
     try:
         async for chunk in chunks:

@@ -17,6 +17,8 @@ Request
     (``Content-Length`` over ``CXR_WEB_STOW_MAX_BYTES``: 413) and while it is read (the
     same cap, and ``CXR_WEB_STOW_MAX_INSTANCES`` parts); each part is streamed to a temp
     file in the storage's staging folder, never held in memory (:mod:`worklist.multipart`).
+    A part in Part 10 format without its 128-byte preamble and 'DICM' (what dicomweb-client
+    sends) gets them put in front (:func:`part10_head`).
 Response (``application/dicom+json``)
     A data set with ``ReferencedSOPSequence`` (0008,1199): stored, already stored with
     identical content, or one of our own result objects (acknowledged, dropped), and
@@ -152,6 +154,15 @@ def _not_dicom(part: Part) -> Outcome:
     )
 
 
+def part10_head(head: bytes) -> bytes:
+    """A part's first bytes with the Part 10 preamble: File Meta without the 128-byte
+    preamble and 'DICM' (as dicomweb-client and pydicom's ``dcmwrite`` write it) gets them
+    put in front, so the ingest core reads it like any received file."""
+    if head[128:132] != b"DICM" and head[:2] == b"\x02\x00":
+        return bytes(128) + b"DICM" + head
+    return head
+
+
 def _check_request(request: Request, max_bytes: int) -> str:
     """The boundary of an acceptable request; raises :class:`MultipartError` (or returns
     a 415 through it) before the body is read."""
@@ -198,6 +209,7 @@ async def _store(
             folder,
             max_bytes=cfg.stow_max_bytes,
             max_parts=cfg.stow_max_instances,
+            head=part10_head,
         )
     except MultipartError as exc:
         logger.warning("STOW-RS request refused: %d %s", exc.status_code, exc.message)
