@@ -639,8 +639,18 @@ class ResultSettings(CommonSettings):
 
     result_destinations: str = Field(
         default="",
-        description="AE_TITLE@host:port[,...]; empty = nothing is sent (checked at start "
-        "by cxr_results.parse_destinations)",
+        description="AE_TITLE@host:port or DICOMweb base URL (http(s)://host[:port]/path, "
+        "STOW-RS)[,...]; empty = nothing is sent (checked at start by "
+        "cxr_results.parse_destinations)",
+    )
+    result_dicomweb_token: SecretStr | None = Field(
+        default=None, description="bearer token sent to DICOMweb result destinations"
+    )
+    result_dicomweb_username: str | None = Field(
+        default=None, description="HTTP basic auth user for DICOMweb result destinations"
+    )
+    result_dicomweb_password: SecretStr | None = Field(
+        default=None, description="its password (with CXR_RESULT_DICOMWEB_USERNAME)"
     )
     result_calling_ae_title: str = Field(default="CXR_TRIAGE", max_length=16)
     result_max_retries: int = Field(
@@ -671,6 +681,30 @@ class ResultSettings(CommonSettings):
     escalation_poll_s: float = Field(
         default=2.0, gt=0, description="how often the results sender looks for due webhooks"
     )
+
+    @field_validator(
+        "result_dicomweb_token",
+        "result_dicomweb_username",
+        "result_dicomweb_password",
+        mode="before",
+    )
+    @classmethod
+    def _empty_credential_is_unset(cls, value: object) -> object:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return None if isinstance(raw, str) and not raw.strip() else value
+
+    @model_validator(mode="after")
+    def _one_dicomweb_auth(self) -> Self:
+        basic = self.result_dicomweb_username is not None
+        if basic != (self.result_dicomweb_password is not None):
+            raise ValueError(
+                "set both CXR_RESULT_DICOMWEB_USERNAME and CXR_RESULT_DICOMWEB_PASSWORD, or neither"
+            )
+        if basic and self.result_dicomweb_token is not None:
+            raise ValueError(
+                "set CXR_RESULT_DICOMWEB_TOKEN or CXR_RESULT_DICOMWEB_USERNAME/_PASSWORD, not both"
+            )
+        return self
 
     @field_validator("result_calling_ae_title")
     @classmethod

@@ -7,12 +7,20 @@
   (and the short SR for studies that were seen but not analysed), built with highdicom.
 * :mod:`cxr_results.send`: the project's one C-STORE client (pynetdicom): these objects
   to PACS, and files to a listener for ``cxr-triage send``.
+* :mod:`cxr_results.stow`: the STOW-RS client (httpx): the same objects to a DICOMweb
+  destination, with the same per-object outcomes.
 
 Pure: no database, queue or model code (it imports only :mod:`cxr_common` and
 :mod:`cxr_imaging` of the project), so the worker and the listener can both use it.
 """
 
-from cxr_results.destinations import Destination, parse_destination, parse_destinations
+from cxr_results.destinations import (
+    AnyDestination,
+    Destination,
+    DicomwebDestination,
+    parse_destination,
+    parse_destinations,
+)
 from cxr_results.errors import (
     AssociationError,
     DestinationConfigError,
@@ -50,6 +58,8 @@ from cxr_results.uids import (
 
 __all__ = [
     "AnalysisStatus",
+    "AnyDestination",
+    "DicomwebDestination",
     "AssociationError",
     "Destination",
     "DestinationConfigError",
