@@ -64,6 +64,11 @@ class Orthanc:
         resp.raise_for_status()
         return resp.json()
 
+    def add_modality(self, name: str, ae_title: str, host: str, port: int) -> None:
+        """Declare a DICOM modality (a C-STORE destination of its routing) at run time."""
+        with self.client() as http:
+            http.put(f"/modalities/{name}", json=[ae_title, host, port]).raise_for_status()
+
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
 
