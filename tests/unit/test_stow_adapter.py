@@ -121,3 +121,13 @@ def test_reader_caps_parts(tmp_path: Path) -> None:
     with pytest.raises(MultipartError, match="more than 3 parts"):
         asyncio.run(read_parts(_chunks(body, 5), BOUNDARY, tmp_path, max_bytes=1000, max_parts=3))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sender_is_a_token_role_at_the_command_line() -> None:
+    from cxr_triage.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["token", "create", "modality-gw", "--role", "sender"])
+    assert args.role == "sender"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["user", "add", "gw", "--role", "sender"])
