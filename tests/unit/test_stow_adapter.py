@@ -131,3 +131,22 @@ def test_sender_is_a_token_role_at_the_command_line() -> None:
     assert args.role == "sender"
     with pytest.raises(SystemExit):
         parser.parse_args(["user", "add", "gw", "--role", "sender"])
+
+
+def test_the_web_stores_by_stow_only_with_a_broker(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine
+
+    from cxr_common.settings import WebSettings
+    from worklist.server import stow_rules
+
+    engine = create_engine("sqlite://")  # never connected to here
+    assert stow_rules(WebSettings(data_dir=tmp_path, broker_url=None), engine) is None
+    settings = WebSettings(
+        data_dir=tmp_path, broker_url="redis://127.0.0.1:1/0", uid_root="1.2.826.0.1.3680043.10.9"
+    )
+    rules = stow_rules(settings, engine)
+    assert rules is not None
+    assert rules.uid_root == "1.2.826.0.1.3680043.10.9"  # our own objects are recognised
+    assert rules.storage.uri("1.2/3.4.dcm").startswith((tmp_path / "instances").as_uri())
+    assert rules.limits == settings.decode_limits()
+    engine.dispose()
