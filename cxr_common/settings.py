@@ -682,6 +682,14 @@ class ResultSettings(CommonSettings):
         default=2.0, gt=0, description="how often the results sender looks for due webhooks"
     )
 
+    @field_validator("result_calling_ae_title")
+    @classmethod
+    def _calling_ae_title_ok(cls, value: str) -> str:
+        value = value.strip()
+        if not value or "\\" in value or not value.isascii() or not value.isprintable():
+            raise ValueError("AE title must be 1-16 printable ASCII characters without backslash")
+        return value
+
     @field_validator(
         "result_dicomweb_token",
         "result_dicomweb_username",
@@ -705,14 +713,6 @@ class ResultSettings(CommonSettings):
                 "set CXR_RESULT_DICOMWEB_TOKEN or CXR_RESULT_DICOMWEB_USERNAME/_PASSWORD, not both"
             )
         return self
-
-    @field_validator("result_calling_ae_title")
-    @classmethod
-    def _calling_ae_title_ok(cls, value: str) -> str:
-        value = value.strip()
-        if not value or "\\" in value or not value.isascii() or not value.isprintable():
-            raise ValueError("AE title must be 1-16 printable ASCII characters without backslash")
-        return value
 
 
 class SupervisorSettings(
