@@ -579,6 +579,16 @@ class WebSettings(CommonSettings, DecodeLimitSettings):
     )
     model_dir: Path | None = Field(default=None, description="unset = the shipped model")
     calibration_path: Path | None = Field(default=None, description="unset = shipped calibration")
+    # STOW-RS in (POST /dicomweb/studies, a token of the sender role)
+    web_stow_max_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1024,
+        description="largest STOW-RS request body, bytes (413 above it: Content-Length is "
+        "checked before reading, the stream while reading)",
+    )
+    web_stow_max_instances: int = Field(
+        default=1000, ge=1, le=100_000, description="most instances in one STOW-RS request"
+    )
 
     @field_validator("web_tls_cert", "web_tls_key", mode="before")
     @classmethod
@@ -630,14 +640,24 @@ class ResultSettings(CommonSettings):
 
     result_destinations: str = Field(
         default="",
-        description="AE_TITLE@host:port[,...]; empty = nothing is sent (checked at start "
-        "by cxr_results.parse_destinations); a suffix [sc+sr+seg] picks the objects one "
+        description="AE_TITLE@host:port or DICOMweb base URL (http(s)://host[:port]/path, "
+        "STOW-RS)[,...]; empty = nothing is sent (checked at start by "
+        "cxr_results.parse_destinations); a suffix [sc+sr+seg] picks the objects one "
         "destination gets (default: all)",
     )
     result_not_eligible_report: bool = Field(
         default=False,
         description="also file a not-analysed report for studies that are not chest "
         "radiographs (another modality or body part); off: they get nothing",
+    )
+    result_dicomweb_token: SecretStr | None = Field(
+        default=None, description="bearer token sent to DICOMweb result destinations"
+    )
+    result_dicomweb_username: str | None = Field(
+        default=None, description="HTTP basic auth user for DICOMweb result destinations"
+    )
+    result_dicomweb_password: SecretStr | None = Field(
+        default=None, description="its password (with CXR_RESULT_DICOMWEB_USERNAME)"
     )
     result_calling_ae_title: str = Field(default="CXR_TRIAGE", max_length=16)
     result_max_retries: int = Field(
@@ -706,6 +726,30 @@ class ResultSettings(CommonSettings):
         if not value or "\\" in value or not value.isascii() or not value.isprintable():
             raise ValueError("AE title must be 1-16 printable ASCII characters without backslash")
         return value
+
+    @field_validator(
+        "result_dicomweb_token",
+        "result_dicomweb_username",
+        "result_dicomweb_password",
+        mode="before",
+    )
+    @classmethod
+    def _empty_credential_is_unset(cls, value: object) -> object:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return None if isinstance(raw, str) and not raw.strip() else value
+
+    @model_validator(mode="after")
+    def _one_dicomweb_auth(self) -> Self:
+        basic = self.result_dicomweb_username is not None
+        if basic != (self.result_dicomweb_password is not None):
+            raise ValueError(
+                "set both CXR_RESULT_DICOMWEB_USERNAME and CXR_RESULT_DICOMWEB_PASSWORD, or neither"
+            )
+        if basic and self.result_dicomweb_token is not None:
+            raise ValueError(
+                "set CXR_RESULT_DICOMWEB_TOKEN or CXR_RESULT_DICOMWEB_USERNAME/_PASSWORD, not both"
+            )
+        return self
 
 
 class SupervisorSettings(

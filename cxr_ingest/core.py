@@ -11,7 +11,8 @@ In order, for one received Part 10 file (a staged file, or bytes) and its :class
    (:mod:`cxr_ingest.header`): deflate bombs, absurd or over-limit dimensions, missing or
    truncated Pixel Data are refused before anything is stored; one of our own objects
    (by its header) is acknowledged and dropped;
-5. the UIDs: present, valid, the same as announced, a class we store;
+5. the UIDs: present, valid, the same as announced (SOP class and instance by C-STORE, the
+   study by a STOW-RS request to ``/studies/{study}``), a class we store;
 6. the content hash: the one computed while the file was written, else one read of it;
 7. under a lock on the SOP Instance UID: a new UID is moved into place atomically (fsync +
    rename) and recorded (the row holds the patient context the study page shows); a
@@ -293,6 +294,15 @@ def _unstored_class(rules: Ingest, ds: Dataset) -> str | None:
     return None if raw is None or str(raw) in rules.stored_sop_classes else str(raw)
 
 
+def _header_uid(ds: Dataset, keyword: str) -> str | None:
+    """A UID of the header when it is present and valid, else None (never raises)."""
+    try:
+        raw = ds.get(keyword)
+        return None if raw is None else sanitise_uid(str(raw))
+    except Exception:  # noqa: BLE001 - a corrupt element: no UID to name
+        return None
+
+
 def _is_own_dataset(rules: Ingest, ds: Dataset, source: Source) -> bool:
     return rules.uid_root is not None and is_own_object(rules.uid_root, source, ds)
 
@@ -350,6 +360,16 @@ def _record(
             sop_instance_uid=sop_instance,
             sop_class_uid=sop_class,
         )
+    announced_study = source.announced_study_instance_uid
+    if announced_study is not None and study != announced_study:
+        _refuse(
+            RefusalCode.STUDY_INSTANCE_MISMATCH,
+            f"data set Study Instance UID {study} is not the request's {announced_study[:64]}",
+            "Study Instance UID differs from the request's",
+            sop_instance_uid=sop_instance,
+            sop_class_uid=sop_class,
+            study_instance_uid=study,
+        )
     if sop_class not in rules.stored_sop_classes:
         _refuse_class(sop_class, sop_instance)
     syntax = str(meta_ts) if meta_ts else None
@@ -383,10 +403,15 @@ def _ingest_staged(
 ) -> Outcome:
     header = _read(rules, staged, source)
     if header.exempt:
+        # a transport that announces nothing (STOW-RS) names the instance by its header
+        instance = source.announced_sop_instance_uid or _header_uid(
+            header.dataset, "SOPInstanceUID"
+        )
         if _is_own_dataset(rules, header.dataset, source):
-            return _own_object(source.announced_sop_instance_uid, source.announced_sop_class_uid)
+            sop_class = source.announced_sop_class_uid or _header_uid(header.dataset, "SOPClassUID")
+            return _own_object(instance, sop_class)
         unstored = source.announced_sop_class_uid or _unstored_class(rules, header.dataset)
-        _refuse_class(str(unstored), source.announced_sop_instance_uid)
+        _refuse_class(str(unstored), instance)
     record = _record(rules, header, staged, digest, source)
     checked = _place_and_record(rules, record, staged)
     if checked.match is repo.ContentMatch.UNKNOWN:

@@ -37,6 +37,9 @@ class Source:
     peer_address: str | None = None
     announced_sop_class_uid: str | None = None
     announced_sop_instance_uid: str | None = None
+    #: The study the request names (STOW-RS ``/studies/{study}``): an instance of another
+    #: study is refused.
+    announced_study_instance_uid: str | None = None
 
     @property
     def calling_ae_title(self) -> str | None:
@@ -73,6 +76,8 @@ class RefusalCode(StrEnum):
     SOP_CLASS_MISMATCH = "sop_class_mismatch"
     #: The data set's SOP Instance UID differs from the one the request announced.
     SOP_INSTANCE_MISMATCH = "sop_instance_mismatch"
+    #: The data set's Study Instance UID differs from the study the request names.
+    STUDY_INSTANCE_MISMATCH = "study_instance_mismatch"
     #: SOP Class, SOP Instance or Study Instance UID missing.
     MISSING_UID = "missing_uid"
     #: A required UID is not a valid UID (it could not become a storage key).

@@ -8,6 +8,8 @@
   highdicom; :mod:`cxr_results.heatmap_seg`: the heatmap as a FRACTIONAL Segmentation.
 * :mod:`cxr_results.send`: the project's one C-STORE client (pynetdicom): these objects
   to PACS, and files to a listener for ``cxr-triage send``.
+* :mod:`cxr_results.stow`: the STOW-RS client (httpx): the same objects to a DICOMweb
+  destination, with the same per-object outcomes.
 
 Pure: no database, queue or model code (it imports only :mod:`cxr_common` and
 :mod:`cxr_imaging` of the project), so the worker and the listener can both use it.
@@ -15,7 +17,9 @@ Pure: no database, queue or model code (it imports only :mod:`cxr_common` and
 
 from cxr_results.destinations import (
     ALL_OBJECTS,
+    AnyDestination,
     Destination,
+    DicomwebDestination,
     ResultObject,
     parse_destination,
     parse_destinations,
@@ -62,6 +66,8 @@ __all__ = [
     "ALL_OBJECTS",
     "AnalysedImage",
     "AnalysisStatus",
+    "AnyDestination",
+    "DicomwebDestination",
     "AssociationError",
     "Destination",
     "DestinationConfigError",

@@ -1,8 +1,10 @@
 """``CXR_RESULT_DESTINATIONS``: where result objects are sent.
 
-The setting is a comma-separated list of ``AE_TITLE@host:port`` entries, e.g.
+The setting is a comma-separated list of ``AE_TITLE@host:port`` entries (C-STORE), e.g.
 ``PACS@pacs.example.org:104,ARCHIVE@10.0.0.7:11112``; an IPv6 address goes in brackets
-(``PACS@[fd00::7]:104``). Empty (or only blanks and commas) means nothing is sent.
+(``PACS@[fd00::7]:104``). An entry may instead be a DICOMweb base URL (STOW-RS,
+:class:`DicomwebDestination`), e.g. ``https://pacs.example.org/dicom-web``: the objects
+are POSTed to ``<base>/studies``. Empty (or only blanks and commas) means nothing is sent.
 
 Rules checked, each with its own message naming the offending entry:
 
@@ -18,6 +20,11 @@ a suffix in brackets picks some, joined with ``+``: ``VIEWER@10.0.0.9:104[sr+seg
 ``sc`` is the burned-in Secondary Capture (the human-readable fallback), ``sr`` the TID
 1500 structured report, ``seg`` the heatmap as a FRACTIONAL Segmentation. Unknown or
 repeated names and an empty selection are refused, naming the entry.
+
+* or a DICOMweb URL: ``http://`` or ``https://``, a host, an optional port and path; no
+  user name or password in it (credentials come from ``CXR_RESULT_DICOMWEB_TOKEN`` or
+  ``CXR_RESULT_DICOMWEB_USERNAME``/``_PASSWORD``, so the URL can be logged and recorded),
+  no query or fragment, at most 250 characters; not listed twice.
 """
 
 from __future__ import annotations
@@ -26,12 +33,15 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from urllib.parse import urlsplit
 
 from cxr_results.errors import DestinationConfigError
 
 __all__ = [
     "ALL_OBJECTS",
+    "AnyDestination",
     "Destination",
+    "DicomwebDestination",
     "ResultObject",
     "parse_destination",
     "parse_destinations",
@@ -113,6 +123,79 @@ def split_objects(entry: str) -> tuple[str, frozenset[ResultObject]]:
     return address.strip(), frozenset(chosen)
 
 
+@dataclass(frozen=True)
+class DicomwebDestination:
+    """One DICOMweb STOW-RS service to send results to (``cxr_results.stow``): its base
+    URL, without credentials (they come from the settings), without a trailing '/'."""
+
+    base_url: str
+    objects: frozenset[ResultObject] = field(default=ALL_OBJECTS, compare=False)
+
+    def wants(self, kind: ResultObject) -> bool:
+        return kind in self.objects
+
+    @property
+    def studies_url(self) -> str:
+        """Where STOW-RS stores (PS3.18 10.5)."""
+        return f"{self.base_url}/studies"
+
+    def __str__(self) -> str:
+        return self.base_url
+
+
+#: A C-STORE or a DICOMweb destination.
+AnyDestination = Destination | DicomwebDestination
+
+URL_MAX = 250
+
+
+def parse_dicomweb_destination(
+    entry: str, objects: frozenset[ResultObject] | None = None
+) -> DicomwebDestination:
+    """Parse one DICOMweb base URL entry (see the module docstring for the rules)."""
+    text = entry.strip()
+    shown = text.split("@")[-1][:80]  # never echo what may be credentials
+    if len(text) > URL_MAX:
+        raise DestinationConfigError(
+            f"result destination ...{shown!r}: a DICOMweb URL has at most {URL_MAX} characters"
+        )
+    if any(ch.isspace() or ord(ch) < 0x20 for ch in text) or not text.isascii():
+        raise DestinationConfigError(
+            f"result destination {shown!r}: a DICOMweb URL holds no spaces and only ASCII"
+        )
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise DestinationConfigError(
+            f"result destination {shown!r}: not a valid URL (host or port)"
+        ) from None
+    if parts.username is not None or parts.password is not None:
+        raise DestinationConfigError(
+            "a DICOMweb result destination holds a user name or password: remove it from "
+            "the URL and set CXR_RESULT_DICOMWEB_TOKEN or CXR_RESULT_DICOMWEB_USERNAME and "
+            "CXR_RESULT_DICOMWEB_PASSWORD"
+        )
+    if parts.scheme.lower() not in ("http", "https"):
+        raise DestinationConfigError(
+            f"result destination {shown!r}: a DICOMweb URL starts with http:// or https://"
+        )
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise DestinationConfigError(
+            f"result destination {shown!r}: a DICOMweb base URL has no query or fragment"
+        )
+    host = parts.hostname or ""
+    if host.startswith("[") or ":" in host:
+        _check_host(f"[{host.strip('[]')}]", shown)
+    else:
+        _check_host(host, shown)
+    if port is not None and not 1 <= port <= 65535:
+        raise DestinationConfigError(f"result destination {shown!r}: port outside 1-65535")
+    netloc = parts.netloc.lower()
+    url = f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
+    return DicomwebDestination(url, ALL_OBJECTS if objects is None else objects)
+
+
 def _check_ae_title(title: str, entry: str) -> str:
     stripped = title.strip(" ")
     if not stripped:
@@ -174,9 +257,12 @@ def _check_port(port: str, entry: str) -> int:
     return value
 
 
-def parse_destination(entry: str) -> Destination:
-    """Parse one ``AE_TITLE@host:port[objects]`` entry (rules in the module docstring)."""
+def parse_destination(entry: str) -> AnyDestination:
+    """Parse one ``AE_TITLE@host:port[objects]`` entry, or a DICOMweb base URL with the
+    same optional ``[objects]`` suffix (rules in the module docstring)."""
     text, objects = split_objects(entry)
+    if text.lower().startswith(("http://", "https://", "http:", "https:")):
+        return parse_dicomweb_destination(text, objects)
     title, at, address = text.rpartition("@")
     if not at:
         raise DestinationConfigError(
@@ -195,11 +281,11 @@ def parse_destination(entry: str) -> Destination:
     )
 
 
-def parse_destinations(value: str | None) -> tuple[Destination, ...]:
+def parse_destinations(value: str | None) -> tuple[AnyDestination, ...]:
     """Parse the whole setting; ``None`` or blank means no destination."""
     if value is None:
         return ()
-    destinations: list[Destination] = []
+    destinations: list[AnyDestination] = []
     for raw in value.split(","):
         if not raw.strip():
             continue

@@ -1,4 +1,4 @@
-"""The results task: file a complete study's result into PACS over C-STORE.
+"""The results task: file a complete study's result into PACS over C-STORE or STOW-RS.
 
 For one (study, result version) job from the results queue (enqueued by the listener's
 completeness job):
@@ -19,9 +19,10 @@ completeness job):
   ``CXR_RESULT_NOT_ELIGIBLE_REPORT`` asks for the not-analysed SR;
 
 and they go to every destination of ``CXR_RESULT_DESTINATIONS`` (none configured: nothing
-is sent and the study stays ``complete``), from our calling AE title, each destination
-getting its selection (``[sc+sr+seg]``, default all; the SR references only what that
-destination gets).
+is sent and the study stays ``complete``), from our calling AE title, or by STOW-RS to a
+DICOMweb base URL (``cxr_results.stow``, with ``CXR_RESULT_DICOMWEB_TOKEN`` or basic auth),
+each destination getting its selection (``[sc+sr+seg]``, default all; the SR references
+only what that destination gets): the same attempt records, idempotency and retries.
 
 Idempotent per (study, result version, destination): under an advisory lock the task
 checks whether it was stored already, sends, and records the attempt (status codes, error)
@@ -53,7 +54,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from celery import Celery, Task
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import Engine
@@ -74,8 +75,9 @@ from cxr_queue.retries import RetryPolicy, retries_so_far, retry_later
 from cxr_results import (
     AnalysedImage,
     AnalysisStatus,
+    AnyDestination,
     AssociationError,
-    Destination,
+    DicomwebDestination,
     ResultObject,
     ResultObjectError,
     ResultSummary,
@@ -92,6 +94,7 @@ from cxr_results import (
     parse_destinations,
     result_uids,
     send_objects,
+    stow,
 )
 from cxr_sender.finding import model_finding
 from cxr_sender.hl7 import Hl7Sender
@@ -150,6 +153,10 @@ class _Scored:
     others: tuple[AnalysedImage, ...]
 
 
+def _secret(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()
+
+
 def retry_policy(max_retries: int, max_backoff_s: float) -> RetryPolicy:
     """Results retries: 1, 2, 4, ... s (jittered) up to ``max_backoff_s``."""
     return RetryPolicy(max_retries=max_retries, max_backoff_s=max_backoff_s)
@@ -176,8 +183,13 @@ class ResultsRuntime:
 
     def __init__(self, engine: Engine, settings: ResultSettings) -> None:
         self.engine = engine
-        self.destinations: tuple[Destination, ...] = parse_destinations(
+        self.destinations: tuple[AnyDestination, ...] = parse_destinations(
             settings.result_destinations
+        )
+        self.dicomweb_auth = stow.DicomwebAuth(
+            token=_secret(settings.result_dicomweb_token),
+            username=settings.result_dicomweb_username,
+            password=_secret(settings.result_dicomweb_password),
         )
         self.calling_ae_title = settings.result_calling_ae_title
         self.not_eligible_report = settings.result_not_eligible_report
@@ -346,10 +358,20 @@ class ResultsRuntime:
 
     # ------------------------------------------------------------------ sending
 
+    def _deliver(
+        self, destination: AnyDestination, datasets: Sequence[Dataset]
+    ) -> list[SendOutcome]:
+        """C-STORE or STOW-RS, by the kind of destination: one outcome per data set."""
+        if isinstance(destination, DicomwebDestination):
+            return stow.send_objects(
+                destination, datasets, self.dicomweb_auth, self.timeouts.network_s
+            )
+        return send_objects(destination, datasets, self.calling_ae_title, self.timeouts)
+
     def _send_one(
         self,
         inputs: results_db.ResultInputs,
-        destination: Destination,
+        destination: AnyDestination,
         build: Callable[[int | None, frozenset[ResultObject]], _Objects],
     ) -> bool:
         """Store the objects on ``destination`` unless already there; True when stored."""
@@ -382,9 +404,7 @@ class ResultsRuntime:
                 return True
             error: str | None
             try:
-                outcomes = send_objects(
-                    destination, objects.datasets, self.calling_ae_title, self.timeouts
-                )
+                outcomes = self._deliver(destination, objects.datasets)
             except AssociationError as exc:
                 outcomes, error = [], exc.reason
             else:

@@ -48,6 +48,9 @@ Runner = Callable[..., int]
 
 ROLE_CHOICES = [r.value for r in Role]
 ROLE_HELP = "radiologist (reads, answers), admin (users, audit, settings), ops (health, metrics)"
+#: Token-only roles: a modality or PACS storing by STOW-RS (reads nothing).
+TOKEN_ROLE_HELP = ROLE_HELP + ", sender (stores instances by STOW-RS; reads nothing)"
+USER_ROLE_CHOICES = [r.value for r in Role if r in accounts.USER_ROLES]
 
 
 def cli_actor() -> Actor:
@@ -340,7 +343,7 @@ def add_arguments(subparsers: Any, run: Runner = run_with_engine) -> None:
         "At least 12 characters.",
     )
     p.add_argument("name", help="user name: letters, digits, '.', '_', '@', '-'")
-    p.add_argument("--role", required=True, choices=ROLE_CHOICES, help=ROLE_HELP)
+    p.add_argument("--role", required=True, choices=USER_ROLE_CHOICES, help=ROLE_HELP)
     p.set_defaults(func=bind(user_add))
     p = user_sub.add_parser(
         "disable",
@@ -361,7 +364,7 @@ def add_arguments(subparsers: Any, run: Runner = run_with_engine) -> None:
     token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     p = token_sub.add_parser("create", help="create a token and print it once")
     p.add_argument("name", help="token name (unique among active tokens)")
-    p.add_argument("--role", required=True, choices=ROLE_CHOICES, help=ROLE_HELP)
+    p.add_argument("--role", required=True, choices=ROLE_CHOICES, help=TOKEN_ROLE_HELP)
     p.set_defaults(func=bind(token_create))
     p = token_sub.add_parser("revoke", help="revoke the active token of that name")
     p.add_argument("name")

@@ -65,6 +65,8 @@ STATUS_FOR_REFUSAL: dict[RefusalCode, StoreStatus] = {
     RefusalCode.SOP_CLASS_NOT_STORED: StoreStatus.SOP_CLASS_NOT_SUPPORTED,
     RefusalCode.SOP_CLASS_MISMATCH: StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
     RefusalCode.SOP_INSTANCE_MISMATCH: StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    # (C-STORE announces no study; only a STOW-RS request to /studies/{study} does)
+    RefusalCode.STUDY_INSTANCE_MISMATCH: StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
     RefusalCode.MISSING_UID: StoreStatus.CANNOT_UNDERSTAND,
     RefusalCode.INVALID_UID: StoreStatus.CANNOT_UNDERSTAND,
     RefusalCode.UNDECODABLE: StoreStatus.UNDECODABLE_DATASET,

@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from cxr_db.accounts import store as accounts
 from cxr_db.accounts.tables import Role
 from cxr_db.instances import writes as repo
+from cxr_ingest import Ingest
 from tests.db_rows import prediction, record
 from tests.dicom_factory import chest_like, make_dataset, write
 from tests.integration.reading_rows import ADMIN, PASSWORD, cheap_passwords, clean
@@ -41,11 +42,15 @@ def web_config(**changes: object) -> WebConfig:
 
 @contextmanager
 def serve(
-    engine: Engine, config: WebConfig | None = None, timeout_s: float = 30.0
+    engine: Engine,
+    config: WebConfig | None = None,
+    timeout_s: float = 30.0,
+    stow: Ingest | None = None,
 ) -> Iterator[str]:
-    """Run the worklist app with uvicorn on a free loopback port; yield its base URL."""
+    """Run the worklist app with uvicorn on a free loopback port; yield its base URL.
+    ``stow``: the ingest rules of STOW-RS (None: it answers 503)."""
     config_ = uvicorn.Config(
-        create_app(engine, config or web_config()),
+        create_app(engine, config or web_config(), stow),
         host="127.0.0.1",
         port=0,
         log_level="warning",

@@ -28,6 +28,8 @@ checked):
 - ``POST /api/studies/{study_instance_uid}/answer`` (radiologist): JSON answer.
 - ``GET /api/audit`` (admin): JSON, filtered and paged.
 - ``GET /readyz``, ``GET /metrics``, ``GET /ops`` (ops).
+- ``POST /dicomweb/studies``, ``POST /dicomweb/studies/{study_instance_uid}`` (sender):
+  STOW-RS into the same ingest core as C-STORE (``worklist.routes.dicomweb``).
 
 Every response carries a strict CSP (no inline script; ``script-src 'self'``;
 ``connect-src 'self'`` for the worklist's own refresh), no-store
@@ -46,13 +48,14 @@ from sqlalchemy import Engine
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from cxr_common.clinical import DISCLAIMER
+from cxr_ingest import Ingest
 from worklist.auth import OPS, AuthError, FormError, Principal, is_api, return_path
 from worklist.config import WebConfig
 from worklist.deps import WebState, require
 from worklist.metrics_route import metrics_router, scrape_token_or
 from worklist.radiograph import RadiographCache
 from worklist.responses import html_error, json_error
-from worklist.routes import admin, api, ops, public, reading, session
+from worklist.routes import admin, api, dicomweb, ops, public, reading, session
 
 access_log = logging.getLogger("worklist.access")
 
@@ -111,8 +114,12 @@ async def _form_error(request: Request, exc: Exception) -> Response:
     return html_error(exc.status_code, "Bad form", exc.message)
 
 
-def create_app(engine: Engine, config: WebConfig | None = None) -> FastAPI:
-    """Build the worklist app over ``engine`` (the caller owns and disposes of it)."""
+def create_app(
+    engine: Engine, config: WebConfig | None = None, stow: Ingest | None = None
+) -> FastAPI:
+    """Build the worklist app over ``engine`` (the caller owns and disposes of it).
+    ``stow``: the ingest rules STOW-RS stores through (storage, broker, limits; built by
+    ``worklist.server``); None: ``/dicomweb/studies`` answers 503."""
     cfg = config or WebConfig()
     app = FastAPI(
         title="cxr-triage worklist",
@@ -122,14 +129,14 @@ def create_app(engine: Engine, config: WebConfig | None = None) -> FastAPI:
         openapi_url=None,
     )
     app.state.web = WebState(
-        engine=engine, config=cfg, radiographs=RadiographCache(limits=cfg.limits)
+        engine=engine, config=cfg, radiographs=RadiographCache(limits=cfg.limits), stow=stow
     )
     app.middleware("http")(_headers_and_access_log)
     # outermost: a request for a host we do not serve gets 400 before anything else
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(cfg.trusted_hosts))
     app.add_exception_handler(AuthError, _auth_error)
     app.add_exception_handler(FormError, _form_error)
-    for area in (public, session, reading, api, admin, ops):
+    for area in (public, session, reading, api, admin, ops, dicomweb):
         app.include_router(area.router)
     app.include_router(
         metrics_router(

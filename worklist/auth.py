@@ -15,7 +15,7 @@ is then checked without counting as activity, so a worklist left open still sign
 after the idle timeout. The header does nothing on any other request.
 
 Without valid credentials a browser page answers 303 to ``/sign-in`` and the JSON API
-(``/api/*``, ``/readyz``, ``/metrics``) 401; with the wrong role, 403.
+(``/api/*``, ``/dicomweb/*``, ``/readyz``, ``/metrics``) 401; with the wrong role, 403.
 
 Roles (least privilege; one role per account, so a person who both reads and administers
 has two accounts):
@@ -24,6 +24,8 @@ has two accounts):
 * ``admin``: users, tokens and the audit log. No patient data: admins see who looked at
   which study (by UID), not the study.
 * ``ops``: ``/readyz`` and ``/metrics``. ``/healthz`` needs no credentials.
+* ``sender`` (API tokens only): ``POST /dicomweb/studies`` (STOW-RS) and nothing else: a
+  modality or PACS that stores reads nothing, and nobody else stores.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ SIGNIN_COOKIE = "cxr_signin"  # double-submit token of the sign-in form (no sess
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 MAX_FORM_BYTES = 64 * 1024
-API_PREFIXES = ("/api/",)
+API_PREFIXES = ("/api/", "/dicomweb/")
 API_PATHS = ("/readyz", "/metrics")
 BACKGROUND_HEADER = "x-cxr-background"
 BACKGROUND_VALUE = "refresh"
@@ -60,6 +62,7 @@ _STUDY_ACTION = re.compile(r"(/studies/[0-9.]{1,64})/(?:answer|release)")
 READERS = (Role.RADIOLOGIST,)
 ADMINS = (Role.ADMIN,)
 OPS = (Role.OPS,)
+SENDERS = (Role.SENDER,)
 
 #: Where each role lands after signing in.
 HOME = {Role.RADIOLOGIST: "/", Role.ADMIN: "/admin/audit", Role.OPS: "/ops"}

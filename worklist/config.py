@@ -40,6 +40,8 @@ class WebConfig:
     metrics_token: SecretStr | None = None  # a Prometheus scrape token, besides the ops role
     limits: DecodeLimits = field(default_factory=DecodeLimits)  # of the radiographs shown
     refresh_s: float = 30.0  # the worklist page refreshes itself this often (not activity)
+    stow_max_bytes: int = 2 * 1024**3  # largest STOW-RS request body (413 above it)
+    stow_max_instances: int = 1000  # most parts in one STOW-RS request (413 above it)
 
     @classmethod
     def from_settings(cls, settings: WebSettings) -> WebConfig:
@@ -63,6 +65,8 @@ class WebConfig:
             metrics_token=settings.metrics_token,
             limits=settings.decode_limits(),
             refresh_s=float(settings.web_refresh_s),
+            stow_max_bytes=settings.web_stow_max_bytes,
+            stow_max_instances=settings.web_stow_max_instances,
         )
 
     @property

@@ -2,7 +2,7 @@
 
 ``create_app`` stores one :class:`WebState` on ``app.state.web``; a route asks for it as
 ``state: State`` instead of closing over the engine and configuration. Role checks are
-dependencies too: ``principal: Reader`` (radiologist), ``Admin`` or ``Ops`` refuse any
+dependencies too: ``principal: Reader`` (radiologist), ``Admin``, ``Ops`` or ``Sender`` refuse any
 other caller with ``AuthError`` (401 without credentials, 403 with the wrong role), which
 the app turns into a redirect to sign-in, an error page or a JSON error
 (``worklist.auth`` says how credentials are checked).
@@ -18,18 +18,30 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine
 
 from cxr_db.accounts.tables import Role
-from worklist.auth import ADMINS, OPS, READERS, AuthError, Principal, authenticate, read_form
+from cxr_ingest import Ingest
+from worklist.auth import (
+    ADMINS,
+    OPS,
+    READERS,
+    SENDERS,
+    AuthError,
+    Principal,
+    authenticate,
+    read_form,
+)
 from worklist.config import WebConfig
 from worklist.radiograph import RadiographCache
 
 
 @dataclass(frozen=True)
 class WebState:
-    """What every request may use: the database, the configuration, the radiograph cache."""
+    """What every request may use: the database, the configuration, the radiograph cache,
+    and the ingest rules STOW-RS stores through (None: STOW-RS answers 503)."""
 
     engine: Engine
     config: WebConfig
     radiographs: RadiographCache
+    stow: Ingest | None = None
 
 
 def web_state(request: Request) -> WebState:
@@ -66,5 +78,6 @@ def require(*roles: Role) -> Callable[[Request], Principal]:
 Reader = Annotated[Principal, Depends(require(*READERS))]
 Admin = Annotated[Principal, Depends(require(*ADMINS))]
 Ops = Annotated[Principal, Depends(require(*OPS))]
+Sender = Annotated[Principal, Depends(require(*SENDERS))]
 MaybePrincipal = Annotated[Principal | None, Depends(current_principal)]
 Form = Annotated[dict[str, str], Depends(read_form)]

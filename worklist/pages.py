@@ -54,6 +54,7 @@ NAV_LINKS: Mapping[Role, Sequence[tuple[str, str, str]]] = {
     Role.RADIOLOGIST: (("worklist", "/", "Worklist"), ("card", "/model-card", "Model card")),
     Role.ADMIN: (("audit", "/admin/audit", "Audit log"), ("users", "/admin/users", "Users")),
     Role.OPS: (("ops", "/ops", "Health"),),
+    Role.SENDER: (),  # STOW-RS only: no page of its own
 }
 
 

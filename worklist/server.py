@@ -7,10 +7,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import uvicorn
+from sqlalchemy import Engine
 
 from cxr_common.lifecycle import stop_on_signals
 from cxr_common.settings import WebSettings
+from cxr_common.storage import open_storage
 from cxr_db import make_engine
+from cxr_ingest import Ingest
+from cxr_results import load_or_create_uid_root
 from worklist.app import create_app
 from worklist.config import WebConfig
 
@@ -24,6 +28,26 @@ class _Server(uvicorn.Server):
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def stow_rules(settings: WebSettings, engine: Engine) -> Ingest | None:
+    """The ingest rules STOW-RS stores through: the listener's storage, limits and UID root
+    (our own result objects are acknowledged and dropped), and a Celery app publishing the
+    scoring jobs (the process entry point is the one place the web reaches the queue
+    package: an import-linter contract). None without a broker: STOW-RS answers 503."""
+    if settings.broker_url is None:
+        logger.warning("no CXR_BROKER_URL: STOW-RS (POST /dicomweb/studies) is disabled")
+        return None
+    from cxr_queue import make_celery
+
+    return Ingest(
+        engine,
+        open_storage(settings.resolved_storage_uri),
+        make_celery(settings.broker_url_value(), settings.queue_name),
+        settings.queue_name,
+        limits=settings.decode_limits(),
+        uid_root=load_or_create_uid_root(settings.uid_root_file, settings.uid_root),
+    )
 
 
 def run_web(settings: WebSettings) -> int:
@@ -40,7 +64,7 @@ def run_web(settings: WebSettings) -> int:
             "ssl_keyfile": str(settings.web_tls_key),
         }
     config = uvicorn.Config(
-        create_app(engine, WebConfig.from_settings(settings)),
+        create_app(engine, WebConfig.from_settings(settings), stow_rules(settings, engine)),
         host=settings.web_host,
         port=settings.web_port,
         log_config=None,

@@ -124,6 +124,11 @@ def _user(row: Any) -> UserInfo:
     )
 
 
+#: Roles a person signs in with; ``sender`` (a modality or PACS storing by STOW-RS) is a
+#: token role only.
+USER_ROLES = frozenset({Role.RADIOLOGIST, Role.ADMIN, Role.OPS})
+
+
 def add_user(
     engine: Engine,
     username: str,
@@ -137,6 +142,8 @@ def add_user(
     ``InvalidNameError`` or ``UserExistsError`` (names are unique regardless of case)."""
     validate_name(username, "user name")
     role = Role(role)
+    if role not in USER_ROLES:
+        raise ValueError(f"role {role.value} is for API tokens only (cxr-triage token create)")
     check_password_policy(password)
     password_hash = passwords.hash(password)
     try:

@@ -36,6 +36,7 @@ class Role(enum.StrEnum):
     RADIOLOGIST = "radiologist"  # reads and answers
     ADMIN = "admin"  # users, audit, settings
     OPS = "ops"  # health and metrics only
+    SENDER = "sender"  # stores instances by STOW-RS and reads nothing (API tokens only)
 
 
 class User(Base):

@@ -113,6 +113,8 @@ def worklist_page(
     if principal is None:
         raise AuthError(401, "sign in")
     if principal.role is not Role.RADIOLOGIST:
+        if principal.role not in HOME:  # a sender token reads nothing
+            raise AuthError(403, f"the worklist is for radiologists; you are {principal.role}")
         return RedirectResponse(HOME[principal.role], status_code=303)
     engine, cfg = state.engine, state.config
     read_view = parse_view(view)

@@ -60,7 +60,7 @@ def sign_in_form(request: Request, state: State, next: str | None = None) -> Res
         principal = authenticate(request, state.engine, state.config)
     except AuthError:
         principal = None
-    if principal is not None:
+    if principal is not None and principal.role in HOME:
         return RedirectResponse(HOME[principal.role], status_code=303)
     return _sign_in_response(state, safe_next(next), request)
 
