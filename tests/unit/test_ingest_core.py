@@ -21,10 +21,10 @@ from celery import Celery
 from pydicom.uid import (
     ComprehensiveSRStorage,
     ComputedRadiographyImageStorage,
-    SecondaryCaptureImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     MRImageStorage,
+    SecondaryCaptureImageStorage,
     generate_uid,
 )
 from sqlalchemy import Engine, create_engine
