@@ -13,8 +13,11 @@ completeness job):
 * a study with no scored instance (not eligible, or failed) gets a short **not-analysed
   SR** that says so and why;
 
-and both go to every destination of ``CXR_RESULT_DESTINATIONS`` (none configured: nothing
-is sent and the study stays ``complete``), from our calling AE title.
+Every object carries the study's patient, as the study's first instance names it (ingest
+refuses an instance of another patient: ``cxr_ingest.identity``), never a later
+instance's spelling of it. Both go to every destination of ``CXR_RESULT_DESTINATIONS``
+(none configured: nothing is sent and the study stays ``complete``), from our calling AE
+title.
 
 Idempotent per (study, result version, destination): under an advisory lock the task
 checks whether it was stored already, sends, and records the attempt (status codes, error)
@@ -35,6 +38,7 @@ Logs name UIDs and destinations, never patient data.
 
 from __future__ import annotations
 
+import copy
 import enum
 import io
 import logging
@@ -131,6 +135,28 @@ def _header(storage_uri: str, *, pixels: bool = False) -> Dataset:
         raise _CannotBuild(f"stored instance is not readable DICOM ({type(exc).__name__})") from exc
 
 
+#: The patient attributes every result object carries from the study's first instance
+#: (the one that fixed the study's patient, ``cxr_ingest.identity``).
+STUDY_PATIENT_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+)
+
+
+def _with_study_patient(source: Dataset, patient: Dataset) -> Dataset:
+    """``source`` with the study's patient (``patient``: the first instance's header): the
+    objects carry only the study's patient, written as its first instance wrote it."""
+    for keyword in STUDY_PATIENT_KEYWORDS:
+        if keyword in patient:
+            source[keyword] = copy.deepcopy(patient[keyword])
+        elif keyword in source:
+            del source[keyword]
+    return source
+
+
 def _reason(instances: Sequence[results_db.SeenInstance], status: InstanceStatus) -> str:
     reasons = dict.fromkeys(i.reason or "no reason given" for i in instances if i.status is status)
     return "; ".join(reasons)[:900]
@@ -168,9 +194,21 @@ class ResultsRuntime:
 
     # ------------------------------------------------------------------ objects
 
+    @staticmethod
+    def _study_patient(inputs: results_db.ResultInputs) -> Dataset | None:
+        """The header of the study's first instance (whose patient every later instance
+        had to match at ingest), or None when it cannot be read (the others match it)."""
+        for seen in inputs.instances[:1]:
+            try:
+                return _header(seen.storage_uri)
+            except _CannotBuild:
+                log.warning("study %s: first instance unreadable", inputs.study_instance_uid)
+        return None
+
     def _build(self, inputs: results_db.ResultInputs, supersedes: int | None) -> _Objects:
         uids = result_uids(self.uid_root, inputs.study_instance_uid, inputs.result_version)
         best = inputs.best
+        patient = self._study_patient(inputs)
         if best is not None:
             try:
                 finding = model_finding(self.engine, best.model_version)
@@ -202,6 +240,8 @@ class ResultsRuntime:
                     picture = decode_dataset(source).pixels
                 except ImagingError as exc:
                     raise _CannotBuild(f"scored image cannot be decoded again: {exc}") from exc
+            if patient is not None:
+                source = _with_study_patient(source, patient)
             sc = build_secondary_capture(source, picture, summary, uids)
             sr = build_structured_report(source, summary, uids, sc, supersedes_version=supersedes)
             return _Objects((sc, sr), str(sc.SOPInstanceUID), str(sr.SOPInstanceUID))
@@ -214,9 +254,10 @@ class ResultsRuntime:
         headers = []
         for seen in inputs.instances:
             try:
-                headers.append(_header(seen.storage_uri))
+                header = _header(seen.storage_uri)
             except _CannotBuild:
                 continue  # e.g. the unreadable file that failed: listed by the others
+            headers.append(header if patient is None else _with_study_patient(header, patient))
         if not headers:
             raise _CannotBuild("no instance of the study has a readable header")
         sr = build_not_analysed_report(

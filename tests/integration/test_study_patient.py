@@ -293,3 +293,71 @@ def test_concurrent_first_instances_of_one_study_from_two_associations_never_bot
         assert statuses == [0, 0xC230], (i, statuses)
         assert len(_instances(engine, study)) == 1
     assert len(conflicts.open_conflicts(engine)) == rounds
+
+
+def test_results_carry_the_study_patient_as_its_first_instance_names_it(
+    rules: Ingest, engine: Engine, services: Services, tmp_path: Path
+) -> None:
+    """The second instance (same patient, written differently) scores higher, so the SC
+    is made from it: the SC and SR still carry the first instance's patient attributes,
+    and nothing of another spelling."""
+    from cxr_common.settings import ResultSettings
+    from cxr_db.instances import writes
+    from cxr_db.results import store as results_db
+    from cxr_sender.results import ResultsRuntime
+
+    study = generate_uid()
+    first = _patient(study)
+    second = _patient(study, PatientName="alpha^anna ", PatientSex="f")
+    ids = []
+    for ds in (first, second):
+        outcome = _ingest(rules, ds, tmp_path)
+        assert outcome.disposition is Disposition.STORED
+        assert outcome.instance_id is not None
+        ids.append(outcome.instance_id)
+    for instance_id, score in zip(ids, (0.2, 0.9), strict=True):
+        writes.record_prediction(
+            engine,
+            instance_id,
+            writes.PredictionRecord(
+                model_name="m",
+                model_version="1.0.0-lite0-strong-e8",
+                weights_sha256="0" * 64,
+                calibration_version=None,
+                logit=0.0,
+                probability=score,
+                threshold=0.5,
+                flagged=score > 0.5,
+                heatmap_png=None,
+                device="cpu",
+                batch_size=1,
+                decode_ms=1.0,
+                inference_ms=1.0,
+                worker_id="test",
+            ),
+        )
+    with engine.begin() as conn:
+        study_id = conn.execute(
+            text("SELECT id FROM studies WHERE study_instance_uid = :s"), {"s": study}
+        ).scalar_one()
+    inputs = results_db.result_inputs(engine, study_id)
+    assert inputs is not None
+    assert inputs.best is not None
+    assert inputs.best.sop_instance_uid == second.SOPInstanceUID  # the SC is made from it
+    runtime = ResultsRuntime(
+        engine,
+        ResultSettings(
+            database_url=services.database_url,
+            broker_url=services.broker_url,
+            data_dir=tmp_path,
+            uid_root=ROOT,
+        ),
+    )
+    objects = runtime._build(inputs, None)
+    assert len(objects.datasets) == 2
+    for obj in objects.datasets:
+        assert str(obj.PatientName) == "ALPHA^ANNA"
+        assert obj.PatientSex == "F"
+        assert obj.PatientID == "MRN-A1"
+        assert obj.IssuerOfPatientID == "HOSP"
+        assert obj.PatientBirthDate == "20200101"
