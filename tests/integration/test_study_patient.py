@@ -361,3 +361,74 @@ def test_results_carry_the_study_patient_as_its_first_instance_names_it(
         assert obj.PatientID == "MRN-A1"
         assert obj.IssuerOfPatientID == "HOSP"
         assert obj.PatientBirthDate == "20200101"
+
+
+def test_the_worklist_and_ops_page_show_unresolved_patient_conflicts(
+    rules: Ingest, engine: Engine, services: Services, tmp_path: Path
+) -> None:
+    import httpx
+
+    from cxr_db.accounts.tables import Role
+    from tests.integration.reading_rows import clean
+    from tests.web_server import add_user, serve, sign_in, web_config
+
+    clean(engine)
+    study = generate_uid()
+    first = _patient(study)
+    other = _patient(study, PatientID="MRN-B2", PatientName="BRAVO^BEN")
+    assert _ingest(rules, first, tmp_path).disposition is Disposition.STORED
+    assert _ingest(rules, other, tmp_path).refusal is RefusalCode.PATIENT_CONFLICT
+    add_user(engine, "rita", Role.RADIOLOGIST)
+    add_user(engine, "otto", Role.OPS)
+    with serve(engine, web_config(broker_url=services.broker_url)) as url:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            assert sign_in(http, "rita").status_code == 303
+            page = http.get("/").text
+            assert 'id="patient-conflicts"' in page
+            assert f"study {study}</a>" in page
+            assert "PatientID, PatientName differ (from MODALITY)" in page
+        with httpx.Client(base_url=url, timeout=30) as http:
+            assert sign_in(http, "otto").status_code == 303
+            ops = http.get("/ops").text
+            assert 'id="conflicts"' in ops
+            assert other.SOPInstanceUID in ops
+            assert "<td>patient</td>" in ops
+        for text_ in (page, ops):
+            for value in ("MRN-B2", "BRAVO", "MRN-A1", "ALPHA"):
+                assert value not in text_
+        (event,) = conflicts.open_conflicts(engine)
+        assert conflicts.resolve_conflict(engine, event.id, "otto")
+        with httpx.Client(base_url=url, timeout=30) as http:
+            assert sign_in(http, "rita").status_code == 303
+            assert 'id="patient-conflicts"' not in http.get("/").text
+
+
+def test_conflicts_are_listed_and_resolved_from_the_command_line(
+    rules: Ingest,
+    engine: Engine,
+    services: Services,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cxr_triage.cli import main
+
+    monkeypatch.setenv("CXR_DATABASE_URL", services.database_url)
+    monkeypatch.setenv("CXR_BROKER_URL", services.broker_url)
+    study = generate_uid()
+    assert _ingest(rules, _patient(study), tmp_path).disposition is Disposition.STORED
+    assert _ingest(rules, _patient(study, PatientSex="M"), tmp_path).refusal is (
+        RefusalCode.PATIENT_CONFLICT
+    )
+    (event,) = conflicts.open_conflicts(engine)
+    assert main(["conflicts", "list"]) == 0
+    out = capsys.readouterr().out
+    assert f"{event.id}  patient" in out
+    assert f"study={study}" in out
+    assert "differs=PatientSex" in out
+    assert main(["conflicts", "resolve", str(event.id), "--by", "ops-alice"]) == 0
+    assert f"conflict {event.id} resolved by ops-alice" in capsys.readouterr().out
+    assert main(["conflicts", "resolve", str(event.id), "--by", "ops-alice"]) == 1
+    assert "no unresolved conflict" in capsys.readouterr().err
+    assert main(["conflicts", "list"]) == 0
+    assert "no unresolved conflict" in capsys.readouterr().out
