@@ -8,9 +8,10 @@ Two kinds (:class:`~cxr_db.conflicts.tables.ConflictKind`):
   migration 0016): ``differing`` names the identifying attributes that differ (keywords,
   never values).
 
-One row per refusal, so the conflict is visible to staff and operators (worklist and ops
-page, :func:`open_conflicts`) while what is stored stays as it was, until a person
-resolves it (:func:`resolve_conflict`, ``cxr-triage conflicts resolve``).
+One row per refusal (a patient conflict resent unchanged: one row until it is resolved),
+so the conflict is visible to staff and operators (worklist and ops page,
+:func:`open_conflicts`) while what is stored stays as it was, until a person resolves it
+(:func:`resolve_conflict`, ``cxr-triage conflicts resolve``).
 """
 
 from __future__ import annotations
@@ -54,8 +55,27 @@ class OpenConflict:
 
 
 def record_conflict(engine: Engine, conflict: Conflict) -> None:
-    """Append one refused conflict."""
+    """Append one refused conflict. A patient conflict resent unchanged while it is
+    unresolved (a sender retrying the refused instance) adds no second row."""
+    c = InstanceConflict
     with engine.begin() as conn:
+        if conflict.kind is ConflictKind.PATIENT:
+            conn.execute(
+                select(
+                    func.pg_advisory_xact_lock(func.hashtextextended(conflict.sop_instance_uid, 1))
+                )
+            )
+            known = conn.execute(
+                select(c.id).where(
+                    c.kind == ConflictKind.PATIENT.value,
+                    c.resolved_at.is_(None),
+                    c.sop_instance_uid == conflict.sop_instance_uid,
+                    c.received_study_instance_uid == conflict.received_study_instance_uid,
+                    c.received_content_sha256 == conflict.received_content_sha256,
+                )
+            ).first()
+            if known is not None:
+                return
         conn.execute(
             insert(InstanceConflict).values(
                 instance_id=conflict.instance_id,

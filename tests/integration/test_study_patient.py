@@ -164,6 +164,9 @@ def test_another_patient_in_a_known_study_is_refused_and_recorded(
     stored = sorted(p.name for p in (tmp_path / "instances").rglob("*.dcm"))
     assert stored == [f"{first.SOPInstanceUID}.dcm"]
     assert not any(rules.storage.staging_dir().iterdir())
+    # the sender retries the refused instance: refused again, still one conflict
+    again = _ingest(rules, other, tmp_path, peer="198.51.100.9")
+    assert again.refusal is RefusalCode.PATIENT_CONFLICT
     (event,) = conflicts.open_conflicts(engine)
     assert event.kind is ConflictKind.PATIENT
     assert (event.study_instance_uid, event.sop_instance_uid) == (study, other.SOPInstanceUID)

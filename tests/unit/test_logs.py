@@ -104,3 +104,55 @@ def test_json_logs_carry_the_redacted_traceback() -> None:
     data = json.loads(JsonFormatter().format(record))
     assert "DOE" not in data["exc"]
     assert "ValueError: bad value '<redacted>'" in data["exc"]
+
+
+PROCESS_SCRIPT = r"""
+import logging, sys, warnings
+from cxr_common.logs import configure_logging
+configure_logging("DEBUG", sys.argv[1])
+import pydicom
+name, mrn, birth, view = "ZQXCANARY" + "^WIBBLE", "CANARY" + "-ID-7781", "1970" + "-01-01", "zqx" + "view"
+ds = pydicom.Dataset()
+ds.PatientName = name + "^" + "X" * 70    # too long for PN: pydicom would say so
+ds.PatientBirthDate = birth               # not DA: pydicom would quote it
+ds.ViewPosition = view                    # not CS: pydicom would quote it
+warnings.warn(f"a library warning about {mrn!r}")
+logging.getLogger("pynetdicom.dimse").warning("identifier PatientID=%r", mrn)
+try:
+    int(mrn)
+except ValueError:
+    logging.getLogger("worker.tasks").exception("unexpected error scoring instance 7")
+print("done", flush=True)
+"""
+
+
+def test_a_real_process_set_up_by_configure_logging_never_prints_the_canary() -> None:
+    """The by-design half of issue 20, in a real process (stdout and stderr captured): with
+    the one logging set-up every ``cxr-triage`` process runs, pydicom's validation, a
+    warning, a library log line and a logged exception all lose the header values they
+    would print. (The paths each service takes today are covered by
+    ``tests/integration/test_privacy.py``.)"""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    for fmt in ("text", "json"):
+        done = subprocess.run(
+            [sys.executable, "-c", PROCESS_SCRIPT, fmt],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=root,
+            check=False,
+        )
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out
+        assert "done" in done.stdout
+        assert "unexpected error scoring instance 7" in out
+        assert "a library warning about '<redacted>'" in out
+        for canary in ("ZQXCANARY", "WIBBLE", "CANARY-ID-7781", "1970-01-01", "ZQXVIEW"):
+            assert canary not in out.upper(), (fmt, canary, out)
