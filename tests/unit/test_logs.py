@@ -111,7 +111,8 @@ import logging, sys, warnings
 from cxr_common.logs import configure_logging
 configure_logging("DEBUG", sys.argv[1])
 import pydicom
-name, mrn, birth, view = "ZQXCANARY" + "^WIBBLE", "CANARY" + "-ID-7781", "1970" + "-01-01", "zqx" + "view"
+name, mrn = "ZQXCANARY" + "^WIBBLE", "CANARY" + "-ID-7781"
+birth, view = "1970" + "-01-01", "zqx" + "view"
 ds = pydicom.Dataset()
 ds.PatientName = name + "^" + "X" * 70    # too long for PN: pydicom would say so
 ds.PatientBirthDate = birth               # not DA: pydicom would quote it
