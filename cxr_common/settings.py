@@ -152,6 +152,21 @@ class CommonSettings(BaseSettings):
         "carry a relative link, HL7 results none)",
     )
 
+    patient_key: SecretStr | None = Field(
+        default=None,
+        description="Key of the patient identity hashes (cxr_ingest.identity); unset = a "
+        "random key generated once and kept in CXR_DATA_DIR/patient-key. Every process that "
+        "ingests (listeners, STOW-RS) must use the same key",
+    )
+
+    @property
+    def patient_key_file(self) -> Path:
+        """Where the generated patient key is kept when ``CXR_PATIENT_KEY`` is unset."""
+        return self.data_dir / "patient-key"
+
+    def patient_key_value(self) -> str | None:
+        return None if self.patient_key is None else self.patient_key.get_secret_value()
+
     @property
     def uid_root_file(self) -> Path:
         """Where the generated UID root is kept when ``CXR_UID_ROOT`` is unset."""

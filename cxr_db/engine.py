@@ -20,9 +20,11 @@ POOL_TIMEOUT_S: Final = 30
 
 
 def make_engine(url: str, pool_size: int = 5) -> Engine:
-    """Create a Postgres engine with liveness checks on checkout and bounded waits."""
+    """Create a Postgres engine with liveness checks on checkout and bounded waits. Its
+    errors never carry the statement's parameters (they hold patient context)."""
     return create_engine(
         url,
+        hide_parameters=True,
         pool_pre_ping=True,
         pool_size=pool_size,
         max_overflow=10,

@@ -37,7 +37,16 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-__all__ = ["MIN_SIZE_PX", "Eligibility", "check_eligibility", "is_chest_radiograph"]
+__all__ = [
+    "KNOWN_MODALITIES",
+    "KNOWN_VIEW_POSITIONS",
+    "MIN_SIZE_PX",
+    "NON_STANDARD",
+    "Eligibility",
+    "check_eligibility",
+    "coded",
+    "is_chest_radiograph",
+]
 
 #: Smallest Rows/Columns accepted.
 MIN_SIZE_PX = 64
@@ -63,6 +72,11 @@ KNOWN_BODY_PARTS = frozenset(
     "COCCYX CSPINE EAR ELBOW EXTREMITY FACE FINGER FOOT FOREARM HAND HEAD HEADNECK HEART HIP "
     "HUMERUS JAW KNEE LEG LSPINE LUNG LUNGS NECK PELVIS RIB SACRUM SCAPULA SHOULDER SKULL "
     "SPINE SSPINE THIGH THORAX THUMB TOE TSPINE WHOLEBODY WRIST ZYGOMA".split()
+)
+#: View Position defined terms (PS3.3 C.8.11.7, C.8.19.6) and the frontal and lateral
+#: values real modalities send: shown in reasons.
+KNOWN_VIEW_POSITIONS = (
+    frozenset("AP PA LL RL RLD LLD RLO LLO".split()) | FRONTAL_VIEWS | LATERAL_VIEWS
 )
 _DESCRIPTOR_KEYWORDS = (
     "SeriesDescription",
@@ -96,10 +110,13 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value).strip().upper()
 
 
-def _coded(value: str, known: frozenset[str]) -> str:
+def coded(value: str, known: frozenset[str]) -> str:
     """``value`` when it is a known defined term, else a fixed stand-in: never free text
     (a CS value may still hold a name)."""
     return value if value in known else NON_STANDARD
+
+
+_coded = coded
 
 
 def _code_value(value: str) -> str:

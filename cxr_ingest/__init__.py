@@ -14,7 +14,9 @@ Imports no transport (pynetdicom, FastAPI, Starlette) and no torch, model or wor
 (an import-linter contract).
 
 To add a way in: build a :class:`Source` (``Transport`` member), hand the bytes or the
-staged file to :func:`ingest`, and map each :class:`Disposition` and
+staged file to :func:`ingest` with the installation's patient key
+(``Ingest.patient_key = load_or_create_patient_key(settings.patient_key_file,
+settings.patient_key_value())``), and map each :class:`Disposition` and
 :class:`RefusalCode` to the protocol's answer (a table like
 ``dicom_listener.handlers.STATUS_FOR_REFUSAL``; a test that it covers every code).
 """
@@ -22,6 +24,7 @@ staged file to :func:`ingest`, and map each :class:`Disposition` and
 from cxr_ingest.content import ContentDigest, ContentHasher, content_sha256
 from cxr_ingest.core import STORED_SOP_CLASSES, Ingest, Received, ingest
 from cxr_ingest.header import parse_count
+from cxr_ingest.identity import load_or_create_patient_key
 from cxr_ingest.outcome import Disposition, Outcome, RefusalCode, Source, Transport
 
 __all__ = [
@@ -37,5 +40,6 @@ __all__ = [
     "Transport",
     "content_sha256",
     "ingest",
+    "load_or_create_patient_key",
     "parse_count",
 ]

@@ -2,19 +2,22 @@
 
 In order, for one received Part 10 file (a staged file, or bytes) and its :class:`Source`:
 
-1. our own result object (its announced SOP Instance UID under our UID root)?
-   acknowledge and drop it, unread;
+1. our own result object (its announced SOP class one we create, its SOP Instance UID
+   under our UID root)? acknowledge and drop it, unread;
 2. an announced SOP class we do not store (nor accept for the loopback check)? refuse;
 3. take the file into the storage's staging folder (bytes are written there, hashed as
    they are written); storage unavailable: refuse, retry later;
 4. parse the header **once**, bounded, and check it against the decode limits
    (:mod:`cxr_ingest.header`): deflate bombs, absurd or over-limit dimensions, missing or
    truncated Pixel Data are refused before anything is stored; one of our own objects
-   (by its header) is acknowledged and dropped;
+   (by its header) is acknowledged and dropped; one that only carries our result marker
+   is refused (:mod:`cxr_ingest.own_objects`);
 5. the UIDs: present, valid, the same as announced (SOP class and instance by C-STORE, the
    study by a STOW-RS request to ``/studies/{study}``), a class we store;
 6. the content hash: the one computed while the file was written, else one read of it;
-7. under a lock on the SOP Instance UID: a new UID is moved into place atomically (fsync +
+7. under a lock on the SOP Instance UID: a new UID first claims its study, whose patient
+   its first instance fixed (:mod:`cxr_ingest.identity`): another patient is refused and
+   the conflict recorded, nothing stored; else it is moved into place atomically (fsync +
    rename) and recorded (the row holds the patient context the study page shows); a
    known UID with identical content is a duplicate (success, no second job); with
    different content it is refused and the conflict recorded, the stored copy untouched;
@@ -53,6 +56,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cxr_common.errors import CxrTriageError, StorageError
 from cxr_common.storage import Storage, instance_key, read_instance, sanitise_uid
 from cxr_db.conflicts import store as conflicts
+from cxr_db.conflicts.tables import ConflictKind
 from cxr_db.instances import writes as repo
 from cxr_imaging.limits import (
     STATUS_DECLARED_SIZE,
@@ -71,8 +75,9 @@ from cxr_ingest.header import (
     patient_context,
     read_received,
 )
+from cxr_ingest.identity import IDENTITY_KEYWORDS, PatientIdentity, patient_identity
 from cxr_ingest.outcome import Disposition, Outcome, RefusalCode, Source, refused
-from cxr_ingest.own_objects import OWN_OBJECT_SOP_CLASSES, is_own_object
+from cxr_ingest.own_objects import OWN_OBJECT_SOP_CLASSES, is_own_object, looks_like_ours
 from cxr_queue import ScoreJob, choose_lane, header_asks_urgent
 
 logger = logging.getLogger(__name__)
@@ -101,8 +106,10 @@ _UNDECODABLE_COMMENT = "data set cannot be decoded: resend"
 
 @dataclass(frozen=True)
 class Ingest:
-    """What ingest needs: where files and rows go, where jobs go, the limits and our UID
-    root (None: no own-object check)."""
+    """What ingest needs: where files and rows go, where jobs go, the limits, our UID
+    root (None: no own-object check) and the patient key (``cxr_ingest.identity``: every
+    process that ingests must use the installation's one key,
+    ``load_or_create_patient_key``; empty: unkeyed hashes)."""
 
     engine: Engine
     storage: Storage
@@ -113,6 +120,7 @@ class Ingest:
     stored_sop_classes: frozenset[str] = frozenset(STORED_SOP_CLASSES)
     #: Calling AE titles whose instances go to the urgent lane (``cxr_queue.lanes``).
     urgent_ae_titles: frozenset[str] = frozenset()
+    patient_key: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)
@@ -328,6 +336,7 @@ def _record(
         view = header_text(ds, "ViewPosition", 16)
         series = optional_uid(ds, "SeriesInstanceUID")
         context = patient_context(ds)
+        identity = patient_identity(ds, rules.patient_key)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad input
         _refuse(
             RefusalCode.UNDECODABLE,
@@ -395,6 +404,7 @@ def _record(
         lane=choose_lane(
             source.calling_ae_title, header_asks_urgent(header.dataset), rules.urgent_ae_titles
         ),
+        patient_identity=identity.as_json(),
     )
 
 
@@ -412,8 +422,21 @@ def _ingest_staged(
             return _own_object(instance, sop_class)
         unstored = source.announced_sop_class_uid or _unstored_class(rules, header.dataset)
         _refuse_class(str(unstored), instance)
+    if looks_like_ours(header.dataset):
+        _refuse(
+            RefusalCode.FOREIGN_RESULT_OBJECT,
+            "carries the cxr-triage result marker (Manufacturer, SeriesDescription) but is "
+            "not one of our objects (SOP class and UID root): not stored",
+            "cxr-triage result marker without our UID root: not stored",
+            sop_instance_uid=source.announced_sop_instance_uid
+            or _header_uid(header.dataset, "SOPInstanceUID"),
+            sop_class_uid=source.announced_sop_class_uid,
+        )
     record = _record(rules, header, staged, digest, source)
-    checked = _place_and_record(rules, record, staged)
+    placed = _place_and_record(rules, record, staged)
+    if isinstance(placed, repo.PatientMismatch):
+        _refuse_other_patient(rules, placed, record, source)
+    checked = placed
     if checked.match is repo.ContentMatch.UNKNOWN:
         checked = _compare_with_stored_file(checked, record)
     if checked.match is repo.ContentMatch.DIFFERENT:
@@ -458,10 +481,11 @@ def _ingest_staged(
 
 def _place_and_record(
     rules: Ingest, record: repo.InstanceRecord, staged: Path
-) -> repo.CheckedRecord:
+) -> repo.CheckedRecord | repo.PatientMismatch:
     """Step 7: place the file and record the row, or compare with the row already there."""
     key = instance_key(record.study_instance_uid, record.sop_instance_uid)
     placed = False
+    mine = record.patient_identity
 
     def place_file() -> None:
         nonlocal placed
@@ -480,7 +504,9 @@ def _place_and_record(
         placed = True
 
     try:
-        return repo.record_instance_checked(rules.engine, record, place_file)
+        return repo.record_instance_checked(
+            rules.engine, record, place_file, same_patient=lambda stored: stored == mine
+        )
     except SQLAlchemyError as exc:
         if placed:
             # Not acknowledged, not recorded: leave no orphan behind. (Under the UID's
@@ -542,6 +568,55 @@ def _refuse_different_content(
         sop_class_uid=record.sop_class_uid,
         study_instance_uid=record.study_instance_uid,
         instance_id=checked.instance_id,
+    )
+
+
+def _refuse_other_patient(
+    rules: Ingest, mismatch: repo.PatientMismatch, record: repo.InstanceRecord, source: Source
+) -> NoReturn:
+    """The study names another patient: record the visible event and refuse (raises).
+    Reasons and comments name attributes, never their values."""
+    stored = PatientIdentity.from_json(mismatch.stored_patient_identity)
+    received = PatientIdentity.from_json(record.patient_identity or {})
+    if not stored.same_key(received):
+        _refuse(
+            RefusalCode.INTERNAL_ERROR,
+            f"study_instance_uid={record.study_instance_uid}: its patient was recorded under "
+            "another patient key (CXR_PATIENT_KEY or CXR_DATA_DIR/patient-key differs "
+            "between the processes that ingest): not stored; give every process the same key",
+            "patient key differs between listeners: not stored",
+            sop_instance_uid=record.sop_instance_uid,
+            sop_class_uid=record.sop_class_uid,
+            study_instance_uid=record.study_instance_uid,
+        )
+    differing = received.differing(stored) or IDENTITY_KEYWORDS
+    try:
+        conflicts.record_conflict(
+            rules.engine,
+            conflicts.Conflict(
+                instance_id=None,
+                kind=ConflictKind.PATIENT,
+                study_id=mismatch.study_id,
+                differing=",".join(differing),
+                sop_instance_uid=record.sop_instance_uid,
+                received_study_instance_uid=record.study_instance_uid,
+                stored_content_sha256=None,
+                received_content_sha256=record.content_sha256 or "",
+                calling_ae_title=record.calling_ae_title,
+                peer_address=(source.peer_address or "")[:64] or None,
+            ),
+        )
+    except SQLAlchemyError as exc:
+        logger.error("could not record the patient conflict (%s)", type(exc).__name__)
+    _refuse(
+        RefusalCode.PATIENT_CONFLICT,
+        f"study_instance_uid={record.study_instance_uid} is stored for another patient "
+        f"({', '.join(differing)} differ from its first instance): not stored, conflict "
+        "recorded; correct the patient or the Study Instance UID at the source and resend",
+        "Study stored for another patient: not stored",
+        sop_instance_uid=record.sop_instance_uid,
+        sop_class_uid=record.sop_class_uid,
+        study_instance_uid=record.study_instance_uid,
     )
 
 

@@ -97,6 +97,13 @@ class RefusalCode(StrEnum):
     #: The SOP Instance UID is already stored with different content: the stored copy
     #: is kept, the conflict recorded, the new copy not stored.
     CONTENT_CONFLICT = "content_conflict"
+    #: The instance names a study already stored for another patient (Patient ID, Issuer
+    #: of Patient ID, name, birth date or sex differ from the study's first instance):
+    #: not stored, the conflict recorded for a person to resolve (``cxr_ingest.identity``).
+    PATIENT_CONFLICT = "patient_conflict"
+    #: The instance carries our result marker (Manufacturer + SeriesDescription) without
+    #: being ours by UID root and SOP class: refused, never silently acknowledged.
+    FOREIGN_RESULT_OBJECT = "foreign_result_object"
     #: Storage (staging folder or the volume) unavailable: nothing stored; retry later.
     STORAGE_UNAVAILABLE = "storage_unavailable"
     #: The database could not record the instance: nothing stored; retry later.

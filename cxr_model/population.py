@@ -18,7 +18,9 @@ outside the block makes the instance ``outside``; otherwise an unknown age makes
 films often omit ViewPosition; eligibility has already refused what is not a chest film).
 ``triage`` says whether the score may set priority; under ``enforce`` an outside instance is
 scored in shadow, and an unknown one follows ``CXR_UNKNOWN_AGE``. Reasons are for staff and
-name no patient data except the age itself.
+name no patient data except the age itself: View Position and Modality appear only as
+DICOM defined terms, anything else as "(non-standard value)" (a CS value may hold free
+text; reasons reach the worklist, logs and the SR sent to PACS).
 
 The image is checked too when the caller passes its distance from the training distribution
 (:class:`cxr_model.distribution.ImageDistance`, from the same forward pass as the score): an
@@ -51,6 +53,7 @@ from cxr_common.population import (
     age_band_range,
 )
 from cxr_imaging.age import Age, AgeSource, HeaderSource, derive_age
+from cxr_imaging.eligibility import KNOWN_MODALITIES, KNOWN_VIEW_POSITIONS, coded
 from cxr_model.contract import WEIGHTS_DIR, ModelContract, read_contract
 from cxr_model.distribution import ImageDistance
 from cxr_model.errors import ContractError
@@ -326,10 +329,10 @@ def assess_population(
         found.append(f"age {age.label}")
         validated.append(population.age_label)
     if fields.view is not None and fields.view not in population.views:
-        found.append(f"view {fields.view}")
+        found.append(f"view {coded(fields.view, KNOWN_VIEW_POSITIONS)}")
         validated.append(f"views {_slash(population.views, ('PA', 'AP'))}")
     if fields.modality is not None and fields.modality not in population.modalities:
-        found.append(f"modality {fields.modality}")
+        found.append(f"modality {coded(fields.modality, KNOWN_MODALITIES)}")
         validated.append(f"modalities {_slash(population.modalities, ('CR', 'DX'))}")
     if found:
         facts = f"{', '.join(found)}; model validated for {', '.join(validated)}"

@@ -25,9 +25,11 @@ Superseding (see :func:`result_uids`)
 
 Recognition
     :func:`is_our_uid` answers whether a UID lies under our root; :func:`is_our_dataset`
-    applies it to a received data set's SOP Instance and Series Instance UIDs, and, for a
-    PACS that re-assigns UIDs on import, also recognises our Manufacturer plus
-    SeriesDescription marker. A recognised object is never scored or re-sent.
+    says a received data set is ours only when its SOP Instance or Series Instance UID lies
+    under our root **and** its SOP class is one we create (:data:`OUR_SOP_CLASSES`). A
+    recognised object is never scored or re-sent. Our Manufacturer plus SeriesDescription
+    marker alone proves nothing (anyone can write it): :func:`carries_our_marker` lets the
+    listener refuse such an object with a status instead of taking it for ours.
 """
 
 from __future__ import annotations
@@ -41,15 +43,24 @@ from enum import StrEnum
 from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    ParametricMapStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
 
 from cxr_results.errors import UidRootError
 
 __all__ = [
     "MANUFACTURER",
     "MAX_ROOT_LENGTH",
+    "OUR_SOP_CLASSES",
     "SERIES_DESCRIPTION_PREFIX",
     "ObjectKind",
     "ResultUids",
+    "carries_our_marker",
     "derive_uid",
     "generate_uid_root",
     "is_our_dataset",
@@ -68,6 +79,19 @@ MAX_ROOT_LENGTH = 44
 MANUFACTURER = "cxr-triage"
 #: Every SeriesDescription we write starts with this.
 SERIES_DESCRIPTION_PREFIX = "cxr-triage"
+
+#: The SOP classes of the objects we create (and only these can be ours): the heatmap
+#: Secondary Capture and the result SR (Comprehensive SR; Comprehensive 3D SR and the
+#: Parametric Map are the IHE AI Results forms). Keep in step with :mod:`cxr_results.objects`.
+OUR_SOP_CLASSES: frozenset[str] = frozenset(
+    {
+        SecondaryCaptureImageStorage,
+        ComprehensiveSRStorage,
+        Comprehensive3DSRStorage,
+        ParametricMapStorage,
+        SegmentationStorage,
+    }
+)
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
@@ -191,10 +215,21 @@ def is_our_uid(uid: object, root: str) -> bool:
 
 
 def is_our_dataset(ds: Dataset, root: str) -> bool:
-    """True when ``ds`` is an object cxr-triage created (forwarded back to us by a PACS)."""
-    for keyword in ("SOPInstanceUID", "SeriesInstanceUID"):
-        if is_our_uid(ds.get(keyword), root):
-            return True
+    """True when ``ds`` is an object cxr-triage created (forwarded back to us by a PACS):
+    its SOP class is one of :data:`OUR_SOP_CLASSES` and its SOP Instance or Series
+    Instance UID lies under ``root``. Manufacturer and SeriesDescription are not looked at:
+    they can be spoofed."""
+    if str(ds.get("SOPClassUID", "") or "").strip() not in OUR_SOP_CLASSES:
+        return False
+    return any(
+        is_our_uid(ds.get(keyword), root) for keyword in ("SOPInstanceUID", "SeriesInstanceUID")
+    )
+
+
+def carries_our_marker(ds: Dataset) -> bool:
+    """True when ``ds`` says it was made by cxr-triage (our Manufacturer plus a
+    SeriesDescription starting with our prefix). Not proof that it is ours: see
+    :func:`is_our_dataset`."""
     manufacturer = str(ds.get("Manufacturer", "") or "").strip()
     description = str(ds.get("SeriesDescription", "") or "").strip()
     return manufacturer == MANUFACTURER and description.startswith(SERIES_DESCRIPTION_PREFIX)

@@ -219,8 +219,9 @@ class Hl7Sender:
         self.send_not_chest = send_not_chest
 
     def _result(self, inputs: ResultInputs) -> StudyResult:
-        uris = [inputs.best.storage_uri] if inputs.best is not None else []
-        uris += [i.storage_uri for i in inputs.instances]
+        # the study's first instance fixed its patient (cxr_ingest.identity): its header
+        # names the patient, as the DICOM result objects do
+        uris = [i.storage_uri for i in inputs.instances]
         header = next((h for h in map(_header, dict.fromkeys(uris)) if h is not None), None)
         if header is None:
             raise Hl7MessageError("no instance of the study has a readable header")

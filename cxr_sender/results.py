@@ -23,6 +23,9 @@ is sent and the study stays ``complete``), from our calling AE title, or by STOW
 DICOMweb base URL (``cxr_results.stow``, with ``CXR_RESULT_DICOMWEB_TOKEN`` or basic auth),
 each destination getting its selection (``[sc+sr+seg]``, default all; the SR references
 only what that destination gets): the same attempt records, idempotency and retries.
+Every object carries the study's patient, as the study's first instance names it (ingest
+refuses an instance of another patient: ``cxr_ingest.identity``), never a later
+instance's spelling of it.
 
 Idempotent per (study, result version, destination): under an advisory lock the task
 checks whether it was stored already, sends, and records the attempt (status codes, error)
@@ -43,6 +46,7 @@ Logs name UIDs and destinations, never patient data.
 
 from __future__ import annotations
 
+import copy
 import enum
 import io
 import logging
@@ -173,6 +177,28 @@ def _header(storage_uri: str, *, pixels: bool = False) -> Dataset:
         raise _CannotBuild(f"stored instance is not readable DICOM ({type(exc).__name__})") from exc
 
 
+#: The patient attributes every result object carries from the study's first instance
+#: (the one that fixed the study's patient, ``cxr_ingest.identity``).
+STUDY_PATIENT_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+)
+
+
+def _with_study_patient(source: Dataset, patient: Dataset) -> Dataset:
+    """``source`` with the study's patient (``patient``: the first instance's header): the
+    objects carry only the study's patient, written as its first instance wrote it."""
+    for keyword in STUDY_PATIENT_KEYWORDS:
+        if keyword in patient:
+            source[keyword] = copy.deepcopy(patient[keyword])
+        elif keyword in source:
+            del source[keyword]
+    return source
+
+
 def _reason(instances: Sequence[results_db.SeenInstance], status: InstanceStatus) -> str:
     reasons = dict.fromkeys(i.reason or "no reason given" for i in instances if i.status is status)
     return "; ".join(reasons)[:900]
@@ -218,6 +244,17 @@ class ResultsRuntime:
 
     # ------------------------------------------------------------------ objects
 
+    @staticmethod
+    def _study_patient(inputs: results_db.ResultInputs) -> Dataset | None:
+        """The header of the study's first instance (whose patient every later instance
+        had to match at ingest), or None when it cannot be read (the others match it)."""
+        for seen in inputs.instances[:1]:
+            try:
+                return _header(seen.storage_uri)
+            except _CannotBuild:
+                log.warning("study %s: first instance unreadable", inputs.study_instance_uid)
+        return None
+
     def _summary(
         self, scored: results_db.ScoredInstance, findings: dict[str, ModelFinding]
     ) -> ResultSummary:
@@ -243,6 +280,10 @@ class ResultsRuntime:
             else (scored.score_lower, scored.score_upper),
         )
 
+    @staticmethod
+    def _as_study_patient(header: Dataset, patient: Dataset | None) -> Dataset:
+        return header if patient is None else _with_study_patient(header, patient)
+
     def _build_scored(self, inputs: results_db.ResultInputs) -> _Scored:
         """The SC (at the radiograph's resolution), the heatmap Segmentation and what the
         SR needs, for a study with a scored instance."""
@@ -252,7 +293,8 @@ class ResultsRuntime:
             raise _CannotBuild("no scored instance")
         findings: dict[str, ModelFinding] = {}
         summary = self._summary(best, findings)
-        source = _header(best.storage_uri, pixels=True)
+        patient = self._study_patient(inputs)
+        source = self._as_study_patient(_header(best.storage_uri, pixels=True), patient)
         neutral = has_burned_in_annotation(source)
         pixels: npt.NDArray[np.generic] | None = None
         try:
@@ -286,7 +328,10 @@ class ResultsRuntime:
                 continue
             try:
                 others.append(
-                    AnalysedImage(_header(scored.storage_uri), self._summary(scored, findings))
+                    AnalysedImage(
+                        self._as_study_patient(_header(scored.storage_uri), patient),
+                        self._summary(scored, findings),
+                    )
                 )
             except _CannotBuild:
                 log.warning("scored instance %s left out of the SR", scored.sop_instance_uid)
@@ -330,7 +375,8 @@ class ResultsRuntime:
             inputs.instances,
             InstanceStatus.FAILED if failed else InstanceStatus.NOT_ELIGIBLE,
         )
-        headers = self._readable_headers(inputs)
+        patient = self._study_patient(inputs)
+        headers = [self._as_study_patient(h, patient) for h in self._readable_headers(inputs)]
         if not headers:
             raise _CannotBuild("no instance of the study has a readable header")
         sr = build_not_analysed_report(

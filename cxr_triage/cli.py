@@ -388,6 +388,55 @@ def _cmd_requeue(args: argparse.Namespace, settings: CommonSettings) -> int:
     return _run_with_services(settings, run)
 
 
+def _cmd_conflicts(args: argparse.Namespace, settings: CommonSettings) -> int:
+    """List the unresolved conflicts (instances refused: another patient in a known study,
+    or a known SOP Instance UID with other content), or mark one resolved. UIDs and
+    attribute names only, never patient data."""
+    from cxr_db import make_engine
+    from cxr_db.conflicts import store as conflicts
+
+    def run(s: CommonSettings) -> int:
+        engine = make_engine(s.database_url_value(), pool_size=1)
+        try:
+            if args.action == "resolve":
+                if not conflicts.resolve_conflict(engine, args.id, args.by):
+                    print(
+                        f"cxr-triage conflicts: no unresolved conflict {args.id}", file=sys.stderr
+                    )
+                    return 1
+                print(f"conflict {args.id} resolved by {args.by}")
+                return 0
+            found = conflicts.open_conflicts(engine, limit=1000)
+            for c in found:
+                print(
+                    f"{c.id}  {c.kind.value}  {c.received_at:%Y-%m-%d %H:%M}  "
+                    f"study={c.study_instance_uid}  sop={c.sop_instance_uid}  "
+                    f"differs={c.differing or 'content'}  from={c.calling_ae_title or '-'}"
+                )
+            if not found:
+                print("no unresolved conflict")
+            return 0
+        finally:
+            engine.dispose()
+
+    return _run_with_services(settings, run)
+
+
+def _add_conflicts_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "conflicts",
+        help="instances refused as conflicts (another patient in a study, changed content)",
+        description="List the unresolved conflicts (shown on the worklist and ops page), or "
+        "mark one resolved once the sender corrected it.",
+    )
+    actions = p.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="unresolved conflicts, newest first")
+    resolve = actions.add_parser("resolve", help="mark one conflict resolved")
+    resolve.add_argument("id", type=int, help="the conflict's ID (from list or the ops page)")
+    resolve.add_argument("--by", required=True, help="who resolved it (recorded)")
+    p.set_defaults(func=_cmd_conflicts, settings_class=CommonSettings)
+
+
 def _run_accounts(
     handler: Callable[[Any, argparse.Namespace], int],
     args: argparse.Namespace,
@@ -647,6 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.choices[name].set_defaults(settings_class=CommonSettings)
 
     _add_requeue_parser(sub)
+    _add_conflicts_parser(sub)
 
     from cxr_triage.send import add_send_arguments
 

@@ -76,6 +76,8 @@ STATUS_FOR_REFUSAL: dict[RefusalCode, StoreStatus] = {
     RefusalCode.HEADER_SIZE: StoreStatus.HEADER_SIZE,
     RefusalCode.INPUT_REFUSED: StoreStatus.CANNOT_UNDERSTAND,
     RefusalCode.CONTENT_CONFLICT: StoreStatus.DUPLICATE_SOP_INSTANCE,
+    RefusalCode.PATIENT_CONFLICT: StoreStatus.PATIENT_CONFLICT,
+    RefusalCode.FOREIGN_RESULT_OBJECT: StoreStatus.FOREIGN_RESULT_OBJECT,
     RefusalCode.STORAGE_UNAVAILABLE: StoreStatus.OUT_OF_RESOURCES_STORAGE,
     RefusalCode.DATABASE_UNAVAILABLE: StoreStatus.OUT_OF_RESOURCES_DATABASE,
     RefusalCode.INTERNAL_ERROR: StoreStatus.PROCESSING_FAILURE,
@@ -150,6 +152,7 @@ class StoreHandler:
         limits: DecodeLimits | None = None,
         loopback: LoopbackGuard | None = None,
         urgent_ae_titles: Collection[str] = (),
+        patient_key: bytes = b"",
     ) -> None:
         self.rules = Ingest(
             engine,
@@ -160,6 +163,7 @@ class StoreHandler:
             uid_root=loopback.uid_root if loopback is not None else None,
             stored_sop_classes=frozenset(accepted_sop_classes),
             urgent_ae_titles=frozenset(urgent_ae_titles),
+            patient_key=patient_key,
         )
 
     def __call__(self, event: Event) -> Dataset:

@@ -29,6 +29,7 @@ from cxr_common.metrics import MetricsServer
 from cxr_common.settings import ListenerSettings
 from cxr_common.storage import open_storage
 from cxr_imaging import decodable_transfer_syntaxes
+from cxr_ingest import load_or_create_patient_key
 from cxr_results import load_or_create_uid_root
 from dicom_listener import metrics as listener_metrics
 from dicom_listener.boundary import (
@@ -128,6 +129,9 @@ def start_listener(
         settings.queue_name,
         limits=settings.decode_limits(),
         loopback=LoopbackGuard(uid_root),
+        patient_key=load_or_create_patient_key(
+            settings.patient_key_file, settings.patient_key_value()
+        ),
         urgent_ae_titles=settings.urgent_calling_ae_titles,
     )
     ae = build_ae(settings)

@@ -52,6 +52,13 @@ class StoreStatus(IntEnum):
     INFLATED_SIZE = 0xC222
     #: More than ``CXR_MAX_HEADER_BYTES`` before Pixel Data.
     HEADER_SIZE = 0xC223
+    #: The instance's patient (Patient ID, Issuer of Patient ID, name, birth date, sex)
+    #: differs from the patient its study was first stored for: not stored, the conflict
+    #: recorded and shown (worklist, ops page) for a person to resolve.
+    PATIENT_CONFLICT = 0xC230
+    #: The instance carries cxr-triage's result marker (Manufacturer + SeriesDescription)
+    #: but is not one of our objects (not under our UID root, or not a class we create).
+    FOREIGN_RESULT_OBJECT = 0xC231
     #: The SOP class is not one the listener stores (e.g. MR): normally refused at
     #: association negotiation already; this is the answer if one gets through.
     SOP_CLASS_NOT_SUPPORTED = 0x0122

@@ -44,7 +44,7 @@ from cxr_common.errors import CxrTriageError, InstanceMissingError, StorageError
 from cxr_common.population import PopulationPolicy, UnknownAge
 from cxr_common.storage import read_instance
 from cxr_db.instances import writes as repo
-from cxr_imaging import ImagingError, check_eligibility, decode_dataset
+from cxr_imaging import ImagingError, NotAnImageError, check_eligibility, decode_dataset
 from cxr_imaging.limits import (
     DecodeLimits,
     InputRefusedError,
@@ -55,7 +55,7 @@ from cxr_queue import ScoreJob
 from worker.batching import Batcher, BatchInfo
 from worker.leases import LeaseKeeper, Progress
 from worker.metrics import timed_batch
-from worker.outcomes import JobOutcome, Outcome
+from worker.outcomes import FailureCode, JobOutcome, Outcome, failure_reason
 from worker.registry import ScoreItem, ServedModels, SetResult, prepare, score_items
 
 if TYPE_CHECKING:
@@ -223,10 +223,10 @@ class ScoringRuntime:
             ds = read_checked_dataset(data, limits)  # sizes checked before any decode
         except InputRefusedError as exc:
             return self._fail(job, exc.reason)
+        except NotAnImageError as exc:
+            return self._fail(job, failure_reason(FailureCode.NO_IMAGE, exc))
         except ImagingError as exc:
-            return self._fail(
-                job, f"unreadable DICOM ({exc}); resend the study, and read it without a score"
-            )
+            return self._fail(job, failure_reason(FailureCode.UNREADABLE_DICOM, exc))
         eligibility = check_eligibility(ds)
         if not eligibility.eligible:
             reason = eligibility.reason or "not a chest radiograph"
@@ -243,12 +243,10 @@ class ScoringRuntime:
             item = prepare(models, image.pixels)
         except InputRefusedError as exc:
             return self._fail(job, exc.reason)
+        except NotAnImageError as exc:
+            return self._fail(job, failure_reason(FailureCode.NO_IMAGE, exc))
         except ImagingError as exc:
-            return self._fail(
-                job,
-                f"pixel data could not be decoded ({exc}): ask the modality to resend the "
-                "study, and read the image without a score",
-            )
+            return self._fail(job, failure_reason(FailureCode.UNDECODABLE_PIXELS, exc))
         decode_ms = (time.perf_counter() - t0) * 1000
         # Decoded without killing the process: this claim no longer counts against the
         # file (a crash from here on is not this file's doing).

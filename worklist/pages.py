@@ -29,6 +29,7 @@ from cxr_db.accounts.store import TokenInfo, UserInfo
 from cxr_db.accounts.tables import Role
 from cxr_db.audit.store import AuditRecord
 from cxr_db.audit.tables import AuditAction
+from cxr_db.conflicts.store import OpenConflict
 from cxr_db.escalations.store import OpenEscalation
 from cxr_db.reading.stats import WindowStats
 from cxr_db.reading.store import AnswerRecord
@@ -160,6 +161,12 @@ def drift_banner(alerts: Sequence[str], threshold: float) -> Markup:
     return _macro("drift_banner", alerts, threshold)
 
 
+def conflicts_banner(conflicts: Sequence[OpenConflict]) -> Markup:
+    """Unresolved patient conflicts above the worklist (``cxr_db.conflicts``): instances
+    refused because their study is stored for another patient; empty when none."""
+    return _macro("conflicts_banner", conflicts)
+
+
 def worklist_page(w: WorklistView, nav: Nav | None = None) -> str:
     return render("worklist.html", nav, w=w)
 
@@ -234,8 +241,10 @@ def ops_page(
     escalations: Sequence[OpenEscalation] | None = (),
     read_stats: Sequence[WindowStats] | None = None,
     read_header: Sequence[str] = (),
+    conflicts: Sequence[OpenConflict] | None = (),
 ) -> str:
-    """Health checks, time to read, then the open escalations (None: could not be read)."""
+    """Health checks, time to read, the open escalations, then the unresolved conflicts
+    (None: could not be read)."""
     return render(
         "ops.html",
         nav,
@@ -243,6 +252,7 @@ def ops_page(
         escalations=escalations,
         read_stats=read_stats,
         read_header=read_header,
+        conflicts=conflicts,
     )
 
 

@@ -13,7 +13,7 @@ from cxr_common.lifecycle import stop_on_signals
 from cxr_common.settings import WebSettings
 from cxr_common.storage import open_storage
 from cxr_db import make_engine
-from cxr_ingest import Ingest
+from cxr_ingest import Ingest, load_or_create_patient_key
 from cxr_results import load_or_create_uid_root
 from worklist.app import create_app
 from worklist.config import WebConfig
@@ -47,6 +47,9 @@ def stow_rules(settings: WebSettings, engine: Engine) -> Ingest | None:
         settings.queue_name,
         limits=settings.decode_limits(),
         uid_root=load_or_create_uid_root(settings.uid_root_file, settings.uid_root),
+        patient_key=load_or_create_patient_key(
+            settings.patient_key_file, settings.patient_key_value()
+        ),
     )
 
 

@@ -54,6 +54,9 @@ class Study(Base):
     )
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     results_enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The study's patient, fixed by its first instance (revision 0016): keyed hashes of
+    #: the identifying attributes, no values (``cxr_ingest.identity``); NULL before.
+    patient_identity: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
 class Instance(Base):

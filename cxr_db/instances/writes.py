@@ -21,7 +21,18 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Connection, Engine, and_, func, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    func,
+    null,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 
 from cxr_db.instances.statuses import FINAL_STATUSES, PENDING_STATUSES, InstanceStatus
@@ -53,6 +64,9 @@ class InstanceRecord:
     patient_context: dict[str, Any] | None = None
     #: The scoring lane (``cxr_queue.lanes.Lane`` value): ``urgent`` or ``normal``.
     lane: str = "normal"
+    #: Keyed hashes of the patient's identifying attributes (``cxr_ingest.identity``, no
+    #: values): the study's patient when this instance is its first; None: not checked.
+    patient_identity: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,23 +112,36 @@ def record_instance(engine: Engine, rec: InstanceRecord) -> RecordResult:
         return _insert_instance(conn, rec)
 
 
-def _insert_instance(conn: Connection, rec: InstanceRecord) -> RecordResult:
-    study_stmt = (
-        insert(Study)
-        .values(
-            study_instance_uid=rec.study_instance_uid,
-            accession_number=rec.accession_number,
-        )
-        .on_conflict_do_update(
+def _upsert_study(conn: Connection, rec: InstanceRecord) -> tuple[int, dict[str, Any] | None]:
+    """Insert the study (if new); return its id and its patient identity. The first
+    instance's ``patient_identity`` fixes the study's (a study without one takes it); a
+    concurrent first instance of the same study waits on the row here, then sees it."""
+    stmt = insert(Study).values(
+        study_instance_uid=rec.study_instance_uid,
+        accession_number=rec.accession_number,
+        # SQL NULL, not JSON null: a study without an identity is claimed by the next one
+        patient_identity=null() if rec.patient_identity is None else rec.patient_identity,
+    )
+    row = conn.execute(
+        stmt.on_conflict_do_update(
             index_elements=[Study.study_instance_uid],
             set_={
                 "accession_number": func.coalesce(Study.accession_number, rec.accession_number),
+                "patient_identity": func.coalesce(
+                    Study.patient_identity, stmt.excluded.patient_identity
+                ),
                 "updated_at": func.now(),
             },
-        )
-        .returning(Study.id)
-    )
-    study_id = conn.execute(study_stmt).scalar_one()
+        ).returning(Study.id, Study.patient_identity)
+    ).one()
+    return int(row.id), row.patient_identity
+
+
+def _insert_instance(
+    conn: Connection, rec: InstanceRecord, study_id: int | None = None
+) -> RecordResult:
+    if study_id is None:
+        study_id, _ = _upsert_study(conn, rec)
     inst_stmt = (
         insert(Instance)
         .values(
@@ -710,9 +737,29 @@ class CheckedRecord:
     stored_uri: str
 
 
+@dataclass(frozen=True)
+class PatientMismatch:
+    """:func:`record_instance_checked` found the study recorded for another patient:
+    nothing was written (the transaction rolled back, ``place_file`` never ran)."""
+
+    study_id: int
+    stored_patient_identity: dict[str, Any]
+
+
+class _Mismatch(Exception):
+    """Internal: roll the transaction back, report :class:`PatientMismatch`."""
+
+    def __init__(self, mismatch: PatientMismatch) -> None:
+        super().__init__("patient mismatch")
+        self.mismatch = mismatch
+
+
 def record_instance_checked(
-    engine: Engine, rec: InstanceRecord, place_file: Callable[[], None]
-) -> CheckedRecord:
+    engine: Engine,
+    rec: InstanceRecord,
+    place_file: Callable[[], None],
+    same_patient: Callable[[dict[str, Any]], bool] | None = None,
+) -> CheckedRecord | PatientMismatch:
     """Record ``rec`` unless its SOP Instance UID is already recorded; compare contents.
 
     One transaction under a transaction-scoped advisory lock on the SOP Instance UID, so
@@ -721,7 +768,25 @@ def record_instance_checked(
     later one finds the row and gets SAME, DIFFERENT or UNKNOWN without writing anything
     (no file replaced, no study row created). ``place_file`` raising, or the commit
     failing, rolls the rows back; the caller removes a placed file then.
+
+    A new SOP Instance UID first claims its study row (``INSERT … ON CONFLICT``: the
+    study's first instance fixes ``patient_identity``; concurrent first instances of one
+    study are serialised on that row). When the study already names a patient and
+    ``same_patient(stored)`` is False, nothing is written and :class:`PatientMismatch`
+    is returned, before ``place_file`` runs.
     """
+    try:
+        return _record_checked(engine, rec, place_file, same_patient)
+    except _Mismatch as mismatch:
+        return mismatch.mismatch
+
+
+def _record_checked(
+    engine: Engine,
+    rec: InstanceRecord,
+    place_file: Callable[[], None],
+    same_patient: Callable[[dict[str, Any]], bool] | None,
+) -> CheckedRecord:
     with engine.begin() as conn:
         conn.execute(
             select(func.pg_advisory_xact_lock(func.hashtextextended(rec.sop_instance_uid, 0)))
@@ -738,8 +803,11 @@ def record_instance_checked(
             .where(Instance.sop_instance_uid == rec.sop_instance_uid)
         ).one_or_none()
         if row is None:
+            study_id, stored = _upsert_study(conn, rec)
+            if stored is not None and same_patient is not None and not same_patient(stored):
+                raise _Mismatch(PatientMismatch(study_id, stored))
             place_file()
-            created = _insert_instance(conn, rec)
+            created = _insert_instance(conn, rec, study_id)
             return CheckedRecord(
                 ContentMatch.NEW,
                 created.instance_id,

@@ -130,6 +130,11 @@ def test_undecodable_pixels_end_as_a_visible_failed_study(
     assert status is InstanceStatus.FAILED
     assert reason is not None
     assert "decode" in reason
+    # coded: fixed text and the error's class, never the decoder's own message (issue 20)
+    assert reason == (
+        "pixel data could not be decoded: ask the modality to resend the study, and read "
+        "the image without a score (UndecodableError)"
+    )
     assert wl["GOOD0001"].status is InstanceStatus.DONE
 
 

@@ -487,12 +487,13 @@ def test_our_own_listener_as_destination_causes_no_loop(
     assert instance_reads.instance_statuses(engine) == {str(chest.SOPInstanceUID): "done"}
 
 
-def test_forwarded_objects_with_new_uids_are_recognised_and_foreign_srs_refused(
+def test_objects_with_our_marker_but_new_uids_are_refused_never_silently_acknowledged(
     services: Services, engine: Engine, results_listener: ListenerHandle
 ) -> None:
-    """A PACS that re-assigns UIDs on import: our Manufacturer + SeriesDescription marker
-    still says it is ours (Success, nothing recorded). An SR that is not ours is refused as
-    any class we do not store."""
+    """A PACS that re-assigns UIDs on import (or anyone writing our Manufacturer +
+    SeriesDescription marker): the marker proves nothing, so the image is refused with a
+    status (0xC231), never acknowledged and dropped; an SR that is not ours by UID root is
+    refused as any class we do not store. Nothing is recorded either way."""
     from pydicom.uid import generate_uid
 
     from cxr_results import (
@@ -518,6 +519,10 @@ def test_forwarded_objects_with_new_uids_are_recognised_and_foreign_srs_refused(
     sr.SeriesInstanceUID = generate_uid()
     listener = Destination("CXR_TRIAGE", "127.0.0.1", results_listener.port)
     outcomes = send_objects(listener, [sc, sr, foreign])
-    assert [(o.stored, o.status) for o in outcomes] == [(True, 0), (True, 0), (False, 0x0122)]
+    assert [(o.stored, o.status) for o in outcomes] == [
+        (False, 0xC231),
+        (False, 0x0122),
+        (False, 0x0122),
+    ]
     assert instance_reads.instance_statuses(engine) == {}
     assert not (services.data_dir / "instances" / str(source.StudyInstanceUID)).exists()

@@ -20,9 +20,11 @@ import pytest
 from celery import Celery
 from pydicom.uid import (
     ComprehensiveSRStorage,
+    ComputedRadiographyImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     MRImageStorage,
+    SecondaryCaptureImageStorage,
     generate_uid,
 )
 from sqlalchemy import Engine, create_engine
@@ -159,7 +161,9 @@ def test_our_own_object_is_acknowledged_by_its_announced_uid_without_a_read(
     tmp_path: Path, unreachable_engine: Engine
 ) -> None:
     rules = _rules(tmp_path, unreachable_engine)
-    ds = make_dataset(sop_uid=generate_uid(prefix=ROOT + "."))
+    ds = make_dataset(
+        sop_class=SecondaryCaptureImageStorage, sop_uid=generate_uid(prefix=ROOT + ".")
+    )
     path = write(ds, tmp_path / "ours.dcm")
     before = parse_count()
     outcome = _run(rules, path, _dicom(path))
@@ -167,6 +171,39 @@ def test_our_own_object_is_acknowledged_by_its_announced_uid_without_a_read(
     assert outcome.success
     assert outcome.instance_id is None
     assert parse_count() == before
+
+
+@pytest.mark.parametrize("announce", [True, False], ids=["c-store", "stow"])
+def test_an_image_under_our_uid_root_but_of_a_class_we_never_create_is_not_ours(
+    tmp_path: Path, unreachable_engine: Engine, announce: bool
+) -> None:
+    """The loop guard recognises our objects by UID root *and* SOP class: a CR whose UIDs
+    happen to (or are made to) lie under our root is ingested like any image (here it
+    reaches the database, which is down), never acknowledged and dropped."""
+    rules = _rules(tmp_path, unreachable_engine)
+    ds = make_dataset(sop_uid=generate_uid(prefix=ROOT + "."))
+    ds.SeriesInstanceUID = generate_uid(prefix=ROOT + ".")
+    path = write(ds, tmp_path / "cr-under-our-root.dcm")
+    outcome = _run(rules, path, _dicom(path, announce=announce))
+    assert _refusal(outcome) is RefusalCode.DATABASE_UNAVAILABLE
+
+
+@pytest.mark.parametrize("announce", [True, False], ids=["c-store", "stow"])
+def test_an_image_with_our_marker_but_not_our_uid_root_is_refused_not_acknowledged(
+    tmp_path: Path, unreachable_engine: Engine, announce: bool
+) -> None:
+    """Manufacturer and SeriesDescription "cxr-triage" used to be enough to be silently
+    dropped with a success status (issue 20): now a failure status says why."""
+    rules = _rules(tmp_path, unreachable_engine)
+    for sop_class in (SecondaryCaptureImageStorage, ComputedRadiographyImageStorage):
+        ds = make_dataset(sop_class=sop_class)
+        ds.Manufacturer = "cxr-triage"
+        ds.SeriesDescription = "cxr-triage heatmap cxr-pneumonia 1.0.0"
+        path = write(ds, tmp_path / "spoof.dcm")
+        outcome = _run(rules, path, _dicom(path, announce=announce))
+        assert _refusal(outcome) is RefusalCode.FOREIGN_RESULT_OBJECT
+        assert not outcome.success
+        assert outcome.comment == "cxr-triage result marker without our UID root: not stored"
 
 
 def test_our_own_sr_is_recognised_from_its_header_in_the_one_parse(

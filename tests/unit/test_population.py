@@ -205,6 +205,21 @@ def test_reasons_carry_no_patient_data(population: Population) -> None:
         assert secret not in a.reason
 
 
+@INVALID_VALUES
+def test_view_and_modality_are_shown_only_as_defined_terms(population: Population) -> None:
+    """A View Position or Modality holding free text (a name typed at the console) is
+    never echoed into the reason (issue 20): it reads "(non-standard value)"."""
+    a = assess_population(_ds(view="DOE JANE", modality="MRN 123"), population)
+    assert a.population is PopulationStatus.OUTSIDE
+    assert "view (non-standard value)" in a.reason
+    assert "modality (non-standard value)" in a.reason
+    for secret in ("DOE", "JANE", "MRN", "123"):
+        assert secret not in a.reason
+    coded = assess_population(_ds(view="LL", modality="OT"), population)
+    assert "view LL" in coded.reason
+    assert "modality OT" in coded.reason
+
+
 def test_fields_and_mappings_give_the_same_answer(population: Population) -> None:
     from_map = assess_population({"PatientAge": "004Y", "ViewPosition": "PA"}, population)
     from_fields = assess_population(

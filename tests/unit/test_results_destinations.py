@@ -172,20 +172,35 @@ def test_is_our_uid_does_not_match_a_sibling_root() -> None:
     assert not is_our_uid(None, ROOT)
 
 
-def test_is_our_dataset_by_uid_or_by_our_marker() -> None:
+def test_is_our_dataset_by_uid_root_and_our_sop_classes_only() -> None:
+    from pydicom.uid import (
+        ComprehensiveSRStorage,
+        ComputedRadiographyImageStorage,
+        SecondaryCaptureImageStorage,
+    )
+
+    from cxr_results.uids import carries_our_marker
+
     ds = Dataset()
+    ds.SOPClassUID = SecondaryCaptureImageStorage
     ds.SOPInstanceUID = "1.2.3.4"
     ds.SeriesInstanceUID = "1.2.3"
     assert not is_our_dataset(ds, ROOT)
     ds.SeriesInstanceUID = result_uids(ROOT, "1.2", 1).sc_series_instance_uid
     assert is_our_dataset(ds, ROOT)
-    renamed = Dataset()  # a PACS that re-assigned every UID on import
+    ds.SOPClassUID = ComprehensiveSRStorage
+    assert is_our_dataset(ds, ROOT)
+    ds.SOPClassUID = ComputedRadiographyImageStorage  # a class we never create
+    assert not is_our_dataset(ds, ROOT)
+    renamed = Dataset()  # our marker alone (a spoof, or a PACS that re-assigned the UIDs)
+    renamed.SOPClassUID = SecondaryCaptureImageStorage
     renamed.SOPInstanceUID = "1.2.3.4"
     renamed.Manufacturer = "cxr-triage"
     renamed.SeriesDescription = "cxr-triage heatmap cxr-pneumonia 1.0.0"
-    assert is_our_dataset(renamed, ROOT)
-    renamed.Manufacturer = "Other Vendor"
     assert not is_our_dataset(renamed, ROOT)
+    assert carries_our_marker(renamed)
+    renamed.Manufacturer = "Other Vendor"
+    assert not carries_our_marker(renamed)
 
 
 def test_default_root_is_created_once_and_kept(tmp_path: Path) -> None:

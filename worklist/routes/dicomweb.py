@@ -84,6 +84,10 @@ class FailureReason(IntEnum):
     DECLARED_SIZE = STATUS_DECLARED_SIZE
     INFLATED_SIZE = STATUS_INFLATED_SIZE
     HEADER_SIZE = STATUS_HEADER_SIZE
+    #: The study holds another patient's instances (the listener's 0xC230).
+    PATIENT_CONFLICT = 0xC230
+    #: Carries our result marker without being ours (the listener's 0xC231).
+    FOREIGN_RESULT_OBJECT = 0xC231
 
 
 #: The FailureReason answering each refusal (every :class:`RefusalCode` has one: a test).
@@ -101,6 +105,8 @@ FAILURE_REASON_FOR_REFUSAL: dict[RefusalCode, FailureReason] = {
     RefusalCode.HEADER_SIZE: FailureReason.HEADER_SIZE,
     RefusalCode.INPUT_REFUSED: FailureReason.CANNOT_UNDERSTAND,
     RefusalCode.CONTENT_CONFLICT: FailureReason.DUPLICATE_SOP_INSTANCE,
+    RefusalCode.PATIENT_CONFLICT: FailureReason.PATIENT_CONFLICT,
+    RefusalCode.FOREIGN_RESULT_OBJECT: FailureReason.FOREIGN_RESULT_OBJECT,
     RefusalCode.STORAGE_UNAVAILABLE: FailureReason.OUT_OF_RESOURCES,
     RefusalCode.DATABASE_UNAVAILABLE: FailureReason.OUT_OF_RESOURCES,
     RefusalCode.INTERNAL_ERROR: FailureReason.PROCESSING_FAILURE,

@@ -1,5 +1,6 @@
 """For operations (role ops): ``GET /readyz`` (JSON) and ``GET /ops`` (the same as a
-page, with the open escalations and their webhook deliveries).
+page, with the open escalations and their webhook deliveries, and the unresolved
+conflicts).
 Ready means healthy (database, broker) and the model files a worker would load verify
 (``worklist.health``). The page also shows time to read and time to score
 (``cxr_db.reading.stats``). ``/metrics`` is ``worklist.metrics_route``."""
@@ -13,6 +14,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
+from cxr_db.conflicts import store as conflicts
 from cxr_db.escalations import store as escalations
 from cxr_db.reading import stats
 from worklist import pages
@@ -52,6 +54,15 @@ def _open_escalations(state: WebState) -> list[escalations.OpenEscalation] | Non
         return None
 
 
+def _open_conflicts(state: WebState) -> list[conflicts.OpenConflict] | None:
+    """The unresolved conflicts (both kinds), or None when the database cannot say."""
+    try:
+        return conflicts.open_conflicts(state.engine)
+    except SQLAlchemyError as exc:
+        logger.warning("open conflicts unavailable (%s)", type(exc).__name__)
+        return None
+
+
 @router.get("/ops", response_class=HTMLResponse)
 def ops_page(principal: Ops, state: State) -> Response:
     ok, body = readiness(state)
@@ -62,6 +73,11 @@ def ops_page(principal: Ops, state: State) -> Response:
         logger.warning("ops page: time to read could not be read (%s)", type(exc).__name__)
         windows = None
     page = pages.ops_page(
-        flat, nav(principal), _open_escalations(state), windows, stats.TABLE_HEADER
+        flat,
+        nav(principal),
+        _open_escalations(state),
+        windows,
+        stats.TABLE_HEADER,
+        _open_conflicts(state),
     )
     return html(page, 200 if ok else 503)

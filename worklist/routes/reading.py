@@ -68,6 +68,19 @@ def _drift_banner(engine: Engine) -> Markup:
     return pages.drift_banner(alerts, PSI_WARN)
 
 
+def _conflicts_banner(engine: Engine) -> Markup:
+    """Unresolved patient conflicts for the worklist page; never stops the page."""
+    from cxr_db.conflicts import store as conflicts
+    from cxr_db.conflicts.tables import ConflictKind
+
+    try:
+        found = conflicts.open_conflicts(engine, kinds=(ConflictKind.PATIENT,), limit=20)
+    except SQLAlchemyError as exc:
+        logger.warning("patient conflicts could not be read (%s)", type(exc).__name__)
+        return Markup("")
+    return pages.conflicts_banner(found)
+
+
 def next_unread(engine: Engine, skip: str | None = None) -> str | None:
     """The study a reader should open next: the first in worklist order (flagged first,
     then unscored, then by score; ``cxr_db.worklist.reads``) that is unread, not held by
@@ -162,7 +175,7 @@ def worklist_page(
         else None,
         first_href="/?" + urlencode(base) if after else None,
         notice=notice,
-        banner=_drift_banner(engine),
+        banner=_conflicts_banner(engine) + _drift_banner(engine),
         refresh_s=cfg.refresh_s,
     )
     return html(pages.worklist_page(w, nav(principal)))
