@@ -70,12 +70,14 @@ def is_api(path: str) -> bool:
 
 
 class AuthError(Exception):
-    """Refused: 401 (no or bad credentials) or 403 (wrong role, bad CSRF token)."""
+    """Refused: 401 (no or bad credentials) or 403 (wrong role, bad CSRF token). ``kind``
+    names the refusal in its audit row (``worklist.refusals``)."""
 
-    def __init__(self, status_code: int, message: str) -> None:
+    def __init__(self, status_code: int, message: str, kind: str | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
+        self.kind = kind or ("unauthenticated" if status_code == 401 else "forbidden")
 
 
 class FormError(Exception):
@@ -111,6 +113,8 @@ class Principal:
 
 
 def client_addr(request: Request) -> str | None:
+    """The client's address: the peer's, or the one a trusted proxy forwarded
+    (``CXR_WEB_TRUSTED_PROXIES``; ``worklist.app`` rewrites the peer before routing)."""
     return request.client.host if request.client else None
 
 
@@ -198,7 +202,9 @@ def check_csrf(principal: Principal, submitted: str | None) -> None:
     if principal.session_secret is None:
         return  # bearer token: not sent by a browser on its own
     if not accounts.csrf_matches(principal.session_secret, submitted):
-        raise AuthError(403, "missing or invalid CSRF token: reload the page and try again")
+        raise AuthError(
+            403, "missing or invalid CSRF token: reload the page and try again", kind="csrf"
+        )
 
 
 async def read_form(request: Request) -> dict[str, str]:

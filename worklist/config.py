@@ -40,6 +40,11 @@ class WebConfig:
     metrics_token: SecretStr | None = None  # a Prometheus scrape token, besides the ops role
     limits: DecodeLimits = field(default_factory=DecodeLimits)  # of the radiographs shown
     refresh_s: float = 30.0  # the worklist page refreshes itself this often (not activity)
+    sign_in_attempts_per_addr: int = 20  # failed sign-ins per client address per window
+    sign_in_window_s: float = 300.0
+    trusted_proxies: tuple[str, ...] = ()  # addresses/CIDRs whose X-Forwarded-* we believe
+    hsts_max_age_s: int = 31536000  # Strict-Transport-Security over TLS; 0: not sent
+    refused_audit_every_s: float = 60.0  # one audit row per (client, kind) this often
 
     @classmethod
     def from_settings(cls, settings: WebSettings) -> WebConfig:
@@ -50,6 +55,7 @@ class WebConfig:
                 idle_timeout=timedelta(seconds=settings.web_idle_timeout_s),
                 absolute_timeout=timedelta(seconds=settings.web_session_max_s),
             ),
+            passwords=Passwords(max_concurrent=settings.web_max_concurrent_hashes),
             claim_timeout=timedelta(seconds=settings.web_claim_timeout_s),
             page_size=settings.web_page_size,
             cookie_secure=settings.web_cookie_secure,
@@ -63,6 +69,11 @@ class WebConfig:
             metrics_token=settings.metrics_token,
             limits=settings.decode_limits(),
             refresh_s=float(settings.web_refresh_s),
+            sign_in_attempts_per_addr=settings.web_sign_in_attempts_per_addr,
+            sign_in_window_s=float(settings.web_sign_in_window_s),
+            trusted_proxies=tuple(settings.web_trusted_proxies),
+            hsts_max_age_s=settings.web_hsts_max_age_s,
+            refused_audit_every_s=float(settings.web_refused_audit_every_s),
         )
 
     @property

@@ -21,15 +21,19 @@ from cxr_db.accounts.tables import Role
 from worklist.auth import ADMINS, OPS, READERS, AuthError, Principal, authenticate, read_form
 from worklist.config import WebConfig
 from worklist.radiograph import RadiographCache
+from worklist.throttle import AttemptThrottle, RefusalLog
 
 
 @dataclass(frozen=True)
 class WebState:
-    """What every request may use: the database, the configuration, the radiograph cache."""
+    """What every request may use: the database, the configuration, the radiograph cache,
+    the per-address sign-in throttle and the refused requests' audit limiter."""
 
     engine: Engine
     config: WebConfig
     radiographs: RadiographCache
+    throttle: AttemptThrottle
+    refusals: RefusalLog
 
 
 def web_state(request: Request) -> WebState:

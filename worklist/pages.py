@@ -126,6 +126,22 @@ def sign_in_page(csrf_token: str, next_path: str, message: str | None = None) ->
     return render("sign_in.html", csrf_token=csrf_token, next_path=next_path, message=message)
 
 
+def password_page(
+    csrf_token: str, nav: Nav | None = None, message: str | None = None, ok: bool = False
+) -> str:
+    """The signed-in user's password change form (``/account/password``)."""
+    from cxr_common.passwords import MIN_PASSWORD_LENGTH
+
+    return render(
+        "password.html",
+        nav,
+        csrf_token=csrf_token,
+        message=message,
+        ok=ok,
+        min_length=MIN_PASSWORD_LENGTH,
+    )
+
+
 # ---------------------------------------------------------------------------- worklist
 
 

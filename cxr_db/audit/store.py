@@ -139,6 +139,29 @@ def append(conn: Connection, event: AuditEvent) -> int:
     return int(conn.execute(stmt).scalar_one())
 
 
+def worklist_view(
+    actor: Actor,
+    source: str,
+    view: str,
+    entries: int,
+    searched: bool,
+    *,
+    background: bool = False,
+) -> AuditEvent:
+    """A look at the worklist (``source``: page, api or cli): which view, how many studies
+    it listed, whether it was searched (never the search text: it may hold anything), and
+    whether it was the open page refreshing itself (``background``)."""
+    detail: dict[str, Scalar] = {
+        "source": source,
+        "view": view,
+        "entries": entries,
+        "searched": searched,
+    }
+    if background:
+        detail["background"] = True
+    return AuditEvent(AuditAction.WORKLIST_VIEW, actor, None, detail)
+
+
 def record(engine: Engine, event: AuditEvent) -> int:
     """Write one audit row in its own transaction (events that change nothing else)."""
     with engine.begin() as conn:
