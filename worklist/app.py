@@ -13,10 +13,12 @@ checked):
 - ``GET /static/reading.js`` (none): shortcuts, the worklist's own refresh, answer drafts.
 - ``GET /`` (radiologist; others are sent to their home page): the worklist,
   ``?view=unread|read|all&q=&after=`` (unread by default, priority first, paged).
-- ``GET /studies/{study_instance_uid}`` (radiologist): claims the study (``in_progress``)
-  and shows it: patient context, score against threshold, radiograph and heatmap, answer
-  form. ``POST …/answer`` (CSRF) opens the next unread study (``?saved=UID``), or the
+- ``GET /studies/{study_instance_uid}`` (radiologist): shows the study: patient context,
+  score against threshold, radiograph and heatmap, answer form; it claims nothing.
+  ``POST …/claim`` (CSRF; the page's script sends it) claims it (``in_progress``).
+  ``POST …/answer`` (CSRF) opens the next unread study (``?saved=UID``), or the
   worklist when none is left; ``POST …/release`` (CSRF).
+- ``GET|POST /account/password`` (any signed-in user, CSRF): change one's password.
 - ``GET /next-unread?skip=UID`` (radiologist): the next unread study in worklist order.
 - ``GET /images/{sop_instance_uid}.png``, ``GET /heatmaps/{sop_instance_uid}.png``
   (radiologist): the radiograph and the heatmap; each fetch is audited.

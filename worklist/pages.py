@@ -27,7 +27,7 @@ from markupsafe import Markup
 from cxr_common.clinical import DISCLAIMER
 from cxr_db.accounts.store import TokenInfo, UserInfo
 from cxr_db.accounts.tables import Role
-from cxr_db.audit.store import AuditRecord
+from cxr_db.audit.store import AuditRecord, RefusalSummary
 from cxr_db.audit.tables import AuditAction
 from cxr_db.escalations.store import OpenEscalation
 from cxr_db.reading.stats import WindowStats
@@ -224,6 +224,7 @@ class AuditView:
     filters: dict[str, str]
     next_href: str | None
     total: int
+    refusals: Sequence[RefusalSummary] = ()  # the last 24 hours' refused requests
 
 
 def audit_page(a: AuditView, nav: Nav | None = None) -> str:

@@ -497,7 +497,9 @@ def test_refused_requests_are_audited_rate_limited(db: Engine) -> None:
         with _signed_in(url, "root") as admin:
             page = admin.get("/admin/audit", params={"action": "request_refused"})
             assert page.status_code == 200
-            assert "127.0.0.9" in page.text
+            summary = page.text[page.text.index('id="refusals"') :]
+            assert "<td>127.0.0.9</td><td>unauthenticated</td>" in summary
+            assert "<td>127.0.0.9</td><td>host</td>" in summary
     refused = [e for e in audit_after(db, mark) if e.action == "request_refused"]
     got = [(e.client_addr, e.actor, e.detail["kind"], e.detail["status"]) for e in refused]
     assert got == [
