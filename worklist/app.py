@@ -63,7 +63,7 @@ from worklist.radiograph import RadiographCache
 from worklist.refusals import record_refusal
 from worklist.responses import html_error, json_error
 from worklist.routes import account, admin, api, ops, public, reading, session
-from worklist.throttle import AttemptThrottle, RefusalLog
+from worklist.throttle import AttemptThrottle, NameLocks, RefusalLog
 
 access_log = logging.getLogger("worklist.access")
 
@@ -166,6 +166,7 @@ def create_app(engine: Engine, config: WebConfig | None = None) -> FastAPI:
         radiographs=RadiographCache(limits=cfg.limits),
         throttle=AttemptThrottle(cfg.sign_in_attempts_per_addr, cfg.sign_in_window_s),
         refusals=RefusalLog(cfg.refused_audit_every_s),
+        unknown_names=NameLocks(cfg.policy.max_failures, cfg.policy.lockout.total_seconds()),
     )
     # the Host check comes first in here: a host we do not serve gets 400 before routing
     app.middleware("http")(_headers_and_access_log)

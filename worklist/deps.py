@@ -21,7 +21,7 @@ from cxr_db.accounts.tables import Role
 from worklist.auth import ADMINS, OPS, READERS, AuthError, Principal, authenticate, read_form
 from worklist.config import WebConfig
 from worklist.radiograph import RadiographCache
-from worklist.throttle import AttemptThrottle, RefusalLog
+from worklist.throttle import AttemptThrottle, NameLocks, RefusalLog
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class WebState:
     radiographs: RadiographCache
     throttle: AttemptThrottle
     refusals: RefusalLog
+    unknown_names: NameLocks
 
 
 def web_state(request: Request) -> WebState:

@@ -1,5 +1,6 @@
-"""In-process limits per client address: failed sign-ins (``AttemptThrottle``) and the
-audit rows of refused requests (``RefusalLog``).
+"""In-process limits per client address: failed sign-ins (``AttemptThrottle``), lock-outs
+of user names that name no account (``NameLocks``) and the audit rows of refused requests
+(``RefusalLog``).
 
 Both live in the web process's memory (one uvicorn process serves the app; see
 ``worklist.server``); lock-outs that must outlive it, or be lifted from the command line,
@@ -10,6 +11,7 @@ cannot grow it without end.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
@@ -113,3 +115,57 @@ class RefusalLog:
             while len(self._keys) > self._max_keys:
                 self._keys.popitem(last=False)
             return last[1] if last is not None else 0
+
+
+class NameLocks:
+    """Lock-outs for sign-ins naming **no** account, kept as ``cxr_db.accounts`` keeps them
+    for real ones (``max_failures`` in a row from one address lock that name there for
+    ``lockout_s``), so the answers do not tell which user names exist. Keys are hashes of
+    the typed name with the address; the typed name itself is kept nowhere."""
+
+    def __init__(
+        self,
+        max_failures: int,
+        lockout_s: float,
+        *,
+        clock: Clock = time.monotonic,
+        max_keys: int = 100_000,
+    ) -> None:
+        self.max_failures = max_failures
+        self.lockout_s = lockout_s
+        self._clock = clock
+        self._max_keys = max_keys
+        self._keys: OrderedDict[str, tuple[int, float]] = OrderedDict()  # failures, until
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(username: str, client_addr: str) -> str:
+        digest = hashlib.sha256(username.strip().lower().encode("utf-8")).hexdigest()
+        return f"{digest}|{client_addr}"
+
+    def locked(self, key: str) -> int | None:
+        """Whole seconds left of the lock-out of ``key``; None when not locked."""
+        with self._lock:
+            _, until = self._keys.get(key, (0, 0.0))
+            left = until - self._clock()
+            return max(1, math.ceil(left)) if left > 0 else None
+
+    def fail(self, key: str) -> int | None:
+        """Count a failed sign-in; the lock-out's seconds when this one locks the name."""
+        with self._lock:
+            now = self._clock()
+            failures, until = self._keys.get(key, (0, 0.0))
+            if until > now:
+                return max(1, math.ceil(until - now))
+            failures = 0 if until else failures
+            failures += 1
+            if failures >= self.max_failures:
+                self._keys[key] = (0, now + self.lockout_s)
+                left: int | None = max(1, math.ceil(self.lockout_s))
+            else:
+                self._keys[key] = (failures, 0.0)
+                left = None
+            self._keys.move_to_end(key)
+            while len(self._keys) > self._max_keys:
+                self._keys.popitem(last=False)
+            return left

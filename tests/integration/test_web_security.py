@@ -132,6 +132,24 @@ def test_a_flood_from_one_address_does_not_lock_out_the_real_user(db: Engine) ->
     assert [e.client_addr for e in signed] == ["127.0.0.3"]
 
 
+def test_a_name_with_no_account_locks_like_a_real_one(db: Engine) -> None:
+    """Lock-outs do not tell which user names exist: five wrong passwords lock a made-up
+    name from that address with the same answer as a real account's."""
+    add_user(db, "ann")
+    with serve(db) as url:
+        answers = {}
+        for name in ("ann", "nobody-here"):
+            with client(url, "127.0.0.11") as http:
+                statuses = [sign_in(http, name, "wrong wrong wrong").status_code for _ in range(6)]
+                assert statuses == [401, 401, 401, 401, 429, 429], name
+                resp = sign_in(http, name, "wrong wrong wrong")
+                assert 890 <= int(resp.headers["retry-after"]) <= 900
+                answers[name] = _alert(resp).split(" until ")[0]
+        assert answers["ann"] == answers["nobody-here"]
+        with client(url, "127.0.0.12") as elsewhere:
+            assert sign_in(elsewhere, "nobody-here", "wrong wrong wrong").status_code == 401
+
+
 def test_one_address_is_throttled_across_accounts_with_429_and_retry_after(
     db: Engine,
 ) -> None:

@@ -10,7 +10,7 @@ from argon2 import PasswordHasher
 
 from cxr_common.passwords import Passwords, PasswordsBusyError
 from worklist.app import host_allowed
-from worklist.throttle import AttemptThrottle, RefusalLog
+from worklist.throttle import AttemptThrottle, NameLocks, RefusalLog
 
 
 class Clock:
@@ -119,3 +119,20 @@ def test_passwords_run_at_most_max_concurrent_hashes() -> None:
     assert passwords.verify(stored, "wrong password!!") is False, "the slot was given back"
     with pytest.raises(ValueError, match="max_concurrent"):
         Passwords(max_concurrent=0)
+
+
+def test_name_locks_mirror_account_lock_outs() -> None:
+    clock = Clock()
+    locks = NameLocks(3, 900, clock=clock)
+    key = NameLocks.key("Nobody-Here", "10.0.0.1")
+    assert key == NameLocks.key("nobody-here ", "10.0.0.1")
+    assert "nobody" not in key, "the typed name is kept nowhere"
+    assert locks.locked(key) is None
+    assert [locks.fail(key) for _ in range(3)] == [None, None, 900]
+    clock.now += 100
+    assert locks.locked(key) == 800
+    assert locks.fail(key) == 800, "a failure while locked does not extend or lift it"
+    assert locks.locked(NameLocks.key("nobody-here", "10.0.0.2")) is None
+    clock.now += 800
+    assert locks.locked(key) is None
+    assert locks.fail(key) is None, "the count starts again after a lock-out"

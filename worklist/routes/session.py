@@ -8,7 +8,9 @@ Three limits keep wrong passwords from locking real users out or exhausting the 
 - per (account, client address): ``CXR_WEB_MAX_FAILED_SIGN_INS`` wrong passwords in a row
   lock that account *from that address* for ``CXR_WEB_LOCKOUT_S``, answered 429 with
   ``Retry-After`` (``cxr_db.accounts.sign_in``); the real user signing in from elsewhere
-  is not affected, and ``cxr-triage user unlock`` lifts it;
+  is not affected, and ``cxr-triage user unlock`` lifts it; a name with no account is
+  locked the same way (in memory, ``worklist.throttle.NameLocks``), so lock-outs do not
+  tell which user names exist;
 - at most ``CXR_WEB_MAX_CONCURRENT_HASHES`` argon2 checks at once, none holding a
   database connection; when none is free in time, 503 with ``Retry-After``.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import hmac
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -42,6 +44,7 @@ from worklist.auth import (
 from worklist.deps import Form, MaybePrincipal, State, WebState
 from worklist.refusals import record_refusal
 from worklist.responses import html
+from worklist.throttle import NameLocks
 
 router = APIRouter()
 
@@ -89,6 +92,20 @@ def _sign_in_response(
     return response
 
 
+def _locked_response(
+    state: WebState, next_path: str, request: Request, wait_s: int
+) -> HTMLResponse:
+    until = datetime.now(UTC) + timedelta(seconds=wait_s)
+    return _sign_in_response(
+        state,
+        next_path,
+        request,
+        ACCOUNT_LOCKED.format(until=until.strftime("%H:%M")),
+        429,
+        retry_after_s=wait_s,
+    )
+
+
 @router.get("/sign-in", response_class=HTMLResponse)
 def sign_in_form(request: Request, state: State, next: str | None = None) -> Response:
     try:
@@ -125,6 +142,11 @@ def sign_in(request: Request, state: State, form: Form) -> Response:
         return _sign_in_response(
             state, next_path, request, _too_many(wait_s), 429, retry_after_s=wait_s
         )
+    name_key = NameLocks.key(username, addr or "-")
+    wait_s = state.unknown_names.locked(name_key)
+    if wait_s is not None:  # a name with no account, locked as a real one would be
+        state.throttle.end(addr or "-", failed=True)
+        return _locked_response(state, next_path, request, wait_s)
     failed = True
     try:
         result = accounts.sign_in(
@@ -150,15 +172,11 @@ def sign_in(request: Request, state: State, form: Form) -> Response:
         state.throttle.end(addr or "-", failed=failed)
     if result.outcome is SignInOutcome.LOCKED and result.locked_until is not None:
         wait = (result.locked_until - datetime.now(UTC)).total_seconds()
-        wait_s = max(1, math.ceil(wait))
-        return _sign_in_response(
-            state,
-            next_path,
-            request,
-            ACCOUNT_LOCKED.format(until=result.locked_until.strftime("%H:%M")),
-            429,
-            retry_after_s=wait_s,
-        )
+        return _locked_response(state, next_path, request, max(1, math.ceil(wait)))
+    if result.user is None:  # no such account: lock the name as a real one would be
+        wait_s = state.unknown_names.fail(name_key)
+        if wait_s is not None:
+            return _locked_response(state, next_path, request, wait_s)
     if not result.ok or result.session is None:
         return _sign_in_response(state, next_path, request, SIGN_IN_FAILED, 401)
     user = result.session.user
