@@ -111,9 +111,7 @@ async def _headers_and_access_log(
     for name, value in _SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     if request.url.scheme == "https" and cfg.hsts_max_age_s > 0:
-        response.headers.setdefault(
-            "Strict-Transport-Security", f"max-age={cfg.hsts_max_age_s}; includeSubDomains"
-        )
+        response.headers.setdefault("Strict-Transport-Security", f"max-age={cfg.hsts_max_age_s}")
     principal = getattr(request.state, "principal", None)
     access_log.info(
         "%s %s %d %.0fms %s",
