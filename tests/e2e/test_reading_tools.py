@@ -272,6 +272,8 @@ def test_a_typed_answer_survives_a_session_expiry_and_sign_in(
         page = browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
         violations = _csp_violations(page)
         _sign_in(page, base_url, f"/studies/{top}")
+        # the page's claim (a POST) is done: it touches the session like any request
+        expect(page.locator("#claim-status")).to_contain_text("In progress by you")
         page.check("input[name=finding][value=no_pneumonia]")
         page.fill("#note", "clear lungs; old rib fracture")
         with db.begin() as conn:  # the session goes idle past its timeout
