@@ -587,6 +587,12 @@ class WebSettings(CommonSettings, DecodeLimitSettings):
         description="addresses or CIDRs of reverse proxies whose X-Forwarded-For and "
         "X-Forwarded-Proto are believed (comma-separated); unset = none",
     )
+    web_token_max_age_days: int = Field(
+        default=0,
+        ge=0,
+        le=3650,
+        description="refuse API tokens older than this, whatever their own expiry; 0 = no cap",
+    )
     web_hsts_max_age_s: int = Field(
         default=31536000, ge=0, description="Strict-Transport-Security over TLS; 0 = not sent"
     )

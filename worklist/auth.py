@@ -3,8 +3,9 @@
 Credentials, in order:
 
 1. ``Authorization: Bearer TOKEN`` (scripts, integrations, metrics scrapers): an API token
-   (``cxr-triage token create``). A malformed or unknown one is refused even when a cookie
-   is present too. Requests with a token need no CSRF token (a browser never adds it).
+   (``cxr-triage token create``). A malformed, unknown, revoked or expired one (its own
+   ``expires_at``, or older than ``CXR_WEB_TOKEN_MAX_AGE_DAYS``) is refused even when a
+   cookie is present too. Requests with a token need no CSRF token (a browser never adds it).
 2. The ``cxr_session`` cookie: a server-side session (``cxr_db.accounts``), HttpOnly,
    SameSite=Strict, ``Secure`` over TLS. Every state-changing request it authorises must
    carry the session's CSRF token (form field ``csrf_token`` or header ``X-CSRF-Token``).
@@ -31,6 +32,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
 from fastapi import Request
@@ -172,7 +174,10 @@ def authenticate(request: Request, engine: Engine, config: WebConfig) -> Princip
             raise AuthError(401, "use 'Authorization: Bearer TOKEN'")
         token = accounts.verify_token(engine, value.strip())
         if token is None:
-            raise AuthError(401, "unknown or revoked API token")
+            raise AuthError(401, "unknown, revoked or expired API token")
+        max_age = config.token_max_age
+        if max_age is not None and token.created_at + max_age <= datetime.now(UTC):
+            raise AuthError(401, "this API token is older than the site allows: create a new one")
         principal = Principal(token.name, token.role, ActorKind.TOKEN, addr, token=token)
     else:
         secret = request.cookies.get(SESSION_COOKIE)

@@ -45,6 +45,7 @@ class WebConfig:
     trusted_proxies: tuple[str, ...] = ()  # addresses/CIDRs whose X-Forwarded-* we believe
     hsts_max_age_s: int = 31536000  # Strict-Transport-Security over TLS; 0: not sent
     refused_audit_every_s: float = 60.0  # one audit row per (client, kind) this often
+    token_max_age: timedelta | None = None  # refuse older API tokens; None: no cap
 
     @classmethod
     def from_settings(cls, settings: WebSettings) -> WebConfig:
@@ -74,6 +75,9 @@ class WebConfig:
             trusted_proxies=tuple(settings.web_trusted_proxies),
             hsts_max_age_s=settings.web_hsts_max_age_s,
             refused_audit_every_s=float(settings.web_refused_audit_every_s),
+            token_max_age=timedelta(days=settings.web_token_max_age_days)
+            if settings.web_token_max_age_days
+            else None,
         )
 
     @property

@@ -368,6 +368,19 @@ def test_expired_tokens_and_sessions_are_refused_server_side(db: Engine) -> None
         )
 
 
+def test_tokens_older_than_the_site_allows_are_refused(db: Engine) -> None:
+    token = add_token(db, "ris")  # no expiry of its own
+    with db.begin() as conn:
+        conn.execute(text("UPDATE api_tokens SET created_at = now() - interval '31 days'"))
+    auth = {"Authorization": f"Bearer {token}"}
+    with serve(db, web_config(token_max_age=timedelta(days=30))) as url, client(url) as http:
+        resp = http.get("/api/worklist", headers=auth)
+        assert resp.status_code == 401
+        assert "older than the site allows" in resp.json()["detail"]
+    with serve(db, web_config(token_max_age=timedelta(days=60))) as url, client(url) as http:
+        assert http.get("/api/worklist", headers=auth).status_code == 200
+
+
 def test_cli_token_create_sets_an_expiry(db: Engine) -> None:
     out, err = io.StringIO(), io.StringIO()
     args = argparse.Namespace(name="ris", role="radiologist", expires_days=7)
