@@ -13,6 +13,7 @@ repr, a log line or a validation error) checked against pydantic's ``PostgresDsn
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -584,7 +585,38 @@ class WebSettings(CommonSettings, DecodeLimitSettings):
     web_idle_timeout_s: int = Field(default=1800, ge=60, description="sign out after idling")
     web_session_max_s: int = Field(default=43200, ge=300, description="sign out after this")
     web_max_failed_sign_ins: int = Field(default=5, ge=1, description="then lock the account")
-    web_lockout_s: int = Field(default=900, ge=1, description="how long a lock-out lasts")
+    web_lockout_s: int = Field(
+        default=900, ge=1, description="how long a lock-out lasts (per account and client)"
+    )
+    web_sign_in_attempts_per_addr: int = Field(
+        default=20,
+        ge=1,
+        description="failed sign-ins one client address may make (all accounts together) "
+        "per web_sign_in_window_s; then 429 with Retry-After",
+    )
+    web_sign_in_window_s: int = Field(default=300, ge=1, description="see the line above")
+    web_max_concurrent_hashes: int = Field(
+        default=4, ge=1, le=64, description="argon2 password checks at once (64 MiB each)"
+    )
+    web_trusted_proxies: Annotated[list[str], NoDecode, BeforeValidator(_split_hosts)] = Field(
+        default_factory=list,
+        description="addresses or CIDRs of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed (comma-separated); unset = none",
+    )
+    web_token_max_age_days: int = Field(
+        default=0,
+        ge=0,
+        le=3650,
+        description="refuse API tokens older than this, whatever their own expiry; 0 = no cap",
+    )
+    web_hsts_max_age_s: int = Field(
+        default=31536000, ge=0, description="Strict-Transport-Security over TLS; 0 = not sent"
+    )
+    web_refused_audit_every_s: int = Field(
+        default=60,
+        ge=1,
+        description="at most one audit row per client address and kind of refusal this often",
+    )
     web_claim_timeout_s: int = Field(
         default=900, ge=30, description="an opened study is 'in progress' for this long"
     )
@@ -619,6 +651,18 @@ class WebSettings(CommonSettings, DecodeLimitSettings):
             if path is not None and not path.is_file():
                 raise ValueError(f"TLS file {path} is not a readable file")
         return self
+
+    @field_validator("web_trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(
+                    f"CXR_WEB_TRUSTED_PROXIES: {item!r} is not an IP address or CIDR"
+                ) from exc
+        return value
 
     @property
     def tls(self) -> bool:

@@ -5,6 +5,7 @@
     │   ├── InvalidNameError      a user or token name outside [A-Za-z0-9._@-]{1,64}
     │   ├── UserExistsError
     │   ├── UnknownUserError
+    │   ├── WrongPasswordError    a password change with the wrong current password
     │   ├── TokenExistsError      an active token already has that name
     │   └── UnknownTokenError     no active token has that name
     └── ReadingError              read state and answers
@@ -35,6 +36,10 @@ class UserExistsError(AccountError):
 
 
 class UnknownUserError(AccountError):
+    pass
+
+
+class WrongPasswordError(AccountError):
     pass
 
 

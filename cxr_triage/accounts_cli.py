@@ -25,7 +25,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
@@ -47,6 +47,7 @@ Runner = Callable[..., int]
 ``rest`` (built once in ``main``); ``run_with_engine`` needs none."""
 
 ROLE_CHOICES = [r.value for r in Role]
+DEFAULT_TOKEN_DAYS = 90
 ROLE_HELP = "radiologist (reads, answers), admin (users, audit, settings), ops (health, metrics)"
 #: Token-only roles: a modality or PACS storing by STOW-RS (reads nothing).
 TOKEN_ROLE_HELP = ROLE_HELP + ", sender (stores instances by STOW-RS; reads nothing)"
@@ -155,6 +156,34 @@ def user_disable(engine: Engine, args: argparse.Namespace, *, stdout: TextIO | N
     return 0
 
 
+def user_unlock(engine: Engine, args: argparse.Namespace, *, stdout: TextIO | None = None) -> int:
+    """Lift every lock-out of a user (from every client address) and clear its failures."""
+    locked = accounts.unlock_user(engine, args.name, actor=cli_actor())
+    print(
+        f"user {args.name} unlocked: lock-outs lifted from {locked} client address(es)",
+        file=_out(stdout),
+    )
+    return 0
+
+
+def user_password(
+    engine: Engine,
+    args: argparse.Namespace,
+    *,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    passwords: Passwords | None = None,
+) -> int:
+    """Set a user's password (read from standard input); their sessions end."""
+    accounts.validate_name(args.name, "user name")
+    password = read_new_password(args.name, stdin)
+    accounts.change_password(
+        engine, args.name, password, passwords=passwords or Passwords(), actor=cli_actor()
+    )
+    print(f"password of {args.name} changed: signed out everywhere", file=_out(stdout))
+    return 0
+
+
 def user_list(engine: Engine, args: argparse.Namespace, *, stdout: TextIO | None = None) -> int:
     users = accounts.list_users(engine)
     out = _out(stdout)
@@ -164,11 +193,12 @@ def user_list(engine: Engine, args: argparse.Namespace, *, stdout: TextIO | None
     if not users:
         print("no users yet: cxr-triage user add NAME --role ROLE", file=out)
         return 0
+    now = datetime.now(UTC)
     rows = [["USER", "ROLE", "STATUS", "LAST SIGN-IN"]]
     for u in users:
         status = "disabled" if u.disabled else "active"
-        if u.locked_until is not None and not u.disabled:
-            status = f"locked until {_when(u.locked_until)}"
+        if u.locked_until is not None and u.locked_until > now and not u.disabled:
+            status = f"locked from some address until {_when(u.locked_until)}"
         rows.append([u.username, u.role.value, status, _when(u.last_login_at)])
     print(_table(rows), file=out)
     return 0
@@ -184,10 +214,18 @@ def token_create(
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
 ) -> int:
-    created = accounts.create_token(engine, args.name, Role(args.role), actor=cli_actor())
+    days = getattr(args, "expires_days", DEFAULT_TOKEN_DAYS)
+    created = accounts.create_token(
+        engine,
+        args.name,
+        Role(args.role),
+        actor=cli_actor(),
+        lifetime=timedelta(days=days) if days else None,
+    )
+    expiry = f"expires {_when(created.info.expires_at)}" if days else "never expires"
     print(
-        f"token {created.info.name} ({created.info.role.value}) created. It is shown once, "
-        "below; store it now. Send it as 'Authorization: Bearer TOKEN'.",
+        f"token {created.info.name} ({created.info.role.value}) created, {expiry}. It is "
+        "shown once, below; store it now. Send it as 'Authorization: Bearer TOKEN'.",
         file=stderr or sys.stderr,
     )
     print(created.token, file=_out(stdout))
@@ -206,7 +244,7 @@ def token_list(engine: Engine, args: argparse.Namespace, *, stdout: TextIO | Non
     if not tokens:
         print("no active tokens: cxr-triage token create NAME --role ROLE", file=out)
         return 0
-    rows = [["TOKEN", "ROLE", "CREATED BY", "CREATED", "LAST USED", "REVOKED"]]
+    rows = [["TOKEN", "ROLE", "CREATED BY", "CREATED", "LAST USED", "EXPIRES", "REVOKED"]]
     for t in tokens:
         rows.append(
             [
@@ -215,6 +253,7 @@ def token_list(engine: Engine, args: argparse.Namespace, *, stdout: TextIO | Non
                 t.created_by,
                 _when(t.created_at),
                 _when(t.last_used_at),
+                _when(t.expires_at),
                 _when(t.revoked_at),
             ]
         )
@@ -223,6 +262,16 @@ def token_list(engine: Engine, args: argparse.Namespace, *, stdout: TextIO | Non
 
 
 # ---------------------------------------------------------------------------- exports
+
+
+def _days_arg(value: str) -> int:
+    try:
+        days = int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of days") from exc
+    if not 0 <= days <= 3650:
+        raise argparse.ArgumentTypeError("--expires-days is 0 (never) to 3650")
+    return days
 
 
 def _datetime_arg(value: str) -> datetime:
@@ -351,6 +400,21 @@ def add_arguments(subparsers: Any, run: Runner = run_with_engine) -> None:
     )
     p.add_argument("name")
     p.set_defaults(func=bind(user_disable))
+    p = user_sub.add_parser(
+        "unlock",
+        help="lift a user's sign-in lock-outs (from every client address)",
+    )
+    p.add_argument("name")
+    p.set_defaults(func=bind(user_unlock))
+    p = user_sub.add_parser(
+        "password",
+        help="set a user's password (read from standard input); their sessions end",
+        description="Set a user's password, read from standard input like 'user add'. "
+        "The user is signed out everywhere. Users change their own on the web page "
+        "/account/password.",
+    )
+    p.add_argument("name")
+    p.set_defaults(func=bind(user_password))
     p = user_sub.add_parser("list", help="list users with role and status")
     p.add_argument("--json", action="store_true", help="print a JSON array")
     p.set_defaults(func=bind(user_list))
@@ -365,6 +429,12 @@ def add_arguments(subparsers: Any, run: Runner = run_with_engine) -> None:
     p = token_sub.add_parser("create", help="create a token and print it once")
     p.add_argument("name", help="token name (unique among active tokens)")
     p.add_argument("--role", required=True, choices=ROLE_CHOICES, help=TOKEN_ROLE_HELP)
+    p.add_argument(
+        "--expires-days",
+        type=_days_arg,
+        default=DEFAULT_TOKEN_DAYS,
+        help=f"refused after this many days (default {DEFAULT_TOKEN_DAYS}; 0: never)",
+    )
     p.set_defaults(func=bind(token_create))
     p = token_sub.add_parser("revoke", help="revoke the active token of that name")
     p.add_argument("name")

@@ -266,7 +266,9 @@ def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
 
 def _cmd_worklist(args: argparse.Namespace, settings: CommonSettings) -> int:
     from cxr_db import make_engine
+    from cxr_db.audit import store as audit
     from cxr_db.worklist import reads
+    from cxr_triage.accounts_cli import cli_actor
     from cxr_triage.worklist_view import as_json, as_table
 
     query = reads.WorklistQuery(
@@ -280,6 +282,12 @@ def _cmd_worklist(args: argparse.Namespace, settings: CommonSettings) -> int:
                 entries = reads.worklist_page(engine, query).entries
             else:
                 entries = reads.iter_worklist(engine, query)
+            audit.record(
+                engine,
+                audit.worklist_view(
+                    cli_actor(), "cli", query.view.value, len(entries), bool(args.search)
+                ),
+            )
         finally:
             engine.dispose()
         print(as_json(entries) if args.json else as_table(entries))

@@ -40,21 +40,70 @@ def web_config(**changes: object) -> WebConfig:
     return WebConfig(passwords=PASSWORDS, **changes)  # type: ignore[arg-type]
 
 
+def self_signed_cert(folder: Path) -> tuple[Path, Path]:
+    """A throw-away certificate and key for 127.0.0.1/localhost (PEM files in ``folder``)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "web-cert.pem", folder / "web-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
 @contextmanager
 def serve(
     engine: Engine,
     config: WebConfig | None = None,
     timeout_s: float = 30.0,
     stow: Ingest | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> Iterator[str]:
     """Run the worklist app with uvicorn on a free loopback port; yield its base URL.
-    ``stow``: the ingest rules of STOW-RS (None: it answers 503)."""
+    As ``worklist.server`` runs it: uvicorn's own proxy-header handling off (the app
+    believes ``X-Forwarded-*`` only from ``trusted_proxies``). ``stow``: the ingest rules of
+    STOW-RS (None: it answers 503). ``tls``: (cert, key) PEM files, served over HTTPS."""
+    ssl: dict[str, str] = {}
+    if tls is not None:
+        ssl = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])}
     config_ = uvicorn.Config(
         create_app(engine, config or web_config(), stow),
         host="127.0.0.1",
         port=0,
         log_level="warning",
         lifespan="off",
+        proxy_headers=False,
+        **ssl,  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config_)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
@@ -73,7 +122,7 @@ def serve(
         raise
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout_s)
@@ -226,3 +275,16 @@ def sign_in(client: httpx.Client, name: str, password: str = PASSWORD) -> httpx.
         "/sign-in",
         data={"csrf_token": csrf_of(form.text), "username": name, "password": password},
     )
+
+
+def open_study(client: httpx.Client, uid: str) -> httpx.Response:
+    """Open a study page and claim it as the page's script does (a GET claims nothing:
+    ``POST /studies/{uid}/claim`` with the page's CSRF token in ``X-CSRF-Token``)."""
+    page = client.get(f"/studies/{uid}")
+    assert page.status_code == 200, page.text
+    claimed = client.post(
+        f"/studies/{uid}/claim",
+        headers={"X-CSRF-Token": csrf_of(page.text), "Accept": "application/json"},
+    )
+    assert claimed.status_code in (200, 409), claimed.text
+    return page

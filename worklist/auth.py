@@ -3,8 +3,9 @@
 Credentials, in order:
 
 1. ``Authorization: Bearer TOKEN`` (scripts, integrations, metrics scrapers): an API token
-   (``cxr-triage token create``). A malformed or unknown one is refused even when a cookie
-   is present too. Requests with a token need no CSRF token (a browser never adds it).
+   (``cxr-triage token create``). A malformed, unknown, revoked or expired one (its own
+   ``expires_at``, or older than ``CXR_WEB_TOKEN_MAX_AGE_DAYS``) is refused even when a
+   cookie is present too. Requests with a token need no CSRF token (a browser never adds it).
 2. The ``cxr_session`` cookie: a server-side session (``cxr_db.accounts``), HttpOnly,
    SameSite=Strict, ``Secure`` over TLS. Every state-changing request it authorises must
    carry the session's CSRF token (form field ``csrf_token`` or header ``X-CSRF-Token``).
@@ -33,6 +34,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
 from fastapi import Request
@@ -73,12 +75,14 @@ def is_api(path: str) -> bool:
 
 
 class AuthError(Exception):
-    """Refused: 401 (no or bad credentials) or 403 (wrong role, bad CSRF token)."""
+    """Refused: 401 (no or bad credentials) or 403 (wrong role, bad CSRF token). ``kind``
+    names the refusal in its audit row (``worklist.refusals``)."""
 
-    def __init__(self, status_code: int, message: str) -> None:
+    def __init__(self, status_code: int, message: str, kind: str | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
+        self.kind = kind or ("unauthenticated" if status_code == 401 else "forbidden")
 
 
 class FormError(Exception):
@@ -114,6 +118,8 @@ class Principal:
 
 
 def client_addr(request: Request) -> str | None:
+    """The client's address: the peer's, or the one a trusted proxy forwarded
+    (``CXR_WEB_TRUSTED_PROXIES``; ``worklist.app`` rewrites the peer before routing)."""
     return request.client.host if request.client else None
 
 
@@ -171,7 +177,10 @@ def authenticate(request: Request, engine: Engine, config: WebConfig) -> Princip
             raise AuthError(401, "use 'Authorization: Bearer TOKEN'")
         token = accounts.verify_token(engine, value.strip())
         if token is None:
-            raise AuthError(401, "unknown or revoked API token")
+            raise AuthError(401, "unknown, revoked or expired API token")
+        max_age = config.token_max_age
+        if max_age is not None and token.created_at + max_age <= datetime.now(UTC):
+            raise AuthError(401, "this API token is older than the site allows: create a new one")
         principal = Principal(token.name, token.role, ActorKind.TOKEN, addr, token=token)
     else:
         secret = request.cookies.get(SESSION_COOKIE)
@@ -201,7 +210,9 @@ def check_csrf(principal: Principal, submitted: str | None) -> None:
     if principal.session_secret is None:
         return  # bearer token: not sent by a browser on its own
     if not accounts.csrf_matches(principal.session_secret, submitted):
-        raise AuthError(403, "missing or invalid CSRF token: reload the page and try again")
+        raise AuthError(
+            403, "missing or invalid CSRF token: reload the page and try again", kind="csrf"
+        )
 
 
 async def read_form(request: Request) -> dict[str, str]:

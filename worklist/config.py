@@ -42,6 +42,12 @@ class WebConfig:
     refresh_s: float = 30.0  # the worklist page refreshes itself this often (not activity)
     stow_max_bytes: int = 2 * 1024**3  # largest STOW-RS request body (413 above it)
     stow_max_instances: int = 1000  # most parts in one STOW-RS request (413 above it)
+    sign_in_attempts_per_addr: int = 20  # failed sign-ins per client address per window
+    sign_in_window_s: float = 300.0
+    trusted_proxies: tuple[str, ...] = ()  # addresses/CIDRs whose X-Forwarded-* we believe
+    hsts_max_age_s: int = 31536000  # Strict-Transport-Security over TLS; 0: not sent
+    refused_audit_every_s: float = 60.0  # one audit row per (client, kind) this often
+    token_max_age: timedelta | None = None  # refuse older API tokens; None: no cap
 
     @classmethod
     def from_settings(cls, settings: WebSettings) -> WebConfig:
@@ -52,6 +58,7 @@ class WebConfig:
                 idle_timeout=timedelta(seconds=settings.web_idle_timeout_s),
                 absolute_timeout=timedelta(seconds=settings.web_session_max_s),
             ),
+            passwords=Passwords(max_concurrent=settings.web_max_concurrent_hashes),
             claim_timeout=timedelta(seconds=settings.web_claim_timeout_s),
             page_size=settings.web_page_size,
             cookie_secure=settings.web_cookie_secure,
@@ -67,6 +74,14 @@ class WebConfig:
             refresh_s=float(settings.web_refresh_s),
             stow_max_bytes=settings.web_stow_max_bytes,
             stow_max_instances=settings.web_stow_max_instances,
+            sign_in_attempts_per_addr=settings.web_sign_in_attempts_per_addr,
+            sign_in_window_s=float(settings.web_sign_in_window_s),
+            trusted_proxies=tuple(settings.web_trusted_proxies),
+            hsts_max_age_s=settings.web_hsts_max_age_s,
+            refused_audit_every_s=float(settings.web_refused_audit_every_s),
+            token_max_age=timedelta(days=settings.web_token_max_age_days)
+            if settings.web_token_max_age_days
+            else None,
         )
 
     @property

@@ -31,16 +31,21 @@ from worklist.auth import (
 )
 from worklist.config import WebConfig
 from worklist.radiograph import RadiographCache
+from worklist.throttle import AttemptThrottle, NameLocks, RefusalLog
 
 
 @dataclass(frozen=True)
 class WebState:
     """What every request may use: the database, the configuration, the radiograph cache,
-    and the ingest rules STOW-RS stores through (None: STOW-RS answers 503)."""
+    the per-address sign-in throttle, the refused requests' audit limiter and the ingest
+    rules STOW-RS stores through (None: STOW-RS answers 503)."""
 
     engine: Engine
     config: WebConfig
     radiographs: RadiographCache
+    throttle: AttemptThrottle
+    refusals: RefusalLog
+    unknown_names: NameLocks
     stow: Ingest | None = None
 
 

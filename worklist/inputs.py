@@ -3,7 +3,6 @@ audit filters, shared by the pages and the JSON API."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -49,37 +48,30 @@ def parse_time(value: str | None) -> datetime | None:
 class AnswerInput:
     finding: str
     note: str | None
-    model_version: str | None
-    score: float | None
 
 
 def answer_input(data: dict[str, Any]) -> AnswerInput:
-    """Validate the shape of an answer (values are checked by ``reading.record_answer``)."""
+    """Validate the shape of an answer (values are checked by ``reading.record_answer``).
+    A ``score`` or ``model_version`` the client sends is ignored: the server records what
+    it showed (``record_answer``)."""
     finding = data.get("finding")
     if not isinstance(finding, str):
         raise InvalidAnswerError("finding is required: pneumonia, no_pneumonia or other")
     note = data.get("note")
     if note is not None and not isinstance(note, str):
         raise InvalidAnswerError("note must be text")
-    version = data.get("model_version") or None
-    if version is not None and not isinstance(version, str):
-        raise InvalidAnswerError("model_version must be text")
-    raw_score = data.get("score")
-    score: float | None = None
-    if raw_score not in (None, ""):
-        try:
-            score = float(raw_score)
-        except (TypeError, ValueError) as exc:
-            raise InvalidAnswerError("score must be a number between 0 and 1") from exc
-        if not math.isfinite(score):
-            raise InvalidAnswerError("score must be a number between 0 and 1")
-    return AnswerInput(finding, note, version, score)
+    return AnswerInput(finding, note)
 
 
 def record_answer(
     engine: Engine, uid: str, principal: Principal, data: dict[str, Any]
 ) -> reading.AnswerRecord:
-    """Record ``principal``'s answer ``data`` (a form or a JSON object) on study ``uid``."""
+    """Record ``principal``'s answer ``data`` (a form or a JSON object) on study ``uid``.
+
+    The "score seen" and "model seen" saved with it are looked up here, on the server,
+    from the study being answered (its triage score and the newest active-model version:
+    what the study page shows), never taken from the request, so a tampered form cannot
+    put words in the reader's mouth."""
     answer = answer_input(data)
     return reading.record_answer(
         engine,
@@ -87,8 +79,6 @@ def record_answer(
         principal.reader(),
         answer.finding,
         note=answer.note,
-        model_version=answer.model_version,
-        score=answer.score,
         client_addr=principal.client_addr,
     )
 

@@ -27,7 +27,7 @@ from markupsafe import Markup
 from cxr_common.clinical import DISCLAIMER
 from cxr_db.accounts.store import TokenInfo, UserInfo
 from cxr_db.accounts.tables import Role
-from cxr_db.audit.store import AuditRecord
+from cxr_db.audit.store import AuditRecord, RefusalSummary
 from cxr_db.audit.tables import AuditAction
 from cxr_db.conflicts.store import OpenConflict
 from cxr_db.escalations.store import OpenEscalation
@@ -128,6 +128,22 @@ def sign_in_page(csrf_token: str, next_path: str, message: str | None = None) ->
     return render("sign_in.html", csrf_token=csrf_token, next_path=next_path, message=message)
 
 
+def password_page(
+    csrf_token: str, nav: Nav | None = None, message: str | None = None, ok: bool = False
+) -> str:
+    """The signed-in user's password change form (``/account/password``)."""
+    from cxr_common.passwords import MIN_PASSWORD_LENGTH
+
+    return render(
+        "password.html",
+        nav,
+        csrf_token=csrf_token,
+        message=message,
+        ok=ok,
+        min_length=MIN_PASSWORD_LENGTH,
+    )
+
+
 # ---------------------------------------------------------------------------- worklist
 
 
@@ -216,6 +232,7 @@ class AuditView:
     filters: dict[str, str]
     next_href: str | None
     total: int
+    refusals: Sequence[RefusalSummary] = ()  # the last 24 hours' refused requests
 
 
 def audit_page(a: AuditView, nav: Nav | None = None) -> str:

@@ -246,11 +246,12 @@ RESULT_STATE_LABELS = {
 
 
 def account_status(user: UserInfo, now: datetime | None = None) -> str:
-    """``active``, ``disabled`` or ``locked until <time>``."""
+    """``active``, ``disabled`` or ``locked from some address until <time>`` (lock-outs are
+    per client address: ``cxr-triage user unlock NAME`` lifts them)."""
     if user.disabled:
         return "disabled"
     if user.locked_until is not None and user.locked_until > (now or datetime.now(UTC)):
-        return f"locked until {utc_time(user.locked_until)}"
+        return f"locked from some address until {utc_time(user.locked_until)}"
     return "active"
 
 

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, case, delete, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
 from cxr_common.passwords import Passwords, check_password_policy
-from cxr_db.accounts.tables import ApiToken, Role, User, WebSession
+from cxr_db.accounts.tables import ApiToken, Role, SignInLock, User, WebSession
 from cxr_db.audit import store as audit
 from cxr_db.audit.store import Actor, AuditEvent
 from cxr_db.audit.tables import ActorKind, AuditAction
@@ -38,6 +39,7 @@ from cxr_db.errors import (
     UnknownTokenError,
     UnknownUserError,
     UserExistsError,
+    WrongPasswordError,
 )
 from cxr_db.reading.tables import ReadState, StudyRead
 
@@ -80,8 +82,8 @@ class UserInfo:
     username: str
     role: Role
     disabled: bool
-    failed_logins: int
-    locked_until: datetime | None
+    failed_logins: int  # wrong passwords in a row, summed over client addresses
+    locked_until: datetime | None  # the latest lock-out from any one client address
     created_at: datetime
     last_login_at: datetime | None
 
@@ -99,13 +101,29 @@ class UserInfo:
         }
 
 
+#: Summed over client addresses: consecutive wrong passwords, and the latest lock-out
+#: (an account is locked per (account, client address): ``sign_in_locks``).
+_FAILED_LOGINS = (
+    select(func.coalesce(func.sum(SignInLock.failures), 0))
+    .where(SignInLock.user_id == User.id)
+    .correlate(User)
+    .scalar_subquery()
+    .label("failed_logins")
+)
+_LOCKED_UNTIL = (
+    select(func.max(SignInLock.locked_until))
+    .where(SignInLock.user_id == User.id)
+    .correlate(User)
+    .scalar_subquery()
+    .label("locked_until")
+)
 _USER_COLUMNS = (
     User.id,
     User.username,
     User.role,
     User.disabled,
-    User.failed_logins,
-    User.locked_until,
+    _FAILED_LOGINS,
+    _LOCKED_UNTIL,
     User.created_at,
     User.last_login_at,
 )
@@ -246,6 +264,7 @@ class SignInResult:
     outcome: SignInOutcome
     user: UserInfo | None
     session: NewSession | None = None
+    locked_until: datetime | None = None  # LOCKED: for this client address until then
 
     @property
     def ok(self) -> bool:
@@ -297,6 +316,11 @@ def _insert_session(
     return NewSession(secret, csrf_token_for(secret), expires_at, user)
 
 
+def _lock_key(client_addr: str | None) -> str:
+    """The client address a lock-out is kept for ('' when the server saw none)."""
+    return (client_addr or "")[:64]
+
+
 def sign_in(
     engine: Engine,
     username: str,
@@ -309,78 +333,81 @@ def sign_in(
 ) -> SignInResult:
     """Check a user name and password; on success start a session.
 
-    Every attempt is audited. ``policy.max_failures`` wrong passwords in a row lock the
-    account for ``policy.lockout``; while locked, even the right password is refused. An
-    unknown user costs the same argon2 work as a known one. A hash made with older
-    parameters is replaced on success. The caller shows one message for every failure.
+    Every attempt is audited. ``policy.max_failures`` wrong passwords in a row **from one
+    client address** lock the account **for that address** for ``policy.lockout``
+    (``sign_in_locks``); while locked there, even the right password is refused from
+    there, without spending a hash, but the real user signing in from elsewhere is not
+    affected. ``unlock_user`` lifts every lock-out of an account. An unknown user costs
+    the same argon2 work as a known one. The password is hashed with no database
+    connection held (``Passwords`` bounds how many hashes run at once and raises
+    ``PasswordsBusyError`` when none is free in time). A hash made with older parameters
+    is replaced on success. The caller shows one message for every failure.
     """
-    with engine.begin() as conn:
+    addr = _lock_key(client_addr)
+    with engine.connect() as conn:
         at = _db_now(conn, now)
         row = conn.execute(
-            select(*_USER_COLUMNS, User.password_hash)
-            .where(func.lower(User.username) == username.lower())
-            .with_for_update()
+            select(*_USER_COLUMNS, User.password_hash).where(
+                func.lower(User.username) == username.lower()
+            )
         ).one_or_none()
-        if row is None:
-            passwords.burn(password)
-            audit.append(
-                conn,
-                AuditEvent(
-                    AuditAction.SIGN_IN_FAILED,
-                    Actor.anonymous(client_addr),
-                    None,
-                    {"reason": "unknown_user"},
-                ),
-            )
-            return SignInResult(SignInOutcome.BAD_CREDENTIALS, None)
-        user = _user(row)
-        actor = user.actor(client_addr)
-        if user.disabled or (user.locked_until is not None and user.locked_until > at):
-            passwords.burn(password)
-            outcome = SignInOutcome.DISABLED if user.disabled else SignInOutcome.LOCKED
-            audit.append(
-                conn,
-                AuditEvent(
-                    AuditAction.SIGN_IN_FAILED, actor, user.username, {"reason": outcome.value}
-                ),
-            )
-            return SignInResult(outcome, user)
-        if not passwords.verify(row.password_hash, password):
-            failures = user.failed_logins + 1
-            locked_until = at + policy.lockout if failures >= policy.max_failures else None
+        lock = (
             conn.execute(
-                update(User)
-                .where(User.id == user.id)
-                .values(
-                    failed_logins=0 if locked_until else failures,
-                    locked_until=locked_until or user.locked_until,
+                select(SignInLock.failures, SignInLock.locked_until).where(
+                    SignInLock.user_id == row.id, SignInLock.client_addr == addr
                 )
-            )
-            audit.append(
-                conn,
-                AuditEvent(
-                    AuditAction.SIGN_IN_FAILED,
-                    actor,
-                    user.username,
-                    {"reason": "bad_password", "failures": failures},
-                ),
-            )
-            if locked_until is not None:
-                audit.append(
-                    conn,
-                    AuditEvent(
-                        AuditAction.ACCOUNT_LOCKED,
-                        actor,
-                        user.username,
-                        {"failures": failures, "locked_until": locked_until.isoformat()},
-                    ),
-                )
-                log.warning("account locked after %d failed sign-ins: %s", failures, user.username)
-                return SignInResult(SignInOutcome.LOCKED, user)
-            return SignInResult(SignInOutcome.BAD_CREDENTIALS, user)
-        values: dict[str, object] = {"failed_logins": 0, "locked_until": None, "last_login_at": at}
-        if passwords.needs_rehash(row.password_hash):
-            values["password_hash"] = passwords.hash(password)
+            ).one_or_none()
+            if row is not None
+            else None
+        )
+        conn.rollback()
+    if row is None:
+        passwords.burn(password)
+        audit.record(
+            engine,
+            AuditEvent(
+                AuditAction.SIGN_IN_FAILED,
+                Actor.anonymous(client_addr),
+                None,
+                {"reason": "unknown_user"},
+            ),
+        )
+        return SignInResult(SignInOutcome.BAD_CREDENTIALS, None)
+    user = _user(row)
+    actor = user.actor(client_addr)
+    if lock is not None and lock.locked_until is not None and lock.locked_until > at:
+        audit.record(
+            engine,
+            AuditEvent(
+                AuditAction.SIGN_IN_FAILED,
+                actor,
+                user.username,
+                {"reason": SignInOutcome.LOCKED.value},
+            ),
+        )
+        return SignInResult(SignInOutcome.LOCKED, user, locked_until=lock.locked_until)
+    if user.disabled:
+        passwords.burn(password)
+        audit.record(
+            engine,
+            AuditEvent(
+                AuditAction.SIGN_IN_FAILED,
+                actor,
+                user.username,
+                {"reason": SignInOutcome.DISABLED.value},
+            ),
+        )
+        return SignInResult(SignInOutcome.DISABLED, user)
+    if not passwords.verify(row.password_hash, password):
+        return _sign_in_failed(engine, user, actor, addr, policy, at)
+    new_hash = passwords.hash(password) if passwords.needs_rehash(row.password_hash) else None
+    with engine.begin() as conn:
+        values: dict[str, object] = {"last_login_at": at}
+        if new_hash is not None:
+            values["password_hash"] = new_hash
+        conn.execute(
+            delete(SignInLock).where(SignInLock.user_id == user.id, SignInLock.client_addr == addr)
+        )
         signed_in = _user(
             conn.execute(
                 update(User).where(User.id == user.id).values(**values).returning(*_USER_COLUMNS)
@@ -393,10 +420,178 @@ def sign_in(
                 AuditAction.SIGN_IN,
                 actor,
                 user.username,
-                {"rehashed": "password_hash" in values},
+                {"rehashed": new_hash is not None},
             ),
         )
     return SignInResult(SignInOutcome.OK, signed_in, session)
+
+
+def _sign_in_failed(
+    engine: Engine,
+    user: UserInfo,
+    actor: Actor,
+    addr: str,
+    policy: SignInPolicy,
+    at: datetime,
+) -> SignInResult:
+    """Count a wrong password from ``addr``; lock the account there at ``max_failures``."""
+    with engine.begin() as conn:
+        # one row per (account, address), counted atomically: parallel attempts each count.
+        # A lock-out in force stays as it is (attempts that checked before it began end
+        # here); an expired one starts the count again.
+        active = SignInLock.locked_until > at
+        row = conn.execute(
+            pg_insert(SignInLock)
+            .values(user_id=user.id, client_addr=addr, failures=1, updated_at=at)
+            .on_conflict_do_update(
+                index_elements=[SignInLock.user_id, SignInLock.client_addr],
+                set_={
+                    "failures": case(
+                        (active, SignInLock.failures),
+                        (SignInLock.locked_until.is_not(None), 1),
+                        else_=SignInLock.failures + 1,
+                    ),
+                    "locked_until": case((active, SignInLock.locked_until), else_=None),
+                    "updated_at": at,
+                },
+            )
+            .returning(SignInLock.failures, SignInLock.locked_until)
+        ).one()
+        failures = int(row.failures)
+        if row.locked_until is not None:
+            audit.append(
+                conn,
+                AuditEvent(
+                    AuditAction.SIGN_IN_FAILED,
+                    actor,
+                    user.username,
+                    {"reason": SignInOutcome.LOCKED.value},
+                ),
+            )
+            return SignInResult(SignInOutcome.LOCKED, user, locked_until=row.locked_until)
+        locked_until = at + policy.lockout if failures >= policy.max_failures else None
+        if locked_until is not None:
+            conn.execute(
+                update(SignInLock)
+                .where(SignInLock.user_id == user.id, SignInLock.client_addr == addr)
+                .values(failures=0, locked_until=locked_until)
+            )
+        audit.append(
+            conn,
+            AuditEvent(
+                AuditAction.SIGN_IN_FAILED,
+                actor,
+                user.username,
+                {"reason": "bad_password", "failures": failures},
+            ),
+        )
+        if locked_until is not None:
+            audit.append(
+                conn,
+                AuditEvent(
+                    AuditAction.ACCOUNT_LOCKED,
+                    actor,
+                    user.username,
+                    {
+                        "failures": failures,
+                        "locked_until": locked_until.isoformat(),
+                        "per_client_addr": True,
+                    },
+                ),
+            )
+    if locked_until is not None:
+        log.warning(
+            "account locked for one client address after %d failed sign-ins: %s",
+            failures,
+            user.username,
+        )
+        return SignInResult(SignInOutcome.LOCKED, user, locked_until=locked_until)
+    return SignInResult(SignInOutcome.BAD_CREDENTIALS, user)
+
+
+def unlock_user(engine: Engine, username: str, *, actor: Actor) -> int:
+    """Lift every lock-out (and failure count) of a user, from every client address;
+    returns how many addresses were locked. Audited. ``UnknownUserError`` if no such user."""
+    with engine.begin() as conn:
+        at = _db_now(conn, None)
+        row = conn.execute(
+            select(User.id, User.username).where(func.lower(User.username) == username.lower())
+        ).one_or_none()
+        if row is None:
+            raise UnknownUserError(f"no user named {username}")
+        locked = conn.execute(
+            select(func.count()).where(SignInLock.user_id == row.id, SignInLock.locked_until > at)
+        ).scalar_one()
+        conn.execute(delete(SignInLock).where(SignInLock.user_id == row.id))
+        audit.append(
+            conn,
+            AuditEvent(
+                AuditAction.ACCOUNT_UNLOCK, actor, row.username, {"addresses_locked": int(locked)}
+            ),
+        )
+    log.info("user unlocked: %s", row.username)
+    return int(locked)
+
+
+def change_password(
+    engine: Engine,
+    username: str,
+    new_password: str,
+    *,
+    passwords: Passwords,
+    actor: Actor,
+    current_password: str | None = None,
+    keep_session: str | None = None,
+) -> UserInfo:
+    """Set a user's password and end their sessions (all but ``keep_session``, the secret
+    of the session asking), audited. With ``current_password`` (the web page), that must be
+    the user's present password, else ``WrongPasswordError``; the command line, an
+    operator's tool, passes none. ``WeakPasswordError`` for a new password that breaks the
+    policy; ``UnknownUserError`` if no such enabled user. Hashing holds no connection."""
+    check_password_policy(new_password)
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(User.id, User.password_hash).where(
+                func.lower(User.username) == username.lower(), User.disabled.is_(False)
+            )
+        ).one_or_none()
+        conn.rollback()
+    if row is None:
+        raise UnknownUserError(f"no enabled user named {username}")
+    if current_password is not None and not passwords.verify(row.password_hash, current_password):
+        audit.record(
+            engine,
+            AuditEvent(
+                AuditAction.PASSWORD_CHANGE_FAILED, actor, username, {"reason": "wrong_password"}
+            ),
+        )
+        raise WrongPasswordError("the current password is wrong")
+    new_hash = passwords.hash(new_password)
+    keep = _sha256(keep_session) if keep_session else ""
+    with engine.begin() as conn:
+        updated = conn.execute(
+            update(User)
+            .where(User.id == row.id, User.password_hash == row.password_hash)
+            .values(password_hash=new_hash)
+            .returning(*_USER_COLUMNS)
+        ).one_or_none()
+        if updated is None:
+            raise WrongPasswordError("the password changed meanwhile: try again")
+        ended = conn.execute(
+            delete(WebSession).where(WebSession.user_id == row.id, WebSession.id != keep)
+        ).rowcount
+        conn.execute(delete(SignInLock).where(SignInLock.user_id == row.id))
+        audit.append(
+            conn,
+            AuditEvent(
+                AuditAction.PASSWORD_CHANGE,
+                actor,
+                updated.username,
+                {"sessions_ended": int(ended), "current_password_checked": bool(current_password)},
+            ),
+        )
+    log.info("password changed: %s", updated.username)
+    return _user(updated)
 
 
 def create_session(
@@ -540,6 +735,7 @@ class TokenInfo:
     created_at: datetime
     revoked_at: datetime | None
     last_used_at: datetime | None
+    expires_at: datetime | None = None  # None: until revoked
 
     def actor(self, client_addr: str | None = None) -> Actor:
         return Actor(self.name, ActorKind.TOKEN, client_addr)
@@ -552,6 +748,7 @@ class TokenInfo:
             "created_at": self.created_at.isoformat(),
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
             "last_used_at": self.last_used_at.isoformat() if self.last_used_at else None,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
         }
 
 
@@ -571,6 +768,7 @@ _TOKEN_COLUMNS = (
     ApiToken.created_at,
     ApiToken.revoked_at,
     ApiToken.last_used_at,
+    ApiToken.expires_at,
 )
 
 
@@ -583,17 +781,29 @@ def _token(row: Any) -> TokenInfo:
         created_at=row.created_at,
         revoked_at=row.revoked_at,
         last_used_at=row.last_used_at,
+        expires_at=row.expires_at,
     )
 
 
-def create_token(engine: Engine, name: str, role: Role, *, actor: Actor) -> CreatedToken:
-    """Create an API token: ``cxr_`` + 32 random bytes, URL-safe. Raises
+def create_token(
+    engine: Engine,
+    name: str,
+    role: Role,
+    *,
+    actor: Actor,
+    lifetime: timedelta | None = None,
+) -> CreatedToken:
+    """Create an API token: ``cxr_`` + 32 random bytes, URL-safe, valid for ``lifetime``
+    (None: until revoked); ``verify_token`` refuses it afterwards. Raises
     ``TokenExistsError`` when an active (unrevoked) token has that name."""
     validate_name(name, "token name")
     role = Role(role)
+    if lifetime is not None and lifetime <= timedelta(0):
+        raise ValueError("a token's lifetime must be positive")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     try:
         with engine.begin() as conn:
+            expires_at = _db_now(conn, None) + lifetime if lifetime is not None else None
             row = conn.execute(
                 insert(ApiToken)
                 .values(
@@ -601,11 +811,21 @@ def create_token(engine: Engine, name: str, role: Role, *, actor: Actor) -> Crea
                     role=role.value,
                     token_hash=_sha256(token),
                     created_by=actor.name[:128],
+                    expires_at=expires_at,
                 )
                 .returning(*_TOKEN_COLUMNS)
             ).one()
             audit.append(
-                conn, AuditEvent(AuditAction.TOKEN_CREATE, actor, name, {"role": role.value})
+                conn,
+                AuditEvent(
+                    AuditAction.TOKEN_CREATE,
+                    actor,
+                    name,
+                    {
+                        "role": role.value,
+                        "expires_at": expires_at.isoformat() if expires_at else None,
+                    },
+                ),
             )
     except IntegrityError as exc:
         raise TokenExistsError(f"an active token named {name} already exists") from exc
@@ -616,7 +836,8 @@ def create_token(engine: Engine, name: str, role: Role, *, actor: Actor) -> Crea
 def verify_token(
     engine: Engine, token: str | None, *, now: datetime | None = None
 ) -> TokenInfo | None:
-    """The active token matching a bearer credential; None for unknown or revoked ones."""
+    """The active token matching a bearer credential; None for unknown, revoked or expired
+    ones (expiry is checked here, on the server, at every request)."""
     if not token or len(token) > _MAX_SECRET_LENGTH:
         return None
     wanted = _sha256(token)
@@ -628,6 +849,8 @@ def verify_token(
             )
         ).one_or_none()
         if row is None or not hmac.compare_digest(row.token_hash, wanted):
+            return None
+        if row.expires_at is not None and row.expires_at <= at:
             return None
         conn.execute(
             update(ApiToken)

@@ -1,7 +1,8 @@
 """The accounts domain's tables (revision ``0002_reading_workflow``).
 
     users 1─* web_sessions          server-side sessions: sign-out and timeouts end them
-    api_tokens                      bearer tokens for scripts, stored as sha256
+    users 1─* sign_in_locks         wrong passwords per (account, client address) (0017)
+    api_tokens                      bearer tokens for scripts, stored as sha256, may expire
 
 Nothing here holds a password, a token or a session secret in plain text; the migration
 builds its CHECK constraints from the same ``Role`` values.
@@ -43,7 +44,6 @@ class User(Base):
     __tablename__ = "users"
     __table_args__ = (
         CheckConstraint(check_in("role", Role), name="users_role_valid"),
-        CheckConstraint("failed_logins >= 0", name="users_failed_logins_nonnegative"),
         Index("uq_users_username_lower", func.lower(text("username")), unique=True),
     )
 
@@ -52,8 +52,6 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))
     password_hash: Mapped[str] = mapped_column(Text)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
-    failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -78,6 +76,27 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # None: never
+
+
+class SignInLock(Base):
+    """Consecutive wrong passwords for one account from one client address (revision 0017).
+    ``max_failures`` of them lock the account *for that address* until ``locked_until``,
+    so a flood from one place cannot lock the real user out everywhere."""
+
+    __tablename__ = "sign_in_locks"
+    __table_args__ = (
+        CheckConstraint("failures >= 0", name="sign_in_locks_failures_nonnegative"),
+        Index("ix_sign_in_locks_locked_until", "locked_until"),
+    )
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    client_addr: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class WebSession(Base):

@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Select, func, insert, select
+from sqlalchemy import Connection, Engine, Integer, Row, Select, func, insert, select
 
 from cxr_db.audit.tables import ActorKind, AuditAction, AuditEntry
 
@@ -139,6 +139,29 @@ def append(conn: Connection, event: AuditEvent) -> int:
     return int(conn.execute(stmt).scalar_one())
 
 
+def worklist_view(
+    actor: Actor,
+    source: str,
+    view: str,
+    entries: int,
+    searched: bool,
+    *,
+    background: bool = False,
+) -> AuditEvent:
+    """A look at the worklist (``source``: page, api or cli): which view, how many studies
+    it listed, whether it was searched (never the search text: it may hold anything), and
+    whether it was the open page refreshing itself (``background``)."""
+    detail: dict[str, Scalar] = {
+        "source": source,
+        "view": view,
+        "entries": entries,
+        "searched": searched,
+    }
+    if background:
+        detail["background"] = True
+    return AuditEvent(AuditAction.WORKLIST_VIEW, actor, None, detail)
+
+
 def record(engine: Engine, event: AuditEvent) -> int:
     """Write one audit row in its own transaction (events that change nothing else)."""
     with engine.begin() as conn:
@@ -185,6 +208,39 @@ def list_entries(engine: Engine, query: AuditQuery) -> AuditPage:
     more = len(rows) > limit
     rows = rows[:limit]
     return AuditPage(rows, rows[-1].id if more and rows else None)
+
+
+@dataclass(frozen=True)
+class RefusalSummary:
+    """Refused requests from one client address of one kind (``request_refused`` rows)."""
+
+    client_addr: str | None
+    kind: str
+    refused: int  # rows plus the refusals they say were left out
+    last_at: datetime
+
+
+def refusal_summary(engine: Engine, hours: int = 24, limit: int = 10) -> list[RefusalSummary]:
+    """The client addresses refused most in the last ``hours``, by kind: someone probing."""
+    kind = AuditEntry.detail["kind"].astext
+    left_out = func.coalesce(AuditEntry.detail["suppressed"].astext.cast(Integer), 0)
+    refused = func.sum(1 + left_out)
+    stmt = (
+        select(AuditEntry.client_addr, kind.label("kind"), refused.label("refused"),
+               func.max(AuditEntry.at).label("last_at"))
+        .where(
+            AuditEntry.action == AuditAction.REQUEST_REFUSED.value,
+            AuditEntry.at >= func.now() - timedelta(hours=hours),
+        )
+        .group_by(AuditEntry.client_addr, kind)
+        .order_by(refused.desc(), func.max(AuditEntry.at).desc())
+        .limit(limit)
+    )  # fmt: skip
+    with engine.connect() as conn:
+        return [
+            RefusalSummary(r.client_addr, str(r.kind), int(r.refused), r.last_at)
+            for r in conn.execute(stmt)
+        ]
 
 
 def count_entries(engine: Engine, query: AuditQuery) -> int:

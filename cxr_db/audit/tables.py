@@ -26,7 +26,12 @@ class ActorKind(enum.StrEnum):
 class AuditAction(enum.StrEnum):
     SIGN_IN = "sign_in"
     SIGN_IN_FAILED = "sign_in_failed"
-    ACCOUNT_LOCKED = "account_locked"
+    ACCOUNT_LOCKED = "account_locked"  # for one client address (revision 0017)
+    ACCOUNT_UNLOCK = "account_unlock"
+    PASSWORD_CHANGE = "password_change"
+    PASSWORD_CHANGE_FAILED = "password_change_failed"
+    REQUEST_REFUSED = "request_refused"  # 401, 403, CSRF, Host, throttled (rate-limited)
+    WORKLIST_VIEW = "worklist_view"  # the page, the JSON API, the command line
     SIGN_OUT = "sign_out"
     SESSION_EXPIRED = "session_expired"
     STUDY_VIEW = "study_view"

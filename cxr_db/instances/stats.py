@@ -47,7 +47,7 @@ from sqlalchemy import (
 )
 
 from cxr_common import metrics as m
-from cxr_db.accounts.tables import User
+from cxr_db.accounts.tables import SignInLock
 from cxr_db.audit.tables import AuditAction, AuditEntry
 from cxr_db.hl7.tables import Hl7Send
 from cxr_db.instances.statuses import FINAL_STATUSES, PENDING_STATUSES, InstanceStatus
@@ -306,7 +306,9 @@ def read_snapshot(engine: Engine, window_s: float = m.HISTOGRAM_WINDOW_S) -> Pip
             failures = _audit_count(conn, AuditAction.SIGN_IN_FAILED)
             lockouts = _audit_count(conn, AuditAction.ACCOUNT_LOCKED)
             locked = conn.execute(
-                select(func.count()).select_from(User).where(User.locked_until > func.now())
+                select(func.count(func.distinct(SignInLock.user_id))).where(
+                    SignInLock.locked_until > func.now()
+                )
             ).scalar_one()
             models = serving_model_labels(conn)
             workers = conn.execute(

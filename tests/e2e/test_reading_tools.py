@@ -151,10 +151,14 @@ def test_shortcuts_choose_a_finding_and_save_but_not_while_typing(
         expect(page).to_have_url(f"{base_url}/studies/{seeded.order[1]}?saved={top}")
         (answer,) = reading.answers_for(db, top)
         assert (answer.finding.value, answer.note) == ("other", "1 2 3 s n u effusion")
+        # the page claims the study it shows (a POST from its script; the GET did not)
+        expect(page.locator("#claim-status")).to_contain_text("In progress by you")
+        assert reading.read_state(db, seeded.order[1]).claimed_by == "ann"
         # n skips to the next unread study; u releases the one held
         page.keyboard.press("n")
         expect(page).to_have_url(f"{base_url}/studies/{seeded.order[2]}")
-        assert reading.read_state(db, seeded.order[1]).claimed_by == "ann"
+        expect(page.locator("#claim-status")).to_contain_text("In progress by you")
+        expect(page.locator("#release-form")).to_be_visible()
         page.keyboard.press("u")
         expect(page).to_have_url(base_url + "/")
         assert reading.read_state(db, seeded.order[2]).state.value == "unread"
@@ -268,6 +272,8 @@ def test_a_typed_answer_survives_a_session_expiry_and_sign_in(
         page = browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
         violations = _csp_violations(page)
         _sign_in(page, base_url, f"/studies/{top}")
+        # the page's claim (a POST) is done: it touches the session like any request
+        expect(page.locator("#claim-status")).to_contain_text("In progress by you")
         page.check("input[name=finding][value=no_pneumonia]")
         page.fill("#note", "clear lungs; old rib fracture")
         with db.begin() as conn:  # the session goes idle past its timeout

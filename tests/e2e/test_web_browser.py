@@ -108,11 +108,12 @@ def test_reading_workflow_in_chromium(engine: Engine, tmp_path: Path, browser: B
         expect(ann.locator("#not-scored")).to_be_visible()
         _artefact(ann, tmp_path, "worklist.png")
 
-        # open the top study: it is claimed, and the viewer's controls come alive
+        # open the top study: the page claims it (a POST), and the viewer's controls come alive
         rows.nth(0).locator("a.study").click()
         expect(ann).to_have_url(f"{base_url}/studies/{seeded.flagged_top}")
         expect(ann.locator("[data-patient]")).to_contain_text(PATIENT_NAME_SHOWN)
-        expect(ann.locator(".notice").first).to_contain_text("In progress by you")
+        expect(ann.locator("#claim-status")).to_contain_text("In progress by you")
+        assert reading.read_state(db, seeded.flagged_top).claimed_by == "ann"
         viewer = ann.locator(".viewer").first
         controls = viewer.locator(".controls")
         expect(controls).to_be_visible()

@@ -33,6 +33,7 @@ from tests.web_server import (
     add_user,
     csrf_of,
     heatmap_png,
+    open_study,
     reset_accounts,
     seed_worklist,
     serve,
@@ -203,13 +204,16 @@ def test_lock_out_after_repeated_failures_with_one_message(db: Engine, base_url:
     mark = audit_mark(db)
     with httpx.Client(base_url=base_url, timeout=30) as http:
         messages = set()
-        for _ in range(5):
+        for _ in range(4):
             resp = sign_in(http, "ann", "not the password at all")
             assert resp.status_code == 401
             messages.add(resp.text.split('role="alert">')[1].split("<")[0])
         assert len(messages) == 1
+        fifth = sign_in(http, "ann", "not the password at all")
+        assert fifth.status_code == 429, "the fifth locks ann from this address"
+        assert int(fifth.headers["retry-after"]) > 0
         locked = sign_in(http, "ann")
-        assert locked.status_code == 401, "the right password is refused while locked"
+        assert locked.status_code == 429, "the right password is refused while locked"
         assert "cxr_session" not in http.cookies
         unknown = sign_in(http, "nobody-here", "whatever password")
         assert unknown.status_code == 401
@@ -312,6 +316,8 @@ def test_study_page_claims_and_shows_context_images_and_answer_form(
     assert '<script src="/static/viewer.js" defer></script>' in page
     assert 'action="/studies/1.2.826.0.1.7.2/answer"' in page
     assert 'href="/model-card"' in page
+    assert reading.read_state(db, seeded.flagged_top).claimed_by is None, "a GET claims nothing"
+    open_study(reader, seeded.flagged_top)  # the page's script claims it with a POST
     assert reading.read_state(db, seeded.flagged_top).claimed_by == "ann"
     png = reader.get(f"/heatmaps/{seeded.flagged_top_sop}.png")
     assert png.status_code == 200
@@ -336,7 +342,7 @@ def test_study_page_claims_and_shows_context_images_and_answer_form(
 def test_a_second_reader_sees_in_progress_and_cannot_answer(
     db: Engine, reader: httpx.Client, base_url: str, seeded: Seeded
 ) -> None:
-    assert reader.get(f"/studies/{seeded.flagged_top}").status_code == 200
+    open_study(reader, seeded.flagged_top)
     add_user(db, "ben")
     with httpx.Client(base_url=base_url, timeout=30) as ben:
         sign_in(ben, "ben")
@@ -594,7 +600,7 @@ def test_a_new_not_eligible_study_is_on_the_first_unread_page_behind_1200_flagge
 
 def test_audit_api_and_page_for_admins(db: Engine, base_url: str, reader: httpx.Client,
                                        seeded: Seeded) -> None:  # fmt: skip
-    reader.get(f"/studies/{seeded.flagged_top}")
+    open_study(reader, seeded.flagged_top)
     admin = add_token(db, "auditor", Role.ADMIN)
     h = _bearer(admin)
     resp = httpx.get(

@@ -2,7 +2,8 @@
 
 - ``public``: ``/healthz`` and ``/static/viewer.js`` (no credentials).
 - ``session``: ``/sign-in`` and ``/sign-out``.
-- ``reading`` (radiologist): the worklist, study pages, answers, radiographs, heatmaps and
+- ``account`` (any signed-in user): ``/account/password``.
+- ``reading`` (radiologist): the worklist, study pages, claims, answers, radiographs, heatmaps and
   the model card.
 - ``api``: the JSON API (``/api/worklist`` and answers for radiologists, ``/api/audit`` for
   admins).

@@ -1,4 +1,5 @@
-"""The admin pages (role admin): ``GET /admin/audit`` (the audit log, filtered and paged;
+"""The admin pages (role admin): ``GET /admin/audit`` (the audit log, filtered and paged,
+under a summary of the last 24 hours' refused requests by client address: someone probing;
 each view is itself audited) and ``GET /admin/users`` (users and API tokens)."""
 
 from __future__ import annotations
@@ -57,7 +58,13 @@ def audit_page(
     next_href = None
     if page.next_before_id is not None:
         next_href = "/admin/audit?" + urlencode({**filters, "before_id": page.next_before_id})
-    view = pages.AuditView(page.entries, filters, next_href, audit.count_entries(engine, query))
+    view = pages.AuditView(
+        page.entries,
+        filters,
+        next_href,
+        audit.count_entries(engine, query),
+        audit.refusal_summary(engine),
+    )
     return html(pages.audit_page(view, nav(principal)))
 
 

@@ -1,8 +1,10 @@
 """The JSON API for integrations (bearer tokens or a session with its CSRF header):
 
 - ``GET /api/worklist`` (radiologist): paged with ``Link: <…>; rel="next"``, each study as
-  ``worklist.present.entry_json``.
-- ``POST /api/studies/{study_instance_uid}/answer`` (radiologist): a JSON answer.
+  ``worklist.present.entry_json``. Each call is audited (``worklist_view``).
+- ``POST /api/studies/{study_instance_uid}/answer`` (radiologist): a JSON answer; the score
+  and model version recorded with it are the server's (a ``score`` or ``model_version``
+  in the body is ignored).
 - ``GET /api/audit`` (admin): filtered and paged, newest first.
 
 Errors are ``{"detail": …}`` with the status code.
@@ -30,7 +32,7 @@ from cxr_db.errors import (
 from cxr_db.reading.tables import ReadState
 from cxr_db.worklist import reads
 from cxr_db.worklist.reads import InvalidCursorError, WorklistQuery
-from worklist.auth import CSRF_HEADER, check_csrf
+from worklist.auth import CSRF_HEADER, check_csrf, is_background
 from worklist.deps import Admin, Reader, State
 from worklist.inputs import UID_RULE, audit_query, parse_view, record_answer, valid_uid
 from worklist.present import entry_json
@@ -47,6 +49,7 @@ Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="at most this many 
 
 @router.get("/worklist")
 def worklist_json(
+    request: Request,
     principal: Reader,
     web: State,
     state: str = "unread",
@@ -64,6 +67,17 @@ def worklist_json(
         )
     except InvalidCursorError as exc:
         return json_error(400, str(exc))
+    audit.record(
+        web.engine,
+        audit.worklist_view(
+            principal.actor(),
+            "api",
+            read_view.value,
+            len(page.entries),
+            bool(q.strip()),
+            background=is_background(request),
+        ),
+    )
     headers = {}
     if page.next_cursor:
         params = {"state": read_view.value, "limit": str(limit), "after": page.next_cursor}

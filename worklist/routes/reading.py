@@ -1,10 +1,13 @@
-"""The radiologists' pages: the worklist (``GET /``), study pages with answers and
+"""The radiologists' pages: the worklist (``GET /``), study pages with claim, answers and
 release, the radiograph and heatmap PNGs, and the model card.
 
-``GET /studies/{uid}`` claims the study (``in_progress``) and shows it: patient context,
-score against threshold, radiograph and heatmap, answer form. Each view and each image
-fetch is audited. Saving an answer opens the next unread study in worklist order
-(``next_unread``; the worklist when none is left), and so does ``GET /next-unread``.
+``GET /studies/{uid}`` shows the study: patient context, score against threshold,
+radiograph and heatmap, answer form. It changes nothing but the audit log: the page claims
+the study (``in_progress``) with ``POST /studies/{uid}/claim`` (its script does at once;
+a button without script), so a cross-site ``<img>`` or link cannot create claims in a
+radiologist's name. Each worklist view, study view and image fetch is audited. Saving an
+answer opens the next unread study in worklist order (``next_unread``; the worklist when
+none is left), and so does ``GET /next-unread``.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from markupsafe import Markup
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
 
 from cxr_common.errors import CxrTriageError
 from cxr_db.accounts.tables import Role
@@ -40,10 +44,19 @@ from cxr_db.worklist import reads
 from cxr_db.worklist.reads import InvalidCursorError, ReadView, WorklistQuery
 from cxr_imaging.limits import InputRefusedError
 from worklist import pages
-from worklist.auth import CSRF_FIELD, HOME, AuthError, Principal, check_csrf
+from worklist.auth import (
+    CSRF_FIELD,
+    CSRF_HEADER,
+    HOME,
+    AuthError,
+    Principal,
+    check_csrf,
+    is_background,
+    read_form,
+)
 from worklist.deps import Form, MaybePrincipal, Reader, State, WebState
 from worklist.inputs import UID_RULE, parse_view, record_answer, valid_uid
-from worklist.present import finding_display, study_href
+from worklist.present import finding_display, study_href, utc_hhmm
 from worklist.radiograph import FULL_MEDIA_TYPE, Withheld, patient_context
 from worklist.responses import html, html_error, json_error, nav
 
@@ -113,6 +126,7 @@ def next_unread(engine: Engine, skip: str | None = None) -> str | None:
 
 @router.get("/", response_class=HTMLResponse)
 def worklist_page(
+    request: Request,
     state: State,
     principal: MaybePrincipal,
     view: str | None = None,
@@ -158,6 +172,17 @@ def worklist_page(
         unscored, unscored_more = side.entries, side.next_cursor is not None
     params = {"view": read_view.value, "q": q, "status": "unscored" if only_unscored else ""}
     base = {k: v for k, v in params.items() if v}
+    audit.record(
+        engine,
+        audit.worklist_view(
+            principal.actor(),
+            "page",
+            read_view.value,
+            len(page.entries) + len(unscored),
+            bool(q) or only_unscored,
+            background=is_background(request),
+        ),
+    )
     notice = None
     if saved and valid_uid(saved):
         notice = f"Answer saved for study {saved}: it has left the unread list."
@@ -228,6 +253,7 @@ def _study_view(
         and read.claimed_by == user.username
     )
     can_answer = user is not None and (read.read_state is ReadState.UNREAD or claimed_by_me)
+    # an unread study (or one's own claim, renewed) is claimed by the page's POST
     threshold = next((i.threshold for i in detail.instances if i.threshold is not None), None)
     return pages.StudyView(
         detail=detail,
@@ -272,17 +298,73 @@ def study_page(
             principal,
         )
     audit.record(engine, AuditEvent(AuditAction.STUDY_VIEW, principal.actor(), uid))
-    if principal.user is not None:
-        reading.claim_study(
-            engine,
-            uid,
-            principal.user,
-            timeout=state.config.claim_timeout,
-            client_addr=principal.client_addr,
-        )
     view = _study_view(state, uid, principal, saved=valid_uid(saved) if saved else None)
     assert view is not None
     return html(pages.study_page(view, nav(principal)))
+
+
+def _claim_message(result: reading.ClaimResult) -> str:
+    read = result.read
+    if result.claimed:
+        return (
+            f"In progress by you until {utc_hhmm(read.claim_expires_at)}. "
+            "Others see that you are reading it."
+        )
+    if read.state is ReadState.READ:
+        return f"Already read by {read.read_by or '-'}."
+    return (
+        f"In progress by {read.claimed_by or '-'} until {utc_hhmm(read.claim_expires_at)}: "
+        "you can look, but only they can answer until then."
+    )
+
+
+@router.post("/studies/{study_instance_uid}/claim")
+async def claim(
+    study_instance_uid: str, request: Request, principal: Reader, state: State
+) -> Response:
+    """Claim the study (``in_progress`` for the claim timeout; one's own claim is renewed).
+    The study page's script sends it with the ``X-CSRF-Token`` header and gets JSON
+    (``claimed``, ``read_state``, ``claimed_by``, ``claim_expires_at``, ``message``); the
+    page's button sends a form and is sent back to the study page. 409 when someone else
+    holds it or it is read."""
+    header = request.headers.get(CSRF_HEADER)
+    form: dict[str, str] = {}
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if header is None and kind == "application/x-www-form-urlencoded":
+        form = await read_form(request)
+    check_csrf(principal, header if header is not None else form.get(CSRF_FIELD))
+    uid = valid_uid(study_instance_uid)
+    if uid is None:
+        return json_error(400, f"malformed Study Instance UID: {UID_RULE}")
+    if principal.user is None:
+        return json_error(403, "an API token cannot claim a study: it answers directly")
+    user = principal.user
+    try:
+        result = await run_in_threadpool(
+            reading.claim_study,
+            state.engine,
+            uid,
+            user,
+            timeout=state.config.claim_timeout,
+            client_addr=principal.client_addr,
+        )
+    except StudyNotFoundError:
+        return json_error(404, f"no study with Study Instance UID {uid}")
+    if header is None:
+        return RedirectResponse(study_href(uid), status_code=303)
+    read = result.read
+    return JSONResponse(
+        {
+            "claimed": result.claimed,
+            "read_state": read.state.value,
+            "claimed_by": read.claimed_by,
+            "claim_expires_at": read.claim_expires_at.isoformat()
+            if read.claim_expires_at
+            else None,
+            "message": _claim_message(result),
+        },
+        status_code=200 if result.claimed else 409,
+    )
 
 
 @router.post("/studies/{study_instance_uid}/answer")

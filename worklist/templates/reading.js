@@ -2,7 +2,10 @@
 /* The reading tools, served same-origin as /static/reading.js (the CSP allows no inline
    script). Every page works without it.
 
-   Study page: keys 1/2/3 choose a finding, s saves, n opens the next unread study,
+   Study page: an unread study (or one's own claim) is claimed at once with a POST to
+   its claim form's action (header X-CSRF-Token; the page itself, a GET, changes nothing),
+   and the status line says the answer; without script the form's Claim button does it.
+   Keys 1/2/3 choose a finding, s saves, n opens the next unread study,
    u releases (none of them while typing in a text field). The typed answer (finding and
    note) is kept as a draft in sessionStorage under "cxr-draft:<user>|<study UID>", so it
    survives a session expiry and the sign-in that follows (which returns to the study);
@@ -68,6 +71,30 @@
   }
 
   // ------------------------------------------------------------------ study page
+  function claimStudy(claim) {
+    var token = claim.querySelector("input[name=csrf_token]");
+    var status = document.getElementById("claim-status");
+    fetch(claim.getAttribute("action"), {
+      method: "POST",
+      headers: { "X-CSRF-Token": token ? token.value : "", "Accept": "application/json" },
+      credentials: "same-origin",
+      cache: "no-store"
+    }).then(function (resp) {
+      return resp.headers.get("content-type") === "application/json" ? resp.json() : null;
+    }).then(function (data) {
+      if (!data || !status) { return; }
+      status.textContent = data.message || "";
+      if (data.claimed) {
+        var release = document.getElementById("release-form");
+        if (release) { release.hidden = false; }
+      } else {
+        status.classList.add("warn");
+      }
+    }).catch(function () { /* offline: the Claim button still works */ });
+  }
+  var claimForm = document.getElementById("claim-form");
+  if (claimForm) { claimStudy(claimForm); }
+
   function studyPage(form) {
     var key = DRAFT_PREFIX + form.getAttribute("data-draft-key");
     var note = form.querySelector("textarea[name=note]");
@@ -124,7 +151,7 @@
         return true;
       },
       "u": function () {
-        if (!release) { return false; }
+        if (!release || release.hidden) { return false; }
         if (release.requestSubmit) { release.requestSubmit(); } else { release.submit(); }
         return true;
       }
