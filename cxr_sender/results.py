@@ -142,6 +142,7 @@ class _Objects:
     datasets: tuple[Dataset, ...]
     sc_sop_instance_uid: str | None
     sr_sop_instance_uid: str
+    seg_sop_instance_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -365,6 +366,7 @@ class ResultsRuntime:
                 tuple(datasets),
                 str(sc.SOPInstanceUID) if sc is not None else None,
                 str(sr.SOPInstanceUID),
+                str(seg.SOPInstanceUID) if seg is not None else None,
             )
         uids = result_uids(self.uid_root, inputs.study_instance_uid, inputs.result_version)
         if ResultObject.SR not in wanted:  # a not-analysed result is an SR only
@@ -460,6 +462,7 @@ class ResultsRuntime:
             by_uid: dict[str, SendOutcome] = {o.sop_instance_uid: o for o in outcomes}
             sc = by_uid.get(objects.sc_sop_instance_uid or "")
             sr = by_uid.get(objects.sr_sop_instance_uid)
+            seg = by_uid.get(objects.seg_sop_instance_uid or "")
             attempt = results_db.record_attempt(
                 conn,
                 results_db.Attempt(
@@ -472,6 +475,8 @@ class ResultsRuntime:
                     sc_status=sc.status if sc else None,
                     sr_status=sr.status if sr else None,
                     error=error,
+                    seg_sop_instance_uid=objects.seg_sop_instance_uid,
+                    seg_status=seg.status if seg else None,
                 ),
             )
         log.info(

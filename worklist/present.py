@@ -124,6 +124,8 @@ def results_json(results: StudyResults | None) -> dict[str, object] | None:
                 "sr_sop_instance_uid": d.sr_sop_instance_uid,
                 "sc_status": _hex(d.sc_status),
                 "sr_status": _hex(d.sr_status),
+                "seg_sop_instance_uid": d.seg_sop_instance_uid,
+                "seg_status": _hex(d.seg_status),
             }
             for d in results.destinations
         ],

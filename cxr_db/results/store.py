@@ -336,6 +336,8 @@ class Attempt:
     sc_status: int | None
     sr_status: int | None
     error: str | None
+    seg_sop_instance_uid: str | None = None
+    seg_status: int | None = None
 
 
 def record_attempt(conn: Connection, attempt: Attempt) -> int:
@@ -362,6 +364,8 @@ def record_attempt(conn: Connection, attempt: Attempt) -> int:
             sr_sop_instance_uid=attempt.sr_sop_instance_uid,
             sc_status=attempt.sc_status,
             sr_status=attempt.sr_status,
+            seg_sop_instance_uid=attempt.seg_sop_instance_uid,
+            seg_status=attempt.seg_status,
             error=None if attempt.error is None else attempt.error[:2000],
         )
     )
@@ -426,6 +430,8 @@ class DestinationOutcome:
     sr_sop_instance_uid: str
     sc_status: int | None
     sr_status: int | None
+    seg_sop_instance_uid: str | None = None
+    seg_status: int | None = None
 
 
 @dataclass(frozen=True)
@@ -468,6 +474,8 @@ def study_results(conn: Connection, study_ids: Sequence[int]) -> dict[int, Study
                 sr_sop_instance_uid=a.sr_sop_instance_uid,
                 sc_status=a.sc_status,
                 sr_status=a.sr_status,
+                seg_sop_instance_uid=a.seg_sop_instance_uid,
+                seg_status=a.seg_status,
             )
         )
     hl7 = newest_attempts(conn, study_ids)

@@ -64,5 +64,7 @@ class ResultSend(Base):
     sr_sop_instance_uid: Mapped[str] = mapped_column(String(64))
     sc_status: Mapped[int | None] = mapped_column(Integer)
     sr_status: Mapped[int | None] = mapped_column(Integer)
+    seg_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    seg_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

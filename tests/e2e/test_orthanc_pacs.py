@@ -20,7 +20,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from pydicom.uid import ComprehensiveSRStorage
+from pydicom.uid import Comprehensive3DSRStorage
 
 from tests.conftest import SAMPLES, StartUp
 from tests.integration.results_peers import run_tool
@@ -148,7 +148,7 @@ def test_orthanc_routes_a_study_to_cxr_triage_and_gets_results_by_c_store_and_st
     assert _objects_of(entries[pacs.dicomweb]) == objects  # the same objects both ways
     original = str(header.SOPInstanceUID)
     assert set(in_pacs) == {original} | objects  # same study, nothing else, nothing missing
-    assert ComprehensiveSRStorage in {in_pacs[uid] for uid in objects}
+    assert Comprehensive3DSRStorage in {in_pacs[uid] for uid in objects}
     # what Orthanc shows for the study, by QIDO-RS (for the record: pytest -s)
     for found in series:
         print("QIDO series", *(_value(found, tag) for tag in SERIES_TAGS))

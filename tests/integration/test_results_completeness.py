@@ -170,6 +170,8 @@ def test_sends_are_numbered_locked_and_sent_once(engine: Engine) -> None:
                 "sr_sop_instance_uid": "2.25.2",
                 "sc_status": "0x0000",
                 "sr_status": "0x0000",
+                "seg_sop_instance_uid": None,
+                "seg_status": None,
             }
         ],
         "hl7": [],

@@ -15,7 +15,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 from sqlalchemy import Engine, text
 
 from cxr_common.settings import ResultSettings
@@ -89,7 +89,7 @@ def test_orthanc_receives_both_objects_by_stow_rs_with_basic_auth(
     ]
     assert _instances(orthanc, source.StudyInstanceUID) == {
         sc.SOPInstanceUID: SecondaryCaptureImageStorage,
-        sr.SOPInstanceUID: ComprehensiveSRStorage,
+        sr.SOPInstanceUID: Comprehensive3DSRStorage,
     }
     # a resend (an ambiguous failure retried) stores the same UIDs again, no duplicate
     again = send_objects(destination, [sc, sr], AUTH, timeout_s=30)
@@ -196,14 +196,19 @@ def test_results_sender_stows_a_result_version_once_and_records_the_attempt(
         rows = conn.execute(
             text(
                 "SELECT destination, status, sc_sop_instance_uid, sr_sop_instance_uid, "
-                "sc_status, sr_status FROM result_sends"
+                "seg_sop_instance_uid, sc_status, sr_status, seg_status FROM result_sends"
             )
         ).all()
     (row,) = rows
-    assert (row.destination, row.status, row.sc_status, row.sr_status) == (
+    assert (row.destination, row.status, row.sc_status, row.sr_status, row.seg_status) == (
         orthanc.dicomweb,
         "sent",
         0,
         0,
+        0,
     )
-    assert set(_instances(orthanc, study)) == {row.sc_sop_instance_uid, row.sr_sop_instance_uid}
+    assert set(_instances(orthanc, study)) == {
+        row.sc_sop_instance_uid,
+        row.sr_sop_instance_uid,
+        row.seg_sop_instance_uid,
+    }
