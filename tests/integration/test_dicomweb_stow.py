@@ -19,6 +19,7 @@ import pytest
 import redis
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
+from pydicom.uid import SecondaryCaptureImageStorage
 from requests.exceptions import HTTPError
 from sqlalchemy import Engine, text
 
@@ -324,7 +325,12 @@ def test_stow_without_ingest_rules_answers_503(db: Engine, sender: str) -> None:
 def test_our_own_result_object_is_acknowledged_not_stored(
     base_url: str, sender: str, db: Engine
 ) -> None:
-    ds = make_dataset(sop_uid=f"{UID_ROOT}.{uuid.uuid4().int % 10**12}")
+    # ours: under our UID root and of a class we create (a heatmap Secondary Capture)
+    ds = make_dataset(
+        sop_uid=f"{UID_ROOT}.{uuid.uuid4().int % 10**12}",
+        sop_class=SecondaryCaptureImageStorage,
+        modality="OT",
+    )
     resp = httpx.post(
         f"{base_url}/dicomweb/studies",
         content=_body(_part10(ds)),

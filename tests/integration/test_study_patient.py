@@ -307,6 +307,7 @@ def test_results_carry_the_study_patient_as_its_first_instance_names_it(
     from cxr_common.settings import ResultSettings
     from cxr_db.instances import writes
     from cxr_db.results import store as results_db
+    from cxr_results import ALL_OBJECTS
     from cxr_sender.results import ResultsRuntime
 
     study = generate_uid()
@@ -356,8 +357,8 @@ def test_results_carry_the_study_patient_as_its_first_instance_names_it(
             uid_root=ROOT,
         ),
     )
-    objects = runtime._build(inputs, None)
-    assert len(objects.datasets) == 2
+    objects = runtime._build(inputs, None, ALL_OBJECTS, lambda: runtime._build_scored(inputs))
+    assert len(objects.datasets) == 2  # SC and SR (no heatmap: no SEG)
     for obj in objects.datasets:
         assert str(obj.PatientName) == "ALPHA^ANNA"
         assert obj.PatientSex == "F"
