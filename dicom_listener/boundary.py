@@ -45,12 +45,12 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from pynetdicom import AE, dimse_messages
+from pynetdicom import AE, dimse_messages, evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.events import Event, EventHandlerType
@@ -179,6 +179,7 @@ class _GuardedRequestHandler(RequestHandler):
                 self.server.release_refusal(address)
                 self.server.release_pending(address)
             return
+        started = False
         try:
             request = self.request
             if isinstance(request, ssl.SSLSocket):
@@ -195,9 +196,18 @@ class _GuardedRequestHandler(RequestHandler):
                     return
             if isinstance(request, socket.socket):
                 request.settimeout(self.server.policy.io_timeout_s)
-            super().handle()
+            # pynetdicom's handle(), with the hand-over made atomic: the connection stops
+            # counting as pending in the same step as its association starts counting.
+            # Counted twice in between, four parallel associations from one peer (the
+            # per-peer limit) lost one at accept (issue 20).
+            assoc = self._create_association()
+            evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+            with self.server.hand_over(address):
+                assoc.start()
+            started = True
         finally:
-            self.server.release_pending(address)
+            if not started:
+                self.server.release_pending(address)
 
     def _reject_over_limit(self, address: str, reason: str) -> None:
         """Answer a peer over its connection limit with A-ASSOCIATE-RJ (rejected-transient,
@@ -360,9 +370,22 @@ class GuardedAssociationServer(ThreadedAssociationServer):
 
     def release_pending(self, address: str) -> None:
         with self._lock:
-            self._pending[address] -= 1
-            if self._pending[address] <= 0:
-                del self._pending[address]
+            self._release_pending(address)
+
+    def _release_pending(self, address: str) -> None:
+        self._pending[address] -= 1
+        if self._pending[address] <= 0:
+            del self._pending[address]
+
+    @contextlib.contextmanager
+    def hand_over(self, address: str) -> Iterator[None]:
+        """Start a pending connection's association (the ``with`` body) and stop counting
+        it as pending, as one step for :meth:`verify_request`."""
+        with self._lock:
+            try:
+                yield
+            finally:
+                self._release_pending(address)
 
     def _refuse(self, address: str, why: str) -> None:
         self.refused_connections += 1
