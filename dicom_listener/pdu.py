@@ -177,6 +177,9 @@ def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
             pace.received += n
     del buffer[got:]
     if pace is not None:
+        # Writes (our answers) keep the plain network timeout, not what was left here.
+        with contextlib.suppress(OSError):
+            sock.settimeout(pace.io_timeout_s)
         if header:
             pace.pdu_type = buffer[0] if len(buffer) == 6 else None
             if len(buffer) < 6:

@@ -105,14 +105,17 @@ def test_a_sequence_inside_un_is_counted_as_pydicom_would_read_it(tmp_path: Path
         check_instance(path, DecodeLimits(max_header_items=100))
 
 
-def test_native_pixel_data_with_its_pad_byte_passes_one_more_is_refused(tmp_path: Path) -> None:
+def test_native_pixel_data_a_little_long_passes_far_too_long_is_refused(tmp_path: Path) -> None:
+    """The pad byte, or padding to a block (pydicom's MR_small_padded.dcm: 128 bytes),
+    passes; more than 64 kB past the image is refused."""
     ds = poison.dx_dataset()
     ds.Rows, ds.Columns = 63, 63  # 3969 bytes: odd, padded to 3970 by the writer
-    ds.PixelData = bytes(3969)
-    check_instance(write(ds, tmp_path / "odd.dcm"), LIMITS)
-    ds.PixelData = bytes(3969 + 3)
-    with pytest.raises(PixelDataLengthError, match="more than the 3,969"):
+    ds.PixelData = bytes(3969 + 127)
+    check_instance(write(ds, tmp_path / "padded.dcm"), LIMITS)
+    ds.PixelData = bytes(3969 + 64 * 1024 + 1)
+    with pytest.raises(PixelDataLengthError, match="more than the 3,969") as exc:
         check_instance(write(ds, tmp_path / "long.dcm"), LIMITS)
+    assert exc.value.store_status == 0xC220
 
 
 def test_the_codestream_readers() -> None:
