@@ -60,6 +60,25 @@ class DecodeLimitSettings(BaseModel):
         "with overlays or private blobs); the listener may parse one per association at "
         "once, so this bounds its extra memory at about associations x 3 x this",
     )
+    max_header_items: int = Field(
+        default=10_000,
+        ge=1,
+        description="sequence items in the header, at every nesting level (and fragments of "
+        "encapsulated Pixel Data): counted in a pre-scan of the raw bytes before pydicom "
+        "builds any object (each parsed item costs about 1 kB). Real headers hold tens",
+    )
+    max_header_elements: int = Field(
+        default=100_000,
+        ge=1,
+        description="data elements in the header, at every nesting level (pre-scan, as "
+        "max_header_items). Real headers hold hundreds to a few thousand",
+    )
+    max_sequence_depth: int = Field(
+        default=16,
+        ge=1,
+        description="sequences nested in sequences (pre-scan). Images nest 2 or 3 deep; "
+        "our own SR results about 6",
+    )
     min_dynamic_range: float = Field(
         default=0.01,
         ge=0,

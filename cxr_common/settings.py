@@ -315,6 +315,19 @@ class ListenerSettings(CommonSettings, DecodeLimitSettings):
     network_timeout_s: float = Field(
         default=60.0, gt=0, description="close an association idle this long"
     )
+    pdu_timeout_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="each PDU must arrive whole within this many seconds of its first byte, "
+        "and a longer message at CXR_MIN_TRANSFER_RATE on average after it; a slower peer "
+        "is closed and logged (0 = no deadline: only CXR_NETWORK_TIMEOUT_S per read)",
+    )
+    min_transfer_rate: float = Field(
+        default=8192.0,
+        gt=0,
+        description="bytes/s a message (a C-STORE data set) must keep on average once it has "
+        "taken longer than CXR_PDU_TIMEOUT_S",
+    )
     dicom_max_pdu_bytes: int = Field(
         default=1_048_576,
         ge=0,

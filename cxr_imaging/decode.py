@@ -36,6 +36,7 @@ from pydicom.pixels.utils import pixel_array as _pixel_array
 from pydicom.uid import UID
 
 from cxr_imaging.errors import NotAnImageError, UndecodableError
+from cxr_imaging.limits import check_codestream
 from cxr_imaging.transfer_syntaxes import plugin_hint
 
 __all__ = ["DecodedImage", "decode_dataset", "load_image"]
@@ -191,13 +192,18 @@ def decode_dataset(ds: Dataset) -> DecodedImage:
     """Decode a DICOM dataset through the trusted display pipeline (module docstring).
 
     Multi-frame datasets give their first frame. Raises :class:`NotAnImageError`
-    without PixelData and :class:`UndecodableError` when no installed plugin can
-    decode the pixel data.
+    without PixelData, :class:`~cxr_imaging.limits.CodestreamSizeError` when a JPEG or
+    JPEG 2000 frame's codestream declares another size than the header (checked before
+    decoding), and :class:`UndecodableError` when no installed plugin can decode the
+    pixel data.
     """
     sop = str(ds.get("SOPInstanceUID", "<no SOP Instance UID>"))
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise NotAnImageError(f"dataset {sop} has no PixelData")
     tsuid, ts_label = _ts_label(ds)
+    # A decoder allocates what the codestream declares: refuse one that disagrees with
+    # the header before it can (CodestreamSizeError, an InputRefusedError).
+    check_codestream(ds)
     try:
         arr = _pixel_array(ds, index=0)
     except Exception as exc:  # decoders raise a zoo of types; all mean "cannot decode"

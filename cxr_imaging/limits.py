@@ -32,10 +32,15 @@ Errors (all :class:`~cxr_imaging.errors.ImagingError`)::
         ├── PixelDataLengthError   0xC220  Pixel Data missing, 0-length, shorter than
         │                                  declared (truncated transfer), cut mid-fragment
         ├── DeclaredSizeError      0xC221  Rows, Columns, NumberOfFrames, SamplesPerPixel,
-        │                                  BitsAllocated/BitsStored absurd or over a limit
+        │   │                              BitsAllocated/BitsStored absurd or over a limit
+        │   └── CodestreamSizeError        the JPEG / JPEG 2000 codestream declares another
+        │                                  size than the header (issue 20)
         ├── InflatedSizeError      0xC222  Deflated data set inflates past max_inflated_bytes
         ├── HeaderSizeError        0xC223  more than max_header_bytes before Pixel Data
-        │                                  (any transfer syntax; inflated when Deflated)
+        │   │                              (any transfer syntax; inflated when Deflated)
+        │   └── HeaderStructureError       more than max_header_items sequence items,
+        │                                  max_header_elements elements or
+        │                                  max_sequence_depth nesting (pre-scan, issue 20)
         └── BlankImageError        (worker only) decoded frame of (near-)zero dynamic range
     UndecodableError               not DICOM Part 10 / header unparseable: the listener's
                                    existing 0xC210
@@ -89,7 +94,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, ClassVar, Final, cast
 
@@ -108,6 +113,11 @@ from pydicom.uid import (
 )
 
 from cxr_common.limits import DecodeLimits, MiB
+from cxr_imaging.codestream import (
+    HEADER_SEARCH_BYTES,
+    has_codestream_header,
+    read_codestream_size,
+)
 from cxr_imaging.errors import ImagingError, UndecodableError
 
 __all__ = [
@@ -119,12 +129,15 @@ __all__ = [
     "DeclaredSizeError",
     "DecodeLimits",
     "Header",
+    "CodestreamSizeError",
     "HeaderSizeError",
+    "HeaderStructureError",
     "InflatedSizeError",
     "InputRefusedError",
     "PixelDataElement",
     "PixelDataLengthError",
     "Source",
+    "check_codestream",
     "check_declared_size",
     "check_instance",
     "check_not_blank",
@@ -204,10 +217,20 @@ class HeaderSizeError(InputRefusedError):
     store_status: ClassVar[int] = STATUS_HEADER_SIZE
 
 
+class HeaderStructureError(HeaderSizeError):
+    """The header holds more sequence items or data elements, or nests sequences deeper,
+    than the limits allow (found by the pre-scan, before pydicom builds objects)."""
+
+
 class DeclaredSizeError(InputRefusedError):
     """The header declares an image that is absurd or larger than the limits."""
 
     store_status: ClassVar[int] = STATUS_DECLARED_SIZE
+
+
+class CodestreamSizeError(DeclaredSizeError):
+    """A compressed frame's own codestream (JPEG SOF, JPEG 2000 SIZ) declares another
+    size than the header, or has no frame header where one must be."""
 
 
 class PixelDataLengthError(InputRefusedError):
@@ -233,6 +256,11 @@ class PixelDataElement:
     vr: str | None
     declared_length: int | None
     present_length: int
+    #: Encapsulated only: the fragments (items after the Basic Offset Table), their
+    #: bytes, and the first bytes of the first frame (for its codestream header).
+    fragments: int = 0
+    fragment_bytes: int = 0
+    frame_start: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)
@@ -365,21 +393,208 @@ def _size(fp: BinaryIO) -> int:
     return end
 
 
-def _encapsulated_complete(fp: BinaryIO, start: int, end: int, little: bool) -> bool:
-    """True when encapsulated Pixel Data from ``start`` holds whole items up to its
-    Sequence Delimitation Item before ``end`` (a cut transfer stops mid-fragment)."""
+@dataclass(frozen=True)
+class _Fragments:
+    complete: bool
+    count: int = 0
+    total: int = 0
+    frame_start: bytes = b""
+
+
+def _walk_fragments(fp: BinaryIO, start: int, end: int, little: bool, max_items: int) -> _Fragments:
+    """Walk encapsulated Pixel Data from ``start``: whole items up to its Sequence
+    Delimitation Item before ``end`` (a cut transfer stops mid-fragment), how many
+    fragments follow the Basic Offset Table and their bytes, and the first
+    :data:`~cxr_imaging.codestream.HEADER_SEARCH_BYTES` of the first frame. More than
+    ``max_items`` items is refused (pydicom would hold every one)."""
     fmt = "<HHL" if little else ">HHL"
     pos = start
+    count = total = 0
+    head = bytearray()
+    first = True
     while pos + 8 <= end:
         fp.seek(pos)
         group, elem, length = struct.unpack(fmt, fp.read(8))
         tag = group << 16 | elem
         if tag == 0xFFFEE0DD:
-            return True
+            return _Fragments(True, count, total, bytes(head))
         if tag != 0xFFFEE000 or length == _UNDEFINED:
-            return False
+            return _Fragments(False)
+        if first:
+            first = False  # the Basic Offset Table
+        else:
+            count += 1
+            total += length
+            if count > max_items:
+                raise _structure_error(f"more than {max_items:,} Pixel Data fragments", max_items)
+            if len(head) < HEADER_SEARCH_BYTES:
+                head += fp.read(min(length, HEADER_SEARCH_BYTES - len(head)))
         pos += 8 + length
-    return False
+    # Out of bytes before the delimiter (pydicom's value of Pixel Data holds none).
+    return _Fragments(False, count, total, bytes(head))
+
+
+# ---------------------------------------------------------------------------------------
+# Structure pre-scan
+
+#: Explicit VRs with a 2-byte reserved field and a 4-byte length.
+_LONG_VRS: Final = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_ITEM: Final = 0xFFFEE000
+_ITEM_END: Final = 0xFFFEE00D
+_SEQUENCE_END: Final = 0xFFFEE0DD
+
+
+def _structure_error(what: str, limit: int) -> HeaderStructureError:
+    return HeaderStructureError(
+        f"the header holds {what} (decode limits max_header_items, max_header_elements, "
+        "max_sequence_depth): a hostile or corrupt file; check the sending modality",
+        f"header structure: {what}",
+    )
+
+
+def _valid_vr(vr: bytes) -> bool:
+    return len(vr) == 2 and 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90
+
+
+@dataclass
+class _Level:
+    """One open level of the pre-scan: a data set (the top one, or an item) or a
+    sequence (or encapsulated fragments: ``fragments``)."""
+
+    sequence: bool
+    end: int | None  # None: undefined length, ends at its delimiter
+    implicit: bool
+    little: bool
+    fragments: bool = False
+    first: bool = True  # data set: no element read yet (pydicom guesses the VR form)
+
+
+def _prescan(fp: BinaryIO, implicit: bool, little: bool, limits: DecodeLimits) -> None:
+    """Walk the data set's raw tags and lengths up to top-level Pixel Data, iteratively,
+    counting items, elements, nesting and bytes; refuse past a limit before pydicom
+    builds a single object (its sequence reader costs about 1 kB per item: 2 million
+    empty items took a listener to 2.8 GB). Leaves ``fp`` where it was.
+
+    Sequences are followed as pydicom would follow them: SQ, any undefined length, and
+    UN (or implicit VR) values that start with an item tag. Stops quietly at the end of
+    the stream or where the bytes are malformed (pydicom then judges them, within the
+    limits already counted); raises :class:`HeaderStructureError` or
+    :class:`HeaderSizeError`."""
+    start = fp.tell()
+    stack = [_Level(False, None, implicit, little)]
+    items = elements = depth = 0
+    try:
+        while stack:
+            level = stack[-1]
+            pos = fp.tell()
+            if pos - start > limits.max_header_bytes:
+                raise _header_error(limits.max_header_bytes)
+            if level.end is not None and pos >= level.end:
+                stack.pop()
+                depth -= level.sequence
+                continue
+            head = fp.read(8)
+            if len(head) < 8:
+                return
+            e = "<" if level.little else ">"
+            group, elem = struct.unpack(e + "HH", head[:4])
+            tag = group << 16 | elem
+            if level.sequence:
+                if tag == _SEQUENCE_END:
+                    stack.pop()
+                    depth -= 1
+                    continue
+                if tag != _ITEM:
+                    return
+                (length,) = struct.unpack(e + "L", head[4:])
+                items += 1
+                if items > limits.max_header_items:
+                    raise _structure_error(
+                        f"more than {limits.max_header_items:,} sequence items",
+                        limits.max_header_items,
+                    )
+                if level.fragments:
+                    if length == _UNDEFINED:
+                        return
+                    fp.seek(length, io.SEEK_CUR)
+                    continue
+                end = None if length == _UNDEFINED else fp.tell() + length
+                stack.append(_Level(False, end, level.implicit, level.little))
+                continue
+            if tag == _ITEM_END:
+                if len(stack) == 1:
+                    return
+                stack.pop()
+                continue
+            if len(stack) == 1 and tag >= 0x7FE00008:
+                return  # Pixel Data: read_dataset stops here too
+            if tag in (_ITEM, _SEQUENCE_END):
+                return
+            if level.first:
+                level.first = False
+                if not level.implicit and not _valid_vr(head[4:6]):
+                    level.implicit = True  # pydicom switches to implicit VR as well
+            elements += 1
+            if elements > limits.max_header_elements:
+                raise _structure_error(
+                    f"more than {limits.max_header_elements:,} data elements",
+                    limits.max_header_elements,
+                )
+            vr: bytes | None
+            if level.implicit:
+                vr = None
+                (length,) = struct.unpack(e + "L", head[4:])
+            else:
+                vr = head[4:6]
+                if not _valid_vr(vr):
+                    return
+                if vr in _LONG_VRS:
+                    extra = fp.read(4)
+                    if len(extra) < 4:
+                        return
+                    (length,) = struct.unpack(e + "L", extra)
+                else:
+                    (length,) = struct.unpack(e + "H", head[6:])
+            value_at = fp.tell()
+            sequence: _Level | None = None
+            if length == _UNDEFINED:
+                if vr in (b"OB", b"OW"):
+                    sequence = _Level(True, None, level.implicit, level.little, fragments=True)
+                elif vr == b"UN":  # pydicom reads it as an implicit VR LE sequence
+                    sequence = _Level(True, None, True, True)
+                else:
+                    sequence = _Level(True, None, level.implicit, level.little)
+            else:
+                if value_at + length - start > limits.max_header_bytes:
+                    raise _header_error(limits.max_header_bytes)
+                if vr == b"SQ":
+                    sequence = _Level(True, value_at + length, level.implicit, level.little)
+                elif vr in (None, b"UN") and length >= 8:
+                    peek = fp.read(4)
+                    fp.seek(value_at)
+                    implicit_le = vr == b"UN" or level.little
+                    item = b"\xfe\xff\x00\xe0" if implicit_le else b"\xff\xfe\xe0\x00"
+                    if peek == item:
+                        sequence = _Level(
+                            True,
+                            value_at + length,
+                            True,
+                            implicit_le if vr == b"UN" else level.little,
+                        )
+            if sequence is None:
+                fp.seek(value_at + length)
+                continue
+            depth += 1
+            if depth > limits.max_sequence_depth:
+                raise _structure_error(
+                    f"sequences nested more than {limits.max_sequence_depth} deep",
+                    limits.max_sequence_depth,
+                )
+            stack.append(sequence)
+    finally:
+        fp.seek(start)
 
 
 #: Called by :func:`_read_header` with the header and whether Pixel Data was found,
@@ -422,6 +637,7 @@ def _parse_header(fp: BinaryIO, limits: DecodeLimits, before_count: _HeaderHook 
         )
         stream = cast(BinaryIO, inflater)
 
+    _prescan(stream, implicit, little, limits)
     found: list[tuple[int, str | None, int, int]] = []
 
     def at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -460,13 +676,24 @@ def _parse_header(fp: BinaryIO, limits: DecodeLimits, before_count: _HeaderHook 
         tag, vr, length, value_at = found[0]
         remaining = max(end - value_at, 0)
         if length == _UNDEFINED:
-            if not deflated and not _encapsulated_complete(fp, value_at, end, little):
+            walked = _Fragments(True)
+            if not deflated:
+                walked = _walk_fragments(fp, value_at, end, little, limits.max_header_items)
+            if not walked.complete:
                 raise PixelDataLengthError(
                     "encapsulated Pixel Data ends before its last fragment (truncated "
                     "transfer): resend the study from the modality",
                     "Pixel Data fragments cut short (truncated): resend",
                 )
-            pixel = PixelDataElement(_PIXEL_TAGS[tag], vr, None, remaining)
+            pixel = PixelDataElement(
+                _PIXEL_TAGS[tag],
+                vr,
+                None,
+                remaining,
+                fragments=walked.count,
+                fragment_bytes=walked.total,
+                frame_start=walked.frame_start,
+            )
         else:
             pixel = PixelDataElement(_PIXEL_TAGS[tag], vr, length, min(length, remaining))
     return Header(dataset, str(tsuid), pixel, inflated)
@@ -640,6 +867,81 @@ def check_uncompressed_length(ds_header: Dataset, pixel_data_length: int | None)
         )
 
 
+#: Encapsulated Pixel Data may exceed the native size it compresses by this factor (plus
+#: :data:`_COMPRESSED_SLACK`): lossless JPEG of noise grows a little, never twice.
+_COMPRESSED_FACTOR: Final = 2
+_COMPRESSED_SLACK: Final = 64 * 1024
+#: Native Pixel Data may run this far past the image (the pad byte; some exporters pad
+#: to a block, e.g. pydicom's MR_small_padded.dcm, 128 bytes): nothing a decoder or a
+#: worker's memory notices, unlike 64 MiB behind a 64 x 64 image.
+_NATIVE_SLACK: Final = 64 * 1024
+
+
+def check_not_longer(ds_header: Dataset, pixel: PixelDataElement) -> None:
+    """Refuse Pixel Data longer than the image needs: native Pixel Data more than 64 kB
+    past Rows x Columns x NumberOfFrames x SamplesPerPixel x BitsAllocated, or
+    encapsulated fragments holding more than twice that plus 64 kB. Every byte of it is
+    read into memory by whoever decodes the file. Raises :class:`PixelDataLengthError`."""
+    expected = expected_pixel_data_length(ds_header)
+    if _transfer_syntax(ds_header) in NATIVE_TRANSFER_SYNTAXES:
+        declared = pixel.declared_length
+        if declared is not None and declared > expected + _NATIVE_SLACK:
+            raise PixelDataLengthError(
+                f"Pixel Data holds {declared:,} bytes, more than the {expected:,} the header "
+                "declares (a hostile or corrupt file): check the sending modality",
+                f"Pixel Data too long ({declared} > {expected} bytes)",
+            )
+        return
+    bound = _COMPRESSED_FACTOR * expected + _COMPRESSED_SLACK
+    if pixel.fragment_bytes > bound:
+        raise PixelDataLengthError(
+            f"compressed Pixel Data holds {pixel.fragment_bytes:,} bytes, more than twice the "
+            f"{expected:,} bytes of the image it declares (a hostile or corrupt file): check "
+            "the sending modality",
+            f"compressed Pixel Data too long ({pixel.fragment_bytes} bytes)",
+        )
+
+
+def _check_frame_start(ds_header: Dataset, transfer_syntax_uid: str, frame_start: bytes) -> None:
+    if not has_codestream_header(transfer_syntax_uid):
+        return
+    name = UID(transfer_syntax_uid).name
+    size = read_codestream_size(transfer_syntax_uid, frame_start)
+    if size is None:
+        raise CodestreamSizeError(
+            f"the first frame has no readable codestream header for {name} (no JPEG SOF / "
+            "JPEG 2000 SIZ marker where it must be): a corrupt or hostile file; resend the "
+            "study, and check the modality's export",
+            "codestream header missing: corrupt frame",
+        )
+    rows = _int(ds_header, "Rows")
+    columns = _int(ds_header, "Columns")
+    samples = _int(ds_header, "SamplesPerPixel", 1)
+    if (size.rows, size.columns, size.components) != (rows, columns, samples):
+        raise CodestreamSizeError(
+            f"codestream dimensions: the {size.kind} codestream declares {size.columns:,} x "
+            f"{size.rows:,} pixels with {size.components} component(s), the DICOM header "
+            f"{columns:,} x {rows:,} with {samples}: refused before decoding (a hostile or "
+            "corrupt file); check the modality's export",
+            f"codestream {size.columns}x{size.rows} != header {columns}x{rows}",
+        )
+
+
+def check_codestream(ds: Dataset) -> None:
+    """For a data set already in memory (the decode path): refuse a first frame whose
+    JPEG / JPEG 2000 codestream declares another size than Rows, Columns and
+    SamplesPerPixel, before any decoder allocates it. Raises :class:`CodestreamSizeError`
+    (nothing to check for native or RLE data)."""
+    tsuid = _transfer_syntax(ds)
+    if tsuid is None or not has_codestream_header(tsuid):
+        return
+    data = ds.get("PixelData")
+    if not isinstance(data, bytes | bytearray):
+        return
+    walked = _walk_fragments(io.BytesIO(data), 0, len(data), True, len(data) // 8 + 2)
+    _check_frame_start(ds, tsuid, walked.frame_start)
+
+
 # ---------------------------------------------------------------------------------------
 # Listener and worker entry points
 
@@ -657,7 +959,13 @@ def check_instance(
     2. :func:`check_declared_size`, before any further inflating;
     3. Deflated: the inflated length, counted in 1 MiB pieces, ``max_inflated_bytes``;
     4. :func:`check_uncompressed_length` with the bytes actually present (a cut
-       encapsulated transfer is refused by step 1).
+       encapsulated transfer is refused by step 1);
+    5. :func:`check_not_longer`: no more Pixel Data than the image needs;
+    6. encapsulated JPEG / JPEG 2000: the first frame's codestream declares the header's
+       size (:class:`CodestreamSizeError`).
+
+    Step 1 begins with a pre-scan of the raw tags and lengths (sequence items, elements,
+    nesting, bytes) before pydicom builds any object (:class:`HeaderStructureError`).
 
     Raises an :class:`InputRefusedError` subclass, or ``UndecodableError`` for input
     that is not DICOM Part 10.
@@ -678,6 +986,12 @@ def check_instance(
         return header
     present = header.pixel_data.present_length if header.pixel_data is not None else None
     check_uncompressed_length(header.dataset, present)
+    if header.pixel_data is not None:
+        check_not_longer(header.dataset, header.pixel_data)
+        if header.pixel_data.declared_length is None:
+            _check_frame_start(
+                header.dataset, header.transfer_syntax_uid, header.pixel_data.frame_start
+            )
     return header
 
 

@@ -8,10 +8,13 @@ called AE title and leaves the temp files of aborted transfers in the system tem
 (issue 12, defect 9). Here:
 
 * :class:`GuardedAssociationServer` closes a connection at accept when its source IP is
-  outside ``CXR_ALLOWED_PEER_NETWORKS``, when that IP already holds
-  ``CXR_MAX_ASSOCIATIONS_PER_PEER`` connections, or when ``CXR_MAX_CONNECTIONS`` are
-  open; the TLS handshake runs in the connection's own thread, bounded by the ACSE
-  timeout.
+  outside ``CXR_ALLOWED_PEER_NETWORKS`` or when ``CXR_MAX_CONNECTIONS`` are open; a peer
+  that already holds ``CXR_MAX_ASSOCIATIONS_PER_PEER`` connections is answered with an
+  A-ASSOCIATE-RJ (transient, local limit exceeded) once its request arrives (closed at
+  accept past 2 such at once). Only connections still in use count: released, aborted
+  and closing associations do not (issue 20). Every refusal is logged with the peer's
+  address and the reason. The TLS handshake runs in the connection's own thread,
+  bounded by the ACSE timeout.
 * :class:`ListenerAE` counts toward ``CXR_MAX_ASSOCIATIONS`` ("local limit exceeded")
   only peers that sent an A-ASSOCIATE-RQ, not connections still silent (those end when
   the ACSE timeout, pynetdicom's ARTIM timer, expires).
@@ -42,12 +45,13 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from pynetdicom import AE, dimse_messages
+from pynetdicom import AE, dimse_messages, evt
+from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.fsm import TRANSITION_TABLE, InvalidEventError, StateMachine
@@ -78,6 +82,13 @@ class PeerPolicy:
     #: blocking ``recv`` calls: without it, a peer that sends half a PDU and stalls holds
     #: its thread forever, past every DICOM timer).
     io_timeout_s: float = 60.0
+    #: Every PDU's deadline, and the least bytes/s of a longer message (dicom_listener.pdu
+    #: ``Pace``); 0: none.
+    pdu_timeout_s: float = 10.0
+    min_transfer_rate: float = 8192.0
+    #: Connections over ``max_per_peer`` that one address may have waiting for their
+    #: A-ASSOCIATE-RJ at once; more are closed at accept.
+    max_refusals_per_peer: int = 2
 
     def allows(self, address: str) -> bool:
         if not self.allowed_networks:
@@ -106,12 +117,26 @@ class ListenerAE(AE):
 
 def holds_connection(assoc: Association) -> bool:
     """True while an association thread still has its connection: its DUL thread has not
-    ended (or not started yet). pynetdicom keeps an acceptor thread waiting for the
-    A-ASSOCIATE-RQ until the ACSE timeout even after its peer closed the connection."""
+    ended (or not started yet), and it is not over already: released, aborted, rejected,
+    or closing (Sta13: our A-RELEASE-RP or A-ABORT is sent, only the socket's close is
+    left). pynetdicom keeps an acceptor thread waiting for the A-ASSOCIATE-RQ until the
+    ACSE timeout even after its peer closed the connection, and a released association's
+    threads end some milliseconds after its peer has moved on: a C-ECHO followed at once
+    by four C-STOREs from one address was refused at accept (issue 20)."""
     if not assoc.is_alive():
         return False
+    if assoc.is_released or assoc.is_aborted or assoc.is_rejected:
+        return False
     dul = getattr(assoc, "dul", None)
-    return dul is None or dul.ident is None or dul.is_alive()
+    if dul is None or dul.ident is None:
+        return True
+    if not dul.is_alive():
+        return False
+    try:
+        state = str(dul.state_machine.current_state)
+    except AttributeError:
+        return True
+    return state not in ("Sta1", "Sta13")
 
 
 def _awaiting_request(assoc: Association) -> bool:
@@ -146,6 +171,15 @@ class _GuardedRequestHandler(RequestHandler):
 
     def handle(self) -> None:
         address = _address(self.client_address)
+        refusal = self.server.take_refusal(self.request)
+        if refusal is not None:
+            try:
+                self._reject_over_limit(address, refusal)
+            finally:
+                self.server.release_refusal(address)
+                self.server.release_pending(address)
+            return
+        started = False
         try:
             request = self.request
             if isinstance(request, ssl.SSLSocket):
@@ -162,9 +196,73 @@ class _GuardedRequestHandler(RequestHandler):
                     return
             if isinstance(request, socket.socket):
                 request.settimeout(self.server.policy.io_timeout_s)
-            super().handle()
+            # pynetdicom's handle(), with the hand-over made atomic: the connection stops
+            # counting as pending in the same step as its association starts counting.
+            # Counted twice in between, four parallel associations from one peer (the
+            # per-peer limit) lost one at accept (issue 20).
+            assoc = self._create_association()
+            evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+            with self.server.hand_over(address):
+                assoc.start()
+            started = True
         finally:
-            self.server.release_pending(address)
+            if not started:
+                self.server.release_pending(address)
+
+    def _reject_over_limit(self, address: str, reason: str) -> None:
+        """Answer a peer over its connection limit with A-ASSOCIATE-RJ (rejected-transient,
+        service-provider (presentation), local-limit-exceeded: (2, 3, 2)) once its
+        A-ASSOCIATE-RQ has arrived (within the ACSE timeout), then close. No association
+        thread, no pynetdicom: the request is read and dropped."""
+        request = self.request
+        deadline = time.monotonic() + self.server.policy.handshake_timeout_s
+        answered = False
+        try:
+            if isinstance(request, ssl.SSLSocket):
+                request.settimeout(self.server.policy.handshake_timeout_s)
+                request.do_handshake()
+            header = _read_exactly(request, 6, deadline)
+            if len(header) == 6 and header[0] == 0x01:
+                length = int.from_bytes(header[2:6], "big")
+                if (
+                    length <= _MAX_RQ_LENGTH
+                    and len(_read_exactly(request, length, deadline)) == length
+                ):
+                    request.sendall(A_ASSOCIATE_RJ_LOCAL_LIMIT)
+                    answered = True
+        except (OSError, ValueError):
+            pass
+        finally:
+            self.server.shutdown_request(request)
+        logger.warning(
+            "association from %s %s: %s",
+            address,
+            "rejected (A-ASSOCIATE-RJ 2, 3, 2: local limit exceeded)"
+            if answered
+            else "closed before its A-ASSOCIATE-RQ could be rejected",
+            reason,
+        )
+
+
+#: A-ASSOCIATE-RJ PDU (PS3.8 9.3.4): result 2 rejected-transient, source 3 DICOM UL
+#: service-provider (presentation related function), reason 2 local-limit-exceeded.
+A_ASSOCIATE_RJ_LOCAL_LIMIT: bytes = bytes([0x03, 0, 0, 0, 0, 4, 0, 2, 3, 2])
+#: The longest A-ASSOCIATE-RQ read before rejecting it (real ones are a few kB).
+_MAX_RQ_LENGTH = 1 << 16
+
+
+def _read_exactly(sock: socket.socket, n: int, deadline: float) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock.settimeout(left)
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
 
 
 class GuardedAssociationServer(ThreadedAssociationServer):
@@ -188,6 +286,8 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         self.policy = policy
         self.reuse_port = reuse_port
         self._pending: Counter[str] = Counter()
+        self._refusing: Counter[str] = Counter()
+        self._refusals: dict[int, str] = {}
         self._lock = threading.Lock()
         self.refused_connections = 0
         super().__init__(
@@ -222,8 +322,9 @@ class GuardedAssociationServer(ThreadedAssociationServer):
 
     def _open_by_peer(self) -> Counter[str]:
         """Connections per source IP: associations alive plus connections not yet handed
-        to one (the TLS handshake)."""
+        to one (the TLS handshake); connections being rejected are not counted."""
         counts = Counter(self._pending)
+        counts.subtract(self._refusing)
         for assoc in ThreadedAssociationServer.active_associations.fget(self):  # type: ignore[attr-defined]
             address = peer_address(assoc)
             if address is not None and holds_connection(assoc):
@@ -237,25 +338,54 @@ class GuardedAssociationServer(ThreadedAssociationServer):
             return False
         with self._lock:
             counts = self._open_by_peer()
-            if counts[address] >= self.policy.max_per_peer:
-                self._refuse(
-                    address,
-                    f"it already holds {counts[address]} connections "
-                    "(CXR_MAX_ASSOCIATIONS_PER_PEER)",
-                )
-                return False
-            total = sum(counts.values())
+            total = sum(counts.values()) + sum(self._refusing.values())
             if total >= self.policy.max_connections:
                 self._refuse(address, f"{total} connections open (CXR_MAX_CONNECTIONS)")
                 return False
+            if counts[address] >= self.policy.max_per_peer:
+                why = (
+                    f"it already holds {counts[address]} connections "
+                    "(CXR_MAX_ASSOCIATIONS_PER_PEER)"
+                )
+                if self._refusing[address] >= self.policy.max_refusals_per_peer:
+                    self._refuse(address, why)
+                    return False
+                # Answered with A-ASSOCIATE-RJ (transient) by the handler's thread.
+                self._refusing[address] += 1
+                self._refusals[id(request)] = why
             self._pending[address] += 1
         return True
 
+    def take_refusal(self, request: Any) -> str | None:
+        """Why ``request`` (a connection accepted over its peer's limit) is to be
+        rejected; None for a connection to serve."""
+        with self._lock:
+            return self._refusals.pop(id(request), None)
+
+    def release_refusal(self, address: str) -> None:
+        with self._lock:
+            self._refusing[address] -= 1
+            if self._refusing[address] <= 0:
+                del self._refusing[address]
+
     def release_pending(self, address: str) -> None:
         with self._lock:
-            self._pending[address] -= 1
-            if self._pending[address] <= 0:
-                del self._pending[address]
+            self._release_pending(address)
+
+    def _release_pending(self, address: str) -> None:
+        self._pending[address] -= 1
+        if self._pending[address] <= 0:
+            del self._pending[address]
+
+    @contextlib.contextmanager
+    def hand_over(self, address: str) -> Iterator[None]:
+        """Start a pending connection's association (the ``with`` body) and stop counting
+        it as pending, as one step for :meth:`verify_request`."""
+        with self._lock:
+            try:
+                yield
+            finally:
+                self._release_pending(address)
 
     def _refuse(self, address: str, why: str) -> None:
         self.refused_connections += 1
@@ -472,3 +602,45 @@ def harden_state_machine() -> None:
 
     do_action._cxr_hardened = True  # type: ignore[attr-defined]
     StateMachine.do_action = do_action  # type: ignore[method-assign]
+
+
+#: Why an A-ASSOCIATE-RJ was sent, by (source, diagnostic) (PS3.8 Table 9-21).
+_REJECT_REASONS: dict[tuple[int, int], str] = {
+    (1, 1): "no reason given",
+    (1, 2): "application context name not supported",
+    (1, 3): "calling AE title not recognised (CXR_ALLOWED_CALLING_AE_TITLES)",
+    (1, 7): "called AE title not recognised (CXR_AE_TITLE)",
+    (2, 1): "no reason given (user identity)",
+    (3, 1): "temporary congestion",
+    (3, 2): "local limit exceeded (CXR_MAX_ASSOCIATIONS)",
+}
+
+
+def log_rejections() -> None:
+    """Log every A-ASSOCIATE-RJ pynetdicom sends, with the peer's address, calling AE
+    title and the reason (pynetdicom says only "Rejecting Association", at INFO: a
+    listener rejecting every sender for 400 s logged nothing, issue 20). Idempotent."""
+    original = ACSE.send_reject
+    if getattr(original, "_cxr_logged", False):
+        return
+
+    def send_reject(self: ACSE, result: int, source: int, diagnostic: int) -> None:
+        try:
+            calling = str(self.assoc.requestor.ae_title).strip()[:16]
+        except (AttributeError, ValueError):
+            calling = "?"
+        logger.warning(
+            "association from %s (calling AE title %s) rejected (A-ASSOCIATE-RJ %d, %d, %d: "
+            "%s, %s)",
+            peer_address(self.assoc) or "?",
+            calling,
+            result,
+            source,
+            diagnostic,
+            "permanent" if result == 1 else "transient",
+            _REJECT_REASONS.get((source, diagnostic), "see PS3.8 Table 9-21"),
+        )
+        original(self, result, source, diagnostic)
+
+    send_reject._cxr_logged = True  # type: ignore[attr-defined]
+    ACSE.send_reject = send_reject  # type: ignore[method-assign]

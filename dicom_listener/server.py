@@ -37,6 +37,7 @@ from dicom_listener.boundary import (
     ListenerAE,
     PeerPolicy,
     harden_state_machine,
+    log_rejections,
     spool_to_staging,
     tls_context,
 )
@@ -60,6 +61,7 @@ def configure_pynetdicom() -> None:
     # only echo header values (patient names among them) to stderr.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     harden_state_machine()
+    log_rejections()
     bounded_fast_reads()
 
 
@@ -151,6 +153,8 @@ def start_listener(
         max_connections=settings.max_connections,
         handshake_timeout_s=settings.acse_timeout_s,
         io_timeout_s=settings.network_timeout_s,
+        pdu_timeout_s=settings.pdu_timeout_s,
+        min_transfer_rate=settings.min_transfer_rate,
     )
     server = ae.make_server(
         (settings.dicom_host, settings.dicom_port),

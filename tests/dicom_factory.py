@@ -92,10 +92,18 @@ def write(ds: Dataset, path: Path) -> Path:
 
 def corrupt_j2k(path: Path, **kwargs: object) -> Path:
     """A valid header claiming JPEG 2000 pixel data that is garbage: undecodable."""
+    import struct
+
     from pydicom.encaps import encapsulate
 
     ds = make_dataset(**kwargs)  # type: ignore[arg-type]
     ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
-    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00garbage" * 64])
+    # SOC + a SIZ that matches the header (so the size check lets it through to the
+    # decoder), then garbage where the tiles should be.
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    siz = struct.pack(
+        ">HHIIIIIIIIHBBB", 41, 0, columns, rows, 0, 0, columns, rows, 0, 0, 1, 7, 1, 1
+    )
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + siz + b"\x00garbage" * 64])
     ds["PixelData"].VR = "OB"
     return write(ds, path)

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -103,7 +103,7 @@ def store_files(
             meta = (
                 item.file_meta
                 if isinstance(item, Dataset)
-                else pydicom.dcmread(item, stop_before_pixels=True).file_meta
+                else read_file_meta_info(item)  # the File Meta only: never a hostile body
             )
             contexts.add((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
         for sop_class, syntax in sorted(contexts):

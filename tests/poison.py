@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -248,3 +248,154 @@ def blank_frame(path: Path, *, rows: int = 256, columns: int = 256) -> Path:
 def constant_frame(path: Path, *, value: int = 1234, rows: int = 256, columns: int = 256) -> Path:
     """A 16-bit DX in which every pixel is ``value``."""
     return write(dx_dataset(np.full((rows, columns), value, np.uint16)), path)
+
+
+# ---------------------------------------------------------------------------------------
+# Hostile structure (issue 20)
+
+
+def _part10_explicit(path: Path, ds: Dataset, before_pixels: Iterable[bytes]) -> Path:
+    """Write ``ds`` (Explicit VR LE) with raw ``before_pixels`` spliced in right after its
+    last element before Pixel Data; streamed, so the file may be large."""
+    pixel_data = ds.PixelData
+    del ds.PixelData
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    meta = DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, False
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fp:
+        fp.write(b"\x00" * 128 + b"DICM" + meta.getvalue() + _explicit_le(ds))
+        for part in before_pixels:
+            fp.write(part)
+        fp.write(_element_header(0x7FE0, 0x0010, b"OB", len(pixel_data)) + pixel_data)
+    return path
+
+
+def _private_sequence(undefined: bool, length: int = 0) -> bytes:
+    """Private creator (0009,0010) "CXRTEST " and the header of (0009,1000) SQ."""
+    creator = struct.pack("<HH2sH", 0x0009, 0x0010, b"LO", 8) + b"CXRTEST "
+    size = 0xFFFFFFFF if undefined else length
+    return creator + struct.pack("<HH2sHL", 0x0009, 0x1000, b"SQ", 0, size)
+
+
+def many_items(path: Path, *, count: int = 2_000_000, undefined: bool = True) -> Path:
+    """A 64 x 64 DX whose private sequence holds ``count`` empty items: undefined length
+    (item + item delimiter, 16 bytes each: 2 million = 32 MB, what was sent live) or
+    explicit length (8 bytes each: DCMTK's re-encoding, 16 MB, under max_header_bytes)."""
+    ds = dx_dataset()
+    if undefined:
+        item = struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF) + struct.pack(
+            "<HHL", 0xFFFE, 0xE00D, 0
+        )
+        end = struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+        head = _private_sequence(True)
+    else:
+        item = struct.pack("<HHL", 0xFFFE, 0xE000, 0)
+        end = b""
+        head = _private_sequence(False, len(item) * count)
+    chunk = 65536
+    parts = [head]
+    whole, rest = divmod(count, chunk)
+    parts += [item * chunk] * whole + [item * rest, end]
+    return _part10_explicit(path, ds, parts)
+
+
+def nested_sequences(path: Path, *, depth: int = 10_000) -> Path:
+    """A 64 x 64 DX with a private sequence nested ``depth`` deep (undefined lengths:
+    each level an item holding the next sequence)."""
+    ds = dx_dataset()
+    level = struct.pack("<HH2sHL", 0x0009, 0x1000, b"SQ", 0, 0xFFFFFFFF) + struct.pack(
+        "<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF
+    )
+    close = struct.pack("<HHL", 0xFFFE, 0xE00D, 0) + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+    creator = struct.pack("<HH2sH", 0x0009, 0x0010, b"LO", 8) + b"CXRTEST "
+    # Each nested item needs its own private creator before the private sequence.
+    return _part10_explicit(path, ds, [(level + creator) * depth, close * depth])
+
+
+def many_elements(path: Path, *, count: int = 1_900_000) -> Path:
+    """A 64 x 64 DX with ``count`` empty private elements (8 bytes each, top level:
+    15 MB, under max_header_bytes)."""
+    ds = dx_dataset()
+    creator = struct.pack("<HH2sH", 0x0009, 0x0010, b"LO", 8) + b"CXRTEST "
+    groups = []
+    for group in range(0x0011, 0x0011 + 2 * (count // 0xFF00 + 1), 2):
+        elements = b"".join(
+            struct.pack("<HH2sH", group, e, b"LO", 0) for e in range(0x0100, 0x10000)
+        )
+        groups.append(struct.pack("<HH2sH", group, 0x0010, b"LO", 8) + b"CXRTEST " + elements)
+    data = creator + b"".join(groups)
+    return _part10_explicit(path, ds, [data[: len(creator) + 8 * count]])
+
+
+def oversized_native_pixel_data(path: Path, *, size: int = 64 * MIB) -> Path:
+    """A 64 x 64 8-bit DX (4096 bytes of image) whose Pixel Data holds ``size`` bytes."""
+    ds = dx_dataset()
+    ds.PixelData = ds.PixelData + bytes(size - len(ds.PixelData))
+    return write(ds, path)
+
+
+def _j2k_codestream(rows: int, columns: int) -> bytes:
+    from openjpeg import encode
+
+    return bytes(encode(chest_like(max(rows, columns))[:rows, :columns]))
+
+
+def j2k_size_lie(path: Path, *, declared: int = 20000) -> Path:
+    """A 64 x 64 JPEG 2000 Lossless DX whose (otherwise valid) codestream's SIZ says
+    ``declared`` x ``declared`` (image and tile size rewritten)."""
+    stream = bytearray(_j2k_codestream(64, 64))
+    at = stream.index(b"\xff\x4f\xff\x51") + 4
+    # Lsiz Rsiz | Xsiz Ysiz XOsiz YOsiz XTsiz YTsiz
+    struct.pack_into(">IIIIII", stream, at + 4, declared, declared, 0, 0, declared, declared)
+    ds = dx_dataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"
+    ds.PixelData = encapsulate([bytes(stream)])
+    ds["PixelData"].VR = "OB"
+    return write(ds, path)
+
+
+def jpeg_size_lie(path: Path, *, declared: int = 20000) -> Path:
+    """A 64 x 64 JPEG Baseline DX whose codestream's SOF says ``declared`` x ``declared``."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(chest_like(64)).save(out, format="JPEG", quality=90)
+    stream = bytearray(out.getvalue())
+    at = stream.index(b"\xff\xc0") + 5  # marker, length, precision
+    struct.pack_into(">HH", stream, at, declared, declared)
+    ds = dx_dataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = encapsulate([bytes(stream)])
+    ds["PixelData"].VR = "OB"
+    return write(ds, path)
+
+
+#: The hostile corpus of issue 20: name -> (builder, C-STORE status expected, a fragment
+#: of the Error Comment). Sizes as sent live.
+HOSTILE: dict[str, tuple[Callable[[Path], Path], int, str]] = {
+    "items-2m-undefined-32mb": (lambda p: many_items(p), 0xC223, "header structure"),
+    "items-2m-explicit-16mb": (
+        lambda p: many_items(p, undefined=False),
+        0xC223,
+        "header structure",
+    ),
+    "items-200k-undefined-3mb": (
+        lambda p: many_items(p, count=200_000),
+        0xC223,
+        "header structure",
+    ),
+    "nested-10000-deep": (lambda p: nested_sequences(p), 0xC223, "header structure"),
+    "elements-1.9m-15mb": (lambda p: many_elements(p), 0xC223, "header structure"),
+    "native-pixel-data-64mb-for-64x64": (
+        lambda p: oversized_native_pixel_data(p),
+        0xC220,
+        "too long",
+    ),
+    "j2k-siz-20000x20000-in-64x64": (lambda p: j2k_size_lie(p), 0xC221, "codestream"),
+    "jpeg-sof-20000x20000-in-64x64": (lambda p: jpeg_size_lie(p), 0xC221, "codestream"),
+}
