@@ -311,9 +311,8 @@ class ScoringRuntime:
             )
         for shadow in result.models.shadows:  # stored first: "done" means all are there
             repo.record_shadow_prediction(self.engine, job.instance_id, prediction(shadow, None))
-        distance = result.results[active.entry.version].distance
-        check = active.model.distribution
-        image = check.verdict(distance) if check is not None and distance is not None else None
+        scored = result.results[active.entry.version]
+        distance, image = scored.distance, scored.image
         assessed = assess_population(
             ds, active.population, self.population_policy, self.unknown_age, image=image
         )
