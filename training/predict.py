@@ -151,7 +151,7 @@ def predict_paths(
                 "image_threshold": check.threshold if check is not None else None,
                 "inversion_score": res.inversion,
                 "inversion_threshold": check.inversion_threshold if check is not None else None,
-                "image_decided_by": image.decided_by if image is not None else None,
+                "image_decided_by": (image.decided_by or None) if image is not None else None,
                 "disclaimer": DISCLAIMER,
             }
         )
