@@ -9,10 +9,11 @@ runs, one after another on the same batches (so drift on a shared machine hits a
   check (:func:`cxr_model.heatmaps.class_activation_maps`);
 * ``hook only``: ``score_batch`` with the pooled-feature hook but no statistics;
 * ``with check``: ``score_batch`` with the shipped statistics (``ood.json``): the hook plus
-  the distance of every image.
+  the distance of every image and, when shipped, its inversion score (a dot product).
 
-On a loaded machine the three rates differ by noise; ``distance_ms_per_image`` (the
-distance alone, timed over many calls) says what the check itself costs.
+On a loaded machine the three rates differ by noise; ``distance_ms_per_image`` and
+``inversion_ms_per_image`` (each statistic alone, timed over many calls) say what the check
+itself costs (``check_share_of_before``: both, as a share of the per-image scoring cost).
 
 The median rate per mode is reported with its cost relative to ``before``. Goal (issue 21):
 the check adds at most 5 % to the per-image cost, i.e. ``with check`` / ``before`` <= 1.05.
@@ -104,10 +105,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for _ in range(n_calls):
         check.distances(np.stack(feats))
     distance_ms = 1000 * (time.perf_counter() - t0) / (n_calls * len(feats))
+    # the inversion detector alone (a dot product on the same features), when shipped
+    inversion_ms = 0.0
+    if check.inversion_threshold is not None:
+        t0 = time.perf_counter()
+        for _ in range(n_calls):
+            check.inversion_scores(np.stack(feats))
+        inversion_ms = 1000 * (time.perf_counter() - t0) / (n_calls * len(feats))
     summary = {
         "method": check.method,
+        "inversion_detector": check.inversion_threshold is not None,
         "distance_ms_per_image": distance_ms,
+        "inversion_ms_per_image": inversion_ms,
         "distance_share_of_before": distance_ms / (1000 / before),
+        "check_share_of_before": (distance_ms + inversion_ms) / (1000 / before),
         # issue 21: at most 1.05
         "goal_21_distribution_check_cost": before / median(rates["with check"]),
     }

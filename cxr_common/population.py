@@ -14,8 +14,10 @@ derived from the header). What that means for triage is a site policy:
 
 Two checks decide: the **header** (age, view, modality against the population block) and the
 **image** (``cxr_model.distribution``: the model's own pooled features against its training
-distribution). An image over the distribution threshold is ``outside`` whatever the header
-says, with :data:`IMAGE_REASON`; :class:`PopulationCheck` records which check decided.
+distribution, and an inversion detector on the same features). An image over either
+threshold is ``outside`` whatever the header says, with :data:`IMAGE_REASON` (and
+:data:`INVERTED_REASON` with :data:`INVERTED_ACTION` when it looks greyscale-inverted);
+:class:`PopulationCheck` records which check decided.
 
 The rules themselves live in ``cxr_model.population``; this module holds only the words, so
 that the web worklist (which may not import the model) can use them too.
@@ -37,6 +39,8 @@ from typing import Any
 __all__ = [
     "AGE_BANDS",
     "IMAGE_REASON",
+    "INVERTED_ACTION",
+    "INVERTED_REASON",
     "POPULATION_POLICY_ENV",
     "UNKNOWN_AGE_ENV",
     "WIDENING_DIMENSIONS",
@@ -78,6 +82,14 @@ class PopulationCheck(StrEnum):
 
 #: The staff-readable reason when the image decides (the start of the population reason).
 IMAGE_REASON = "image unlike the validated population"
+#: Added to :data:`IMAGE_REASON` when the image's second statistic (an inversion detector on
+#: the same features) decided: the film looks greyscale-inverted, the known failure of a
+#: MONOCHROME1 image decoded or exported as MONOCHROME2; :data:`INVERTED_ACTION` says what to do.
+INVERTED_REASON = "image appears inverted (greyscale)"
+INVERTED_ACTION = (
+    "check the photometric interpretation (MONOCHROME1/MONOCHROME2) at the modality or "
+    "PACS export and resend the image"
+)
 
 
 class PopulationPolicy(StrEnum):

@@ -24,8 +24,10 @@ Contract (stored as ``weights/model.json`` next to the weights, with version and
   field when the header says BurnedInAnnotation YES.
 * Distribution check (:mod:`cxr_model.distribution`): the pooled features of the same
   forward pass, their distance from the training distribution (``weights/ood.json`` +
-  ``ood.npz``, tied to the weights' sha256) in ``ScoreResult.distance``; over the threshold
-  the image is outside the validated population whatever its header says
+  ``ood.npz``, tied to the weights' sha256) in ``ScoreResult.distance``, an inversion
+  detector's score on the same features in ``ScoreResult.inversion``, both read against
+  their thresholds in ``ScoreResult.image``; over either threshold the image is outside the
+  validated population whatever its header says
   (:func:`cxr_model.population.assess_population`).
 * Integrity: :func:`verify_weights` (run by ``load_model`` before
   ``torch.load(weights_only=True)`` and by model registration) checks the weights' sha256

@@ -16,14 +16,23 @@ no other network runs. :class:`DistributionCheck` turns them into one distance:
 * ``knn`` (Sun et al., ICML 2022): distance from the L2-normalised features to the
   ``k``-th nearest training image's, in the same normalised space.
 
-An image whose distance is above ``threshold`` (chosen on an in-distribution sample from the
-site so that a stated share passes) is **outside by image**
-(:meth:`DistributionCheck.outside`).
+A second statistic may ship with it, read by OR: an **inversion detector**, a logistic
+regression on the same L2-normalised features, fitted on training images and their
+greyscale inversions (a MONOCHROME1 film decoded or exported as MONOCHROME2 is a known,
+named failure of acquisition and export)::
+
+    s(f) = w . (f / ||f||) + b        (the log-odds that the image is inverted)
+
+An image whose distance is above ``threshold``, or whose inversion score is above
+``inversion_threshold`` (both chosen on an in-distribution sample from the site so that a
+stated share passes both together), is **outside by image**
+(:meth:`DistributionCheck.outside`); :class:`ImageDistance` says which statistic decided.
 
 The statistics ship next to the weights: ``ood.json`` (schema, method, model version and
-sha256, threshold, the sha256 of the arrays) and ``ood.npz`` (arrays only, read with
-``allow_pickle=False``). :func:`load_distribution_check` refuses statistics fitted for
-other weights or whose arrays do not match their recorded sha256.
+sha256, threshold, the inversion block when present, the sha256 of the arrays) and
+``ood.npz`` (arrays only, read with ``allow_pickle=False``).
+:func:`load_distribution_check` refuses statistics fitted for other weights or whose arrays
+do not match their recorded sha256.
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxr_common.population import IMAGE_REASON
+from cxr_common.population import IMAGE_REASON, INVERTED_ACTION, INVERTED_REASON
 from cxr_model.contract import sha256_file
 from cxr_model.errors import CalibrationMismatchError, ContractError, ModelIntegrityError
 
@@ -59,7 +68,10 @@ __all__ = [
     "pooled_features",
 ]
 
-DISTRIBUTION_SCHEMA = "cxr-triage/distribution/1"
+#: Schema 2 adds the optional ``inversion`` block; schema 1 files (distance only) still load.
+DISTRIBUTION_SCHEMA = "cxr-triage/distribution/2"
+READABLE_SCHEMAS = ("cxr-triage/distribution/1", DISTRIBUTION_SCHEMA)
+INVERSION_ARRAYS = ("inversion_weights", "inversion_bias")
 OOD_FILE = "ood.json"
 OOD_ARRAYS = "ood.npz"
 METHODS = ("mahalanobis", "knn")
@@ -108,23 +120,51 @@ def pooled_features(captured: list[torch.Tensor], n: int) -> np.ndarray | None:
 @dataclass(frozen=True)
 class ImageDistance:
     """One image's distance from the training distribution and the threshold it is read
-    against: ``outside`` when above it (or not a finite number)."""
+    against, plus (when the check has one) its inversion score and threshold. ``outside``
+    when either is above its threshold (or not a finite number)."""
 
     distance: float
     threshold: float
     method: str = ""
+    inversion: float | None = None
+    inversion_threshold: float | None = None
 
     @property
-    def outside(self) -> bool:
+    def unlike(self) -> bool:
+        """The distance decided: far from the training distribution."""
         return not math.isfinite(self.distance) or self.distance > self.threshold
 
     @property
+    def inverted(self) -> bool:
+        """The inversion detector decided: the image looks greyscale-inverted."""
+        if self.inversion is None or self.inversion_threshold is None:
+            return False
+        return not math.isfinite(self.inversion) or self.inversion > self.inversion_threshold
+
+    @property
+    def outside(self) -> bool:
+        return self.unlike or self.inverted
+
+    @property
+    def decided_by(self) -> str:
+        """Which image statistic put it outside: ``distance``, ``inversion``, ``both`` or ""."""
+        if self.unlike and self.inverted:
+            return "both"
+        return "distance" if self.unlike else "inversion" if self.inverted else ""
+
+    @property
     def facts(self) -> str:
-        """Staff-readable: :data:`IMAGE_REASON` and the figures, when outside."""
-        return (
-            f"{IMAGE_REASON} (feature distance {self.distance:.4g} > threshold "
-            f"{self.threshold:.4g})"
-        )
+        """Staff-readable: :data:`IMAGE_REASON`, which statistic decided with its figures and,
+        for an inverted image, what to do (:data:`INVERTED_ACTION`)."""
+        parts = []
+        if self.unlike:
+            parts.append(f"feature distance {self.distance:.4g} > threshold {self.threshold:.4g}")
+        if self.inverted:
+            parts.append(
+                f"{INVERTED_REASON}, inversion score {self.inversion:.3g} > threshold "
+                f"{self.inversion_threshold:.3g}: {INVERTED_ACTION}"
+            )
+        return f"{IMAGE_REASON} ({'; '.join(parts)})"
 
 
 @dataclass(frozen=True)
@@ -140,12 +180,19 @@ class DistributionCheck:
     threshold_rule: str = ""
     #: Anything else worth keeping with the statistics (evaluation figures, parameters).
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The inversion detector's threshold (None: the check has no inversion detector; its
+    #: arrays :data:`INVERSION_ARRAYS` are in ``arrays`` when it has one).
+    inversion_threshold: float | None = None
+    #: How the inversion detector was fitted and its threshold chosen.
+    inversion: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ContractError(f"unknown distribution method {self.method!r}; known {METHODS}")
         need = {"mahalanobis": ("means", "components", "scales", "residual_var"), "knn": ("bank",)}
         missing = [k for k in need[self.method] if k not in self.arrays]
+        if self.inversion_threshold is not None:
+            missing += [k for k in INVERSION_ARRAYS if k not in self.arrays]
         if missing:
             raise ContractError(f"distribution statistics lack {', '.join(missing)}")
 
@@ -158,13 +205,33 @@ class DistributionCheck:
             return _mahalanobis(f, self.arrays)
         return _knn(f, self.arrays)
 
-    def verdict(self, distance: float) -> ImageDistance:
-        """``distance`` read against this check's threshold."""
-        return ImageDistance(float(distance), self.threshold, self.method)
+    def inversion_scores(self, features: np.ndarray) -> np.ndarray | None:
+        """Each (N, D) feature row's inversion score (log-odds of a greyscale-inverted image),
+        or None when the check has no inversion detector."""
+        if self.inversion_threshold is None:
+            return None
+        f = np.asarray(features, dtype=np.float64)
+        if f.ndim == 1:
+            f = f[None]
+        return inversion_score(f, self.arrays)
 
-    def outside(self, distance: float) -> bool:
-        """True when ``distance`` is above the threshold (or not a finite number)."""
-        return self.verdict(distance).outside
+    def verdict(self, distance: float, inversion: float | None = None) -> ImageDistance:
+        """``distance`` (and ``inversion``, if given) read against this check's thresholds.
+        A check with an inversion detector reads a missing inversion score as not a number
+        (outside), so a caller that forgets it cannot pass an image unchecked."""
+        if self.inversion_threshold is not None and inversion is None:
+            inversion = math.nan
+        return ImageDistance(
+            float(distance),
+            self.threshold,
+            self.method,
+            None if inversion is None else float(inversion),
+            self.inversion_threshold,
+        )
+
+    def outside(self, distance: float, inversion: float | None = None) -> bool:
+        """True when ``distance`` or ``inversion`` is above its threshold (or not a number)."""
+        return self.verdict(distance, inversion).outside
 
     def save(self, folder: Path) -> Path:
         """Write ``ood.npz`` and ``ood.json`` (which records the arrays' sha256)."""
@@ -183,6 +250,8 @@ class DistributionCheck:
             "fitted_on": self.fitted_on,
             "extra": self.extra,
         }
+        if self.inversion_threshold is not None:
+            meta["inversion"] = {**self.inversion, "threshold": self.inversion_threshold}
         path = folder / OOD_FILE
         path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         return path
@@ -203,6 +272,14 @@ def _mahalanobis(f: np.ndarray, a: dict[str, np.ndarray]) -> np.ndarray:
         d = np.einsum("nk,nk->n", z / scales, z / scales) + np.maximum(resid, 0.0) / residual_var
         best = np.minimum(best, d)
     return best
+
+
+def inversion_score(f: np.ndarray, a: dict[str, np.ndarray]) -> np.ndarray:
+    """Logistic regression on the L2-normalised features: the log-odds of an inverted image."""
+    x = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    w = a["inversion_weights"].astype(np.float64).reshape(-1)
+    out: np.ndarray = x @ w + float(a["inversion_bias"])
+    return out
 
 
 def _knn(f: np.ndarray, a: dict[str, np.ndarray]) -> np.ndarray:
@@ -230,7 +307,7 @@ def load_distribution_check(
         return None
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-        if meta.get("schema") != DISTRIBUTION_SCHEMA:
+        if meta.get("schema") not in READABLE_SCHEMAS:
             raise ContractError(f"{path}: unsupported schema {meta.get('schema')!r}")
         arrays_path = weights_dir / str(meta["arrays_file"])
         if Path(str(meta["arrays_file"])).name != str(meta["arrays_file"]):
@@ -238,6 +315,10 @@ def load_distribution_check(
         sha = str(meta["arrays_sha256"])
         fitted_for = str(meta["model_sha256"])
         threshold = float(meta["threshold"])
+        inversion = dict(meta.get("inversion") or {})
+        inversion_threshold = (
+            float(inversion.pop("threshold")) if "threshold" in inversion else None
+        )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ContractError(f"cannot read {path}: {exc}") from exc
     if model_sha256 is not None and fitted_for != model_sha256:
@@ -257,4 +338,6 @@ def load_distribution_check(
         fitted_on=dict(meta.get("fitted_on") or {}),
         threshold_rule=str(meta.get("threshold_rule", "")),
         extra=dict(meta.get("extra") or {}),
+        inversion_threshold=inversion_threshold,
+        inversion=inversion,
     )

@@ -26,8 +26,10 @@ The image is checked too when the caller passes its distance from the training d
 (:class:`cxr_model.distribution.ImageDistance`, from the same forward pass as the score): an
 image over the threshold is ``outside`` **whatever the header says** (an adult film without
 an age, a rotated, inverted or photographed film, an image without anatomy), with the reason
-:data:`~cxr_common.population.IMAGE_REASON`. Under ``CXR_POPULATION_POLICY=off`` it still
-reads ``outside`` with that reason (a warning) while the score triages.
+:data:`~cxr_common.population.IMAGE_REASON` (and, when the inversion detector decided,
+:data:`~cxr_common.population.INVERTED_REASON` with what to do). Under
+``CXR_POPULATION_POLICY=off`` it still reads ``outside`` with that reason (a warning) while
+the score triages.
 ``PopulationAssessment.check`` says which check decided (header, image, both).
 
 A site widens the population with strata its own validation passed

@@ -15,6 +15,7 @@ from cxr_model.architecture import build_network
 from cxr_model.contract import WEIGHTS_DIR, ModelContract, read_contract, verify_weights
 from cxr_model.distribution import (
     DistributionCheck,
+    ImageDistance,
     capture_pooled,
     load_distribution_check,
     pooled_features,
@@ -32,12 +33,16 @@ class ScoreResult:
 
     ``features`` are the pooled features of the same forward pass (the final linear
     layer's input); ``distance`` is their distance from the training distribution when the
-    model has a :class:`DistributionCheck` (``ood.json``), else None."""
+    model has a :class:`DistributionCheck` (``ood.json``), else None; ``inversion`` the
+    inversion detector's score when the check has one; ``image`` both read against the
+    check's thresholds (what the population check takes)."""
 
     logit: float
     cam: np.ndarray | None
     features: np.ndarray | None = None
     distance: float | None = None
+    inversion: float | None = None
+    image: ImageDistance | None = None
 
 
 class ScoringModel:
@@ -91,13 +96,23 @@ class ScoringModel:
                 logits = out.reshape(-1).float().cpu().numpy()
                 cams = [None] * n
             feats = pooled_features(captured, n)
+        check = self.distribution
         dists: list[float | None] = [None] * n
-        if feats is not None and self.distribution is not None:
-            dists = [float(d) for d in self.distribution.distances(feats)]
+        invs: list[float | None] = [None] * n
+        images: list[ImageDistance | None] = [None] * n
+        if feats is not None and check is not None:
+            dists = [float(d) for d in check.distances(feats)]
+            scores = check.inversion_scores(feats)
+            if scores is not None:
+                invs = [float(v) for v in scores]
+            images = [
+                check.verdict(d, v) if d is not None else None
+                for d, v in zip(dists, invs, strict=True)
+            ]
         rows: list[np.ndarray | None] = list(feats) if feats is not None else [None] * n
         return [
-            ScoreResult(float(lg), c, f, d)
-            for lg, c, f, d in zip(logits, cams, rows, dists, strict=True)
+            ScoreResult(float(lg), c, f, d, v, im)
+            for lg, c, f, d, v, im in zip(logits, cams, rows, dists, invs, images, strict=True)
         ]
 
 

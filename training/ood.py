@@ -5,8 +5,15 @@
   cached in ``--cache`` (outside the repository) keyed by the model and the image set.
 * :func:`fit_mahalanobis` / :func:`fit_knn` fit the statistics on ``split=train``;
   :func:`energy` is the logit-only comparison (no statistics).
+* :func:`fit_inversion`: the second statistic, read by OR: a logistic regression on the same
+  L2-normalised features, fitted on the ``split=train`` images (0) and their greyscale
+  inversions (1). Inversion is a known, named failure of acquisition and export (a
+  MONOCHROME1 film decoded or exported as MONOCHROME2), so it is modelled from training
+  images only; no check image and no adult film is used to fit or tune anything.
 * :func:`choose_threshold`: the smallest distance at or below which at least ``pass_share``
-  of the site's in-distribution sample (``site_fold=dev``) lies.
+  of the site's in-distribution sample (``site_fold=dev``) lies;
+  :func:`choose_thresholds` does it for the distance and the inversion score together, so
+  that ``pass_share`` of dev passes both.
 * :func:`evaluation_sets` builds what the card reports: ``site_fold=check`` (should pass),
   adult chest films (DICOM, age removed: the check reads no header), images without anatomy
   (gradients, noise, test patterns) and synthetic shifts of the check images (90 degree
@@ -186,6 +193,30 @@ def fit_knn(
     return {"bank": bank.astype(np.float16), "k": np.asarray(k)}
 
 
+def fit_inversion(
+    normal: np.ndarray, inverted: np.ndarray, c: float = 1.0
+) -> dict[str, np.ndarray]:
+    """Logistic regression on L2-normalised features: ``normal`` images (0) against their
+    greyscale inversions (1); :func:`cxr_model.distribution.inversion_score` reads it."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.concatenate([normal, inverted]).astype(np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    y = np.concatenate([np.zeros(len(normal)), np.ones(len(inverted))])
+    clf = LogisticRegression(C=c, max_iter=5000)
+    clf.fit(x, y)
+    return {
+        "inversion_weights": clf.coef_[0].astype(np.float32),
+        "inversion_bias": np.asarray(float(clf.intercept_[0]), dtype=np.float64),
+    }
+
+
+def inversion_scores(arrays: dict[str, np.ndarray], feats: np.ndarray) -> np.ndarray:
+    from cxr_model.distribution import inversion_score
+
+    return inversion_score(np.asarray(feats, dtype=np.float64), arrays)
+
+
 def energy(logits: np.ndarray) -> np.ndarray:
     """Energy score of the single logit read as two classes (0, z), as a distance: the
     negative free energy ``logsumexp(0, z)`` is high in distribution, so its negative is
@@ -202,6 +233,24 @@ def choose_threshold(distances: np.ndarray, pass_share: float = 0.99) -> float:
         raise ValueError("no in-distribution distances to choose a threshold from")
     index = max(0, math.ceil(pass_share * d.size) - 1)
     return float(d[index])
+
+
+def choose_thresholds(
+    distances: np.ndarray, inversion: np.ndarray, pass_share: float = 0.99
+) -> tuple[float, float]:
+    """Thresholds for the distance and the inversion score read together by OR, so that at
+    least ``pass_share`` of the in-distribution sample passes both: the inversion threshold
+    is the largest in-distribution score (no in-distribution image is called inverted),
+    then the distance threshold is :func:`choose_threshold` at ``pass_share``."""
+    s = np.asarray(inversion, dtype=np.float64)
+    if s.size == 0:
+        raise ValueError("no in-distribution scores to choose a threshold from")
+    t_inv = float(s.max())
+    t_dist = choose_threshold(distances, pass_share)
+    passing = (np.asarray(distances) <= t_dist) & (s <= t_inv)
+    if np.mean(passing) < pass_share:  # cannot happen with the rule above; kept as a guard
+        raise ValueError("the combined thresholds let less than pass_share through")
+    return t_dist, t_inv
 
 
 # --- Images for the evaluation ------------------------------------------------------------
@@ -398,7 +447,18 @@ CANDIDATES: tuple[tuple[str, str, dict[str, int]], ...] = (
     ("kNN, k=10", "knn", {"k": 10}),
     ("kNN, k=50", "knn", {"k": 50}),
     ("energy (logit only)", "energy", {}),
+    (
+        "Mahalanobis, L2-norm., 64 comp. OR inversion detector",
+        "mahalanobis",
+        {"components": 64, "normalise": 1, "inversion": 1},
+    ),
+    ("kNN, k=50 OR inversion detector", "knn", {"k": 50, "inversion": 1}),
 )
+
+
+#: How many train images (seeded) are inverted to fit the inversion detector: a linear model
+#: on 1,280 features needs no more, and each costs a forward pass on a shared CPU.
+INVERSION_LIMIT = 1000
 
 
 @dataclass
@@ -408,6 +468,8 @@ class ImageSets:
     train: Features
     dev: Features
     sets: dict[str, Features]  # name -> features; names say what the set is and its role
+    #: The train images greyscale-inverted (the inversion detector's positives).
+    train_inverted: Features | None = None
 
 
 def _load_kermany(
@@ -485,6 +547,7 @@ def load_image_sets(
     cache: Path | None,
     train_filter: str = "split=train",
     train_limit: int | None = None,
+    inversion_limit: int | None = INVERSION_LIMIT,
 ) -> ImageSets:
     """Features of every set (cached): train, dev, and the named evaluation sets.
 
@@ -520,7 +583,30 @@ def load_image_sets(
             model, data, "split=test,site_fold=dev", shift, seed + 1, f"dev-{slug}", cache, 50
         )
     train = _load_kermany(model, data, train_filter, "train", cache, train_limit, seed)
-    return ImageSets(train, dev, sets)
+    train_inverted = _train_inverted(model, data, train_filter, seed, cache, inversion_limit)
+    return ImageSets(train, dev, sets, train_inverted)
+
+
+def _train_inverted(
+    model: Any,
+    data: Path,
+    train_filter: str,
+    seed: int,
+    cache: Path | None,
+    limit: int | None,
+) -> Features:
+    """A seeded ``limit`` of the train images, greyscale-inverted (the detector's positives;
+    its negatives are every train image the distance is fitted on)."""
+    return _shifted(
+        model,
+        data,
+        train_filter,
+        "inverted greyscale",
+        seed,
+        "train-inverted-greyscale",
+        cache,
+        limit,
+    )
 
 
 def fit_candidate(method: str, params: dict[str, int], train: Features) -> dict[str, np.ndarray]:
@@ -548,26 +634,56 @@ def candidate_distances(method: str, arrays: dict[str, np.ndarray], feats: Featu
 
 
 def compare(images: ImageSets, pass_share: float = 0.99) -> list[dict[str, Any]]:
-    """Every candidate: threshold on dev, then share passing (in distribution) or caught
-    (every other set) per set."""
+    """Every candidate: threshold(s) on dev, then share passing (in distribution) or caught
+    (every other set) per set; sets of at most 10 images keep each image's figures."""
     rows: list[dict[str, Any]] = []
     for name, method, params in CANDIDATES:
         arrays = fit_candidate(method, params, images.train)
         dev_d = candidate_distances(method, arrays, images.dev)
-        threshold = choose_threshold(dev_d, pass_share)
+        inv: dict[str, np.ndarray] | None = None
+        t_inv = math.inf
+        if params.get("inversion"):
+            if images.train_inverted is None:
+                raise ValueError("the inversion detector needs the inverted train images")
+            inv = fit_inversion(images.train.features, images.train_inverted.features)
+            threshold, t_inv = choose_thresholds(
+                dev_d, inversion_scores(inv, images.dev.features), pass_share
+            )
+        else:
+            threshold = choose_threshold(dev_d, pass_share)
+
+        def scores(feats: Features, inv: Any = inv) -> np.ndarray:
+            if inv is None:
+                return np.full(len(feats.names), -math.inf)
+            return inversion_scores(inv, feats.features)
+
+        dev_out = (dev_d > threshold) | (scores(images.dev) > t_inv)
         row: dict[str, Any] = {
             "name": name,
             "method": method,
             "params": params,
             "threshold": threshold,
-            "dev_pass": float(np.mean(dev_d <= threshold)),
+            "inversion_threshold": t_inv if inv is not None else None,
+            "dev_pass": float(np.mean(~dev_out)),
             "sets": {},
         }
         for set_name, feats in images.sets.items():
             d = candidate_distances(method, arrays, feats)
+            s = scores(feats)
+            out = (d > threshold) | (s > t_inv)
             in_dist = "in distribution" in set_name
-            share = float(np.mean(d <= threshold)) if in_dist else float(np.mean(d > threshold))
+            share = float(np.mean(~out)) if in_dist else float(np.mean(out))
             row["sets"][set_name] = {"n": len(d), "share": share, "passing": in_dist}
+            if len(d) <= 10:
+                row["sets"][set_name]["images"] = [
+                    {
+                        "name": Path(n).name,
+                        "distance": float(di),
+                        "inversion": None if inv is None else float(si),
+                        "outside": bool(o),
+                    }
+                    for n, di, si, o in zip(feats.names, d, s, out, strict=True)
+                ]
         selection = [v["share"] for k, v in row["sets"].items() if k.startswith("select:")]
         row["selection_min_caught"] = min(selection) if selection else None
         rows.append(row)
@@ -593,7 +709,15 @@ def markdown_table(rows: list[dict[str, Any]], prefix: str = "report:") -> str:
         lines.append(f"| {k.removeprefix(prefix)} ({verb}) | {n} | " + " | ".join(cells) + " |")
     lines.append(
         "| threshold (dev: >= 99 % pass) | | "
-        + " | ".join(f"{r['threshold']:.4g}" for r in rows)
+        + " | ".join(
+            f"{r['threshold']:.4g}"
+            + (
+                f" / inv. {r['inversion_threshold']:.3g}"
+                if r.get("inversion_threshold") is not None
+                else ""
+            )
+            for r in rows
+        )
         + " |"
     )
     return "\n".join(lines) + "\n"
@@ -613,10 +737,13 @@ def fit(
     cache: Path | None = None,
     seed: int = 20261206,
     train_limit: int | None = None,
+    inversion: bool = True,
+    inversion_limit: int | None = INVERSION_LIMIT,
     command: str = "",
 ) -> Path:
-    """Fit ``method`` on ``split=train``, choose its threshold on ``site_fold=dev`` and write
-    ``ood.json`` + ``ood.npz`` into ``out`` (the model's weights folder)."""
+    """Fit ``method`` (and, with ``inversion``, the inversion detector) on ``split=train``,
+    choose the threshold(s) on ``site_fold=dev`` and write ``ood.json`` + ``ood.npz`` into
+    ``out`` (the model's weights folder)."""
     from cxr_model.distribution import DistributionCheck
 
     params = dict(params or {})
@@ -624,7 +751,30 @@ def fit(
     train = _load_kermany(model, data, "split=train", "train", cache, train_limit, seed)
     arrays = fit_candidate(method, params, train)
     dev_d = candidate_distances(method, arrays, dev)
-    threshold = choose_threshold(dev_d, pass_share)
+    t_inv: float | None = None
+    inversion_meta: dict[str, Any] = {}
+    if inversion:
+        inverted = _train_inverted(model, data, "split=train", seed, cache, inversion_limit)
+        arrays = {**arrays, **fit_inversion(train.features, inverted.features)}
+        dev_s = inversion_scores(arrays, dev.features)
+        threshold, t_inv = choose_thresholds(dev_d, dev_s, pass_share)
+        inversion_meta = {
+            "method": "logistic regression on the L2-normalised pooled features (C=1)",
+            "fit_filter": "split=train: the images (0) and a seeded subsample of them "
+            "greyscale-inverted, 1 - x (1)",
+            "n_normal": len(train.names),
+            "n_inverted": len(inverted.names),
+            "inversion_limit": inversion_limit,
+            "threshold_rule": "largest inversion score of site_fold=dev (no dev image is "
+            "called inverted); read by OR with the distance",
+            "why": "inversion is a known failure of acquisition and export (a MONOCHROME1 "
+            "film decoded or exported as MONOCHROME2); the distance alone misses most "
+            "inverted films",
+        }
+    else:
+        threshold = choose_threshold(dev_d, pass_share)
+        dev_s = np.full(len(dev_d), -math.inf)
+    dev_pass = float(np.mean((dev_d <= threshold) & (dev_s <= (t_inv or math.inf))))
     check = DistributionCheck(
         method=method,
         model_sha256=model.contract.sha256,
@@ -644,8 +794,11 @@ def fit(
             "params": params,
             "command": command,
         },
-        threshold_rule=f"smallest distance with >= {pass_share:.0%} of site_fold=dev at or below",
-        extra={"dev_pass": float(np.mean(dev_d <= threshold))},
+        threshold_rule=f"smallest distance with >= {pass_share:.0%} of site_fold=dev at or below"
+        + (" (and at or below the inversion threshold)" if inversion else ""),
+        extra={"dev_pass": dev_pass},
+        inversion_threshold=t_inv,
+        inversion=inversion_meta,
     )
     out.mkdir(parents=True, exist_ok=True)
     return check.save(out)
@@ -660,9 +813,18 @@ def evaluate_all(
     cache: Path | None = None,
     seed: int = 20261206,
     train_limit: int | None = None,
+    inversion_limit: int | None = INVERSION_LIMIT,
 ) -> dict[str, Any]:
     """Compare :data:`CANDIDATES` on every set; the record the card's table comes from."""
-    images = load_image_sets(model, data, dicom_dir, seed, cache, train_limit=train_limit)
+    images = load_image_sets(
+        model,
+        data,
+        dicom_dir,
+        seed,
+        cache,
+        train_limit=train_limit,
+        inversion_limit=inversion_limit,
+    )
     rows = compare(images, pass_share)
     chosen = choose(rows)
     return {
@@ -703,6 +865,8 @@ def main_fit(args: Any) -> int:
         cache=args.cache,
         seed=args.seed,
         train_limit=args.train_limit,
+        inversion=not args.no_inversion,
+        inversion_limit=args.inversion_limit,
         command=shlex.join(["cxr-triage", *sys.argv[1:]]),
     )
     print(json.dumps({"written": str(path), **json.loads(path.read_text())}, indent=2))
@@ -723,6 +887,7 @@ def main_evaluate(args: Any) -> int:
         cache=args.cache,
         seed=args.seed,
         train_limit=args.train_limit,
+        inversion_limit=args.inversion_limit,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ood_evaluation.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -744,6 +909,12 @@ def register(subparsers: Any, fmt: Any, disclaimer: str) -> None:
         p.add_argument("--seed", type=int, default=20261206, help="every random choice")
         p.add_argument(
             "--train-limit", type=int, default=None, help="fit on a seeded subsample of train"
+        )
+        p.add_argument(
+            "--inversion-limit",
+            type=int,
+            default=INVERSION_LIMIT,
+            help="train images (seeded) inverted to fit the inversion detector",
         )
         p.add_argument(
             "--cache",
@@ -770,6 +941,11 @@ def register(subparsers: Any, fmt: Any, disclaimer: str) -> None:
         help="mahalanobis: raw features (default: L2-normalised, as compared in the card)",
     )
     p.add_argument("--k", type=int, default=10, help="knn: which neighbour")
+    p.add_argument(
+        "--no-inversion",
+        action="store_true",
+        help="fit the distance alone (default: also the inversion detector, read by OR)",
+    )
     p.add_argument("--out", type=Path, default=None, help="folder (default: the model's)")
     p.set_defaults(func=main_fit)
 

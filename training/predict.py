@@ -127,9 +127,7 @@ def predict_paths(
             continue
         score = rule.score(res.logit, eligible=eligible)
         check = model.distribution
-        image = (
-            check.verdict(res.distance) if check is not None and res.distance is not None else None
-        )
+        image = res.image
         source: Any = header
         if header is None:  # an ordinary image file: nothing in a header, age unknown
             source = PopulationFields(Age(None, AgeSource.UNKNOWN, "not DICOM"))
@@ -151,6 +149,9 @@ def predict_paths(
                 "triage": assessed.triage,
                 "image_distance": res.distance,
                 "image_threshold": check.threshold if check is not None else None,
+                "inversion_score": res.inversion,
+                "inversion_threshold": check.inversion_threshold if check is not None else None,
+                "image_decided_by": (image.decided_by or None) if image is not None else None,
                 "disclaimer": DISCLAIMER,
             }
         )

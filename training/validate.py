@@ -327,11 +327,8 @@ def validate(
 
     rows = _csv_rows(labels)
     images = load_resized(samples, model.contract.input_size, cache_dir)
-    logits, distances = logits_and_distances(model, images)
+    logits, verdicts = logits_and_distances(model, images)
     check = model.distribution
-    verdicts = [
-        check.verdict(d) if check is not None and d is not None else None for d in distances
-    ]
     strata = [
         row_strata(s.path, rows.get(s.path.resolve(), {}), population, v)
         for s, v in zip(samples, verdicts, strict=True)
@@ -402,6 +399,7 @@ def validate(
         else {
             "method": check.method,
             "threshold": check.threshold,
+            "inversion_threshold": check.inversion_threshold,
             "n": len(samples),
             "outside_by_image": n_image,
             "share_outside_by_image": n_image / len(samples) if samples else 0.0,
@@ -435,19 +433,20 @@ def validate(
 
 def logits_and_distances(
     model: Any, images: np.ndarray, batch_size: int = 64
-) -> tuple[np.ndarray, list[float | None]]:
-    """Raw logits and distances from the training distribution (None without a
-    distribution check) of resized [0, 1] images, one forward pass per batch."""
+) -> tuple[np.ndarray, list[ImageDistance | None]]:
+    """Raw logits and the image check's verdicts (distance from the training distribution
+    and inversion score against their thresholds; None without a distribution check) of
+    resized [0, 1] images, one forward pass per batch."""
     import torch
 
     logits: list[float] = []
-    distances: list[float | None] = []
+    verdicts: list[ImageDistance | None] = []
     for i in range(0, len(images), batch_size):
         x = model.to_input(torch.from_numpy(images[i : i + batch_size]))
         for r in model.score_batch(x, with_heatmaps=False):
             logits.append(r.logit)
-            distances.append(r.distance)
-    return np.asarray(logits, dtype=np.float32), distances
+            verdicts.append(r.image)
+    return np.asarray(logits, dtype=np.float32), verdicts
 
 
 def _order(dimension: str, value: str) -> tuple[int, str]:

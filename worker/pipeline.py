@@ -7,8 +7,10 @@ unless the instance is outside its validated population (``CXR_POPULATION_POLICY
 shadow models score the same batch, stored under their version, never used for priority.
 The population is decided by the header and by the image: the same forward pass that gives
 the score gives the pooled features, whose distance from the model's training distribution
-(``cxr_model.distribution``, shipped as ``ood.json``) puts an image unlike the validated
-population outside whatever its header says; the instance row records which check decided.
+(``cxr_model.distribution``, shipped as ``ood.json``), or an inversion detector on the same
+features (a greyscale-inverted film), puts an image unlike the validated population outside
+whatever its header says; the instance row records which check decided (header, image,
+both) and the reason which image statistic (distance, inversion) and what to do.
 
 Errors are sorted at this boundary: ``TransientError`` (database or storage briefly
 unavailable) is retried by the task; anything about the file itself is permanent and
@@ -309,9 +311,8 @@ class ScoringRuntime:
             )
         for shadow in result.models.shadows:  # stored first: "done" means all are there
             repo.record_shadow_prediction(self.engine, job.instance_id, prediction(shadow, None))
-        distance = result.results[active.entry.version].distance
-        check = active.model.distribution
-        image = check.verdict(distance) if check is not None and distance is not None else None
+        scored = result.results[active.entry.version]
+        distance, image = scored.distance, scored.image
         assessed = assess_population(
             ds, active.population, self.population_policy, self.unknown_age, image=image
         )

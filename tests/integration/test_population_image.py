@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from sqlalchemy import Engine, text
 
-from cxr_common.population import IMAGE_REASON
+from cxr_common.population import IMAGE_REASON, INVERTED_ACTION, INVERTED_REASON
 from cxr_db.worklist import reads as reads
 from cxr_triage.send import send_paths
 from tests.conftest import SAMPLES
@@ -92,3 +92,31 @@ def test_an_adult_film_without_age_is_outside_by_image_and_scored_in_shadow(
         assert wl["ADULT-NO-AGE"].score == pytest.approx(out["probability"])
     assert wl["ADULT-NO-AGE"].population == "outside"
     assert IMAGE_REASON in str(wl["ADULT-NO-AGE"].population_reason)
+
+
+def test_an_inverted_child_film_is_outside_by_image_and_the_reason_says_what_to_do(
+    engine: Engine, listener: int, start_worker: Worker, tmp_path: Path
+) -> None:
+    # a site_fold=dev Kermany film of a 3-year-old (header in range), its greyscale inverted
+    # while it still says MONOCHROME2: what a MONOCHROME1 film exported the wrong way looks like
+    inverted = _copy(SAMPLES / "derived/kermany-normal-2.dcm", tmp_path, "INVERTED", age="003Y")
+    ds = pydicom.dcmread(inverted)
+    assert (ds.PhotometricInterpretation, ds.BitsStored) == ("MONOCHROME2", 8)
+    ds.PixelData = (255 - ds.pixel_array).astype("uint8").tobytes()
+    ds.save_as(inverted)
+    as_sent = _copy(SAMPLES / "derived/kermany-normal-2.dcm", tmp_path, "AS-SENT", age="003Y")
+    report = send_paths([inverted, as_sent], "127.0.0.1", listener, progress=False)
+    assert (report.sent, report.failed) == (2, 0)
+    start_worker(batch_size=2, wait_ms=200)
+    wait_until_final(engine, 2)
+
+    rows = _rows(engine)
+    out, inside = rows["INVERTED"], rows["AS-SENT"]
+    assert (out["population"], out["population_check"]) == ("outside", "image")
+    assert (out["triage"], out["flagged"]) == (False, False)
+    reason = str(out["population_reason"])
+    assert reason.startswith(IMAGE_REASON)
+    assert INVERTED_REASON in reason
+    assert INVERTED_ACTION in reason
+    assert (inside["population"], inside["population_check"]) == ("in_scope", "both")
+    assert INVERTED_REASON not in str(inside["population_reason"])

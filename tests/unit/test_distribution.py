@@ -144,7 +144,9 @@ def _distance(model: ScoringModel, pixels: np.ndarray) -> ImageDistance:
     assert check is not None
     assert r.distance is not None
     assert r.features is not None
-    return check.verdict(r.distance)
+    assert r.image is not None  # the distance (and inversion score) read by the check
+    assert r.image == check.verdict(r.distance, r.inversion)
+    return r.image
 
 
 def test_a_kermany_film_passes_and_a_gradient_or_a_rotated_film_does_not(
