@@ -145,6 +145,31 @@ class CommonSettings(BaseSettings):
         description="UID root of the objects we create (SC, SR); unset = a 2.25 UUID root "
         "generated once and kept in CXR_DATA_DIR/uid-root",
     )
+    environment: Literal["development", "production"] = Field(
+        default="development",
+        description="production: the listener refuses to start with no allow-list (calling "
+        "AE titles or peer networks) unless CXR_ACCEPT_ANY_PEER=true; a process connected "
+        "to Postgres as a superuser logs a warning",
+    )
+    # --- database roles (issue 20, cxr_db.roles) ------------------------------------------
+    # `migrate` sets these passwords on the roles cxr_listener ... cxr_web; `up` gives each
+    # child CXR_DATABASE_URL with its role's user and password. Unset: every process runs
+    # as the user of CXR_DATABASE_URL (compose gives each service its own URL instead).
+    db_listener_password: SecretStr | None = Field(default=None, description="role cxr_listener")
+    db_scheduler_password: SecretStr | None = Field(default=None, description="role cxr_scheduler")
+    db_worker_password: SecretStr | None = Field(default=None, description="role cxr_worker")
+    db_results_password: SecretStr | None = Field(default=None, description="role cxr_results")
+    db_web_password: SecretStr | None = Field(default=None, description="role cxr_web")
+
+    def role_passwords(self) -> dict[str, str]:
+        """Process kind -> its database role's password, for those set (empty values are
+        unset)."""
+        out: dict[str, str] = {}
+        for kind in ("listener", "scheduler", "worker", "results", "web"):
+            value = getattr(self, f"db_{kind}_password")
+            if value is not None and value.get_secret_value().strip():
+                out[kind] = value.get_secret_value()
+        return out
 
     @property
     def uid_root_file(self) -> Path:
@@ -261,11 +286,8 @@ class ListenerSettings(CommonSettings, DecodeLimitSettings):
         return titles
 
     # --- DICOM trust boundary (issue 12) ---------------------------------------------
-    environment: Literal["development", "production"] = Field(
-        default="development",
-        description="production: refuse to start with no allow-list (calling AE titles or "
-        "peer networks) unless CXR_ACCEPT_ANY_PEER=true",
-    )
+    # environment (CommonSettings): production refuses to start with no allow-list
+    # (calling AE titles or peer networks) unless CXR_ACCEPT_ANY_PEER=true
     accept_any_peer: bool = Field(
         default=False, description="production only: explicitly accept any peer"
     )
