@@ -331,6 +331,13 @@ class ListenerSettings(CommonSettings, DecodeLimitSettings):
         description="PEM CA bundle: when set, every peer must present a client certificate "
         "it signed",
     )
+    dicom_tls_client_ae_titles: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="JSON {certificate subject CN or 'sha256:<hex fingerprint>': [calling AE "
+        "titles]}: a client certificate may call only as its AE titles (needs "
+        "CXR_DICOM_TLS_CA); others get A-ASSOCIATE-RJ. Empty: any signed certificate, any "
+        "allowed AE title",
+    )
 
     @property
     def resolved_listener_processes(self) -> int:
@@ -372,6 +379,16 @@ class ListenerSettings(CommonSettings, DecodeLimitSettings):
             raise ValueError("set both CXR_DICOM_TLS_CERT and CXR_DICOM_TLS_KEY, or neither")
         if self.dicom_tls_ca is not None and self.dicom_tls_cert is None:
             raise ValueError("CXR_DICOM_TLS_CA (client certificates) needs DICOM TLS")
+        if self.dicom_tls_client_ae_titles and self.dicom_tls_ca is None:
+            raise ValueError(
+                "CXR_DICOM_TLS_CLIENT_AE_TITLES needs client certificates (CXR_DICOM_TLS_CA)"
+            )
+        for name, titles in self.dicom_tls_client_ae_titles.items():
+            if not name.strip() or not titles or any(not 0 < len(t.strip()) <= 16 for t in titles):
+                raise ValueError(
+                    f"CXR_DICOM_TLS_CLIENT_AE_TITLES: {name!r} needs 1 or more AE titles of "
+                    "1-16 characters"
+                )
         for path in (self.dicom_tls_cert, self.dicom_tls_key, self.dicom_tls_ca):
             if path is not None and not path.is_file():
                 raise ValueError(f"DICOM TLS file {path} is not a readable file")
@@ -691,6 +708,33 @@ class ResultSettings(CommonSettings):
         if not value or "\\" in value or not value.isascii() or not value.isprintable():
             raise ValueError("AE title must be 1-16 printable ASCII characters without backslash")
         return value
+
+    # DICOM TLS to the destinations (issue 20): on when a CA is set
+    result_tls_ca: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: results go over DICOM TLS, the destination's certificate "
+        "must be signed by it and name the destination's host",
+    )
+    result_tls_cert: Path | None = Field(
+        default=None, description="PEM client certificate we present (destinations that ask)"
+    )
+    result_tls_key: Path | None = Field(default=None, description="PEM private key of the cert")
+
+    @field_validator("result_tls_ca", "result_tls_cert", "result_tls_key", mode="before")
+    @classmethod
+    def _empty_result_tls_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _result_tls_ok(self) -> Self:
+        if (self.result_tls_cert is None) != (self.result_tls_key is None):
+            raise ValueError("set both CXR_RESULT_TLS_CERT and CXR_RESULT_TLS_KEY, or neither")
+        if self.result_tls_cert is not None and self.result_tls_ca is None:
+            raise ValueError("a client certificate (CXR_RESULT_TLS_CERT) needs CXR_RESULT_TLS_CA")
+        for path in (self.result_tls_ca, self.result_tls_cert, self.result_tls_key):
+            if path is not None and not path.is_file():
+                raise ValueError(f"results TLS file {path} is not a readable file")
+        return self
 
 
 class SupervisorSettings(
