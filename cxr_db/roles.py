@@ -16,7 +16,8 @@ several databases share one Postgres), then ``REVOKE ALL`` and ``GRANT`` per tab
 runs it after every upgrade, so tables added by later migrations are covered as soon as
 they are in the map (a unit test checks that every table of ``cxr_db.schema`` is).
 
-``audit_log`` is append-only for every runtime role: ``INSERT``, plus ``SELECT`` for the
+``audit_log`` is append-only for every runtime role: ``INSERT`` (with ``SELECT`` on its
+``id`` column alone, which ``INSERT ... RETURNING id`` needs), plus ``SELECT`` for the
 web's audit page; no role but the owner may ``UPDATE``/``DELETE``/``TRUNCATE`` it (its
 triggers refuse those too) or ``ALTER`` it (only an owner may). No runtime role is a
 superuser, may create roles or databases, or owns a table, so ``COPY ... TO PROGRAM``
@@ -48,6 +49,9 @@ MIGRATION_LOCK: Final = 74210731
 
 SEL, INS, UPD, DEL = "SELECT", "INSERT", "UPDATE", "DELETE"
 NOTHING: Final[frozenset[str]] = frozenset()
+#: ``INSERT ... RETURNING id`` (every audit append) needs SELECT on the returned column:
+#: the id alone, never the entries' contents.
+RETURNING_ID: Final = "SELECT (id)"
 
 
 def _p(*privileges: str) -> frozenset[str]:
@@ -89,7 +93,7 @@ GRANTS: Final[Mapping[str, Mapping[str, frozenset[str]]]] = {
         "users": NOTHING,
         "web_sessions": NOTHING,
         "api_tokens": NOTHING,
-        "audit_log": _p(INS),
+        "audit_log": _p(INS, RETURNING_ID),
         "study_reads": _p(SEL),
         "answers": _p(SEL),
         "escalations": _p(SEL, INS, UPD),
@@ -129,7 +133,7 @@ GRANTS: Final[Mapping[str, Mapping[str, frozenset[str]]]] = {
         "users": NOTHING,
         "web_sessions": NOTHING,
         "api_tokens": NOTHING,
-        "audit_log": _p(INS),
+        "audit_log": _p(INS, RETURNING_ID),
         "study_reads": _p(SEL),
         "answers": _p(SEL),
         "escalations": _p(SEL),
@@ -307,7 +311,7 @@ def apply_grants(conn: Connection) -> None:
             if not privileges or table not in tables:
                 continue
             conn.execute(text(f'GRANT {", ".join(sorted(privileges))} ON "{table}" TO {name}'))
-            if INS in privileges:
+            if INS in privileges:  # serial ids: nextval
                 for sequence in _table_sequences(conn, table):
                     conn.execute(text(f'GRANT USAGE ON SEQUENCE "{sequence}" TO {name}'))
 
@@ -328,8 +332,14 @@ def apply(conn: Connection, passwords: Mapping[str, str] | None = None) -> bool:
     return True
 
 
+def table_level(privileges: frozenset[str]) -> frozenset[str]:
+    """``privileges`` without the column-level ones (``SELECT (id)``)."""
+    return frozenset(p for p in privileges if "(" not in p)
+
+
 def privileges_of(conn: Connection, kind: str) -> dict[str, frozenset[str]]:
-    """What ``kind``'s role holds now on each table of the schema (for checks and tests)."""
+    """What ``kind``'s role holds now on each table of the schema, table-level (for checks
+    and tests; column privileges: ``has_column_privilege``)."""
     rows = conn.execute(
         text(
             "SELECT c.relname, a.privilege_type FROM pg_class c "

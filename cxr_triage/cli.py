@@ -101,7 +101,8 @@ def _run_with_services(settings: S, run: Callable[[S], int], kind: str | None = 
         if kind == "worker" and services.embedded is not None and services.roles:
             _register_model_as_owner(settings, services.database_url)
         settings = services.apply(settings, kind)
-        warn_if_superuser(settings)
+        if kind is not None:  # admin commands run as the owner on purpose
+            warn_if_superuser(settings)
         return run(settings)
     finally:
         services.stop()

@@ -65,7 +65,13 @@ def test_each_role_holds_exactly_its_grants(services: Services, engine: Engine) 
                         {"r": name, "t": table, "p": p},
                     ).scalar()
                 }
-                assert held == set(wanted), (kind, table, held)
+                assert held == set(roles.table_level(wanted)), (kind, table, held)
+                for column_privilege in wanted - roles.table_level(wanted):
+                    privilege, _, column = column_privilege.partition(" ")
+                    assert conn.execute(
+                        text("SELECT has_column_privilege(:r, :t, :c, :p)"),
+                        {"r": name, "t": table, "c": column.strip("()"), "p": privilege},
+                    ).scalar(), (kind, table, column_privilege)
             # alembic_version is in no map: nobody may touch it
             assert not conn.execute(
                 text("SELECT has_table_privilege(:r, 'alembic_version', 'SELECT')"), {"r": name}
@@ -126,6 +132,29 @@ def test_worker_cannot_delete_instances_or_touch_accounts(
         assert "permission denied" in _refused(worker, statement), statement
 
 
+@pytest.mark.parametrize("kind", ["scheduler", "results"])
+def test_audit_writers_append_but_cannot_read_the_entries(
+    role_engines: dict[str, Engine], kind: str
+) -> None:
+    engine = role_engines[kind]
+    with engine.connect() as conn:  # what audit.append does: INSERT ... RETURNING id
+        new_id = conn.execute(
+            text(
+                "INSERT INTO audit_log (actor, actor_kind, action) "
+                "VALUES ('roles-test', 'system', 'escalation') RETURNING id"
+            )
+        ).scalar_one()
+        conn.rollback()  # the log is append-only: leave no test row in it
+    assert new_id > 0
+    for statement in (
+        "SELECT actor, action, detail FROM audit_log",
+        "SELECT * FROM audit_log",
+        "UPDATE audit_log SET actor = 'x'",
+        "DELETE FROM audit_log",
+    ):
+        assert "permission denied" in _refused(engine, statement), (kind, statement)
+
+
 def test_web_cannot_drop_or_rewrite_history(role_engines: dict[str, Engine]) -> None:
     web = role_engines["web"]
     for statement, answer in (
@@ -176,7 +205,9 @@ def test_apply_is_idempotent_and_resets_a_widened_role(services: Services, engin
         assert roles.apply(conn) is True  # a second run changes nothing and fails nothing
         for kind in roles.KINDS:
             assert roles.privileges_of(conn, kind) == {
-                t: p for t, p in roles.GRANTS[kind].items() if p
+                t: roles.table_level(p)
+                for t, p in roles.GRANTS[kind].items()
+                if roles.table_level(p)
             }, kind
         assert not conn.execute(
             text("SELECT rolcreatedb FROM pg_roles WHERE rolname = 'cxr_results'")

@@ -14,7 +14,7 @@ from cxr_db.schema import Base
 from cxr_triage.processes import ROLES
 from cxr_triage.services import ROLE_PASSWORDS_FILE, embedded_role_passwords
 
-KNOWN = {"SELECT", "INSERT", "UPDATE", "DELETE"}
+KNOWN = {"SELECT", "INSERT", "UPDATE", "DELETE", roles.RETURNING_ID}
 
 
 def test_every_process_kind_has_a_role_and_nothing_else() -> None:
@@ -30,11 +30,14 @@ def test_every_table_of_the_schema_is_in_the_map_for_every_role(kind: str) -> No
     assert named - tables == set(), f"{kind}: the map names tables the schema has not"
     for table, privileges in roles.GRANTS[kind].items():
         assert privileges <= KNOWN, (kind, table, privileges)
+        if roles.RETURNING_ID in privileges:  # the id of what it inserts, nothing else
+            assert "INSERT" in privileges, (kind, table)
+            assert "SELECT" not in privileges, (kind, table)
 
 
 def test_the_audit_log_is_append_only_for_every_role() -> None:
     for kind in roles.KINDS:
-        assert roles.GRANTS[kind]["audit_log"] <= {"INSERT", "SELECT"}, kind
+        assert roles.GRANTS[kind]["audit_log"] <= {"INSERT", "SELECT", roles.RETURNING_ID}, kind
     # only the web shows the audit log
     readers = {k for k in roles.KINDS if "SELECT" in roles.GRANTS[k]["audit_log"]}
     assert readers == {"web"}
