@@ -5,7 +5,8 @@
                     is the only role that may change or empty ``audit_log``.
     cxr_listener    DICOM in: studies, instances, instance conflicts.
     cxr_scheduler   reconciler, completeness, escalation: instances, studies, escalations.
-    cxr_worker      scoring: claims instances, writes predictions; reads the registry.
+    cxr_worker      scoring: claims instances, writes predictions and the studies' flag
+                    and score; reads the registry.
     cxr_results     results to PACS and escalation webhooks: every attempt it makes.
     cxr_web         the worklist: accounts, sessions, reading, the audit page.
 
@@ -101,9 +102,10 @@ GRANTS: Final[Mapping[str, Mapping[str, frozenset[str]]]] = {
         "escalation_attempts": NOTHING,
     },
     "worker": {
-        # claim under a lease, record the outcome and the prediction; the registry is read
-        # (``cxr-triage migrate`` registers the configured model)
-        "studies": _p(SEL),
+        # claim under a lease, record the outcome and the prediction (a triaging one raises
+        # its study's flag and score); the registry is read (``cxr-triage migrate``
+        # registers the configured model)
+        "studies": _p(SEL, UPD),
         "instances": _p(SEL, UPD),
         "instance_conflicts": NOTHING,
         "predictions": _p(SEL, INS, UPD),

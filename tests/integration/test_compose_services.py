@@ -115,12 +115,20 @@ def test_every_compose_service_runs_natively_and_passes_its_healthcheck(
 
         wait_for("every service healthy", all_healthy, timeout_s=HEALTHY_WITHIN_S)
         if services.roles:  # each connects as its own database role, as compose says
-            wanted = {f"cxr_{s.name}" for s in long_running}
-            wait_for(
-                "every service connected as its role",
-                lambda: wanted <= _connected_users(services),
-                timeout_s=60,
-            )
+            # (the listener connects at its first C-STORE; the others on their own)
+            wanted = {f"cxr_{s.name}" for s in long_running} - {"cxr_listener"}
+            seen: set[str] = set()
+
+            def connected() -> bool:
+                seen.update(_connected_users(services))
+                return wanted <= seen
+
+            try:
+                wait_for("every service connected as its role", connected, timeout_s=60)
+            except AssertionError as exc:
+                raise AssertionError(f"connected: {sorted(seen)}; wanted {sorted(wanted)}") from exc
+            strangers = {u for u in seen if u.startswith("cxr") and u not in wanted}
+            assert strangers <= {"cxr_listener"}, strangers
     finally:
         for service in long_running:  # SIGTERM to all, then wait: they stop side by side
             service.terminate()
