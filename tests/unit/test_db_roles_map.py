@@ -77,3 +77,41 @@ def test_embedded_passwords_are_generated_once_and_private(tmp_path: Path) -> No
     assert set(again) == set(roles.KINDS)
     assert again != first
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_role_passwords_come_from_the_environment_and_name_each_process_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cxr_common.settings import CommonSettings
+    from cxr_triage.services import ResolvedServices
+
+    monkeypatch.setenv("CXR_DB_WEB_PASSWORD", "web-secret")
+    monkeypatch.setenv("CXR_DB_WORKER_PASSWORD", "  ")  # empty: unset
+    assert CommonSettings().role_passwords() == {"web": "web-secret"}
+
+    owner = "postgresql+psycopg://cxr:owner-secret@db:5432/cxr"
+    resolved = ResolvedServices(owner, "redis://r", None, {"web": "web-secret"})
+    resolved.prepare(migrate=False)
+    web = make_url(resolved.database_url_for("web"))
+    assert (web.username, web.password, web.host) == ("cxr_web", "web-secret", "db")
+    assert resolved.database_url_for("worker") == owner  # no password for it: the owner's
+    assert resolved.database_url_for(None) == owner  # admin commands
+    env = resolved.child_env({}, "web")
+    assert "owner-secret" not in env["CXR_DATABASE_URL"]
+    single = ResolvedServices(owner, "redis://r", None, {})
+    single.prepare(migrate=False)  # one URL, no role passwords: everyone is the owner
+    assert {single.database_url_for(k) for k in roles.KINDS} == {owner}
+
+
+def test_certificate_binding_reads_json_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from cxr_common.settings import ListenerSettings
+
+    for name in ("cert", "key", "ca"):
+        (tmp_path / name).write_text("x")
+    monkeypatch.setenv("CXR_DICOM_TLS_CERT", str(tmp_path / "cert"))
+    monkeypatch.setenv("CXR_DICOM_TLS_KEY", str(tmp_path / "key"))
+    monkeypatch.setenv("CXR_DICOM_TLS_CA", str(tmp_path / "ca"))
+    monkeypatch.setenv("CXR_DICOM_TLS_CLIENT_AE_TITLES", '{"ct1.example.org": ["CT1", "CT1B"]}')
+    assert ListenerSettings().dicom_tls_client_ae_titles == {"ct1.example.org": ["CT1", "CT1B"]}
