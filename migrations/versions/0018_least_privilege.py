@@ -12,6 +12,7 @@ Revises: 0013
 Create Date: 2026-12-06
 """
 
+import sqlalchemy as sa
 from alembic import op
 
 from cxr_db import roles
@@ -32,14 +33,13 @@ def downgrade() -> None:
     bind = op.get_bind()
     if not roles.can_manage_roles(bind):
         return
-    existing = set(
-        bind.exec_driver_sql(
-            "SELECT rolname FROM pg_roles WHERE rolname LIKE 'cxr\\_%'"
-        ).scalars()
-    )
-    for kind in roles.KINDS:
-        name = roles.role_name(kind)
-        if name in existing:
-            op.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {name}")
-            op.execute(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {name}")
-            op.execute(f"REVOKE ALL ON SCHEMA public FROM {name}")
+    names = [roles.role_name(kind) for kind in roles.KINDS]
+    existing = bind.execute(
+        sa.text("SELECT rolname FROM pg_roles WHERE rolname = ANY(:names)"), {"names": names}
+    ).scalars()
+    database = bind.execute(sa.text("SELECT current_database()")).scalar_one()
+    for name in sorted(existing):
+        op.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {name}")
+        op.execute(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {name}")
+        op.execute(f"REVOKE ALL ON SCHEMA public FROM {name}")
+        op.execute(f'REVOKE ALL ON DATABASE "{database}" FROM {name}')

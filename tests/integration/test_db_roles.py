@@ -9,10 +9,12 @@ connected as their roles too (``tests/conftest.py``), which shows each can do it
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, create_engine, pool, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
 from cxr_common.settings import CommonSettings
@@ -252,3 +254,46 @@ def test_a_superuser_url_in_production_is_warned_about(
     assert len(caplog.records) == 1
     assert "superuser" in caplog.records[0].getMessage()
     assert "production" in caplog.records[0].getMessage()
+
+
+def test_downgrade_takes_this_databases_grants_and_upgrade_restores_them(
+    services: Services,
+) -> None:
+    from alembic import command
+
+    from cxr_common.settings import normalise_database_url
+    from migrations import alembic_config, upgrade_to_head
+
+    name = f"cxr_roles_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(
+        normalise_database_url(services.database_url), isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = str(
+        make_url(normalise_database_url(services.database_url))
+        .set(database=name)
+        .render_as_string(hide_password=False)
+    )
+    scratch = create_engine(url, poolclass=pool.NullPool)
+
+    def web_reads_users() -> bool:
+        with scratch.connect() as conn:
+            return bool(
+                conn.execute(
+                    text("SELECT has_table_privilege('cxr_web', 'users', 'SELECT')")
+                ).scalar()
+            )
+
+    try:
+        assert upgrade_to_head(url) is True
+        assert web_reads_users()
+        command.downgrade(alembic_config(url), "0013")
+        assert not web_reads_users()
+        assert upgrade_to_head(url) is True
+        assert web_reads_users()
+    finally:
+        scratch.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
