@@ -135,8 +135,11 @@ def _supervise_listeners(settings: ListenerSettings) -> int:
     from cxr_triage.processes import cxr_triage_command, settings_env, supervise
 
     count = settings.resolved_listener_processes
-    base = dict(os.environ)
-    base.update(settings_env(settings, type(settings).model_fields))
+    from cxr_triage.services import ROLE_PASSWORD_SETTINGS, without_role_passwords
+
+    names = [n for n in type(settings).model_fields if n not in ROLE_PASSWORD_SETTINGS]
+    base = without_role_passwords(dict(os.environ))
+    base.update(settings_env(settings, names))
     base["CXR_LISTENER_PROCESSES"] = "1"
     codes = [0] * count
     with stop_on_signals("the listeners") as stop:
@@ -175,9 +178,11 @@ def _supervise_worker(settings: WorkerSettings) -> int:
     """``cxr-triage work``: run the worker in a child process and restart it when it dies
     (issue 12, defect 2); its settings travel as ``CXR_*`` variables."""
     from cxr_triage.processes import cxr_triage_command, settings_env, supervise
+    from cxr_triage.services import ROLE_PASSWORD_SETTINGS, without_role_passwords
 
-    env = dict(os.environ)
-    env.update(settings_env(settings, type(settings).model_fields))
+    names = [n for n in type(settings).model_fields if n not in ROLE_PASSWORD_SETTINGS]
+    env = without_role_passwords(dict(os.environ))
+    env.update(settings_env(settings, names))
     env["CXR_RESTART_ON_EXIT"] = "false"
     with stop_on_signals("the worker") as stop:
         return supervise("worker", cxr_triage_command("work"), env, stop)

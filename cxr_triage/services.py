@@ -33,6 +33,15 @@ log = logging.getLogger(__name__)
 S = TypeVar("S", bound=CommonSettings)
 
 ROLE_PASSWORDS_FILE = "db-roles.json"
+#: The settings that hold the roles' passwords (``CXR_DB_LISTENER_PASSWORD`` ...).
+ROLE_PASSWORD_SETTINGS = tuple(f"db_{kind}_password" for kind in KINDS)
+
+
+def without_role_passwords(env: dict[str, str]) -> dict[str, str]:
+    """``env`` less every role's password variable: a child process must not be able to
+    connect as another process's role."""
+    drop = {f"CXR_{name.upper()}" for name in ROLE_PASSWORD_SETTINGS}
+    return {k: v for k, v in env.items() if k not in drop}
 
 
 def embedded_role_passwords(folder: Path) -> dict[str, str]:
@@ -93,8 +102,9 @@ class ResolvedServices:
         )
 
     def child_env(self, base: dict[str, str], kind: str | None = None) -> dict[str, str]:
-        """``base`` plus these services' URLs, for a child process of ``kind``."""
-        env = dict(base)
+        """``base`` plus these services' URLs, for a child process of ``kind``; without
+        the roles' passwords (a child knows its own, in its URL, and no other's)."""
+        env = without_role_passwords(base)
         env["CXR_DATABASE_URL"] = self.database_url_for(kind)
         env["CXR_BROKER_URL"] = self.broker_url
         return env

@@ -96,8 +96,11 @@ def test_role_passwords_come_from_the_environment_and_name_each_process_url(
     assert (web.username, web.password, web.host) == ("cxr_web", "web-secret", "db")
     assert resolved.database_url_for("worker") == owner  # no password for it: the owner's
     assert resolved.database_url_for(None) == owner  # admin commands
-    env = resolved.child_env({}, "web")
+    env = resolved.child_env({"CXR_DB_WORKER_PASSWORD": "w", "PATH": "/bin"}, "web")
     assert "owner-secret" not in env["CXR_DATABASE_URL"]
+    # a child knows its own password (in its URL) and no other role's
+    assert "CXR_DB_WORKER_PASSWORD" not in env
+    assert env["PATH"] == "/bin"
     single = ResolvedServices(owner, "redis://r", None, {})
     single.prepare(migrate=False)  # one URL, no role passwords: everyone is the owner
     assert {single.database_url_for(k) for k in roles.KINDS} == {owner}
