@@ -168,6 +168,32 @@ class CommonSettings(BaseSettings):
     def patient_key_value(self) -> str | None:
         return None if self.patient_key is None else self.patient_key.get_secret_value()
 
+    environment: Literal["development", "production"] = Field(
+        default="development",
+        description="production: the listener refuses to start with no allow-list (calling "
+        "AE titles or peer networks) unless CXR_ACCEPT_ANY_PEER=true; a process connected "
+        "to Postgres as a superuser logs a warning",
+    )
+    # --- database roles (issue 20, cxr_db.roles) ------------------------------------------
+    # `migrate` sets these passwords on the roles cxr_listener ... cxr_web; `up` gives each
+    # child CXR_DATABASE_URL with its role's user and password. Unset: every process runs
+    # as the user of CXR_DATABASE_URL (compose gives each service its own URL instead).
+    db_listener_password: SecretStr | None = Field(default=None, description="role cxr_listener")
+    db_scheduler_password: SecretStr | None = Field(default=None, description="role cxr_scheduler")
+    db_worker_password: SecretStr | None = Field(default=None, description="role cxr_worker")
+    db_results_password: SecretStr | None = Field(default=None, description="role cxr_results")
+    db_web_password: SecretStr | None = Field(default=None, description="role cxr_web")
+
+    def role_passwords(self) -> dict[str, str]:
+        """Process kind -> its database role's password, for those set (empty values are
+        unset)."""
+        out: dict[str, str] = {}
+        for kind in ("listener", "scheduler", "worker", "results", "web"):
+            value = getattr(self, f"db_{kind}_password")
+            if value is not None and value.get_secret_value().strip():
+                out[kind] = value.get_secret_value()
+        return out
+
     @property
     def uid_root_file(self) -> Path:
         """Where the generated UID root is kept when ``CXR_UID_ROOT`` is unset."""
@@ -283,11 +309,8 @@ class ListenerSettings(CommonSettings, DecodeLimitSettings):
         return titles
 
     # --- DICOM trust boundary (issue 12) ---------------------------------------------
-    environment: Literal["development", "production"] = Field(
-        default="development",
-        description="production: refuse to start with no allow-list (calling AE titles or "
-        "peer networks) unless CXR_ACCEPT_ANY_PEER=true",
-    )
+    # environment (CommonSettings): production refuses to start with no allow-list
+    # (calling AE titles or peer networks) unless CXR_ACCEPT_ANY_PEER=true
     accept_any_peer: bool = Field(
         default=False, description="production only: explicitly accept any peer"
     )
@@ -344,6 +367,13 @@ class ListenerSettings(CommonSettings, DecodeLimitSettings):
         description="PEM CA bundle: when set, every peer must present a client certificate "
         "it signed",
     )
+    dicom_tls_client_ae_titles: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="JSON {certificate subject CN or 'sha256:<hex fingerprint>': [calling AE "
+        "titles]}: a client certificate may call only as its AE titles (needs "
+        "CXR_DICOM_TLS_CA); others get A-ASSOCIATE-RJ. Empty: any signed certificate, any "
+        "allowed AE title",
+    )
 
     @property
     def resolved_listener_processes(self) -> int:
@@ -385,6 +415,16 @@ class ListenerSettings(CommonSettings, DecodeLimitSettings):
             raise ValueError("set both CXR_DICOM_TLS_CERT and CXR_DICOM_TLS_KEY, or neither")
         if self.dicom_tls_ca is not None and self.dicom_tls_cert is None:
             raise ValueError("CXR_DICOM_TLS_CA (client certificates) needs DICOM TLS")
+        if self.dicom_tls_client_ae_titles and self.dicom_tls_ca is None:
+            raise ValueError(
+                "CXR_DICOM_TLS_CLIENT_AE_TITLES needs client certificates (CXR_DICOM_TLS_CA)"
+            )
+        for name, titles in self.dicom_tls_client_ae_titles.items():
+            if not name.strip() or not titles or any(not 0 < len(t.strip()) <= 16 for t in titles):
+                raise ValueError(
+                    f"CXR_DICOM_TLS_CLIENT_AE_TITLES: {name!r} needs 1 or more AE titles of "
+                    "1-16 characters"
+                )
         for path in (self.dicom_tls_cert, self.dicom_tls_key, self.dicom_tls_ca):
             if path is not None and not path.is_file():
                 raise ValueError(f"DICOM TLS file {path} is not a readable file")
@@ -821,6 +861,33 @@ class ResultSettings(CommonSettings):
             raise ValueError(
                 "set CXR_RESULT_DICOMWEB_TOKEN or CXR_RESULT_DICOMWEB_USERNAME/_PASSWORD, not both"
             )
+        return self
+
+    # DICOM TLS to the destinations (issue 20): on when a CA is set
+    result_tls_ca: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: results go over DICOM TLS, the destination's certificate "
+        "must be signed by it and name the destination's host",
+    )
+    result_tls_cert: Path | None = Field(
+        default=None, description="PEM client certificate we present (destinations that ask)"
+    )
+    result_tls_key: Path | None = Field(default=None, description="PEM private key of the cert")
+
+    @field_validator("result_tls_ca", "result_tls_cert", "result_tls_key", mode="before")
+    @classmethod
+    def _empty_result_tls_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _result_tls_ok(self) -> Self:
+        if (self.result_tls_cert is None) != (self.result_tls_key is None):
+            raise ValueError("set both CXR_RESULT_TLS_CERT and CXR_RESULT_TLS_KEY, or neither")
+        if self.result_tls_cert is not None and self.result_tls_ca is None:
+            raise ValueError("a client certificate (CXR_RESULT_TLS_CERT) needs CXR_RESULT_TLS_CA")
+        for path in (self.result_tls_ca, self.result_tls_cert, self.result_tls_key):
+            if path is not None and not path.is_file():
+                raise ValueError(f"results TLS file {path} is not a readable file")
         return self
 
 

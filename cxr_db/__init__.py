@@ -20,6 +20,8 @@ one package per domain: each keeps its tables (``tables``) next to its writes an
                 to the RIS, the newest per receiver for the pages)
     conflicts   instance_conflicts: ``tables``; ``store``
     drift       reads only: the active model's drift against its reference
+    roles       least privilege: one Postgres login role per process kind and the grant map
+                (``GRANTS``) ``cxr-triage migrate`` applies after every upgrade
 
 The schema is created by Alembic (``migrations/``); ``schema`` gathers every domain's
 tables on one ``Base.metadata``, the single description of it. ``engine`` builds the

@@ -31,7 +31,9 @@ Logs carry the destination, SOP Instance UIDs and statuses, never patient data.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -176,6 +178,13 @@ def _describe_failure(assoc: Association) -> str:
     return "association not established"
 
 
+def _close_socket(assoc: Association) -> None:
+    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
 def _failed(item: StoreItem, reason: str, status: int | None = None) -> StoreOutcome:
     return StoreOutcome(item.sop_class_uid, item.sop_instance_uid, False, status, reason[:300])
 
@@ -202,6 +211,19 @@ def _store_one(assoc: Association, item: StoreItem, peer: str) -> StoreOutcome:
     return _failed(item, reason, code)
 
 
+def client_tls_context(
+    ca_file: Path, certificate_file: Path | None = None, private_key_file: Path | None = None
+) -> ssl.SSLContext:
+    """A client-side TLS context (TLS 1.2+) for DICOM TLS (PS3.15 B.1): the destination's
+    certificate must be signed by ``ca_file`` and name the host we connect to; with
+    ``certificate_file``/``private_key_file`` we present our own (client) certificate."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if certificate_file is not None and private_key_file is not None:
+        context.load_cert_chain(str(certificate_file), str(private_key_file))
+    return context
+
+
 def store(
     destination: Destination,
     items: Sequence[StoreItem],
@@ -210,10 +232,12 @@ def store(
     timeouts: Timeouts | None = None,
     peer: str = "the destination",
     on_outcome: Callable[[StoreOutcome], None] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> list[StoreOutcome]:
     """C-STORE ``items`` on ``destination``; one outcome each, in order (see the module
     docstring). ``peer`` names the destination in reasons; ``on_outcome`` is called as
-    each outcome is known.
+    each outcome is known; ``tls`` (:func:`client_tls_context`): DICOM TLS, the
+    destination's certificate checked against the CA and its host name.
 
     Raises :class:`AssociationError` when no association can be established for the
     first items (nothing was sent)."""
@@ -242,7 +266,11 @@ def store(
         ]
         contexts.append(build_context(Verification))
         return ae.associate(
-            destination.host, destination.port, contexts=contexts, ae_title=destination.ae_title
+            destination.host,
+            destination.port,
+            contexts=contexts,
+            ae_title=destination.ae_title,
+            tls_args=(tls, destination.host) if tls is not None else None,
         )
 
     try:
@@ -251,6 +279,7 @@ def store(
             for attempt in (1, 2):
                 assoc = associate(remaining)
                 if not assoc.is_established:
+                    _close_socket(assoc)  # pynetdicom may leave it open (a failed TLS handshake)
                     reason = _describe_failure(assoc)
                     logger.warning("no association with %s: %s", destination, reason)
                     if not outcomes:
@@ -280,9 +309,12 @@ def send_objects(
     datasets: Sequence[Dataset],
     calling_ae_title: str = DEFAULT_CALLING_AE_TITLE,
     timeouts: Timeouts | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> list[SendOutcome]:
-    """Store result objects (data sets) on ``destination``; one outcome each.
+    """Store result objects (data sets) on ``destination``; one outcome each (over DICOM
+    TLS with ``tls``).
 
-    Raises :class:`AssociationError` when no association can be established."""
+    Raises :class:`AssociationError` when no association can be established (a TLS
+    handshake that fails included)."""
     items = [StoreItem.of_dataset(ds) for ds in datasets]
-    return store(destination, items, calling_ae_title=calling_ae_title, timeouts=timeouts)
+    return store(destination, items, calling_ae_title=calling_ae_title, timeouts=timeouts, tls=tls)

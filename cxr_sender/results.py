@@ -92,6 +92,7 @@ from cxr_results import (
     build_not_analysed_report,
     build_secondary_capture,
     build_structured_report,
+    client_tls_context,
     load_or_create_uid_root,
     overlay_at_source_resolution,
     overlay_from_png,
@@ -225,6 +226,13 @@ class ResultsRuntime:
             acse_s=settings.result_timeout_s,
             dimse_s=max(60.0, settings.result_timeout_s),
             network_s=max(60.0, settings.result_timeout_s),
+        )
+        self.tls = (
+            client_tls_context(
+                settings.result_tls_ca, settings.result_tls_cert, settings.result_tls_key
+            )
+            if settings.result_tls_ca is not None
+            else None
         )
         self._uid_root_file = settings.uid_root_file
         self._uid_root_setting = settings.uid_root
@@ -414,7 +422,7 @@ class ResultsRuntime:
             return stow.send_objects(
                 destination, datasets, self.dicomweb_auth, self.timeouts.network_s
             )
-        return send_objects(destination, datasets, self.calling_ae_title, self.timeouts)
+        return send_objects(destination, datasets, self.calling_ae_title, self.timeouts, self.tls)
 
     def _send_one(
         self,

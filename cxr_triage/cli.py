@@ -77,31 +77,44 @@ def _cmd_demo(args: argparse.Namespace, settings: SupervisorSettings) -> int:
 def _cmd_migrate(args: argparse.Namespace, settings: WorkerSettings) -> int:
     from cxr_triage.models_cli import migrate_registers_model
     from cxr_triage.services import resolve_services
-    from migrations import upgrade_to_head
 
     services = resolve_services(settings)
     try:
-        upgrade_to_head(services.database_url)
+        services.prepare(migrate=True)
         active = migrate_registers_model(settings, services.database_url)
     finally:
         services.stop()
-    print(f"database schema is up to date; active model {active.version}")
+    roles = "per-process database roles granted" if services.roles else "no database roles"
+    print(f"database schema is up to date ({roles}); active model {active.version}")
     return 0
 
 
-def _run_with_services(settings: S, run: Callable[[S], int]) -> int:
+def _run_with_services(settings: S, run: Callable[[S], int], kind: str | None = None) -> int:
     """Resolve Postgres/Redis, bring an embedded database to the current schema (a fresh
-    data folder has none), run with ``settings`` pointing at them."""
-    from cxr_triage.services import resolve_services
-    from migrations import upgrade_to_head
+    data folder has none) and its roles, run with ``settings`` pointing at them, connected
+    as ``kind``'s database role (``cxr_db.roles``; ``None``: the owner, for admin tools)."""
+    from cxr_triage.services import resolve_services, warn_if_superuser
 
     services = resolve_services(settings)
     try:
-        if services.embedded is not None:
-            upgrade_to_head(services.database_url)
-        return run(services.apply(settings))
+        services.prepare(migrate=services.embedded is not None)
+        if kind == "worker" and services.embedded is not None and services.roles:
+            _register_model_as_owner(settings, services.database_url)
+        settings = services.apply(settings, kind)
+        if kind is not None:  # admin commands run as the owner on purpose
+            warn_if_superuser(settings)
+        return run(settings)
     finally:
         services.stop()
+
+
+def _register_model_as_owner(settings: CommonSettings, database_url: str) -> None:
+    """What ``migrate`` does: the configured model registered and active when none is
+    (a worker's role may only read the registry)."""
+    from cxr_triage.models_cli import migrate_registers_model
+
+    if isinstance(settings, WorkerSettings):
+        migrate_registers_model(settings, database_url)
 
 
 def _cmd_listen(args: argparse.Namespace, settings: ListenerSettings) -> int:
@@ -110,8 +123,8 @@ def _cmd_listen(args: argparse.Namespace, settings: ListenerSettings) -> int:
     if args.processes is not None:
         settings = settings.with_overrides(listener_processes=args.processes)
     if settings.resolved_listener_processes > 1:
-        return _run_with_services(settings, _supervise_listeners)
-    return _run_with_services(settings, run_listener)
+        return _run_with_services(settings, _supervise_listeners, "listener")
+    return _run_with_services(settings, run_listener, "listener")
 
 
 def _supervise_listeners(settings: ListenerSettings) -> int:
@@ -122,8 +135,11 @@ def _supervise_listeners(settings: ListenerSettings) -> int:
     from cxr_triage.processes import cxr_triage_command, settings_env, supervise
 
     count = settings.resolved_listener_processes
-    base = dict(os.environ)
-    base.update(settings_env(settings, type(settings).model_fields))
+    from cxr_triage.services import ROLE_PASSWORD_SETTINGS, without_role_passwords
+
+    names = [n for n in type(settings).model_fields if n not in ROLE_PASSWORD_SETTINGS]
+    base = without_role_passwords(dict(os.environ))
+    base.update(settings_env(settings, names))
     base["CXR_LISTENER_PROCESSES"] = "1"
     codes = [0] * count
     with stop_on_signals("the listeners") as stop:
@@ -154,17 +170,19 @@ def _cmd_work(args: argparse.Namespace, settings: WorkerSettings) -> int:
     overrides = {"batch_max_size": args.batch_size, "device": args.device}
     settings = settings.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
     if settings.restart_on_exit:
-        return _run_with_services(settings, _supervise_worker)
-    return _run_with_services(settings, run_worker)
+        return _run_with_services(settings, _supervise_worker, "worker")
+    return _run_with_services(settings, run_worker, "worker")
 
 
 def _supervise_worker(settings: WorkerSettings) -> int:
     """``cxr-triage work``: run the worker in a child process and restart it when it dies
     (issue 12, defect 2); its settings travel as ``CXR_*`` variables."""
     from cxr_triage.processes import cxr_triage_command, settings_env, supervise
+    from cxr_triage.services import ROLE_PASSWORD_SETTINGS, without_role_passwords
 
-    env = dict(os.environ)
-    env.update(settings_env(settings, type(settings).model_fields))
+    names = [n for n in type(settings).model_fields if n not in ROLE_PASSWORD_SETTINGS]
+    env = without_role_passwords(dict(os.environ))
+    env.update(settings_env(settings, names))
     env["CXR_RESTART_ON_EXIT"] = "false"
     with stop_on_signals("the worker") as stop:
         return supervise("worker", cxr_triage_command("work"), env, stop)
@@ -173,7 +191,7 @@ def _supervise_worker(settings: WorkerSettings) -> int:
 def _cmd_schedule(args: argparse.Namespace, settings: SchedulerSettings) -> int:
     from cxr_scheduler.service import run_scheduler
 
-    return _run_with_services(settings, run_scheduler)
+    return _run_with_services(settings, run_scheduler, "scheduler")
 
 
 def _cmd_send_results(args: argparse.Namespace, settings: ResultSettings) -> int:
@@ -183,7 +201,7 @@ def _cmd_send_results(args: argparse.Namespace, settings: ResultSettings) -> int
 
     parse_destinations(settings.result_destinations)  # a malformed entry: exit 2 at once
     parse_hl7_destinations(settings.hl7_destinations)  # likewise
-    return _run_with_services(settings, run_results_sender)
+    return _run_with_services(settings, run_results_sender, "results")
 
 
 def _cmd_web(args: argparse.Namespace, settings: WebSettings) -> int:
@@ -198,7 +216,7 @@ def _cmd_web(args: argparse.Namespace, settings: WebSettings) -> int:
     changes = {k: v for k, v in overrides.items() if v is not None}
     if changes:
         settings = settings.with_overrides(**changes)
-    return _run_with_services(settings, run_web)
+    return _run_with_services(settings, run_web, "web")
 
 
 def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
@@ -212,7 +230,6 @@ def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
         wait_for_port,
     )
     from cxr_triage.services import resolve_services
-    from migrations import upgrade_to_head
 
     if args.listener_processes is not None:
         # checked here (>= 1, a fixed port), so `up` refuses before starting anything
@@ -223,16 +240,20 @@ def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
     # the handlers stay until everything is stopped: a second Ctrl-C cannot cut clean-up short
     with stop_on_signals("cxr-triage up") as stop:
         try:
-            upgrade_to_head(services.database_url)
-            env = services.child_env(dict(os.environ))
+            services.prepare(migrate=True)
+            if services.roles:
+                _register_model_as_owner(settings, services.database_url)
+            base = dict(os.environ)
             if args.listener_processes is not None:
-                env["CXR_LISTENER_PROCESSES"] = str(settings.listener_processes)
+                base["CXR_LISTENER_PROCESSES"] = str(settings.listener_processes)
+            # each child connects as its own database role where there are roles
+            envs = {role.name: services.child_env(base, role.name) for role in ROLES}
             for role in ROLES:  # the services of docker-compose.yml
                 if role.name == "worker":
                     for i in range(args.workers):
-                        children.append(spawn(f"worker-{i + 1}", role.command, env))
+                        children.append(spawn(f"worker-{i + 1}", role.command, envs["worker"]))
                 elif role.name != "web" or not args.no_web:
-                    children.append(spawn(role.name, role.command, env))
+                    children.append(spawn(role.name, role.command, envs[role.name]))
             host = "127.0.0.1" if settings.dicom_host in ("0.0.0.0", "") else settings.dicom_host
             wait_for_port(host, settings.dicom_port, children)
             web = (
@@ -245,7 +266,7 @@ def _cmd_up(args: argparse.Namespace, settings: SupervisorSettings) -> int:
             )
             while not stop.wait(0.5):
                 # a dead worker is restarted (issue 12); any other dead child stops `up`
-                dead = restart_dead_workers(children, env, restarts)
+                dead = restart_dead_workers(children, envs["worker"], restarts)
                 if dead is not None:
                     print(f"{dead.name} exited with code {dead.proc.returncode}; stopping")
                     return 1

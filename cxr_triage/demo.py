@@ -184,8 +184,8 @@ def _run(
     timeout_s: float,
     children_log: IO[bytes] | None,
 ) -> int:
+    from cxr_triage.models_cli import migrate_registers_model
     from cxr_triage.send import send_paths
-    from migrations import upgrade_to_head
 
     children: list[Child] = []
     services: ResolvedServices | None = None
@@ -193,7 +193,9 @@ def _run(
         with tqdm(total=3, desc="services", unit="step") as bar:
             bar.set_postfix_str("Postgres and Redis")
             services = resolve_services(settings, data_dir)
-            upgrade_to_head(services.database_url)
+            services.prepare(migrate=True)
+            if services.roles:  # what `migrate` does: the worker's role only reads models
+                migrate_registers_model(settings, services.database_url)
             bar.update()
             bar.set_postfix_str("listener and worker")
             settings = services.apply(settings).with_overrides(
@@ -205,9 +207,11 @@ def _run(
                 results_queue_name=demo_results_queue(),
             )
             env = dict(os.environ) | settings_env(settings, CHILD_SETTINGS)
-            children.append(spawn("listener", ["listen"], env, children_log))
-            children.append(spawn("scheduler", ["schedule"], env, children_log))
-            children.append(spawn("worker", ["work"], env, children_log))
+            for kind, command in (("listener", "listen"), ("scheduler", "schedule")):
+                children.append(spawn(kind, [command], services.child_env(env, kind), children_log))
+            children.append(
+                spawn("worker", ["work"], services.child_env(env, "worker"), children_log)
+            )
             bar.update()
             bar.set_postfix_str("waiting for the listener")
             wait_for_port(settings.dicom_host, settings.dicom_port, children, timeout_s=60)

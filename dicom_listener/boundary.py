@@ -21,7 +21,11 @@ called AE title and leaves the temp files of aborted transfers in the system tem
   With ``reuse_port`` it binds with ``SO_REUSEPORT``, so several listener processes
   share one port; every limit above is then per process.
 * :func:`tls_context`: DICOM TLS (PS3.15 B.1 / BCP 195: TLS 1.2 or later), optionally
-  requiring a client certificate signed by ``CXR_DICOM_TLS_CA``.
+  requiring a client certificate signed by ``CXR_DICOM_TLS_CA``;
+  :class:`CertificateAeBinding` ties each client certificate (subject CN or SHA-256
+  fingerprint) to the calling AE titles it may use (``CXR_DICOM_TLS_CLIENT_AE_TITLES``):
+  a peer presenting the certificate of AE X and calling as AE Y gets A-ASSOCIATE-RJ
+  (1, 1, 3), with the reason logged.
 * :func:`harden_state_machine`: a peer that aborts (or sends garbage) right after its
   A-ASSOCIATE-RQ races our accept; pynetdicom then raises ``InvalidEventError`` for the
   local accept in Sta13 (awaiting close) and its DUL thread dies (found by the fuzz).
@@ -406,6 +410,73 @@ def tls_context(
     else:
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def certificate_identities(der: bytes, decoded: dict[str, Any]) -> list[str]:
+    """The names a client certificate may be bound by: its SHA-256 fingerprint
+    (``sha256:<hex>``) and each subject common name (CN)."""
+    import hashlib
+
+    names = [f"sha256:{hashlib.sha256(der).hexdigest()}"]
+    for rdn in decoded.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                names.append(str(value))
+    return names
+
+
+@dataclass(frozen=True)
+class CertificateAeBinding:
+    """Which calling AE titles each client certificate may use (issue 20): keys are a
+    subject CN or ``sha256:<hex fingerprint>`` (lower case), values the AE titles. A
+    certificate bound by none of its names may use no AE title. Bound to
+    ``EVT_REQUESTED``, so the association is refused before any data moves."""
+
+    titles: dict[str, frozenset[str]]
+
+    @classmethod
+    def of(cls, mapping: dict[str, list[str]]) -> CertificateAeBinding:
+        return cls({k.strip(): frozenset(t.strip() for t in v) for k, v in mapping.items()})
+
+    def allowed(self, identities: Sequence[str]) -> frozenset[str]:
+        out: frozenset[str] = frozenset()
+        for name in identities:
+            out |= self.titles.get(name, frozenset())
+        return out
+
+    def on_requested(self, event: Event) -> None:
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive  # the A-ASSOCIATE-RQ (ae_title is set later)
+        calling = str(getattr(primitive, "calling_ae_title", "") or "").strip()
+        sock = getattr(assoc.dul.socket, "socket", None)
+        der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+        if not der:
+            reason = "no client certificate"
+            identities: list[str] = []
+        else:
+            identities = certificate_identities(der, sock.getpeercert() or {})  # type: ignore[union-attr]
+            allowed = self.allowed(identities)
+            if calling in allowed:
+                return
+            reason = (
+                f"its certificate may call as {', '.join(sorted(allowed))}"
+                if allowed
+                else "its certificate is bound to no AE title"
+            )
+        cn = next((i for i in identities if not i.startswith("sha256:")), None)
+        logger.warning(
+            "association from %s refused: calling AE title %r, %s (certificate %s)",
+            assoc.requestor.address,
+            calling,
+            reason,
+            cn or (identities[0] if identities else "none"),
+        )
+        # A-ASSOCIATE-RJ (1, 1, 3): calling AE title not recognised (statuses.CALLING_AE_REJECTION);
+        # then as pynetdicom's own rejections: EVT_REJECTED, and the DUL sends it before
+        # the socket is closed
+        assoc.acse.send_reject(0x01, 0x01, 0x03)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
 
 
 # ---------------------------------------------------------------------------------------

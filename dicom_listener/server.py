@@ -33,6 +33,7 @@ from cxr_ingest import load_or_create_patient_key
 from cxr_results import load_or_create_uid_root
 from dicom_listener import metrics as listener_metrics
 from dicom_listener.boundary import (
+    CertificateAeBinding,
     GuardedAssociationServer,
     ListenerAE,
     PeerPolicy,
@@ -147,6 +148,9 @@ def start_listener(
         ssl_context = tls_context(
             settings.dicom_tls_cert, settings.dicom_tls_key, settings.dicom_tls_ca
         )
+    if settings.dicom_tls_client_ae_titles:
+        binding = CertificateAeBinding.of(settings.dicom_tls_client_ae_titles)
+        handlers.append((evt.EVT_REQUESTED, binding.on_requested))
     policy = PeerPolicy(
         allowed_networks=tuple(settings.allowed_peer_networks),
         max_per_peer=settings.max_associations_per_peer,

@@ -5,7 +5,9 @@ environment compose gives it, adapted only where a container differs from a proc
 this machine:
 
 * Postgres and Redis are the test's (``CXR_DATABASE_URL``, ``CXR_BROKER_URL``), with a
-  queue name of the test's own;
+  queue name of the test's own; a service that compose connects as a process role
+  (``cxr_listener`` ...) connects to the test's database as that role, the owner's
+  (``migrate``) as the test's user;
 * every absolute container path (``/data``, ``/tmp``) lives under one folder (``root``), so
   volumes that two services share are the same folder here too;
 * every ``CXR_*_PORT`` gets a free port.
@@ -31,6 +33,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
 OUR_IMAGE = "cxr-triage:latest"
 
 _VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?([-?])([^}]*))?\}")
@@ -57,6 +60,17 @@ def interpolate(text: str, env: Mapping[str, str]) -> str:
         return arg if kind == "-" else ""
 
     return _VARIABLE.sub(one, text)
+
+
+def example_variables() -> dict[str, str]:
+    """The variables of ``.env.example`` (what an operator fills in), as compose reads them."""
+    out: dict[str, str] = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            name, _, value = line.partition("=")
+            out[name.strip()] = value.strip()
+    return out
 
 
 def load_compose(variables: Mapping[str, str]) -> dict[str, Any]:
@@ -130,6 +144,18 @@ class Adapter:
         for folder in ("data", "tmp"):  # as the image has them
             (self.root / folder).mkdir(parents=True, exist_ok=True)
 
+    def database_url_as(self, compose_url: str) -> str:
+        """The test's database, as the user compose's URL names when that is a process
+        role (no password: the test's Postgres trusts loopback), else as the test's user."""
+        from sqlalchemy.engine import make_url
+
+        from cxr_db.roles import ROLE_PREFIX, role_url
+
+        user = make_url(compose_url).username or ""
+        if user.startswith(ROLE_PREFIX):
+            return role_url(self.database_url, user.removeprefix(ROLE_PREFIX), None)
+        return self.database_url
+
     def path(self, text: str) -> str:
         return _CONTAINER_PATH.sub(lambda m: str(self.root) + m.group(0), text)
 
@@ -143,7 +169,7 @@ class Adapter:
         for key, raw in environment.items():
             value = "" if raw is None else str(raw)
             if key == "CXR_DATABASE_URL":
-                value = self.database_url
+                value = self.database_url_as(value)
             elif key == "CXR_BROKER_URL":
                 value = self.broker_url
             elif key.endswith("_PORT") and value.isdigit():

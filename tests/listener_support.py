@@ -28,7 +28,7 @@ from tests.fuzz.strategies import DX, split_pdus
 
 def listener_settings(services: Services, folder: Path, **overrides: object) -> ListenerSettings:
     values: dict[str, object] = {
-        "database_url": services.database_url,
+        "database_url": services.role_url("listener"),
         "broker_url": services.broker_url,
         "queue_name": services.queue_name,
         "results_queue_name": f"{services.queue_name}-results",

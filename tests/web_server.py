@@ -15,7 +15,8 @@ import httpx
 import numpy as np
 import uvicorn
 from PIL import Image
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
 
 from cxr_db.accounts import store as accounts
 from cxr_db.accounts.tables import Role
@@ -81,6 +82,32 @@ def self_signed_cert(folder: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+def web_role_engine(engine: Engine) -> Engine:
+    """An engine on ``engine``'s database as ``cxr_web`` when that role may connect there
+    (the migration created it and ``CXR_TEST_DB_ROLES`` is not 0); ``engine`` otherwise."""
+    import os
+
+    from cxr_db import make_engine
+    from cxr_db.roles import role_url
+
+    if os.environ.get("CXR_TEST_DB_ROLES", "1") == "0":
+        return engine
+    try:
+        with engine.connect() as conn:
+            may = conn.execute(
+                text(
+                    "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cxr_web') "
+                    "AND has_database_privilege('cxr_web', current_database(), 'CONNECT')"
+                )
+            ).scalar()
+    except OperationalError:  # a test of a database that does not answer
+        return engine
+    if not may:
+        return engine
+    url = engine.url.render_as_string(hide_password=False)
+    return make_engine(role_url(url, "web", None))
+
+
 @contextmanager
 def serve(
     engine: Engine,
@@ -92,12 +119,15 @@ def serve(
     """Run the worklist app with uvicorn on a free loopback port; yield its base URL.
     As ``worklist.server`` runs it: uvicorn's own proxy-header handling off (the app
     believes ``X-Forwarded-*`` only from ``trusted_proxies``). ``stow``: the ingest rules of
-    STOW-RS (None: it answers 503). ``tls``: (cert, key) PEM files, served over HTTPS."""
+    STOW-RS (None: it answers 503). The app connects as the web's database role where the
+    roles exist (``engine`` is the owner's, for seeding). ``tls``: (cert, key) PEM files,
+    served over HTTPS."""
+    web_engine = web_role_engine(engine)
     ssl: dict[str, str] = {}
     if tls is not None:
         ssl = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])}
     config_ = uvicorn.Config(
-        create_app(engine, config or web_config(), stow),
+        create_app(web_engine, config or web_config(), stow),
         host="127.0.0.1",
         port=0,
         log_level="warning",
@@ -126,6 +156,8 @@ def serve(
     finally:
         server.should_exit = True
         thread.join(timeout_s)
+        if web_engine is not engine:
+            web_engine.dispose()
         assert not thread.is_alive(), "uvicorn did not stop"
 
 

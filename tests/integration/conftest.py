@@ -27,6 +27,29 @@ def listener(services: Services, start_listener: StartListener) -> int:
     return start_listener(folder=services.data_dir).port
 
 
+def _register_model_as_owner(services: Services, env: dict[str, str]) -> None:
+    """What ``cxr-triage migrate`` does before compose starts workers: the configured
+    model registered and active when none is (the worker's role may only read the
+    registry). A model the worker should refuse is left for the worker to refuse."""
+    if not services.roles:
+        return
+    from cxr_db import make_engine
+    from cxr_registry import ensure_configured_model
+
+    model_dir, calibration = env.get("CXR_MODEL_DIR"), env.get("CXR_CALIBRATION_PATH")
+    engine = make_engine(services.database_url, pool_size=1)
+    try:
+        ensure_configured_model(
+            engine,
+            Path(model_dir) if model_dir else None,
+            Path(calibration) if calibration else None,
+        )
+    except Exception:  # noqa: BLE001 - the worker reports a bad model its own way
+        pass
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture
 def start_worker(services: Services) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """Start ``cxr-triage work`` subprocesses against the test services; stop them after."""
@@ -38,7 +61,8 @@ def start_worker(services: Services) -> Iterator[Callable[..., subprocess.Popen[
         log: Path | None = None,
         extra_env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        env = services.env()
+        env = services.env("worker")
+        _register_model_as_owner(services, {**env, **(extra_env or {})})
         env.update(CXR_BATCH_MAX_SIZE=str(batch_size), CXR_BATCH_MAX_WAIT_MS=str(wait_ms))
         env.update(extra_env or {})
         with open(log or os.devnull, "wb") as out:  # the child keeps its own copy

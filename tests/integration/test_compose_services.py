@@ -18,7 +18,14 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.compose_native import Adapter, NativeService, load_compose, native_services, one_shot
+from tests.compose_native import (
+    Adapter,
+    NativeService,
+    example_variables,
+    load_compose,
+    native_services,
+    one_shot,
+)
 from tests.conftest import Services
 from tests.faults import wait_for
 
@@ -39,10 +46,28 @@ def _backing_checks(services: Services) -> dict[str, list[str]]:
     }
 
 
+def _connected_users(services: Services) -> set[str]:
+    from sqlalchemy import create_engine, pool, text
+
+    engine = create_engine(services.database_url, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return set(
+                conn.execute(
+                    text(
+                        "SELECT DISTINCT usename FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND usename IS NOT NULL"
+                    )
+                ).scalars()
+            )
+    finally:
+        engine.dispose()
+
+
 def test_every_compose_service_runs_natively_and_passes_its_healthcheck(
     services: Services, tmp_path: Path
 ) -> None:
-    compose = load_compose({"POSTGRES_PASSWORD": "test-only"})
+    compose = load_compose(example_variables())
     for name, argv in _backing_checks(services).items():
         test = compose["services"][name]["healthcheck"]["test"]
         assert argv[0] in " ".join(test), f"{name}'s healthcheck changed: adapt this test"
@@ -89,11 +114,28 @@ def test_every_compose_service_runs_natively_and_passes_its_healthcheck(
             return not waiting
 
         wait_for("every service healthy", all_healthy, timeout_s=HEALTHY_WITHIN_S)
+        if services.roles:  # each connects as its own database role, as compose says
+            # (the listener connects at its first C-STORE; the others on their own)
+            wanted = {f"cxr_{s.name}" for s in long_running} - {"cxr_listener"}
+            seen: set[str] = set()
+
+            def connected() -> bool:
+                seen.update(_connected_users(services))
+                return wanted <= seen
+
+            try:
+                wait_for("every service connected as its role", connected, timeout_s=60)
+            except AssertionError as exc:
+                raise AssertionError(f"connected: {sorted(seen)}; wanted {sorted(wanted)}") from exc
+            strangers = {u for u in seen if u.startswith("cxr") and u not in wanted}
+            assert strangers <= {"cxr_listener"}, strangers
     finally:
         for service in long_running:  # SIGTERM to all, then wait: they stop side by side
             service.terminate()
         for service in long_running:
             codes[service.name] = service.stop()
     assert not waiting, {name: s.log() for name, s in waiting.items()}
+    refused = [s.name for s in long_running if "permission denied" in s.log()]
+    assert not refused, {name: s.log() for s in long_running if (name := s.name) in refused}
     unclean = {name: code for name, code in codes.items() if code != 0}
     assert not unclean, (unclean, {n: s.log() for s in long_running if (n := s.name) in unclean})

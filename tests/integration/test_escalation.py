@@ -22,6 +22,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from cxr_common.settings import ResultSettings, SchedulerSettings
+from cxr_db import make_engine
 from cxr_db.accounts.tables import Role
 from cxr_db.audit.tables import AuditAction
 from cxr_db.escalations import store
@@ -331,10 +332,13 @@ def test_scheduler_and_sender_deliver_to_a_local_receiver_until_the_study_is_ope
         web_base_url="http://worklist.test/",
     )
     sender_settings = ResultSettings(**common, escalation_poll_s=0.1)
+    # each connected as its own database role, as compose runs them (issue 20)
+    scheduler_db = make_engine(services.role_url("scheduler"))
+    results_db = make_engine(services.role_url("results"))
     scheduler = start_scheduler(
-        scheduler_settings, db, make_celery(services.broker_url, services.queue_name)
+        scheduler_settings, scheduler_db, make_celery(services.broker_url, services.queue_name)
     )
-    sender = start_escalation_delivery(sender_settings, db)
+    sender = start_escalation_delivery(sender_settings, results_db)
     try:
         first, second = receiver.take(), receiver.take()
         user = add_user(db, "ann")
@@ -344,6 +348,8 @@ def test_scheduler_and_sender_deliver_to_a_local_receiver_until_the_study_is_ope
     finally:
         scheduler.shutdown()
         sender.stop()
+        scheduler_db.dispose()
+        results_db.dispose()
     assert (first["study_instance_uid"], first["escalation"]) == (FLAGGED, 1)
     assert (second["study_instance_uid"], second["escalation"]) == (FLAGGED, 2)
     assert first["study_url"] == f"http://worklist.test/studies/{FLAGGED}"

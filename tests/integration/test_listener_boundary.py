@@ -110,7 +110,7 @@ def test_production_mode_refuses_to_start_without_an_allow_list(
     ListenerSettings(environment="production", allowed_calling_ae_titles="MODALITY1")
     ListenerSettings(environment="production", allowed_peer_networks="10.1.0.0/16")
     ListenerSettings(environment="production", accept_any_peer=True)
-    env = services.env()
+    env = services.env("listener")
     env.update(CXR_ENVIRONMENT="production", CXR_DICOM_PORT="0")
     env.pop("CXR_ALLOWED_CALLING_AE_TITLES", None)
     env.pop("CXR_ALLOWED_PEER_NETWORKS", None)

@@ -153,7 +153,7 @@ def test_listener_process_stays_under_1_gib_refusing_1_gib_bombs(
     paths = [POISONS[n][0](tmp_path / "poison" / f"{n}.dcm") for n in names]
     assert all(p.stat().st_size < 8 << 20 for p in paths)
     port_file = tmp_path / "port"
-    env = services.env()
+    env = services.env("listener")
     env.update(CXR_STORAGE_URI=(tmp_path / "instances").as_uri())
     code = (
         "import sys, pathlib; from cxr_common.settings import listener_settings; "

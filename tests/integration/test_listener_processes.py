@@ -50,7 +50,7 @@ def two_listeners(
 ) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
     """``cxr-triage listen --processes 2`` on a free port; yields it, the port, its log."""
     port = free_port()
-    env = services.env()
+    env = services.env("listener")
     env.update(
         CXR_DICOM_HOST="127.0.0.1",
         CXR_DICOM_PORT=str(port),

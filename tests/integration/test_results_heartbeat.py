@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 def test_send_results_touches_its_heartbeat_file(services: Services, tmp_path: Path) -> None:
     beat = tmp_path / "results.alive"
-    env = services.env()
+    env = services.env("results")
     env["CXR_RESULT_HEARTBEAT_FILE"] = str(beat)
     log = tmp_path / "results.log"
     with log.open("wb") as out:

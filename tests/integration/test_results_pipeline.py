@@ -101,7 +101,7 @@ def start_results_worker(
     logs: list[IO[bytes]] = []
 
     def _start(destinations: str) -> subprocess.Popen[bytes]:
-        env = services.env()
+        env = services.env("results")
         env.update(
             CXR_RESULTS_QUEUE_NAME=_results_queue(services),
             CXR_RESULT_DESTINATIONS=destinations,

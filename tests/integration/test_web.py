@@ -697,7 +697,7 @@ def _start_web(
     services: Services, tmp_path: Path, extra: dict[str, str]
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
     port = free_port()
-    env = services.env() | {"CXR_WEB_HOST": "127.0.0.1", "CXR_WEB_PORT": str(port)} | extra
+    env = services.env("web") | {"CXR_WEB_HOST": "127.0.0.1", "CXR_WEB_PORT": str(port)} | extra
     log = tmp_path / "web.log"
     out = open(log, "wb")
     proc = subprocess.Popen(

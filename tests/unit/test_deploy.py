@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.compose_native import example_variables
 from tests.peers import requires_peer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,9 +44,82 @@ def test_worker_scales_and_reserves_a_gpu(compose: dict[str, Any]) -> None:
     assert devices[0]["capabilities"] == ["gpu"]
 
 
+REQUIRED = (
+    "POSTGRES_PASSWORD",
+    "REDIS_PASSWORD",
+    "CXR_DB_LISTENER_PASSWORD",
+    "CXR_DB_SCHEDULER_PASSWORD",
+    "CXR_DB_WORKER_PASSWORD",
+    "CXR_DB_RESULTS_PASSWORD",
+    "CXR_DB_WEB_PASSWORD",
+    "CXR_ALLOWED_CALLING_AE_TITLES",
+    "CXR_ALLOWED_PEER_NETWORKS",
+    "CXR_DICOM_BIND_ADDRESS",
+)
+
+
 def test_secrets_are_required_not_defaulted() -> None:
     text = (REPO / "docker-compose.yml").read_text()
-    assert "${POSTGRES_PASSWORD:?" in text
+    for name in REQUIRED:
+        assert "${" + name + ":?" in text, name
+        assert "${" + name + ":-" not in text, name
+    example = example_variables()
+    assert set(REQUIRED) <= set(example), "document every required value in .env.example"
+
+
+def test_each_process_connects_as_its_own_database_role(compose: dict[str, Any]) -> None:
+    from cxr_db.roles import KINDS, role_name
+
+    services = compose["services"]
+    migrate = services["migrate"]["environment"]
+    assert migrate["CXR_DATABASE_URL"].startswith("postgresql+psycopg://cxr:")
+    for kind in KINDS:
+        assert f"CXR_DB_{kind.upper()}_PASSWORD" in migrate, kind
+        url = services[kind]["environment"]["CXR_DATABASE_URL"]
+        assert url.startswith(f"postgresql+psycopg://{role_name(kind)}:"), kind
+        assert "POSTGRES_PASSWORD" not in url, kind
+    broker = services["listener"]["environment"]["CXR_BROKER_URL"]
+    assert broker.startswith("redis://:${REDIS_PASSWORD:?")
+    assert "REDISCLI_AUTH" in services["redis"]["environment"]
+    assert "requirepass" in " ".join(services["redis"]["command"])
+
+
+def test_services_run_read_only_without_new_privileges_and_with_memory_limits(
+    compose: dict[str, Any],
+) -> None:
+    for name, service in compose["services"].items():
+        assert service.get("read_only") is True, name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert service.get("mem_limit"), name
+        assert "/tmp" in service.get("tmpfs", []), name
+
+
+def test_listener_is_production_with_allow_lists_and_not_on_every_interface(
+    compose: dict[str, Any],
+) -> None:
+    listener = compose["services"]["listener"]
+    env = listener["environment"]
+    assert env["CXR_ENVIRONMENT"].startswith("${CXR_ENVIRONMENT:-production}")
+    assert env["CXR_ALLOWED_CALLING_AE_TITLES"].startswith("${CXR_ALLOWED_CALLING_AE_TITLES:?")
+    assert env["CXR_ALLOWED_PEER_NETWORKS"].startswith("${CXR_ALLOWED_PEER_NETWORKS:?")
+    assert listener["ports"] == [
+        "${CXR_DICOM_BIND_ADDRESS:?set the host address to publish the DICOM port on}"
+        ":${CXR_DICOM_PORT:-11112}:11112"
+    ]
+    assert any(v.endswith(":/tls:ro") for v in listener["volumes"])
+    for name in ("CXR_DICOM_TLS_CERT", "CXR_DICOM_TLS_KEY", "CXR_DICOM_TLS_CA"):
+        assert name in env
+    web_ports = compose["services"]["web"]["ports"]
+    assert all(p.startswith("127.0.0.1:") for p in web_ports)
+
+
+def test_third_party_images_are_pinned(compose: dict[str, Any]) -> None:
+    for name in ("postgres", "redis"):
+        image = compose["services"][name]["image"]
+        repo, _, tag = image.partition(":")
+        # a full version (16.4, 7.4.1), never a moving major tag or latest
+        assert tag.count(".") >= 1, image
+        assert tag != "latest", image
 
 
 def test_listener_and_workers_share_the_instance_volume(compose: dict[str, Any]) -> None:
@@ -69,29 +143,30 @@ def test_results_service_reads_instances_and_shares_the_uid_root(
     assert "CXR_RESULT_DESTINATIONS" in results["environment"]
 
 
+def _compose_config(env: dict[str, str], *files: str) -> subprocess.CompletedProcess[str]:
+    args = [arg for f in files for arg in ("-f", f)]
+    return subprocess.run(
+        ["docker-compose", *args, "config", "-q"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 @requires_peer("docker-compose")
 def test_docker_compose_validates_the_file() -> None:
-    env = dict(os.environ, POSTGRES_PASSWORD="test-only")
-    ok = subprocess.run(
-        ["docker-compose", "-f", "docker-compose.yml", "config", "-q"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    env = {k: v for k, v in os.environ.items() if k not in REQUIRED}
+    env.update(example_variables())
+    ok = _compose_config(env, "docker-compose.yml")
     assert ok.returncode == 0, ok.stderr
-    env.pop("POSTGRES_PASSWORD")
-    missing = subprocess.run(
-        ["docker-compose", "-f", "docker-compose.yml", "config", "-q"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert missing.returncode != 0
-    assert "POSTGRES_PASSWORD" in missing.stderr
+    dev = _compose_config(env, "docker-compose.yml", "docker-compose.dev.yml")
+    assert dev.returncode == 0, dev.stderr
+    for name in REQUIRED:  # each required value: compose refuses without it
+        missing = _compose_config({k: v for k, v in env.items() if k != name}, "docker-compose.yml")
+        assert missing.returncode != 0, name
+        assert name in missing.stderr, name
 
 
 def test_up_and_compose_start_the_same_roles(compose: dict[str, Any]) -> None:
