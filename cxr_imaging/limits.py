@@ -567,6 +567,12 @@ def _prescan(fp: BinaryIO, implicit: bool, little: bool, limits: DecodeLimits) -
                 else:
                     sequence = _Level(True, None, level.implicit, level.little)
             else:
+                bound = next((lv.end for lv in reversed(stack) if lv.end is not None), None)
+                if bound is not None and value_at + length > bound:
+                    # runs past its item or sequence: malformed (pydicom judges it); go on
+                    # counting from the enclosing end, so nothing after it goes uncounted
+                    fp.seek(bound)
+                    continue
                 if value_at + length - start > limits.max_header_bytes:
                     raise _header_error(limits.max_header_bytes)
                 if vr == b"SQ":
