@@ -335,6 +335,20 @@ class GuardedAssociationServer(ThreadedAssociationServer):
                 counts[address] += 1
         return counts
 
+    def _closing(self) -> int:
+        """Connections whose association is over but whose socket is still open (Sta13:
+        waiting for the peer's close, at most the ARTIM timer). They take no peer's slot
+        (a released C-ECHO must not refuse the same sender's next association), but they
+        count against ``max_connections``: a flood of garbage, each connection aborted and
+        left open by its peer, cannot hold sockets and threads without bound."""
+        closing = 0
+        for assoc in ThreadedAssociationServer.active_associations.fget(self):  # type: ignore[attr-defined]
+            dul = getattr(assoc, "dul", None)
+            alive = assoc.is_alive() and dul is not None and dul.is_alive()
+            if alive and not holds_connection(assoc):
+                closing += 1
+        return closing
+
     def verify_request(self, request: Any, client_address: Any) -> bool:
         address = _address(client_address)
         if not self.policy.allows(address):
@@ -342,7 +356,7 @@ class GuardedAssociationServer(ThreadedAssociationServer):
             return False
         with self._lock:
             counts = self._open_by_peer()
-            total = sum(counts.values()) + sum(self._refusing.values())
+            total = sum(counts.values()) + sum(self._refusing.values()) + self._closing()
             if total >= self.policy.max_connections:
                 self._refuse(address, f"{total} connections open (CXR_MAX_CONNECTIONS)")
                 return False
