@@ -32,11 +32,19 @@ def stop_on_signals(
     as for ``signal.signal``."""
     stop = threading.Event()
 
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        logger.info("%s received: stopping %s", signal.Signals(signum).name, what)
-        stop.set()
+    def _stop() -> None:
         if on_stop is not None:
             on_stop()
+        stop.set()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        logger.info("%s received: stopping %s", signal.Signals(signum).name, what)
+        # Not ``stop.set()`` here: the handler runs in the main thread between two
+        # bytecodes, possibly while that thread holds the event's (non-reentrant) lock
+        # inside ``stop.wait(...)``; setting it here would deadlock the process (seen: a
+        # supervisor that never stopped its children). A thread sets it once the main
+        # thread lets go.
+        threading.Thread(target=_stop, name="stop-on-signal", daemon=True).start()
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in STOP_SIGNALS}
     try:
