@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from bench.common import add_common_arguments, apply_threads, median, report
-from bench.heatmap_cost import sample_batch
+from bench.heatmap_cost import interleaved_rates, sample_batch
 from cxr_common.settings import WorkerSettings, resolve_batching
 from cxr_model import ScoringModel, load_model
 from cxr_model.heatmaps import class_activation_maps
@@ -75,16 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = load_model(device="cpu")
     pool = sample_batch(model, args.images)
     batches = [pool[i : i + args.batch] for i in range(0, args.images, args.batch)]
-    runs = modes(model)
-    for fn in runs.values():  # warm-up (and the fast path's one-time head check)
-        fn(batches[0])
-    rates: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.repeats):
-        for name, fn in runs.items():
-            t0 = time.perf_counter()
-            for b in batches:
-                fn(b)
-            rates[name].append(args.images / (time.perf_counter() - t0))
+    rates = interleaved_rates(modes(model), batches, args.images, args.repeats)
     before = median(rates["before"])
     rows = [
         {

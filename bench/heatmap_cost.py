@@ -36,6 +36,27 @@ def sample_batch(model: ScoringModel, images: int) -> torch.Tensor:
     return torch.stack([tensors[i % len(tensors)] for i in range(images)])
 
 
+def interleaved_rates(
+    runs: dict[str, Callable[[torch.Tensor], Any]],
+    batches: list[torch.Tensor],
+    images: int,
+    repeats: int,
+) -> dict[str, list[float]]:
+    """Images per second of each mode, ``repeats`` times, the modes interleaved within each
+    repeat (so a noisy neighbour slows them alike), after one warm-up batch each (which
+    also runs the fast path's one-time head check)."""
+    for fn in runs.values():
+        fn(batches[0])
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            for b in batches:
+                fn(b)
+            rates[name].append(images / (time.perf_counter() - t0))
+    return rates
+
+
 def modes(model: ScoringModel) -> dict[str, Callable[[torch.Tensor], Any]]:
     arch = model.contract.architecture
     return {
@@ -58,16 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = load_model(device="cpu")
     pool = sample_batch(model, args.images)
     batches = [pool[i : i + args.batch] for i in range(0, args.images, args.batch)]
-    runs = modes(model)
-    for fn in runs.values():  # warm-up (and the fast path's one-time head check)
-        fn(batches[0])
-    rates: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.repeats):
-        for name, fn in runs.items():
-            t0 = time.perf_counter()
-            for b in batches:
-                fn(b)
-            rates[name].append(args.images / (time.perf_counter() - t0))
+    rates = interleaved_rates(modes(model), batches, args.images, args.repeats)
     forward = median(rates["forward"])
     rows = [
         {

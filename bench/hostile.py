@@ -2,7 +2,7 @@
 the listener's header read and the worker's read and decode, each in a fresh process, with
 its peak RSS, time and outcome.
 
-    python -m bench.hostile --corpus /tmp/hostile [--code /work/main] [--out hostile.json]
+    python -m bench.hostile --corpus /tmp/hostile [--code ../older-checkout] [--out hostile.json]
 
 ``--corpus``: a folder to build the corpus in (``tests.poison.HOSTILE``; reused when the
 files are there). ``--code``: the checkout whose ``cxr_imaging`` is measured (default:
