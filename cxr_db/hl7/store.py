@@ -14,9 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, exists, func, insert, select
+from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.dialects.postgresql import distinct_on
 
+from cxr_db import sends
 from cxr_db.hl7.tables import Hl7Send, Hl7SendStatus
 
 __all__ = [
@@ -34,32 +35,17 @@ __all__ = [
 def send_lock(
     engine: Engine, study_id: int, result_version: int, destination: str
 ) -> Iterator[Connection | None]:
-    """A transaction holding the advisory lock of (study, version, HL7 destination), or
-    None when another process holds it (it is sending that very message now). Record the
-    attempt on the yielded connection: it commits with the lock's release."""
-    key = f"cxr-hl7:{study_id}:{result_version}:{destination}"
-    with engine.begin() as conn:
-        locked = conn.execute(
-            select(func.pg_try_advisory_xact_lock(func.hashtextextended(key, 0)))
-        ).scalar_one()
-        yield conn if locked else None
+    """The advisory lock of (study, version, HL7 destination) (``cxr_db.sends``)."""
+    with sends.send_lock(engine, "cxr-hl7", study_id, result_version, destination) as conn:
+        yield conn
 
 
 def already_accepted(
     conn: Connection, study_id: int, result_version: int, destination: str
 ) -> bool:
     """True when ``destination`` accepted (AA) this result version already."""
-    return bool(
-        conn.execute(
-            select(
-                exists().where(
-                    Hl7Send.study_id == study_id,
-                    Hl7Send.result_version == result_version,
-                    Hl7Send.destination == destination,
-                    Hl7Send.status == Hl7SendStatus.ACCEPTED.value,
-                )
-            )
-        ).scalar_one()
+    return sends.delivered(
+        conn, Hl7Send, Hl7SendStatus.ACCEPTED.value, study_id, result_version, destination
     )
 
 
@@ -67,14 +53,9 @@ def last_accepted_version(
     conn: Connection, study_id: int, destination: str, before_version: int
 ) -> int | None:
     """The newest result version below ``before_version`` that ``destination`` accepted."""
-    return conn.execute(
-        select(func.max(Hl7Send.result_version)).where(
-            Hl7Send.study_id == study_id,
-            Hl7Send.destination == destination,
-            Hl7Send.status == Hl7SendStatus.ACCEPTED.value,
-            Hl7Send.result_version < before_version,
-        )
-    ).scalar_one_or_none()
+    return sends.last_delivered_version(
+        conn, Hl7Send, Hl7SendStatus.ACCEPTED.value, study_id, destination, before_version
+    )
 
 
 @dataclass(frozen=True)
@@ -93,15 +74,8 @@ class Hl7Attempt:
 def record_attempt(conn: Connection, attempt: Hl7Attempt) -> int:
     """Insert the attempt (numbered 1, 2, ... per study, version and destination);
     returns its number."""
-    number = (
-        conn.execute(
-            select(func.count()).where(
-                Hl7Send.study_id == attempt.study_id,
-                Hl7Send.result_version == attempt.result_version,
-                Hl7Send.destination == attempt.destination,
-            )
-        ).scalar_one()
-        + 1
+    number = sends.next_attempt(
+        conn, Hl7Send, attempt.study_id, attempt.result_version, attempt.destination
     )
     conn.execute(
         insert(Hl7Send).values(

@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import distinct_on
 
+from cxr_db import sends
 from cxr_db.hl7.store import Hl7Outcome, newest_attempts
 from cxr_db.instances.statuses import PENDING_STATUSES, InstanceStatus
 from cxr_db.instances.tables import Instance, Prediction, Study
@@ -282,45 +283,24 @@ def result_inputs(engine: Engine, study_id: int) -> ResultInputs | None:
 def send_lock(
     engine: Engine, study_id: int, result_version: int, destination: str
 ) -> Iterator[Connection | None]:
-    """A transaction holding the advisory lock of (study, version, destination), or None
-    when another process holds it (it is sending that very result now). Record the
-    attempt on the yielded connection: it commits with the lock's release."""
-    key = f"cxr-results:{study_id}:{result_version}:{destination}"
-    with engine.begin() as conn:
-        locked = conn.execute(
-            select(func.pg_try_advisory_xact_lock(func.hashtextextended(key, 0)))
-        ).scalar_one()
-        yield conn if locked else None
+    """The advisory lock of (study, version, destination) (``cxr_db.sends``): None when
+    another process holds it (it is sending that very result now)."""
+    with sends.send_lock(engine, "cxr-results", study_id, result_version, destination) as conn:
+        yield conn
 
 
 def already_sent(conn: Connection, study_id: int, result_version: int, destination: str) -> bool:
     """True when this result version was stored on ``destination`` already."""
-    return bool(
-        conn.execute(
-            select(
-                exists().where(
-                    ResultSend.study_id == study_id,
-                    ResultSend.result_version == result_version,
-                    ResultSend.destination == destination,
-                    ResultSend.status == SendStatus.SENT,
-                )
-            )
-        ).scalar_one()
-    )
+    return sends.delivered(conn, ResultSend, SendStatus.SENT, study_id, result_version, destination)
 
 
 def last_sent_version(
     conn: Connection, study_id: int, destination: str, before_version: int
 ) -> int | None:
     """The newest result version below ``before_version`` stored on ``destination``."""
-    return conn.execute(
-        select(func.max(ResultSend.result_version)).where(
-            ResultSend.study_id == study_id,
-            ResultSend.destination == destination,
-            ResultSend.status == SendStatus.SENT,
-            ResultSend.result_version < before_version,
-        )
-    ).scalar_one_or_none()
+    return sends.last_delivered_version(
+        conn, ResultSend, SendStatus.SENT, study_id, destination, before_version
+    )
 
 
 @dataclass(frozen=True)
@@ -343,15 +323,8 @@ class Attempt:
 def record_attempt(conn: Connection, attempt: Attempt) -> int:
     """Insert the attempt (numbered 1, 2, ... per study, version and destination);
     returns its number."""
-    number = (
-        conn.execute(
-            select(func.count()).where(
-                ResultSend.study_id == attempt.study_id,
-                ResultSend.result_version == attempt.result_version,
-                ResultSend.destination == attempt.destination,
-            )
-        ).scalar_one()
-        + 1
+    number = sends.next_attempt(
+        conn, ResultSend, attempt.study_id, attempt.result_version, attempt.destination
     )
     conn.execute(
         insert(ResultSend).values(
