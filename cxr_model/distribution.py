@@ -16,6 +16,18 @@ no other network runs. :class:`DistributionCheck` turns them into one distance:
 * ``knn`` (Sun et al., ICML 2022): distance from the L2-normalised features to the
   ``k``-th nearest training image's, in the same normalised space.
 
+A Mahalanobis check may also read **intermediate stages** (Lee et al.'s feature ensemble):
+``layers`` names network modules (``blocks.3`` ... ``blocks.6`` for EfficientNet-Lite0)
+whose outputs are averaged over space in the same forward pass (forward hooks,
+:func:`capture_features`). Each stage gets its own Mahalanobis statistics, and the distance
+is the sum over the pooled features and every stage of that stage's distance divided by its
+median over the training images (``distance_scales``), so no stage dominates by its size::
+
+    D(x) = sum_j d_j(x) / median_train(d_j)
+
+The feature vector of one image is then the pooled features followed by each stage's
+averaged output, in ``layers`` order; :meth:`DistributionCheck.split` cuts it apart.
+
 A second statistic may ship with it, read by OR: an **inversion detector**, a logistic
 regression on the same L2-normalised features, fitted on training images and their
 greyscale inversions (a MONOCHROME1 film decoded or exported as MONOCHROME2 is a known,
@@ -62,15 +74,20 @@ __all__ = [
     "OOD_FILE",
     "DistributionCheck",
     "ImageDistance",
+    "capture_features",
     "capture_pooled",
     "classifier_layer",
     "load_distribution_check",
     "pooled_features",
+    "stage_prefix",
+    "stage_widths",
 ]
 
-#: Schema 2 adds the optional ``inversion`` block; schema 1 files (distance only) still load.
-DISTRIBUTION_SCHEMA = "cxr-triage/distribution/2"
-READABLE_SCHEMAS = ("cxr-triage/distribution/1", DISTRIBUTION_SCHEMA)
+#: Schema 2 adds the optional ``inversion`` block, schema 3 the optional ``layers`` (a feature
+#: ensemble over intermediate stages); schema 1 and 2 files still load.
+DISTRIBUTION_SCHEMA = "cxr-triage/distribution/3"
+READABLE_SCHEMAS = ("cxr-triage/distribution/1", "cxr-triage/distribution/2", DISTRIBUTION_SCHEMA)
+MAHALANOBIS_ARRAYS = ("means", "components", "scales", "residual_var")
 INVERSION_ARRAYS = ("inversion_weights", "inversion_bias")
 OOD_FILE = "ood.json"
 OOD_ARRAYS = "ood.npz"
@@ -104,6 +121,70 @@ def capture_pooled(net: nn.Module) -> Iterator[list[torch.Tensor]]:
         yield captured
     finally:
         handle.remove()
+
+
+def _module(net: nn.Module, name: str) -> nn.Module:
+    modules: dict[str, nn.Module] = dict(net.named_modules())
+    if name not in modules:
+        raise ContractError(f"the network has no module {name!r} to take stage features from")
+    return modules[name]
+
+
+@contextlib.contextmanager
+def capture_features(net: nn.Module, layers: tuple[str, ...] = ()) -> Iterator[list[torch.Tensor]]:
+    """Like :func:`capture_pooled`, and also the spatial average of each module in ``layers``:
+    every forward pass appends one (N, D + sum of the stages' channels) tensor, the pooled
+    features followed by each stage's averaged output in ``layers`` order."""
+    if not layers:
+        with capture_pooled(net) as pooled_only:
+            yield pooled_only
+        return
+    captured: list[torch.Tensor] = []
+    stages: dict[str, torch.Tensor] = {}
+
+    def stage_hook(name: str) -> Any:
+        def hook(_m: nn.Module, _inputs: tuple[Any, ...], output: Any) -> None:
+            if isinstance(output, torch.Tensor) and output.ndim == 4:
+                stages[name] = output.detach().float().mean(dim=(2, 3))
+
+        return hook
+
+    def pooled_hook(_m: nn.Module, inputs: tuple[Any, ...]) -> None:
+        x = inputs[0]
+        if isinstance(x, torch.Tensor) and all(n in stages for n in layers):
+            pooled = x.detach().float().reshape(x.shape[0], -1)
+            captured.append(torch.cat([pooled, *(stages[n] for n in layers)], dim=1))
+        stages.clear()
+
+    handles = [_module(net, n).register_forward_hook(stage_hook(n)) for n in layers]
+    handles.append(classifier_layer(net).register_forward_pre_hook(pooled_hook))
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def stage_widths(net: nn.Module, layers: tuple[str, ...]) -> tuple[int, ...]:
+    """The number of channels each module in ``layers`` outputs (its last convolution's or
+    batch norm's), i.e. the width of its part of a :func:`capture_features` row."""
+    widths = []
+    for name in layers:
+        width = None
+        for m in _module(net, name).modules():
+            if isinstance(m, nn.Conv2d):
+                width = m.out_channels
+            elif isinstance(m, nn.BatchNorm2d):
+                width = m.num_features
+        if width is None:
+            raise ContractError(f"cannot tell how many channels module {name!r} outputs")
+        widths.append(int(width))
+    return tuple(widths)
+
+
+def stage_prefix(index: int) -> str:
+    """The arrays' key prefix of the ``index``-th stage in ``layers`` (0-based)."""
+    return f"stage{index}_"
 
 
 def pooled_features(captured: list[torch.Tensor], n: int) -> np.ndarray | None:
@@ -185,25 +266,72 @@ class DistributionCheck:
     inversion_threshold: float | None = None
     #: How the inversion detector was fitted and its threshold chosen.
     inversion: dict[str, Any] = field(default_factory=dict)
+    #: Intermediate stages (module names) read with the pooled features (a Mahalanobis
+    #: feature ensemble); empty: the pooled features alone.
+    layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ContractError(f"unknown distribution method {self.method!r}; known {METHODS}")
-        need = {"mahalanobis": ("means", "components", "scales", "residual_var"), "knn": ("bank",)}
+        if self.layers and self.method != "mahalanobis":
+            raise ContractError("only a mahalanobis check reads intermediate stages")
+        need = {"mahalanobis": MAHALANOBIS_ARRAYS, "knn": ("bank",)}
         missing = [k for k in need[self.method] if k not in self.arrays]
+        for i in range(len(self.layers)):
+            missing += [
+                stage_prefix(i) + k
+                for k in MAHALANOBIS_ARRAYS
+                if stage_prefix(i) + k not in self.arrays
+            ]
+        if self.layers and "distance_scales" not in self.arrays:
+            missing.append("distance_scales")
         if self.inversion_threshold is not None:
             missing += [k for k in INVERSION_ARRAYS if k not in self.arrays]
         if missing:
             raise ContractError(f"distribution statistics lack {', '.join(missing)}")
+        if self.layers and self.arrays["distance_scales"].shape != (len(self.layers) + 1,):
+            raise ContractError("distance_scales must hold one scale per stage plus the pooled")
+
+    @property
+    def feature_dims(self) -> tuple[int, ...]:
+        """The width of each part of a feature row: the pooled features, then each stage."""
+        if self.method != "mahalanobis":
+            return ()
+        dims = [int(self.arrays["means"].shape[1])]
+        dims += [
+            int(self.arrays[stage_prefix(i) + "means"].shape[1]) for i in range(len(self.layers))
+        ]
+        return tuple(dims)
+
+    def split(self, features: np.ndarray) -> list[np.ndarray]:
+        """A (N, D) feature matrix cut into the pooled part and each stage's part."""
+        f = np.asarray(features, dtype=np.float64)
+        if f.ndim == 1:
+            f = f[None]
+        dims = self.feature_dims
+        if sum(dims) != f.shape[1]:
+            raise ContractError(
+                f"feature rows have {f.shape[1]} numbers; this check reads {sum(dims)} "
+                f"(pooled + stages {', '.join(self.layers) or 'none'})"
+            )
+        return np.split(f, np.cumsum(dims)[:-1], axis=1)
 
     def distances(self, features: np.ndarray) -> np.ndarray:
         """Distance of each (N, D) feature row from the training distribution (N,)."""
         f = np.asarray(features, dtype=np.float64)
         if f.ndim == 1:
             f = f[None]
-        if self.method == "mahalanobis":
+        if self.method != "mahalanobis":
+            return _knn(f, self.arrays)
+        if not self.layers:
             return _mahalanobis(f, self.arrays)
-        return _knn(f, self.arrays)
+        parts = self.split(f)
+        scales = self.arrays["distance_scales"].astype(np.float64)
+        total = _mahalanobis(parts[0], self.arrays) / scales[0]
+        for i, part in enumerate(parts[1:]):
+            total = total + _mahalanobis(part, _stage_arrays(self.arrays, i)) / scales[i + 1]
+        out: np.ndarray = total
+        return out
 
     def inversion_scores(self, features: np.ndarray) -> np.ndarray | None:
         """Each (N, D) feature row's inversion score (log-odds of a greyscale-inverted image),
@@ -213,6 +341,8 @@ class DistributionCheck:
         f = np.asarray(features, dtype=np.float64)
         if f.ndim == 1:
             f = f[None]
+        if self.layers:
+            f = self.split(f)[0]
         return inversion_score(f, self.arrays)
 
     def verdict(self, distance: float, inversion: float | None = None) -> ImageDistance:
@@ -250,6 +380,8 @@ class DistributionCheck:
             "fitted_on": self.fitted_on,
             "extra": self.extra,
         }
+        if self.layers:
+            meta["layers"] = list(self.layers)
         if self.inversion_threshold is not None:
             meta["inversion"] = {**self.inversion, "threshold": self.inversion_threshold}
         path = folder / OOD_FILE
@@ -272,6 +404,13 @@ def _mahalanobis(f: np.ndarray, a: dict[str, np.ndarray]) -> np.ndarray:
         d = np.einsum("nk,nk->n", z / scales, z / scales) + np.maximum(resid, 0.0) / residual_var
         best = np.minimum(best, d)
     return best
+
+
+def _stage_arrays(a: dict[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
+    prefix = stage_prefix(index)
+    out = {k.removeprefix(prefix): v for k, v in a.items() if k.startswith(prefix)}
+    out.setdefault("normalise", a.get("normalise", np.asarray(1)))
+    return out
 
 
 def inversion_score(f: np.ndarray, a: dict[str, np.ndarray]) -> np.ndarray:
@@ -316,6 +455,7 @@ def load_distribution_check(
         fitted_for = str(meta["model_sha256"])
         threshold = float(meta["threshold"])
         inversion = dict(meta.get("inversion") or {})
+        layers = tuple(str(n) for n in meta.get("layers") or ())
         inversion_threshold = (
             float(inversion.pop("threshold")) if "threshold" in inversion else None
         )
@@ -340,4 +480,5 @@ def load_distribution_check(
         extra=dict(meta.get("extra") or {}),
         inversion_threshold=inversion_threshold,
         inversion=inversion,
+        layers=layers,
     )

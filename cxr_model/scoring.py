@@ -16,7 +16,7 @@ from cxr_model.contract import WEIGHTS_DIR, ModelContract, read_contract, verify
 from cxr_model.distribution import (
     DistributionCheck,
     ImageDistance,
-    capture_pooled,
+    capture_features,
     load_distribution_check,
     pooled_features,
 )
@@ -32,7 +32,8 @@ class ScoreResult:
     """Raw network output for one image; ``cam`` is HxW float32 in [0, 1] or None.
 
     ``features`` are the pooled features of the same forward pass (the final linear
-    layer's input); ``distance`` is their distance from the training distribution when the
+    layer's input), followed by the averaged outputs of the stages the check reads (its
+    ``layers``), if any; ``distance`` is their distance from the training distribution when the
     model has a :class:`DistributionCheck` (``ood.json``), else None; ``inversion`` the
     inversion detector's score when the check has one; ``image`` both read against the
     check's thresholds (what the population check takes)."""
@@ -87,7 +88,8 @@ class ScoringModel:
         n = int(batch.shape[0])
         x = batch.to(self.device, torch.float32)
         cams: list[np.ndarray | None] | np.ndarray
-        with self._lock, capture_pooled(self.net) as captured:
+        layers = self.distribution.layers if self.distribution is not None else ()
+        with self._lock, capture_features(self.net, layers) as captured:
             if with_heatmaps:
                 logits, cams = class_activation_maps(self.net, self.contract.architecture, x)
             else:

@@ -4,7 +4,9 @@
   features and the logit of one forward pass (:func:`cxr_model.distribution.capture_pooled`),
   cached in ``--cache`` (outside the repository) keyed by the model and the image set.
 * :func:`fit_mahalanobis` / :func:`fit_knn` fit the statistics on ``split=train``;
-  :func:`energy` is the logit-only comparison (no statistics).
+  :func:`fit_ensemble` fits one Mahalanobis per intermediate stage as well (Lee et al.'s
+  feature ensemble over :data:`STAGES`, the spatial averages of the stage outputs of the
+  same forward pass); :func:`energy` is the logit-only comparison (no statistics).
 * :func:`fit_inversion`: the second statistic, read by OR: a logistic regression on the same
   L2-normalised features, fitted on the ``split=train`` images (0) and their greyscale
   inversions (1). Inversion is a known, named failure of acquisition and export (a
@@ -30,9 +32,9 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -59,14 +61,35 @@ OTHER_FILES = (
 )
 
 
+#: The intermediate stages whose averaged outputs are extracted with the pooled features
+#: (EfficientNet-Lite0's blocks after the stride-2 stem block; a network without them gives
+#: none, and only the pooled-feature candidates can be fitted).
+STAGES = ("blocks.1", "blocks.2", "blocks.3", "blocks.4", "blocks.5", "blocks.6")
+
+
 @dataclass(frozen=True)
 class Features:
-    """Pooled features (N, D) and logits (N,) of one image set, with the images' names."""
+    """Pooled features (N, D) and logits (N,) of one image set, with the images' names, and
+    each intermediate stage's averaged output (N, C) by module name."""
 
     names: tuple[str, ...]
     features: np.ndarray
     logits: np.ndarray
     labels: np.ndarray | None = None
+    stages: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def vector(self, layers: Sequence[str] = ()) -> np.ndarray:
+        """The pooled features followed by the named stages' (what the check reads)."""
+        missing = [n for n in layers if n not in self.stages]
+        if missing:
+            raise ValueError(f"stages not extracted: {', '.join(missing)}")
+        return np.concatenate([self.features, *(self.stages[n] for n in layers)], axis=1)
+
+
+def available_stages(net: Any) -> tuple[str, ...]:
+    """The :data:`STAGES` this network has."""
+    names = {n for n, _ in net.named_modules()}
+    return tuple(n for n in STAGES if n in names)
 
 
 def _progress(done: int, total: int, t0: float, label: str) -> None:
@@ -90,24 +113,30 @@ def extract(
     *,
     batch_size: int = 32,
     label: str = "features",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features (N, D) and logits (N,) of [0, 1] images, one forward pass each batch
-    (the worker's own :meth:`ScoringModel.score_batch`, without heatmaps)."""
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Pooled features (N, D), logits (N,) and each of :data:`STAGES`' averaged output
+    (N, C) of [0, 1] images, one forward pass each batch (the worker's preprocessing and
+    network, with the hooks of :func:`cxr_model.distribution.capture_features`)."""
     import torch
 
-    feats: list[np.ndarray] = []
-    logits: list[float] = []
+    from cxr_model.distribution import capture_features, pooled_features, stage_widths
+
+    layers = available_stages(model.net)
+    widths = stage_widths(model.net, layers)
+    rows: list[np.ndarray] = []
+    logits: list[np.ndarray] = []
     batch: list[torch.Tensor] = []
     t0 = time.perf_counter()
 
     def flush() -> None:
-        for r in model.score_batch(torch.stack(batch), with_heatmaps=False):
-            if r.features is None:
-                raise RuntimeError("the model did not expose pooled features")
-            feats.append(r.features)
-            logits.append(r.logit)
+        with capture_features(model.net, layers) as captured:
+            logits.append(model.logits(torch.stack(batch)))
+        got = pooled_features(captured, len(batch))
+        if got is None:
+            raise RuntimeError("the model did not expose pooled features")
+        rows.append(got)
         batch.clear()
-        _progress(len(logits), total, t0, label)
+        _progress(sum(len(x) for x in logits), total, t0, label)
 
     for pixels in images:
         batch.append(model.preprocess(pixels))
@@ -115,7 +144,10 @@ def extract(
             flush()
     if batch:
         flush()
-    return np.stack(feats).astype(np.float32), np.asarray(logits, dtype=np.float32)
+    every = np.concatenate(rows).astype(np.float32)
+    parts = np.split(every, np.cumsum([every.shape[1] - sum(widths), *widths])[:-1], axis=1)
+    stages = dict(zip(layers, parts[1:], strict=True))
+    return parts[0], np.concatenate(logits).astype(np.float32), stages
 
 
 def cached_features(
@@ -126,8 +158,11 @@ def cached_features(
     cache: Path | None,
     labels: np.ndarray | None = None,
 ) -> Features:
-    """:func:`extract`, cached as ``cache/<name>-<key>.npz`` (key: model sha256 + names)."""
+    """:func:`extract`, cached as ``cache/<name>-<key>.npz`` (key: model sha256, the stages
+    extracted and the names)."""
+    layers = available_stages(model.net)
     digest = hashlib.sha256(model.contract.sha256.encode())
+    digest.update(("stages:" + ",".join(layers) + "\n").encode())
     for n in names:
         digest.update(n.encode() + b"\n")
     path = None
@@ -136,13 +171,16 @@ def cached_features(
         path = cache / f"{name}-{digest.hexdigest()[:16]}.npz"
         if path.is_file():
             with np.load(path, allow_pickle=False) as npz:
-                return Features(tuple(names), npz["features"], npz["logits"], labels)
-    feats, logits = extract(model, images(), len(names), label=name)
+                stages = {n: npz["stage:" + n] for n in layers}
+                return Features(tuple(names), npz["features"], npz["logits"], labels, stages)
+    feats, logits, stages = extract(model, images(), len(names), label=name)
     if path is not None:
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, features=feats, logits=logits)
+        arrays = {"features": feats, "logits": logits}
+        arrays |= {"stage:" + n: v for n, v in stages.items()}
+        np.savez(tmp, **cast(dict[str, Any], arrays))
         tmp.replace(path)
-    return Features(tuple(names), feats, logits, labels)
+    return Features(tuple(names), feats, logits, labels, stages)
 
 
 # --- Fitting -------------------------------------------------------------------------------
@@ -179,6 +217,33 @@ def fit_mahalanobis(
         "residual_var": np.asarray(values[k:].mean(), dtype=np.float64),
         "normalise": np.asarray(int(normalise)),
     }
+
+
+def fit_ensemble(
+    features: np.ndarray,
+    labels: np.ndarray,
+    stages: Sequence[np.ndarray],
+    components: int = 64,
+) -> dict[str, np.ndarray]:
+    """Lee et al.'s feature ensemble: :func:`fit_mahalanobis` (L2-normalised) on the pooled
+    features and on each stage's averaged output, and each part's median distance over the
+    training images (``distance_scales``), by which
+    :meth:`cxr_model.distribution.DistributionCheck.distances` divides it before summing."""
+    from cxr_model.distribution import DistributionCheck, stage_prefix
+
+    def median_distance(arrays: dict[str, np.ndarray], x: np.ndarray) -> float:
+        return float(
+            np.median(DistributionCheck("mahalanobis", "", "", math.inf, arrays).distances(x))
+        )
+
+    arrays = fit_mahalanobis(features, labels, components, normalise=True)
+    scales = [median_distance(arrays, features)]
+    for i, stage in enumerate(stages):
+        part = fit_mahalanobis(stage, labels, components, normalise=True)
+        scales.append(median_distance(part, stage))
+        arrays |= {stage_prefix(i) + k: v for k, v in part.items() if k != "normalise"}
+    arrays["distance_scales"] = np.asarray(scales, dtype=np.float64)
+    return arrays
 
 
 def fit_knn(
@@ -436,8 +501,20 @@ def _perspective_coeffs(
 
 # --- Evaluation ---------------------------------------------------------------------------
 
-#: The candidate checks compared in the card: (name, method, parameters).
-CANDIDATES: tuple[tuple[str, str, dict[str, int]], ...] = (
+#: Lee et al.'s feature ensemble: the pooled features plus the averaged outputs of the later
+#: stages (stride 16 and 32), of all but the first two, and of all but the first.
+ENSEMBLES = {
+    "blocks 4-6": ("blocks.4", "blocks.5", "blocks.6"),
+    "blocks 3-6": ("blocks.3", "blocks.4", "blocks.5", "blocks.6"),
+    "blocks 2-6": ("blocks.2", "blocks.3", "blocks.4", "blocks.5", "blocks.6"),
+}
+
+#: The stages of the shipped check (chosen by :func:`choose` in the card's comparison).
+SHIPPED_STAGES = ENSEMBLES["blocks 3-6"]
+
+#: The candidate checks compared in the card: (name, method, parameters); ``layers`` names
+#: the stages a feature ensemble reads with the pooled features.
+CANDIDATES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("Mahalanobis, raw, 64 comp.", "mahalanobis", {"components": 64, "normalise": 0}),
     ("Mahalanobis, raw, full cov.", "mahalanobis", {"components": 1279, "normalise": 0}),
     ("Mahalanobis, L2-norm., 32 comp.", "mahalanobis", {"components": 32, "normalise": 1}),
@@ -453,6 +530,20 @@ CANDIDATES: tuple[tuple[str, str, dict[str, int]], ...] = (
         {"components": 64, "normalise": 1, "inversion": 1},
     ),
     ("kNN, k=50 OR inversion detector", "knn", {"k": 50, "inversion": 1}),
+    *(
+        (
+            f"Mahalanobis ensemble, pooled + {name}{' OR inversion detector' if inv else ''}",
+            "mahalanobis",
+            {
+                "components": 64,
+                "normalise": 1,
+                "layers": layers,
+                **({"inversion": 1} if inv else {}),
+            },
+        )
+        for name, layers in ENSEMBLES.items()
+        for inv in (False, True)
+    ),
 )
 
 
@@ -609,10 +700,18 @@ def _train_inverted(
     )
 
 
-def fit_candidate(method: str, params: dict[str, int], train: Features) -> dict[str, np.ndarray]:
+def fit_candidate(method: str, params: dict[str, Any], train: Features) -> dict[str, np.ndarray]:
     if method == "mahalanobis":
         if train.labels is None:
             raise ValueError("mahalanobis needs the training labels")
+        layers = tuple(params.get("layers", ()))
+        if layers:
+            return fit_ensemble(
+                train.features,
+                train.labels,
+                [train.stages[n] for n in layers],
+                params.get("components", 64),
+            )
         return fit_mahalanobis(
             train.features,
             train.labels,
@@ -624,13 +723,15 @@ def fit_candidate(method: str, params: dict[str, int], train: Features) -> dict[
     return {}
 
 
-def candidate_distances(method: str, arrays: dict[str, np.ndarray], feats: Features) -> np.ndarray:
+def candidate_distances(
+    method: str, arrays: dict[str, np.ndarray], feats: Features, layers: Sequence[str] = ()
+) -> np.ndarray:
     from cxr_model.distribution import DistributionCheck
 
     if method == "energy":
         return energy(feats.logits)
-    check = DistributionCheck(method, "", "", math.inf, arrays)
-    return check.distances(feats.features)
+    check = DistributionCheck(method, "", "", math.inf, arrays, layers=tuple(layers))
+    return check.distances(feats.vector(layers))
 
 
 def compare(images: ImageSets, pass_share: float = 0.99) -> list[dict[str, Any]]:
@@ -638,8 +739,9 @@ def compare(images: ImageSets, pass_share: float = 0.99) -> list[dict[str, Any]]
     (every other set) per set; sets of at most 10 images keep each image's figures."""
     rows: list[dict[str, Any]] = []
     for name, method, params in CANDIDATES:
+        layers = tuple(params.get("layers", ()))
         arrays = fit_candidate(method, params, images.train)
-        dev_d = candidate_distances(method, arrays, images.dev)
+        dev_d = candidate_distances(method, arrays, images.dev, layers)
         inv: dict[str, np.ndarray] | None = None
         t_inv = math.inf
         if params.get("inversion"):
@@ -668,7 +770,7 @@ def compare(images: ImageSets, pass_share: float = 0.99) -> list[dict[str, Any]]
             "sets": {},
         }
         for set_name, feats in images.sets.items():
-            d = candidate_distances(method, arrays, feats)
+            d = candidate_distances(method, arrays, feats, layers)
             s = scores(feats)
             out = (d > threshold) | (s > t_inv)
             in_dist = "in distribution" in set_name
@@ -732,7 +834,7 @@ def fit(
     out: Path,
     *,
     method: str = "mahalanobis",
-    params: dict[str, int] | None = None,
+    params: dict[str, Any] | None = None,
     pass_share: float = 0.99,
     cache: Path | None = None,
     seed: int = 20261206,
@@ -747,10 +849,11 @@ def fit(
     from cxr_model.distribution import DistributionCheck
 
     params = dict(params or {})
+    layers = tuple(params.get("layers", ()))
     dev = _load_kermany(model, data, "split=test,site_fold=dev", "dev", cache)
     train = _load_kermany(model, data, "split=train", "train", cache, train_limit, seed)
     arrays = fit_candidate(method, params, train)
-    dev_d = candidate_distances(method, arrays, dev)
+    dev_d = candidate_distances(method, arrays, dev, layers)
     t_inv: float | None = None
     inversion_meta: dict[str, Any] = {}
     if inversion:
@@ -790,8 +893,15 @@ def fit(
             "threshold_filter": "split=test,site_fold=dev",
             "n_threshold": len(dev.names),
             "features": "pooled features of the final linear layer's input "
-            f"({train.features.shape[1]} numbers), same forward pass as the score",
-            "params": params,
+            f"({train.features.shape[1]} numbers)"
+            + (
+                f" and the spatial averages of the outputs of {', '.join(layers)} "
+                f"({sum(train.stages[n].shape[1] for n in layers)} numbers)"
+                if layers
+                else ""
+            )
+            + ", same forward pass as the score",
+            "params": {**params, "layers": list(layers)} if layers else params,
             "command": command,
         },
         threshold_rule=f"smallest distance with >= {pass_share:.0%} of site_fold=dev at or below"
@@ -799,6 +909,7 @@ def fit(
         extra={"dev_pass": dev_pass},
         inversion_threshold=t_inv,
         inversion=inversion_meta,
+        layers=layers,
     )
     out.mkdir(parents=True, exist_ok=True)
     return check.save(out)
@@ -849,12 +960,30 @@ def main_fit(args: Any) -> int:
 
     from cxr_model import WEIGHTS_DIR, load_model
 
+    layers = tuple(n for n in args.stages.split(",") if n)
+    if layers and (args.method != "mahalanobis" or args.raw):
+        print(
+            "--stages needs --method mahalanobis on L2-normalised features (no --raw); "
+            "pass --stages '' for the pooled features alone",
+            file=sys.stderr,
+        )
+        return 2
     model = load_model(args.model or WEIGHTS_DIR, args.device)
-    params = (
+    unknown = [n for n in layers if n not in available_stages(model.net)]
+    if unknown:
+        print(
+            f"this network has no stage {', '.join(unknown)}; it has "
+            f"{', '.join(available_stages(model.net)) or 'none of ' + ', '.join(STAGES)}",
+            file=sys.stderr,
+        )
+        return 2
+    params: dict[str, Any] = (
         {"components": args.components, "normalise": int(not args.raw)}
         if args.method == "mahalanobis"
         else {"k": args.k}
     )
+    if layers:
+        params["layers"] = layers
     path = fit(
         model,
         args.data,
@@ -941,6 +1070,12 @@ def register(subparsers: Any, fmt: Any, disclaimer: str) -> None:
         help="mahalanobis: raw features (default: L2-normalised, as compared in the card)",
     )
     p.add_argument("--k", type=int, default=10, help="knn: which neighbour")
+    p.add_argument(
+        "--stages",
+        default=",".join(SHIPPED_STAGES),
+        help="mahalanobis: intermediate stages read with the pooled features (a feature "
+        "ensemble), comma-separated module names; '' for the pooled features alone",
+    )
     p.add_argument(
         "--no-inversion",
         action="store_true",
