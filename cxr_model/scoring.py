@@ -19,7 +19,9 @@ from cxr_model.distribution import (
     capture_features,
     load_distribution_check,
     pooled_features,
+    stage_widths,
 )
+from cxr_model.errors import ContractError
 from cxr_model.heatmaps import class_activation_maps
 from cxr_model.preprocess import preprocess as _preprocess
 from cxr_model.preprocess import scale_tensor
@@ -140,6 +142,13 @@ def load_model(weights_dir: Path | None = None, device: str | None = None) -> Sc
     folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
     net, contract = load_network(folder)
     distribution = load_distribution_check(folder, contract.sha256)
+    if distribution is not None and distribution.layers:
+        widths = stage_widths(net, distribution.layers)  # ContractError: no such module
+        if widths != distribution.feature_dims[1:]:
+            raise ContractError(
+                f"{folder / 'ood.json'} reads stages {', '.join(distribution.layers)} as "
+                f"{distribution.feature_dims[1:]} channels; the network gives {widths}"
+            )
     dev = _auto_device(device)
     net.to(dev)
     logger.info(

@@ -6,6 +6,7 @@ while the site's own films pass."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +180,19 @@ def test_every_adult_chest_sample_is_outside_by_image_and_site_films_pass(
         (r,) = shipped.score_batch(shipped.preprocess(load_image(SAMPLES / name).pixels)[None])
         assert r.image is not None
         assert r.image.unlike, (name, r.image.distance, r.image.threshold)
+
+
+def test_statistics_for_stages_the_network_lacks_or_of_other_widths_are_refused_at_load(
+    tmp_path: Path,
+) -> None:
+    for name in ("model.json", "weights.pt", "calibration.json", "ood.json", "ood.npz"):
+        shutil.copy(WEIGHTS_DIR / name, tmp_path / name)
+    meta = json.loads((tmp_path / OOD_FILE).read_text())
+    meta["layers"] = ["blocks.3", "blocks.4", "blocks.5", "blocks.99"]
+    (tmp_path / OOD_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ContractError, match="blocks.99"):
+        load_model(tmp_path, device="cpu")
+    meta["layers"] = ["blocks.3", "blocks.4", "blocks.6", "blocks.5"]  # 320 read as 192
+    (tmp_path / OOD_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ContractError, match="the network gives"):
+        load_model(tmp_path, device="cpu")
