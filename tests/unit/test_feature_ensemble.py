@@ -26,7 +26,14 @@ from cxr_model.distribution import (
 )
 from cxr_model.errors import ContractError
 from tests.conftest import SAMPLES
-from training.ood import SHIPPED_STAGES, choose_threshold, fit_ensemble, fit_mahalanobis
+from tests.dicom_factory import make_dataset, write
+from training.ood import (
+    SHIPPED_STAGES,
+    as_dicom,
+    choose_threshold,
+    fit_ensemble,
+    fit_mahalanobis,
+)
 
 KERMANY = Path(__file__).resolve().parents[1] / "fixtures" / "kermany"
 
@@ -172,10 +179,16 @@ def test_every_adult_chest_sample_is_outside_by_image_and_site_films_pass(
     shipped: ScoringModel,
 ) -> None:
     films = sorted(KERMANY.rglob("*.jpeg"))
-    for path in films:
-        (r,) = shipped.score_batch(shipped.preprocess(load_image(path).pixels)[None], False)
+    derived = sorted((SAMPLES / "derived").glob("kermany-*.dcm"))
+    assert (len(films), len(derived)) == (9, 6)
+    site = [load_image(p).pixels for p in films]
+    # the same films as the DICOM decoder shows them without a window, and the samples
+    # wrapped as CR: the check's reference holds both views, so both pass
+    site += [as_dicom(x) for x in site] + [load_image(p).pixels for p in derived]
+    for i, pixels in enumerate(site):
+        (r,) = shipped.score_batch(shipped.preprocess(pixels)[None], False)
         assert r.image is not None
-        assert not r.image.outside, path.name
+        assert not r.image.outside, (i, r.image.facts)
     for name in ADULT_FILMS:
         (r,) = shipped.score_batch(shipped.preprocess(load_image(SAMPLES / name).pixels)[None])
         assert r.image is not None
@@ -196,3 +209,14 @@ def test_statistics_for_stages_the_network_lacks_or_of_other_widths_are_refused_
     (tmp_path / OOD_FILE).write_text(json.dumps(meta))
     with pytest.raises(ContractError, match="the network gives"):
         load_model(tmp_path, device="cpu")
+
+
+def test_as_dicom_is_what_the_decoder_shows_for_an_8_bit_file_without_a_window(
+    tmp_path: Path,
+) -> None:
+    film = load_image(sorted(KERMANY.rglob("*.jpeg"))[0]).pixels
+    path = write(make_dataset(np.rint(film * 255).astype(np.uint8)), tmp_path / "f.dcm")
+    sent = load_image(path).pixels
+    assert np.array_equal(as_dicom(film), sent)
+    assert (float(sent.min()), float(sent.max())) == (0.0, 1.0)  # stretched, unlike / 255
+    assert not np.allclose(sent, film, atol=0.02)
