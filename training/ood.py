@@ -864,7 +864,10 @@ def compare(images: ImageSets, pass_share: float = 0.99) -> list[dict[str, Any]]
                 ]
         selection = [v["share"] for k, v in row["sets"].items() if k.startswith("select:")]
         row["selection_min_caught"] = min(selection) if selection else None
-        row["selection_margin"] = float(np.median(np.concatenate(margins))) if margins else None
+        # a margin needs a positive distance threshold (not the energy score's)
+        row["selection_margin"] = (
+            float(np.median(np.concatenate(margins))) if margins and threshold > 0 else None
+        )
         rows.append(row)
     return rows
 
@@ -912,7 +915,8 @@ def markdown_table(rows: list[dict[str, Any]], prefix: str = "report:") -> str:
         lines.append(
             "| worst case / median distance over threshold (chooses) | | "
             + " | ".join(
-                f"{100 * r['selection_min_caught']:.0f} % / {r['selection_margin']:.2f}"
+                f"{100 * r['selection_min_caught']:.0f} % / "
+                + ("n/a" if r["selection_margin"] is None else f"{r['selection_margin']:.2f}")
                 for r in rows
             )
             + " |"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ from tests.dicom_factory import make_dataset, write
 from training.ood import (
     SHIPPED_STAGES,
     as_dicom,
+    choose,
     choose_threshold,
     fit_ensemble,
     fit_mahalanobis,
@@ -220,3 +222,27 @@ def test_as_dicom_is_what_the_decoder_shows_for_an_8_bit_file_without_a_window(
     assert np.array_equal(as_dicom(film), sent)
     assert (float(sent.min()), float(sent.max())) == (0.0, 1.0)  # stretched, unlike / 255
     assert not np.allclose(sent, film, atol=0.02)
+
+
+def test_the_selection_prefers_the_worst_case_then_the_margin_then_the_earlier() -> None:
+    def row(
+        name: str, worst: float, margin: float | None, method: str = "mahalanobis"
+    ) -> dict[str, Any]:
+        return {
+            "name": name,
+            "method": method,
+            "selection_min_caught": worst,
+            "selection_margin": margin,
+        }
+
+    rows = [
+        row("energy", 1.0, None, "energy"),  # never shipped
+        row("pooled", 0.84, 1.25),
+        row("blocks 4-6", 1.0, 1.72),
+        row("blocks 3-6", 1.0, 2.11),
+        row("blocks 3-6 again", 1.0, 2.11),
+    ]
+    assert choose(rows)["name"] == "blocks 3-6"  # the larger margin, then the earlier
+    for r in rows[3:]:
+        r["selection_min_caught"] = 0.98
+    assert choose(rows)["name"] == "blocks 4-6"  # the worst case comes first
