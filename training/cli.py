@@ -86,6 +86,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--mixup", type=float, default=0.0, help="mixup Beta(a, a); 0 = off")
     p.add_argument("--init-from", default="", help="weights folder to start from (site adaptation)")
     p.add_argument(
+        "--input-size",
+        type=int,
+        default=224,
+        help="square input side in pixels, stored in the contract (with --init-from: fine-tune "
+        "a 224 px model at a higher resolution for its last epochs)",
+    )
+    p.add_argument(
         "--groups",
         default="",
         help="groups.json from 'cxr-triage groups': sample so that every acquisition group "
@@ -343,6 +350,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device or "",
         init_from=args.init_from,
+        input_size=args.input_size,
         groups=args.groups,
         group_floor=args.group_floor,
         burn_in_text=args.burn_in_text,

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,28 +26,34 @@ from training.evaluate import model_logits
 from training.metrics import binary_metrics, roc_auc
 
 
+def candidate_logits(candidate: str, pixels: Callable[[int], np.ndarray], tta: bool) -> np.ndarray:
+    """Mean logit of a candidate (``a`` or ``a+b``), each model fed at its own input size."""
+    models = [load_model(Path(p), "cpu") for p in candidate.split("+")]
+    return np.mean(
+        [model_logits(m, pixels(m.contract.input_size), tta) for m in models], axis=0
+    ).astype(np.float32)
+
+
 def compare(
     data: str, dev: str, check: str, candidates: list[str], tta: bool, cache: Path
 ) -> list[dict[str, Any]]:
-    sets = {}
-    for name, flt in (("dev", dev), ("check", check)):
-        samples = load_samples(data, flt)
-        sets[name] = (
-            np.array([s.label for s in samples]),
-            load_resized(samples, 224, cache),
-            [s.subtype for s in samples],
-        )
+    samples = {"dev": load_samples(data, dev), "check": load_samples(data, check)}
+    images: dict[tuple[str, int], np.ndarray] = {}
+
+    def pixels(name: str, size: int) -> np.ndarray:
+        """The set's images at one model's input size (each size decoded and cached once)."""
+        if (name, size) not in images:
+            images[(name, size)] = load_resized(samples[name], size, cache)
+        return images[(name, size)]
+
+    sets = {k: (np.array([s.label for s in v]), [s.subtype for s in v]) for k, v in samples.items()}
     rows = []
     for cand in candidates:
-        models = [load_model(Path(p), "cpu") for p in cand.split("+")]
-        logits = {
-            k: np.mean([model_logits(m, v[1], tta) for m in models], axis=0)
-            for k, v in sets.items()
-        }
+        logits = {k: candidate_logits(cand, partial(pixels, k), tta) for k in sets}
         y_dev, y_chk = sets["dev"][0], sets["check"][0]
         cal = fit_calibration(y_dev, logits["dev"], model_sha256="-", model_version=cand)
         prob = np.array([cal.probability(z) for z in logits["check"]])
-        m = binary_metrics(y_chk, prob, cal.threshold, sets["check"][2], n_boot=1000)
+        m = binary_metrics(y_chk, prob, cal.threshold, sets["check"][1], n_boot=1000)
         rows.append(
             {
                 "candidate": cand,

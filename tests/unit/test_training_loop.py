@@ -90,3 +90,35 @@ def test_evaluate_reports_attention_and_false_positive_grid(tmp_path: Path) -> N
     assert attention["false_positives"] == fps
     assert len(metrics["false_positive_grid"]) == min(fps, 24)
     assert (tmp_path / "fp_grid.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_fine_tune_at_a_higher_input_size_and_compare_at_each_models_size(
+    tmp_path: Path,
+) -> None:
+    """``--init-from`` + ``--input-size``: a 224 px model fine-tuned at 256 px exports a 256 px
+    contract, and ``training.compare`` feeds every model of a candidate at its own size."""
+    from cxr_model import WEIGHTS_DIR
+    from training.compare import candidate_logits
+    from training.evaluate import model_logits
+
+    run = tmp_path / "run"
+    args = ["train", "--data", str(FIXTURES), "--train-filter", "split=train"]
+    args += ["--val-filter", "split=train", "--init-from", str(WEIGHTS_DIR)]
+    args += ["--input-size", "256", "--epochs", "1", "--batch-size", "4", "--lr", "1e-5"]
+    args += ["--augment", "none", "--max-steps-per-epoch", "1", "--threads", "2"]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--out", str(run)]
+    assert main(args) == 0
+    tuned = load_model(run / "model", device="cpu")
+    assert tuned.contract.input_size == 256
+    assert tuned.contract.sha256 != load_model(WEIGHTS_DIR, device="cpu").contract.sha256
+
+    samples = load_samples(FIXTURES, "split=train")
+    sized = {n: load_resized(samples, n, None) for n in (224, 256)}
+    at_own_size = model_logits(tuned, sized[256])
+    got = candidate_logits(str(run / "model"), sized.__getitem__, tta=False)
+    np.testing.assert_array_equal(got, at_own_size)
+    assert not np.allclose(model_logits(tuned, sized[224]), at_own_size, atol=1e-3)
+    shipped = model_logits(load_model(WEIGHTS_DIR, device="cpu"), sized[224])
+    pair = candidate_logits(f"{WEIGHTS_DIR}+{run / 'model'}", sized.__getitem__, tta=False)
+    np.testing.assert_allclose(pair, (shipped + at_own_size) / 2, rtol=0, atol=1e-5)
