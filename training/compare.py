@@ -29,9 +29,9 @@ from training.metrics import binary_metrics, roc_auc
 def candidate_logits(candidate: str, pixels: Callable[[int], np.ndarray], tta: bool) -> np.ndarray:
     """Mean logit of a candidate (``a`` or ``a+b``), each model fed at its own input size."""
     models = [load_model(Path(p), "cpu") for p in candidate.split("+")]
-    return np.mean(
-        [model_logits(m, pixels(m.contract.input_size), tta) for m in models], axis=0
-    ).astype(np.float32)
+    each = [model_logits(m, pixels(m.contract.input_size), tta) for m in models]
+    mean: np.ndarray = np.mean(each, axis=0).astype(np.float32)
+    return mean
 
 
 def compare(
