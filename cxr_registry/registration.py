@@ -7,7 +7,9 @@ sha256, calibration) and the registry (``cxr_db.registry.store``), never torch o
 
 ``read_model_folder`` checks a folder before it is registered: ``model.json`` readable, the
 weights' sha256 equal to the contract's, the calibration fitted for that sha256, and an
-optional drift reference for the same model. ``ensure_configured_model`` registers and
+optional drift reference for the same model. ``read_image_check`` names the image-based
+population check (``ood.json``) a folder carries for its weights, what ``model activate``
+requires of a model before its first promotion. ``ensure_configured_model`` registers and
 activates the configured model (``CXR_MODEL_DIR``, default the shipped one) when the
 registry has no active model.
 """
@@ -85,6 +87,26 @@ def read_model_folder(
     )
 
 
+def read_image_check(folder: Path, sha256: str) -> str | None:
+    """A line naming the image-based population check in ``folder`` fitted for the weights
+    ``sha256`` (method, stages read, inversion detector, threshold), or None when the folder
+    has none. Raises ``ConfigurationError`` when its ``ood.json`` is unreadable, fitted for
+    other weights, or its arrays differ from their recorded sha256."""
+    from cxr_model import ModelError
+    from cxr_model.distribution import load_distribution_check
+
+    try:
+        check = load_distribution_check(Path(folder), sha256)
+    except ModelError as exc:
+        raise ConfigurationError(f"{folder}: {exc}") from exc
+    if check is None:
+        return None
+    parts = [check.method, *(["pooled + " + ", ".join(check.layers)] if check.layers else [])]
+    if check.inversion_threshold is not None:
+        parts.append("inversion detector")
+    return f"{'; '.join(parts)}; distance threshold {check.threshold:.4g}"
+
+
 def _read_reference(path: Path | None, sha256: str, *, explicit: bool) -> dict[str, Any] | None:
     if path is None or not path.is_file():
         if explicit:
@@ -127,6 +149,13 @@ def ensure_configured_model(
         return current
     actor = actor or audit.Actor("cxr-triage (configured model)", ActorKind.CLI)
     new = read_model_folder(model_dir or WEIGHTS_DIR, calibration)
+    check = read_image_check(Path(new.uri), new.sha256)
+    if check is None:
+        log.warning(
+            "the configured model %s has no image-based population check (ood.json): films "
+            "unlike its training images are triaged; fit one with cxr-triage ood-fit",
+            new.version,
+        )
     known = registry.get_model(engine, new.version)
     if known is None:
         return registry.register(engine, new, actor, activate_if_none=True)
@@ -137,7 +166,14 @@ def ensure_configured_model(
         )
     try:
         # the configured model, brought back when none is active (audited as such)
-        registry.activate(engine, known.version, actor, accept_shipped_calibration=True)
+        registry.activate(
+            engine,
+            known.version,
+            actor,
+            accept_shipped_calibration=True,
+            image_check=check,
+            accept_no_image_check=True,
+        )
     except registry.RegistryError:
         pass  # another worker activated a model at the same moment
     active = registry.active_model(engine)

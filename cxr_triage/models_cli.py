@@ -1,8 +1,8 @@
 """``cxr-triage model ...``, ``population ...`` and ``drift``: the model registry, the
 validated population and drift at the command line.
 
-    model list | register DIR | activate VERSION [--accept-shipped-calibration] |
-          shadow VERSION | retire VERSION | rollback
+    model list | register DIR | shadow VERSION | retire VERSION | rollback |
+          activate VERSION [--accept-shipped-calibration] [--accept-no-image-check]
     population show | enable STRATUM --validation FILE | disable STRATUM
     drift [--days N]
 
@@ -95,18 +95,28 @@ def model_list(engine: Engine, args: argparse.Namespace, *, stdout: TextIO | Non
 def model_register(
     engine: Engine, args: argparse.Namespace, *, stdout: TextIO | None = None
 ) -> int:
-    from cxr_registry import read_model_folder
+    from cxr_registry import read_image_check, read_model_folder
 
     new = read_model_folder(
         Path(args.dir), args.calibration, version=args.version or None, reference=args.reference
     )
+    check = read_image_check(Path(new.uri), new.sha256)
     entry = registry.register(engine, new, actor_of(args))
+    out = _out(stdout)
     print(
         f"registered model {entry.version} ({entry.sha256[:12]}, calibration "
         f"{entry.calibration_version}) as {entry.state.value}; next: cxr-triage model shadow "
         f"{entry.version}, let the radiologists answer, cxr-triage calibrate --from-shadow "
         f"{entry.version} --out FILE, then model activate {entry.version}",
-        file=_out(stdout),
+        file=out,
+    )
+    print(
+        f"image check: {check}"
+        if check
+        else f"image check: none (no ood.json for these weights in {entry.uri}); activation "
+        f"needs one: cxr-triage ood-fit --model {entry.uri} --data LABELS.csv --fit-filter "
+        "split=train --threshold-filter split=cal",
+        file=out,
     )
     return 0
 
@@ -114,9 +124,19 @@ def model_register(
 def model_activate(
     engine: Engine, args: argparse.Namespace, *, stdout: TextIO | None = None
 ) -> int:
+    from cxr_registry import read_image_check
+
     accept = bool(getattr(args, "accept_shipped_calibration", False))
+    no_check = bool(getattr(args, "accept_no_image_check", False))
+    target = registry.get_model(engine, args.version)
+    check = read_image_check(Path(target.uri), target.sha256) if target is not None else None
     previous = registry.activate(
-        engine, args.version, actor_of(args), accept_shipped_calibration=accept
+        engine,
+        args.version,
+        actor_of(args),
+        accept_shipped_calibration=accept,
+        image_check=check,
+        accept_no_image_check=no_check,
     )
     entry = registry.get_model(engine, args.version)
     was = f" (was {previous}, now retired; cxr-triage model rollback restores it)"
@@ -132,6 +152,13 @@ def model_activate(
             + (" (--accept-shipped-calibration, audited)" if accept else "")
             + f": fit it with cxr-triage calibrate --from-shadow {args.version} when its "
             "shadow period has answers",
+            file=out,
+        )
+    if check is None:
+        print(
+            f"model {args.version} has no image-based population check"
+            + (" (--accept-no-image-check, audited)" if no_check else "")
+            + ": films unlike its training images are triaged; fit one with cxr-triage ood-fit",
             file=out,
         )
     return 0
@@ -499,13 +526,22 @@ def add_arguments(subparsers: Any) -> None:
         "for it on this site's answers (a new version can shift the score scale): run it in "
         "shadow, then cxr-triage calibrate --from-shadow VERSION --out FILE. "
         "--accept-shipped-calibration activates it with the calibration it was registered "
-        "with, and the audit row says so.",
+        "with, and the audit row says so. Refused too for such a model whose folder has no "
+        "image-based population check fitted for its weights (ood.json: cxr-triage ood-fit "
+        "--model DIR), because without it any film whose header passes is triaged, an "
+        "adult's without an age among them; --accept-no-image-check activates it anyway, "
+        "audited.",
     )
     p.add_argument("version")
     p.add_argument(
         "--accept-shipped-calibration",
         action="store_true",
         help="activate without a site calibration (audited)",
+    )
+    p.add_argument(
+        "--accept-no-image-check",
+        action="store_true",
+        help="activate without an image-based population check (audited)",
     )
     _actor_arg(p)
     p.set_defaults(func=_bind(model_activate), settings_class=CommonSettings)

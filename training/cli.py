@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from cxr_common.clinical import DISCLAIMER
+from cxr_common.errors import CxrTriageError
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -600,7 +601,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m training.cli") ->
     parser = argparse.ArgumentParser(prog=prog, description=DISCLAIMER)
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (ValueError, OSError, CxrTriageError) as exc:
+        if getattr(args, "verbose", False):
+            raise  # -v: the whole traceback
+        print(f"{prog} {args.command}: {exc} (-v shows where)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -609,6 +609,11 @@ class ImageSets:
     train_inverted: Features | None = None
 
 
+#: ``ood-fit``'s default rows: the shipped model's training images and its site sample.
+FIT_FILTER = "split=train"
+THRESHOLD_FILTER = "split=test,site_fold=dev"
+
+
 def _load_kermany(
     model: Any,
     data: Path,
@@ -941,34 +946,37 @@ def fit(
     inversion: bool = True,
     inversion_limit: int | None = INVERSION_LIMIT,
     command: str = "",
+    fit_filter: str = FIT_FILTER,
+    threshold_filter: str = THRESHOLD_FILTER,
 ) -> Path:
-    """Fit ``method`` (and, with ``inversion``, the inversion detector) on ``split=train``,
-    choose the threshold(s) on ``site_fold=dev`` and write ``ood.json`` + ``ood.npz`` into
+    """Fit ``method`` (and, with ``inversion``, the inversion detector) on the ``fit_filter``
+    rows (the model's training images), choose the threshold(s) on the ``threshold_filter``
+    rows (in-distribution films of the site) and write ``ood.json`` + ``ood.npz`` into
     ``out`` (the model's weights folder)."""
     from cxr_model.distribution import DistributionCheck
 
     params = dict(params or {})
     layers = tuple(params.get("layers", ()))
-    dev = _reference(model, data, "split=test,site_fold=dev", "dev", cache)
-    train = _reference(model, data, "split=train", "train", cache, train_limit, seed)
+    dev = _reference(model, data, threshold_filter, "dev", cache)
+    train = _reference(model, data, fit_filter, "train", cache, train_limit, seed)
     arrays = fit_candidate(method, params, train)
     dev_d = candidate_distances(method, arrays, dev, layers)
     t_inv: float | None = None
     inversion_meta: dict[str, Any] = {}
     if inversion:
-        inverted = _train_inverted(model, data, "split=train", seed, cache, inversion_limit)
+        inverted = _train_inverted(model, data, fit_filter, seed, cache, inversion_limit)
         arrays = {**arrays, **fit_inversion(train.features, inverted.features)}
         dev_s = inversion_scores(arrays, dev.features)
         threshold, t_inv = choose_thresholds(dev_d, dev_s, pass_share)
         inversion_meta = {
             "method": "logistic regression on the L2-normalised pooled features (C=1)",
-            "fit_filter": "split=train, both views (0) and a seeded subsample of them "
+            "fit_filter": f"{fit_filter}, both views (0) and a seeded subsample of them "
             "greyscale-inverted, 1 - x (1)",
             "n_normal": len(train.names),
             "n_inverted": len(inverted.names),
             "inversion_limit": inversion_limit,
-            "threshold_rule": "largest inversion score of site_fold=dev (no dev image is "
-            "called inverted); read by OR with the distance",
+            "threshold_rule": f"largest inversion score of {threshold_filter} (no such image "
+            "is called inverted); read by OR with the distance",
             "why": "inversion is a known failure of acquisition and export (a MONOCHROME1 "
             "film decoded or exported as MONOCHROME2); the distance alone misses most "
             "inverted films",
@@ -985,14 +993,14 @@ def fit(
         arrays=arrays,
         fitted_on={
             "data": os.path.relpath(data),  # no machine path in the shipped file
-            "fit_filter": "split=train",
+            "fit_filter": fit_filter,
             "views": "each image twice: as its file decodes (JPEG, value / 255) and as the "
             "DICOM decoder shows it in an 8-bit MONOCHROME2 file without a window "
             "(percentile stretch)",
             "n_fit": len(train.names),
             "train_limit": train_limit,
             "seed": seed,
-            "threshold_filter": "split=test,site_fold=dev, both views",
+            "threshold_filter": f"{threshold_filter}, both views",
             "n_threshold": len(dev.names),
             "features": "pooled features of the final linear layer's input "
             f"({train.features.shape[1]} numbers)"
@@ -1006,8 +1014,8 @@ def fit(
             "params": {**params, "layers": list(layers)} if layers else params,
             "command": command,
         },
-        threshold_rule=f"smallest distance with >= {pass_share:.0%} of site_fold=dev at or below"
-        + (" (and at or below the inversion threshold)" if inversion else ""),
+        threshold_rule=f"smallest distance with >= {pass_share:.0%} of {threshold_filter} at "
+        "or below" + (" (and at or below the inversion threshold)" if inversion else ""),
         extra={"dev_pass": dev_pass},
         inversion_threshold=t_inv,
         inversion=inversion_meta,
@@ -1100,6 +1108,8 @@ def main_fit(args: Any) -> int:
         inversion=not args.no_inversion,
         inversion_limit=args.inversion_limit,
         command=shlex.join(["cxr-triage", *sys.argv[1:]]),
+        fit_filter=args.fit_filter,
+        threshold_filter=args.threshold_filter,
     )
     print(json.dumps({"written": str(path), **json.loads(path.read_text())}, indent=2))
     return 0
@@ -1135,7 +1145,12 @@ def register(subparsers: Any, fmt: Any, disclaimer: str) -> None:
     """``ood-fit`` and ``ood-evaluate`` (called from :func:`training.cli.register`)."""
 
     def common(p: Any) -> None:
-        p.add_argument("--data", type=Path, required=True, help="Kermany labels.csv")
+        p.add_argument(
+            "--data",
+            type=Path,
+            required=True,
+            help="labels.csv (Kermany, or a site's answers export with a split column)",
+        )
         p.add_argument("--model", type=Path, default=None, help="weights folder (default: shipped)")
         p.add_argument("--pass-share", type=float, default=0.99, help="dev share that must pass")
         p.add_argument("--seed", type=int, default=20261206, help="every random choice")
@@ -1160,11 +1175,24 @@ def register(subparsers: Any, fmt: Any, disclaimer: str) -> None:
         "ood-fit",
         formatter_class=fmt,
         help="fit the image-based distribution check (ood.json next to the weights)",
-        description="Fit the distance from the training distribution on the model's pooled "
-        "features of split=train, choose its threshold so that --pass-share of "
-        f"split=test,site_fold=dev passes, and write OUT/ood.json + ood.npz. {disclaimer}",
+        description="Fit the distance from the training distribution on the model's features "
+        "of its training images (--fit-filter), choose its threshold so that --pass-share of "
+        "the site's in-distribution films (--threshold-filter) passes, and write OUT/ood.json "
+        "+ ood.npz. Every image is read twice: as its file decodes and as an 8-bit DICOM "
+        "without a window. A model without this file cannot be activated without "
+        f"--accept-no-image-check. {disclaimer}",
     )
     common(p)
+    p.add_argument(
+        "--fit-filter",
+        default=FIT_FILTER,
+        help="rows the model was trained on (a site-adapted model: its own training rows)",
+    )
+    p.add_argument(
+        "--threshold-filter",
+        default=THRESHOLD_FILTER,
+        help="in-distribution rows the model was not trained on, e.g. split=cal",
+    )
     p.add_argument("--method", choices=["mahalanobis", "knn"], default="mahalanobis")
     p.add_argument("--components", type=int, default=64, help="mahalanobis: PCA components")
     p.add_argument(

@@ -25,6 +25,13 @@ the radiologists' answers), unless the caller accepts the shipped calibration
 on an empty registry (the validated shipped model activates itself) and a model that was
 active here before (rollback, or activating it again).
 
+The image check before promotion: without its distribution check (``ood.json`` next to the
+weights, fitted for them) a model triages any film whose header passes, an adult's without
+an age among them. ``activate`` therefore takes the check the caller read from the model's
+folder (``image_check``, a line naming it, or None) and refuses a model never active here
+that has none, unless the caller accepts that (``accept_no_image_check``, audited). The
+caller reads the folder: nothing here reads model files.
+
 ``population_strata`` holds the strata a site enabled from its own validation record, each
 tied to the model sha256 and calibration version it was validated for: the worker widens the
 active model's population only with the strata validated for that very model and
@@ -417,17 +424,22 @@ def activate(
     actor: audit.Actor,
     *,
     accept_shipped_calibration: bool = False,
+    image_check: str | None = None,
+    accept_no_image_check: bool = False,
 ) -> str | None:
     """Activate ``version``; returns the version it replaced (now retired), if any.
 
-    Refused when its calibration was not fitted for it on this site's answers and it was
-    never active here, unless ``accept_shipped_calibration`` (written to the audit row)."""
+    For a model never active here, refused when its calibration was not fitted for it on
+    this site's answers, unless ``accept_shipped_calibration``, and when its folder has no
+    image check (``image_check`` None, as the caller read it), unless
+    ``accept_no_image_check``; both overrides are written to the audit row."""
     try:
         with engine.begin() as conn:
             _lock(conn)
             target = _transition(conn, version, ModelState.ACTIVE)
             site_fitted = target.calibration_source is CalibrationSource.SITE
-            if not site_fitted and target.activated_at is None and not accept_shipped_calibration:
+            first_time = target.activated_at is None
+            if not site_fitted and first_time and not accept_shipped_calibration:
                 raise RegistryError(
                     f"model {version}'s calibration {target.calibration_version} was not fitted "
                     "for it on this site's answers, and a new version can shift the score "
@@ -435,6 +447,16 @@ def activate(
                     f"radiologists answer, fit it with cxr-triage calibrate --from-shadow "
                     f"{version} --out FILE, then activate it; or activate it with "
                     "--accept-shipped-calibration (audited)"
+                )
+            if image_check is None and first_time and not accept_no_image_check:
+                raise RegistryError(
+                    f"model {version} has no image-based population check fitted for its "
+                    f"weights (no ood.json in {target.uri}): it would triage any film whose "
+                    "header passes, an adult's without an age among them. Fit one on the "
+                    "images it was trained on and a held-out in-scope sample (cxr-triage "
+                    f"ood-fit --model {target.uri} --data LABELS.csv --fit-filter split=train "
+                    "--threshold-filter split=cal), then activate it; or activate it with "
+                    "--accept-no-image-check (audited)"
                 )
             previous = _activate(conn, target)
             _audit(
@@ -449,6 +471,8 @@ def activate(
                     "calibration_version": target.calibration_version,
                     "calibration_source": target.calibration_source.value,
                     "accept_shipped_calibration": accept_shipped_calibration and not site_fitted,
+                    "image_check": image_check,
+                    "accept_no_image_check": accept_no_image_check and image_check is None,
                 },
             )
             return previous

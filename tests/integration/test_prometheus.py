@@ -260,7 +260,12 @@ def test_model_info_is_the_registrys_active_and_shadow_model_at_scrape_time(
     }
     # the same collector, next scrape: an activation shows without a restart
     registry_ = metrics_registry(engine, services.broker_url, [services.queue_name])
-    assert models.activate(engine, "m2", actor, accept_shipped_calibration=True) == "m1"
+    assert (
+        models.activate(
+            engine, "m2", actor, accept_shipped_calibration=True, accept_no_image_check=True
+        )
+        == "m1"
+    )
     assert info(parse(generate_latest(registry_).decode())) == {("m2", "m2-cal", "active")}
     models.rollback(engine, actor)
     assert info(parse(generate_latest(registry_).decode())) == {("m1", "m1-cal", "active")}

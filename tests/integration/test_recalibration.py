@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine, text
 
+from cxr_common.errors import ConfigurationError
 from cxr_db.audit.tables import AuditAction
 from cxr_db.instances import writes as repo
 from cxr_db.reading import store as reading
@@ -122,12 +123,59 @@ def test_activation_needs_a_site_calibration_or_the_audited_override(
     assert detail["accept_shipped_calibration"] is True
     assert detail["calibration_source"] == "shipped"
     assert detail["calibration_version"] == shipped.calibration_version
+    assert str(detail["image_check"]).startswith("mahalanobis; pooled + blocks.3")
+    assert detail["accept_no_image_check"] is False
 
     # the shipped model was active here before: rollback and re-activation need no flag
     models_cli.model_rollback(db, _args(), stdout=io.StringIO())
     models_cli.model_activate(db, _args(version=NEW, accept_shipped_calibration=True))
     models_cli.model_activate(db, _args(version=shipped.version), stdout=io.StringIO())
     assert registry.active_model(db).version == shipped.version  # type: ignore[union-attr]
+
+
+def test_activation_needs_an_image_check_for_the_weights_or_the_audited_override(
+    db: Engine, tmp_path: Path
+) -> None:
+    """A model folder without ``ood.json`` would triage an adult film whose age was blanked:
+    its first activation is refused unless ``--accept-no-image-check`` (audited)."""
+    shipped = ensure_configured_model(db)
+    folder = tmp_path / NEW
+    shutil.copytree(WEIGHTS_DIR, folder, ignore=shutil.ignore_patterns("ood.*"))
+    contract = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**contract, "version": NEW}))
+    out = io.StringIO()
+    models_cli.model_register(
+        db, _args(dir=folder, calibration=None, version=None, reference=None), stdout=out
+    )
+    assert f"image check: none (no ood.json for these weights in {folder})" in out.getvalue()
+    mark = audit_mark(db)
+    accept = {"accept_shipped_calibration": True}
+    with pytest.raises(registry.RegistryError, match="no image-based population check") as info:
+        models_cli.model_activate(db, _args(version=NEW, **accept), stdout=io.StringIO())
+    assert f"cxr-triage ood-fit --model {folder} " in str(info.value)
+    assert "--accept-no-image-check" in str(info.value)
+    assert registry.active_model(db).version == shipped.version  # type: ignore[union-attr]
+    assert _model_audit(db, mark) == []
+
+    # statistics fitted for other weights are refused, never taken for a check
+    meta = json.loads((WEIGHTS_DIR / "ood.json").read_text())
+    (folder / "ood.json").write_text(json.dumps({**meta, "model_sha256": "0" * 64}))
+    shutil.copy(WEIGHTS_DIR / "ood.npz", folder)
+    with pytest.raises(ConfigurationError, match=f"{folder}: .*0000000000"):
+        models_cli.model_activate(db, _args(version=NEW, **accept), stdout=io.StringIO())
+    assert _model_audit(db, mark) == []
+
+    (folder / "ood.json").unlink()
+    out = io.StringIO()
+    models_cli.model_activate(
+        db, _args(version=NEW, accept_no_image_check=True, **accept), stdout=out
+    )
+    assert registry.active_model(db).version == NEW  # type: ignore[union-attr]
+    assert "no image-based population check (--accept-no-image-check, audited)" in out.getvalue()
+    ((action, target, detail),) = _model_audit(db, mark)
+    assert (action, target) == (AuditAction.MODEL_ACTIVATE.value, NEW)
+    assert detail["image_check"] is None
+    assert detail["accept_no_image_check"] is True
 
 
 def test_calibrate_from_shadow_fits_on_the_answers_then_activation_succeeds(

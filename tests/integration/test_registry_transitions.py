@@ -87,7 +87,10 @@ def test_allowed_moves_change_the_state_and_audit_the_state_they_left(engine: En
     registry.retire(engine, "2.0.0", ACTOR)  # registered → retired
     registry.shadow(engine, "2.0.0", ACTOR)  # retired → shadow
     assert (
-        registry.activate(engine, "2.0.0", ACTOR, accept_shipped_calibration=True) == "1.0.0"
+        registry.activate(
+            engine, "2.0.0", ACTOR, accept_shipped_calibration=True, image_check="test check"
+        )
+        == "1.0.0"
     )  # shadow → active
     assert _state(engine, "1.0.0") is ModelState.RETIRED
     registry.shadow(engine, "1.0.0", ACTOR)  # retired → shadow
