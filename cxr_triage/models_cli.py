@@ -114,8 +114,7 @@ def model_register(
         f"image check: {check}"
         if check
         else f"image check: none (no ood.json for these weights in {entry.uri}); activation "
-        f"needs one: cxr-triage ood-fit --model {entry.uri} --data LABELS.csv --fit-filter "
-        "split=train --threshold-filter split=cal",
+        f"needs one: {registry.image_check_command(entry.uri)}",
         file=out,
     )
     return 0

@@ -12,23 +12,29 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cxr_model import load_model
+from cxr_model import ScoringModel, load_model
 from training.calibrate import fit_calibration
 from training.data import load_resized, load_samples
 from training.evaluate import model_logits
 from training.metrics import binary_metrics, roc_auc
 
 
-def candidate_logits(candidate: str, pixels: Callable[[int], np.ndarray], tta: bool) -> np.ndarray:
-    """Mean logit of a candidate (``a`` or ``a+b``), each model fed at its own input size."""
-    models = [load_model(Path(p), "cpu") for p in candidate.split("+")]
+def load_candidate(candidate: str) -> list[ScoringModel]:
+    """The models of a candidate (``a`` or ``a+b``: an averaged ensemble)."""
+    return [load_model(Path(p), "cpu") for p in candidate.split("+")]
+
+
+def candidate_logits(
+    models: Sequence[ScoringModel], pixels: Callable[[int], np.ndarray], tta: bool
+) -> np.ndarray:
+    """Mean logit of a candidate's models, each fed at its own input size."""
     each = [model_logits(m, pixels(m.contract.input_size), tta) for m in models]
     mean: np.ndarray = np.mean(each, axis=0).astype(np.float32)
     return mean
@@ -49,7 +55,8 @@ def compare(
     sets = {k: (np.array([s.label for s in v]), [s.subtype for s in v]) for k, v in samples.items()}
     rows = []
     for cand in candidates:
-        logits = {k: candidate_logits(cand, partial(pixels, k), tta) for k in sets}
+        models = load_candidate(cand)
+        logits = {k: candidate_logits(models, partial(pixels, k), tta) for k in sets}
         y_dev, y_chk = sets["dev"][0], sets["check"][0]
         cal = fit_calibration(y_dev, logits["dev"], model_sha256="-", model_version=cand)
         prob = np.array([cal.probability(z) for z in logits["check"]])

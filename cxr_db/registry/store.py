@@ -418,6 +418,15 @@ def _activate(conn: Connection, target: ModelEntry) -> str | None:
     return current
 
 
+def image_check_command(uri: str) -> str:
+    """The command that fits the image check of the model in folder ``uri`` (what a refusal
+    and ``model register`` tell the operator to run)."""
+    return (
+        f"cxr-triage ood-fit --model {uri} --data LABELS.csv --fit-filter split=train "
+        "--threshold-filter split=cal"
+    )
+
+
 def activate(
     engine: Engine,
     version: str,
@@ -453,10 +462,9 @@ def activate(
                     f"model {version} has no image-based population check fitted for its "
                     f"weights (no ood.json in {target.uri}): it would triage any film whose "
                     "header passes, an adult's without an age among them. Fit one on the "
-                    "images it was trained on and a held-out in-scope sample (cxr-triage "
-                    f"ood-fit --model {target.uri} --data LABELS.csv --fit-filter split=train "
-                    "--threshold-filter split=cal), then activate it; or activate it with "
-                    "--accept-no-image-check (audited)"
+                    "images it was trained on and a held-out in-scope sample "
+                    f"({image_check_command(target.uri)}), then activate it; or activate it "
+                    "with --accept-no-image-check (audited)"
                 )
             previous = _activate(conn, target)
             _audit(

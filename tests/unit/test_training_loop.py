@@ -99,7 +99,7 @@ def test_fine_tune_at_a_higher_input_size_and_compare_at_each_models_size(
     """``--init-from`` + ``--input-size``: a 224 px model fine-tuned at 256 px exports a 256 px
     contract, and ``training.compare`` feeds every model of a candidate at its own size."""
     from cxr_model import WEIGHTS_DIR
-    from training.compare import candidate_logits
+    from training.compare import candidate_logits, load_candidate
     from training.evaluate import model_logits
 
     run = tmp_path / "run"
@@ -116,9 +116,11 @@ def test_fine_tune_at_a_higher_input_size_and_compare_at_each_models_size(
     samples = load_samples(FIXTURES, "split=train")
     sized = {n: load_resized(samples, n, None) for n in (224, 256)}
     at_own_size = model_logits(tuned, sized[256])
-    got = candidate_logits(str(run / "model"), sized.__getitem__, tta=False)
+    got = candidate_logits(load_candidate(str(run / "model")), sized.__getitem__, tta=False)
     np.testing.assert_array_equal(got, at_own_size)
     assert not np.allclose(model_logits(tuned, sized[224]), at_own_size, atol=1e-3)
     shipped = model_logits(load_model(WEIGHTS_DIR, device="cpu"), sized[224])
-    pair = candidate_logits(f"{WEIGHTS_DIR}+{run / 'model'}", sized.__getitem__, tta=False)
+    pair = candidate_logits(
+        load_candidate(f"{WEIGHTS_DIR}+{run / 'model'}"), sized.__getitem__, tta=False
+    )
     np.testing.assert_allclose(pair, (shipped + at_own_size) / 2, rtol=0, atol=1e-5)
