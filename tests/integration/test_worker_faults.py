@@ -117,14 +117,27 @@ def test_kill_9_mid_batch_puts_every_held_job_back_in_work_within_60_s(
     assert pid not in worker_children(sup)  # the supervisor started a new worker
 
 
+def _mates_decoded(engine: Engine, instance_id: int, owner: str | None) -> bool:
+    """Every other instance ``owner`` holds has been decoded (its attempt given back)."""
+    with engine.begin() as conn:
+        left = conn.execute(
+            text(
+                "SELECT count(*) FROM instances WHERE lease_owner = :o AND id != :i "
+                "AND status = 'processing' AND attempts > 0"
+            ),
+            {"o": owner, "i": instance_id},
+        ).scalar_one()
+    return int(left) == 0
+
+
 def _kill_while_decoding(
     engine: Engine, instance_id: int, killed: set[int], alive: Callable[[], bool]
 ) -> bool:
     """Act as the OOM killer for ``instance_id``: wait (polling every 5 ms) until a worker
-    not killed yet has claimed it, give its small batch mates 0.3 s to decode (their
-    attempts are given back then), and SIGKILL the worker while the big file is still
-    being decoded (its claim's attempt not given back: seconds for 64 Mpx of RLE).
-    False once the file is failed."""
+    not killed yet has claimed it, give its small batch mates up to 0.3 s to decode (their
+    attempts are given back then; polled, so the kill comes as soon as they are), and
+    SIGKILL the worker while the big file is still being decoded (its claim's attempt not
+    given back: 64 Mpx of RLE). False once the file is failed."""
     deadline = time.monotonic() + 180
     while True:
         status, attempts, owner, _ = _row(engine, instance_id)
@@ -132,7 +145,9 @@ def _kill_while_decoding(
             return False
         pid = int(owner.rsplit(":", 1)[1]) if owner else None
         if status == "processing" and pid is not None and pid not in killed:
-            time.sleep(0.3)
+            mates_by = time.monotonic() + 0.3
+            while not _mates_decoded(engine, instance_id, owner) and time.monotonic() < mates_by:
+                time.sleep(0.005)
             now = _row(engine, instance_id)
             assert (now[0], now[1], now[2]) == (status, attempts, owner), (
                 "the big file was decoded within 0.3 s of its claim: make it slower to decode"
